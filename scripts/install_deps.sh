@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what building, testing and the demo need on a fresh Debian 12 machine (idempotent).
+set -euo pipefail
+APT_PACKAGES=(
+  build-essential cmake pkg-config
+  libgtest-dev libgmock-dev       # tests
+  nlohmann-json3-dev              # JSON
+  libcli11-dev                    # CLI parsing
+  libfmt-dev                      # formatting (GCC 12 has no <format>)
+  libcpp-httplib-dev              # HTTP server
+  libopenblas-dev                 # BLAS for the fp32 reference path
+  libpcre2-dev                    # Unicode regexes of the tokenizer pre-splitters
+  bible-kjv bible-kjv-text r-cran-janeaustenr  # public-domain corpora
+  python3-pip unzip
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
