@@ -33,7 +33,7 @@ constexpr std::array<DTypeTraits, kNumDTypes> kTraits = {{
     {"Q6_K", ggml::kQK_K, sizeof(ggml::BlockQ6_K)},
 }};
 static_assert(static_cast<int>(DType::F32) == 0 && static_cast<int>(DType::U8) == 5 &&
-              static_cast<int>(DType::I64) == 8 && static_cast<int>(DType::Q4_0) == 9,
+                  static_cast<int>(DType::I64) == 8 && static_cast<int>(DType::Q4_0) == 9,
               "kTraits follows the order of enum DType");
 
 // Plain element types: each element converted as a value (integers exactly where fp32 can hold them,

@@ -16,7 +16,7 @@ constexpr std::size_t kQK4_1 = 32;
 constexpr std::size_t kQK5_0 = 32;
 constexpr std::size_t kQK5_1 = 32;
 constexpr std::size_t kQK8_0 = 32;
-constexpr std::size_t kQK_K = 256;     // super-block of the K-quants
+constexpr std::size_t kQK_K = 256;       // super-block of the K-quants
 constexpr std::size_t kKScaleSize = 12;  // packed 6-bit scales and mins of Q4_K / Q5_K
 
 // x = d * (q - 8), q in [0, 16): element j in the low nibble of qs[j], element j+16 in the high nibble.
@@ -104,6 +104,7 @@ void dequantize_q6_k(const std::uint8_t* src, float* dst, std::size_t n_blocks);
 void k_quant_scale_min(int j, const std::uint8_t* scales, std::uint8_t* scale, std::uint8_t* min);
 
 // ggml type ids (enum ggml_type) that GGUF tensor infos carry.
+// clang-format off
 enum class GgmlType : std::uint32_t {
   F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
   Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
@@ -111,6 +112,7 @@ enum class GgmlType : std::uint32_t {
   I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
   TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
 };
+// clang-format on
 
 // Name of a ggml type id ("Q4_K"), or "" for an id ggml does not define.
 std::string_view ggml_type_name(std::uint32_t id);
