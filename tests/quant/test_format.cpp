@@ -2,9 +2,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <fstream>
 #include <numeric>
 #include <random>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "quant/format.h"
@@ -286,6 +290,34 @@ TEST(Format, ValidateNamesTheFieldAtFault) {
   EXPECT_THROW(quantize_weights_rtn(w, 3, perm, 0, 32, NumberFormat::kInt4, 1.5f), Error);  // clip > 1
   EXPECT_THROW(parse_format("int5", "--wbits"), Error);
   EXPECT_EQ(parse_format("fp4", "--wbits"), NumberFormat::kFp4);
+}
+
+// Golden codes computed independently with numpy (scripts/dev/quant_format_golden.py).
+TEST(Format, MatchesIndependentNumpyGolden) {
+  const std::string path = std::string(ATOM_TEST_DATA_DIR) + "/quant/format_golden.json";
+  std::ifstream file(path);
+  ASSERT_TRUE(file) << "missing " << path << " (run scripts/dev/quant_format_golden.py)";
+  const auto golden = nlohmann::json::parse(file);
+  const std::int64_t rows = golden["rows"], cols = golden["cols"], group = golden["group"];
+  int checked = 0;
+  for (const auto& c : golden["cases"]) {
+    std::vector<float> x;
+    for (std::uint32_t bits : c["x_bits"]) x.push_back(std::bit_cast<float>(bits));
+    if (c["kind"] == "symmetric") {
+      const NumberFormat format = parse_format(c["format"].get<std::string>().c_str(), "golden");
+      const float clip = std::bit_cast<float>(c["clip_bits"].get<std::uint32_t>());
+      const auto q = quantize_symmetric_groups(x, rows, cols, group, format, clip);
+      EXPECT_EQ(q.scales, c["scales"].get<std::vector<std::uint16_t>>()) << c["format"] << " clip " << clip;
+      EXPECT_EQ(codes_as_float(q), c["codes"].get<std::vector<float>>()) << c["format"] << " clip " << clip;
+    } else {
+      const auto q = quantize_asymmetric_groups(x, rows, cols, group, c["bits"].get<int>());
+      EXPECT_EQ(q.scales, c["scales"].get<std::vector<std::uint16_t>>()) << c["bits"];
+      EXPECT_EQ(q.mins, c["mins"].get<std::vector<std::uint16_t>>()) << c["bits"];
+      EXPECT_EQ(std::vector<int>(q.codes.begin(), q.codes.end()), c["codes"].get<std::vector<int>>()) << c["bits"];
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 10);
 }
 
 }  // namespace
