@@ -198,14 +198,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(path) {
   std::sort(parsed.begin(), parsed.end(), [](const ParsedTensor& a, const ParsedTensor& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
-  const ParsedTensor* previous = nullptr;  // the non-empty tensor reaching furthest so far
+  const ParsedTensor* previous = nullptr;  // the last non-empty tensor
   for (const auto& t : parsed) {
     if (t.begin == t.end) continue;
     if (previous && t.begin < previous->end)
       reader.fail_tensor(t.view.name, fmt::format("field 'data_offsets' [{}, {}] overlaps tensor '{}' [{}, {}]",
                                                   t.begin, t.end, previous->view.name, previous->begin,
                                                   previous->end));
-    if (!previous || t.end > previous->end) previous = &t;
+    previous = &t;
   }
 
   tensors_.reserve(parsed.size());
