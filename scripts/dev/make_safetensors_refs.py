@@ -11,7 +11,8 @@ Written (committed as test data, read by tests/io/test_safetensors.cpp and test_
 
 --check D reads the files that test_io writes when ATOM_HF_EXPORT_DIR=D is set:
   D/atom_written.safetensors    must hold the same tensors as reference_numpy.safetensors
-  D/config_<name>/config.json   must load with transformers.AutoConfig and give the fields in D/expected.json
+  D/config_<name>/config.json   must load with transformers.AutoConfig and give the fields in D/expected.json;
+                                small ones are built with AutoModelForCausalLM.from_config (bias, tying)
 
 Tensor contents are defined by index i over the flattened tensor; the C++ tests repeat these formulas.
 """
@@ -118,6 +119,16 @@ def check(directory):
                 ok = actual == value
             if not ok:
                 failures.append(f"config {name}: {field} = {actual!r}, expected {value!r}")
+        if config.hidden_size <= 256:  # small enough to build: check the q/k/v bias layout transformers infers
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_config(config)
+            names = {n for n, _ in model.named_parameters()}
+            want_bias = config.model_type == "qwen2" or bool(getattr(config, "attention_bias", False))
+            if ("model.layers.0.self_attn.q_proj.bias" in names) != want_bias:
+                failures.append(f"config {name}: q_proj.bias present = {not want_bias}")
+            if ("lm_head.weight" in names) == config.tie_word_embeddings:
+                failures.append(f"config {name}: lm_head.weight tied = {not config.tie_word_embeddings}")
     for f in failures:
         print("FAIL", f)
     print(f"checked {len(want)} tensors and {len(expected)} configs: {len(failures)} failures")
