@@ -187,7 +187,7 @@ void validate_layout(std::int64_t k_normal, std::int64_t n_outliers, std::int64_
     fail("{}: group size {} must be even for the packed format {}", what, group, format_name(format));
   }
   // int32 accumulators: group * 128 * 128 and n_outliers * 128 * 128 must stay below 2^31.
-  if (group > (std::int64_t{1} << 17) || n_outliers > (std::int64_t{1} << 17)) {
+  if (group >= (std::int64_t{1} << 17) || n_outliers >= (std::int64_t{1} << 17)) {
     fail("{}: group size {} / {} outliers overflow int32 accumulation", what, group, n_outliers);
   }
 }

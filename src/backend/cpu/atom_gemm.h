@@ -1,0 +1,62 @@
+#pragma once
+// AVX2 integer kernels of an Atom linear layer (docs/FORMAT.md): dynamic per-token activation
+// quantization fused with the channel reorder, and the grouped INT4/INT3/FP4 (or INT8) x same-format
+// product with INT8 outliers, accumulated in int32 per group and scaled in fp32 exactly as
+// quant::atom_linear_reference does (bit-exact).
+//
+// Kernel layout. Weights stay in the canonical packed rows ([N, K_n/2], two nibbles per byte). The
+// activations are quantized into an unpacked "split" layout: each chunk of C reordered channels
+// (C = 64 when the group size allows, else 32) stores its C/2 even channels, then its C/2 odd channels,
+// as unsigned bytes code + offset (8 for INT3/INT4, 12 for FP4's doubled codes). A chunk of C/2 packed
+// weight bytes then lines up with it: low nibbles <-> even half, high nibbles <-> odd half, and
+// _mm256_maddubs_epi16(unsigned activation, signed weight) multiplies matching channels. The offset adds
+// offset * sum(w) per group, which is subtracted (prepared per weight row and group).
+// INT8 normal parts (W8A8) and the outliers are plain int8 rows multiplied after widening to int16.
+#include <cstdint>
+#include <vector>
+
+#include "quant/format.h"
+
+namespace atom::cpu {
+
+struct AtomPreparedWeights {
+  quant::QuantizedLinearWeights q;    // canonical tensors; q.packed rows are read as is
+  std::int64_t n_pad = 0;             // N rounded up to the tile width (8)
+  std::int64_t chunk = 0;             // split-layout chunk (64 or 32) for packed formats; 0 for INT8
+  std::int64_t n_out_pad = 0;         // outliers padded with zeros to a multiple of 32
+  std::int32_t act_offset = 0;        // added to activation codes in the split layout
+  std::vector<float> scales_t;        // [groups, n_pad] weight scales, fp32
+  std::vector<std::int32_t> offset_wsum_t;  // [groups, n_pad] act_offset * sum of the group's weight codes
+  std::vector<std::int8_t> outliers;        // [n_pad, n_out_pad]
+  std::vector<float> outlier_scales;        // [n_pad]
+  std::vector<std::int32_t> gather;   // [k_normal + n_out_pad]: input channel read at each layout position
+                                      // (-1: zero padding of the outliers)
+  std::int64_t groups() const { return q.k_normal / q.group; }
+};
+
+// Validates q (atom::Error naming `what`) and builds the kernel-side tables. The CPU kernels need the
+// group size to be a multiple of 32.
+AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what);
+
+// Quantized activations in the kernel layout (reusable buffer).
+struct AtomActivations {
+  std::int64_t m = 0;
+  std::vector<std::uint8_t> codes;       // [m, k_normal] split layout (packed formats) or int8 (INT8)
+  std::vector<float> scales;             // [m, groups] (fp16 values)
+  std::vector<std::int8_t> outliers;     // [m, n_out_pad]
+  std::vector<float> outlier_scales;     // [m]
+};
+
+// x [m, K] in the original channel order -> a (per token: normal groups with clip ratio `clip`, outliers
+// INT8 without clipping). OpenMP over rows.
+void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPreparedWeights& w, float clip,
+                               AtomActivations& a);
+
+// y [m, N] = the Atom product of a and w. OpenMP over output-channel tiles.
+void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, float* y);
+
+// The canonical (FORMAT.md) form of kernel-layout activations, for bit-exact comparison with
+// quant::quantize_activations.
+quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPreparedWeights& w);
+
+}  // namespace atom::cpu
