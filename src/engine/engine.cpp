@@ -1,0 +1,441 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "engine/stop_strings.h"
+#include "model/sampler.h"
+
+namespace atom {
+
+// ---------------------------------------------------------------------------------------------------------
+// RequestStream
+
+void RequestStream::push(RequestOutput output) {
+  {
+    std::lock_guard lock(mutex_);
+    pending_.push_back(std::move(output));
+  }
+  ready_.notify_all();
+}
+
+std::optional<RequestOutput> RequestStream::next(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  if (closed_) return std::nullopt;
+  if (!ready_.wait_for(lock, timeout, [&] { return !pending_.empty(); })) return std::nullopt;
+  RequestOutput merged = std::move(pending_.front());
+  pending_.pop_front();
+  while (!pending_.empty()) {
+    RequestOutput& more = pending_.front();
+    merged.text += more.text;
+    merged.token_ids.insert(merged.token_ids.end(), more.token_ids.begin(), more.token_ids.end());
+    merged.finished = more.finished;
+    merged.finish_reason = more.finish_reason;
+    merged.error = std::move(more.error);
+    merged.completion_tokens = more.completion_tokens;
+    pending_.pop_front();
+  }
+  if (merged.finished) closed_ = true;
+  return merged;
+}
+
+RequestOutput RequestStream::wait() {
+  RequestOutput all;
+  all.prompt_tokens = prompt_tokens_;
+  while (!all.finished) {
+    std::optional<RequestOutput> more = next(std::chrono::hours(1));
+    if (!more) continue;
+    all.text += more->text;
+    all.token_ids.insert(all.token_ids.end(), more->token_ids.begin(), more->token_ids.end());
+    all.finished = more->finished;
+    all.finish_reason = more->finish_reason;
+    all.error = more->error;
+    all.completion_tokens = more->completion_tokens;
+  }
+  return all;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Engine
+
+struct Engine::Request {
+  Sequence sequence;
+  GenerationParams params;
+  std::unique_ptr<Sampler> sampler;  // made on the engine thread (the seed may come from its source)
+  std::unique_ptr<IncrementalDecoder> decoder;
+  std::unique_ptr<StopStringFilter> stop_filter;
+  std::shared_ptr<RequestStream> stream;
+  Clock::time_point arrival, first_scheduled, first_token, last_token;
+  bool scheduled = false;
+};
+
+struct Engine::Instruments {
+  explicit Instruments(MetricsRegistry& r)
+      : prompt_tokens(r.counter("atom_prompt_tokens_total", "Prompt tokens prefilled (first admission)")),
+        generation_tokens(r.counter("atom_generation_tokens_total", "Tokens generated")),
+        preemptions(r.counter("atom_num_preemptions_total", "Sequences preempted (recomputed later)")),
+        steps(r.counter("atom_engine_steps_total", "Engine iterations run")),
+        running(r.gauge("atom_num_requests_running", "Requests in the running batch")),
+        waiting(r.gauge("atom_num_requests_waiting", "Requests waiting to be scheduled")),
+        blocks_used(r.gauge("atom_kv_cache_blocks_used", "KV cache blocks in use")),
+        blocks_total(r.gauge("atom_kv_cache_blocks_total", "KV cache blocks in the pool")),
+        usage(r.gauge("atom_kv_cache_usage_ratio", "Fraction of KV cache blocks in use")),
+        ttft(r.histogram("atom_time_to_first_token_seconds", "Time from arrival to the first generated token",
+                         latency_buckets_seconds())),
+        tpot(r.histogram("atom_time_per_output_token_seconds", "Time between consecutive generated tokens",
+                         latency_buckets_seconds())),
+        e2e(r.histogram("atom_e2e_request_latency_seconds", "Time from arrival to the end of the request",
+                        latency_buckets_seconds())) {
+    for (FinishReason reason : {FinishReason::stop, FinishReason::length, FinishReason::cancelled,
+                                FinishReason::error}) {
+      finished[static_cast<int>(reason)] = &r.counter("atom_requests_finished_total", "Requests finished, by reason",
+                                                      {{"finished_reason", finish_reason_name(reason)}});
+    }
+  }
+  Counter &prompt_tokens, &generation_tokens, &preemptions, &steps;
+  Gauge &running, &waiting, &blocks_used, &blocks_total, &usage;
+  Histogram &ttft, &tpot, &e2e;
+  Counter* finished[5] = {};
+  std::unique_ptr<MetricsRegistry> own_registry;  // when the caller gave none
+};
+
+namespace {
+
+int resolve_max_context(const EngineConfig& config, const ModelRunner& runner) {
+  const int model_max = runner.max_context();
+  if (config.max_context < 0) fail("max context must be >= 0 (0 = the model's), got {}", config.max_context);
+  if (config.max_context > model_max) {
+    fail("max context {} exceeds the model's maximum of {} positions", config.max_context, model_max);
+  }
+  return config.max_context == 0 ? model_max : config.max_context;
+}
+
+int resolve_num_blocks(const EngineConfig& config, const ModelRunner& runner) {
+  if (config.block_size < 1) fail("KV block size must be at least 1, got {}", config.block_size);
+  if (config.num_kv_blocks > 0) return config.num_kv_blocks;
+  const std::size_t per_block = runner.kv_block_bytes(config.block_size);
+  ATOM_CHECK(per_block > 0);
+  const std::size_t blocks = config.kv_cache_bytes / per_block;
+  if (blocks < 1) {
+    fail("KV cache budget of {} bytes holds no block ({} bytes per block of {} tokens)", config.kv_cache_bytes,
+         per_block, config.block_size);
+  }
+  return static_cast<int>(std::min<std::size_t>(blocks, 1 << 30));
+}
+
+EngineConfig resolved(EngineConfig config, const ModelRunner& runner) {
+  config.max_context = resolve_max_context(config, runner);
+  config.num_kv_blocks = resolve_num_blocks(config, runner);
+  return config;
+}
+
+}  // namespace
+
+Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const TextCodec> codec, EngineConfig config,
+               MetricsRegistry* metrics)
+    : runner_(std::move(runner)),
+      codec_(std::move(codec)),
+      config_(resolved(config, *runner_)),
+      eos_ids_(codec_->eos_token_ids()),
+      blocks_(config_.num_kv_blocks, config_.block_size),
+      scheduler_(config_.limits, blocks_),
+      seed_source_(std::random_device{}()) {
+  std::unique_ptr<MetricsRegistry> own;
+  if (!metrics) {
+    own = std::make_unique<MetricsRegistry>();
+    metrics = own.get();
+  }
+  instruments_ = std::make_unique<Instruments>(*metrics);
+  instruments_->own_registry = std::move(own);
+  if (codec_->vocab_size() > runner_->vocab_size()) {
+    fail("tokenizer vocabulary ({}) is larger than the model's ({})", codec_->vocab_size(), runner_->vocab_size());
+  }
+  runner_->allocate_kv_cache({config_.num_kv_blocks, config_.block_size});
+  update_gauges();
+}
+
+Engine::~Engine() { shutdown(); }
+
+void Engine::validate(const GenerationRequest& request) const {
+  if (request.prompt.empty()) fail("prompt is empty: at least one token is needed");
+  const int vocab = runner_->vocab_size();
+  for (std::size_t i = 0; i < request.prompt.size(); ++i) {
+    const std::int32_t token = request.prompt[i];
+    if (token < 0 || token >= vocab) fail("prompt token {} is {}, outside the vocabulary [0, {})", i, token, vocab);
+  }
+  request.params.validate();
+  const std::int64_t total = static_cast<std::int64_t>(request.prompt.size()) + request.params.max_tokens;
+  if (total > config_.max_context) {
+    fail("maximum context length is {} tokens, but {} were requested ({} in the prompt, {} for the completion)",
+         config_.max_context, total, request.prompt.size(), request.params.max_tokens);
+  }
+  if (blocks_.blocks_for(total) > blocks_.num_blocks()) {
+    fail("request needs {} KV blocks of {} tokens for {} tokens, but the cache has only {} blocks",
+         blocks_.blocks_for(total), blocks_.block_size(), total, blocks_.num_blocks());
+  }
+}
+
+std::shared_ptr<RequestStream> Engine::submit(GenerationRequest generation) {
+  validate(generation);
+  auto request = std::make_unique<Request>();
+  request->params = std::move(generation.params);
+  request->sequence.prompt_length = static_cast<int>(generation.prompt.size());
+  request->sequence.tokens = std::move(generation.prompt);
+  request->decoder = codec_->new_decoder();
+  request->stop_filter = std::make_unique<StopStringFilter>(request->params.stop);
+  request->arrival = Clock::now();
+  std::shared_ptr<RequestStream> stream;
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_requested_) fail("the engine is shutting down");
+    request->sequence.id = next_id_++;
+    stream = std::make_shared<RequestStream>(request->sequence.id, request->sequence.prompt_length);
+    request->stream = stream;
+    inbox_.push_back(std::move(request));
+  }
+  wake_.notify_all();
+  return stream;
+}
+
+void Engine::cancel(std::int64_t request_id) {
+  {
+    std::lock_guard lock(mutex_);
+    cancels_.push_back(request_id);
+  }
+  wake_.notify_all();
+}
+
+void Engine::absorb_inbox() {
+  std::deque<std::unique_ptr<Request>> incoming;
+  std::vector<std::int64_t> cancels;
+  {
+    std::lock_guard lock(mutex_);
+    incoming.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  for (auto& request : incoming) {
+    SamplingParams sampling;
+    sampling.temperature = request->params.temperature;
+    sampling.top_k = request->params.top_k;
+    sampling.top_p = request->params.top_p;
+    sampling.seed = request->params.seed ? *request->params.seed : seed_source_();
+    request->sampler = std::make_unique<Sampler>(sampling);
+    scheduler_.add(&request->sequence);
+    const std::int64_t id = request->sequence.id;
+    requests_.emplace(id, std::move(request));
+  }
+  for (std::int64_t id : cancels) {
+    auto it = requests_.find(id);
+    if (it == requests_.end()) continue;
+    Request& request = *it->second;
+    RequestOutput output;
+    // Text held back for a possible stop string is released: it was generated.
+    output.text = request.stop_filter->append(request.decoder->flush()) + request.stop_filter->flush();
+    finish(request, FinishReason::cancelled, std::move(output));
+  }
+}
+
+void Engine::finish(Request& request, FinishReason reason, RequestOutput output, const std::string& error) {
+  const Clock::time_point now = Clock::now();
+  output.finished = true;
+  output.finish_reason = reason;
+  output.error = error;
+  output.prompt_tokens = request.sequence.prompt_length;
+  output.completion_tokens = request.sequence.generated();
+  scheduler_.remove(&request.sequence);
+  runner_->release(request.sequence.id);
+  request.stream->push(std::move(output));
+
+  instruments_->finished[static_cast<int>(reason)]->inc();
+  instruments_->e2e.observe(std::chrono::duration<double>(now - request.arrival).count());
+  {
+    std::lock_guard lock(mutex_);
+    if (record_timings_) {
+      auto since = [&](Clock::time_point t) { return std::chrono::duration<double>(t - request.arrival).count(); };
+      RequestTiming timing;
+      timing.id = request.sequence.id;
+      timing.prompt_tokens = request.sequence.prompt_length;
+      timing.completion_tokens = request.sequence.generated();
+      timing.first_scheduled = request.scheduled ? since(request.first_scheduled) : 0.0;
+      timing.first_token = request.sequence.generated() > 0 ? since(request.first_token) : 0.0;
+      timing.finished = since(now);
+      timing.finish_reason = reason;
+      timings_.push_back(timing);
+    }
+  }
+  requests_.erase(request.sequence.id);  // destroys `request`
+}
+
+void Engine::on_token(Request& request, std::int32_t token, Clock::time_point now) {
+  Sequence& sequence = request.sequence;
+  sequence.tokens.push_back(token);
+  instruments_->generation_tokens.inc();
+  if (sequence.generated() == 1) {
+    request.first_token = now;
+    instruments_->ttft.observe(std::chrono::duration<double>(now - request.arrival).count());
+  } else {
+    instruments_->tpot.observe(std::chrono::duration<double>(now - request.last_token).count());
+  }
+  request.last_token = now;
+
+  RequestOutput output;
+  output.token_ids = {token};
+  output.prompt_tokens = sequence.prompt_length;
+  output.completion_tokens = sequence.generated();
+  const auto& stop_ids = request.params.stop_token_ids;
+  const bool is_eos = !request.params.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token) != eos_ids_.end();
+  const bool is_stop_id = std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+  StopStringFilter& filter = *request.stop_filter;
+  if (is_eos || is_stop_id) {
+    // The stop token itself is not text of the answer.
+    output.text = filter.append(request.decoder->flush());
+    if (!filter.stopped()) output.text += filter.flush();
+    finish(request, FinishReason::stop, std::move(output));
+    return;
+  }
+  output.text = filter.append(request.decoder->push(token));
+  if (filter.stopped()) {
+    finish(request, FinishReason::stop, std::move(output));
+    return;
+  }
+  if (sequence.generated() >= request.params.max_tokens ||
+      static_cast<int>(sequence.tokens.size()) >= config_.max_context) {
+    output.text += filter.append(request.decoder->flush());
+    if (filter.stopped()) {
+      finish(request, FinishReason::stop, std::move(output));
+      return;
+    }
+    output.text += filter.flush();
+    finish(request, FinishReason::length, std::move(output));
+    return;
+  }
+  request.stream->push(std::move(output));
+}
+
+bool Engine::step() {
+  absorb_inbox();
+  if (scheduler_.idle()) {
+    update_gauges();
+    return false;
+  }
+  const ScheduleResult plan = scheduler_.schedule();
+  for (Sequence* victim : plan.preempted) {
+    runner_->release(victim->id);
+    ++preemptions_;
+    instruments_->preemptions.inc();
+  }
+  ATOM_CHECK(!plan.chunks.empty());
+
+  const Clock::time_point scheduled_at = Clock::now();
+  std::vector<SequenceChunk> batch;
+  batch.reserve(plan.chunks.size());
+  std::vector<Request*> sampled;
+  for (const ScheduledChunk& chunk : plan.chunks) {
+    Sequence& sequence = *chunk.sequence;
+    Request& request = *requests_.at(sequence.id);
+    if (!request.scheduled) {
+      request.scheduled = true;
+      request.first_scheduled = scheduled_at;
+      instruments_->prompt_tokens.inc(sequence.prompt_length);
+    }
+    SequenceChunk item;
+    item.sequence_id = sequence.id;
+    item.tokens = std::span<const std::int32_t>(sequence.tokens).subspan(sequence.num_computed, chunk.num_tokens);
+    item.start_position = sequence.num_computed;
+    item.block_table = sequence.block_table;
+    item.wants_logits = chunk.samples;
+    batch.push_back(item);
+    if (chunk.samples) sampled.push_back(&request);
+  }
+  const std::size_t vocab = static_cast<std::size_t>(runner_->vocab_size());
+  logits_.resize(sampled.size() * vocab);
+  try {
+    runner_->execute(batch, logits_);
+  } catch (const std::exception& e) {
+    // A failed step ends the requests in it; the engine carries on with the others.
+    for (const ScheduledChunk& chunk : plan.chunks) {
+      Request& request = *requests_.at(chunk.sequence->id);
+      finish(request, FinishReason::error, {}, fmt::format("model execution failed: {}", e.what()));
+    }
+    update_gauges();
+    return true;
+  }
+  Scheduler::mark_computed(plan);
+  const Clock::time_point now = Clock::now();
+  for (std::size_t i = 0; i < sampled.size(); ++i) {
+    Request& request = *sampled[i];
+    const std::int32_t token = request.sampler->sample(std::span<const float>(logits_).subspan(i * vocab, vocab));
+    on_token(request, token, now);  // may finish (and destroy) the request
+  }
+  ++steps_;
+  instruments_->steps.inc();
+  update_gauges();
+  return true;
+}
+
+void Engine::update_gauges() {
+  instruments_->running.set(scheduler_.num_running());
+  instruments_->waiting.set(scheduler_.num_waiting());
+  instruments_->blocks_used.set(blocks_.num_used());
+  instruments_->blocks_total.set(blocks_.num_blocks());
+  instruments_->usage.set(static_cast<double>(blocks_.num_used()) / blocks_.num_blocks());
+  std::lock_guard lock(mutex_);
+  stats_.running = scheduler_.num_running();
+  stats_.waiting = scheduler_.num_waiting() + static_cast<int>(inbox_.size());
+  stats_.kv_blocks_used = blocks_.num_used();
+  stats_.kv_blocks_total = blocks_.num_blocks();
+  stats_.steps = steps_;
+  stats_.preemptions = preemptions_;
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(mutex_);
+  EngineStats stats = stats_;
+  stats.waiting = std::max(stats.waiting, static_cast<int>(inbox_.size()));
+  return stats;
+}
+
+void Engine::record_timings(bool on) {
+  std::lock_guard lock(mutex_);
+  record_timings_ = on;
+}
+
+std::vector<RequestTiming> Engine::take_timings() {
+  std::lock_guard lock(mutex_);
+  std::vector<RequestTiming> taken;
+  taken.swap(timings_);
+  return taken;
+}
+
+void Engine::start() {
+  ATOM_CHECK(!thread_.joinable());
+  thread_ = std::thread([this] { run_loop(); });
+}
+
+void Engine::run_loop() {
+  for (;;) {
+    {
+      std::unique_lock lock(mutex_);
+      wake_.wait(lock, [&] { return stop_requested_ || !inbox_.empty() || !cancels_.empty() || !scheduler_.idle(); });
+      if (stop_requested_) break;
+    }
+    step();
+  }
+}
+
+void Engine::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    stop_requested_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  // Whatever is left is cancelled, so that no client waits forever.
+  absorb_inbox();
+  std::vector<std::int64_t> left;
+  for (const auto& [id, request] : requests_) left.push_back(id);
+  for (std::int64_t id : left) finish(*requests_.at(id), FinishReason::cancelled, {});
+  update_gauges();
+}
+
+}  // namespace atom

@@ -1,0 +1,45 @@
+#pragma once
+// The seam between the engine (scheduler, block manager, sampling) and a backend's model.
+// One call runs one scheduled batch: every sequence brings its new tokens (a prefill chunk or one decode
+// token), their positions and its KV block table; the runner writes the new tokens' K/V into the paged
+// cache and returns the logits of each sequence's last new token when asked for them.
+#include <cstdint>
+#include <span>
+#include <string>
+
+namespace atom {
+
+struct SequenceChunk {
+  std::int64_t sequence_id = 0;             // stable for the sequence's lifetime (for runners that cache)
+  std::span<const std::int32_t> tokens;     // the new tokens, at least one
+  std::int32_t start_position = 0;          // position of tokens[0]; earlier positions are in the cache
+  std::span<const std::int32_t> block_table;  // physical block of positions [i*block_size, (i+1)*block_size)
+  bool wants_logits = false;                // the chunk ends at the sequence's last token: sample from it
+};
+
+// KV cache geometry: the engine sizes the pool, the runner owns the storage.
+struct KvCacheSpec {
+  int num_blocks = 0;
+  int block_size = 16;
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+  virtual int vocab_size() const = 0;
+  // Longest context (positions) the model supports.
+  virtual int max_context() const = 0;
+  // Bytes one KV block takes over all layers (K and V), for sizing the pool from a memory budget.
+  virtual std::size_t kv_block_bytes(int block_size) const = 0;
+  // (Re)allocates the paged KV cache. Called once before the first execute().
+  virtual void allocate_kv_cache(const KvCacheSpec& spec) = 0;
+  // Runs the batch. `logits` holds vocab_size() floats per chunk with wants_logits, in batch order.
+  virtual void execute(std::span<const SequenceChunk> batch, std::span<float> logits) = 0;
+  // The sequence finished, was cancelled or preempted: drop whatever the runner keeps for it besides the
+  // blocks (which the engine hands out again).
+  virtual void release(std::int64_t sequence_id) {}
+  // A short description for logs ("cpu, kv int8, 30 layers").
+  virtual std::string describe() const = 0;
+};
+
+}  // namespace atom
