@@ -1,0 +1,57 @@
+#pragma once
+// fp32 building blocks of the Llama decoder on the CPU (OpenMP + AVX2). Each has a scalar reference in
+// tests/backend/cpu/test_kernels.cpp. Conventions follow Hugging Face transformers (modeling_llama.py).
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/config.h"
+
+namespace atom::cpu {
+
+// RMSNorm of `rows` rows of `dim`: y = x * rsqrt(mean(x^2) + eps) * weight, with the output channels
+// gathered in `perm` order when perm is non-empty: y[r, j] = norm(x)[r, perm[j]] * weight[perm[j]]
+// (the input reorder of the next linear layers, fused into the norm). x and y must not overlap.
+void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
+              std::span<const std::int32_t> perm, float* y);
+
+// RoPE inverse frequencies [head_dim / 2], computed in fp32 exactly as transformers does: default
+// (1 / theta^(2i/d)) or llama3 rope_scaling (_compute_llama3_parameters). Throws for other scalings.
+std::vector<float> rope_inv_freq(const ModelConfig& config);
+
+// cos/sin of position * inv_freq for each of n positions: [n, half] each (half = inv_freq.size()).
+void rope_cos_sin(std::span<const float> inv_freq, const std::int64_t* positions, std::int64_t n, float* cos,
+                  float* sin);
+
+// Rotates, in place, `heads` heads of head_dim (= 2 * half) in each of `rows` rows (row stride `stride`
+// floats) by HF's rotate_half convention: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, with x1 the first and
+// x2 the second half of a head; cos/sin rows as from rope_cos_sin.
+void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
+                const float* sin);
+
+// out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)).
+void silu_mul(const float* gate, const float* up, std::int64_t n, float* out);
+
+struct AttentionShape {
+  int num_heads = 0;
+  int num_kv_heads = 0;  // divides num_heads; query head h reads kv head h / (num_heads / num_kv_heads)
+  int head_dim = 0;
+  float scale = 0.0f;      // head_dim^-0.5
+  int sliding_window = 0;  // > 0: query at position p sees keys p - window + 1 .. p
+};
+
+// Causal attention of one sequence's n new queries, at positions start .. start + n - 1, over its keys and
+// values at positions 0 .. start + n - 1.
+struct AttentionJob {
+  const float* q = nullptr;  // [n, num_heads * head_dim]
+  const float* k = nullptr;  // [start + n, num_kv_heads * head_dim]
+  const float* v = nullptr;  // [start + n, num_kv_heads * head_dim]
+  float* out = nullptr;      // [n, num_heads * head_dim]
+  std::int64_t n = 0;
+  std::int64_t start = 0;
+};
+
+// Runs all jobs (one per sequence of a batch), parallel over sequences, heads and query blocks.
+void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& shape);
+
+}  // namespace atom::cpu

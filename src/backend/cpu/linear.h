@@ -1,0 +1,43 @@
+#pragma once
+// A linear layer y = x W^T (+ b) as the decoder sees it. The dense fp32 one is the reference; the quantizer
+// adds INT4/INT8 implementations (backend/cpu/quant_*) and swaps them into LlamaModel's layers.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace atom::cpu {
+
+class LinearOp {
+ public:
+  virtual ~LinearOp() = default;
+  virtual std::int64_t in_features() const = 0;
+  virtual std::int64_t out_features() const = 0;
+  // y[m, out_features] = x[m, in_features] W^T (+ bias); rows contiguous. Called from one thread; may use
+  // OpenMP / BLAS threads inside. Must not be called with x and y overlapping.
+  virtual void forward(const float* x, std::int64_t m, float* y) const = 0;
+  virtual std::string describe() const = 0;  // e.g. "dense f32 [576 x 1536]"
+};
+
+// fp32 weight [out, in] (HF layout), product through OpenBLAS sgemm. The weight may be shared (tied
+// embeddings: lm_head and embed_tokens are one buffer).
+class DenseLinear final : public LinearOp {
+ public:
+  DenseLinear(std::shared_ptr<const std::vector<float>> weight, std::int64_t out_features,
+              std::int64_t in_features, std::vector<float> bias = {});
+  std::int64_t in_features() const override { return in_; }
+  std::int64_t out_features() const override { return out_; }
+  void forward(const float* x, std::int64_t m, float* y) const override;
+  std::string describe() const override;
+
+  const float* weight() const { return weight_->data(); }  // [out, in]
+  const std::shared_ptr<const std::vector<float>>& shared_weight() const { return weight_; }
+  const std::vector<float>& bias() const { return bias_; }  // empty: none
+
+ private:
+  std::shared_ptr<const std::vector<float>> weight_;
+  std::int64_t out_, in_;
+  std::vector<float> bias_;
+};
+
+}  // namespace atom::cpu

@@ -1,0 +1,260 @@
+#include "backend/cpu/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <tuple>
+
+#include "common/error.h"
+
+namespace atom::cpu {
+
+namespace {
+
+std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::int64_t in, std::vector<float>&& bias = {}) {
+  return std::make_unique<DenseLinear>(std::make_shared<const std::vector<float>>(std::move(w)), out, in,
+                                       std::move(bias));
+}
+
+void add_in_place(float* x, const float* y, std::int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+void check_op(const LinearOp& op, std::int64_t out, std::int64_t in, int layer, const char* name) {
+  if (op.out_features() != out || op.in_features() != in) {
+    fail("layer {} {}: linear op {} has shape [{} x {}], the model needs [{} x {}]", layer, name, op.describe(),
+         op.out_features(), op.in_features(), out, in);
+  }
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
+  config_.validate("model config");
+  const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size;
+  const std::int64_t q_dim = std::int64_t{config_.num_heads} * config_.head_dim;
+  const std::int64_t kv_dim = std::int64_t{config_.num_kv_heads} * config_.head_dim;
+  if (static_cast<int>(weights.layers.size()) != config_.num_layers) {
+    fail("model weights have {} layers, the config says {}", weights.layers.size(), config_.num_layers);
+  }
+  ATOM_CHECK(static_cast<std::int64_t>(weights.embed_tokens.size()) == std::int64_t{config_.vocab_size} * hidden);
+  embed_tokens_ = std::make_shared<const std::vector<float>>(std::move(weights.embed_tokens));
+  for (LayerWeights& w : weights.layers) {
+    DecoderLayer l;
+    l.input_norm = std::move(w.input_norm);
+    l.post_attention_norm = std::move(w.post_attention_norm);
+    ATOM_CHECK(static_cast<std::int64_t>(l.input_norm.size()) == hidden);
+    ATOM_CHECK(static_cast<std::int64_t>(l.post_attention_norm.size()) == hidden);
+    l.q_proj = dense(std::move(w.q_proj), q_dim, hidden, std::move(w.q_bias));
+    l.k_proj = dense(std::move(w.k_proj), kv_dim, hidden, std::move(w.k_bias));
+    l.v_proj = dense(std::move(w.v_proj), kv_dim, hidden, std::move(w.v_bias));
+    l.o_proj = dense(std::move(w.o_proj), hidden, q_dim, std::move(w.o_bias));
+    l.gate_proj = dense(std::move(w.gate_proj), inter, hidden);
+    l.up_proj = dense(std::move(w.up_proj), inter, hidden);
+    l.down_proj = dense(std::move(w.down_proj), hidden, inter);
+    layers_.push_back(std::move(l));
+  }
+  final_norm_ = std::move(weights.final_norm);
+  ATOM_CHECK(static_cast<std::int64_t>(final_norm_.size()) == hidden);
+  if (config_.tie_word_embeddings) {
+    lm_head_ = std::make_unique<DenseLinear>(embed_tokens_, config_.vocab_size, hidden);
+  } else {
+    lm_head_ = dense(std::move(weights.lm_head), config_.vocab_size, hidden);
+  }
+  inv_freq_ = cpu::rope_inv_freq(config_);
+}
+
+void LlamaModel::set_lm_head(std::unique_ptr<LinearOp> op) {
+  ATOM_CHECK(op != nullptr);
+  check_op(*op, config_.vocab_size, config_.hidden_size, -1, "lm_head");
+  lm_head_ = std::move(op);
+}
+
+KvCacheShape LlamaModel::cache_shape() const {
+  return KvCacheShape{config_.num_layers, config_.num_kv_heads, config_.head_dim};
+}
+
+KvCache LlamaModel::new_cache(const KvRowStoreFactory& factory) const { return KvCache(cache_shape(), factory); }
+
+std::int64_t LlamaModel::logits_rows(std::span<const SequenceInput> batch) {
+  std::int64_t rows = 0;
+  for (const SequenceInput& s : batch) rows += s.all_logits ? static_cast<std::int64_t>(s.tokens.size()) : 1;
+  return rows;
+}
+
+std::vector<float> LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache, bool all_logits) const {
+  const SequenceInput input{tokens, &cache, all_logits};
+  std::vector<float> logits;
+  forward(std::span<const SequenceInput>(&input, 1), logits);
+  return logits;
+}
+
+void LlamaModel::forward(std::span<const SequenceInput> batch, std::vector<float>& logits) const {
+  const std::int64_t vocab = config_.vocab_size;
+  logits.resize(static_cast<std::size_t>(logits_rows(batch) * vocab));
+  forward(batch, [&](std::int64_t first, std::int64_t rows, const float* chunk) {
+    std::copy(chunk, chunk + rows * vocab, logits.begin() + first * vocab);
+  });
+}
+
+void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink& sink, std::int64_t chunk_rows) const {
+  const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
+  const int heads = config_.num_heads, kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
+  const std::int64_t q_dim = std::int64_t{heads} * head_dim, kv_dim = std::int64_t{kv_heads} * head_dim;
+  if (batch.empty()) fail("forward: empty batch");
+  if (chunk_rows <= 0) fail("forward: chunk_rows must be positive, got {}", chunk_rows);
+
+  // ---- validate the batch, lay out its rows
+  const KvCacheShape shape = cache_shape();
+  std::set<const KvCache*> caches;
+  std::vector<std::int64_t> row_offset, start;
+  std::int64_t total = 0;
+  for (std::size_t s = 0; s < batch.size(); ++s) {
+    const SequenceInput& in = batch[s];
+    if (in.tokens.empty()) fail("forward: sequence {} of the batch has no tokens", s);
+    if (in.cache == nullptr) fail("forward: sequence {} of the batch has no KV cache", s);
+    const KvCacheShape& cs = in.cache->shape();
+    if (cs.num_layers != shape.num_layers || cs.num_kv_heads != shape.num_kv_heads || cs.head_dim != shape.head_dim) {
+      fail("forward: sequence {}: KV cache shape ({} layers, {} kv heads, head_dim {}) does not match the model "
+           "({}, {}, {})", s, cs.num_layers, cs.num_kv_heads, cs.head_dim, shape.num_layers, shape.num_kv_heads,
+           shape.head_dim);
+    }
+    if (!caches.insert(in.cache).second) fail("forward: sequence {} shares its KV cache with another sequence", s);
+    const std::int64_t length = in.cache->length();
+    for (int l = 0; l < shape.num_layers; ++l) {
+      if (in.cache->keys(l).rows() != length || in.cache->values(l).rows() != length) {
+        fail("forward: sequence {}: KV cache layers hold different token counts (interrupted forward?)", s);
+      }
+    }
+    for (std::size_t i = 0; i < in.tokens.size(); ++i) {
+      const std::int32_t t = in.tokens[i];
+      if (t < 0 || t >= vocab) fail("forward: sequence {} token {} is {}, outside the vocabulary [0, {})", s, i, t, vocab);
+    }
+    row_offset.push_back(total);
+    start.push_back(length);
+    total += static_cast<std::int64_t>(in.tokens.size());
+  }
+  for (int i = 0; i < num_layers(); ++i) {
+    const DecoderLayer& l = layers_[static_cast<std::size_t>(i)];
+    check_op(*l.q_proj, q_dim, hidden, i, "q_proj");
+    check_op(*l.k_proj, kv_dim, hidden, i, "k_proj");
+    check_op(*l.v_proj, kv_dim, hidden, i, "v_proj");
+    check_op(*l.o_proj, hidden, q_dim, i, "o_proj");
+    check_op(*l.gate_proj, inter, hidden, i, "gate_proj");
+    check_op(*l.up_proj, inter, hidden, i, "up_proj");
+    check_op(*l.down_proj, hidden, inter, i, "down_proj");
+    ATOM_CHECK(l.attn_perm.empty() || static_cast<std::int64_t>(l.attn_perm.size()) == hidden);
+    ATOM_CHECK(l.mlp_perm.empty() || static_cast<std::int64_t>(l.mlp_perm.size()) == hidden);
+  }
+
+  // ---- embeddings, RoPE tables
+  const auto T = total;
+  auto buffer = [](std::int64_t n) { return std::vector<float>(static_cast<std::size_t>(n)); };
+  std::vector<float> x = buffer(T * hidden), normed = buffer(T * hidden), tmp = buffer(T * hidden);
+  std::vector<float> q = buffer(T * q_dim), k = buffer(T * kv_dim), v = buffer(T * kv_dim), attn = buffer(T * q_dim);
+  std::vector<float> gate = buffer(T * inter), up = buffer(T * inter);
+  std::vector<std::int64_t> positions(static_cast<std::size_t>(T));
+  for (std::size_t s = 0; s < batch.size(); ++s) {
+    for (std::size_t i = 0; i < batch[s].tokens.size(); ++i) {
+      const std::int64_t row = row_offset[s] + static_cast<std::int64_t>(i);
+      positions[static_cast<std::size_t>(row)] = start[s] + static_cast<std::int64_t>(i);
+      const float* e = embed_tokens_->data() + std::int64_t{batch[s].tokens[i]} * hidden;
+      std::copy(e, e + hidden, x.begin() + row * hidden);
+    }
+  }
+  const auto half = static_cast<std::int64_t>(inv_freq_.size());
+  std::vector<float> cos = buffer(T * half), sin = buffer(T * half);
+  rope_cos_sin(inv_freq_, positions.data(), T, cos.data(), sin.data());
+
+  AttentionShape attention_shape;
+  attention_shape.num_heads = heads;
+  attention_shape.num_kv_heads = kv_heads;
+  attention_shape.head_dim = head_dim;
+  attention_shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  attention_shape.sliding_window = config_.sliding_window;
+  std::vector<AttentionJob> jobs(batch.size());
+  std::vector<std::vector<float>> dequantized_k(batch.size()), dequantized_v(batch.size());
+
+  // ---- decoder layers
+  for (int li = 0; li < num_layers(); ++li) {
+    const DecoderLayer& l = layers_[static_cast<std::size_t>(li)];
+    rms_norm(x.data(), T, hidden, l.input_norm.data(), config_.rms_norm_eps, l.attn_perm, normed.data());
+    observe(li, "q_proj", normed.data(), T, hidden);
+    l.q_proj->forward(normed.data(), T, q.data());
+    observe(li, "k_proj", normed.data(), T, hidden);
+    l.k_proj->forward(normed.data(), T, k.data());
+    observe(li, "v_proj", normed.data(), T, hidden);
+    l.v_proj->forward(normed.data(), T, v.data());
+    apply_rope(q.data(), T, q_dim, heads, head_dim, cos.data(), sin.data());
+    apply_rope(k.data(), T, kv_dim, kv_heads, head_dim, cos.data(), sin.data());
+
+    for (std::size_t s = 0; s < batch.size(); ++s) {
+      KvCache& cache = *batch[s].cache;
+      const auto n = static_cast<std::int64_t>(batch[s].tokens.size());
+      KvRowStore& ks = cache.keys(li);
+      KvRowStore& vs = cache.values(li);
+      ks.append(k.data() + row_offset[s] * kv_dim, n);
+      vs.append(v.data() + row_offset[s] * kv_dim, n);
+      AttentionJob& job = jobs[s];
+      job.q = q.data() + row_offset[s] * q_dim;
+      job.out = attn.data() + row_offset[s] * q_dim;
+      job.n = n;
+      job.start = start[s];
+      const std::int64_t keys = start[s] + n;
+      // A quantized store is read back (dequantized) whole: attention then sees what the cache holds,
+      // the new tokens included.
+      for (auto [store, scratch, ptr] : {std::tuple{&ks, &dequantized_k[s], &job.k}, std::tuple{&vs, &dequantized_v[s], &job.v}}) {
+        if (const float* direct = store->f32_rows()) {
+          *ptr = direct;
+        } else {
+          scratch->resize(static_cast<std::size_t>(keys * kv_dim));
+          store->read(0, keys, scratch->data());
+          *ptr = scratch->data();
+        }
+      }
+    }
+    causal_attention(jobs, attention_shape);
+
+    observe(li, "o_proj", attn.data(), T, q_dim);
+    l.o_proj->forward(attn.data(), T, tmp.data());
+    add_in_place(x.data(), tmp.data(), T * hidden);
+
+    rms_norm(x.data(), T, hidden, l.post_attention_norm.data(), config_.rms_norm_eps, l.mlp_perm, normed.data());
+    observe(li, "gate_proj", normed.data(), T, hidden);
+    l.gate_proj->forward(normed.data(), T, gate.data());
+    observe(li, "up_proj", normed.data(), T, hidden);
+    l.up_proj->forward(normed.data(), T, up.data());
+    silu_mul(gate.data(), up.data(), T * inter, gate.data());
+    observe(li, "down_proj", gate.data(), T, inter);
+    l.down_proj->forward(gate.data(), T, tmp.data());
+    add_in_place(x.data(), tmp.data(), T * hidden);
+  }
+
+  // ---- final norm and lm_head on the rows whose logits are wanted, in chunks
+  std::vector<std::int64_t> out_rows;
+  for (std::size_t s = 0; s < batch.size(); ++s) {
+    const auto n = static_cast<std::int64_t>(batch[s].tokens.size());
+    if (batch[s].all_logits) {
+      for (std::int64_t i = 0; i < n; ++i) out_rows.push_back(row_offset[s] + i);
+    } else {
+      out_rows.push_back(row_offset[s] + n - 1);
+    }
+  }
+  const auto R = static_cast<std::int64_t>(out_rows.size());
+  const std::int64_t chunk = std::min(chunk_rows, R);
+  std::vector<float> gathered = buffer(chunk * hidden), chunk_logits = buffer(chunk * vocab);
+  for (std::int64_t first = 0; first < R; first += chunk) {
+    const std::int64_t rows = std::min(chunk, R - first);
+    for (std::int64_t r = 0; r < rows; ++r) {
+      const float* src = x.data() + out_rows[static_cast<std::size_t>(first + r)] * hidden;
+      std::copy(src, src + hidden, tmp.begin() + r * hidden);
+    }
+    rms_norm(tmp.data(), rows, hidden, final_norm_.data(), config_.rms_norm_eps, {}, gathered.data());
+    observe(-1, "lm_head", gathered.data(), rows, hidden);
+    lm_head_->forward(gathered.data(), rows, chunk_logits.data());
+    sink(first, rows, chunk_logits.data());
+  }
+}
+
+}  // namespace atom::cpu

@@ -1,0 +1,99 @@
+#pragma once
+// fp32 Llama-family decoder on the CPU (llama, mistral, qwen2): the reference every other path is checked
+// against. One forward runs a batch of sequences, each with its own KV cache: some may be in prefill (many
+// tokens, matrix-matrix products), some decoding (one token). Rows of all sequences go through each linear
+// layer together; attention runs per sequence on its own cache.
+//
+// Seams for the quantizer:
+//  - every linear layer is a LinearOp (layer(i).q_proj, ...); swap in quantized ones;
+//  - each layer's attn_perm / mlp_perm reorder the input channels of q/k/v and gate/up inside the RMSNorm;
+//  - the KV cache storage comes from a KvRowStoreFactory (new_cache);
+//  - set_linear_observer sees the input of every linear layer (calibration).
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "backend/cpu/kernels.h"
+#include "backend/cpu/kv_cache.h"
+#include "backend/cpu/linear.h"
+#include "model/config.h"
+#include "model/weights.h"
+
+namespace atom::cpu {
+
+struct DecoderLayer {
+  std::vector<float> input_norm;           // [hidden], original channel order
+  std::vector<float> post_attention_norm;  // [hidden], original channel order
+  // Input channel order of q/k/v (fused into input_norm) and of gate/up (fused into post_attention_norm):
+  // the norm's output channel j is original channel perm[j]. Empty: identity. The LinearOps reading that
+  // output must have their input columns in the same order.
+  std::vector<std::int32_t> attn_perm, mlp_perm;
+  std::unique_ptr<LinearOp> q_proj, k_proj, v_proj, o_proj;
+  std::unique_ptr<LinearOp> gate_proj, up_proj, down_proj;
+};
+
+// Called with the input of every linear layer during forward: (layer, linear name, x [m, k], m, k). Names are
+// "q_proj", "k_proj", "v_proj" (the same x for all three), "o_proj", "gate_proj", "up_proj" (same x),
+// "down_proj", and "lm_head" with layer = -1. x is the input as the LinearOp receives it (permuted if the
+// layer has a permutation).
+using LinearObserver =
+    std::function<void(int layer, std::string_view linear, const float* x, std::int64_t m, std::int64_t k)>;
+
+struct SequenceInput {
+  std::span<const std::int32_t> tokens;  // new tokens, at positions cache->length() ...
+  KvCache* cache = nullptr;              // this sequence's cache; the tokens are appended to it
+  bool all_logits = false;               // false: logits of the last token only
+};
+
+// Receives logits rows [first_row, first_row + rows) of a forward (vocab floats each), in order.
+using LogitsSink = std::function<void(std::int64_t first_row, std::int64_t rows, const float* logits)>;
+
+class LlamaModel {
+ public:
+  explicit LlamaModel(LlamaWeights weights);  // dense fp32 linear layers
+
+  const ModelConfig& config() const { return config_; }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
+  int vocab_size() const { return config_.vocab_size; }
+  DecoderLayer& layer(int i) { return layers_.at(static_cast<std::size_t>(i)); }
+  const DecoderLayer& layer(int i) const { return layers_.at(static_cast<std::size_t>(i)); }
+  LinearOp& lm_head() { return *lm_head_; }
+  void set_lm_head(std::unique_ptr<LinearOp> op);
+  const std::vector<float>& embed_tokens() const { return *embed_tokens_; }  // [vocab, hidden]
+  const std::vector<float>& final_norm() const { return final_norm_; }
+  const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
+
+  KvCacheShape cache_shape() const;
+  KvCache new_cache(const KvRowStoreFactory& factory = make_f32_kv_row_store) const;
+  void set_linear_observer(LinearObserver observer) { observer_ = std::move(observer); }
+
+  // One forward over a batch. Logits rows, for each sequence in batch order: one per token if all_logits,
+  // else one (its last token); logits_rows() says how many. Throws atom::Error for empty token lists, token
+  // ids out of range, a cache of another shape, or one cache appearing twice.
+  void forward(std::span<const SequenceInput> batch, std::vector<float>& logits) const;
+  // Same, handing logits to `sink` in chunks of at most `chunk_rows` rows (long windows need not
+  // materialize [tokens, vocab]).
+  void forward(std::span<const SequenceInput> batch, const LogitsSink& sink, std::int64_t chunk_rows = 256) const;
+  // Single sequence: returns [n, vocab] (all_logits) or [vocab].
+  std::vector<float> forward(std::span<const std::int32_t> tokens, KvCache& cache, bool all_logits = false) const;
+
+  static std::int64_t logits_rows(std::span<const SequenceInput> batch);
+
+ private:
+  void observe(int layer, std::string_view name, const float* x, std::int64_t m, std::int64_t k) const {
+    if (observer_) observer_(layer, name, x, m, k);
+  }
+
+  ModelConfig config_;
+  std::shared_ptr<const std::vector<float>> embed_tokens_;
+  std::vector<DecoderLayer> layers_;
+  std::vector<float> final_norm_;
+  std::unique_ptr<LinearOp> lm_head_;
+  std::vector<float> inv_freq_;
+  LinearObserver observer_;
+};
+
+}  // namespace atom::cpu
