@@ -369,8 +369,8 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   std::vector<const GgufTensorInfo*> by_offset;
   by_offset.reserve(tensors_.size());
   for (const auto& t : tensors_) by_offset.push_back(&t);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
+  std::stable_sort(by_offset.begin(), by_offset.end(),  // stable: messages name the later tensor
+                   [](const GgufTensorInfo* a, const GgufTensorInfo* b) { return a->offset < b->offset; });
   for (std::size_t i = 1; i < by_offset.size(); ++i) {
     const auto& prev = *by_offset[i - 1];
     const auto& cur = *by_offset[i];

@@ -75,12 +75,12 @@ class GgufTensorStore : public TensorStore {
           heads = n_head_kv;
         }
       }
-      if (!index_.emplace(v.name, views_.size()).second) {
-        fail("GGUF file '{}': tensor '{}' and another tensor both map to the name '{}'", file_->path(),
-             info.name, v.name);
-      }
       views_.push_back(std::move(v));
       unpermute_heads_.push_back(heads);
+      if (!index_.emplace(views_.back().name, views_.size() - 1).second) {
+        fail("GGUF file '{}': tensor '{}' and another tensor both map to the name '{}'", file_->path(),
+             info.name, views_.back().name);
+      }
     }
   }
 
@@ -191,17 +191,13 @@ ModelConfig model_config_from_gguf(const GgufFile& file) {
   c.rms_norm_eps = file.get_f32(key("attention.layer_norm_rms_epsilon"));
   c.rope_theta = file.find(key("rope.freq_base")) ? file.get_f32(key("rope.freq_base")) : 10000.0f;
 
-  // head_dim: attention.key_length when present; rotary must cover the whole head.
-  const bool has_key_length = file.find(key("attention.key_length")) != nullptr;
-  const bool has_rope_dims = file.find(key("rope.dimension_count")) != nullptr;
-  if (has_key_length) {
+  // head_dim is attention.key_length (default hidden / heads, as llama.cpp); rotary must cover all of it.
+  if (file.find(key("attention.key_length"))) {
     c.head_dim = get_int("attention.key_length");
-  } else if (has_rope_dims) {
-    c.head_dim = get_int("rope.dimension_count");
   } else if (c.num_heads > 0 && c.hidden_size % c.num_heads == 0) {
     c.head_dim = c.hidden_size / c.num_heads;
   }  // else 0, which validate() reports
-  if (has_rope_dims && get_int("rope.dimension_count") != c.head_dim) {
+  if (file.find(key("rope.dimension_count")) && get_int("rope.dimension_count") != c.head_dim) {
     fail("GGUF file '{}': {} is {} but the head dimension is {}: partial rotary embeddings are not supported",
          file.path(), key("rope.dimension_count"), get_int("rope.dimension_count"), c.head_dim);
   }
