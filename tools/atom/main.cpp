@@ -1,13 +1,18 @@
 // atom: command-line front end. Each subcommand lives in its own file (tools/atom/cmd_*.cpp).
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
+#include <exception>
 
+#include "commands.h"
 #include "common/error.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Atom: 4-bit weight and activation quantization and serving for Llama-family LLMs"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "atom 0.1.0");
+  atom::cli::add_info_command(app);
+  atom::cli::add_generate_commands(app);
+  atom::cli::add_eval_command(app);
+  atom::cli::add_convert_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -15,6 +20,9 @@ int main(int argc, char** argv) {
   } catch (const atom::Error& e) {
     std::fprintf(stderr, "atom: error: %s\n", e.what());
     return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "atom: internal error: %s\n", e.what());
+    return 2;
   }
   return 0;
 }
