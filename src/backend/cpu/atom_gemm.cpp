@@ -30,13 +30,6 @@ std::int32_t activation_offset(NumberFormat f) {
   return 0;
 }
 
-// Reordered channel held at split-layout position p (chunk C: even channels first, then odd ones).
-std::int64_t split_layout_channel(std::int64_t p, std::int64_t chunk) {
-  if (chunk == 0) return p;
-  const std::int64_t base = p / chunk * chunk, offset = p - base, half = chunk / 2;
-  return offset < half ? base + 2 * offset : base + 2 * (offset - half) + 1;
-}
-
 // Sums of eight int32 vectors: lane i of the result is the sum of the lanes of v[i].
 inline __m256i reduce8(const __m256i v[8]) {
   const __m256i h0 = _mm256_hadd_epi32(v[0], v[1]), h1 = _mm256_hadd_epi32(v[2], v[3]);
@@ -281,7 +274,13 @@ float quantize_group(const float* buf, std::int64_t len, float clip, CodeKind ki
 
 }  // namespace
 
-AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what) {
+std::int64_t split_layout_channel(std::int64_t p, std::int64_t chunk) {
+  if (chunk == 0) return p;
+  const std::int64_t base = p / chunk * chunk, offset = p - base, half = chunk / 2;  // even half, then odd half
+  return offset < half ? base + 2 * offset : base + 2 * (offset - half) + 1;
+}
+
+AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what, InputOrder order) {
   quant::validate(q, what);
   if (q.group % 32 != 0) fail("{}: group size {} is not a multiple of 32 (CPU integer kernels)", what, q.group);
   AtomPreparedWeights p;
@@ -311,8 +310,11 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
     p.outlier_scales[n] = fp16_to_fp32(q.outlier_scales[n]);
   }
   p.gather.resize(static_cast<std::size_t>(q.k_normal + p.n_out_pad));
-  for (std::int64_t pos = 0; pos < q.k_normal; ++pos) p.gather[pos] = q.perm[split_layout_channel(pos, p.chunk)];
-  for (std::int64_t o = 0; o < p.n_out_pad; ++o) p.gather[q.k_normal + o] = o < q.n_outliers ? q.perm[q.k_normal + o] : -1;
+  const auto source = [&](std::int64_t j) -> std::int32_t {
+    return order == InputOrder::kOriginal ? q.perm[j] : static_cast<std::int32_t>(j);
+  };
+  for (std::int64_t pos = 0; pos < q.k_normal; ++pos) p.gather[pos] = source(split_layout_channel(pos, p.chunk));
+  for (std::int64_t o = 0; o < p.n_out_pad; ++o) p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
   p.q = std::move(q);
   return p;
 }

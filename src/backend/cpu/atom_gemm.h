@@ -34,9 +34,17 @@ struct AtomPreparedWeights {
   std::int64_t groups() const { return q.k_normal / q.group; }
 };
 
+// Where the layer's input comes from: in the original channel order (the kernel gathers by q.perm), or
+// already reordered by the producer (perm fused into the preceding RMSNorm; the kernel reads in order).
+enum class InputOrder : std::uint8_t { kOriginal, kReordered };
+
 // Validates q (atom::Error naming `what`) and builds the kernel-side tables. The CPU kernels need the
 // group size to be a multiple of 32.
-AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what);
+AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what,
+                                         InputOrder order = InputOrder::kOriginal);
+
+// Reordered channel held at position p of the split layout with chunk C (0: natural order).
+std::int64_t split_layout_channel(std::int64_t p, std::int64_t chunk);
 
 // Quantized activations in the kernel layout (reusable buffer).
 struct AtomActivations {
