@@ -4,6 +4,10 @@
 #include <array>
 #include <cstring>
 
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "common/error.h"
 #include "common/half.h"
 #include "io/ggml_quants.h"
@@ -52,12 +56,32 @@ void cast_elements(const std::uint8_t* src, float* dst, std::size_t n) {
   convert_elements<T>(src, dst, n, [](T v) { return static_cast<float>(v); });
 }
 
+// fp16 -> fp32, 8 at a time with F16C where available. The hardware conversion is exact except that it
+// quiets signalling NaNs; groups holding a NaN take the scalar path so that results stay bit-identical to
+// fp16_to_fp32 (tested against it).
+void fp16_elements(const std::uint8_t* src, float* dst, std::size_t n) {
+  std::size_t i = 0;
+#if defined(__F16C__) && defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+    const __m128i magnitude = _mm_and_si128(h, _mm_set1_epi16(0x7FFF));
+    const __m128i nan = _mm_cmpgt_epi16(magnitude, _mm_set1_epi16(0x7C00));
+    if (_mm_movemask_epi8(nan) != 0) {
+      convert_elements<std::uint16_t>(src + 2 * i, dst + i, 8, fp16_to_fp32);
+    } else {
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+  }
+#endif
+  convert_elements<std::uint16_t>(src + 2 * i, dst + i, n - i, fp16_to_fp32);
+}
+
 // Converts n elements (a multiple of the block size) starting at src, sequentially.
 void dequantize_range(DType t, const std::uint8_t* src, float* dst, std::size_t n) {
   const std::size_t blocks = n / dtype_traits(t).block_elems;
   switch (t) {
     case DType::F32: std::memcpy(dst, src, n * sizeof(float)); return;
-    case DType::F16: convert_elements<std::uint16_t>(src, dst, n, fp16_to_fp32); return;
+    case DType::F16: fp16_elements(src, dst, n); return;
     case DType::BF16: convert_elements<std::uint16_t>(src, dst, n, bf16_to_fp32); return;
     case DType::F64: cast_elements<double>(src, dst, n); return;
     case DType::I8: cast_elements<std::int8_t>(src, dst, n); return;
