@@ -22,6 +22,12 @@ constexpr std::size_t kMinKeyValueBytes = 8 + 1 + 4 + 1;            // key lengt
 constexpr std::size_t kMinTensorInfoBytes = 8 + 1 + 4 + 8 + 4 + 8;  // name, n_dims, one ne, type, offset
 constexpr std::size_t kMinNestedArrayBytes = 4 + 8;                 // element type, length
 
+// Counts are only bounded by the file size, and an entry in memory is larger than its smallest encoding:
+// reserve at most this many up front, so that memory grows with what is actually parsed, not with claims.
+std::size_t capped_reserve(std::uint64_t count) {
+  return static_cast<std::size_t>(std::min<std::uint64_t>(count, 1 << 16));
+}
+
 bool is_valid_type(std::uint32_t t) { return t <= static_cast<std::uint32_t>(GgufType::F64); }
 
 // Bytes of one element of a fixed-size type; 0 for String and Array.
@@ -115,12 +121,12 @@ GgufArray read_array(Reader& r, int depth) {
     }
   } else if (a.type == GgufType::String) {
     a.size = r.read_count("array length", 8);
-    a.strings.reserve(a.size);
+    a.strings.reserve(capped_reserve(a.size));
     for (std::size_t i = 0; i < a.size; ++i) a.strings.push_back(r.read_string("string array element"));
   } else {
     if (depth >= kMaxArrayDepth) r.error(fmt::format("arrays nested deeper than {} levels", kMaxArrayDepth));
     a.size = r.read_count("array length", kMinNestedArrayBytes);
-    a.arrays.reserve(a.size);
+    a.arrays.reserve(capped_reserve(a.size));
     for (std::size_t i = 0; i < a.size; ++i) a.arrays.push_back(read_array(r, depth + 1));
   }
   return a;
@@ -286,7 +292,7 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   const auto n_kv = r.read_count("metadata count", kMinKeyValueBytes);
 
   // ---- metadata
-  metadata_.reserve(n_kv);
+  metadata_.reserve(capped_reserve(n_kv));
   for (std::uint64_t i = 0; i < n_kv; ++i) {
     r.context = fmt::format("metadata entry {}", i);
     const std::string_view key = r.read_string("key");
@@ -306,7 +312,7 @@ GgufFile::GgufFile(const std::string& path) : file_(path) {
   }
 
   // ---- tensor infos
-  tensors_.reserve(n_tensors);
+  tensors_.reserve(capped_reserve(n_tensors));
   for (std::uint64_t i = 0; i < n_tensors; ++i) {
     r.context = fmt::format("tensor info {}", i);
     GgufTensorInfo t;
