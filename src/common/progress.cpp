@@ -33,11 +33,13 @@ void Progress::finish(const std::string& detail) {
   if (finished_) return;
   finished_ = true;
   if (!detail.empty()) detail_ = detail;
+  if (!tty_ && drawn_done_ == done_ && detail.empty()) return;  // that line is already out
   draw(true);
 }
 
 void Progress::draw(bool final_line) {
   if (!enabled_) return;
+  drawn_done_ = done_;
   const double secs = elapsed_seconds();
   const double frac = total_ > 0 ? static_cast<double>(done_) / static_cast<double>(total_) : 1.0;
   std::string line;

@@ -21,6 +21,7 @@ class Progress {
   std::string label_;
   std::int64_t total_;
   std::int64_t done_ = 0;
+  std::int64_t drawn_done_ = -1;  // done_ at the last draw (non-terminals print each state once)
   bool enabled_;
   bool tty_;
   bool finished_ = false;
