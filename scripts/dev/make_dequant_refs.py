@@ -10,6 +10,9 @@ little-endian) under tests/data/io/gguf/, and lists them in dequant_refs.json. C
                for every block type, K-quants included (gguf-py only dequantizes those);
   all_values   every 16-bit pattern (F16, BF16);
   values       random values of the plain types, as numpy casts them to float32.
+It also writes written_by_gguf_py.gguf, a small GGUF written by gguf.GGUFWriter (an independent writer:
+every metadata type, nested arrays, custom alignment, F32/F16/BF16/Q8_0/Q4_K/Q6_K tensors), and
+written_by_gguf_py.json with what a reader must find in it.
 With --model PATH it also writes smollm2_refs.json: for a few tensors of that GGUF, a checksum of their
 dequantized float32 values in GGUF order (sum of bit patterns times 2i+1, mod 2^64) and a few values.
 
@@ -120,8 +123,63 @@ def main():
                    "numpy_version": np.__version__, "seed": SEED, "cases": cases}, f, indent=1)
         f.write("\n")
 
+    write_gguf_py_file(np.random.default_rng(SEED + 1))
     if args.model:
         write_model_refs(args.model)
+
+
+def write_gguf_py_file(rng):
+    path = os.path.join(OUT, "written_by_gguf_py.gguf")
+    w = gguf.GGUFWriter(path, arch="llama")  # writes general.architecture
+    w.add_custom_alignment(64)
+    V = gguf.GGUFValueType
+    meta = {
+        "t.u8": (200, V.UINT8), "t.i8": (-100, V.INT8), "t.u16": (60000, V.UINT16), "t.i16": (-30000, V.INT16),
+        "t.u32": (4000000000, V.UINT32), "t.i32": (-2000000000, V.INT32), "t.f32": (0.1, V.FLOAT32),
+        "t.bool": (True, V.BOOL), "t.string": ("h\u00e9llo", V.STRING), "t.u64": (2**63 + 5, V.UINT64),
+        "t.i64": (-(2**62), V.INT64), "t.f64": (-2.25e300, V.FLOAT64),
+    }
+    for key, (val, vtype) in meta.items():
+        w.add_key_value(key, val, vtype)
+    w.add_key_value("t.arr_i32", [-7, 0, 2147483647], V.ARRAY, V.INT32)
+    w.add_key_value("t.arr_f32", [0.5, -1.25], V.ARRAY, V.FLOAT32)
+    w.add_key_value("t.arr_bool", [True, False], V.ARRAY, V.BOOL)
+    w.add_array("t.arr_string", ["a", "", "\u2581x"])
+    w.add_array("t.nested", [[1, 2], [3]])  # arrays of arrays of i32 (gguf-py's default int type)
+
+    tensors = {}
+    f32 = rng.standard_normal((3, 64)).astype(np.float32)
+    w.add_tensor("t.f32", f32)
+    tensors["t.f32"] = ("F32", f32)
+    f16 = rng.standard_normal((2, 32)).astype(np.float16)
+    w.add_tensor("t.f16", f16)
+    tensors["t.f16"] = ("F16", f16.astype(np.float32))
+    bf16_src = rng.standard_normal((2, 32)).astype(np.float32)
+    bf16 = quantize(bf16_src, T.BF16)
+    w.add_tensor("t.bf16", bf16, raw_dtype=T.BF16)  # shapes of quantized data are in bytes
+    tensors["t.bf16"] = ("BF16", dequantize(bf16, T.BF16))
+    q8_src = rng.standard_normal((4, 64)).astype(np.float32)
+    q8 = quantize(q8_src, T.Q8_0)
+    w.add_tensor("t.q8_0", q8, raw_dtype=T.Q8_0)
+    tensors["t.q8_0"] = ("Q8_0", dequantize(q8, T.Q8_0))
+    for qtype, rows in [(T.Q4_K, 2), (T.Q6_K, 3)]:
+        blocks, n = random_bits_blocks(rng, qtype, rows * 2)
+        name = "t." + qtype.name.lower()
+        w.add_tensor(name, blocks.reshape(rows, -1), raw_dtype=qtype)
+        tensors[name] = (qtype.name, dequantize(blocks.reshape(rows, -1), qtype))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    expected = {"alignment": 64, "metadata": {k: v for k, (v, _) in meta.items()}, "tensors": []}
+    for name, (dtype, values) in tensors.items():
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        expected["tensors"].append({"name": name, "dtype": dtype, "hf_shape": list(values.shape),
+                                    "values": [float(x) for x in values.reshape(-1)]})
+    with open(os.path.join(OUT, "written_by_gguf_py.json"), "w") as f:
+        json.dump(expected, f, indent=1)
+        f.write("\n")
 
 
 def bits_checksum(values: np.ndarray) -> int:

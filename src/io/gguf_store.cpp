@@ -54,8 +54,9 @@ class GgufTensorStore : public TensorStore {
   explicit GgufTensorStore(std::shared_ptr<const GgufFile> file) : file_(std::move(file)) {
     const std::string_view arch = architecture_of(*file_);
     const bool permuted_qk = arch == "llama";  // qwen2 uses NEOX rotary: its converter does not permute
-    const int n_head = permuted_qk ? head_count(*file_, arch) : 0;
-    const int n_head_kv = permuted_qk ? kv_head_count(*file_, arch) : 0;
+    // Head counts are read only when there are Q/K tensors to un-permute.
+    const auto n_head = [&] { return head_count(*file_, arch); };
+    const auto n_head_kv = [&] { return kv_head_count(*file_, arch); };
 
     views_.reserve(file_->tensors().size());
     for (const auto& info : file_->tensors()) {
@@ -69,10 +70,10 @@ class GgufTensorStore : public TensorStore {
       int heads = 0;
       if (permuted_qk && v.name.starts_with("model.layers.")) {
         if (v.name.ends_with(".self_attn.q_proj.weight") || v.name.ends_with(".self_attn.q_proj.bias")) {
-          heads = n_head;
+          heads = n_head();
         } else if (v.name.ends_with(".self_attn.k_proj.weight") ||
                    v.name.ends_with(".self_attn.k_proj.bias")) {
-          heads = n_head_kv;
+          heads = n_head_kv();
         }
       }
       views_.push_back(std::move(v));

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
 #include <string>
@@ -427,6 +428,55 @@ TEST(GgufFile, AlignmentFromMetadata) {
     const auto raw = random_q8_0(4, 1);
     ggml::dequantize_q8_0(raw.data(), want.data(), 4);
     EXPECT_EQ(q, want);
+  }
+}
+
+// A file written by an independent writer, gguf-py's GGUFWriter (scripts/dev/make_dequant_refs.py).
+TEST(GgufFile, ReadsFileWrittenByGgufPy) {
+  const std::string dir = std::string(ATOM_TEST_DATA_DIR) + "/io/gguf/";
+  std::ifstream in(dir + "written_by_gguf_py.json");
+  ASSERT_TRUE(in);
+  const auto expected = nlohmann::json::parse(in);
+  const GgufFile f(dir + "written_by_gguf_py.gguf");
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.architecture(), "llama");
+  EXPECT_EQ(f.alignment(), expected.at("alignment").get<std::size_t>());
+  const auto& meta = expected.at("metadata");
+  EXPECT_EQ(f.get_u8("t.u8"), meta.at("t.u8").get<std::uint8_t>());
+  EXPECT_EQ(f.get_i8("t.i8"), meta.at("t.i8").get<std::int8_t>());
+  EXPECT_EQ(f.get_u16("t.u16"), meta.at("t.u16").get<std::uint16_t>());
+  EXPECT_EQ(f.get_i16("t.i16"), meta.at("t.i16").get<std::int16_t>());
+  EXPECT_EQ(f.get_u32("t.u32"), meta.at("t.u32").get<std::uint32_t>());
+  EXPECT_EQ(f.get_i32("t.i32"), meta.at("t.i32").get<std::int32_t>());
+  EXPECT_EQ(f.get_f32("t.f32"), static_cast<float>(meta.at("t.f32").get<double>()));
+  EXPECT_EQ(f.get_bool("t.bool"), meta.at("t.bool").get<bool>());
+  EXPECT_EQ(f.get_string("t.string"), meta.at("t.string").get<std::string>());
+  EXPECT_EQ(f.get_u64("t.u64"), meta.at("t.u64").get<std::uint64_t>());
+  EXPECT_EQ(f.get_i64("t.i64"), meta.at("t.i64").get<std::int64_t>());
+  EXPECT_EQ(f.get_f64("t.f64"), meta.at("t.f64").get<double>());
+  EXPECT_EQ(f.get_array_values<std::int32_t>("t.arr_i32"), (std::vector<std::int32_t>{-7, 0, 2147483647}));
+  EXPECT_EQ(f.get_array_values<float>("t.arr_f32"), (std::vector<float>{0.5f, -1.25f}));
+  EXPECT_EQ(f.get_array_values<bool>("t.arr_bool"), (std::vector<bool>{true, false}));
+  const auto strings = f.get_string_array("t.arr_string");
+  EXPECT_EQ(std::vector<std::string_view>(strings.begin(), strings.end()),
+            (std::vector<std::string_view>{"a", "", "\xe2\x96\x81x"}));
+  EXPECT_EQ(gguf_value_to_string(f.get("t.nested")), "[[1, 2], [3]]");
+
+  const auto store =
+      make_gguf_tensor_store(std::make_shared<const GgufFile>(dir + "written_by_gguf_py.gguf"));
+  const auto& tensors = expected.at("tensors");
+  ASSERT_EQ(f.tensors().size(), tensors.size());
+  for (const auto& t : tensors) {
+    const std::string name = t.at("name");
+    SCOPED_TRACE(name);
+    const TensorView& view = store->get(name);
+    EXPECT_EQ(dtype_name(view.dtype), t.at("dtype").get<std::string>());
+    const auto shape = t.at("hf_shape").get<std::vector<std::int64_t>>();
+    const auto values = store->load_f32(name, shape);
+    const auto want = t.at("values").get<std::vector<float>>();
+    ASSERT_EQ(values.size(), want.size());
+    for (std::size_t i = 0; i < want.size(); ++i) ASSERT_EQ(values[i], want[i]) << i;
+    EXPECT_EQ(f.find_tensor(name)->offset % 64, 0u);
   }
 }
 
