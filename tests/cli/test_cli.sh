@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# End-to-end checks of the `atom` CLI: usage errors, info, generate, eval ppl --json, convert.
+# Usage: test_cli.sh ATOM_BINARY SOURCE_DIR
+set -uo pipefail
+ATOM=$1
+SRC=$2
+MODEL=$SRC/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
+TEXT=$SRC/.cache/corpora/kjv/test.txt
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+check() {  # check NAME CONDITION-COMMAND...
+  local name=$1; shift
+  if "$@"; then echo "ok   $name"; else echo "FAIL $name"; failures=$((failures + 1)); fi
+}
+expect_fail_with() {  # expect_fail_with PATTERN CMD...: non-zero exit and PATTERN in stderr+stdout
+  local pattern=$1; shift
+  local out rc
+  out=$("$@" 2>&1); rc=$?
+  [[ $rc -ne 0 ]] && grep -q -- "$pattern" <<<"$out"
+}
+
+check "no subcommand -> usage error" expect_fail_with "subcommand" "$ATOM"
+check "generate without --model" expect_fail_with "model" "$ATOM" generate --prompt hi
+check "unknown option" expect_fail_with "not expected" "$ATOM" info "$MODEL" --bogus
+check "missing checkpoint named" expect_fail_with "/nonexistent/model.gguf" "$ATOM" info /nonexistent/model.gguf
+echo "not a model" > "$TMP/junk.bin"
+check "junk file named" expect_fail_with "junk.bin" "$ATOM" info "$TMP/junk.bin"
+check "bad temperature" expect_fail_with "temperature" "$ATOM" generate -m "$MODEL" -p hi --temperature -1
+
+if [[ ! -s $MODEL ]]; then
+  if [[ ${ATOM_SKIP_MODEL_TESTS:-0} == 1 ]]; then echo "model absent: skipping model checks"; exit $((failures ? 1 : 77)); fi
+  echo "FAIL: $MODEL is missing; run scripts/fetch_model.sh"; exit 1
+fi
+
+info=$("$ATOM" info "$MODEL" 2>&1)
+check "info architecture" grep -q "architecture   llama" <<<"$info"
+check "info layers" grep -q "layers         30" <<<"$info"
+
+answer=$("$ATOM" generate -m "$MODEL" --chat --temperature 0 --max-tokens 24 -p "What is the capital of France?" 2>/dev/null)
+echo "  answer: $answer"
+check "generate answers Paris" grep -q "Paris" <<<"$answer"
+
+if [[ -s $TEXT ]]; then
+  last=$("$ATOM" eval ppl -m "$MODEL" --text "$TEXT" --ctx 128 --max-windows 2 --json 2>/dev/null | tail -n 1)
+  check "eval ppl --json" python3 -c "import json,sys; j=json.loads(sys.argv[1]); assert 1 < j['ppl'] < 100 and j['tokens'] == 254 and j['seconds'] > 0" "$last"
+fi
+
+check "convert to HF directory" "$ATOM" convert "$MODEL" "$TMP/smollm2-hf" --dtype f32
+check "convert refuses to overwrite" expect_fail_with "already exists" "$ATOM" convert "$MODEL" "$TMP/smollm2-hf"
+dir_info=$("$ATOM" info "$TMP/smollm2-hf" 2>&1)
+check "converted info" grep -q "heads          9 query, 3 key/value, head_dim 64" <<<"$dir_info"
+answer_hf=$("$ATOM" generate -m "$TMP/smollm2-hf" --chat --temperature 0 --max-tokens 24 -p "What is the capital of France?" 2>/dev/null)
+check "converted model generates the same text" test "$answer" == "$answer_hf"
+
+[[ $failures -eq 0 ]] || { echo "$failures check(s) failed"; exit 1; }
