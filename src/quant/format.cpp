@@ -120,7 +120,6 @@ AsymmetricGroups quantize_asymmetric_groups(std::span<const float> x, std::int64
                                             std::int64_t group, int bits) {
   check_matrix(x.size(), rows, cols, group, "quantize_asymmetric_groups");
   if (bits != 4 && bits != 8) fail("quantize_asymmetric_groups: {} bits (expected 4 or 8)", bits);
-  const float qmax = static_cast<float>((1 << bits) - 1);
   const std::int64_t groups = cols / group;
   AsymmetricGroups q;
   q.codes.resize(x.size());
@@ -128,27 +127,8 @@ AsymmetricGroups quantize_asymmetric_groups(std::span<const float> x, std::int64
   q.mins.resize(q.scales.size());
   for (std::int64_t r = 0; r < rows; ++r) {
     for (std::int64_t g = 0; g < groups; ++g) {
-      const float* src = x.data() + r * cols + g * group;
-      float lo_x = src[0], hi_x = src[0];
-      for (std::int64_t i = 1; i < group; ++i) {
-        lo_x = std::fmin(src[i], lo_x);
-        hi_x = std::fmax(src[i], hi_x);
-      }
-      const std::uint16_t lo_bits = fp32_to_fp16(lo_x);
-      const float lo = fp16_to_fp32(lo_bits);
-      const std::uint16_t scale_bits = fp32_to_fp16((hi_x - lo) / qmax);
-      const float scale = fp16_to_fp32(scale_bits);
-      q.mins[r * groups + g] = lo_bits;
-      q.scales[r * groups + g] = scale_bits;
-      std::uint8_t* dst = q.codes.data() + r * cols + g * group;
-      for (std::int64_t i = 0; i < group; ++i) {
-        if (scale == 0.0f) {
-          dst[i] = 0;
-          continue;
-        }
-        const float v = std::nearbyint((src[i] - lo) / scale);
-        dst[i] = static_cast<std::uint8_t>(std::fmin(std::fmax(v, 0.0f), qmax));
-      }
+      quantize_asymmetric_group(x.data() + r * cols + g * group, group, bits, q.codes.data() + r * cols + g * group,
+                                q.scales[r * groups + g], q.mins[r * groups + g]);
     }
   }
   return q;

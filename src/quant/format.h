@@ -127,6 +127,24 @@ std::vector<float> dequantize_asymmetric_groups(const AsymmetricGroups& q, std::
 inline float dequantize_asymmetric_value(std::uint8_t q, std::uint16_t scale, std::uint16_t lo) {
   return std::fma(static_cast<float>(q), fp16_to_fp32(scale), fp16_to_fp32(lo));
 }
+// One group x[0, n) (n >= 1) -> codes[0, n) (unpacked), scale and lo (fp16 bits). bits = 4 or 8.
+inline void quantize_asymmetric_group(const float* x, std::int64_t n, int bits, std::uint8_t* codes,
+                                      std::uint16_t& scale_bits, std::uint16_t& lo_bits) {
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  float lo_x = x[0], hi_x = x[0];
+  for (std::int64_t i = 1; i < n; ++i) {
+    lo_x = std::fmin(x[i], lo_x);
+    hi_x = std::fmax(x[i], hi_x);
+  }
+  lo_bits = fp32_to_fp16(lo_x);
+  const float lo = fp16_to_fp32(lo_bits);
+  scale_bits = fp32_to_fp16((hi_x - lo) / qmax);
+  const float scale = fp16_to_fp32(scale_bits);
+  for (std::int64_t i = 0; i < n; ++i) {
+    codes[i] = scale == 0.0f ? std::uint8_t{0}
+                             : static_cast<std::uint8_t>(std::fmin(std::fmax(std::nearbyint((x[i] - lo) / scale), 0.0f), qmax));
+  }
+}
 
 // ---- An Atom linear layer (FORMAT.md "An Atom linear layer"). Channel order is the reordered one:
 // column j is original input channel perm[j]; the last n_outliers columns are the INT8 outliers.

@@ -1,0 +1,111 @@
+#include "backend/cpu/quant_kv_cache.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "quant/format.h"
+
+namespace atom::cpu {
+
+QuantKvRowStore::QuantKvRowStore(std::int64_t row_width, std::int64_t head_dim, int bits)
+    : width_(row_width), head_dim_(head_dim), heads_(0), row_bytes_(0), bits_(bits) {
+  if (bits != 4 && bits != 8) fail("KV cache: {} bits (expected 4 or 8)", bits);
+  if (head_dim <= 0 || row_width <= 0 || row_width % head_dim != 0) {
+    fail("KV cache: head_dim {} does not divide the row width {}", head_dim, row_width);
+  }
+  if (bits == 4 && head_dim % 2 != 0) fail("KV cache: UINT4 needs an even head_dim, got {}", head_dim);
+  heads_ = row_width / head_dim;
+  row_bytes_ = bits == 4 ? row_width / 2 : row_width;
+}
+
+void QuantKvRowStore::append(const float* rows, std::int64_t n) {
+  codes_.resize(static_cast<std::size_t>((rows_ + n) * row_bytes_));
+  scales_.resize(static_cast<std::size_t>((rows_ + n) * heads_));
+  mins_.resize(scales_.size());
+  std::vector<std::uint8_t> head_codes(static_cast<std::size_t>(head_dim_));
+  for (std::int64_t r = 0; r < n; ++r) {
+    const std::int64_t row = rows_ + r;
+    for (std::int64_t h = 0; h < heads_; ++h) {
+      quant::quantize_asymmetric_group(rows + r * width_ + h * head_dim_, head_dim_, bits_, head_codes.data(),
+                                       scales_[row * heads_ + h], mins_[row * heads_ + h]);
+      std::uint8_t* dst = codes_.data() + row * row_bytes_ + (bits_ == 4 ? h * head_dim_ / 2 : h * head_dim_);
+      if (bits_ == 4) {
+        for (std::int64_t i = 0; i < head_dim_; i += 2) {
+          dst[i / 2] = static_cast<std::uint8_t>(head_codes[i] | (head_codes[i + 1] << 4));
+        }
+      } else {
+        std::copy(head_codes.begin(), head_codes.end(), dst);
+      }
+    }
+  }
+  rows_ += n;
+}
+
+void QuantKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) const {
+  if (begin < 0 || end > rows_ || begin > end) fail("KV cache: read of rows [{}, {}) of {}", begin, end, rows_);
+  for (std::int64_t row = begin; row < end; ++row) {
+    const std::uint8_t* src = codes_.data() + row * row_bytes_;
+    float* dst = out + (row - begin) * width_;
+    for (std::int64_t h = 0; h < heads_; ++h) {
+      const std::uint16_t s_bits = scales_[row * heads_ + h], lo_bits = mins_[row * heads_ + h];
+      const __m256 s = _mm256_set1_ps(fp16_to_fp32(s_bits)), lo = _mm256_set1_ps(fp16_to_fp32(lo_bits));
+      const std::int64_t base = h * head_dim_;
+      std::int64_t i = 0;
+      if (bits_ == 8) {
+        for (; i + 8 <= head_dim_; i += 8) {  // fma(q, scale, lo), exactly as the format's scalar rule
+          const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + base + i));
+          _mm256_storeu_ps(dst + base + i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), s, lo));
+        }
+        for (; i < head_dim_; ++i) dst[base + i] = quant::dequantize_asymmetric_value(src[base + i], s_bits, lo_bits);
+      } else {
+        const std::uint8_t* packed = src + base / 2;
+        for (; i + 16 <= head_dim_; i += 16) {
+          const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + i / 2));
+          const __m128i low = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+          const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+          const __m128i inter = _mm_unpacklo_epi8(low, high);  // element order: low nibble first
+          _mm256_storeu_ps(dst + base + i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(inter)), s, lo));
+          _mm256_storeu_ps(dst + base + i + 8,
+                           _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(inter, 8))), s, lo));
+        }
+        for (; i < head_dim_; ++i) {
+          const std::uint8_t q = (packed[i / 2] >> (4 * (i & 1))) & 0x0Fu;
+          dst[base + i] = quant::dequantize_asymmetric_value(q, s_bits, lo_bits);
+        }
+      }
+    }
+  }
+}
+
+void QuantKvRowStore::truncate(std::int64_t rows) {
+  if (rows < 0 || rows > rows_) fail("KV cache: truncate to {} rows of {}", rows, rows_);
+  rows_ = rows;
+  codes_.resize(static_cast<std::size_t>(rows_ * row_bytes_));
+  scales_.resize(static_cast<std::size_t>(rows_ * heads_));
+  mins_.resize(scales_.size());
+}
+
+std::size_t QuantKvRowStore::bytes() const {
+  return codes_.capacity() + (scales_.capacity() + mins_.capacity()) * sizeof(std::uint16_t);
+}
+
+std::unique_ptr<KvRowStore> make_u8_kv_row_store(std::int64_t row_width, std::int64_t head_dim) {
+  return std::make_unique<QuantKvRowStore>(row_width, head_dim, 8);
+}
+
+std::unique_ptr<KvRowStore> make_u4_kv_row_store(std::int64_t row_width, std::int64_t head_dim) {
+  return std::make_unique<QuantKvRowStore>(row_width, head_dim, 4);
+}
+
+KvRowStoreFactory kv_row_store_factory(KvDType dtype) {
+  switch (dtype) {
+    case KvDType::F32: return make_f32_kv_row_store;
+    case KvDType::U8: return make_u8_kv_row_store;
+    case KvDType::U4: return make_u4_kv_row_store;
+  }
+  fail("KV cache: unknown dtype {}", static_cast<int>(dtype));
+}
+
+}  // namespace atom::cpu

@@ -1,0 +1,42 @@
+#pragma once
+// Quantized KV row stores (docs/FORMAT.md, asymmetric UINT-n, group = head_dim: one fp16 scale and one
+// fp16 minimum per token per head). UINT4 codes are packed two per byte, low nibble first.
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/cpu/kv_cache.h"
+
+namespace atom::cpu {
+
+class QuantKvRowStore final : public KvRowStore {
+ public:
+  // bits = 4 or 8; head_dim must divide row_width (and be even for 4 bits).
+  QuantKvRowStore(std::int64_t row_width, std::int64_t head_dim, int bits);
+  KvDType dtype() const override { return bits_ == 4 ? KvDType::U4 : KvDType::U8; }
+  std::int64_t row_width() const override { return width_; }
+  std::int64_t rows() const override { return rows_; }
+  void append(const float* rows, std::int64_t n) override;
+  void read(std::int64_t begin, std::int64_t end, float* out) const override;
+  void truncate(std::int64_t rows) override;
+  std::size_t bytes() const override;
+
+  // Stored form of row r, for tests and for copying to other backends.
+  const std::uint8_t* codes(std::int64_t r) const { return codes_.data() + r * row_bytes_; }
+  const std::uint16_t* scales(std::int64_t r) const { return scales_.data() + r * heads_; }
+  const std::uint16_t* mins(std::int64_t r) const { return mins_.data() + r * heads_; }
+
+ private:
+  std::int64_t width_, head_dim_, heads_, row_bytes_;
+  int bits_;
+  std::int64_t rows_ = 0;
+  std::vector<std::uint8_t> codes_;                 // [rows, row_bytes]
+  std::vector<std::uint16_t> scales_, mins_;        // [rows, heads] fp16
+};
+
+// Factories for KvCache (LlamaModel::new_cache).
+std::unique_ptr<KvRowStore> make_u8_kv_row_store(std::int64_t row_width, std::int64_t head_dim);
+std::unique_ptr<KvRowStore> make_u4_kv_row_store(std::int64_t row_width, std::int64_t head_dim);
+KvRowStoreFactory kv_row_store_factory(KvDType dtype);
+
+}  // namespace atom::cpu
