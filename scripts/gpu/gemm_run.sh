@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# GEMM tests + benchmark on the GPU machine, in one call of the device tool. Binaries are built here
+# (scripts/gpu/gemm_stage.sh) and carried in .devbuild/cugemm with the Debian libraries they need.
+#   scripts/gpu/gemm_run.sh [quick|full|probe]   logs go to $OUT (or /tmp/gemm_out)
+set -uo pipefail
+MODE=${1:-full}
+BIN=.devbuild/cugemm
+OUT=${OUT:-/tmp/gemm_out}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$PWD/$BIN/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if ! ldconfig -p | grep -q libcublasLt.so.13; then
+  lt=$(find / -name 'libcublasLt.so.13' -not -path '*/proc/*' 2>/dev/null | head -1)
+  [ -n "$lt" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$(dirname "$lt")
+fi
+{
+  date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw \
+    --format=csv; nvcc --version | tail -2; ldd $BIN/bench_gemm | grep -E "not found|cublas|fmt"
+  echo "--- SASS: wgmma and spills in the GEMM kernels"
+  cuobjdump --dump-sass $BIN/bench_gemm > /tmp/gemm.sass 2>&1
+  echo "IGMMA: $(grep -c IGMMA /tmp/gemm.sass)  IMMA: $(grep -c ' IMMA' /tmp/gemm.sass)  HMMA: $(grep -c HMMA /tmp/gemm.sass)"
+  echo "local memory (LDL/STL): $(grep -cE 'LDL|STL' /tmp/gemm.sass)"
+  awk '/Function : .*gemm_w4a4o8_wgmma_sm90.*Li128/{f=1} f&&/Function : /&&!/Li128/{f=0} f' /tmp/gemm.sass > /tmp/wg128.sass
+  echo "bn128 kernel: $(wc -l < /tmp/wg128.sass) lines, IGMMA $(grep -c IGMMA /tmp/wg128.sass), WARPSYNC/serialization: $(grep -c 'WARPGROUP' /tmp/wg128.sass)"
+} > "$OUT/env.txt" 2>&1
+cp /tmp/wg128.sass "$OUT/wg128.sass" 2>/dev/null
+cat "$OUT/env.txt"
+
+timeout 60 $BIN/bench_gemm --probe 2>&1 | tee "$OUT/probe.log"
+[ "$MODE" = probe ] && exit 0
+
+timeout 240 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' 2>&1 | tail -80 > "$OUT/test.log"
+grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran" "$OUT/test.log" | head -30
+timeout 200 compute-sanitizer --tool memcheck --leak-check no $BIN/test_backend_cuda \
+  --gtest_filter='GemmW4A4.OddMAndPartialTiles:GemmW4A4.W8A8IsTheAllOutlierCase:GemmW4A16.*' 2>&1 | tail -25 \
+  > "$OUT/memcheck.log"
+tail -4 "$OUT/memcheck.log"
+
+if [ "$MODE" = quick ]; then
+  timeout 300 $BIN/bench_gemm --quick --variants --csv "$OUT/bench.csv" 2>&1 | tee "$OUT/bench.log" | grep -v "^|"
+else
+  timeout 420 $BIN/bench_gemm --variants --csv "$OUT/bench.csv" 2>&1 > "$OUT/bench.log"
+  grep -E "^#|^\|" "$OUT/bench.log"
+fi

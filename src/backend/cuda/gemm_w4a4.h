@@ -1,0 +1,118 @@
+#pragma once
+// Atom's quantized linear layer on NVIDIA GPUs (docs/FORMAT.md, "An Atom linear layer"):
+//
+//   y[m, n] = sum_g fma-chain( float(int32 dot of group g) * sa[m,g], sw[n,g] )  then the INT8 outliers,
+//
+// INT4 (or INT3) codes in groups of 128 along K, INT8 outlier channels last, int32 sums per group, fp32
+// scaling and accumulation, fp16/bf16 output, optional residual add (out = round(acc + residual)).
+//
+// Kernels (all read the same prepacked weight layout, see prepack_w4a4_weights_*):
+//  - gemm_w4a4o8_wgmma_sm90 (sm_90a): warp-specialized, INT8 wgmma with the activation operand unpacked in
+//    registers and the weight operand unpacked into swizzled shared memory; groups summed in order, so the
+//    result is bit-identical to atom::quant::atom_linear_reference. For M > 64.
+//  - gemm_w4a4o8_mma_s8 (sm_80+, used on sm_90 for M <= 64): split-K over warps, mma.sync INT8 on unpacked
+//    nibbles; fp32 partial sums are added across warps (same value up to fp32 reassociation).
+//  - gemm_w4a4o8_mma_s4 (sm_80/86/89): the same kernel on the native INT4 tensor cores (m16n8k64 s4).
+//    It also compiles and runs on sm_90, where INT4 MMA is emulated (tests use that to check it).
+// W8A8 (per-token x per-channel INT8) is the same product with k_normal = 0 and every channel an "outlier".
+// gemm_w4a16 is the weight-only baseline (fp16 activations, same INT4 weight layout, no outliers).
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace atom::cuda {
+
+constexpr int kW4A4Group = 128;         // group size along K of the INT4 part (the only one supported)
+constexpr int kW4A4TileRows = 128;      // output channels per prepacked tile
+constexpr int kW4A4OutlierChunk = 128;  // outlier channels per prepacked chunk
+
+enum class GemmOutType : std::uint8_t { kF16, kBF16 };
+
+// Weights in FORMAT.md's canonical layout (host or device memory; fp16 as raw bits).
+struct W4A4CanonicalWeights {
+  const std::uint8_t* packed = nullptr;           // [n, k_normal/2], element 2i in the low nibble
+  const std::uint16_t* scales = nullptr;          // [n, k_normal/128] fp16
+  const std::int8_t* outliers = nullptr;          // [n, n_outliers]
+  const std::uint16_t* outlier_scales = nullptr;  // [n] fp16
+  int n = 0, k_normal = 0, n_outliers = 0;
+};
+
+// The GPU layout (device memory). Channels are padded to tiles of 128 with zero codes and zero scales.
+//  packed:   [tiles][groups][piece 0..3][128 rows][16 bytes]; piece j of a row's group holds the canonical
+//            32-bit words {j, 4+j, 8+j, 12+j} of that group (each word = 8 consecutive codes).
+//  outliers: [tiles][chunks][128 rows][128 bytes]; byte position p = 32j + 16h + 4t + b of a row holds outlier
+//            channel 32t + 8j + 4h + b of the chunk (zero past n_outliers), and the 16-byte unit u of row r
+//            is stored at unit u ^ (r % 8) (the 128-byte swizzle the tensor cores read).
+//  scales:   fp32 [tiles][groups + 1][128] (entry `groups` is the outlier scale); within a tile, channel
+//            c = 8j + 2t + e is stored at ((j/2)*4 + t)*4 + (j%2)*2 + e.
+struct W4A4PackedWeights {
+  std::uint8_t* packed = nullptr;
+  std::int8_t* outliers = nullptr;
+  float* scales = nullptr;
+  int n = 0, k_normal = 0, n_outliers = 0;
+};
+
+struct W4A4PackedSizes {
+  std::size_t packed_bytes = 0, outlier_bytes = 0, scale_bytes = 0;
+};
+W4A4PackedSizes w4a4_packed_sizes(int n, int k_normal, int n_outliers);
+
+// Checks the shape (k_normal a multiple of 128, n_outliers a multiple of 16, n a multiple of 8, sizes >= 0,
+// at least one input channel); throws atom::Error naming `what` and the field.
+void validate_w4a4_shape(int n, int k_normal, int n_outliers, const char* what);
+
+// Canonical -> GPU layout. Host version: all pointers host memory, outputs sized by w4a4_packed_sizes.
+void prepack_w4a4_weights_host(const W4A4CanonicalWeights& canonical, std::uint8_t* packed, std::int8_t* outliers,
+                               float* scales);
+// Device version: canonical and dst are device pointers; asynchronous on `stream`.
+void prepack_w4a4_weights_device(const W4A4CanonicalWeights& canonical, const W4A4PackedWeights& dst,
+                                 cudaStream_t stream);
+
+// Quantized activations in FORMAT.md's layout (device memory): rows are tokens.
+struct W4A4Activations {
+  const std::uint8_t* packed = nullptr;           // [m, k_normal/2]
+  const std::uint16_t* scales = nullptr;          // [m, k_normal/128] fp16
+  const std::int8_t* outliers = nullptr;          // [m, n_outliers]
+  const std::uint16_t* outlier_scales = nullptr;  // [m] fp16
+  int m = 0;
+};
+
+enum class W4A4Kernel : std::uint8_t { kAuto, kWgmmaBn128, kWgmmaBn64, kMmaS8, kMmaS4 };
+const char* w4a4_kernel_name(W4A4Kernel k);
+
+struct GemmW4A4Args {
+  W4A4Activations a;
+  W4A4PackedWeights w;
+  void* out = nullptr;  // [m, w.n] row-major, out_type
+  GemmOutType out_type = GemmOutType::kF16;
+  const void* residual = nullptr;  // optional [m, w.n] of out_type, added in fp32 before rounding; may == out
+};
+
+// y = A x W^T in Atom's format. Throws atom::Error on inconsistent arguments or a kernel the device cannot run.
+// kAuto picks the fastest kernel for the device and M. Asynchronous on `stream`.
+void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kernel = W4A4Kernel::kAuto);
+// The kernel kAuto picks for this shape on the current device.
+W4A4Kernel w4a4_auto_kernel(int m, int n);
+
+// Weight-only INT4 baseline: out[m, n] (fp16) = sum_g sw[n,g] * (sum_{k in g} x[m,k] * q[n,k]) with fp16 x,
+// fp32 accumulation; w must have n_outliers == 0. For decode sizes (any m works).
+struct GemmW4A16Args {
+  const std::uint16_t* x = nullptr;  // [m, w.k_normal] fp16
+  int m = 0;
+  W4A4PackedWeights w;
+  std::uint16_t* out = nullptr;  // [m, w.n] fp16
+};
+void gemm_w4a16(const GemmW4A16Args& args, cudaStream_t stream);
+
+// ---- Launchers (no argument checks: gemm_w4a4_o8 / gemm_w4a16 check and dispatch).
+namespace detail {
+void launch_prepack_w4a4(const W4A4CanonicalWeights& canonical, const W4A4PackedWeights& dst, cudaStream_t stream);
+void launch_w4a4_wgmma_sm90(const GemmW4A4Args& args, int bn, cudaStream_t stream);
+void launch_w4a4_mma(const GemmW4A4Args& args, bool native_s4, cudaStream_t stream);
+void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
+// Whether this binary holds sm_90a code for the wgmma kernel (ATOM_CUDA_ARCHS contains 90a).
+bool wgmma_sm90_compiled();
+}  // namespace detail
+
+}  // namespace atom::cuda

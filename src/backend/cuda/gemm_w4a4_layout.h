@@ -1,0 +1,35 @@
+#pragma once
+// Index maps of the prepacked W4A4 weight layout (gemm_w4a4.h documents it), shared by the host and device
+// prepack and by the kernels' tests. Each function maps a position in the GPU layout to its source in the
+// canonical layout.
+#include <cstdint>
+
+#include <cuda_runtime.h>  // __host__ __device__
+
+namespace atom::cuda::layout {
+
+// Packed INT4: piece j (0..3) of a row's group, 32-bit word w (0..3) inside it -> canonical word of the group.
+__host__ __device__ constexpr int packed_canonical_word(int piece, int word) { return 4 * word + piece; }
+
+// Outliers: physical byte P (0..127) of tile row r -> outlier channel offset inside the 128-wide chunk.
+__host__ __device__ constexpr int outlier_channel_of_byte(int row, int physical_byte) {
+  const int unit = (physical_byte >> 4) ^ (row & 7);  // undo the 128-byte swizzle
+  const int p = unit * 16 + (physical_byte & 15);     // logical byte position p = 32j + 16h + 4t + b
+  const int j = p >> 5, h = (p >> 4) & 1, t = (p >> 2) & 3, b = p & 3;
+  return 32 * t + 8 * j + 4 * h + b;
+}
+
+// Scales: position (0..127) inside a tile's entry -> channel inside the tile; and the inverse.
+__host__ __device__ constexpr int scale_channel_of_position(int pos) {
+  const int cc = pos >> 4, t = (pos >> 2) & 3, i = pos & 3;
+  const int j = 2 * cc + (i >> 1), e = i & 1;
+  return 8 * j + 2 * t + e;
+}
+__host__ __device__ constexpr int scale_position_of_channel(int channel) {
+  const int j = channel >> 3, t = (channel & 7) >> 1, e = channel & 1;
+  return ((j >> 1) * 4 + t) * 4 + (j & 1) * 2 + e;
+}
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace atom::cuda::layout
