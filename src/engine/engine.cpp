@@ -14,6 +14,13 @@ namespace atom {
 void RequestStream::push(RequestOutput output) {
   {
     std::lock_guard lock(mutex_);
+    total_.text += output.text;
+    total_.token_ids.insert(total_.token_ids.end(), output.token_ids.begin(), output.token_ids.end());
+    total_.finished = output.finished;
+    total_.finish_reason = output.finish_reason;
+    total_.error = output.error;
+    total_.prompt_tokens = output.prompt_tokens;
+    total_.completion_tokens = output.completion_tokens;
     pending_.push_back(std::move(output));
   }
   ready_.notify_all();
@@ -40,19 +47,9 @@ std::optional<RequestOutput> RequestStream::next(std::chrono::milliseconds timeo
 }
 
 RequestOutput RequestStream::wait() {
-  RequestOutput all;
-  all.prompt_tokens = prompt_tokens_;
-  while (!all.finished) {
-    std::optional<RequestOutput> more = next(std::chrono::hours(1));
-    if (!more) continue;
-    all.text += more->text;
-    all.token_ids.insert(all.token_ids.end(), more->token_ids.begin(), more->token_ids.end());
-    all.finished = more->finished;
-    all.finish_reason = more->finish_reason;
-    all.error = more->error;
-    all.completion_tokens = more->completion_tokens;
-  }
-  return all;
+  std::unique_lock lock(mutex_);
+  ready_.wait(lock, [&] { return total_.finished; });
+  return total_;
 }
 
 // ---------------------------------------------------------------------------------------------------------

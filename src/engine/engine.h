@@ -41,7 +41,7 @@ class RequestStream {
   // Everything pushed since the last call, merged into one increment; waits up to `timeout` for it.
   // nullopt on timeout, and after the finished increment was taken.
   std::optional<RequestOutput> next(std::chrono::milliseconds timeout);
-  // Waits for the end and returns the whole output as one increment.
+  // Waits for the end and returns the whole output as one increment (whatever next() took or not).
   RequestOutput wait();
 
   void push(RequestOutput output);  // engine side
@@ -52,6 +52,7 @@ class RequestStream {
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<RequestOutput> pending_;
+  RequestOutput total_;  // everything pushed, for wait()
   bool closed_ = false;  // the finished increment was taken
 };
 

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/chat_template.h"  // ChatMessage
+
 namespace atom {
 
 // Turns a stream of token ids into text increments; bytes of an incomplete UTF-8 character are held
@@ -16,11 +18,6 @@ class IncrementalDecoder {
   virtual std::string push(std::int32_t token) = 0;
   // Whatever is still held (an incomplete character at the end of the stream) as text.
   virtual std::string flush() = 0;
-};
-
-struct ChatMessage {
-  std::string role;  // "system" | "user" | "assistant" | ...
-  std::string content;
 };
 
 class TextCodec {

@@ -286,7 +286,7 @@ TEST(Engine, BackgroundThreadServesManyClientThreads) {
   for (auto& t : clients) t.join();
   EXPECT_EQ(mismatches.load(), 0);
   // Shutdown cancels what is left.
-  auto left = h.engine->submit(greedy({1}, 3000));
+  auto left = h.engine->submit(greedy({1}, 1000));
   h.engine->shutdown();
   EXPECT_EQ(left->wait().finish_reason, FinishReason::cancelled);
   EXPECT_THROW(h.engine->submit(greedy({1}, 3)), Error);

@@ -111,6 +111,10 @@ TEST(Scheduler, PreemptsTheLatestArrivalWhenBlocksRunOutAndRecomputesIt) {
   scheduler.add(b.get());
   run(scheduler.schedule());  // both prefilled: 2 blocks each, 8 tokens each after sampling
   EXPECT_EQ(blocks.num_free(), 0);
+  const ScheduleResult fits = scheduler.schedule();  // position 7: still inside 2 blocks
+  EXPECT_TRUE(fits.preempted.empty());
+  EXPECT_EQ(fits.chunks.size(), 2u);
+  run(fits);
   // Position 8 needs a third block for a: b (the later arrival) is preempted.
   ScheduleResult r = scheduler.schedule();
   ASSERT_EQ(r.preempted.size(), 1u);
@@ -119,7 +123,7 @@ TEST(Scheduler, PreemptsTheLatestArrivalWhenBlocksRunOutAndRecomputesIt) {
   EXPECT_EQ(r.chunks[0].sequence, a.get());
   EXPECT_EQ(b->num_computed, 0);
   EXPECT_TRUE(b->block_table.empty());
-  EXPECT_EQ(b->tokens.size(), 8u) << "generated tokens are kept for the recompute";
+  EXPECT_EQ(b->tokens.size(), 9u) << "generated tokens are kept for the recompute";
   EXPECT_EQ(b->num_preemptions, 1);
   EXPECT_EQ(scheduler.num_waiting(), 1);
   run(r);
@@ -133,7 +137,7 @@ TEST(Scheduler, PreemptsTheLatestArrivalWhenBlocksRunOutAndRecomputesIt) {
   r = scheduler.schedule();
   ASSERT_EQ(r.chunks.size(), 1u);
   EXPECT_EQ(r.chunks[0].sequence, b.get());
-  EXPECT_EQ(r.chunks[0].num_tokens, 8);
+  EXPECT_EQ(r.chunks[0].num_tokens, 9);
   EXPECT_TRUE(r.chunks[0].samples);
 }
 
