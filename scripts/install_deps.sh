@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libcpp-httplib-dev              # HTTP server
   libopenblas-dev                 # BLAS for the fp32 reference path
   libpcre2-dev                    # Unicode regexes of the tokenizer pre-splitters
+  zlib1g-dev                      # gzip-compressed tokenizer.json files
   bible-kjv bible-kjv-text r-cran-janeaustenr  # public-domain corpora
   python3-pip unzip
 )
