@@ -77,6 +77,11 @@ KvCacheShape LlamaModel::cache_shape() const {
 
 KvCache LlamaModel::new_cache(const KvRowStoreFactory& factory) const { return KvCache(cache_shape(), factory); }
 
+void LlamaModel::set_kv_store_factory(KvRowStoreFactory factory) {
+  ATOM_CHECK(factory != nullptr);
+  kv_factory_ = std::move(factory);
+}
+
 std::int64_t LlamaModel::logits_rows(std::span<const SequenceInput> batch) {
   std::int64_t rows = 0;
   for (const SequenceInput& s : batch) rows += s.all_logits ? static_cast<std::int64_t>(s.tokens.size()) : 1;

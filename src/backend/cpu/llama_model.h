@@ -67,7 +67,11 @@ class LlamaModel {
   const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
 
   KvCacheShape cache_shape() const;
-  KvCache new_cache(const KvRowStoreFactory& factory = make_f32_kv_row_store) const;
+  // Caches of this model's KV format: fp32 unless set_kv_store_factory chose another (a quantized checkpoint
+  // sets its INT4/INT8 store here, so that every user of new_cache() gets it).
+  KvCache new_cache() const { return KvCache(cache_shape(), kv_factory_); }
+  KvCache new_cache(const KvRowStoreFactory& factory) const;
+  void set_kv_store_factory(KvRowStoreFactory factory);
   void set_linear_observer(LinearObserver observer) { observer_ = std::move(observer); }
 
   // One forward over a batch. Logits rows, for each sequence in batch order: one per token if all_logits,
@@ -94,6 +98,7 @@ class LlamaModel {
   std::unique_ptr<LinearOp> lm_head_;
   std::vector<float> inv_freq_;
   LinearObserver observer_;
+  KvRowStoreFactory kv_factory_ = make_f32_kv_row_store;
 };
 
 }  // namespace atom::cpu
