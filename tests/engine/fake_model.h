@@ -8,6 +8,8 @@
 // (contiguous positions, block table long enough, one chunk per sequence).
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -15,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/model_runner.h"
@@ -77,6 +80,7 @@ class FakeRunner final : public ModelRunner {
   std::string describe() const override { return "fake"; }
 
   void execute(std::span<const SequenceChunk> batch, std::span<float> logits) override {
+    if (const int ms = delay_ms_.load()) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
     std::lock_guard lock(mutex_);
     ++calls_;
     std::set<std::int64_t> seen;
@@ -124,6 +128,8 @@ class FakeRunner final : public ModelRunner {
   int max_batch_seen() const { std::lock_guard lock(mutex_); return max_batch_seen_; }
   int max_tokens_seen() const { std::lock_guard lock(mutex_); return max_tokens_seen_; }
   void fail_next() { std::lock_guard lock(mutex_); fail_next_ = true; }
+  // Slows every step down (a model that takes time), so tests can act while requests run.
+  void set_step_delay_ms(int ms) { delay_ms_ = ms; }
 
  private:
   std::int32_t& slot(const SequenceChunk& chunk, std::int64_t position) {
@@ -138,6 +144,7 @@ class FakeRunner final : public ModelRunner {
   mutable std::mutex mutex_;
   int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0;
   bool fail_next_ = false;
+  std::atomic<int> delay_ms_{0};
 };
 
 // Holds back an incomplete UTF-8 character, like the tokenizer's stream decoder.

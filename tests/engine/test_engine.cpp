@@ -286,7 +286,10 @@ TEST(Engine, BackgroundThreadServesManyClientThreads) {
   for (auto& t : clients) t.join();
   EXPECT_EQ(mismatches.load(), 0);
   // Shutdown cancels what is left.
+  h.runner->set_step_delay_ms(2);
   auto left = h.engine->submit(greedy({1}, 1000));
+  while (!left->next(std::chrono::milliseconds(100))) {
+  }
   h.engine->shutdown();
   EXPECT_EQ(left->wait().finish_reason, FinishReason::cancelled);
   EXPECT_THROW(h.engine->submit(greedy({1}, 3)), Error);
