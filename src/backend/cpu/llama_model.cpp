@@ -65,6 +65,61 @@ LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
   inv_freq_ = cpu::rope_inv_freq(config_);
 }
 
+LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
+                       std::vector<DecoderLayer> layers, std::vector<float> final_norm,
+                       std::unique_ptr<LinearOp> lm_head)
+    : config_(config), embed_tokens_(std::move(embed_tokens)), layers_(std::move(layers)),
+      final_norm_(std::move(final_norm)) {
+  config_.validate("model config");
+  const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size;
+  const std::int64_t q_dim = std::int64_t{config_.num_heads} * config_.head_dim;
+  const std::int64_t kv_dim = std::int64_t{config_.num_kv_heads} * config_.head_dim;
+  if (static_cast<int>(layers_.size()) != config_.num_layers) {
+    fail("model has {} layers, the config says {}", layers_.size(), config_.num_layers);
+  }
+  if (!embed_tokens_ ||
+      static_cast<std::int64_t>(embed_tokens_->size()) != std::int64_t{config_.vocab_size} * hidden) {
+    fail("model embeddings have {} values, the config needs {} x {}",
+         embed_tokens_ ? embed_tokens_->size() : 0, config_.vocab_size, hidden);
+  }
+  if (static_cast<std::int64_t>(final_norm_.size()) != hidden) {
+    fail("final norm has {} values, hidden is {}", final_norm_.size(), hidden);
+  }
+  for (int i = 0; i < num_layers(); ++i) {
+    const DecoderLayer& l = layers_[static_cast<std::size_t>(i)];
+    if (static_cast<std::int64_t>(l.input_norm.size()) != hidden ||
+        static_cast<std::int64_t>(l.post_attention_norm.size()) != hidden) {
+      fail("layer {}: norm weights have {} and {} values, hidden is {}", i, l.input_norm.size(),
+           l.post_attention_norm.size(), hidden);
+    }
+    if ((!l.attn_perm.empty() && static_cast<std::int64_t>(l.attn_perm.size()) != hidden) ||
+        (!l.mlp_perm.empty() && static_cast<std::int64_t>(l.mlp_perm.size()) != hidden)) {
+      fail("layer {}: channel permutations have {} and {} entries, hidden is {}", i, l.attn_perm.size(),
+           l.mlp_perm.size(), hidden);
+    }
+    const std::pair<const std::unique_ptr<LinearOp>*, const char*> ops[] = {
+        {&l.q_proj, "q_proj"},       {&l.k_proj, "k_proj"}, {&l.v_proj, "v_proj"},       {&l.o_proj, "o_proj"},
+        {&l.gate_proj, "gate_proj"}, {&l.up_proj, "up_proj"}, {&l.down_proj, "down_proj"}};
+    for (const auto& [op, name] : ops) {
+      if (!*op) fail("layer {}: {} is missing", i, name);
+    }
+    check_op(*l.q_proj, q_dim, hidden, i, "q_proj");
+    check_op(*l.k_proj, kv_dim, hidden, i, "k_proj");
+    check_op(*l.v_proj, kv_dim, hidden, i, "v_proj");
+    check_op(*l.o_proj, hidden, q_dim, i, "o_proj");
+    check_op(*l.gate_proj, inter, hidden, i, "gate_proj");
+    check_op(*l.up_proj, inter, hidden, i, "up_proj");
+    check_op(*l.down_proj, hidden, inter, i, "down_proj");
+  }
+  if (lm_head) {
+    set_lm_head(std::move(lm_head));
+  } else {
+    if (!config_.tie_word_embeddings) fail("model config has untied embeddings but no lm_head was given");
+    lm_head_ = std::make_unique<DenseLinear>(embed_tokens_, config_.vocab_size, hidden);
+  }
+  inv_freq_ = cpu::rope_inv_freq(config_);
+}
+
 void LlamaModel::set_lm_head(std::unique_ptr<LinearOp> op) {
   ATOM_CHECK(op != nullptr);
   check_op(*op, config_.vocab_size, config_.hidden_size, -1, "lm_head");

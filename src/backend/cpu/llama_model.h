@@ -54,6 +54,10 @@ using LogitsSink = std::function<void(std::int64_t first_row, std::int64_t rows,
 class LlamaModel {
  public:
   explicit LlamaModel(LlamaWeights weights);  // dense fp32 linear layers
+  // A model assembled from built parts (a quantized checkpoint: its layers' LinearOps are already made).
+  // lm_head null: tied to embed_tokens. Throws atom::Error when a size or an op's shape does not fit config.
+  LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
+             std::vector<DecoderLayer> layers, std::vector<float> final_norm, std::unique_ptr<LinearOp> lm_head);
 
   const ModelConfig& config() const { return config_; }
   int num_layers() const { return static_cast<int>(layers_.size()); }
