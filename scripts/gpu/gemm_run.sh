@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GEMM tests + benchmark on the GPU machine, in one call of the device tool. Binaries are built here
 # (scripts/gpu/gemm_stage.sh) and carried in .devbuild/cugemm with the Debian libraries they need.
-#   scripts/gpu/gemm_run.sh [quick|full|probe]   logs go to $OUT (or /tmp/gemm_out)
+#   scripts/gpu/gemm_run.sh [quick|full|probe]   logs go to $OUT (or /tmp/gemm_out); quick adds an ncu profile
 set -uo pipefail
 MODE=${1:-full}
 BIN=.devbuild/cugemm
@@ -36,6 +36,11 @@ timeout 200 compute-sanitizer --tool memcheck --leak-check no $BIN/test_backend_
 tail -4 "$OUT/memcheck.log"
 
 if [ "$MODE" = quick ]; then
+  # Hardware counters of one large W4A4 launch (clocks left alone).
+  timeout 120 ncu --clock-control none -k regex:wgmma_sm90 -c 1 --section SpeedOfLight --section WarpStateStats \
+    --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    $BIN/bench_gemm --ours-only --shapes 4096x4096 --ms 4096 > "$OUT/ncu.log" 2>&1
+  grep -E "Throughput|Pipe|Stall|Issued|Eligible|Active Warps|Duration|Busy|Bandwidth|One or More" "$OUT/ncu.log" | head -40
   timeout 300 $BIN/bench_gemm --quick --variants --csv "$OUT/bench.csv" 2>&1 | tee "$OUT/bench.log" | grep -v "^|"
 else
   timeout 420 $BIN/bench_gemm --variants --csv "$OUT/bench.csv" 2>&1 > "$OUT/bench.log"

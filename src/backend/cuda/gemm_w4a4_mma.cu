@@ -40,28 +40,41 @@ __device__ __forceinline__ float weight_scale(const MmaParams& p, int tile, int 
                     layout::scale_position_of_channel(row_in_tile)];
 }
 
-// Adds the warps' partial tiles and writes 16 channels x 8*MT tokens (optionally + residual).
+// Adds the warps' partial tiles and writes 16 channels x 8*MT tokens (optionally + residual). With outliers,
+// the warps' int32 outlier sums are added exactly first and applied last: y = fma(float(D_o) * sa_o, sw_o, y).
 template <typename OutT, int MT>
-__device__ __forceinline__ void reduce_and_store(const MmaParams& p, float (&acc)[MT][4], int n_base, int m_base) {
+__device__ __forceinline__ void reduce_and_store(const MmaParams& p, float (&acc)[MT][4], const int (&outl)[MT][4],
+                                                 int n_base, int m_base) {
   __shared__ float red[kWarps][MT][32][4];
+  __shared__ int red_i[kWarps][MT][32][4];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) red[warp][mt][lane][i] = acc[mt][i];
+    for (int i = 0; i < 4; ++i) {
+      red[warp][mt][lane][i] = acc[mt][i];
+      red_i[warp][mt][lane][i] = outl[mt][i];
+    }
   __syncthreads();
+  const int tile = n_base / kW4A4TileRows;
   for (int idx = threadIdx.x; idx < MT * 32 * 4; idx += kWarps * 32) {
     const int i = idx & 3, l = (idx >> 2) & 31, mt = idx >> 7;
+    const int channel = n_base + l / 4 + 8 * (i >> 1);
+    const int token = m_base + 8 * mt + 2 * (l % 4) + (i & 1);
+    if (channel >= p.n || token >= p.m) continue;
     float y = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) y += red[w][mt][l][i];
-    const int channel = n_base + l / 4 + 8 * (i >> 1);
-    const int token = m_base + 8 * mt + 2 * (l % 4) + (i & 1);
-    if (channel < p.n && token < p.m) {
-      const std::size_t o = (std::size_t)token * p.n + channel;
-      if (p.residual) y += GemmOut<OutT>::load1(static_cast<const OutT*>(p.residual) + o);
-      GemmOut<OutT>::store1(static_cast<OutT*>(p.out) + o, y);
+    if (p.chunks > 0) {
+      int d = 0;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) d += red_i[w][mt][l][i];
+      const float t = __fmul_rn(__int2float_rn(d), fp16_bits_to_float(p.a_outlier_scales[token]));
+      y = __fmaf_rn(t, weight_scale(p, tile, p.groups, channel % kW4A4TileRows), y);
     }
+    const std::size_t o = (std::size_t)token * p.n + channel;
+    if (p.residual) y += GemmOut<OutT>::load1(static_cast<const OutT*>(p.residual) + o);
+    GemmOut<OutT>::store1(static_cast<OutT*>(p.out) + o, y);
   }
 }
 
@@ -153,51 +166,32 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a4o8_mma(const MmaParams p
     }
   }
 
-  // INT8 outlier chunks, round-robin over warps after the groups; one int32 sum per warp.
-  if (p.chunks > 0) {
-    int c[MT][4];
+  // INT8 outlier chunks, round-robin over warps after the groups; int32 sums, added across warps exactly.
+  int outl[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) c[mt][i] = 0;
-    bool mine = false;
-    for (int ch = (warp - G % kWarps + kWarps) % kWarps; ch < p.chunks; ch += kWarps) {
-      mine = true;
-      const std::int8_t* wo = p.w_outliers + (((std::size_t)tile * p.chunks + ch) * kW4A4TileRows + slab + r) *
-                                                 kW4A4OutlierChunk;
+    for (int i = 0; i < 4; ++i) outl[mt][i] = 0;
+  for (int ch = (warp - G % kWarps + kWarps) % kWarps; ch < p.chunks; ch += kWarps) {
+    const std::int8_t* wo =
+        p.w_outliers + (((std::size_t)tile * p.chunks + ch) * kW4A4TileRows + slab + r) * kW4A4OutlierChunk;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        // Row r and r + 8 share the swizzle (row % 8 == r).
-        const int u0 = ((2 * j) ^ r) << 4, u1 = ((2 * j + 1) ^ r) << 4;
-        const std::uint32_t a[4] = {ptx::ldg_stream_u32(wo + u0 + 4 * t), ptx::ldg_stream_u32(wo + 8 * 128 + u0 + 4 * t),
-                                    ptx::ldg_stream_u32(wo + u1 + 4 * t),
-                                    ptx::ldg_stream_u32(wo + 8 * 128 + u1 + 4 * t)};
-        const int col = ch * kW4A4OutlierChunk + 32 * t + 8 * j;  // activation channels col..col+7
+    for (int j = 0; j < 4; ++j) {
+      // Rows r and r + 8 share the swizzle (row % 8 == r).
+      const int u0 = ((2 * j) ^ r) << 4, u1 = ((2 * j + 1) ^ r) << 4;
+      const std::uint32_t a[4] = {ptx::ldg_stream_u32(wo + u0 + 4 * t), ptx::ldg_stream_u32(wo + 8 * 128 + u0 + 4 * t),
+                                  ptx::ldg_stream_u32(wo + u1 + 4 * t), ptx::ldg_stream_u32(wo + 8 * 128 + u1 + 4 * t)};
+      const int col = ch * kW4A4OutlierChunk + 32 * t + 8 * j;  // activation channels col..col+7
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          uint2 b = make_uint2(0u, 0u);
-          if (col < p.n_outliers) b = __ldg(reinterpret_cast<const uint2*>(p.a_outliers + (std::size_t)tok_b[mt] * p.n_outliers + col));
-          ptx::mma_m16n8k32_s8(c[mt], a, b.x, b.y);
-        }
+      for (int mt = 0; mt < MT; ++mt) {
+        uint2 b = make_uint2(0u, 0u);
+        if (col < p.n_outliers)
+          b = __ldg(reinterpret_cast<const uint2*>(p.a_outliers + (std::size_t)tok_b[mt] * p.n_outliers + col));
+        ptx::mma_m16n8k32_s8(outl[mt], a, b.x, b.y);
       }
     }
-    if (mine) {
-      const float sw0 = weight_scale(p, tile, G, slab + r), sw1 = weight_scale(p, tile, G, slab + r + 8);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float sa = fp16_bits_to_float(p.a_outlier_scales[tok_c[mt][e]]);
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int i = 2 * h + e;
-            const float tv = __fmul_rn(__int2float_rn(c[mt][i]), sa);
-            acc[mt][i] = __fmaf_rn(tv, h ? sw1 : sw0, acc[mt][i]);
-          }
-        }
-    }
   }
-  reduce_and_store<OutT, MT>(p, acc, n_base, m_base);
+  reduce_and_store<OutT, MT>(p, acc, outl, n_base, m_base);
 }
 
 // fp16 pair (nibble e, nibble e + 4) of a word of 8 signed nibbles, exact: (u ^ 8) + 1024 - 1032.
@@ -275,7 +269,8 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a16_mma(const MmaParams p)
         for (int i = 0; i < 4; ++i) acc[mt][i] = __fmaf_rn(c[mt][i], i < 2 ? sw0 : sw1, acc[mt][i]);
     }
   }
-  reduce_and_store<__half, MT>(p, acc, n_base, m_base);
+  int no_outliers[MT][4] = {};
+  reduce_and_store<__half, MT>(p, acc, no_outliers, n_base, m_base);
 }
 
 int tokens_per_block_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }

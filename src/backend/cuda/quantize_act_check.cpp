@@ -9,10 +9,11 @@ namespace {
 
 bool aligned(const void* p, std::uintptr_t bytes) { return reinterpret_cast<std::uintptr_t>(p) % bytes == 0; }
 
-void check_layout(const ActQuantLayout& l, int num_tokens, const char* what) {
+// max_k: the row kernels keep a uint16 perm and one row per warp in shared memory.
+void check_layout(const ActQuantLayout& l, int num_tokens, int max_k, const char* what) {
   if (num_tokens < 0) fail("{}: num_tokens {} is negative", what, num_tokens);
-  if (l.k <= 0 || l.k % 8 != 0 || l.k > 32768) {
-    fail("{}: layout.k {} must be a positive multiple of 8 and at most 32768", what, l.k);
+  if (l.k <= 0 || l.k % 8 != 0 || l.k > max_k) {
+    fail("{}: layout.k {} must be a positive multiple of 8 and at most {}", what, l.k, max_k);
   }
   if (l.n_outliers < 0 || l.n_outliers > l.k) fail("{}: layout.n_outliers {} outside [0, {}]", what, l.n_outliers, l.k);
   const int g = l.group_size;
@@ -65,7 +66,7 @@ void check_out(const QuantizedActOut& o, const ActQuantLayout& l, const char* wh
 
 void check_params(const RmsNormQuantParams& p) {
   const char* what = "rmsnorm_quantize";
-  check_layout(p.layout, p.num_tokens, what);
+  check_layout(p.layout, p.num_tokens, 16384, what);
   check_vector_rows(p.input, p.input_stride, p.layout.k, true, what, "input");
   check_vector_rows(p.residual, p.residual_stride, p.layout.k, false, what, "residual");
   check_vector_rows(p.residual_out, p.residual_out_stride, p.layout.k, false, what, "residual_out");
@@ -78,7 +79,7 @@ void check_params(const RmsNormQuantParams& p) {
 
 void check_params(const ReorderQuantParams& p) {
   const char* what = "reorder_quantize";
-  check_layout(p.layout, p.num_tokens, what);
+  check_layout(p.layout, p.num_tokens, 16384, what);
   check_vector_rows(p.input, p.input_stride, p.layout.k, true, what, "input");
   if (p.perm == nullptr) fail("{}: perm is null", what);
   check_out(p.out, p.layout, what);
@@ -86,7 +87,7 @@ void check_params(const ReorderQuantParams& p) {
 
 void check_params(const SiluMulQuantParams& p) {
   const char* what = "silu_mul_quantize";
-  check_layout(p.layout, p.num_tokens, what);
+  check_layout(p.layout, p.num_tokens, 65536, what);
   check_vector_rows(p.gate, p.gate_stride, p.layout.k, true, what, "gate");
   check_vector_rows(p.up, p.up_stride, p.layout.k, true, what, "up");
   check_vector_rows(p.act_out, p.act_stride, p.layout.k, false, what, "act_out");

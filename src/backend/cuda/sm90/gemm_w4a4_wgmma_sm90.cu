@@ -53,13 +53,15 @@ struct Sm90Tile {
 };
 
 #ifdef ATOM_SM90A_DEVICE
-template <int BN>
-__device__ __forceinline__ void wgmma_k32(int (&d)[BN / 2], const std::uint32_t (&a)[4], std::uint64_t desc,
+template <int N>
+__device__ __forceinline__ void wgmma_k32(int (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc,
                                           int accumulate) {
-  if constexpr (BN == 128)
+  if constexpr (N == 128)
     ptx::wgmma_m64n128k32_s8_rs(d, a, desc, accumulate);
-  else
+  else if constexpr (N == 64)
     ptx::wgmma_m64n64k32_s8_rs(d, a, desc, accumulate);
+  else
+    ptx::wgmma_m64n32k32_s8_rs(d, a, desc, accumulate);
 }
 #endif
 
@@ -157,7 +159,11 @@ __global__ void __launch_bounds__(384, 1)
     }
   } else {
     // ------------------------------------------------------------------ consumer warpgroups
+    // The warpgroup's 64 x BN tile is computed as two 64 x BN/2 halves with their own int32 accumulators:
+    // while the tensor cores run one half, the threads rescale the other (ping-pong inside the warpgroup).
     ptx::setmaxnreg_inc<232>();
+    constexpr int H = BN / 2;       // columns per half
+    constexpr int HR = H / 2;       // int32 accumulator registers per half
     const int consumer = wg - 1;
     const int warp = ltid / 32, lane = ltid % 32, q = lane % 4;
     const int row0 = consumer * 64 + warp * 16 + lane / 4;  // tile rows row0 and row0 + 8
@@ -166,29 +172,28 @@ __global__ void __launch_bounds__(384, 1)
     float acc[BN / 2];
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
-    int iacc[BN / 2];
+    int iacc0[HR], iacc1[HR];
 #pragma unroll
-    for (int i = 0; i < BN / 2; ++i) iacc[i] = 0;
+    for (int i = 0; i < HR; ++i) iacc0[i] = iacc1[i] = 0;
+    std::uint32_t a_even[4][4], a_odd[4][4];
 
-    for (int it = 0; it < total; ++it) {
+    auto load_scales = [&](int it, std::uint16_t& b0, std::uint16_t& b1) {
+      if (it < G) {
+        b0 = p.a_scales[(std::size_t)grow0 * G + it];
+        b1 = p.a_scales[(std::size_t)grow1 * G + it];
+      } else {
+        b0 = p.a_outlier_scales[grow0];
+        b1 = p.a_outlier_scales[grow1];
+      }
+    };
+    // Waits for stage `it` and loads this thread's activation fragments of it.
+    auto load_a = [&](int it, std::uint32_t (&a)[4][4]) {
       const int s = it % S;
       const unsigned parity = (it / S) & 1;
-      const bool outlier = it >= G;
-      // Activation scales of this iteration (global, L2-resident); their latency overlaps the waits and MMAs.
-      std::uint16_t sa_bits0, sa_bits1;
-      if (!outlier) {
-        sa_bits0 = p.a_scales[(std::size_t)grow0 * G + it];
-        sa_bits1 = p.a_scales[(std::size_t)grow1 * G + it];
-      } else {
-        sa_bits0 = p.a_outlier_scales[grow0];
-        sa_bits1 = p.a_outlier_scales[grow1];
-      }
       ptx::mbar_wait(&loaded[s], parity);
       ptx::mbar_wait(&full[s], parity);
-
-      std::uint32_t a[4][4];
       const std::uint32_t a_base = ptx::smem_u32(a_buf + s * T::kA);
-      if (!outlier) {
+      if (it < G) {
         const uint4 p0 = ptx::lds_v4(a_base + row0 * 64 + q * 16);
         const uint4 p1 = ptx::lds_v4(a_base + (row0 + 8) * 64 + q * 16);
         const std::uint32_t w0[4] = {p0.x, p0.y, p0.z, p0.w}, w1[4] = {p1.x, p1.y, p1.z, p1.w};
@@ -215,32 +220,29 @@ __global__ void __launch_bounds__(384, 1)
           a[j][3] = w1[2 * j + 1];
         }
       }
-
+    };
+    // Issues the 4 k-steps of one half of iteration `it` as one wgmma group.
+    auto issue = [&](int it, int half, const std::uint32_t (&a)[4][4], int (&d)[HR]) {
 #pragma unroll
-      for (int i = 0; i < BN / 2; ++i) ptx::fence_operand(iacc[i]);
+      for (int i = 0; i < HR; ++i) ptx::fence_operand(d[i]);
       ptx::wgmma_fence();
-      const std::uint64_t desc = ptx::smem_desc_k128_sw128(ptx::smem_u32(w_int8 + s * T::kWInt8));
+      const std::uint64_t desc =
+          ptx::smem_desc_k128_sw128(ptx::smem_u32(w_int8 + (it % S) * T::kWInt8 + half * H * 128));
       const int keep = it > G ? 1 : 0;  // outlier chunks after the first accumulate into one int32 sum
 #pragma unroll
-      for (int j = 0; j < 4; ++j) wgmma_k32<BN>(iacc, a[j], desc + 2 * j, (j > 0) ? 1 : keep);
+      for (int j = 0; j < 4; ++j) wgmma_k32<H>(d, a[j], desc + 2 * j, (j > 0) ? 1 : keep);
       ptx::wgmma_commit();
-      const float sa0 = fp16_bits_to_float(sa_bits0), sa1 = fp16_bits_to_float(sa_bits1);
-      ptx::wgmma_wait<0>();
-#pragma unroll
-      for (int i = 0; i < BN / 2; ++i) ptx::fence_operand(iacc[i]);
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) ptx::fence_operand(a[j][i]);
-
-      const std::uint32_t sw_base = ptx::smem_u32(w_scale + s * BN);
-      if (!outlier) {
+    };
+    // acc (+)= the half's int32 sums, scaled: groups by magic-number conversion, outliers after the last chunk.
+    auto rescale = [&](int it, int half, int (&d)[HR], float sa0, float sa1) {
+      const std::uint32_t sw_base = ptx::smem_u32(w_scale + (it % S) * BN);
+      if (it < G) {
         // Codes are x16 on both sides: the int32 sum is 256 x the dot product (|sum| <= 2^21).
         const float s0 = sa0 * (1.0f / 256.0f), s1 = sa1 * (1.0f / 256.0f);
         const float b0 = -ptx::kMagicF * s0, b1 = -ptx::kMagicF * s1;
 #pragma unroll
-        for (int cc = 0; cc < BN / 16; ++cc) {
-          const float4 sw4 = ptx::lds_f4(sw_base + (cc * 4 + q) * 16);
+        for (int cc = 0; cc < H / 16; ++cc) {
+          const float4 sw4 = ptx::lds_f4(sw_base + ((half * H / 16 + cc) * 4 + q) * 16);
           const float sw[4] = {sw4.x, sw4.y, sw4.z, sw4.w};
 #pragma unroll
           for (int jj = 0; jj < 2; ++jj)
@@ -249,14 +251,14 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
                 const int idx = 4 * (2 * cc + jj) + 2 * v1 + e;
-                const float t = __fmaf_rn(ptx::magic_i2f_biased(iacc[idx]), v1 ? s1 : s0, v1 ? b1 : b0);
-                acc[idx] = __fmaf_rn(t, sw[2 * jj + e], acc[idx]);
+                const float t = __fmaf_rn(ptx::magic_i2f_biased(d[idx]), v1 ? s1 : s0, v1 ? b1 : b0);
+                acc[half * HR + idx] = __fmaf_rn(t, sw[2 * jj + e], acc[half * HR + idx]);
               }
         }
       } else if (it == total - 1) {
 #pragma unroll
-        for (int cc = 0; cc < BN / 16; ++cc) {
-          const float4 sw4 = ptx::lds_f4(sw_base + (cc * 4 + q) * 16);
+        for (int cc = 0; cc < H / 16; ++cc) {
+          const float4 sw4 = ptx::lds_f4(sw_base + ((half * H / 16 + cc) * 4 + q) * 16);
           const float sw[4] = {sw4.x, sw4.y, sw4.z, sw4.w};
 #pragma unroll
           for (int jj = 0; jj < 2; ++jj)
@@ -265,12 +267,48 @@ __global__ void __launch_bounds__(384, 1)
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
                 const int idx = 4 * (2 * cc + jj) + 2 * v1 + e;
-                const float t = __fmul_rn(__int2float_rn(iacc[idx]), v1 ? sa1 : sa0);
-                acc[idx] = __fmaf_rn(t, sw[2 * jj + e], acc[idx]);
+                const float t = __fmul_rn(__int2float_rn(d[idx]), v1 ? sa1 : sa0);
+                acc[half * HR + idx] = __fmaf_rn(t, sw[2 * jj + e], acc[half * HR + idx]);
               }
         }
       }
-      ptx::mbar_arrive(&empty[s]);
+    };
+    // One iteration: on entry both halves of `it` are in flight (a_cur holds its activations).
+    auto step = [&](int it, std::uint32_t (&a_cur)[4][4], std::uint32_t (&a_next)[4][4], std::uint16_t& sb0,
+                    std::uint16_t& sb1) {
+      const float sa0 = fp16_bits_to_float(sb0), sa1 = fp16_bits_to_float(sb1);
+      const bool more = it + 1 < total;
+      if (more) load_scales(it + 1, sb0, sb1);
+      ptx::wgmma_wait<1>();  // half 0 of `it` done
+#pragma unroll
+      for (int i = 0; i < HR; ++i) ptx::fence_operand(iacc0[i]);
+      rescale(it, 0, iacc0, sa0, sa1);
+      if (more) {
+        load_a(it + 1, a_next);
+        issue(it + 1, 0, a_next, iacc0);
+        ptx::wgmma_wait<1>();  // half 1 of `it` done
+      } else {
+        ptx::wgmma_wait<0>();
+      }
+#pragma unroll
+      for (int i = 0; i < HR; ++i) ptx::fence_operand(iacc1[i]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ptx::fence_operand(a_cur[j][i]);
+      rescale(it, 1, iacc1, sa0, sa1);
+      ptx::mbar_arrive(&empty[it % S]);
+      if (more) issue(it + 1, 1, a_next, iacc1);
+    };
+
+    std::uint16_t sb0, sb1;
+    load_scales(0, sb0, sb1);
+    load_a(0, a_even);
+    issue(0, 0, a_even, iacc0);
+    issue(0, 1, a_even, iacc1);
+    for (int it = 0; it < total; it += 2) {
+      step(it, a_even, a_odd, sb0, sb1);
+      if (it + 1 < total) step(it + 1, a_odd, a_even, sb0, sb1);
     }
 
     // ------------------------------------------------------------------ epilogue
