@@ -23,6 +23,7 @@ for step in $steps; do
           echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|PASSED|FAILED" "$OUT/racecheck.log" | head ;;
     quant) timeout 120 "$STAGE/bench_quantize" >"$OUT/bench_quantize.log" 2>&1; echo "bench_quantize rc=$?"; cat "$OUT/bench_quantize.log" ;;
     attn) timeout 240 "$STAGE/bench_attention" >"$OUT/bench_attention.log" 2>&1; echo "bench_attention rc=$?"; cat "$OUT/bench_attention.log" ;;
+    sass) cuobjdump -sass "$STAGE/bench_attention" "$STAGE/bench_quantize" 2>/dev/null | gzip >"$OUT/sass.txt.gz"; echo "sass dumped" ;;
     quick) timeout 60 "$STAGE/bench_attention" --quick >"$OUT/bench_attention_quick.log" 2>&1; echo "quick rc=$?"; cat "$OUT/bench_attention_quick.log" ;;
   esac
 done

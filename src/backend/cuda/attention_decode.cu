@@ -242,6 +242,230 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
   }
 }
 
+// ---- UINT4 cache on the tensor cores (pages of a multiple of 16 tokens, any group <= 8).
+// CUDA-core decoding of 4-bit codes costs two integer ops per element (the INT32 pipe runs at half the
+// FP32 rate), which caps decode_kernel<kU4> near half the memory bandwidth. Here a warp takes 16 tokens
+// at a time and both products run on mma.m16n8k16 (fp16 in, fp32 accumulate); codes become fp16
+// 1024 + c with one LOP3 per two codes and the 1024 offsets are removed per token:
+//   S^T = K q^T: A = K codes (16 tokens x 16 dims; the dims of q are permuted to match the unpack),
+//               B = q (16 dims x 8 heads of the group), C = S[token][head].
+//   O^T = V^T P^T: A = V codes (16 dims x 16 tokens; PRMT pairs the same dim of two tokens),
+//               B = w = p * scale_v in fp16 (16 tokens x 8 heads), moved from the C layout of S by
+//               4 shuffles.
+// Row statistics of head h live in the lanes with t = h / 2, for S and O alike.
+__device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
+  std::uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
+  return d;
+}
+// Nibbles m and m + 4 of w as half2(1024 + n_m, 1024 + n_{m+4}).
+__device__ __forceinline__ std::uint32_t nibble_pair(std::uint32_t w, int m) {
+  return and_or(w >> (4 * m), 0x000F000Fu, 0x64006400u);
+}
+__device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
+                                          std::uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ std::uint32_t half2_bits(__half2 h) { return *reinterpret_cast<std::uint32_t*>(&h); }
+
+template <int D>
+__global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams p, DecodeSplit split_args) {
+  constexpr int kRowBytes = D / 2;
+  constexpr int kKWords = D / 32;  // words of a K row per lane (4 lanes per row)
+  constexpr int kMTiles = D / 16;  // 16-dim tiles of O^T = bytes of a V row per lane (8 lanes per row)
+  constexpr int kVWords = kMTiles / 4;
+  static_assert(kKWords >= 1 && kVWords >= 1, "head_dim 64 or 128");
+  const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const PagedKvCache& c = p.cache;
+  const int group = p.num_qo_heads / c.num_kv_heads;
+  const int kv_len = p.kv_lens[b];
+  const int begin = split * split_args.chunk;  // a multiple of 16
+  const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
+
+  // q of head g as B fragments, dims in the order nibble_pair yields them.
+  std::uint32_t qb[2 * kKWords][2];
+  float sumq = 0.0f;
+  {
+    const __half* qh = reinterpret_cast<const __half*>(p.q) + b * p.q_token_stride +
+                       static_cast<long long>(kvh * group + g) * p.q_head_stride;
+#pragma unroll
+    for (int j = 0; j < kKWords; ++j) {
+      const int base = t * (D / 4) + 8 * j;
+      __half x[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) x[k] = g < group ? qh[base + k] : __float2half_rn(0.0f);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sumq += __half2float(x[k]);
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        qb[2 * j + e][0] = half2_bits(__halves2half2(x[2 * e], x[2 * e + 4]));
+        qb[2 * j + e][1] = half2_bits(__halves2half2(x[2 * e + 1], x[2 * e + 5]));
+      }
+    }
+    sumq += __shfl_xor_sync(kFullMask, sumq, 1);
+    sumq += __shfl_xor_sync(kFullMask, sumq, 2);
+  }
+  const float sumq_a = __shfl_sync(kFullMask, sumq, 8 * t), sumq_b = __shfl_sync(kFullMask, sumq, 8 * t + 4);
+  const float off_a = 1024.0f * sumq_a, off_b = 1024.0f * sumq_b;
+  const float q_scale = p.sm_scale * kLog2e;
+
+  float o[kMTiles][4];
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  // Heads a = 2t and b = 2t + 1 of the group.
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f, w_a = 0.0f, w_b = 0.0f, pl_a = 0.0f, pl_b = 0.0f;
+  const int page_shift = __ffs(c.page_size) - 1;
+  const std::int32_t* block_table = p.block_tables + static_cast<long long>(b) * p.block_table_stride;
+  const std::uint8_t* k_codes = static_cast<const std::uint8_t*>(c.k_codes);
+  const std::uint8_t* v_codes = static_cast<const std::uint8_t*>(c.v_codes);
+  const unsigned half_sel = (g & 1) ? 0x7632u : 0x5410u;
+  const int src_a = 8 * t + g / 2, src_b = src_a + 4;  // lanes holding tokens 2t and 2t+1 of head g's pair
+
+  for (int tile = begin + warp * 16; tile < end; tile += kWarps * 16) {
+    unsigned page = static_cast<unsigned>(block_table[tile >> page_shift]);
+    page = min(page, static_cast<unsigned>(c.num_pages - 1));
+    const long long row0 = (static_cast<long long>(page) * c.num_kv_heads + kvh) * c.page_size + (tile & (c.page_size - 1));
+    const int n_valid = end - tile;
+    std::uint32_t ka[kKWords], kb[kKWords], va[kVWords], vb[kVWords], vc[kVWords], vd[kVWords];
+    std::uint32_t kpa = 0, kpb = 0, vpa = 0, vpb = 0;
+    const auto load_k = [&](int r, std::uint32_t(&w)[kKWords]) {
+      if (r < n_valid) load_words<kKWords>(k_codes + (row0 + r) * kRowBytes + t * (D / 8), w);
+      else for (int i = 0; i < kKWords; ++i) w[i] = 0u;
+    };
+    const auto load_v = [&](int r, std::uint32_t(&w)[kVWords]) {
+      if (r < n_valid) load_words<kVWords>(v_codes + (row0 + r) * kRowBytes + g * kMTiles, w);
+      else for (int i = 0; i < kVWords; ++i) w[i] = 0u;
+    };
+    load_k(g, ka);
+    load_k(g + 8, kb);
+    load_v(2 * t, va);
+    load_v(2 * t + 1, vb);
+    load_v(2 * t + 8, vc);
+    load_v(2 * t + 9, vd);
+    const bool valid_a = g < n_valid, valid_b = g + 8 < n_valid;
+    if (valid_a) kpa = __ldg(c.k_params + row0 + g), vpa = __ldg(c.v_params + row0 + g);
+    if (valid_b) kpb = __ldg(c.k_params + row0 + g + 8), vpb = __ldg(c.v_params + row0 + g + 8);
+
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // [token g | g+8][head 2t | 2t+1]
+#pragma unroll
+    for (int j = 0; j < kKWords; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const std::uint32_t a[4] = {nibble_pair(ka[j], 2 * e), nibble_pair(kb[j], 2 * e), nibble_pair(ka[j], 2 * e + 1),
+                                    nibble_pair(kb[j], 2 * e + 1)};
+        mma_16816(s, a, qb[2 * j + e][0], qb[2 * j + e][1]);
+      }
+    }
+    const float ska = kv_param_scale(kpa), lka = kv_param_min(kpa), skb = kv_param_scale(kpb), lkb = kv_param_min(kpb);
+    const float s0 = valid_a ? fmaf(ska, s[0] - off_a, lka * sumq_a) * q_scale : -INFINITY;
+    const float s1 = valid_a ? fmaf(ska, s[1] - off_b, lka * sumq_b) * q_scale : -INFINITY;
+    const float s2 = valid_b ? fmaf(skb, s[2] - off_a, lkb * sumq_a) * q_scale : -INFINITY;
+    const float s3 = valid_b ? fmaf(skb, s[3] - off_b, lkb * sumq_b) * q_scale : -INFINITY;
+    float mx_a = fmaxf(s0, s2), mx_b = fmaxf(s1, s3);
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(kFullMask, mx_a, off));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(kFullMask, mx_b, off));
+    }
+    if (mx_a > m_a) {  // rare after the first tiles: rescale lazily
+      const float f = exp2f(m_a - mx_a);
+      l_a *= f, w_a *= f, pl_a *= f;
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) o[i][0] *= f, o[i][2] *= f;
+      m_a = mx_a;
+    }
+    if (mx_b > m_b) {
+      const float f = exp2f(m_b - mx_b);
+      l_b *= f, w_b *= f, pl_b *= f;
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) o[i][1] *= f, o[i][3] *= f;
+      m_b = mx_b;
+    }
+    const float p0 = valid_a ? exp2f(s0 - m_a) : 0.0f, p1 = valid_a ? exp2f(s1 - m_b) : 0.0f;
+    const float p2 = valid_b ? exp2f(s2 - m_a) : 0.0f, p3 = valid_b ? exp2f(s3 - m_b) : 0.0f;
+    l_a += p0 + p2;
+    l_b += p1 + p3;
+    const float sva = kv_param_scale(vpa), lva = kv_param_min(vpa), svb = kv_param_scale(vpb), lvb = kv_param_min(vpb);
+    const __half2 w01 = __floats2half2_rn(p0 * sva, p1 * sva), w23 = __floats2half2_rn(p2 * svb, p3 * svb);
+    const float2 f01 = __half22float2(w01), f23 = __half22float2(w23);
+    w_a += f01.x + f23.x;  // the offsets are removed with the very fp16 weights the MMA multiplies
+    w_b += f01.y + f23.y;
+    pl_a = fmaf(p0, lva, fmaf(p2, lvb, pl_a));
+    pl_b = fmaf(p1, lva, fmaf(p3, lvb, pl_b));
+    // B fragments of P^T: lane (g, t) takes head g's weights of tokens 2t, 2t+1 (and + 8).
+    const std::uint32_t u01 = half2_bits(w01), u23 = half2_bits(w23);
+    const std::uint32_t x01a = __shfl_sync(kFullMask, u01, src_a), x01b = __shfl_sync(kFullMask, u01, src_b);
+    const std::uint32_t x23a = __shfl_sync(kFullMask, u23, src_a), x23b = __shfl_sync(kFullMask, u23, src_b);
+    const std::uint32_t pb0 = __byte_perm(x01a, x01b, half_sel), pb1 = __byte_perm(x23a, x23b, half_sel);
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) {
+      const unsigned sel = static_cast<unsigned>(i % 4) | (static_cast<unsigned>(4 + i % 4) << 8);
+      const std::uint32_t y01 = __byte_perm(va[i / 4], vb[i / 4], sel), y89 = __byte_perm(vc[i / 4], vd[i / 4], sel);
+      const std::uint32_t a[4] = {and_or(y01, 0x000F000Fu, 0x64006400u), and_or(y01, 0x00F000F0u, 0x64006400u),
+                                  and_or(y89, 0x000F000Fu, 0x64006400u), and_or(y89, 0x00F000F0u, 0x64006400u)};
+      mma_16816(o[i], a, pb0, pb1);
+    }
+  }
+
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    l_a += __shfl_xor_sync(kFullMask, l_a, off);
+    l_b += __shfl_xor_sync(kFullMask, l_b, off);
+    w_a += __shfl_xor_sync(kFullMask, w_a, off);
+    w_b += __shfl_xor_sync(kFullMask, w_b, off);
+    pl_a += __shfl_xor_sync(kFullMask, pl_a, off);
+    pl_b += __shfl_xor_sync(kFullMask, pl_b, off);
+  }
+  __shared__ float s_acc[kWarps][8][D];
+  __shared__ float s_m[kWarps][8], s_l[kWarps][8];
+  const int head_a = 2 * t, head_b = 2 * t + 1;
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) {
+    const int dim_lo = 2 * (g * kMTiles + i);  // rows g / g + 8 of m-tile i: low / high nibble (x16)
+    if (head_a < group) {
+      s_acc[warp][head_a][dim_lo] = o[i][0] - 1024.0f * w_a + pl_a;
+      s_acc[warp][head_a][dim_lo + 1] = (o[i][2] - 1024.0f * w_a) * 0.0625f + pl_a;
+    }
+    if (head_b < group) {
+      s_acc[warp][head_b][dim_lo] = o[i][1] - 1024.0f * w_b + pl_b;
+      s_acc[warp][head_b][dim_lo + 1] = (o[i][3] - 1024.0f * w_b) * 0.0625f + pl_b;
+    }
+  }
+  if (g == 0) {
+    if (head_a < group) s_m[warp][head_a] = m_a, s_l[warp][head_a] = l_a;
+    if (head_b < group) s_m[warp][head_b] = m_b, s_l[warp][head_b] = l_b;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < group * D; idx += kWarps * 32) {
+    const int hg = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w][hg]);
+    float lsum = 0.0f, a = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float sc = s_m[w][hg] == -INFINITY ? 0.0f : exp2f(s_m[w][hg] - mx);
+      lsum = fmaf(s_l[w][hg], sc, lsum);
+      a = fmaf(s_acc[w][hg][d], sc, a);
+    }
+    const float out = lsum > 0.0f ? a / lsum : 0.0f;
+    const int h = kvh * group + hg;
+    if (split_args.num_splits == 1) {
+      reinterpret_cast<__half*>(p.out)[b * p.out_token_stride + static_cast<long long>(h) * p.out_head_stride + d] =
+          __float2half_rn(out);
+    } else {
+      const long long r = (static_cast<long long>(b) * p.num_qo_heads + h) * split_args.num_splits + split;
+      split_args.partial_out[r * D + d] = out;
+      if (d == 0) split_args.partial_lse[r] = lsum > 0.0f ? mx + log2f(lsum) : -INFINITY;
+    }
+  }
+}
+
 // One block per (sequence, query head), one thread per dim.
 __global__ void decode_merge_kernel(DecodeParams p, DecodeSplit s, int head_dim) {
   const int bh = blockIdx.x, d = threadIdx.x;
@@ -289,7 +513,7 @@ Plan make_plan(const DecodeParams& p) {
     splits = std::min(splits, (max_len + 255) / 256);
   }
   splits = std::clamp(splits, 1, std::min(kMaxSplits, max_len));
-  const int chunk = (max_len + splits - 1) / splits;
+  const int chunk = ((max_len + splits - 1) / splits + 15) / 16 * 16;  // whole 16-token tiles per split
   return {(max_len + chunk - 1) / chunk, chunk};
 }
 
@@ -313,7 +537,15 @@ void dispatch_dtype(const DecodeParams& p, const DecodeSplit& s, cudaStream_t st
   switch (p.cache.dtype) {
     case KvDtype::kF16: dispatch_group<D, KvDtype::kF16>(p, s, stream); break;
     case KvDtype::kU8: dispatch_group<D, KvDtype::kU8>(p, s, stream); break;
-    case KvDtype::kU4: dispatch_group<D, KvDtype::kU4>(p, s, stream); break;
+    case KvDtype::kU4:
+      if (p.cache.page_size % 16 == 0) {  // a 16-token tile never straddles pages
+        const dim3 grid(s.num_splits, p.cache.num_kv_heads, p.batch);
+        decode_u4_mma_kernel<D><<<grid, kWarps * 32, 0, stream>>>(p, s);
+        ATOM_CUDA_CHECK_LAUNCH();
+      } else {
+        dispatch_group<D, KvDtype::kU4>(p, s, stream);
+      }
+      break;
   }
 }
 

@@ -1,10 +1,14 @@
-// Fused activation quantizers (see quantize_act.h). One 256-thread block walks over tokens; per token:
-//   1. (row kernels) the fp16 row is read once with 16-byte loads into shared memory (residual added,
-//      residual written, sum of squares taken on the way);
+// Fused activation quantizers (see quantize_act.h). One warp per token (no block barriers, so every
+// warp streams independently and keeps many loads in flight):
+//   1. (row kernels) the fp16 row is read once with 16-byte loads into the warp's shared-memory row
+//      (residual added and written, sum of squares taken on the way);
 //   2. normal groups: G/8 lanes per group, 8 consecutive reordered channels per lane, the group max by
 //      shuffles, one 4-byte store of 8 packed codes per lane;
-//   3. outliers: block-wide max, one INT8 per channel.
-// The arithmetic mirrors quant/format.h step by step (fp32, IEEE division, round half to even).
+//   3. outliers: warp max, one INT8 per channel.
+// The arithmetic mirrors quant/format.h (fp32, IEEE division, round half to even): the quotient x / scale
+// is formed as x * (1 / scale) and rounded with the 1.5 * 2^23 trick, which is provably the same
+// integer unless the product lies within a few ulps of a half-integer; those rare elements take the
+// IEEE division.
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -15,9 +19,8 @@
 namespace atom::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: (y + magic) - magic = rint(y) for |y| < 2^22
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -30,27 +33,20 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Every thread of the block calls these; `red` holds kWarps floats.
-__device__ float block_sum(float v, float* red) {
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float t = threadIdx.x % 32 < kWarps ? red[threadIdx.x % 32] : 0.0f;
-  t = warp_sum(t);
-  __syncthreads();  // red is reused by the next reduction
-  return t;
-}
-__device__ float block_max(float v, float* red) {
-  v = warp_max(v);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  float t = threadIdx.x % 32 < kWarps ? red[threadIdx.x % 32] : 0.0f;
-  t = warp_max(t);
-  __syncthreads();
-  return t;
-}
-
 __device__ __forceinline__ float round_to_half(float x) { return __half2float(__float2half_rn(x)); }
+
+// rint(x / scale) with / the IEEE division (quant::quantize_symmetric_value); inv = __frcp_rn(scale).
+// |x * inv - x / scale| <= |y| * 2^-22.9 and the IEEE quotient is within |y| * 2^-24 of x / scale, so
+// outside a band of |y| * 2^-20 around a half-integer both round to the same integer.
+__device__ __forceinline__ float round_quotient(float x, float scale, float inv) {
+  const float y = __fmul_rn(x, inv);
+  const float r = __fsub_rn(__fadd_rn(y, kRoundMagic), kRoundMagic);
+  const float tie_gap = fabsf(__fsub_rn(fabsf(__fsub_rn(y, r)), 0.5f));
+  if (tie_gap <= fmaf(fabsf(y), 0x1p-20f, 0x1p-24f)) return rintf(__fdiv_rn(x, scale));
+  return r;
+}
+// Low bits of an integer-valued float in [-2^21, 2^21), two's complement.
+__device__ __forceinline__ unsigned int_bits(float r) { return __float_as_uint(__fadd_rn(r, kRoundMagic)); }
 
 // quant::fp4_encode.
 __device__ __forceinline__ unsigned fp4_encode(float v) {
@@ -67,26 +63,12 @@ __device__ __forceinline__ unsigned fp4_encode(float v) {
   return (m != 0 && v < 0.0f) ? (m | 8u) : m;
 }
 
-// quant::quantize_symmetric_value (signed code) or quant::quantize_fp4_value (nibble), as 4 bits.
-template <bool kFp4>
-__device__ __forceinline__ unsigned quantize_nibble(float x, float scale, float qmax) {
-  if (scale == 0.0f) return 0u;
-  const float r = __fdiv_rn(x, scale);
-  if constexpr (kFp4) {
-    return fp4_encode(r);
-  } else {
-    const float q = fminf(fmaxf(rintf(r), -qmax - 1.0f), qmax);
-    return static_cast<unsigned>(static_cast<int>(q)) & 0xFu;
-  }
-}
-
 struct GroupArgs {
   float qmax, clip;
 };
 
 // One group spread over `lanes` (a power of two, aligned) lanes of the warp, 8 values per lane. All 32
-// lanes must call it (shuffles); `active` lanes store. Returns nothing; writes 4 packed bytes per lane
-// and the group's fp16 scale (first lane of the group).
+// lanes must call it (shuffles); `active` lanes store 4 packed bytes, the group's first lane the scale.
 template <bool kFp4>
 __device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, GroupArgs a, bool active,
                                                 std::uint32_t* packed_dst, __half* scale_dst, bool first_lane) {
@@ -97,8 +79,19 @@ __device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, 
   const __half scale_h = __float2half_rn(__fdiv_rn(__fmul_rn(a.clip, amax), a.qmax));
   const float scale = __half2float(scale_h);
   std::uint32_t word = 0;
+  if (scale != 0.0f) {
+    if constexpr (kFp4) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) word |= quantize_nibble<kFp4>(v[i], scale, a.qmax) << (4 * i);
+      for (int i = 0; i < 8; ++i) word |= fp4_encode(__fdiv_rn(v[i], scale)) << (4 * i);
+    } else {
+      const float inv = __frcp_rn(scale);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float q = fminf(fmaxf(round_quotient(v[i], scale, inv), -a.qmax - 1.0f), a.qmax);
+        word |= (int_bits(q) & 0xFu) << (4 * i);
+      }
+    }
+  }
   if (active) {
     *packed_dst = word;
     if (first_lane) *scale_dst = scale_h;
@@ -122,21 +115,22 @@ __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return u;
 }
 
-// Steps 2 and 3 for one token. Source::get8(j, v) gives the fp16-exact values (as floats) of reordered
-// channels j..j+7 and writes them to the debug output if any; Source::get1(j, write_debug) one channel.
+// Steps 2 and 3 for one token, by one warp. Source::get8(j, v) gives the fp16-exact values (as floats)
+// of reordered channels j..j+7 and writes them to the debug output if any; Source::get1(j, write_debug)
+// one channel.
 template <bool kFp4, class Source>
-__device__ void quantize_token(int token, const ActQuantLayout& layout, const QuantizedActOut& out, Source& src,
-                               float* red) {
+__device__ void quantize_token(int token, const ActQuantLayout& layout, const QuantizedActOut& out, Source& src) {
+  const int lane = threadIdx.x % 32;
   const int k_normal = layout.k - layout.n_outliers;
   const int group = layout.group_size;
   const int lanes = group / 8;
   const int groups = k_normal / group;
-  const int groups_per_pass = kThreads / lanes;
-  const int slot = threadIdx.x / lanes, lane_in_group = threadIdx.x % lanes;
+  const int groups_per_pass = 32 / lanes;
+  const int slot = lane / lanes, lane_in_group = lane % lanes;
   const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
-  for (int first = 0; first < groups; first += groups_per_pass) {  // same trip count in every thread
+  for (int first = 0; first < groups; first += groups_per_pass) {  // same trip count in every lane
     const int g = first + slot;
     const bool active = g < groups;
     const int j = g * group + lane_in_group * 8;
@@ -154,52 +148,61 @@ __device__ void quantize_token(int token, const ActQuantLayout& layout, const Qu
   }
   if (layout.n_outliers > 0) {
     float amax = 0.0f;
-    for (int o = threadIdx.x; o < layout.n_outliers; o += kThreads) {
-      amax = fmaxf(fabsf(src.get1(k_normal + o, false)), amax);
-    }
-    amax = block_max(amax, red);
+    for (int o = lane; o < layout.n_outliers; o += 32) amax = fmaxf(fabsf(src.get1(k_normal + o, false)), amax);
+    amax = warp_max(amax);
     const __half scale_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
     const float scale = __half2float(scale_h);
+    const float inv = __frcp_rn(scale);
     std::int8_t* dst = out.outliers + token * out.outlier_stride;
-    for (int o = threadIdx.x; o < layout.n_outliers; o += kThreads) {
+    for (int o = lane; o < layout.n_outliers; o += 32) {
       const float x = src.get1(k_normal + o, true);
       float q = 0.0f;
-      if (scale != 0.0f) q = fminf(fmaxf(rintf(__fdiv_rn(x, scale)), -128.0f), 127.0f);
-      dst[o] = static_cast<std::int8_t>(q);
+      if (scale != 0.0f) q = fminf(fmaxf(round_quotient(x, scale, inv), -128.0f), 127.0f);
+      dst[o] = static_cast<std::int8_t>(int_bits(q) & 0xFFu);
     }
-    if (threadIdx.x == 0) reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
+    if (lane == 0) reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
   }
 }
 
-// ---- rmsnorm_quantize / reorder_quantize: the row is staged in shared memory, then gathered by perm.
+// ---- rmsnorm_quantize / reorder_quantize: the row is staged in the warp's shared-memory row, then
+// gathered by perm (kept in shared memory as uint16 for the whole block).
 
-struct RowSmem {
-  std::uint16_t* perm;  // [K] (K <= 32768)
-  __half* gamma;        // [K] gamma[perm[j]] (norm only)
-  __half* row;          // [K] h, original order
-};
+constexpr int kRowWarps = 4;
 
 template <bool kNorm>
 struct GatherSource {
-  const RowSmem& s;
+  const std::uint16_t* perm;
+  const __half* gamma;  // gamma[perm[j]] (norm only)
+  const __half* row;    // h, original order
   float inv_rms;
   __half* debug;  // this token's normed_out row or null
 
-  __device__ float value(int j) const {
-    const float h = __half2float(s.row[s.perm[j]]);
+  __device__ float value(int j, int src) const {
+    const float h = __half2float(row[src]);
     if constexpr (kNorm) {
-      return round_to_half(__fmul_rn(__fmul_rn(h, inv_rms), __half2float(s.gamma[j])));
+      return round_to_half(__fmul_rn(__fmul_rn(h, inv_rms), __half2float(gamma[j])));
     } else {
       return h;
     }
   }
   __device__ void get8(int j, float (&v)[8]) {
+    const uint4 idx = *reinterpret_cast<const uint4*>(perm + j);
+    const std::uint16_t* ix = reinterpret_cast<const std::uint16_t*>(&idx);
+    if constexpr (kNorm) {
+      float gm[8];
+      unpack8(*reinterpret_cast<const uint4*>(gamma + j), gm);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = value(j + i);
-    if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = pack8(v);
+      for (int i = 0; i < 8; ++i) v[i] = __fmul_rn(__fmul_rn(__half2float(row[ix[i]]), inv_rms), gm[i]);
+      const uint4 h = pack8(v);  // the fp16 values are what gets quantized
+      unpack8(h, v);
+      if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = h;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __half2float(row[ix[i]]);
+    }
   }
   __device__ float get1(int j, bool write_debug) {
-    const float x = value(j);
+    const float x = value(j, perm[j]);
     if (write_debug && debug != nullptr) debug[j] = __float2half_rn(x);
     return x;
   }
@@ -222,34 +225,34 @@ struct RowKernelArgs {
   std::int64_t normed_stride;
 };
 
-std::size_t row_smem_bytes(int k, bool norm) { return static_cast<std::size_t>(k) * 2 * (norm ? 3 : 2); }
+// perm (uint16) [+ gamma] for the block, one row per warp.
+std::size_t row_smem_bytes(int k, bool norm) { return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps); }
 
 template <bool kNorm, bool kFp4>
-__global__ void __launch_bounds__(kThreads) row_quantize_kernel(RowKernelArgs a) {
+__global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelArgs a) {
   extern __shared__ uint4 smem_raw[];
-  __shared__ float red[kWarps];
   const int k = a.layout.k;
-  RowSmem s;
-  s.perm = reinterpret_cast<std::uint16_t*>(smem_raw);
-  s.gamma = reinterpret_cast<__half*>(s.perm + k);
-  s.row = kNorm ? s.gamma + k : reinterpret_cast<__half*>(s.perm + k);  // offsets are multiples of 16 bytes
-  for (int j = threadIdx.x; j < k; j += kThreads) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  std::uint16_t* perm_s = reinterpret_cast<std::uint16_t*>(smem_raw);
+  __half* gamma_s = reinterpret_cast<__half*>(perm_s + k);
+  __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp) * k;  // 16-byte aligned: k % 8 == 0
+  for (int j = threadIdx.x; j < k; j += kRowWarps * 32) {
     const int src = min(static_cast<unsigned>(a.perm[j]), static_cast<unsigned>(k - 1));  // never out of bounds
-    s.perm[j] = static_cast<std::uint16_t>(src);
-    if constexpr (kNorm) s.gamma[j] = a.weight[src];
+    perm_s[j] = static_cast<std::uint16_t>(src);
+    if constexpr (kNorm) gamma_s[j] = a.weight[src];
   }
-  // (the first token's __syncthreads below orders these writes before the gathers)
-  for (int token = blockIdx.x; token < a.num_tokens; token += gridDim.x) {
+  __syncthreads();
+  for (int token = blockIdx.x * kRowWarps + warp; token < a.num_tokens; token += gridDim.x * kRowWarps) {
     float sumsq = 0.0f;
     const __half* in = a.input + token * a.input_stride;
     const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
     __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
-    constexpr int kUnroll = 2;
-    for (int base = threadIdx.x * 8; base < k; base += kThreads * 8 * kUnroll) {
+    constexpr int kUnroll = 4;  // 4 (8 with the residual) 16-byte loads in flight per lane
+    for (int base = lane * 8; base < k; base += 32 * 8 * kUnroll) {
       uint4 x[kUnroll], r[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + u * kThreads * 8;
+        const int c = base + u * 32 * 8;
         if (c < k) {
           x[u] = *reinterpret_cast<const uint4*>(in + c);
           if (res) r[u] = *reinterpret_cast<const uint4*>(res + c);
@@ -257,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) row_quantize_kernel(RowKernelArgs a)
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + u * kThreads * 8;
+        const int c = base + u * 32 * 8;
         if (c >= k) continue;
         uint4 h = x[u];
         if (res) {
@@ -269,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) row_quantize_kernel(RowKernelArgs a)
           h = pack8(xv);
         }
         if (res_out) *reinterpret_cast<uint4*>(res_out + c) = h;
-        *reinterpret_cast<uint4*>(s.row + c) = h;
+        *reinterpret_cast<uint4*>(row + c) = h;
         if constexpr (kNorm) {
           float hv[8];
           unpack8(h, hv);
@@ -279,19 +282,18 @@ __global__ void __launch_bounds__(kThreads) row_quantize_kernel(RowKernelArgs a)
       }
     }
     float inv_rms = 1.0f;
-    if constexpr (kNorm) {
-      const float total = block_sum(sumsq, red);  // also the barrier after the row's smem writes
-      inv_rms = rsqrtf(total / static_cast<float>(k) + a.eps);
-    } else {
-      __syncthreads();
-    }
-    GatherSource<kNorm> src{s, inv_rms, a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
-    quantize_token<kFp4>(token, a.layout, a.out, src, red);
-    __syncthreads();  // the next token overwrites s.row
+    if constexpr (kNorm) inv_rms = rsqrtf(warp_sum(sumsq) / static_cast<float>(k) + a.eps);
+    __syncwarp();  // the row is read across lanes
+    GatherSource<kNorm> src{perm_s, gamma_s, row, inv_rms,
+                            a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
+    quantize_token<kFp4>(token, a.layout, a.out, src);
+    __syncwarp();  // the next token overwrites the row
   }
 }
 
-// ---- silu_mul_quantize: streaming, no shared row.
+// ---- silu_mul_quantize: streaming from global memory, one warp per token.
+
+constexpr int kSiluWarps = 8;
 
 struct SiluKernelArgs {
   int num_tokens;
@@ -305,9 +307,8 @@ struct SiluKernelArgs {
   std::int64_t act_stride;
 };
 
-__device__ __forceinline__ float silu_mul(float g, float u) {
-  return round_to_half(__fmul_rn(__fdiv_rn(g, 1.0f + __expf(-g)), u));
-}
+// fp16( silu(g) * u ); the fp16 rounding is the definition, the fp32 inside need not be IEEE-exact.
+__device__ __forceinline__ float silu_mul(float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; }
 
 struct SiluSource {
   const __half* gate;
@@ -320,22 +321,24 @@ struct SiluSource {
     unpack8(*reinterpret_cast<const uint4*>(up + j), u);
 #pragma unroll
     for (int i = 0; i < 8; ++i) v[i] = silu_mul(g[i], u[i]);
-    if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = pack8(v);
+    const uint4 h = pack8(v);
+    unpack8(h, v);
+    if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = h;
   }
   __device__ float get1(int j, bool write_debug) {
-    const float x = silu_mul(__half2float(gate[j]), __half2float(up[j]));
+    const float x = round_to_half(silu_mul(__half2float(gate[j]), __half2float(up[j])));
     if (write_debug && debug != nullptr) debug[j] = __float2half_rn(x);
     return x;
   }
 };
 
 template <bool kFp4>
-__global__ void __launch_bounds__(kThreads) silu_quantize_kernel(SiluKernelArgs a) {
-  __shared__ float red[kWarps];
-  for (int token = blockIdx.x; token < a.num_tokens; token += gridDim.x) {
+__global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKernelArgs a) {
+  const int warp = threadIdx.x / 32;
+  for (int token = blockIdx.x * kSiluWarps + warp; token < a.num_tokens; token += gridDim.x * kSiluWarps) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
                    a.act_out ? a.act_out + token * a.act_stride : nullptr};
-    quantize_token<kFp4>(token, a.layout, a.out, src, red);
+    quantize_token<kFp4>(token, a.layout, a.out, src);
   }
 }
 
@@ -349,14 +352,15 @@ int num_sms() {
   return count;
 }
 
-// Persistent grid: as many blocks as fit at once, never more than tokens.
+// Persistent grid: as many blocks as fit at once, never more than the tokens need.
 template <class Kernel>
-int grid_size(Kernel kernel, std::size_t smem, int num_tokens) {
+int grid_size(Kernel kernel, int threads, std::size_t smem, int num_tokens, int tokens_per_block) {
   int per_sm = 0;
-  ATOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem));
+  ATOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
   if (per_sm < 1) per_sm = 1;
-  const long long blocks = static_cast<long long>(per_sm) * num_sms();
-  return static_cast<int>(blocks < num_tokens ? blocks : num_tokens);
+  const long long fit = static_cast<long long>(per_sm) * num_sms();
+  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block;
+  return static_cast<int>(fit < need ? fit : need);
 }
 
 template <bool kNorm, bool kFp4>
@@ -365,7 +369,7 @@ void launch_row(const RowKernelArgs& a, cudaStream_t stream) {
   auto kernel = row_quantize_kernel<kNorm, kFp4>;
   const std::size_t smem = row_smem_bytes(a.layout.k, kNorm);
   ATOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid_size(kernel, smem, a.num_tokens), kThreads, smem, stream>>>(a);
+  kernel<<<grid_size(kernel, kRowWarps * 32, smem, a.num_tokens, kRowWarps), kRowWarps * 32, smem, stream>>>(a);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -416,10 +420,13 @@ void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
                    p.out,
                    reinterpret_cast<__half*>(p.act_out),
                    p.act_stride};
+  constexpr int kThreads = kSiluWarps * 32;
   if (p.layout.format == ActFormat::kFp4) {
-    silu_quantize_kernel<true><<<grid_size(silu_quantize_kernel<true>, 0, p.num_tokens), kThreads, 0, stream>>>(a);
+    auto kernel = silu_quantize_kernel<true>;
+    kernel<<<grid_size(kernel, kThreads, 0, p.num_tokens, kSiluWarps), kThreads, 0, stream>>>(a);
   } else {
-    silu_quantize_kernel<false><<<grid_size(silu_quantize_kernel<false>, 0, p.num_tokens), kThreads, 0, stream>>>(a);
+    auto kernel = silu_quantize_kernel<false>;
+    kernel<<<grid_size(kernel, kThreads, 0, p.num_tokens, kSiluWarps), kThreads, 0, stream>>>(a);
   }
   ATOM_CUDA_CHECK_LAUNCH();
 }

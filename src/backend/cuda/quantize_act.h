@@ -16,7 +16,8 @@ namespace atom::cuda {
 enum class ActFormat : std::uint8_t { kInt4, kInt3, kFp4 };  // format of the normal part
 
 struct ActQuantLayout {
-  int k = 0;           // channels per token, K_n + n_outliers (multiple of 8, at most 32768)
+  int k = 0;           // channels per token, K_n + n_outliers (multiple of 8; at most 16384 for the row
+                       // kernels rmsnorm/reorder, 65536 for silu_mul)
   int n_outliers = 0;  // INT8 channels at the end of the reordered row (0 allowed)
   int group_size = 128;  // 8, 16, 32, 64, 128 or 256; divides K_n
   ActFormat format = ActFormat::kInt4;

@@ -213,13 +213,13 @@ std::vector<std::uint16_t> random_queries(std::mt19937& rng, std::size_t n) {
   return q;
 }
 
-void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits) {
+void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " splits=" +
-               std::to_string(num_splits) + " seed=" + std::to_string(seed));
+               std::to_string(num_splits) + " page=" + std::to_string(page_size) + " seed=" + std::to_string(seed));
   std::mt19937 rng(seed);
-  RandomCache cache(rng, dtype, d, heads.kv, 16, lens);
+  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens);
   const int batch = static_cast<int>(lens.size());
   const auto q = random_queries(rng, static_cast<std::size_t>(batch) * heads.qo * d);
   DeviceArray<std::uint16_t> d_q(q), d_out(q.size());
@@ -281,6 +281,17 @@ TEST(CudaAttentionDecode, LongContextSplits) {
   }
 }
 
+// Page size 8 takes the CUDA-core UINT4 kernel (16-token tiles would straddle pages); 32 and 64 the MMA one.
+TEST(CudaAttentionDecode, PageSizes) {
+  const std::vector<int> lens = {1, 31, 32, 33, 250, 0};
+  for (int page : {8, 32, 64}) {
+    for (KvDtype dtype : {KvDtype::kU4, KvDtype::kF16}) {
+      run_decode(dtype, 128, Heads{8, 2}, lens, 0, page);
+      run_decode(dtype, 64, Heads{3, 3}, lens, 5, page);
+    }
+  }
+}
+
 TEST(CudaAttentionDecode, RejectsBadParams) {
   std::mt19937 rng(1);
   RandomCache cache(rng, KvDtype::kU4, 128, 2, 16, {20});
@@ -318,11 +329,11 @@ struct Span {
   int q_len, kv_len;
 };
 
-void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spans, bool causal) {
+void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spans, bool causal, int page_size = 16) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " causal=" +
-               std::to_string(causal) + " seed=" + std::to_string(seed));
+               std::to_string(causal) + " page=" + std::to_string(page_size) + " seed=" + std::to_string(seed));
   std::mt19937 rng(seed);
   std::vector<int> lens;
   std::vector<std::int32_t> indptr = {0};
@@ -332,7 +343,7 @@ void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spa
     indptr.push_back(indptr.back() + s.q_len);
     max_q = std::max(max_q, s.q_len);
   }
-  RandomCache cache(rng, dtype, d, heads.kv, 16, lens);
+  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens);
   const int total_q = indptr.back();
   const auto q = random_queries(rng, static_cast<std::size_t>(total_q) * heads.qo * d);
   DeviceArray<std::uint16_t> d_q(q), d_out(q.size());
@@ -383,6 +394,11 @@ TEST(CudaAttentionPrefill, CausalRaggedBatch) {
       for (Heads heads : {Heads{4, 4}, Heads{8, 2}, Heads{9, 3}}) run_prefill(dtype, d, heads, spans, true);
     }
   }
+}
+
+TEST(CudaAttentionPrefill, PageSizes) {
+  run_prefill(KvDtype::kU4, 128, Heads{8, 2}, {{37, 37}, {69, 100}}, true, 8);
+  run_prefill(KvDtype::kU8, 64, Heads{4, 4}, {{70, 70}, {5, 130}}, true, 64);
 }
 
 TEST(CudaAttentionPrefill, NonCausal) {
