@@ -1,6 +1,11 @@
 #include "backend/cpu/linear.h"
 
 #include <cblas.h>
+#include <omp.h>
+
+#include <mutex>
+
+#include <algorithm>
 
 #include "common/error.h"
 
@@ -14,13 +19,33 @@ DenseLinear::DenseLinear(std::shared_ptr<const std::vector<float>> weight, std::
   ATOM_CHECK(bias_.empty() || static_cast<std::int64_t>(bias_.size()) == out_);
 }
 
+void use_single_threaded_blas() {
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
+}
+
 void DenseLinear::forward(const float* x, std::int64_t m, float* y) const {
   if (m <= 0) return;
-  const auto M = static_cast<blasint>(m), N = static_cast<blasint>(out_), K = static_cast<blasint>(in_);
-  if (m == 1) {
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, weight_->data(), K, x, 1, 0.0f, y, 1);
-  } else {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, weight_->data(), K, 0.0f, y, N);
+  use_single_threaded_blas();
+  const std::int64_t work = m * out_ * in_;
+  // Each OpenMP thread multiplies by its own block of weight rows (output features).
+#pragma omp parallel if (work >= (1 << 16))
+  {
+    const std::int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    constexpr std::int64_t kAlign = 16;
+    const std::int64_t blocks = (out_ + kAlign - 1) / kAlign;
+    const std::int64_t n0 = std::min(out_, blocks * t / threads * kAlign);
+    const std::int64_t n1 = std::min(out_, blocks * (t + 1) / threads * kAlign);
+    if (n1 > n0) {
+      const auto M = static_cast<blasint>(m), N = static_cast<blasint>(n1 - n0), K = static_cast<blasint>(in_);
+      const float* w = weight_->data() + n0 * in_;
+      if (m == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, x, 1, 0.0f, y + n0, 1);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, x, K, w, K, 0.0f, y + n0,
+                    static_cast<blasint>(out_));
+      }
+    }
   }
   if (!bias_.empty()) {
     for (std::int64_t i = 0; i < m; ++i) {

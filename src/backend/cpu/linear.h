@@ -19,7 +19,12 @@ class LinearOp {
   virtual std::string describe() const = 0;  // e.g. "dense f32 [576 x 1536]"
 };
 
-// fp32 weight [out, in] (HF layout), product through OpenBLAS sgemm. The weight may be shared (tied
+// Makes OpenBLAS single-threaded (process-wide, once): the CPU backend parallelizes with OpenMP only, since
+// OpenBLAS's own pthreads spin between calls and starve OpenMP's threads on a small machine.
+void use_single_threaded_blas();
+
+// fp32 weight [out, in] (HF layout), product through OpenBLAS sgemm, the output features split over the
+// OpenMP threads. The weight may be shared (tied
 // embeddings: lm_head and embed_tokens are one buffer).
 class DenseLinear final : public LinearOp {
  public:
