@@ -162,7 +162,8 @@ AtomQuantConfig AtomQuantConfig::from_json(const nlohmann::json& j, const std::s
 
 void write_atom_checkpoint(const std::string& dir, const ModelConfig& model, const HfConfigExtras& extras,
                            const AtomQuantConfig& quant, const std::map<std::string, QuantizedLinearWeights>& linears,
-                           const std::vector<DenseTensor>& dense, bool overwrite) {
+                           const std::vector<DenseTensor>& dense, bool overwrite,
+                           const std::map<std::string, std::string>& extra_metadata) {
   AtomQuantConfig::from_json(quant.to_json(), "checkpoint to write");  // the same checks as a reader's
   std::vector<SafetensorsWriteTensor> tensors;
   for (const auto& [name, q] : linears) {
@@ -196,8 +197,10 @@ void write_atom_checkpoint(const std::string& dir, const ModelConfig& model, con
   std::filesystem::create_directories(dir);
   nlohmann::json config = hf_config_json(model, extras);
   config["quantization_config"] = quant.to_json();
-  write_safetensors(dir + "/model.safetensors", tensors,
-                    {{"format", "pt"}, {"atom_version", std::to_string(kAtomCheckpointVersion)}}, overwrite);
+  std::map<std::string, std::string> metadata = extra_metadata;
+  metadata["format"] = "pt";
+  metadata["atom_version"] = std::to_string(kAtomCheckpointVersion);
+  write_safetensors(dir + "/model.safetensors", tensors, metadata, overwrite);
   write_text_file(dir + "/config.json", config.dump(2) + "\n", overwrite);
 }
 

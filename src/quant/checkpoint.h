@@ -54,9 +54,11 @@ struct DenseTensor {
 // Writes dir/config.json (hf_config_json + quantization_config) and dir/model.safetensors. `linears` is
 // keyed by the HF module name ("model.layers.0.self_attn.q_proj"). Creates dir if needed; refuses to
 // overwrite existing files unless `overwrite`. Every linear is validated first (errors name it).
+// extra_metadata: more safetensors "__metadata__" entries (the model-level writer adds the full recipe).
 void write_atom_checkpoint(const std::string& dir, const ModelConfig& model, const HfConfigExtras& extras,
                            const AtomQuantConfig& quant, const std::map<std::string, QuantizedLinearWeights>& linears,
-                           const std::vector<DenseTensor>& dense, bool overwrite = false);
+                           const std::vector<DenseTensor>& dense, bool overwrite = false,
+                           const std::map<std::string, std::string>& extra_metadata = {});
 
 // The quantization_config of a parsed config.json, or nullopt-like empty method when the model is not an
 // Atom checkpoint. Throws atom::Error naming `source` when present but invalid.

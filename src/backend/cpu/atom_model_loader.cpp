@@ -1,0 +1,16 @@
+#include "backend/cpu/atom_model_loader.h"
+
+#include "model/weights.h"
+#include "quant/atom_checkpoint.h"
+#include "quant/quantizer_ops.h"
+
+namespace atom::cpu {
+
+std::unique_ptr<LlamaModel> load_cpu_model(const Checkpoint& checkpoint) {
+  if (quant::is_atom_checkpoint(checkpoint)) {
+    return quant::build_cpu_model(quant::load_atom_checkpoint(checkpoint), quant::Execution::kInteger);
+  }
+  return std::make_unique<LlamaModel>(load_llama_weights(checkpoint.config, *checkpoint.tensors));
+}
+
+}  // namespace atom::cpu

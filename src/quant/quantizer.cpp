@@ -1,0 +1,471 @@
+#include "quant/quantizer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <optional>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "common/error.h"
+#include "common/half.h"
+#include "common/progress.h"
+#include "quant/calibration.h"
+#include "quant/channels.h"
+#include "quant/gptq.h"
+#include "quant/quantizer_ops.h"
+
+namespace atom::quant {
+
+std::string linear_name(int layer, const char* linear) { return fmt::format("model.layers.{}.{}", layer, linear); }
+
+// ---- model sources
+
+namespace {
+
+DType stored_float_dtype(const TensorStore& store, const std::string& name) {
+  const DType d = store.get(name).dtype;
+  return d == DType::F16 || d == DType::BF16 ? d : DType::F32;
+}
+
+LayerWeights load_layer(const ModelConfig& c, const TensorStore& store, int i) {
+  const std::int64_t hidden = c.hidden_size, inter = c.intermediate_size;
+  const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim, kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+  const auto name = [i](const char* suffix) { return layer_tensor_name(i, suffix); };
+  LayerWeights l;
+  l.input_norm = store.load_f32(name("input_layernorm.weight"), {hidden});
+  l.q_proj = store.load_f32(name("self_attn.q_proj.weight"), {q_dim, hidden});
+  l.k_proj = store.load_f32(name("self_attn.k_proj.weight"), {kv_dim, hidden});
+  l.v_proj = store.load_f32(name("self_attn.v_proj.weight"), {kv_dim, hidden});
+  if (c.attention_bias) {
+    l.q_bias = store.load_f32(name("self_attn.q_proj.bias"), {q_dim});
+    l.k_bias = store.load_f32(name("self_attn.k_proj.bias"), {kv_dim});
+    l.v_bias = store.load_f32(name("self_attn.v_proj.bias"), {kv_dim});
+  }
+  l.o_proj = store.load_f32(name("self_attn.o_proj.weight"), {hidden, q_dim});
+  if (store.contains(name("self_attn.o_proj.bias"))) l.o_bias = store.load_f32(name("self_attn.o_proj.bias"), {hidden});
+  l.post_attention_norm = store.load_f32(name("post_attention_layernorm.weight"), {hidden});
+  l.gate_proj = store.load_f32(name("mlp.gate_proj.weight"), {inter, hidden});
+  l.up_proj = store.load_f32(name("mlp.up_proj.weight"), {inter, hidden});
+  l.down_proj = store.load_f32(name("mlp.down_proj.weight"), {hidden, inter});
+  return l;
+}
+
+// The decoder-layer tensors load_layer reads; any other one is a feature we would silently drop.
+void check_layer_tensors(const ModelConfig& c, const TensorStore& store) {
+  std::set<std::string> known;
+  for (int i = 0; i < c.num_layers; ++i) {
+    for (const char* s : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "self_attn.o_proj.bias",
+                          "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                          "mlp.down_proj.weight"}) {
+      known.insert(layer_tensor_name(i, s));
+    }
+    if (c.attention_bias) {
+      for (const char* s : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}) {
+        known.insert(layer_tensor_name(i, s));
+      }
+    }
+  }
+  for (const std::string& n : store.names()) {
+    if (n.rfind("model.layers.", 0) != 0 || known.count(n) != 0 || n.ends_with("rotary_emb.inv_freq")) continue;
+    fail("tensor '{}' is not part of the {} architecture as implemented (unsupported feature)", n, c.architecture);
+  }
+}
+
+}  // namespace
+
+ModelSource model_source(const Checkpoint& checkpoint) {
+  const ModelConfig& c = checkpoint.config;
+  c.validate("model config");
+  const TensorStore& store = *checkpoint.tensors;
+  check_layer_tensors(c, store);
+  const std::int64_t hidden = c.hidden_size, vocab = c.vocab_size;
+  ModelSource s;
+  s.config = c;
+  s.embed_tokens = std::make_shared<const std::vector<float>>(store.load_f32("model.embed_tokens.weight", {vocab, hidden}));
+  s.embed_dtype = stored_float_dtype(store, "model.embed_tokens.weight");
+  s.final_norm = store.load_f32("model.norm.weight", {hidden});
+  if (!c.tie_word_embeddings) {
+    s.lm_head = std::make_shared<const std::vector<float>>(store.load_f32("lm_head.weight", {vocab, hidden}));
+    s.lm_head_dtype = stored_float_dtype(store, "lm_head.weight");
+  }
+  s.layer = [&store, c](int i) { return load_layer(c, store, i); };
+  return s;
+}
+
+ModelSource model_source(LlamaWeights weights) {
+  ModelSource s;
+  s.config = weights.config;
+  s.embed_tokens = std::make_shared<const std::vector<float>>(std::move(weights.embed_tokens));
+  s.final_norm = std::move(weights.final_norm);
+  if (!weights.config.tie_word_embeddings) {
+    s.lm_head = std::make_shared<const std::vector<float>>(std::move(weights.lm_head));
+  }
+  auto layers = std::make_shared<std::vector<LayerWeights>>(std::move(weights.layers));
+  s.layer = [layers](int i) { return std::move(layers->at(static_cast<std::size_t>(i))); };
+  return s;
+}
+
+void permute_output_rows(QuantizedLinear& linear, std::span<const std::int32_t> order) {
+  QuantizedLinearWeights& q = linear.weights;
+  validate_perm(order, q.n, "output row order");
+  const auto gather = [&](auto& data, std::int64_t row_width) {
+    if (row_width == 0) return;
+    auto copy = data;
+    for (std::int64_t r = 0; r < q.n; ++r) {
+      std::copy_n(copy.begin() + order[r] * row_width, row_width, data.begin() + r * row_width);
+    }
+  };
+  gather(q.packed, format_row_bytes(q.format, q.k_normal));
+  gather(q.scales, q.k_normal / q.group);
+  gather(q.outliers, q.n_outliers);
+  gather(q.outlier_scales, q.n_outliers > 0 ? 1 : 0);
+  if (!linear.fp16_outlier_columns.empty()) gather(linear.fp16_outlier_columns, q.n_outliers);
+  if (!linear.bias.empty()) gather(linear.bias, 1);
+}
+
+// ---- the sequential pipeline
+
+namespace {
+
+// Per-channel statistics of one linear input over the calibration tokens.
+struct ChannelStats {
+  std::vector<double> sum_sq;
+  std::vector<float> absmax;
+  explicit ChannelStats(std::int64_t k) : sum_sq(static_cast<std::size_t>(k), 0.0), absmax(sum_sq.size(), 0.0f) {}
+  void add(const float* x, std::int64_t m) {
+    const auto k = static_cast<std::int64_t>(sum_sq.size());
+    for (std::int64_t r = 0; r < m; ++r) {
+      for (std::int64_t j = 0; j < k; ++j) {
+        const float v = x[r * k + j];
+        sum_sq[j] += static_cast<double>(v) * v;
+        absmax[j] = std::max(absmax[j], std::fabs(v));
+      }
+    }
+  }
+};
+
+// The input of one linear for every window: kept between visits when allowed, recomputed otherwise.
+class WindowInputs {
+ public:
+  using Producer = std::function<void(std::int64_t w, float* out)>;
+  WindowInputs(std::int64_t windows, std::int64_t rows, std::int64_t width, bool keep, Producer produce)
+      : windows_(windows), rows_(rows), width_(width), keep_(keep), produce_(std::move(produce)) {}
+  std::int64_t width() const { return width_; }
+  void visit(const std::function<void(std::int64_t w, const float* x)>& f) {
+    const std::int64_t size = rows_ * width_;
+    if (keep_) {
+      if (kept_.empty()) {
+        kept_.resize(static_cast<std::size_t>(windows_ * size));
+        for (std::int64_t w = 0; w < windows_; ++w) produce_(w, kept_.data() + w * size);
+      }
+      for (std::int64_t w = 0; w < windows_; ++w) f(w, kept_.data() + w * size);
+      return;
+    }
+    std::vector<float> buffer(static_cast<std::size_t>(size));
+    for (std::int64_t w = 0; w < windows_; ++w) {
+      produce_(w, buffer.data());
+      f(w, buffer.data());
+    }
+  }
+
+ private:
+  std::int64_t windows_, rows_, width_;
+  bool keep_;
+  Producer produce_;
+  std::vector<float> kept_;
+};
+
+constexpr std::int64_t kClipSampleRows = 2048;  // calibration rows a clip search evaluates the output error on
+
+// Channel order, outlier count, Hessian and error-evaluation sample of one linear input.
+struct InputPlan {
+  std::vector<std::int32_t> perm;
+  std::int64_t n_outliers = 0;
+  std::vector<double> hessian;  // original channel order; empty for RTN
+  std::vector<float> sample;    // [sample_rows, k] original order, for the clip search
+  std::int64_t sample_rows = 0;
+};
+
+class Quantizer {
+ public:
+  Quantizer(ModelSource source, std::span<const std::int32_t> calib_tokens, const QuantRecipe& recipe,
+            const QuantizeOptions& options, QuantizeReport& report)
+      : source_(std::move(source)), recipe_(recipe), options_(options), report_(report) {
+    const ModelConfig& c = source_.config;
+    calibrate_ = recipe.needs_calibration();
+    if (calibrate_) {
+      const std::int64_t length = std::min<std::int64_t>(recipe.calib_len, c.max_position_embeddings);
+      report_.window_starts = calibration_window_starts(static_cast<std::int64_t>(calib_tokens.size()),
+                                                        recipe.calib_windows, length, recipe.calib_seed);
+      report_.window_length = length;
+      windows_.emplace(c, *source_.embed_tokens, calib_tokens, report_.window_starts, length);
+    }
+  }
+
+  QuantizedModel run() {
+    const ModelConfig& c = source_.config;
+    QuantizedModel m;
+    m.config = c;
+    m.recipe = recipe_;
+    m.embed_tokens = source_.embed_tokens;
+    m.embed_dtype = source_.embed_dtype;
+    m.final_norm = source_.final_norm;
+    m.lm_head = source_.lm_head;
+    m.lm_head_dtype = source_.lm_head_dtype;
+    Progress progress("quantize", std::int64_t{c.num_layers} * 4, options_.show_progress);
+    for (int i = 0; i < c.num_layers; ++i) m.layers.push_back(quantize_layer(i, progress));
+    progress.finish();
+    std::int64_t weights = 0;
+    double bits = 0.0;
+    for (const LinearReport& l : report_.linears) {
+      weights += l.n * l.k;
+      bits += static_cast<double>(l.n * l.k) *
+              effective_bits_per_weight(l.k - l.n_outliers, l.n_outliers, l.group, recipe_.weight_format);
+    }
+    report_.quantized_weights = weights;
+    report_.effective_bits = weights > 0 ? bits / static_cast<double>(weights) : 0.0;
+    return m;
+  }
+
+ private:
+  std::int64_t rows() const { return windows_ ? windows_->length() : 0; }
+  std::int64_t window_count() const { return windows_ ? windows_->windows() : 0; }
+  bool keep(std::int64_t width) const {
+    return window_count() * rows() * width * static_cast<std::int64_t>(sizeof(float)) <= options_.activation_budget_bytes;
+  }
+  std::unique_ptr<cpu::LinearOp> op(const QuantizedLinear& l, const std::string& name) const {
+    return make_linear_op(l, recipe_, Execution::kFakeQuant, cpu::InputOrder::kOriginal, name);
+  }
+
+  // smooth: called with the input's statistics before the channel order is chosen (SmoothQuant); it may rescale
+  // the weights and the norm, and must rescale the statistics to match.
+  InputPlan plan_input(WindowInputs& inputs, int layer, const char* input_name,
+                       const std::function<void(ChannelStats&)>& smooth) {
+    const std::int64_t k = inputs.width();
+    InputPlan plan;
+    plan.n_outliers = recipe_.outlier_count(k);
+    plan.perm.resize(static_cast<std::size_t>(k));
+    std::iota(plan.perm.begin(), plan.perm.end(), 0);
+    if (!calibrate_) return plan;
+    ChannelStats stats(k);
+    inputs.visit([&](std::int64_t, const float* x) { stats.add(x, rows()); });
+    if (smooth) smooth(stats);
+    if (plan.n_outliers > 0) plan.perm = reorder_by_sum_of_squares(stats.sum_sq);
+    report_input(stats, plan, layer, input_name);
+
+    const bool need_hessian = recipe_.gptq, need_sample = recipe_.search_clip;
+    if (!need_hessian && !need_sample) return plan;
+    const std::int64_t k_normal = k - plan.n_outliers;
+    const ActivationQuant act = activation_quant(recipe_, k_normal, plan.n_outliers);
+    std::unique_ptr<HessianAccumulator> hessian;
+    if (need_hessian) hessian = std::make_unique<HessianAccumulator>(k);
+    const std::int64_t per_window = std::max<std::int64_t>(1, (kClipSampleRows + window_count() - 1) / window_count());
+    const std::int64_t stride = std::max<std::int64_t>(1, rows() / per_window);
+    std::vector<float> reordered(static_cast<std::size_t>(rows() * k)), quantized(reordered.size());
+    inputs.visit([&](std::int64_t, const float* x) {
+      if (need_sample) {
+        for (std::int64_t r = 0; r < rows() && plan.sample_rows < kClipSampleRows; r += stride) {
+          plan.sample.insert(plan.sample.end(), x + r * k, x + (r + 1) * k);
+          ++plan.sample_rows;
+        }
+      }
+      if (!need_hessian) return;
+      // The Hessian sees the input as the activation quantizer leaves it (original channel order).
+      for (std::int64_t r = 0; r < rows(); ++r) {
+        for (std::int64_t j = 0; j < k; ++j) reordered[r * k + j] = x[r * k + plan.perm[j]];
+      }
+      fake_quantize_reordered(reordered.data(), rows(), k, act, reordered.data());
+      for (std::int64_t r = 0; r < rows(); ++r) {
+        for (std::int64_t j = 0; j < k; ++j) quantized[r * k + plan.perm[j]] = reordered[r * k + j];
+      }
+      hessian->add(quantized.data(), rows());
+    });
+    if (hessian) plan.hessian = hessian->hessian();
+    return plan;
+  }
+
+  void report_input(const ChannelStats& stats, const InputPlan& plan, int layer, const char* input_name) {
+    const auto k = static_cast<std::int64_t>(stats.sum_sq.size());
+    const double tokens = static_cast<double>(window_count() * rows());
+    std::vector<double> rms(stats.sum_sq.size());
+    for (std::size_t j = 0; j < rms.size(); ++j) rms[j] = std::sqrt(stats.sum_sq[j] / tokens);
+    InputReport r;
+    r.layer = layer;
+    r.input = input_name;
+    r.k = k;
+    r.n_outliers = plan.n_outliers;
+    r.max_rms = *std::max_element(rms.begin(), rms.end());
+    std::vector<double> sorted = rms;
+    std::nth_element(sorted.begin(), sorted.begin() + k / 2, sorted.end());
+    r.median_rms = sorted[static_cast<std::size_t>(k / 2)];
+    double total = 0.0, outlier = 0.0;
+    for (std::int64_t j = 0; j < k; ++j) {
+      total += stats.sum_sq[plan.perm[j]];
+      if (j >= k - plan.n_outliers) outlier += stats.sum_sq[plan.perm[j]];
+    }
+    r.outlier_energy = total > 0.0 ? outlier / total : 0.0;
+    report_.inputs.push_back(r);
+  }
+
+  QuantizedLinear quantize_linear(std::span<const float> w, std::int64_t n, const InputPlan& plan,
+                                  std::vector<float> bias, const std::string& name) {
+    const auto k = static_cast<std::int64_t>(plan.perm.size());
+    const std::int64_t k_normal = k - plan.n_outliers;
+    WeightQuantSpec spec;
+    spec.format = recipe_.weight_format;
+    spec.group = recipe_.group_for(k_normal);
+    spec.n_outliers = plan.n_outliers;
+    GptqOptions gptq;
+    gptq.percdamp = recipe_.percdamp;
+    gptq.block = recipe_.gptq_block;
+    const auto quantize = [&](float clip, GptqReport* rep) {
+      spec.clip = clip;
+      return recipe_.gptq ? gptq_quantize(w, n, plan.hessian, plan.perm, spec, gptq, name.c_str(), rep)
+                          : rtn_quantize(w, n, plan.perm, spec);
+    };
+    float clip = recipe_.w_clip;
+    if (recipe_.search_clip) {
+      const ActQuantSpec act{recipe_.act_format, recipe_.group_for(k_normal), plan.n_outliers, recipe_.a_clip};
+      const ClipSearchResult found = search_clip(default_clip_grid(), [&](float c) {
+        return linear_output_mse(plan.sample, plan.sample_rows, w, quantize(c, nullptr),
+                                 recipe_.quantize_activations ? &act : nullptr);
+      });
+      clip = found.best_clip;
+    }
+    GptqReport rep;
+    QuantizedLinear out;
+    out.weights = quantize(clip, &rep);
+    out.bias = std::move(bias);
+    if (recipe_.outlier_precision == OutlierPrecision::kFp16 && plan.n_outliers > 0) {
+      out.fp16_outlier_columns.resize(static_cast<std::size_t>(n * plan.n_outliers));
+      for (std::int64_t r = 0; r < n; ++r) {
+        for (std::int64_t o = 0; o < plan.n_outliers; ++o) {
+          const float v = w[static_cast<std::size_t>(r * k + plan.perm[k_normal + o])];
+          out.fp16_outlier_columns[r * plan.n_outliers + o] = fp16_to_fp32(fp32_to_fp16(v));
+        }
+      }
+    }
+    LinearReport lr;
+    lr.name = name;
+    lr.n = n;
+    lr.k = k;
+    lr.n_outliers = plan.n_outliers;
+    lr.group = spec.group;
+    lr.w_clip = clip;
+    lr.gptq_loss = rep.loss;
+    lr.dead_columns = rep.dead_columns;
+    report_.linears.push_back(lr);
+    return out;
+  }
+
+  // SmoothQuant on one norm-fed input: s from the activation and weight maxima, folded into the norm.
+  std::function<void(ChannelStats&)> smoothing(std::vector<float>& norm, std::initializer_list<std::vector<float>*> ws,
+                                               std::int64_t k) {
+    if (!recipe_.smoothquant) return {};
+    return [this, &norm, ws = std::vector<std::vector<float>*>(ws), k](ChannelStats& stats) {
+      std::vector<float> weight_absmax;
+      for (std::vector<float>* w : ws) {
+        accumulate_weight_absmax(*w, static_cast<std::int64_t>(w->size()) / k, k, weight_absmax);
+      }
+      const std::vector<float> s = smoothquant_scales(stats.absmax, weight_absmax, recipe_.smooth_alpha);
+      for (std::vector<float>* w : ws) apply_smoothing(s, *w, static_cast<std::int64_t>(w->size()) / k);
+      fold_smoothing_into_norm(s, norm);
+      for (std::size_t j = 0; j < s.size(); ++j) {
+        stats.sum_sq[j] /= static_cast<double>(s[j]) * s[j];
+        stats.absmax[j] /= s[j];
+      }
+    };
+  }
+
+  QuantizedLayer quantize_layer(int li, Progress& progress) {
+    const ModelConfig& c = source_.config;
+    const std::int64_t hidden = c.hidden_size, inter = c.intermediate_size;
+    const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim, kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+    LayerWeights w = source_.layer(li);
+    QuantizedLayer ql;
+    ql.input_norm = std::move(w.input_norm);
+    ql.post_attention_norm = std::move(w.post_attention_norm);
+    CalibrationWindows* cw = windows_ ? &*windows_ : nullptr;
+    const auto name = [li](const char* linear) { return linear_name(li, linear); };
+
+    // q/k/v: input_layernorm's output (recomputed: cheap)
+    WindowInputs attn_in(window_count(), rows(), hidden, false,
+                         [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.input_norm, out); });
+    const InputPlan attn_plan =
+        plan_input(attn_in, li, "attn_in", smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden));
+    ql.q_proj = quantize_linear(w.q_proj, q_dim, attn_plan, std::move(w.q_bias), name("self_attn.q_proj"));
+    ql.k_proj = quantize_linear(w.k_proj, kv_dim, attn_plan, std::move(w.k_bias), name("self_attn.k_proj"));
+    ql.v_proj = quantize_linear(w.v_proj, kv_dim, attn_plan, std::move(w.v_bias), name("self_attn.v_proj"));
+    progress.advance(1, fmt::format("layer {} q/k/v", li));
+
+    // o_proj: attention output through the quantized q/k/v and the KV store
+    const auto q_op = op(ql.q_proj, name("self_attn.q_proj")), k_op = op(ql.k_proj, name("self_attn.k_proj"));
+    const auto v_op = op(ql.v_proj, name("self_attn.v_proj"));
+    const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
+    WindowInputs o_in(window_count(), rows(), q_dim, keep(q_dim), [&](std::int64_t wi, float* out) {
+      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden));
+      cw->rms_norm(wi, ql.input_norm, normed.data());
+      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out);
+    });
+    const InputPlan o_plan = plan_input(o_in, li, "o_proj_in", {});
+    ql.o_proj = quantize_linear(w.o_proj, hidden, o_plan, std::move(w.o_bias), name("self_attn.o_proj"));
+    if (cw) {
+      const auto o_op = op(ql.o_proj, name("self_attn.o_proj"));
+      o_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
+    }
+    progress.advance(1, fmt::format("layer {} o_proj", li));
+
+    // gate/up: post_attention_layernorm's output
+    WindowInputs mlp_in(window_count(), rows(), hidden, false,
+                        [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.post_attention_norm, out); });
+    const InputPlan mlp_plan =
+        plan_input(mlp_in, li, "mlp_in", smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden));
+    ql.gate_proj = quantize_linear(w.gate_proj, inter, mlp_plan, {}, name("mlp.gate_proj"));
+    ql.up_proj = quantize_linear(w.up_proj, inter, mlp_plan, {}, name("mlp.up_proj"));
+    progress.advance(1, fmt::format("layer {} gate/up", li));
+
+    // down_proj: SiLU(gate) * up through the quantized gate/up
+    const auto gate_op = op(ql.gate_proj, name("mlp.gate_proj")), up_op = op(ql.up_proj, name("mlp.up_proj"));
+    WindowInputs down_in(window_count(), rows(), inter, keep(inter), [&](std::int64_t wi, float* out) {
+      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden));
+      cw->rms_norm(wi, ql.post_attention_norm, normed.data());
+      cw->mlp_hidden(normed.data(), *gate_op, *up_op, out);
+    });
+    const InputPlan down_plan = plan_input(down_in, li, "down_proj_in", {});
+    ql.down_proj = quantize_linear(w.down_proj, hidden, down_plan, {}, name("mlp.down_proj"));
+    if (cw) {
+      const auto down_op = op(ql.down_proj, name("mlp.down_proj"));
+      down_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *down_op, x); });
+    }
+    progress.advance(1, fmt::format("layer {} down_proj", li));
+    return ql;
+  }
+
+  ModelSource source_;
+  QuantRecipe recipe_;
+  QuantizeOptions options_;
+  QuantizeReport& report_;
+  bool calibrate_ = false;
+  std::optional<CalibrationWindows> windows_;
+};
+
+}  // namespace
+
+QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> calib_tokens,
+                              const QuantRecipe& recipe, const QuantizeOptions& options, QuantizeReport* report) {
+  recipe.validate();
+  source.config.validate("model config");
+  const auto start = std::chrono::steady_clock::now();
+  QuantizeReport local;
+  QuantizeReport& rep = report ? *report : local;
+  rep = QuantizeReport{};
+  QuantizedModel m = Quantizer(std::move(source), calib_tokens, recipe, options, rep).run();
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return m;
+}
+
+}  // namespace atom::quant
