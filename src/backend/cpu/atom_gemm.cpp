@@ -56,16 +56,16 @@ inline __m256 row_lanes(const float v[MT]) {
   else return _mm256_set_m128(_mm_set1_ps(v[1]), _mm_set1_ps(v[0]));
 }
 
-// Lane sums over [begin, end) of split-layout activation bytes times packed nibble weights (via `lut`).
-template <int MT, int NT, int C>
-inline __m256i packed_dot(const std::uint8_t* const a[MT], const std::uint8_t* const w[NT], std::int64_t begin,
-                          std::int64_t end, __m256i lut) {
+// int32 partial sums (8 lanes each, not yet reduced) over [begin, end) of split-layout activation bytes times
+// the packed nibble weights (decoded by `lut`) of NP outputs, added to acc32[mt * NT + nt0 + np].
+template <int MT, int NP, int NT, int C>
+inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* const w[NP], std::int64_t begin,
+                           std::int64_t end, __m256i lut, int nt0, __m256i* acc32) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i total = _mm256_setzero_si256();
   for (std::int64_t seg = begin; seg < end; seg += kSegment) {
     const std::int64_t seg_end = std::min(seg + kSegment, end);
-    __m256i acc16[MT * NT];
+    __m256i acc16[MT * NP];
     for (auto& v : acc16) v = _mm256_setzero_si256();
     for (std::int64_t k = seg; k < seg_end; k += C) {
       if constexpr (C == 64) {
@@ -74,33 +74,48 @@ inline __m256i packed_dot(const std::uint8_t* const a[MT], const std::uint8_t* c
           even[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
           odd[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k + 32));
         }
-        for (int nt = 0; nt < NT; ++nt) {
-          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[nt] + k / 2));
+        for (int np = 0; np < NP; ++np) {
+          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + k / 2));
           const __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(wb, low_nibbles));
           const __m256i wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(wb, 4), low_nibbles));
           for (int mt = 0; mt < MT; ++mt) {
             const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(even[mt], wl), _mm256_maddubs_epi16(odd[mt], wh));
-            acc16[mt * NT + nt] = _mm256_add_epi16(acc16[mt * NT + nt], s);
+            acc16[mt * NP + np] = _mm256_add_epi16(acc16[mt * NP + np], s);
           }
         }
       } else {
         __m256i act[MT];
         for (int mt = 0; mt < MT; ++mt) act[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
-        for (int nt = 0; nt < NT; ++nt) {
-          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[nt] + k / 2));
+        for (int np = 0; np < NP; ++np) {
+          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + k / 2));
           const __m256i both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wb, 4), wb), low_nibbles);
           const __m256i wv = _mm256_shuffle_epi8(lut, both);
           for (int mt = 0; mt < MT; ++mt) {
-            acc16[mt * NT + nt] = _mm256_add_epi16(acc16[mt * NT + nt], _mm256_maddubs_epi16(act[mt], wv));
+            acc16[mt * NP + np] = _mm256_add_epi16(acc16[mt * NP + np], _mm256_maddubs_epi16(act[mt], wv));
           }
         }
       }
     }
-    __m256i acc32[8];
-    for (int i = 0; i < 8; ++i) acc32[i] = _mm256_madd_epi16(acc16[i], ones);
-    total = _mm256_add_epi32(total, reduce8(acc32));
+    for (int mt = 0; mt < MT; ++mt) {
+      for (int np = 0; np < NP; ++np) {
+        __m256i& dst = acc32[mt * NT + nt0 + np];
+        dst = _mm256_add_epi32(dst, _mm256_madd_epi16(acc16[mt * NP + np], ones));
+      }
+    }
   }
-  return total;
+}
+
+// Lane sums over [begin, end) of split-layout activations times packed weights, for all MT x NT outputs.
+// The outputs are swept in passes of NT/2 (4 int16 accumulators live at a time: no register spills).
+template <int MT, int NT, int C>
+inline __m256i packed_dot(const std::uint8_t* const a[MT], const std::uint8_t* const w[NT], std::int64_t begin,
+                          std::int64_t end, __m256i lut) {
+  constexpr int NP = NT / 2;
+  __m256i acc32[MT * NT];
+  for (auto& v : acc32) v = _mm256_setzero_si256();
+  packed_partial<MT, NP, NT, C>(a, w, begin, end, lut, 0, acc32);
+  packed_partial<MT, NP, NT, C>(a, w + NP, begin, end, lut, NP, acc32);
+  return reduce8(acc32);
 }
 
 // Lane sums over [begin, end) (a multiple of 16 long) of int8 activations times int8 weights.
