@@ -438,7 +438,7 @@ int main(int argc, char** argv) {
   }
   if (quick) {
     shapes = {{4096, 4096}, {28672, 4096}};
-    ms = {1, 16, 256, 4096};
+    ms = {1, 16, 64, 256, 1024, 4096};
   }
   try {
     cudaDeviceProp prop{};

@@ -79,8 +79,8 @@ __device__ __forceinline__ void reduce_and_store(const MmaParams& p, float (&acc
 }
 
 template <typename OutT, int MT, bool kNativeS4>
-__global__ void __launch_bounds__(kWarps * 32) gemm_w4a4o8_mma(const MmaParams p) {
-  constexpr int U = MT <= 2 ? 4 : 2;  // groups in flight per warp
+__global__ void __launch_bounds__(kWarps * 32, MT <= 2 ? 2 : 1) gemm_w4a4o8_mma(const MmaParams p) {
+  constexpr int U = MT == 1 ? 4 : 2;  // groups in flight per warp
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4, r = lane / 4;
   const int n_base = blockIdx.x * 16, tile = n_base / kW4A4TileRows, slab = n_base % kW4A4TileRows;
   const int m_base = blockIdx.y * 8 * MT;
@@ -101,8 +101,11 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a4o8_mma(const MmaParams p
 
   const std::size_t a_row_bytes = (std::size_t)G * (kW4A4Group / 2);
   for (int g0 = warp * U; g0 < G; g0 += kWarps * U) {
+    // Every load of the U groups (codes and scales) is issued before the first use.
     uint4 w0[U], w1[U];
     std::uint32_t x[U][MT][4];
+    float sw[U][2];
+    std::uint16_t sab[U][MT][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int g = g0 + u;
@@ -111,12 +114,19 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a4o8_mma(const MmaParams p
             p.w_packed + ((((std::size_t)tile * G + g) * 4 + t) * kW4A4TileRows + slab + r) * 16;
         w0[u] = ptx::ldg_stream_v4(wp);
         w1[u] = ptx::ldg_stream_v4(wp + 8 * 16);
+        sw[u][0] = __ldg(p.w_scales + ((std::size_t)tile * (G + 1) + g) * kW4A4TileRows +
+                         layout::scale_position_of_channel(slab + r));
+        sw[u][1] = __ldg(p.w_scales + ((std::size_t)tile * (G + 1) + g) * kW4A4TileRows +
+                         layout::scale_position_of_channel(slab + r + 8));
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+        for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             x[u][mt][j] = __ldg(reinterpret_cast<const unsigned*>(p.a_packed + tok_b[mt] * a_row_bytes +
                                                                     g * (kW4A4Group / 2) + (4 * j + t) * 4));
+          sab[u][mt][0] = __ldg(p.a_scales + (std::size_t)tok_c[mt][0] * G + g);
+          sab[u][mt][1] = __ldg(p.a_scales + (std::size_t)tok_c[mt][1] * G + g);
+        }
       }
     }
 #pragma unroll
@@ -148,13 +158,13 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a4o8_mma(const MmaParams p
         }
       }
       // Group rescale: t = float(D) * sa (one rounding, D = c or c/256), acc = fma(t, sw, acc).
-      const float sw0 = weight_scale(p, tile, g, slab + r), sw1 = weight_scale(p, tile, g, slab + r + 8);
+      const float sw0 = sw[u][0], sw1 = sw[u][1];
       constexpr float kUnpackScale = kNativeS4 ? 1.0f : 1.0f / 256.0f;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const float sa = fp16_bits_to_float(p.a_scales[(std::size_t)tok_c[mt][e] * G + g]) * kUnpackScale;
+          const float sa = fp16_bits_to_float(sab[u][mt][e]) * kUnpackScale;
           const float nb = -ptx::kMagicF * sa;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -203,7 +213,7 @@ __device__ __forceinline__ std::uint32_t dequant_pair_f16(std::uint32_t w_flippe
 }
 
 template <int MT>
-__global__ void __launch_bounds__(kWarps * 32) gemm_w4a16_mma(const MmaParams p) {
+__global__ void __launch_bounds__(kWarps * 32, MT <= 2 ? 2 : 1) gemm_w4a16_mma(const MmaParams p) {
   constexpr int U = MT <= 2 ? 4 : 2;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane % 4, r = lane / 4;
   const int n_base = blockIdx.x * 16, tile = n_base / kW4A4TileRows, slab = n_base % kW4A4TileRows;
@@ -221,6 +231,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a16_mma(const MmaParams p)
 
   for (int g0 = warp * U; g0 < G; g0 += kWarps * U) {
     uint4 w0[U], w1[U];
+    float sw[U][2];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int g = g0 + u;
@@ -229,6 +240,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a16_mma(const MmaParams p)
             p.w_packed + ((((std::size_t)tile * G + g) * 4 + t) * kW4A4TileRows + slab + r) * 16;
         w0[u] = ptx::ldg_stream_v4(wp);
         w1[u] = ptx::ldg_stream_v4(wp + 8 * 16);
+        sw[u][0] = __ldg(p.w_scales + ((std::size_t)tile * (G + 1) + g) * kW4A4TileRows +
+                         layout::scale_position_of_channel(slab + r));
+        sw[u][1] = __ldg(p.w_scales + ((std::size_t)tile * (G + 1) + g) * kW4A4TileRows +
+                         layout::scale_position_of_channel(slab + r + 8));
       }
     }
 #pragma unroll
@@ -262,11 +277,10 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_w4a16_mma(const MmaParams p)
           }
         }
       }
-      const float sw0 = weight_scale(p, tile, g, slab + r), sw1 = weight_scale(p, tile, g, slab + r + 8);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) acc[mt][i] = __fmaf_rn(c[mt][i], i < 2 ? sw0 : sw1, acc[mt][i]);
+        for (int i = 0; i < 4; ++i) acc[mt][i] = __fmaf_rn(c[mt][i], sw[u][i >> 1], acc[mt][i]);
     }
   }
   int no_outliers[MT][4] = {};

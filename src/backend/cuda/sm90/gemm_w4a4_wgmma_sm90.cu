@@ -175,7 +175,6 @@ __global__ void __launch_bounds__(384, 1)
     int iacc0[HR], iacc1[HR];
 #pragma unroll
     for (int i = 0; i < HR; ++i) iacc0[i] = iacc1[i] = 0;
-    std::uint32_t a_even[4][4], a_odd[4][4];
 
     auto load_scales = [&](int it, std::uint16_t& b0, std::uint16_t& b1) {
       if (it < G) {
@@ -222,9 +221,9 @@ __global__ void __launch_bounds__(384, 1)
       }
     };
     // Issues the 4 k-steps of one half of iteration `it` as one wgmma group.
+    // (No operand fences in here: ptxas serializes all wgmmas if a stage's accumulators are touched by other
+    // instructions between the stage's first wgmma and its wait.)
     auto issue = [&](int it, int half, const std::uint32_t (&a)[4][4], int (&d)[HR]) {
-#pragma unroll
-      for (int i = 0; i < HR; ++i) ptx::fence_operand(d[i]);
       ptx::wgmma_fence();
       const std::uint64_t desc =
           ptx::smem_desc_k128_sw128(ptx::smem_u32(w_int8 + (it % S) * T::kWInt8 + half * H * 128));
@@ -273,43 +272,52 @@ __global__ void __launch_bounds__(384, 1)
         }
       }
     };
-    // One iteration: on entry both halves of `it` are in flight (a_cur holds its activations).
-    auto step = [&](int it, std::uint32_t (&a_cur)[4][4], std::uint32_t (&a_next)[4][4], std::uint16_t& sb0,
-                    std::uint16_t& sb1) {
-      const float sa0 = fp16_bits_to_float(sb0), sa1 = fp16_bits_to_float(sb1);
-      const bool more = it + 1 < total;
-      if (more) load_scales(it + 1, sb0, sb1);
-      ptx::wgmma_wait<1>();  // half 0 of `it` done
-#pragma unroll
-      for (int i = 0; i < HR; ++i) ptx::fence_operand(iacc0[i]);
-      rescale(it, 0, iacc0, sa0, sa1);
-      if (more) {
-        load_a(it + 1, a_next);
-        issue(it + 1, 0, a_next, iacc0);
-        ptx::wgmma_wait<1>();  // half 1 of `it` done
-      } else {
-        ptx::wgmma_wait<0>();
-      }
-#pragma unroll
-      for (int i = 0; i < HR; ++i) ptx::fence_operand(iacc1[i]);
+    // Schedule: every wgmma stage (ended by wait<0>) issues one half and, while it runs, rescales the other
+    // half from the previous stage. (ptxas keeps wgmmas asynchronous only if no accumulator written in a stage
+    // is touched by other instructions during that stage.) The activation fragments of the next iteration are
+    // loaded into a_next while the current ones (a_cur) are still being read by the tensor cores.
+    std::uint32_t a_cur[4][4], a_next[4][4];
+    std::uint16_t sb0, sb1;
+    float sa0, sa1;
+    auto next_a = [&]() {
 #pragma unroll
       for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) ptx::fence_operand(a_cur[j][i]);
-      rescale(it, 1, iacc1, sa0, sa1);
-      ptx::mbar_arrive(&empty[it % S]);
-      if (more) issue(it + 1, 1, a_next, iacc1);
+        for (int i = 0; i < 4; ++i) a_cur[j][i] = a_next[j][i];
     };
-
-    std::uint16_t sb0, sb1;
     load_scales(0, sb0, sb1);
-    load_a(0, a_even);
-    issue(0, 0, a_even, iacc0);
-    issue(0, 1, a_even, iacc1);
-    for (int it = 0; it < total; it += 2) {
-      step(it, a_even, a_odd, sb0, sb1);
-      if (it + 1 < total) step(it + 1, a_odd, a_even, sb0, sb1);
+    load_a(0, a_next);
+#pragma unroll
+    for (int i = 0; i < HR; ++i) {  // materialize the accumulators before the first stage
+      ptx::fence_operand(iacc0[i]);
+      ptx::fence_operand(iacc1[i]);
     }
+    next_a();
+    issue(0, 0, a_cur, iacc0);
+    sa0 = fp16_bits_to_float(sb0);
+    sa1 = fp16_bits_to_float(sb1);
+    if (total > 1) load_scales(1, sb0, sb1);
+    ptx::wgmma_wait<0>();
+    issue(0, 1, a_cur, iacc1);
+    rescale(0, 0, iacc0, sa0, sa1);
+    if (total > 1) load_a(1, a_next);
+    ptx::wgmma_wait<0>();
+    for (int it = 1; it < total; ++it) {
+      next_a();
+      issue(it, 0, a_cur, iacc0);
+      rescale(it - 1, 1, iacc1, sa0, sa1);
+      ptx::mbar_arrive(&empty[(it - 1) % S]);
+      sa0 = fp16_bits_to_float(sb0);
+      sa1 = fp16_bits_to_float(sb1);
+      if (it + 1 < total) load_scales(it + 1, sb0, sb1);
+      ptx::wgmma_wait<0>();
+      issue(it, 1, a_cur, iacc1);
+      rescale(it, 0, iacc0, sa0, sa1);
+      if (it + 1 < total) load_a(it + 1, a_next);
+      ptx::wgmma_wait<0>();
+    }
+    rescale(total - 1, 1, iacc1, sa0, sa1);
+    ptx::mbar_arrive(&empty[(total - 1) % S]);
 
     // ------------------------------------------------------------------ epilogue
 #pragma unroll
