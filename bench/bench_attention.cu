@@ -387,6 +387,7 @@ void run_prefill_bench(KvDtype dtype, int len) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;  // MHA b128 ctx1024 only (ncu)
   const DeviceInfo info = current_device_info();
   int runtime = 0, driver = 0;
   cudaRuntimeGetVersion(&runtime);
@@ -397,14 +398,17 @@ int main(int argc, char** argv) {
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n\n", copy_gbps);
 
   std::mt19937 rng(12345);
-  const std::vector<int> batches = quick ? std::vector<int>{1, 128} : std::vector<int>{1, 16, 64, 128, 256};
-  const std::vector<int> contexts = quick ? std::vector<int>{1024} : std::vector<int>{512, 1024, 4096};
+  const std::vector<int> batches = profile ? std::vector<int>{128}
+                                   : quick ? std::vector<int>{1, 128}
+                                           : std::vector<int>{1, 16, 64, 128, 256};
+  const std::vector<int> contexts = quick || profile ? std::vector<int>{1024} : std::vector<int>{512, 1024, 4096};
   struct Heads {
     int qo, kv;
     const char* name;
   };
   bool all_ok = true;
   for (Heads heads : {Heads{32, 32, "MHA 32x128"}, Heads{32, 8, "GQA 32/8 x128"}}) {
+    if (profile && heads.kv != 32) continue;
     std::printf("== decode attention, %s, page %d; time us (GB/s, %% of copy)\n", heads.name, kPageSize);
     std::printf("%5s %6s | %22s | %22s | %22s | %7s %7s | %s\n", "batch", "ctx", "FP16", "UINT8", "UINT4", "u4/f16",
                 "u4/u8", "max rel err f16/u8/u4");
@@ -428,7 +432,9 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
-  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) run_prefill_bench(dtype, 2048);
+  if (!profile) {
+    for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) run_prefill_bench(dtype, 2048);
+  }
   std::printf(all_ok ? "all decode configurations validated\n" : "SOME DECODE CONFIGURATIONS FAILED VALIDATION\n");
   return all_ok ? 0 : 1;
 }

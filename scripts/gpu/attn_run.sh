@@ -23,7 +23,16 @@ for step in $steps; do
           echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY|PASSED|FAILED" "$OUT/racecheck.log" | head ;;
     quant) timeout 120 "$STAGE/bench_quantize" >"$OUT/bench_quantize.log" 2>&1; echo "bench_quantize rc=$?"; cat "$OUT/bench_quantize.log" ;;
     attn) timeout 240 "$STAGE/bench_attention" >"$OUT/bench_attention.log" 2>&1; echo "bench_attention rc=$?"; cat "$OUT/bench_attention.log" ;;
-    sass) cuobjdump -sass "$STAGE/bench_attention" "$STAGE/bench_quantize" 2>/dev/null | gzip >"$OUT/sass.txt.gz"; echo "sass dumped" ;;
+    sass) { cuobjdump -sass "$STAGE/bench_attention"; cuobjdump -sass "$STAGE/bench_quantize"; } 2>&1 | gzip >"$OUT/sass.txt.gz"; echo "sass dumped" ;;
+    ncu) # one launch of each kernel at the headline shapes (M = 8192; batch 128 x 1024 MHA): what bounds it
+      NCU="ncu --clock-control none --kernel-name-base demangled --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis"
+      for spec in "row_quantize_kernel<true:1" "row_quantize_kernel<false:1" "silu_quantize:1"; do
+        timeout 60 $NCU -k regex:"${spec%:*}" -s "${spec#*:}" -c 1 "$STAGE/bench_quantize" --profile >>"$OUT/ncu_quantize.txt" 2>&1
+      done
+      for spec in "decode_kernel:1" "decode_kernel:35" "decode_u4_mma:1"; do
+        timeout 60 $NCU -k regex:"${spec%:*}" -s "${spec#*:}" -c 1 "$STAGE/bench_attention" --profile >>"$OUT/ncu_attention.txt" 2>&1
+      done
+      grep -hE "^  [a-zA-Z_:]+.*\(|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Issue Slots Busy|No Eligible|Registers Per" "$OUT/ncu_quantize.txt" "$OUT/ncu_attention.txt" | cut -c1-140 | head -80 ;;
     quick) timeout 60 "$STAGE/bench_attention" --quick >"$OUT/bench_attention_quick.log" 2>&1; echo "quick rc=$?"; cat "$OUT/bench_attention_quick.log" ;;
   esac
 done

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "backend/cuda/attention_kernels.h"
 #include "backend/cuda/cuda_check.h"
@@ -246,7 +247,10 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
 // CUDA-core decoding of 4-bit codes costs two integer ops per element (the INT32 pipe runs at half the
 // FP32 rate), which caps decode_kernel<kU4> near half the memory bandwidth. Here a warp takes 16 tokens
 // at a time and both products run on mma.m16n8k16 (fp16 in, fp32 accumulate); codes become fp16
-// 1024 + c with one LOP3 per two codes and the 1024 offsets are removed per token:
+// 1024 + c (or 1024 + 16c) with one LOP3 per two codes, then exact c with one HSUB2 (HFMA2 by 1/16).
+// (Feeding 1024 + c and removing the offset afterwards is exact in IEEE fp32 but not on the tensor
+// cores: their fp32 accumulation loses the low bits of a large running sum, and the error grew with
+// the context, 4e-2 at 4096 tokens.)
 //   S^T = K q^T: A = K codes (16 tokens x 16 dims; the dims of q are permuted to match the unpack),
 //               B = q (16 dims x 8 heads of the group), C = S[token][head].
 //   O^T = V^T P^T: A = V codes (16 dims x 16 tokens; PRMT pairs the same dim of two tokens),
@@ -258,9 +262,25 @@ __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
   return d;
 }
-// Nibbles m and m + 4 of w as half2(1024 + n_m, 1024 + n_{m+4}).
-__device__ __forceinline__ std::uint32_t nibble_pair(std::uint32_t w, int m) {
-  return and_or(w >> (4 * m), 0x000F000Fu, 0x64006400u);
+__device__ __forceinline__ __half2 bits_half2(std::uint32_t w) {
+  __half2 h;
+  memcpy(&h, &w, 4);
+  return h;
+}
+__device__ __forceinline__ std::uint32_t half2_bits(__half2 h) {
+  std::uint32_t w;
+  memcpy(&w, &h, 4);
+  return w;
+}
+// Nibbles 0 and 4 of w (bits 0-3, 16-19) as exact half2 codes: (1024 + n) - 1024.
+__device__ __forceinline__ std::uint32_t low_nibbles(std::uint32_t w) {
+  return half2_bits(__hsub2(bits_half2(and_or(w, 0x000F000Fu, 0x64006400u)), bits_half2(0x64006400u)));  // - 1024
+}
+// Nibbles 1 and 5 of w (bits 4-7, 20-23): (1024 + 16 n) / 16 - 64, one exact HFMA2.
+__device__ __forceinline__ std::uint32_t high_nibbles(std::uint32_t w) {
+  // x * (1/16) + (-64): 0x2C00 = 1/16, 0xD400 = -64 in fp16.
+  return half2_bits(__hfma2(bits_half2(and_or(w, 0x00F000F0u, 0x64006400u)), bits_half2(0x2C002C00u),
+                            bits_half2(0xD400D400u)));
 }
 __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0,
                                           std::uint32_t b1) {
@@ -270,7 +290,6 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ std::uint32_t half2_bits(__half2 h) { return *reinterpret_cast<std::uint32_t*>(&h); }
 
 template <int D>
 __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams p, DecodeSplit split_args) {
@@ -287,7 +306,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
   const int begin = split * split_args.chunk;  // a multiple of 16
   const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
 
-  // q of head g as B fragments, dims in the order nibble_pair yields them.
+  // q of head g as B fragments, dims in the order low_nibbles / high_nibbles yield them.
   std::uint32_t qb[2 * kKWords][2];
   float sumq = 0.0f;
   {
@@ -311,14 +330,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     sumq += __shfl_xor_sync(kFullMask, sumq, 2);
   }
   const float sumq_a = __shfl_sync(kFullMask, sumq, 8 * t), sumq_b = __shfl_sync(kFullMask, sumq, 8 * t + 4);
-  const float off_a = 1024.0f * sumq_a, off_b = 1024.0f * sumq_b;
   const float q_scale = p.sm_scale * kLog2e;
 
   float o[kMTiles][4];
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   // Heads a = 2t and b = 2t + 1 of the group.
-  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f, w_a = 0.0f, w_b = 0.0f, pl_a = 0.0f, pl_b = 0.0f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f, pl_a = 0.0f, pl_b = 0.0f;
   const int page_shift = __ffs(c.page_size) - 1;
   const std::int32_t* block_table = p.block_tables + static_cast<long long>(b) * p.block_table_stride;
   const std::uint8_t* k_codes = static_cast<const std::uint8_t*>(c.k_codes);
@@ -333,12 +351,13 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     const int n_valid = end - tile;
     std::uint32_t ka[kKWords], kb[kKWords], va[kVWords], vb[kVWords], vc[kVWords], vd[kVWords];
     std::uint32_t kpa = 0, kpb = 0, vpa = 0, vpb = 0;
+    const bool full = n_valid >= 16;  // the common case: no per-row checks
     const auto load_k = [&](int r, std::uint32_t(&w)[kKWords]) {
-      if (r < n_valid) load_words<kKWords>(k_codes + (row0 + r) * kRowBytes + t * (D / 8), w);
+      if (full || r < n_valid) load_words<kKWords>(k_codes + (row0 + r) * kRowBytes + t * (D / 8), w);
       else for (int i = 0; i < kKWords; ++i) w[i] = 0u;
     };
     const auto load_v = [&](int r, std::uint32_t(&w)[kVWords]) {
-      if (r < n_valid) load_words<kVWords>(v_codes + (row0 + r) * kRowBytes + g * kMTiles, w);
+      if (full || r < n_valid) load_words<kVWords>(v_codes + (row0 + r) * kRowBytes + g * kMTiles, w);
       else for (int i = 0; i < kVWords; ++i) w[i] = 0u;
     };
     load_k(g, ka);
@@ -347,7 +366,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     load_v(2 * t + 1, vb);
     load_v(2 * t + 8, vc);
     load_v(2 * t + 9, vd);
-    const bool valid_a = g < n_valid, valid_b = g + 8 < n_valid;
+    const bool valid_a = full || g < n_valid, valid_b = full || g + 8 < n_valid;
     if (valid_a) kpa = __ldg(c.k_params + row0 + g), vpa = __ldg(c.v_params + row0 + g);
     if (valid_b) kpb = __ldg(c.k_params + row0 + g + 8), vpb = __ldg(c.v_params + row0 + g + 8);
 
@@ -355,17 +374,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
 #pragma unroll
     for (int j = 0; j < kKWords; ++j) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const std::uint32_t a[4] = {nibble_pair(ka[j], 2 * e), nibble_pair(kb[j], 2 * e), nibble_pair(ka[j], 2 * e + 1),
-                                    nibble_pair(kb[j], 2 * e + 1)};
+      for (int e = 0; e < 2; ++e) {  // e = 0: nibbles (0,4), (1,5); e = 1: (2,6), (3,7)
+        const std::uint32_t wa = e == 0 ? ka[j] : ka[j] >> 8, wb = e == 0 ? kb[j] : kb[j] >> 8;
+        const std::uint32_t a[4] = {low_nibbles(wa), low_nibbles(wb), high_nibbles(wa), high_nibbles(wb)};
         mma_16816(s, a, qb[2 * j + e][0], qb[2 * j + e][1]);
       }
     }
     const float ska = kv_param_scale(kpa), lka = kv_param_min(kpa), skb = kv_param_scale(kpb), lkb = kv_param_min(kpb);
-    const float s0 = valid_a ? fmaf(ska, s[0] - off_a, lka * sumq_a) * q_scale : -INFINITY;
-    const float s1 = valid_a ? fmaf(ska, s[1] - off_b, lka * sumq_b) * q_scale : -INFINITY;
-    const float s2 = valid_b ? fmaf(skb, s[2] - off_a, lkb * sumq_a) * q_scale : -INFINITY;
-    const float s3 = valid_b ? fmaf(skb, s[3] - off_b, lkb * sumq_b) * q_scale : -INFINITY;
+    const float s0 = valid_a ? fmaf(ska, s[0], lka * sumq_a) * q_scale : -INFINITY;
+    const float s1 = valid_a ? fmaf(ska, s[1], lka * sumq_b) * q_scale : -INFINITY;
+    const float s2 = valid_b ? fmaf(skb, s[2], lkb * sumq_a) * q_scale : -INFINITY;
+    const float s3 = valid_b ? fmaf(skb, s[3], lkb * sumq_b) * q_scale : -INFINITY;
     float mx_a = fmaxf(s0, s2), mx_b = fmaxf(s1, s3);
 #pragma unroll
     for (int off = 4; off < 32; off <<= 1) {
@@ -374,14 +393,14 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     }
     if (mx_a > m_a) {  // rare after the first tiles: rescale lazily
       const float f = exp2f(m_a - mx_a);
-      l_a *= f, w_a *= f, pl_a *= f;
+      l_a *= f, pl_a *= f;
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i) o[i][0] *= f, o[i][2] *= f;
       m_a = mx_a;
     }
     if (mx_b > m_b) {
       const float f = exp2f(m_b - mx_b);
-      l_b *= f, w_b *= f, pl_b *= f;
+      l_b *= f, pl_b *= f;
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i) o[i][1] *= f, o[i][3] *= f;
       m_b = mx_b;
@@ -392,9 +411,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     l_b += p1 + p3;
     const float sva = kv_param_scale(vpa), lva = kv_param_min(vpa), svb = kv_param_scale(vpb), lvb = kv_param_min(vpb);
     const __half2 w01 = __floats2half2_rn(p0 * sva, p1 * sva), w23 = __floats2half2_rn(p2 * svb, p3 * svb);
-    const float2 f01 = __half22float2(w01), f23 = __half22float2(w23);
-    w_a += f01.x + f23.x;  // the offsets are removed with the very fp16 weights the MMA multiplies
-    w_b += f01.y + f23.y;
     pl_a = fmaf(p0, lva, fmaf(p2, lvb, pl_a));
     pl_b = fmaf(p1, lva, fmaf(p3, lvb, pl_b));
     // B fragments of P^T: lane (g, t) takes head g's weights of tokens 2t, 2t+1 (and + 8).
@@ -406,8 +422,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     for (int i = 0; i < kMTiles; ++i) {
       const unsigned sel = static_cast<unsigned>(i % 4) | (static_cast<unsigned>(4 + i % 4) << 8);
       const std::uint32_t y01 = __byte_perm(va[i / 4], vb[i / 4], sel), y89 = __byte_perm(vc[i / 4], vd[i / 4], sel);
-      const std::uint32_t a[4] = {and_or(y01, 0x000F000Fu, 0x64006400u), and_or(y01, 0x00F000F0u, 0x64006400u),
-                                  and_or(y89, 0x000F000Fu, 0x64006400u), and_or(y89, 0x00F000F0u, 0x64006400u)};
+      const std::uint32_t a[4] = {low_nibbles(y01), high_nibbles(y01), low_nibbles(y89), high_nibbles(y89)};
       mma_16816(o[i], a, pb0, pb1);
     }
   }
@@ -416,8 +431,6 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
   for (int off = 4; off < 32; off <<= 1) {
     l_a += __shfl_xor_sync(kFullMask, l_a, off);
     l_b += __shfl_xor_sync(kFullMask, l_b, off);
-    w_a += __shfl_xor_sync(kFullMask, w_a, off);
-    w_b += __shfl_xor_sync(kFullMask, w_b, off);
     pl_a += __shfl_xor_sync(kFullMask, pl_a, off);
     pl_b += __shfl_xor_sync(kFullMask, pl_b, off);
   }
@@ -426,14 +439,14 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
   const int head_a = 2 * t, head_b = 2 * t + 1;
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) {
-    const int dim_lo = 2 * (g * kMTiles + i);  // rows g / g + 8 of m-tile i: low / high nibble (x16)
+    const int dim_lo = 2 * (g * kMTiles + i);  // rows g / g + 8 of m-tile i: low / high nibble of byte i
     if (head_a < group) {
-      s_acc[warp][head_a][dim_lo] = o[i][0] - 1024.0f * w_a + pl_a;
-      s_acc[warp][head_a][dim_lo + 1] = (o[i][2] - 1024.0f * w_a) * 0.0625f + pl_a;
+      s_acc[warp][head_a][dim_lo] = o[i][0] + pl_a;
+      s_acc[warp][head_a][dim_lo + 1] = o[i][2] + pl_a;
     }
     if (head_b < group) {
-      s_acc[warp][head_b][dim_lo] = o[i][1] - 1024.0f * w_b + pl_b;
-      s_acc[warp][head_b][dim_lo + 1] = (o[i][3] - 1024.0f * w_b) * 0.0625f + pl_b;
+      s_acc[warp][head_b][dim_lo] = o[i][1] + pl_b;
+      s_acc[warp][head_b][dim_lo + 1] = o[i][3] + pl_b;
     }
   }
   if (g == 0) {

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/quantize_act.h"
@@ -98,21 +99,29 @@ __device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, 
   }
 }
 
-__device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
-  const __half2* h = reinterpret_cast<const __half2*>(&u);
+// By value: a reference into global memory would let the compiler split the 16-byte load into halves.
+__device__ __forceinline__ float2 half2_to_float2(std::uint32_t w) {
+  __half2 h;
+  memcpy(&h, &w, 4);
+  return __half22float2(h);
+}
+__device__ __forceinline__ void unpack8(uint4 u, float (&v)[8]) {
+  const std::uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
+    const float2 f = half2_to_float2(w[i]);
     v[2 * i] = f.x;
     v[2 * i + 1] = f.y;
   }
 }
 __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
-  uint4 u;
-  __half2* h = reinterpret_cast<__half2*>(&u);
+  std::uint32_t w[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-  return u;
+  for (int i = 0; i < 4; ++i) {
+    const __half2 h = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
+    memcpy(&w[i], &h, 4);
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
 // Steps 2 and 3 for one token, by one warp. Source::get8(j, v) gives the fp16-exact values (as floats)
@@ -186,8 +195,11 @@ struct GatherSource {
     }
   }
   __device__ void get8(int j, float (&v)[8]) {
-    const uint4 idx = *reinterpret_cast<const uint4*>(perm + j);
-    const std::uint16_t* ix = reinterpret_cast<const std::uint16_t*>(&idx);
+    const uint4 idx = *reinterpret_cast<const uint4*>(perm + j);  // one 16-byte shared load
+    const std::uint32_t iw[4] = {idx.x, idx.y, idx.z, idx.w};
+    unsigned ix[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) ix[2 * i] = iw[i] & 0xFFFFu, ix[2 * i + 1] = iw[i] >> 16;
     if constexpr (kNorm) {
       float gm[8];
       unpack8(*reinterpret_cast<const uint4*>(gamma + j), gm);

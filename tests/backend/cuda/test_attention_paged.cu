@@ -281,6 +281,15 @@ TEST(CudaAttentionDecode, LongContextSplits) {
   }
 }
 
+// One block walks the whole sequence: long accumulations in one warp (the tensor-core UINT4 path lost
+// precision there when fed offset codes).
+TEST(CudaAttentionDecode, LongContextWithoutSplit) {
+  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
+    run_decode(dtype, 128, Heads{2, 2}, {4096, 1500}, 1);
+    run_decode(dtype, 64, Heads{8, 1}, {3000}, 1);
+  }
+}
+
 // Page size 8 takes the CUDA-core UINT4 kernel (16-token tiles would straddle pages); 32 and 64 the MMA one.
 TEST(CudaAttentionDecode, PageSizes) {
   const std::vector<int> lens = {1, 31, 32, 33, 250, 0};
