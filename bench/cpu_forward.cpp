@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <utility>
 #include <random>
 #include <string>
 #include <vector>
@@ -25,6 +27,14 @@ namespace {
 double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+
+// CPU seconds of the whole process (all threads): on a shared machine, wall time depends on the others.
+double cpu_now() { return static_cast<double>(std::clock()) / CLOCKS_PER_SEC; }
+
+struct Timer {
+  double wall = now(), cpu = cpu_now();
+  std::pair<double, double> elapsed() const { return {now() - wall, cpu_now() - cpu}; }
+};
 
 void check_finite(const std::vector<float>& logits, const char* what) {
   for (float v : logits) {
@@ -51,7 +61,7 @@ int main(int argc, char** argv) try {
   }
   if (prompt < 1 || decode < 1 || batch < 1 || batch_prompt < 1) atom::fail("sizes must be positive");
 
-  double t0 = now();
+  const double t0 = now();
   const atom::Checkpoint ckpt = atom::open_checkpoint(path);
   const atom::cpu::LlamaModel model(atom::load_llama_weights(ckpt.config, *ckpt.tensors));
   const double load_s = now() - t0;
@@ -59,7 +69,10 @@ int main(int argc, char** argv) try {
   std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d; loaded to fp32 in %.2f s\n",
               path.c_str(), c.architecture.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
               c.vocab_size, load_s);
-  std::printf("threads: OpenMP %d, OpenBLAS %d\n", omp_get_max_threads(), openblas_get_num_threads());
+  atom::cpu::use_single_threaded_blas();
+  const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
+  std::printf("threads: OpenMP %d (OMP_WAIT_POLICY=%s), OpenBLAS %d; machine load average: see uptime\n",
+              omp_get_max_threads(), wait_policy ? wait_policy : "unset", openblas_get_num_threads());
 
   std::mt19937_64 rng(7);
   auto random_tokens = [&](int n) {
@@ -76,23 +89,24 @@ int main(int argc, char** argv) try {
   // Prefill: one prompt in one forward, logits of its last token.
   const auto prompt_tokens = random_tokens(prompt);
   auto cache = model.new_cache();
-  t0 = now();
+  Timer timer;
   auto logits = model.forward(prompt_tokens, cache);
-  const double prefill_s = now() - t0;
+  auto [prefill_s, prefill_cpu] = timer.elapsed();
   check_finite(logits, "prefill");
-  std::printf("prefill  %4d tokens             %8.2f s  %8.1f tokens/s\n", prompt, prefill_s, prompt / prefill_s);
+  std::printf("prefill  1 x %d tokens          wall %7.2f s %8.1f tokens/s | cpu %7.2f s %8.1f tokens/cpu-s\n",
+              prompt, prefill_s, prompt / prefill_s, prefill_cpu, prompt / prefill_cpu);
 
   // Decode, one sequence, greedy, after the prompt.
   std::int32_t next = atom::argmax(logits);
-  t0 = now();
+  timer = Timer();
   for (int s = 0; s < decode; ++s) {
     logits = model.forward(std::span<const std::int32_t>(&next, 1), cache);
     next = atom::argmax(logits);
   }
-  const double decode_s = now() - t0;
+  auto [decode_s, decode_cpu] = timer.elapsed();
   check_finite(logits, "decode");
-  std::printf("decode   batch 1, context %4d+  %8.2f s  %8.1f tokens/s  (%.1f ms/token)\n", prompt, decode_s,
-              decode / decode_s, 1e3 * decode_s / decode);
+  std::printf("decode   batch 1, %d steps      wall %7.2f s %8.1f tokens/s | cpu %7.2f s %8.1f tokens/cpu-s\n",
+              decode, decode_s, decode / decode_s, decode_cpu, decode / decode_cpu);
 
   // Decode, a batch of sequences: prompts prefilled together, then one token per sequence per step.
   std::vector<atom::cpu::KvCache> caches;
@@ -104,13 +118,14 @@ int main(int argc, char** argv) try {
   }
   for (int b = 0; b < batch; ++b) inputs.push_back({prompts[static_cast<std::size_t>(b)], &caches[static_cast<std::size_t>(b)]});
   std::vector<float> batch_logits;
-  t0 = now();
+  timer = Timer();
   model.forward(inputs, batch_logits);
-  const double batch_prefill_s = now() - t0;
-  std::printf("prefill  batch %d x %d tokens    %8.2f s  %8.1f tokens/s\n", batch, batch_prompt, batch_prefill_s,
-              batch * batch_prompt / batch_prefill_s);
+  auto [batch_prefill_s, batch_prefill_cpu] = timer.elapsed();
+  std::printf("prefill  %d x %d tokens          wall %7.2f s %8.1f tokens/s | cpu %7.2f s %8.1f tokens/cpu-s\n",
+              batch, batch_prompt, batch_prefill_s, batch * batch_prompt / batch_prefill_s, batch_prefill_cpu,
+              batch * batch_prompt / batch_prefill_cpu);
   std::vector<std::int32_t> step_tokens(static_cast<std::size_t>(batch));
-  t0 = now();
+  timer = Timer();
   for (int s = 0; s < decode; ++s) {
     for (int b = 0; b < batch; ++b) {
       step_tokens[static_cast<std::size_t>(b)] =
@@ -119,10 +134,11 @@ int main(int argc, char** argv) try {
     }
     model.forward(inputs, batch_logits);
   }
-  const double batch_decode_s = now() - t0;
+  auto [batch_decode_s, batch_decode_cpu] = timer.elapsed();
   check_finite(batch_logits, "batch decode");
-  std::printf("decode   batch %d, context %d+   %8.2f s  %8.1f tokens/s  (%.1f ms/step)\n", batch, batch_prompt,
-              batch_decode_s, batch * decode / batch_decode_s, 1e3 * batch_decode_s / decode);
+  std::printf("decode   batch %d, %d steps      wall %7.2f s %8.1f tokens/s | cpu %7.2f s %8.1f tokens/cpu-s\n",
+              batch, decode, batch_decode_s, batch * decode / batch_decode_s, batch_decode_cpu,
+              batch * decode / batch_decode_cpu);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "cpu_forward: %s\n", e.what());

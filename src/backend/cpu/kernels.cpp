@@ -99,10 +99,17 @@ void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int
 }
 
 void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
+  const __m256 one = _mm256_set1_ps(1.0f);
 #pragma omp parallel for schedule(static) if (n > 16384)
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  for (std::int64_t i0 = 0; i0 < n; i0 += 1024) {
+    const std::int64_t i1 = std::min(n, i0 + 1024);
+    std::int64_t i = i0;
+    for (; i + 8 <= i1; i += 8) {
+      const __m256 g = _mm256_loadu_ps(gate + i);
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), g));
+      _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
   }
 }
 
@@ -125,6 +132,32 @@ inline __m256 hsum8(const __m256* a) {
   const __m256 u1 = _mm256_hadd_ps(t2, t3);
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
+
+}  // namespace
+
+__m256 exp256(__m256 x) {
+  // Cephes-style expf: x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 polynomial, times 2^n.
+  const __m256 lo = _mm256_set1_ps(-87.33654f), hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n for n in [-126, 127].
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(underflow, result);
+}
+
+namespace {
 
 inline float dot(const float* a, const float* b, int d) {
   __m256 acc = _mm256_setzero_ps();
@@ -189,6 +222,36 @@ void weighted_rows(const float* p, const float* v, std::int64_t stride, std::int
   }
 }
 
+// s[j] = exp(scale * s[j] - max_j(scale * s[j])); returns the sum of the new s[j].
+float scaled_softmax_numerators(float* s, std::int64_t n, float scale) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 x = _mm256_mul_ps(_mm256_loadu_ps(s + j), vscale);
+    _mm256_storeu_ps(s + j, x);
+    vmax = _mm256_max_ps(vmax, x);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
+  float max = *std::max_element(lanes, lanes + 8);
+  for (; j < n; ++j) {
+    s[j] *= scale;
+    max = std::max(max, s[j]);
+  }
+  const __m256 vm = _mm256_set1_ps(max);
+  __m256 vsum = _mm256_setzero_ps();
+  j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), vm));
+    _mm256_storeu_ps(s + j, e);
+    vsum = _mm256_add_ps(vsum, e);
+  }
+  float sum = hsum(vsum);
+  for (; j < n; ++j) sum += (s[j] = std::exp(s[j] - max));
+  return sum;
+}
+
 constexpr std::int64_t kQueryBlock = 16;  // query rows per work item
 
 }  // namespace
@@ -234,19 +297,10 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
         const float* q = job.q + r * q_stride + std::int64_t{item.head} * d;
         float* s = scores.data();
         dot_rows(q, k + first * kv_stride, kv_stride, keys, d, s);
-        float max = -INFINITY;
-        for (std::int64_t j = 0; j < keys; ++j) {
-          s[j] *= shape.scale;
-          max = std::max(max, s[j]);
-        }
-        float sum = 0.0f;
-        for (std::int64_t j = 0; j < keys; ++j) {
-          s[j] = std::exp(s[j] - max);
-          sum += s[j];
-        }
-        const float inv_sum = 1.0f / sum;
-        for (std::int64_t j = 0; j < keys; ++j) s[j] *= inv_sum;
-        weighted_rows(s, v + first * kv_stride, kv_stride, keys, d, job.out + r * q_stride + std::int64_t{item.head} * d);
+        const float inv_sum = 1.0f / scaled_softmax_numerators(s, keys, shape.scale);
+        float* out = job.out + r * q_stride + std::int64_t{item.head} * d;
+        weighted_rows(s, v + first * kv_stride, kv_stride, keys, d, out);
+        for (int i = 0; i < d; ++i) out[i] *= inv_sum;
       }
     }
   }

@@ -1,6 +1,8 @@
 #pragma once
 // fp32 building blocks of the Llama decoder on the CPU (OpenMP + AVX2). Each has a scalar reference in
 // tests/backend/cpu/test_kernels.cpp. Conventions follow Hugging Face transformers (modeling_llama.py).
+#include <immintrin.h>
+
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -28,6 +30,9 @@ void rope_cos_sin(std::span<const float> inv_freq, const std::int64_t* positions
 // x2 the second half of a head; cos/sin rows as from rope_cos_sin.
 void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
                 const float* sin);
+
+// exp of 8 floats (AVX2), within 2 ulp of exp for -87.336 <= x <= 88.376; 0 below, exp(88.376) above.
+__m256 exp256(__m256 x);
 
 // out[i] = silu(gate[i]) * up[i], silu(x) = x / (1 + exp(-x)).
 void silu_mul(const float* gate, const float* up, std::int64_t n, float* out);
