@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <queue>
+#include <span>
 
 #include "common/error.h"
 #include "tokenizer/unicode.h"
@@ -47,6 +48,22 @@ BpeModel::BpeModel(StringMap<std::int32_t> vocab,
     merges_[pair_key(*a_id, *b_id)] = MergeTarget{static_cast<std::uint32_t>(rank), *new_id};
   }
 
+  // Which (last character of a left part, first character of a right part) pairs some merge joins.
+  first_code_point_.assign(id_to_token_.size(), 0);
+  last_code_point_.assign(id_to_token_.size(), 0);
+  for (std::size_t id = 0; id < id_to_token_.size(); ++id) {
+    const std::string& token = id_to_token_[id];
+    if (token.empty()) continue;
+    std::size_t first = 0, last = token.size() - 1;
+    while (last > 0 && (static_cast<unsigned char>(token[last]) & 0xC0) == 0x80) --last;
+    first_code_point_[id] = next_code_point(token, first);
+    last_code_point_[id] = next_code_point(token, last);
+  }
+  for (const auto& [key, target] : merges_) {
+    mergeable_boundaries_.insert(
+        boundary_key(static_cast<std::int32_t>(key >> 32), static_cast<std::int32_t>(key & 0xFFFFFFFFu)));
+  }
+
   if (options_.unk_token) {
     unk_id_ = token_to_id(*options_.unk_token);
     if (!unk_id_) fail("{}: model.unk_token '{}' is not in the vocabulary", source, *options_.unk_token);
@@ -85,52 +102,76 @@ std::vector<std::pair<std::string, std::string>> BpeModel::merges() const {
   return out;
 }
 
+bool BpeModel::cached(std::string_view text, std::vector<std::int32_t>& out) const {
+  std::lock_guard lock(cache_mutex_);
+  const auto it = cache_.find(text);
+  if (it == cache_.end()) return false;
+  out.insert(out.end(), it->second.begin(), it->second.end());
+  return true;
+}
+
+void BpeModel::remember(std::string_view text, std::span<const std::int32_t> ids) const {
+  std::lock_guard lock(cache_mutex_);
+  if (cache_.size() < kCacheCapacity)
+    cache_.emplace(std::string(text), std::vector<std::int32_t>(ids.begin(), ids.end()));
+}
+
+// The ids of a word are a function of the word: cache them (also the ignore_merges lookups, which
+// are slower than a hit in the small cache).
 void BpeModel::tokenize(std::string_view word, std::vector<std::int32_t>& out) const {
   if (word.empty()) return;
+  const bool cacheable = word.size() < kCacheMaxWordBytes;
+  if (cacheable && cached(word, out)) return;
   if (options_.ignore_merges) {
     if (const auto id = token_to_id(word)) {
       out.push_back(*id);
+      if (cacheable) remember(word, std::span(out).last(1));
       return;
     }
   }
-  const bool cacheable = word.size() < kCacheMaxWordBytes;
-  if (cacheable) {
-    std::lock_guard lock(cache_mutex_);
-    const auto it = cache_.find(word);
-    if (it != cache_.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
-  }
+  std::vector<std::int32_t> units;
+  std::vector<std::uint32_t> ends;
   const std::size_t first = out.size();
-  merge_word(word, out);
-  if (cacheable) {
-    std::lock_guard lock(cache_mutex_);
-    if (cache_.size() < kCacheCapacity) {
-      cache_.emplace(std::string(word), std::vector<std::int32_t>(out.begin() + first, out.end()));
+  if (!initial_units(word, units, ends)) {
+    merge_units(units, out);
+    if (cacheable) remember(word, std::span(out).subspan(first));
+    return;
+  }
+  // Cut the word where no merge can ever join the two sides and merge the pieces alone: the same
+  // result, in linear time for long words (a whole text, for tokenizers without a pre-tokenizer), and
+  // the pieces of a long text (its words) are cached.
+  std::size_t chunk = 0;
+  for (std::size_t i = 1; i <= units.size(); ++i) {
+    if (i < units.size() && mergeable_boundaries_.contains(boundary_key(units[i - 1], units[i]))) continue;
+    const std::uint32_t begin = chunk == 0 ? 0 : ends[chunk - 1];
+    const std::string_view text = word.substr(begin, ends[i - 1] - begin);
+    const bool whole_word = chunk == 0 && i == units.size();
+    if (whole_word || !(text.size() < kCacheMaxWordBytes && cached(text, out))) {
+      const std::size_t chunk_first = out.size();
+      merge_units(std::span(units).subspan(chunk, i - chunk), out);
+      if (text.size() < kCacheMaxWordBytes) remember(text, std::span(out).subspan(chunk_first));
     }
+    chunk = i;
   }
 }
 
-// HF models/bpe/model.rs merge_word + word.rs merge_all, step for step.
-void BpeModel::merge_word(std::string_view word, std::vector<std::int32_t>& out) const {
-  struct Symbol {
-    std::int32_t id;
-    std::int32_t prev, next;
-    bool removed;
-  };
-  std::vector<Symbol> symbols;
-  symbols.reserve(word.size());
-  const auto add = [&](std::int32_t id) {
-    const auto index = static_cast<std::int32_t>(symbols.size());
-    if (!symbols.empty()) symbols.back().next = index;
-    symbols.push_back(Symbol{id, index - 1, -1, false});
-  };
+void BpeModel::tokenize_whole(std::string_view word, std::vector<std::int32_t>& out) const {
+  std::vector<std::int32_t> units;
+  std::vector<std::uint32_t> ends;
+  initial_units(word, units, ends);
+  merge_units(units, out);
+}
 
+// HF models/bpe/model.rs merge_word: the initial symbols of a word.
+bool BpeModel::initial_units(std::string_view word, std::vector<std::int32_t>& units,
+                             std::vector<std::uint32_t>& ends) const {
+  units.reserve(word.size());
+  ends.reserve(word.size());
+  bool plain = !options_.continuing_subword_prefix && !options_.end_of_word_suffix;
   std::int32_t pending_unk = -1;  // an unknown token not added yet (fused with the next ones)
-  const auto flush_unk = [&] {
-    if (pending_unk >= 0) add(pending_unk);
-    pending_unk = -1;
+  const auto add = [&](std::int32_t id, std::size_t end) {
+    units.push_back(id);
+    ends.push_back(static_cast<std::uint32_t>(end));
   };
   const std::string& prefix = options_.continuing_subword_prefix ? *options_.continuing_subword_prefix : "";
   const std::string& suffix = options_.end_of_word_suffix ? *options_.end_of_word_suffix : "";
@@ -148,24 +189,41 @@ void BpeModel::merge_word(std::string_view word, std::vector<std::int32_t>& out)
       piece = decorated;
     }
     if (const auto id = token_to_id(piece)) {
-      flush_unk();
-      add(*id);
+      if (pending_unk >= 0) add(pending_unk, start);
+      pending_unk = -1;
+      add(*id, pos);
       continue;
     }
     if (options_.byte_fallback && std::all_of(piece.begin(), piece.end(), [&](char c) {
           return byte_ids_[static_cast<unsigned char>(c)] >= 0;
         })) {
       // As HF: a pending unknown token is not flushed before byte tokens.
-      for (char c : piece) add(byte_ids_[static_cast<unsigned char>(c)]);
+      for (char c : piece) add(byte_ids_[static_cast<unsigned char>(c)], pos);
       continue;
     }
+    // Without an unknown token HF drops the character.
+    plain = false;
     if (unk_id_) {
-      if (pending_unk >= 0 && !options_.fuse_unk) add(pending_unk);
+      if (pending_unk >= 0 && !options_.fuse_unk) add(pending_unk, start);
       pending_unk = *unk_id_;
     }
-    // Without an unknown token HF drops the character.
   }
-  flush_unk();
+  if (pending_unk >= 0) add(pending_unk, word.size());
+  return plain;
+}
+
+// HF models/bpe/word.rs merge_all, step for step.
+void BpeModel::merge_units(std::span<const std::int32_t> units, std::vector<std::int32_t>& out) const {
+  struct Symbol {
+    std::int32_t id;
+    std::int32_t prev, next;
+    bool removed;
+  };
+  std::vector<Symbol> symbols(units.size());
+  for (std::size_t i = 0; i < units.size(); ++i) {
+    symbols[i] = Symbol{units[i], static_cast<std::int32_t>(i) - 1,
+                        i + 1 < units.size() ? static_cast<std::int32_t>(i + 1) : -1, false};
+  }
 
   struct Merge {
     std::uint32_t rank;

@@ -5,9 +5,11 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -38,6 +40,9 @@ class BpeModel {
 
   // Appends the ids of one pre-tokenized word.
   void tokenize(std::string_view word, std::vector<std::int32_t>& out) const;
+  // The same by the plain algorithm: the whole word in one merge queue, no cache, no cutting of long
+  // words (the reference that tests hold the fast paths of tokenize() to).
+  void tokenize_whole(std::string_view word, std::vector<std::int32_t>& out) const;
 
   std::optional<std::int32_t> token_to_id(std::string_view token) const;
   const std::string* id_to_token(std::int32_t id) const;  // nullptr for an id not in the vocabulary
@@ -55,7 +60,18 @@ class BpeModel {
   static std::uint64_t pair_key(std::int32_t a, std::int32_t b) {
     return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
   }
-  void merge_word(std::string_view word, std::vector<std::int32_t>& out) const;
+  // The initial symbols of `word` (one token per character, byte tokens, unknown tokens) and the byte
+  // offset where each ends. True when each stretch of them is what the same stretch of text alone
+  // gives (no unknown tokens, no prefix/suffix), so that the word may be merged piece by piece.
+  bool initial_units(std::string_view word, std::vector<std::int32_t>& units,
+                     std::vector<std::uint32_t>& ends) const;
+  void merge_units(std::span<const std::int32_t> units, std::vector<std::int32_t>& out) const;
+  bool cached(std::string_view text, std::vector<std::int32_t>& out) const;
+  void remember(std::string_view text, std::span<const std::int32_t> ids) const;
+  std::uint64_t boundary_key(std::int32_t left, std::int32_t right) const {
+    return (std::uint64_t(last_code_point_[static_cast<std::size_t>(left)]) << 32) |
+           first_code_point_[static_cast<std::size_t>(right)];
+  }
 
   StringMap<std::int32_t> vocab_;
   std::vector<std::string> id_to_token_;
@@ -64,6 +80,10 @@ class BpeModel {
   BpeOptions options_;
   std::optional<std::int32_t> unk_id_;
   std::int32_t byte_ids_[256];  // id of "<0xXX>", or -1
+  // Two adjacent symbols can only ever merge if some merge joins a left part ending with the left
+  // one's last character to a right part starting with the right one's first character.
+  std::vector<char32_t> first_code_point_, last_code_point_;  // per id
+  std::unordered_set<std::uint64_t> mergeable_boundaries_;
 
   // Word -> ids, for words shorter than kCacheMaxWordBytes, up to kCacheCapacity entries (HF's limits).
   static constexpr std::size_t kCacheCapacity = 10000;

@@ -213,34 +213,42 @@ SplitBehavior parse_behavior(const json& object, const JsonWhere& where) {
 // ---------------------------------------------------------------- byte-level alphabet
 
 struct ByteLevelTable {
-  std::array<std::string, 256> char_of_byte;
-  std::array<std::int16_t, 512> byte_of_char;  // indexed by code point < 512, -1 when none
-  ByteLevelTable() {
-    byte_of_char.fill(-1);
-    int next = 0;
-    for (int b = 0; b < 256; ++b) {
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      const char32_t cp = printable ? char32_t(b) : char32_t(256 + next++);
-      append_utf8(char_of_byte[b], cp);
-      byte_of_char[cp] = static_cast<std::int16_t>(b);
-    }
-  }
+  struct Utf8 {
+    char bytes[2];
+    std::uint8_t length;
+  };
+  std::array<Utf8, 256> char_of_byte{};          // the character standing for each byte (U+0021..U+0143)
+  std::array<std::int16_t, 512> byte_of_char{};  // indexed by code point, -1 when no byte maps there
 };
 
-const ByteLevelTable& byte_level_table() {
-  static const ByteLevelTable table;
-  return table;
+constexpr ByteLevelTable make_byte_level_table() {
+  ByteLevelTable t;
+  for (auto& b : t.byte_of_char) b = -1;
+  int next = 0;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const int cp = printable ? b : 256 + next++;
+    if (cp < 0x80) {
+      t.char_of_byte[b] = {{static_cast<char>(cp), 0}, 1};
+    } else {
+      t.char_of_byte[b] = {{static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))}, 2};
+    }
+    t.byte_of_char[cp] = static_cast<std::int16_t>(b);
+  }
+  return t;
 }
+
+constexpr ByteLevelTable kByteLevel = make_byte_level_table();
 
 }  // namespace
 
-const std::string& byte_level_char(unsigned char byte) { return byte_level_table().char_of_byte[byte]; }
+std::string_view byte_level_char(unsigned char byte) {
+  return {kByteLevel.char_of_byte[byte].bytes, kByteLevel.char_of_byte[byte].length};
+}
 
 std::optional<unsigned char> byte_level_byte(char32_t code_point) {
-  if (code_point >= 512) return std::nullopt;
-  const std::int16_t b = byte_level_table().byte_of_char[code_point];
-  if (b < 0) return std::nullopt;
-  return static_cast<unsigned char>(b);
+  if (code_point >= 512 || kByteLevel.byte_of_char[code_point] < 0) return std::nullopt;
+  return static_cast<unsigned char>(kByteLevel.byte_of_char[code_point]);
 }
 
 // ---------------------------------------------------------------- normalizers
@@ -404,11 +412,14 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
       }
       pieces = std::move(out);
     }
+    std::string mapped;
     for (Piece& piece : pieces) {
-      std::string mapped;
-      mapped.reserve(piece.text.size() * 2);
-      for (char c : piece.text) mapped += byte_level_char(static_cast<unsigned char>(c));
-      piece.text = std::move(mapped);
+      mapped.clear();
+      for (char c : piece.text) {
+        const ByteLevelTable::Utf8& u = kByteLevel.char_of_byte[static_cast<unsigned char>(c)];
+        mapped.append(u.bytes, u.length);
+      }
+      piece.text.swap(mapped);
     }
   }
 

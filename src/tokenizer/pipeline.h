@@ -87,7 +87,7 @@ std::unique_ptr<PostProcessor> parse_post_processor(const nlohmann::json& json, 
 std::unique_ptr<Decoder> parse_decoder(const nlohmann::json& json, const JsonWhere& where);
 
 // GPT-2's byte <-> printable-character table of the ByteLevel pre-tokenizer and decoder.
-const std::string& byte_level_char(unsigned char byte);             // UTF-8 of the char for a byte
+std::string_view byte_level_char(unsigned char byte);               // UTF-8 of the char for a byte
 std::optional<unsigned char> byte_level_byte(char32_t code_point);  // inverse
 
 }  // namespace atom::tokenizer_detail

@@ -6,10 +6,13 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <random>
 
 #include "io/gguf.h"
+#include "tokenizer/bpe.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/gguf_tokenizer.h"
+#include "tokenizer/pipeline.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 #include "tokenizer_test_util.h"
@@ -182,12 +185,16 @@ class HfReference : public ::testing::TestWithParam<std::string> {
   const json& refs() const { return reference("refs_" + GetParam() + ".json"); }
 };
 
-TEST_P(HfReference, EncodeMatches) { expect_encodings(tok(), refs(), GetParam()); }
-TEST_P(HfReference, DecodeMatches) { expect_decodes(tok(), refs(), GetParam()); }
-TEST_P(HfReference, StreamingDecodeEqualsFullDecode) { expect_streaming(tok(), refs(), GetParam()); }
-TEST_P(HfReference, ExportRoundTrips) { expect_export_round_trip(tok(), GetParam()); }
+// One test per tokenizer (ctest runs each test in its own process, which loads the tokenizer).
+TEST_P(HfReference, EncodeDecodeStreamAndExport) {
+  expect_encodings(tok(), refs(), GetParam());
+  expect_decodes(tok(), refs(), GetParam());
+  expect_streaming(tok(), refs(), GetParam());
+  expect_export_round_trip(tok(), GetParam());
+}
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, HfReference, ::testing::Values("spm32k", "llama3", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, HfReference, ::testing::Values("spm32k", "llama3", "qwen3"),
+                         [](const auto& info) { return info.param; });
 INSTANTIATE_TEST_SUITE_P(Variants, HfReference,
                          ::testing::Values("spm32k_metaspace_first", "spm32k_metaspace_split",
                                            "spm32k_unk_added", "spm32k_unk_unfused", "llama3_gpt2_prefix",
@@ -219,6 +226,65 @@ TEST(HfFixtures, ConfigTokensAndTemplates) {
   EXPECT_EQ(ChatTemplate::for_tokenizer(qwen3).style(), ChatTemplate::Style::ChatML);
   EXPECT_FALSE(qwen3.is_special(151665));  // <tool_response>: added, not special
   EXPECT_TRUE(qwen3.is_special(151644));
+}
+
+// The fast paths of BpeModel::tokenize (word cache, long words cut where no merge can join) give what
+// the plain whole-word algorithm gives, on long texts and on every word of them.
+TEST(BpeFastPaths, MatchWholeWordMerging) {
+  for (const char* name : {"spm32k", "llama3"}) {
+    SCOPED_TRACE(name);
+    const json tok = test::fixture_json(name);
+    StringMap<std::int32_t> vocab;
+    for (const auto& [token, id] : tok["model"]["vocab"].items()) vocab[token] = id.get<std::int32_t>();
+    std::vector<std::pair<std::string, std::string>> merges;
+    for (const json& m : tok["model"]["merges"]) {
+      if (m.is_array()) {
+        merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
+      } else {
+        const std::string line = m.get<std::string>();
+        merges.emplace_back(line.substr(0, line.find(' ')), line.substr(line.find(' ') + 1));
+      }
+    }
+    BpeOptions options;
+    options.byte_fallback = tok["model"].value("byte_fallback", false);
+    const BpeModel model(vocab, merges, options, name);
+    // Texts in the model's alphabet: SentencePiece spaces, or GPT-2's byte characters.
+    const auto spelled = [&](const std::string& s) {
+      std::string out;
+      if (std::string(name) == "spm32k") {
+        for (char c : s) out += c == ' ' ? std::string("\u2581") : std::string(1, c);
+      } else {
+        for (unsigned char c : s) out += tokenizer_detail::byte_level_char(c);
+      }
+      return out;
+    };
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<std::size_t> pick(0, test_strings().size() - 1);
+    int compared = 0;
+    for (int round = 0; round < 40; ++round) {
+      std::string text;
+      while (text.size() < 2000) text += spelled(" " + test_strings()[pick(rng)]);
+      std::vector<std::int32_t> fast, whole;
+      model.tokenize(text, fast);
+      model.tokenize_whole(text, whole);
+      ASSERT_EQ(fast, whole) << shown(text);
+      // Short words go through the cache: twice each.
+      for (std::size_t pos = 0; pos < text.size(); pos += 37) {
+        const std::string_view word =
+            std::string_view(text).substr(pos, std::min<std::size_t>(60, text.size() - pos));
+        if (find_invalid_utf8(word)) continue;
+        for (int pass = 0; pass < 2; ++pass) {
+          fast.clear();
+          whole.clear();
+          model.tokenize(word, fast);
+          model.tokenize_whole(word, whole);
+          ASSERT_EQ(fast, whole) << shown(std::string(word));
+          ++compared;
+        }
+      }
+    }
+    EXPECT_GT(compared, 1000);
+  }
 }
 
 // ---------------------------------------------------------------- GGUF-embedded tokenizers
