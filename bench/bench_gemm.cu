@@ -544,6 +544,20 @@ int main(int argc, char** argv) {
           row.bn64 = timer.median_us(ours(W4A4Kernel::kWgmmaBn64));
           if (M <= 1024) row.mma = timer.median_us(ours(W4A4Kernel::kMmaS8));
         }
+        if (variants && M >= 4096 && (N == 4096 || N == 28672) && K == 4096) {
+          // Ablations of the wgmma kernel (wrong results, timing only): what each stage costs.
+          double t[4];
+          for (int ab = 0; ab < 4; ++ab)
+            t[ab] = timer.median_us([&, ab](int i) {
+              GemmW4A4Args args;
+              args.a = a4.get(i);
+              args.w = w4.get(i);
+              args.out = y_ours.p;
+              detail::launch_w4a4_wgmma_sm90_ablation(args, ab, stream);
+            });
+          std::printf("    ablations (bn128): full %.1f us, no weight unpack %.1f us, no group rescale %.1f us, "
+                      "no MMA %.1f us\n", t[0], t[1], t[2], t[3]);
+        }
         row.bytes = (double)w4.gpu_bytes() + a4.bytes() + (double)M * N * 2;
 
         // W8A8 (ours): validated with the same reference (k_normal = 0).

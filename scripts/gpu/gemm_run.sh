@@ -28,19 +28,20 @@ cat "$OUT/env.txt"
 timeout 60 $BIN/bench_gemm --probe 2>&1 | tee "$OUT/probe.log"
 [ "$MODE" = probe ] && exit 0
 
-timeout 240 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' 2>&1 | tail -80 > "$OUT/test.log"
+timeout 240 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' 2>&1 | tail -150 > "$OUT/test.log"
 grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran" "$OUT/test.log" | head -30
 timeout 200 compute-sanitizer --tool memcheck --leak-check no $BIN/test_backend_cuda \
   --gtest_filter='GemmW4A4.OddMAndPartialTiles:GemmW4A4.W8A8IsTheAllOutlierCase:GemmW4A16.*' 2>&1 | tail -25 \
   > "$OUT/memcheck.log"
 tail -4 "$OUT/memcheck.log"
 
+# Hardware counters of one large W4A4 launch (clocks left alone): throughputs and warp stall reasons.
+timeout 150 ncu --clock-control none -k regex:wgmma_sm90 -c 1 --section SpeedOfLight --section SchedulerStats \
+  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+  --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
+  $BIN/bench_gemm --ours-only --shapes 4096x4096 --ms 4096 > "$OUT/ncu.log" 2>&1
+grep -E "stalled|Throughput|Issued|Eligible|Duration|SM Frequency" "$OUT/ncu.log" | awk '$NF+0 > 0.05' | head -40
 if [ "$MODE" = quick ]; then
-  # Hardware counters of one large W4A4 launch (clocks left alone).
-  timeout 120 ncu --clock-control none -k regex:wgmma_sm90 -c 1 --section SpeedOfLight --section WarpStateStats \
-    --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
-    $BIN/bench_gemm --ours-only --shapes 4096x4096 --ms 4096 > "$OUT/ncu.log" 2>&1
-  grep -E "Throughput|Pipe|Stall|Issued|Eligible|Active Warps|Duration|Busy|Bandwidth|One or More" "$OUT/ncu.log" | head -40
   timeout 300 $BIN/bench_gemm --quick --variants --csv "$OUT/bench.csv" 2>&1 | tee "$OUT/bench.log" | grep -v "^|"
 else
   timeout 420 $BIN/bench_gemm --variants --csv "$OUT/bench.csv" 2>&1 > "$OUT/bench.log"

@@ -9,8 +9,8 @@
 // Kernels (all read the same prepacked weight layout, see prepack_w4a4_weights_*):
 //  - gemm_w4a4o8_wgmma_sm90 (sm_90a): warp-specialized, INT8 wgmma with the activation operand unpacked in
 //    registers and the weight operand unpacked into swizzled shared memory; groups summed in order, so the
-//    result is bit-identical to atom::quant::atom_linear_reference. For M > 64.
-//  - gemm_w4a4o8_mma_s8 (sm_80+, used on sm_90 for M <= 64): split-K over warps, mma.sync INT8 on unpacked
+//    result is bit-identical to atom::quant::atom_linear_reference. For M > 32.
+//  - gemm_w4a4o8_mma_s8 (sm_80+, used on sm_90 for M <= 32): split-K over warps, mma.sync INT8 on unpacked
 //    nibbles; fp32 partial sums are added across warps (same value up to fp32 reassociation).
 //  - gemm_w4a4o8_mma_s4 (sm_80/86/89): the same kernel on the native INT4 tensor cores (m16n8k64 s4).
 //    It also compiles and runs on sm_90, where INT4 MMA is emulated (tests use that to check it).
@@ -109,6 +109,9 @@ void gemm_w4a16(const GemmW4A16Args& args, cudaStream_t stream);
 namespace detail {
 void launch_prepack_w4a4(const W4A4CanonicalWeights& canonical, const W4A4PackedWeights& dst, cudaStream_t stream);
 void launch_w4a4_wgmma_sm90(const GemmW4A4Args& args, int bn, cudaStream_t stream);
+// Diagnostics for bench_gemm (fp16 out, 128-wide tiles; results are wrong): ablate 1 skips the weight unpack,
+// 2 the per-group rescale, 3 the tensor-core MMAs; 0 is the full kernel.
+void launch_w4a4_wgmma_sm90_ablation(const GemmW4A4Args& args, int ablate, cudaStream_t stream);
 void launch_w4a4_mma(const GemmW4A4Args& args, bool native_s4, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
 // Whether this binary holds sm_90a code for the wgmma kernel (ATOM_CUDA_ARCHS contains 90a).

@@ -65,7 +65,8 @@ __device__ __forceinline__ void wgmma_k32(int (&d)[N / 2], const std::uint32_t (
 }
 #endif
 
-template <typename OutT, int BN>
+// kAblate (diagnostics only, results wrong): 1 skips the weight unpack, 2 the group rescale, 3 the MMAs.
+template <typename OutT, int BN, int kAblate = 0>
 __global__ void __launch_bounds__(384, 1)
     gemm_w4a4o8_wgmma_sm90(const __grid_constant__ CUtensorMap tmap_a, const __grid_constant__ CUtensorMap tmap_ao,
                            const WgmmaParams p) {
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(384, 1)
       for (int it = 0; it < total; ++it) {
         const int s = it % S;
         ptx::mbar_wait(&loaded[s], (it / S) & 1);
-        if (it < G) {
+        if (it < G && kAblate != 1) {
           const std::uint32_t src = ptx::smem_u32(w_packed + s * T::kWPacked);
           const std::uint32_t dst = ptx::smem_u32(w_int8 + s * T::kWInt8);
           for (int c = ut; c < BN * 4; c += T::kUnpackThreads) {
@@ -224,6 +225,7 @@ __global__ void __launch_bounds__(384, 1)
     // (No operand fences in here: ptxas serializes all wgmmas if a stage's accumulators are touched by other
     // instructions between the stage's first wgmma and its wait.)
     auto issue = [&](int it, int half, const std::uint32_t (&a)[4][4], int (&d)[HR]) {
+      if constexpr (kAblate == 3) return;
       ptx::wgmma_fence();
       const std::uint64_t desc =
           ptx::smem_desc_k128_sw128(ptx::smem_u32(w_int8 + (it % S) * T::kWInt8 + half * H * 128));
@@ -234,6 +236,12 @@ __global__ void __launch_bounds__(384, 1)
     };
     // acc (+)= the half's int32 sums, scaled: groups by magic-number conversion, outliers after the last chunk.
     auto rescale = [&](int it, int half, int (&d)[HR], float sa0, float sa1) {
+      if constexpr (kAblate == 2) {
+        if (it == total - 1)
+#pragma unroll
+          for (int i = 0; i < HR; ++i) acc[half * HR + i] += static_cast<float>(d[i]);
+        return;
+      }
       const std::uint32_t sw_base = ptx::smem_u32(w_scale + (it % S) * BN);
       if (it < G) {
         // Codes are x16 on both sides: the int32 sum is 256 x the dot product (|sum| <= 2^21).
@@ -298,10 +306,23 @@ __global__ void __launch_bounds__(384, 1)
     sa1 = fp16_bits_to_float(sb1);
     if (total > 1) load_scales(1, sb0, sb1);
     ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < HR; ++i) ptx::fence_operand(iacc0[i]);
     issue(0, 1, a_cur, iacc1);
     rescale(0, 0, iacc0, sa0, sa1);
     if (total > 1) load_a(1, a_next);
     ptx::wgmma_wait<0>();
+    // After each wait (between stages): keep the registers the retired wgmmas read or wrote pinned until here,
+    // so the compiler neither reads accumulators early nor reuses A registers still read by the tensor cores.
+    auto pin = [&](int (&d)[HR]) {
+#pragma unroll
+      for (int i = 0; i < HR; ++i) ptx::fence_operand(d[i]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ptx::fence_operand(a_cur[j][i]);
+    };
+    pin(iacc1);
     for (int it = 1; it < total; ++it) {
       next_a();
       issue(it, 0, a_cur, iacc0);
@@ -311,10 +332,12 @@ __global__ void __launch_bounds__(384, 1)
       sa1 = fp16_bits_to_float(sb1);
       if (it + 1 < total) load_scales(it + 1, sb0, sb1);
       ptx::wgmma_wait<0>();
+      pin(iacc0);
       issue(it, 1, a_cur, iacc1);
       rescale(it, 0, iacc0, sa0, sa1);
       if (it + 1 < total) load_a(it + 1, a_next);
       ptx::wgmma_wait<0>();
+      pin(iacc1);
     }
     rescale(total - 1, 1, iacc1, sa0, sa1);
     ptx::mbar_arrive(&empty[(total - 1) % S]);
@@ -378,10 +401,10 @@ CUtensorMap make_u8_tensor_map(const void* base, int row_bytes, int rows, int bo
   return map;
 }
 
-template <typename OutT, int BN>
+template <typename OutT, int BN, int kAblate = 0>
 void launch_typed(const GemmW4A4Args& args, cudaStream_t stream) {
   using T = Sm90Tile<BN>;
-  const auto kernel = gemm_w4a4o8_wgmma_sm90<OutT, BN>;
+  const auto kernel = gemm_w4a4o8_wgmma_sm90<OutT, BN, kAblate>;
   static bool configured = [&] {
     ATOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
     return true;
@@ -432,6 +455,15 @@ bool wgmma_sm90_compiled() {
   cached_device = dev;
   cached = launched == cudaSuccess && host == 1;
   return cached;
+}
+
+void launch_w4a4_wgmma_sm90_ablation(const GemmW4A4Args& args, int ablate, cudaStream_t stream) {
+  switch (ablate) {
+    case 1: launch_typed<__half, 128, 1>(args, stream); break;
+    case 2: launch_typed<__half, 128, 2>(args, stream); break;
+    case 3: launch_typed<__half, 128, 3>(args, stream); break;
+    default: launch_typed<__half, 128>(args, stream); break;
+  }
 }
 
 void launch_w4a4_wgmma_sm90(const GemmW4A4Args& args, int bn, cudaStream_t stream) {
