@@ -47,7 +47,8 @@ def test_strings():
         "Mr. O'Neil's co-op isn't a 'coop'.", "rock 'n' roll", "\"quoted\" and 'single' and `back`",
         "Numbers: 0 1 12 123 1234 12345 123456", "3.14159265358979", "1,000,000.00", "-42", "+7e-10",
         "2024-01-15T12:34:56Z", "0x1F 0b1010 0o777", "v1.2.3-beta.4", "$1,234.56 €99 £5 ¥1000",
-        "1" * 100, "9876543210" * 12, "a1b2c3d4e5f6", "abc123def456", "123abc", "٠١٢٣٤٥٦٧٨٩ Arabic-Indic digits",
+        "1" * 100, "9876543210" * 12, "a1b2c3d4e5f6", "abc123def456", "123abc",
+        "٠١٢٣٤٥٦٧٨٩ Arabic-Indic digits",
         "०१२३४५६७८९ Devanagari digits", "½ ¼ ¾ ² ³ ⁴ ₁ ₂", "Ⅰ Ⅱ Ⅲ Ⅻ roman numerals", "①②③ circled",
         "１２３ fullwidth digits", "〇一二三 Chinese numerals", "phone: +1 (555) 123-4567",
         "def add(a, b):\n    return a + b\n",
@@ -57,8 +58,10 @@ def test_strings():
         "<html><body><p class=\"x\">Hi &amp; bye</p></body></html>",
         "SELECT name, COUNT(*) FROM users WHERE age > 21 GROUP BY name;",
         "$ ls -la | grep '^d' && echo \"done\" > /dev/null 2>&1",
-        "const f = (x) => x ** 2; // arrow\n/* block */", "if x == None:\n\tpass\nelif y != 0: raise ValueError('bad')",
-        "regex: ^[a-zA-Z0-9_.+-]+@[a-zA-Z0-9-]+\\.[a-zA-Z0-9-.]+$", "path\\to\\file.txt C:\\Windows\\System32",
+        "const f = (x) => x ** 2; // arrow\n/* block */",
+        "if x == None:\n\tpass\nelif y != 0: raise ValueError('bad')",
+        "regex: ^[a-zA-Z0-9_.+-]+@[a-zA-Z0-9-]+\\.[a-zA-Z0-9-.]+$",
+        "path\\to\\file.txt C:\\Windows\\System32",
         "https://example.com/path/to/page?query=1&other=two#fragment",
         "    indented with four spaces", "        eight spaces", "\t\ttwo tabs", "x = [  1,   2,    3  ]",
         "a    b", "a  \n  b", "a \n\n b", "end with spaces   ", "   start with spaces", "...", "!!!???",
@@ -77,9 +80,12 @@ def test_strings():
         "हिन्दी: मैं काँच खा सकता हूँ और मुझे उससे कोई चोट नहीं पहुंचती.", "বাংলা: আমি কাঁচ খেতে পারি।",
         "தமிழ்: நான் கண்ணாடி சாப்பிடுவேன்.", "ไทย: ฉันกินกระจกได้ แต่มันไม่ทำให้ฉันเจ็บ",
         "ქართული: მინას ვჭამ და არა მტკივა.", "Հայերեն: Կրնամ ապակի ուտել։", "አማርኛ: ብርጭቆ መብላት እችላለሁ።",
-        "ᠮᠣᠩᠭᠣᠯ Mongolian", "བོད་ཡིག Tibetan", "ᐃᓄᒃᑎᑐᑦ Inuktitut", "ꦗꦮ Javanese", "𐌰𐌱𐌲 Gothic", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕸𝖆𝖙𝖍",
-        "e\u0301 decomposed é vs \u00e9 composed", "a\u0308o\u0308u\u0308", "a\u0301\u0302\u0303\u0304\u0305 stacked",
-        "Z\u0351\u036b\u0343a\u0352\u0304l\u0357g\u0334o\u0358 zalgo", "\u1e0b\u0323 reorder", "q\u0307\u0323 marks",
+        "ᠮᠣᠩᠭᠣᠯ Mongolian", "བོད་ཡིག Tibetan", "ᐃᓄᒃᑎᑐᑦ Inuktitut", "ꦗꦮ Javanese", "𐌰𐌱𐌲 Gothic",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝕸𝖆𝖙𝖍",
+        "e\u0301 decomposed é vs \u00e9 composed", "a\u0308o\u0308u\u0308",
+        "a\u0301\u0302\u0303\u0304\u0305 stacked",
+        "Z\u0351\u036b\u0343a\u0352\u0304l\u0357g\u0334o\u0358 zalgo", "\u1e0b\u0323 reorder",
+        "q\u0307\u0323 marks",
         "\u1100\u1161\u11a8 jamo", "\u212b angstrom \u00c5 \u0041\u030a", "\u2126 ohm", "ﬁ ﬂ ligatures",
         "\u0344 \u0958 \u2adc exclusions", "क\u093c nukta", "\u0fb2\u0f80 tibetan", "\u3099\u309a lone marks",
         "\u0301 starts with a mark", "café\u0301", "Å\u0301", "\ufb2c hebrew", "\u1f71 greek oxia",
@@ -97,12 +103,14 @@ def test_strings():
         "<|im_start|><|im_end|>", "<|im_start|>\n", "\n<|im_end|>", "<0x41>", "<0x0A>", "<0xZZ>",
         "▁", "▁▁", "▁hello", "Ġ", "Ġhello", "Ċ", "<|", "|>", "<|>", "< |im_start| >", "<|IM_START|>",
         "<repo_name>", "<filename>a.py", "<jupyter_code>", "<|endoftext|><|endoftext|>",
-        "x" * 1000, "ab" * 300, "supercalifragilisticexpialidocious" * 8, "Pneumonoultramicroscopicsilicovolcanoconiosis",
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" * 5,
+        "x" * 1000, "ab" * 300, "supercalifragilisticexpialidocious" * 8,
+        "Pneumonoultramicroscopicsilicovolcanoconiosis",
+        "a" * 510,
         "The" + " the" * 200, ("word " * 300).strip(), " " * 300, "\n" * 50, "\t" * 40, " \n" * 40,
         "lorem ipsum dolor sit amet " * 20, "QmFzZTY0IGVuY29kZWQgc3RyaW5nIGZvciB0ZXN0aW5nIHB1cnBvc2Vz" * 6,
         "日本語のとても長い文章を書いています。" * 10, "中文" * 200, "한국어" * 100, "🙂" * 100,
-        "\x00 null byte", "bell\x07 and escape\x1b[0m", "\x7f delete", "\u0085 next line", "a\u00a0b no-break",
+        "\x00 null byte", "bell\x07 and escape\x1b[0m", "\x7f delete", "\u0085 next line",
+        "a\u00a0b no-break",
         "a\u2028b line sep", "a\u2029b para sep", "a\u3000b ideographic space", "a\u200bb zero width space",
         "a\u200db ZWJ alone", "a\ufeffb BOM", "\ufeffBOM at start", "a\u202fb\u205fc\u2009d thin spaces",
         "\u1680 ogham space", "\u180e mongolian vowel separator", "\x1c\x1d\x1e\x1f separators",
@@ -149,11 +157,28 @@ def load_fixture(name):
 # use. The test applies the same edits: "set" replaces top-level keys, "model" keys of the model, and
 # "added_tokens" are appended.
 def byte_level(add_prefix_space, use_regex):
-    return {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True, "use_regex": use_regex}
+    return {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True,
+            "use_regex": use_regex}
 
 
 def split(pattern, behavior, invert=False):
     return {"type": "Split", "pattern": pattern, "behavior": behavior, "invert": invert}
+
+
+def metaspace(prepend_scheme, split_words):
+    return {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": prepend_scheme,
+            "split": split_words}
+
+
+def template(bos, bos_id, eos, eos_id):
+    """TemplateProcessing: bos $A eos."""
+    def special(token):
+        return {"SpecialToken": {"id": token, "type_id": 0}}
+    return {"type": "TemplateProcessing",
+            "single": [special(bos), {"Sequence": {"id": "A", "type_id": 0}}, special(eos)],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {bos: {"id": bos, "ids": [bos_id], "tokens": [bos]},
+                               eos: {"id": eos, "ids": [eos_id], "tokens": [eos]}}}
 
 
 def added(content, special, normalized, lstrip=False, rstrip=False, single_word=False):
@@ -162,58 +187,49 @@ def added(content, special, normalized, lstrip=False, rstrip=False, single_word=
 
 
 SPM_DECODER = {"type": "Sequence", "decoders": [
-    {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "}, {"type": "ByteFallback"}, {"type": "Fuse"},
+    {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+    {"type": "ByteFallback"},
+    {"type": "Fuse"},
     {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
 VARIANTS = [
     # transformers' current Llama tokenizer: Metaspace pre-tokenizer (prefix only at the very start).
-    {"name": "spm32k_metaspace_first", "base": "spm32k", "set": {
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "first", "split": False},
-        "decoder": SPM_DECODER}},
-    # Metaspace splitting into words, and the Metaspace decoder.
-    {"name": "spm32k_metaspace_split", "base": "spm32k", "set": {
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
-        "decoder": {"type": "Metaspace", "replacement": "\u2581", "prepend_scheme": "always", "split": True},
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                                      {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]},
-                                              "</s>": {"id": "</s>", "ids": [2], "tokens": ["</s>"]}}}}},
+    {"name": "spm32k_metaspace_first", "base": "spm32k",
+     "set": {"normalizer": None, "pre_tokenizer": metaspace("first", False), "decoder": SPM_DECODER}},
+    # Metaspace splitting into words, the Metaspace decoder, BOS and EOS from a template.
+    {"name": "spm32k_metaspace_split", "base": "spm32k",
+     "set": {"normalizer": None, "pre_tokenizer": metaspace("always", True),
+             "decoder": metaspace("always", True), "post_processor": template("<s>", 1, "</s>", 2)}},
     # Unknown characters without byte fallback (fused, then not fused), and added tokens with every flag.
     {"name": "spm32k_unk_added", "base": "spm32k", "model": {"byte_fallback": False},
-     "added_tokens": [added("<tool>", True, False, lstrip=True, rstrip=True), added("hello world", False, True),
-                      added("cat", False, False, single_word=True), added("éé", False, False),
-                      added("[MASK]", True, True, lstrip=True), added("ing", False, False, rstrip=True)]},
+     "added_tokens": [added("<tool>", True, False, lstrip=True, rstrip=True),
+                      added("hello world", False, True),
+                      added("cat", False, False, single_word=True),
+                      added("éé", False, False),
+                      added("[MASK]", True, True, lstrip=True),
+                      added("ing", False, False, rstrip=True)]},
     {"name": "spm32k_unk_unfused", "base": "spm32k", "model": {"byte_fallback": False, "fuse_unk": False}},
     # GPT-2 style: ByteLevel with its own regex and a prefix space; BOS and EOS from a template.
-    {"name": "llama3_gpt2_prefix", "base": "llama3", "set": {
-        "pre_tokenizer": byte_level(True, True),
-        "post_processor": {"type": "TemplateProcessing",
-                           "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}},
-                                      {"Sequence": {"id": "A", "type_id": 0}},
-                                      {"SpecialToken": {"id": "<|end_of_text|>", "type_id": 0}}],
-                           "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                           "special_tokens": {
-                               "<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000], "tokens": ["<|begin_of_text|>"]},
-                               "<|end_of_text|>": {"id": "<|end_of_text|>", "ids": [128001], "tokens": ["<|end_of_text|>"]}}}},
+    {"name": "llama3_gpt2_prefix", "base": "llama3",
+     "set": {"pre_tokenizer": byte_level(True, True),
+             "post_processor": template("<|begin_of_text|>", 128000, "<|end_of_text|>", 128001)},
      "model": {"ignore_merges": False},
      "added_tokens": [added("  ", False, True), added(" cat", False, False, single_word=True)]},
     # Split behaviors, inversion and Digits.
-    {"name": "qwen3_split_behaviors", "base": "qwen3", "set": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-        split({"String": " "}, "MergedWithPrevious"),
-        split({"Regex": "[.,!?]+"}, "MergedWithNext"),
-        split({"Regex": "\\p{L}+"}, "Contiguous", invert=True),
-        {"type": "Digits", "individual_digits": False},
-        split({"String": "\n"}, "Removed"),
-        byte_level(False, False)]}}},
-    {"name": "qwen3_nfd_strip", "base": "qwen3", "set": {
-        "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFD"},
-                                                           {"type": "Strip", "strip_left": True, "strip_right": True}]},
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": True}, split({"Regex": "\\s+"}, "Isolated", invert=True),
-            byte_level(True, False)]}}},
+    {"name": "qwen3_split_behaviors", "base": "qwen3",
+     "set": {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+         split({"String": " "}, "MergedWithPrevious"),
+         split({"Regex": "[.,!?]+"}, "MergedWithNext"),
+         split({"Regex": "\\p{L}+"}, "Contiguous", invert=True),
+         {"type": "Digits", "individual_digits": False},
+         split({"String": "\n"}, "Removed"),
+         byte_level(False, False)]}}},
+    {"name": "qwen3_nfd_strip", "base": "qwen3",
+     "set": {"normalizer": {"type": "Sequence", "normalizers": [
+                 {"type": "NFD"}, {"type": "Strip", "strip_left": True, "strip_right": True}]},
+             "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                 {"type": "Digits", "individual_digits": True},
+                 split({"Regex": "\\s+"}, "Isolated", invert=True),
+                 byte_level(True, False)]}}},
 ]
 
 
@@ -277,16 +293,19 @@ def smollm2_export(test_binary):
 # The chat templates of Llama-2-chat and Mistral/Mixtral-Instruct (v0.1), as their tokenizer_config.json
 # files ship them (the fixtures carry Llama-3's, Qwen3's; SmolLM2's is in its GGUF).
 LLAMA2_TEMPLATE = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
-    "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}"
     "{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
     "{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + "
     "'\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}"
     "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}")
 MISTRAL_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
@@ -300,7 +319,8 @@ CONVERSATIONS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."},
      {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"},
      {"role": "assistant", "content": "Red."}],
-    [{"role": "user", "content": "  padded with spaces \n\n"}, {"role": "assistant", "content": "\n  also padded  "},
+    [{"role": "user", "content": "  padded with spaces \n\n"}, {"role": "assistant",
+    "content": "\n  also padded  "},
      {"role": "user", "content": "\tok\t"}],
     [{"role": "user", "content": "Ünïcödé 日本語 🎉 <|im_start|> [INST] <s>"}],
     [{"role": "user", "content": "Think first."},
@@ -312,7 +332,8 @@ CONVERSATIONS = [
     [{"role": "assistant", "content": "I speak first."}, {"role": "user", "content": "ok"}],
     [{"role": "user", "content": "one"}, {"role": "user", "content": "two"}],
     [{"role": "system", "content": "Only a system prompt."}],
-    [{"role": "user", "content": "multi\nline\n\ncontent"}, {"role": "assistant", "content": "reply\nwith\nlines"}],
+    [{"role": "user", "content": "multi\nline\n\ncontent"}, {"role": "assistant",
+    "content": "reply\nwith\nlines"}],
 ]
 
 
@@ -322,7 +343,8 @@ def chat_references(smollm2_template):
     for name in ("llama3", "qwen3"):
         with open(os.path.join(FIXTURES, name, "tokenizer_config.json"), encoding="utf-8") as f:
             config = json.load(f)
-        templates[name] = (config["chat_template"], config.get("bos_token") or "", config.get("eos_token") or "")
+        templates[name] = (config["chat_template"], config.get("bos_token") or "",
+        config.get("eos_token") or "")
     templates["smollm2"] = (smollm2_template, "<|im_start|>", "<|im_end|>")
     templates["llama2"] = (LLAMA2_TEMPLATE, "<s>", "</s>")
     templates["mistral"] = (MISTRAL_TEMPLATE, "<s>", "</s>")
@@ -335,15 +357,19 @@ def chat_references(smollm2_template):
             for gen in (False, True):
                 try:
                     text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=gen)
-                    cases.append({"template": name, "conversation": i, "add_generation_prompt": gen, "text": text})
+                    cases.append({"template": name, "conversation": i, "add_generation_prompt": gen,
+                    "text": text})
                 except Exception as e:  # the template raised (roles that do not alternate, ...)
-                    cases.append({"template": name, "conversation": i, "add_generation_prompt": gen, "error": str(e)})
-    return {"templates": {k: {"template": t, "bos_token": b, "eos_token": e} for k, (t, b, e) in templates.items()},
+                    cases.append({"template": name, "conversation": i, "add_generation_prompt": gen,
+                    "error": str(e)})
+    return {"templates": {k: {"template": t, "bos_token": b, "eos_token": e} for k, (t, b,
+    e) in templates.items()},
             "conversations": CONVERSATIONS, "cases": cases}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test-binary", default=os.path.join(ROOT, "build-tok", "tests", "test_tokenizer"))
     args = parser.parse_args()
     from tokenizers import Tokenizer
@@ -375,8 +401,8 @@ def main():
     refs["transformers_gguf_note"] = (
         "transformers' GGUF loader gives a 'smollm' GGUF GPT-2's pre-tokenizer alone; Atom follows llama.cpp "
         "(and SmolLM2's own tokenizer.json): digits split one by one first, then GPT-2's pre-tokenizer.")
-    print(f"smollm2: transformers GGUF tokenizer differs from the exported tokenizer.json on {len(mismatches)} "
-          f"of {2 * len(strings)} encodings")
+    print(f"smollm2: transformers GGUF tokenizer differs from the exported tokenizer.json on "
+          f"{len(mismatches)} of {2 * len(strings)} encodings")
     for m in mismatches[:10]:
         print("  ", repr(strings[m["string"]])[:80], m["add_special_tokens"])
     write_json("refs_smollm2.json", refs)

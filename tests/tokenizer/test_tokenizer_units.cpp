@@ -220,6 +220,42 @@ TEST(TokenizerJson, FilesThatCannotBeReadFailClearly) {
   std::filesystem::remove(path);
 }
 
+TEST(TokenizerConfig, TokensFlagsAndTemplates) {
+  const TokenizerConfig plain = TokenizerConfig::from_json(
+      json::parse(
+          R"({"bos_token": "<s>", "eos_token": {"content": "</s>", "lstrip": false}, "pad_token": null,
+                      "add_bos_token": true, "add_eos_token": false, "chat_template": "{{ x }}"})"),
+      "tokenizer_config.json");
+  EXPECT_EQ(plain.bos_token, "<s>");
+  EXPECT_EQ(plain.eos_token, "</s>");
+  EXPECT_EQ(plain.pad_token, std::nullopt);
+  EXPECT_EQ(plain.add_bos_token, true);
+  EXPECT_EQ(plain.add_eos_token, false);
+  EXPECT_EQ(plain.chat_template, "{{ x }}");
+  // A list of named templates: "default" is the chat template.
+  const TokenizerConfig named = TokenizerConfig::from_json(
+      json::parse(
+          R"({"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]})"),
+      "tokenizer_config.json");
+  EXPECT_EQ(named.chat_template, "D");
+  ASSERT_EQ(named.named_chat_templates.size(), 2u);
+  EXPECT_EQ(named.named_chat_templates[0], (std::pair<std::string, std::string>{"tool_use", "T"}));
+  try {
+    TokenizerConfig::from_json(json::parse(R"({"add_bos_token": "yes"})"), "cfg.json");
+    FAIL() << "accepted a string flag";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("add_bos_token"), std::string::npos) << e.what();
+  }
+  // Token strings must exist in the vocabulary.
+  try {
+    Tokenizer::from_hf_json(minimal_tokenizer(), TokenizerConfig::from_json(json{{"eos_token", "</s>"}}, "c"),
+                            "t.json");
+    FAIL() << "accepted an eos_token outside the vocabulary";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("eos_token '</s>'"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GgufTokenizerData, MalformedMetadataFailsClearly) {
   GgufTokenizerData data;
   data.model = "gpt2";
