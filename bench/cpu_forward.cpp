@@ -18,7 +18,6 @@
 
 #include "backend/cpu/llama_model.h"
 #include "common/error.h"
-#include "io/checkpoint.h"
 #include "model/sampler.h"
 #include "model/weights.h"
 
@@ -62,8 +61,7 @@ int main(int argc, char** argv) try {
   if (prompt < 1 || decode < 1 || batch < 1 || batch_prompt < 1) atom::fail("sizes must be positive");
 
   const double t0 = now();
-  const atom::Checkpoint ckpt = atom::open_checkpoint(path);
-  const atom::cpu::LlamaModel model(atom::load_llama_weights(ckpt.config, *ckpt.tensors));
+  const atom::cpu::LlamaModel model = atom::cpu::load_llama_model(path);
   const double load_s = now() - t0;
   const auto& c = model.config();
   std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d; loaded to fp32 in %.2f s\n",

@@ -13,6 +13,9 @@ The number `atom eval ppl` must reproduce (within 0.1%). Conventions, identical 
 
 Usage: python3 scripts/dev/reference_ppl.py [--ctx 2048] [--stride 2048] [--max-windows 0]
 Writes tests/data/model/smollm2_reference_ppl.json (settings, token counts, token-id checksums, results).
+  --save-tokens DIR   only tokenize, writing DIR/<corpus>.npy (int32)
+  --tokens DIR        score the ids in DIR/<corpus>.npy instead of tokenizing (same ids on another machine)
+  --device cuda       run the model on a GPU in fp32 (TF32 off); --model-dir: folder holding the GGUF
 """
 import argparse
 import hashlib
@@ -30,7 +33,7 @@ MODEL_DIR = os.path.join(ROOT, ".cache", "models")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def window_nll(model, ids, ctx, stride, max_windows):
+def window_nll(model, ids, ctx, stride, max_windows, device="cpu"):
     n = len(ids)
     nll_sum, scored, windows, prev_end, begin = 0.0, 0, 0, 0, 0
     while begin < n:
@@ -39,7 +42,7 @@ def window_nll(model, ids, ctx, stride, max_windows):
         if first < end:
             x = torch.tensor(ids[begin:end], dtype=torch.long)[None]
             with torch.no_grad():
-                logits = model(x).logits[0].float()
+                logits = model(x.to(device)).logits[0].float().cpu()
             logp = torch.log_softmax(logits, dim=-1)
             # position t is predicted by the logits at t - 1
             rows = torch.arange(first - begin - 1, end - begin - 1)
@@ -64,32 +67,53 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpora", default="kjv,austen")
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "data", "model", "smollm2_reference_ppl.json"))
+    ap.add_argument("--save-tokens")
+    ap.add_argument("--tokens")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--model-dir", default=MODEL_DIR)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
-    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32)
-    model.eval()
+    def corpus_ids(name):
+        if args.tokens:
+            return np.load(os.path.join(args.tokens, name + ".npy")).astype(np.int64).tolist(), None
+        path = os.path.join(ROOT, ".cache", "corpora", name, "test.txt")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        return tok(text, add_special_tokens=False)["input_ids"], text
+
+    tok = None if args.tokens else AutoTokenizer.from_pretrained(args.model_dir, gguf_file=GGUF)
+    if args.save_tokens:
+        os.makedirs(args.save_tokens, exist_ok=True)
+        for name in args.corpora.split(","):
+            ids, _ = corpus_ids(name)
+            np.save(os.path.join(args.save_tokens, name + ".npy"), np.asarray(ids, dtype=np.int32))
+            print(f"{name}: {len(ids)} tokens saved")
+        return
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, gguf_file=GGUF, dtype=torch.float32)
+    model.eval().to(args.device)
     report = {
         "model": GGUF,
         "weights": "GGUF dequantized to fp32 by transformers " + __import__("transformers").__version__,
+        "device": args.device + ("" if args.device == "cpu" else " (fp32, TF32 off)"),
         "attn_implementation": model.config._attn_implementation,
         "tokenization": "whole file as one string, add_special_tokens=False (no BOS/EOS)",
         "ctx": args.ctx, "stride": args.stride, "max_windows": args.max_windows,
         "results": {},
     }
     for name in args.corpora.split(","):
-        path = os.path.join(ROOT, ".cache", "corpora", name, "test.txt")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ids, text = corpus_ids(name)
+        if text is not None:
+            report.setdefault("bytes", {})[name] = len(text.encode("utf-8"))
         arr = np.asarray(ids, dtype="<i4")
         t0 = time.time()
         print(f"{name}: {len(ids)} tokens", flush=True)
-        nll, scored, windows = window_nll(model, ids, args.ctx, args.stride, args.max_windows)
+        nll, scored, windows = window_nll(model, ids, args.ctx, args.stride, args.max_windows, args.device)
         secs = time.time() - t0
         report["results"][name] = {
-            "file": os.path.relpath(path, ROOT), "bytes": len(text.encode("utf-8")), "tokens": len(ids),
+            "file": f".cache/corpora/{name}/test.txt", "tokens": len(ids),
             "token_ids_sha256_int32le": hashlib.sha256(arr.tobytes()).hexdigest(),
             "first_token_ids": ids[:16],
             "windows": windows, "tokens_scored": scored, "nll_sum": nll, "ppl": math.exp(nll / scored),

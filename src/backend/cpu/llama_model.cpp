@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "common/error.h"
+#include "io/checkpoint.h"
 
 namespace atom::cpu {
 
@@ -315,6 +316,11 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     lm_head_->forward(gathered.data(), rows, chunk_logits.data());
     sink(first, rows, chunk_logits.data());
   }
+}
+
+LlamaModel load_llama_model(const std::string& checkpoint_path) {
+  const Checkpoint checkpoint = open_checkpoint(checkpoint_path);
+  return LlamaModel(load_llama_weights(checkpoint.config, *checkpoint.tensors));
 }
 
 }  // namespace atom::cpu

@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -104,5 +105,8 @@ class LlamaModel {
   LinearObserver observer_;
   KvRowStoreFactory kv_factory_ = make_f32_kv_row_store;
 };
+
+// Opens a checkpoint (GGUF file or Hugging Face directory, io/checkpoint.h) and loads it as an fp32 model.
+LlamaModel load_llama_model(const std::string& checkpoint_path);
 
 }  // namespace atom::cpu

@@ -16,10 +16,7 @@ namespace {
 
 constexpr double kTolerance = 1e-4;
 
-LlamaModel load_model(const std::string& path) {
-  const Checkpoint ckpt = open_checkpoint(path);
-  return LlamaModel(load_llama_weights(ckpt.config, *ckpt.tensors));
-}
+LlamaModel load_model(const std::string& path) { return load_llama_model(path); }
 
 class TinyGoldens : public ::testing::TestWithParam<std::string> {};
 
