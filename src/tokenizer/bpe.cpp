@@ -54,8 +54,7 @@ BpeModel::BpeModel(StringMap<std::int32_t> vocab,
   for (std::size_t id = 0; id < id_to_token_.size(); ++id) {
     const std::string& token = id_to_token_[id];
     if (token.empty()) continue;
-    std::size_t first = 0, last = token.size() - 1;
-    while (last > 0 && (static_cast<unsigned char>(token[last]) & 0xC0) == 0x80) --last;
+    std::size_t first = 0, last = previous_code_point_start(token, token.size());
     first_code_point_[id] = next_code_point(token, first);
     last_code_point_[id] = next_code_point(token, last);
   }

@@ -9,33 +9,14 @@ namespace {
 
 bool contains(const std::string& text, const char* needle) { return text.find(needle) != std::string::npos; }
 
-// Python's str.strip() / lstrip() / rstrip() over Python whitespace (what Jinja's strip and trim do).
-std::string python_strip(std::string_view s, bool left = true, bool right = true) {
-  std::size_t begin = 0, end = s.size();
-  if (left) {
-    while (begin < end) {
-      std::size_t next = begin;
-      if (!is_python_whitespace(next_code_point(s, next))) break;
-      begin = next;
-    }
-  }
-  if (right) {
-    while (end > begin) {
-      std::size_t start = end - 1;
-      while (start > begin && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
-      std::size_t pos = start;
-      if (!is_python_whitespace(next_code_point(s, pos))) break;
-      end = start;
-    }
-  }
-  return std::string(s.substr(begin, end - begin));
+// Python's str.strip() (what Jinja's strip and trim do): Python whitespace off both ends.
+std::string python_strip(std::string_view s) {
+  return std::string(trim_code_points(s, true, true, is_python_whitespace));
 }
 
-std::string strip_chars(std::string_view s, char c, bool left, bool right) {
-  std::size_t begin = 0, end = s.size();
-  while (left && begin < end && s[begin] == c) ++begin;
-  while (right && end > begin && s[end - 1] == c) --end;
-  return std::string(s.substr(begin, end - begin));
+// Python's str.strip('\n') / lstrip('\n') / rstrip('\n').
+std::string strip_newlines(std::string_view s, bool left, bool right) {
+  return std::string(trim_code_points(s, left, right, [](char32_t c) { return c == '\n'; }));
 }
 
 // A system prompt a ChatML template writes itself when the conversation has none: the literal
@@ -152,16 +133,16 @@ std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_
         std::string content = m.content, reasoning;
         if (const std::size_t close = content.rfind("</think>"); close != std::string::npos) {
           std::string before = m.content.substr(0, m.content.find("</think>"));
-          before = strip_chars(before, '\n', false, true);
+          before = strip_newlines(before, false, true);
           if (const std::size_t open = before.rfind("<think>"); open != std::string::npos)
             before = before.substr(open + 7);
-          reasoning = strip_chars(before, '\n', true, false);
-          content = strip_chars(m.content.substr(close + 8), '\n', true, false);
+          reasoning = strip_newlines(before, true, false);
+          content = strip_newlines(m.content.substr(close + 8), true, false);
         }
         const bool last = i + 1 == messages.size();
         if (i > last_query && (last || !reasoning.empty())) {
-          out += "<|im_start|>assistant\n<think>\n" + strip_chars(reasoning, '\n', true, true) +
-                 "\n</think>\n\n" + strip_chars(content, '\n', true, false);
+          out += "<|im_start|>assistant\n<think>\n" + strip_newlines(reasoning, true, true) +
+                 "\n</think>\n\n" + strip_newlines(content, true, false);
         } else {
           out += "<|im_start|>assistant\n" + content;
         }

@@ -137,12 +137,12 @@ json merges_from_scores(const GgufTokenizerData& data) {
     const std::string_view token = data.tokens[t];
     // Skip later duplicates: a dict keeps one entry per token text.
     if (ids[token] != static_cast<std::int32_t>(t)) continue;
-    const std::size_t chars = std::count_if(
-        token.begin(), token.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+    const std::size_t chars =
+        std::count_if(token.begin(), token.end(), [](char c) { return !is_utf8_continuation(c); });
     local.clear();
     std::size_t left_chars = 0;
     for (std::size_t cut = 1; cut < token.size(); ++cut) {
-      if ((static_cast<unsigned char>(token[cut]) & 0xC0) == 0x80) continue;  // not a character boundary
+      if (is_utf8_continuation(token[cut])) continue;  // not a character boundary
       ++left_chars;
       const auto l = ids.find(token.substr(0, cut)), r = ids.find(token.substr(cut));
       if (l != ids.end() && r != ids.end()) {

@@ -302,24 +302,7 @@ class StripNormalizer final : public Normalizer {
  public:
   StripNormalizer(bool left, bool right) : left_(left), right_(right) {}
   void normalize(std::string& text) const override {
-    std::size_t begin = 0, end = text.size();
-    if (left_) {
-      while (begin < end) {
-        std::size_t next = begin;
-        if (!is_unicode_whitespace(next_code_point(text, next))) break;
-        begin = next;
-      }
-    }
-    if (right_) {
-      while (end > begin) {
-        std::size_t start = end - 1;
-        while (start > begin && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
-        std::size_t pos = start;
-        if (!is_unicode_whitespace(next_code_point(text, pos))) break;
-        end = start;
-      }
-    }
-    text = text.substr(begin, end - begin);
+    text = std::string(trim_code_points(text, left_, right_, is_unicode_whitespace));
   }
 
  private:

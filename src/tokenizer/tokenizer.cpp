@@ -3,8 +3,6 @@
 #include <zlib.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -124,8 +122,7 @@ bool is_word_char(char32_t cp) {
 }
 
 char32_t last_code_point(std::string_view s) {
-  std::size_t start = s.size() - 1;
-  while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xC0) == 0x80) --start;
+  std::size_t start = previous_code_point_start(s, s.size());
   return next_code_point(s, start);
 }
 
@@ -168,7 +165,6 @@ TokenizerConfig TokenizerConfig::from_json(const json& config, const std::string
 }
 
 struct Tokenizer::Impl {
-  std::string source;
   json normalizer_json, pre_tokenizer_json, post_processor_json, decoder_json;
   std::unique_ptr<Normalizer> normalizer;
   std::unique_ptr<PreTokenizer> pre_tokenizer;
@@ -221,24 +217,16 @@ struct Tokenizer::Impl {
         const bool stop_space = stop == text.size() || !is_word_char(next_code_point(text, after));
         if (!start_space || !stop_space) continue;
       }
+      // As HF: lstrip takes the whitespace before the token (not what an earlier match took), rstrip
+      // the whitespace after it.
       if (token.lstrip) {
-        std::size_t new_start = start;
-        while (new_start > 0) {
-          std::size_t char_start = new_start - 1;
-          while (char_start > 0 && (static_cast<unsigned char>(text[char_start]) & 0xC0) == 0x80)
-            --char_start;
-          std::size_t p = char_start;
-          if (!is_unicode_whitespace(next_code_point(text, p))) break;
-          new_start = char_start;
-        }
-        start = std::max(new_start, start_offset);
+        const std::size_t space_start =
+            trim_code_points(text.substr(0, start), false, true, is_unicode_whitespace).size();
+        start = std::max(space_start, start_offset);
       }
       if (token.rstrip) {
-        while (stop < text.size()) {
-          std::size_t p = stop;
-          if (!is_unicode_whitespace(next_code_point(text, p))) break;
-          stop = p;
-        }
+        const std::string_view rest = text.substr(stop);
+        stop += rest.size() - trim_code_points(rest, true, false, is_unicode_whitespace).size();
       }
       push_text(start_offset, start);
       out.push_back(Segment{std::string(text.substr(start, stop - start)), false, token.id});
@@ -366,7 +354,6 @@ Tokenizer Tokenizer::from_hf_json(const json& tokenizer_json, const TokenizerCon
     fail("{}: unknown tokenizer.json version {}", source, it->dump());
   }
   auto impl = std::make_shared<Impl>();
-  impl->source = source;
   const auto stage = [&](const char* key) {
     return tokenizer_json.contains(key) ? tokenizer_json[key] : json();
   };

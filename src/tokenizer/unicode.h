@@ -33,6 +33,34 @@ inline char32_t next_code_point(std::string_view s, std::size_t& pos) {
   return cp;
 }
 
+// Whether `byte` continues a UTF-8 sequence (is not the first byte of a character).
+inline bool is_utf8_continuation(char byte) { return (static_cast<unsigned char>(byte) & 0xC0) == 0x80; }
+
+// Offset of the first byte of the character that ends at `end` (> 0) of valid UTF-8.
+inline std::size_t previous_code_point_start(std::string_view s, std::size_t end) {
+  std::size_t start = end - 1;
+  while (start > 0 && is_utf8_continuation(s[start])) --start;
+  return start;
+}
+
+// `s` without its leading (left) and/or trailing (right) characters for which `trimmed` holds.
+template <class Predicate>
+std::string_view trim_code_points(std::string_view s, bool left, bool right, Predicate trimmed) {
+  std::size_t begin = 0, end = s.size();
+  while (left && begin < end) {
+    std::size_t next = begin;
+    if (!trimmed(next_code_point(s, next))) break;
+    begin = next;
+  }
+  while (right && end > begin) {
+    const std::size_t start = previous_code_point_start(s, end);
+    std::size_t pos = start;
+    if (!trimmed(next_code_point(s, pos))) break;
+    end = start;
+  }
+  return s.substr(begin, end - begin);
+}
+
 // Byte length of the UTF-8 sequence that starts with `lead` (1 for continuation/invalid bytes).
 inline std::size_t utf8_length(unsigned char lead) {
   return lead < 0xC0 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;

@@ -151,6 +151,11 @@ TEST(TokenizerJson, MinimalTokenizerWorks) {
   EXPECT_EQ(tok.encode("ab<s>ba", true), (std::vector<std::int32_t>{2, 3, 1, 0}));
   EXPECT_EQ(tok.decode(std::vector<std::int32_t>{2, 3, 1, 0}, true), "abba");
   EXPECT_THROW(tok.encode("bad \xC3", false), Error);
+  // From a plain (not gzip-compressed) file too.
+  const std::string path = testing::TempDir() + "/atom_minimal_tokenizer.json";
+  std::ofstream(path) << minimal_tokenizer().dump();
+  EXPECT_EQ(Tokenizer::from_hf_files(path).encode("ab<s>ba", false), (std::vector<std::int32_t>{2, 3, 1, 0}));
+  std::filesystem::remove(path);
 }
 
 TEST(TokenizerJson, MalformedFilesFailClearly) {
