@@ -242,6 +242,9 @@ TEST(KvCache, AppendReadTruncate) {
   KvCache cache({2, 3, 4});
   EXPECT_EQ(cache.length(), 0);
   EXPECT_EQ(cache.dtype(), KvDType::F32);
+  EXPECT_EQ(kv_dtype_name(KvDType::F32), "f32");
+  EXPECT_EQ(kv_dtype_name(KvDType::U8), "u8");
+  EXPECT_EQ(kv_dtype_name(KvDType::U4), "u4");
   std::vector<float> rows(5 * 12);
   std::iota(rows.begin(), rows.end(), 0.0f);
   for (int l = 0; l < 2; ++l) {
