@@ -7,12 +7,12 @@
 #include <sstream>
 #include <string>
 
+#include "backend/cpu/atom_model_loader.h"
 #include "backend/cpu/llama_model.h"
 #include "commands.h"
 #include "common/error.h"
 #include "eval/perplexity.h"
 #include "io/checkpoint.h"
-#include "model/weights.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {
@@ -38,14 +38,14 @@ void run_ppl(const PplOptions& opt) {
   if (text.empty()) fail("text file '{}' is empty", opt.text);
   const Checkpoint ckpt = open_checkpoint(opt.model);
   const Tokenizer tokenizer = load_tokenizer(ckpt);
-  const cpu::LlamaModel model(load_llama_weights(ckpt.config, *ckpt.tensors));
+  const std::unique_ptr<cpu::LlamaModel> model = cpu::load_cpu_model(ckpt);
   // The whole file is one document, encoded as HF's tokenizer(text) does (special tokens per the tokenizer).
   const std::vector<std::int32_t> tokens = tokenizer.encode(text, /*add_special_tokens=*/true);
   PerplexityOptions options;
   options.context = std::min<std::int64_t>(opt.ctx, ckpt.config.max_position_embeddings);
   options.stride = opt.stride > 0 ? opt.stride : options.context;
   options.max_windows = opt.max_windows;
-  const PerplexityResult r = perplexity(model, tokens, options);
+  const PerplexityResult r = perplexity(*model, tokens, options);
   fmt::print("perplexity {:.4f}  tokens scored {}  windows {}  (ctx {}, stride {})  {:.1f}s  {:.1f} tok/s\n",
              r.perplexity, r.tokens_scored, r.windows, options.context, options.stride, r.seconds,
              r.tokens_scored / r.seconds);
@@ -61,7 +61,7 @@ void run_ppl(const PplOptions& opt) {
 
 }  // namespace
 
-void add_eval_command(CLI::App& app) {
+CLI::App* add_eval_command(CLI::App& app) {
   auto* eval = app.add_subcommand("eval", "Evaluate a checkpoint (perplexity, ...)");
   eval->require_subcommand(1);
 
@@ -75,6 +75,7 @@ void add_eval_command(CLI::App& app) {
   ppl->add_option("--max-windows", opt->max_windows, "Stop after N windows (0: all)")->check(CLI::NonNegativeNumber);
   ppl->add_flag("--json", opt->json, "Print one JSON object as the last stdout line");
   ppl->callback([opt] { run_ppl(*opt); });
+  return eval;
 }
 
 }  // namespace atom::cli

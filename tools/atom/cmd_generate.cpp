@@ -8,12 +8,12 @@
 #include <string>
 #include <vector>
 
+#include "backend/cpu/atom_model_loader.h"
 #include "backend/cpu/llama_model.h"
 #include "commands.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
 #include "model/sampler.h"
-#include "model/weights.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
@@ -43,7 +43,7 @@ struct LoadedModel {
 LoadedModel load(const std::string& path) {
   Checkpoint ckpt = open_checkpoint(path);
   Tokenizer tokenizer = load_tokenizer(ckpt);
-  auto model = std::make_unique<cpu::LlamaModel>(load_llama_weights(ckpt.config, *ckpt.tensors));
+  auto model = cpu::load_cpu_model(ckpt);  // fp32 for plain checkpoints, integer kernels for Atom ones
   return {std::move(ckpt), std::move(tokenizer), std::move(model)};
 }
 

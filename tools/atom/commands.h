@@ -6,7 +6,10 @@ namespace atom::cli {
 
 void add_info_command(CLI::App& app);
 void add_generate_commands(CLI::App& app);  // generate, chat
-void add_eval_command(CLI::App& app);       // eval ppl | ...
+CLI::App* add_eval_command(CLI::App& app);  // eval ppl; returns `eval` for the other eval subcommands
 void add_convert_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_eval_ablation_command(CLI::App* eval);  // eval ablation (eval: the `eval` subcommand)
+void add_eval_mc_command(CLI::App* eval);        // eval mc
 
 }  // namespace atom::cli

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   atom::cli::add_generate_commands(app);
   atom::cli::add_eval_command(app);
   atom::cli::add_convert_command(app);
+  atom::cli::add_quantize_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
