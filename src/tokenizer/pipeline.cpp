@@ -240,15 +240,16 @@ constexpr ByteLevelTable make_byte_level_table() {
 
 constexpr ByteLevelTable kByteLevel = make_byte_level_table();
 
+// The byte a character of the byte-level alphabet stands for.
+std::optional<unsigned char> byte_level_byte(char32_t code_point) {
+  if (code_point >= 512 || kByteLevel.byte_of_char[code_point] < 0) return std::nullopt;
+  return static_cast<unsigned char>(kByteLevel.byte_of_char[code_point]);
+}
+
 }  // namespace
 
 std::string_view byte_level_char(unsigned char byte) {
   return {kByteLevel.char_of_byte[byte].bytes, kByteLevel.char_of_byte[byte].length};
-}
-
-std::optional<unsigned char> byte_level_byte(char32_t code_point) {
-  if (code_point >= 512 || kByteLevel.byte_of_char[code_point] < 0) return std::nullopt;
-  return static_cast<unsigned char>(kByteLevel.byte_of_char[code_point]);
 }
 
 // ---------------------------------------------------------------- normalizers

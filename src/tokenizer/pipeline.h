@@ -86,8 +86,7 @@ std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const nlohmann::json& json, co
 std::unique_ptr<PostProcessor> parse_post_processor(const nlohmann::json& json, const JsonWhere& where);
 std::unique_ptr<Decoder> parse_decoder(const nlohmann::json& json, const JsonWhere& where);
 
-// GPT-2's byte <-> printable-character table of the ByteLevel pre-tokenizer and decoder.
-std::string_view byte_level_char(unsigned char byte);               // UTF-8 of the char for a byte
-std::optional<unsigned char> byte_level_byte(char32_t code_point);  // inverse
+// The printable character GPT-2's byte-level alphabet writes for a byte (ByteLevel pre-tokenizer).
+std::string_view byte_level_char(unsigned char byte);  // UTF-8 of the char for a byte
 
 }  // namespace atom::tokenizer_detail

@@ -25,8 +25,6 @@ class Regex {
   // `text` must be valid UTF-8.
   std::vector<std::pair<std::size_t, std::size_t>> find_all(std::string_view text) const;
 
-  const std::string& pattern() const { return pattern_; }
-
  private:
   std::string pattern_;
   void* code_ = nullptr;  // pcre2_code*
