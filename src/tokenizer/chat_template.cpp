@@ -130,14 +130,17 @@ std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_
           out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
           continue;
         }
+        // Qwen3 splits "<think>reasoning</think>content" and shows the reasoning only after the last query.
+        static constexpr std::string_view kOpen = "<think>", kClose = "</think>";
         std::string content = m.content, reasoning;
-        if (const std::size_t close = content.rfind("</think>"); close != std::string::npos) {
-          std::string before = m.content.substr(0, m.content.find("</think>"));
-          before = strip_newlines(before, false, true);
-          if (const std::size_t open = before.rfind("<think>"); open != std::string::npos)
-            before = before.substr(open + 7);
+        if (const std::size_t close = content.rfind(kClose); close != std::string::npos) {
+          std::string before =
+              strip_newlines(std::string_view(m.content).substr(0, m.content.find(kClose)), false, true);
+          if (const std::size_t open = before.rfind(kOpen); open != std::string::npos) {
+            before = before.substr(open + kOpen.size());
+          }
           reasoning = strip_newlines(before, true, false);
-          content = strip_newlines(m.content.substr(close + 8), true, false);
+          content = strip_newlines(std::string_view(m.content).substr(close + kClose.size()), true, false);
         }
         const bool last = i + 1 == messages.size();
         if (i > last_query && (last || !reasoning.empty())) {
