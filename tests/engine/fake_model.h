@@ -147,31 +147,44 @@ class FakeRunner final : public ModelRunner {
   std::atomic<int> delay_ms_{0};
 };
 
-// Holds back an incomplete UTF-8 character, like the tokenizer's stream decoder.
+// Holds back an incomplete UTF-8 character and turns invalid bytes into U+FFFD, like the tokenizer's
+// stream decoder. (The fake vocabulary's only multi-byte character is the 2-byte "\xC3\xA9".)
 class FakeDecoder final : public IncrementalDecoder {
  public:
   std::string push(std::int32_t token) override {
     held_ += fake_piece(token);
-    std::size_t complete = held_.size();
-    // Find the start of a trailing incomplete character.
-    for (std::size_t back = 1; back <= std::min<std::size_t>(3, held_.size()); ++back) {
-      const unsigned char c = static_cast<unsigned char>(held_[held_.size() - back]);
-      if ((c & 0xC0) == 0x80) continue;  // continuation byte
-      const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-      if (need > back) complete = held_.size() - back;
-      break;
+    std::string out;
+    std::size_t i = 0;
+    while (i < held_.size()) {
+      const auto c = static_cast<unsigned char>(held_[i]);
+      if (c < 0x80) {
+        out += static_cast<char>(c);
+        ++i;
+      } else if ((c & 0xE0) == 0xC0) {
+        if (i + 1 == held_.size()) break;  // wait for the continuation byte
+        if ((static_cast<unsigned char>(held_[i + 1]) & 0xC0) == 0x80) {
+          out += held_.substr(i, 2);
+          i += 2;
+        } else {
+          out += kReplacement;
+          ++i;
+        }
+      } else {
+        out += kReplacement;  // a stray continuation byte
+        ++i;
+      }
     }
-    std::string out = held_.substr(0, complete);
-    held_.erase(0, complete);
+    held_.erase(0, i);
     return out;
   }
   std::string flush() override {
     const bool incomplete = !held_.empty();
     held_.clear();
-    return incomplete ? std::string("\xEF\xBF\xBD") : std::string();  // U+FFFD for a cut character
+    return incomplete ? std::string(kReplacement) : std::string();
   }
 
  private:
+  static constexpr const char* kReplacement = "\xEF\xBF\xBD";
   std::string held_;
 };
 
