@@ -455,7 +455,8 @@ int main(int argc, char** argv) {
 
     if (probe) {
       for (const bool o : {false, true})
-        for (const W4A4Kernel k : {W4A4Kernel::kWgmmaBn128, W4A4Kernel::kWgmmaBn64, W4A4Kernel::kMmaS8, W4A4Kernel::kMmaS4})
+        for (const W4A4Kernel k : {W4A4Kernel::kWgmmaBn128, W4A4Kernel::kWgmmaBn64, W4A4Kernel::kMmaS8, W4A4Kernel::kMmaS4,
+                                  W4A4Kernel::kStreamS8})
           run_probe(k, o);
       return 0;
     }
@@ -544,6 +545,31 @@ int main(int argc, char** argv) {
           row.bn64 = timer.median_us(ours(W4A4Kernel::kWgmmaBn64));
           if (M <= 1024) row.mma = timer.median_us(ours(W4A4Kernel::kMmaS8));
         }
+        std::string decode_variants;
+        if (variants && M <= 32) {
+          // The one-pass split-K kernel and the stream kernel's tunings (slots per warp, CTAs per SM).
+          row.mma = timer.median_us(ours(W4A4Kernel::kMmaS8));
+          struct Variant {
+            const char* name;
+            int stages, per_sm;
+          };
+          for (const Variant v : {Variant{"4 slots", 4, 0}, Variant{"6 slots", 6, 0}, Variant{"8 slots", 8, 0},
+                                  Variant{"4 slots 1 CTA/SM", 4, 1}, Variant{"6 slots 1 CTA/SM", 6, 1}}) {
+            detail::W4A4StreamConfig c;
+            c.stages = v.stages;
+            c.max_ctas_per_sm = v.per_sm;
+            const double us = timer.median_us([&, c](int i) {
+              GemmW4A4Args args;
+              args.a = a4.get(i);
+              args.w = w4.get(i);
+              args.out = y_ours.p;
+              detail::launch_w4a4_stream(args, c, stream);
+            });
+            char buf[64];
+            std::snprintf(buf, sizeof buf, "%s%s %.2f", decode_variants.empty() ? "" : ", ", v.name, us);
+            decode_variants += buf;
+          }
+        }
         if (variants && M >= 4096 && (N == 4096 || N == 28672) && K == 4096) {
           // Ablations of the wgmma kernel (wrong results, timing only): what each stage costs.
           double t[4];
@@ -601,6 +627,8 @@ int main(int argc, char** argv) {
         if (variants && M >= 64)
           std::printf("    variants: wgmma bn128 %.2f us, wgmma bn64 %.2f us, mma_s8 %.2f us\n", row.bn128, row.bn64,
                       row.mma);
+        if (!decode_variants.empty())
+          std::printf("    decode variants (us): mma_s8 %.2f; stream %s\n", row.mma, decode_variants.c_str());
         std::fflush(stdout);
       }
     }

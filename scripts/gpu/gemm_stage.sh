@@ -3,7 +3,7 @@
 # libraries they link (absent on the GPU machine) in .devbuild/cugemm, the folder gemm_run.sh runs from.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build-cugemm}
+BUILD=${BUILD:-build-cugemm2}
 [ -f "$BUILD/CMakeCache.txt" ] || cmake -S . -B "$BUILD" -DATOM_ENABLE_CUDA=ON -DATOM_CUDA_ARCHS=90a >/dev/null
 cmake --build "$BUILD" -j2 --target test_backend_cuda bench_gemm
 rm -rf .devbuild/cugemm && mkdir -p .devbuild/cugemm/lib

@@ -97,6 +97,8 @@ const char* w4a4_kernel_name(W4A4Kernel k) {
     case W4A4Kernel::kWgmmaBn64: return "gemm_w4a4o8_wgmma_sm90<bn64>";
     case W4A4Kernel::kMmaS8: return "gemm_w4a4o8_mma_s8";
     case W4A4Kernel::kMmaS4: return "gemm_w4a4o8_mma_s4";
+    case W4A4Kernel::kStreamS8: return "gemm_w4a4o8_stream_s8";
+    case W4A4Kernel::kStreamS4: return "gemm_w4a4o8_stream_s4";
   }
   return "?";
 }
@@ -125,13 +127,14 @@ W4A4Kernel w4a4_auto_kernel(int m, int n) {
   if (caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled()) {
     // Decode sizes stream the weights once with split-K warp MMA; from 64 tokens on the wgmma tiles win
     // (measured on an H200: M = 64, N = 28672 takes 63 us with wgmma, 130 us split-K).
+    if (m <= 16) return W4A4Kernel::kStreamS8;
     if (m <= 32) return W4A4Kernel::kMmaS8;
     // Fewer than ~1.5 waves of 128x128 tiles: halve the tile width to fill the machine.
     const long tiles128 = (long)layout::ceil_div(m, 128) * layout::ceil_div(n, 128);
     return tiles128 * 2 < 3L * caps.num_sms ? W4A4Kernel::kWgmmaBn64 : W4A4Kernel::kWgmmaBn128;
   }
-  if (caps.sm >= 90) return W4A4Kernel::kMmaS8;  // no native INT4 tensor cores from Hopper on
-  return W4A4Kernel::kMmaS4;
+  if (caps.sm >= 90) return m <= 16 ? W4A4Kernel::kStreamS8 : W4A4Kernel::kMmaS8;  // no INT4 tensor cores
+  return m <= 16 ? W4A4Kernel::kStreamS4 : W4A4Kernel::kMmaS4;
 }
 
 void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kernel) {
@@ -168,6 +171,14 @@ void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kern
       if (caps.sm < 80) fail("gemm_w4a4_o8: {} needs sm_80 or newer (device sm_{})", w4a4_kernel_name(kernel), caps.sm);
       detail::launch_w4a4_mma(args, kernel == W4A4Kernel::kMmaS4, stream);
       return;
+    case W4A4Kernel::kStreamS8:
+    case W4A4Kernel::kStreamS4: {
+      if (caps.sm < 80) fail("gemm_w4a4_o8: {} needs sm_80 or newer (device sm_{})", w4a4_kernel_name(kernel), caps.sm);
+      detail::W4A4StreamConfig config;
+      config.native_s4 = kernel == W4A4Kernel::kStreamS4;
+      detail::launch_w4a4_stream(args, config, stream);
+      return;
+    }
     case W4A4Kernel::kAuto: break;
   }
   fail("gemm_w4a4_o8: unknown kernel");

@@ -216,10 +216,16 @@ struct RunOptions {
   bool residual = false;
 };
 
-// Runs `kernel` and compares with the reference. exact: bitwise equal to round(ref [+ residual]).
+// Runs `kernel` (or `stream_config`'s variant of the stream kernel) and compares with the reference.
+// exact: bitwise equal to round(ref [+ residual]).
 void check_kernel(const GemmProblem& p, const DeviceProblem& d, W4A4Kernel kernel, bool exact, const RunOptions& o,
-                  std::mt19937& rng, const std::vector<float>& ref, const std::vector<double>& abs_terms) {
-  SCOPED_TRACE(std::string(w4a4_kernel_name(kernel)) + " m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) +
+                  std::mt19937& rng, const std::vector<float>& ref, const std::vector<double>& abs_terms,
+                  const detail::W4A4StreamConfig* stream_config = nullptr) {
+  const std::string variant =
+      stream_config ? " stages=" + std::to_string(stream_config->stages) + " max_ctas=" +
+                          std::to_string(stream_config->max_ctas) + (stream_config->native_s4 ? " s4" : "")
+                    : "";
+  SCOPED_TRACE(std::string(w4a4_kernel_name(kernel)) + variant + " m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) +
                " k_normal=" + std::to_string(d.k_normal) + " n_out=" + std::to_string(d.n_out) +
                (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") + (o.residual ? " +residual" : ""));
   const std::size_t count = (std::size_t)d.m * d.n;
@@ -235,7 +241,10 @@ void check_kernel(const GemmProblem& p, const DeviceProblem& d, W4A4Kernel kerne
   args.out = out.get();
   args.out_type = o.out_type;
   args.residual = o.residual ? res.get() : nullptr;
-  gemm_w4a4_o8(args, nullptr, kernel);
+  if (stream_config)
+    detail::launch_w4a4_stream(args, *stream_config, nullptr);
+  else
+    gemm_w4a4_o8(args, nullptr, kernel);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
   const auto got = out.download();
   int bad = 0;
@@ -278,6 +287,8 @@ void run_all_kernels(const Shape& s, std::uint32_t seed, Codes codes = Codes::kR
     }
     check_kernel(p, d, W4A4Kernel::kMmaS8, false, o, rng, ref, abs_terms);
     check_kernel(p, d, W4A4Kernel::kMmaS4, false, o, rng, ref, abs_terms);  // emulated INT4 MMA on sm_90
+    check_kernel(p, d, W4A4Kernel::kStreamS8, false, o, rng, ref, abs_terms);
+    check_kernel(p, d, W4A4Kernel::kStreamS4, false, o, rng, ref, abs_terms);
     check_kernel(p, d, W4A4Kernel::kAuto, false, o, rng, ref, abs_terms);
   }
 }
@@ -320,6 +331,32 @@ TEST(GemmW4A4, W8A8IsTheAllOutlierCase) {
 TEST(GemmW4A4, LargerRandomProblem) {
   ATOM_REQUIRE_GPU();
   run_all_kernels({300, 512, 1920, 128}, 701);
+}
+
+// The stream kernel's CTAs walk many slabs with cp.async rings that run ahead across slab boundaries: a small
+// grid (1 or 3 CTAs) makes every ring wrap many times; odd group counts leave a half-empty last item, and a
+// second, partial outlier chunk and a partial last slab (n % 16 == 8) are covered too.
+TEST(GemmW4A4, StreamKernelWalksManySlabsPerBlock) {
+  ATOM_REQUIRE_GPU();
+  for (const Shape s : {Shape{1, 1032, 640, 144}, Shape{13, 520, 1152, 128}, Shape{29, 264, 384, 16},
+                        Shape{3, 256, 0, 272}}) {
+    std::mt19937 rng(1000 + s.m);
+    const GemmProblem p = make_problem(s.m, s.n, s.k_normal, s.n_out, rng);
+    const DeviceProblem d(p);
+    const std::vector<float> ref = quant::atom_linear_reference(p.a, p.w);
+    const std::vector<double> abs_terms = reference_abs_terms(p);
+    for (const int stages : {4, 6, 8})
+      for (const int max_ctas : {1, 3, 0}) {
+        detail::W4A4StreamConfig c;
+        c.stages = stages;
+        c.max_ctas = max_ctas;
+        check_kernel(p, d, W4A4Kernel::kStreamS8, false, RunOptions{}, rng, ref, abs_terms, &c);
+      }
+    detail::W4A4StreamConfig s4;
+    s4.native_s4 = true;
+    s4.max_ctas = 2;
+    check_kernel(p, d, W4A4Kernel::kStreamS4, false, RunOptions{GemmOutType::kBF16, true}, rng, ref, abs_terms, &s4);
+  }
 }
 
 TEST(GemmW4A4, DevicePrepackMatchesHostPrepack) {
