@@ -7,10 +7,9 @@
 
 #include "common/error.h"
 #include "engine/tokenizer_codec.h"
+#include "backend/cpu/atom_model_loader.h"
 #include "io/checkpoint.h"
-#include "io/gguf.h"
-#include "model/weights.h"
-#include "tokenizer/tokenizer.h"
+#include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom {
 
@@ -93,26 +92,31 @@ std::string CpuModelRunner::describe() const {
                            : "");
 }
 
+KvCacheDType model_kv_cache_dtype(const cpu::LlamaModel& model) {
+  switch (model.new_cache().dtype()) {
+    case cpu::KvDType::U8: return KvCacheDType::int8;
+    case cpu::KvDType::U4: return KvCacheDType::int4;
+    case cpu::KvDType::F32: return KvCacheDType::f32;
+  }
+  return KvCacheDType::f32;
+}
+
 CpuServingModel load_cpu_serving_model(const std::string& path, const LoadProgress& progress) {
   auto report = [&](const std::string& stage, double fraction) {
     if (progress) progress(stage, fraction);
   };
   report("opening checkpoint", 0.0);
-  Checkpoint checkpoint = open_checkpoint(path);
+  const Checkpoint checkpoint = open_checkpoint(path);
+  report("loading tokenizer", 0.02);
+  Tokenizer tokenizer = load_tokenizer(checkpoint);
   report("loading weights", 0.05);
-  LlamaWeights weights = load_llama_weights(checkpoint.config, *checkpoint.tensors);
-  report("building model", 0.85);
-  auto model = std::make_shared<const cpu::LlamaModel>(std::move(weights));
-  report("loading tokenizer", 0.9);
-  if (!checkpoint.gguf && checkpoint.tokenizer_json.empty()) fail("checkpoint '{}' has no tokenizer.json", path);
-  Tokenizer tokenizer = checkpoint.gguf
-                            ? Tokenizer::from_gguf(*checkpoint.gguf)
-                            : Tokenizer::from_hf_files(checkpoint.tokenizer_json, checkpoint.tokenizer_config_json);
+  std::shared_ptr<const cpu::LlamaModel> model = cpu::load_cpu_model(checkpoint);
   CpuServingModel serving;
   std::filesystem::path p(path);
   serving.name = (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
   serving.model = std::move(model);
   serving.codec = std::make_shared<TokenizerCodec>(std::move(tokenizer));
+  serving.kv_cache_dtype = model_kv_cache_dtype(*serving.model);
   report("ready", 1.0);
   return serving;
 }

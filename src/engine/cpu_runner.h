@@ -45,9 +45,13 @@ struct CpuServingModel {
   std::string name;  // the checkpoint's file or directory name
   std::shared_ptr<const cpu::LlamaModel> model;
   std::shared_ptr<const TextCodec> codec;
+  KvCacheDType kv_cache_dtype = KvCacheDType::f32;  // the checkpoint's own KV format (Atom: int4 / int8)
 };
 
-// Loads a GGUF file or Hugging Face directory. `progress` (optional) hears each stage as it starts with
+// The KV format the model's own caches use (set by the loader for Atom checkpoints).
+KvCacheDType model_kv_cache_dtype(const cpu::LlamaModel& model);
+
+// Loads a GGUF file, a Hugging Face directory or an Atom checkpoint (its integer linear layers). `progress` (optional) hears each stage as it starts with
 // the fraction of the loading done so far.
 using LoadProgress = std::function<void(const std::string& stage, double fraction)>;
 CpuServingModel load_cpu_serving_model(const std::string& path, const LoadProgress& progress = {});

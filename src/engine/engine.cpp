@@ -365,6 +365,8 @@ bool Engine::step() {
     on_token(request, token, now);  // may finish (and destroy) the request
   }
   ++steps_;
+  scheduled_sequences_ += static_cast<std::int64_t>(plan.chunks.size());
+  scheduled_tokens_ += plan.num_tokens;
   instruments_->steps.inc();
   update_gauges();
   return true;
@@ -383,6 +385,8 @@ void Engine::update_gauges() {
   stats_.kv_blocks_total = blocks_.num_blocks();
   stats_.steps = steps_;
   stats_.preemptions = preemptions_;
+  stats_.scheduled_sequences = scheduled_sequences_;
+  stats_.scheduled_tokens = scheduled_tokens_;
 }
 
 EngineStats Engine::stats() const {

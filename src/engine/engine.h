@@ -63,6 +63,8 @@ struct EngineStats {
   int kv_blocks_total = 0;
   std::int64_t steps = 0;
   std::int64_t preemptions = 0;
+  std::int64_t scheduled_sequences = 0;  // summed over steps: / steps = mean batch size
+  std::int64_t scheduled_tokens = 0;     // summed over steps (prefill chunks and decode tokens)
 };
 
 // Timing of one finished request, for benchmarks (seconds since its submission).
@@ -131,7 +133,7 @@ class Engine {
   std::unordered_map<std::int64_t, std::unique_ptr<Request>> requests_;  // engine thread only
   std::mt19937_64 seed_source_;
   std::vector<float> logits_;
-  std::int64_t steps_ = 0, preemptions_ = 0;
+  std::int64_t steps_ = 0, preemptions_ = 0, scheduled_sequences_ = 0, scheduled_tokens_ = 0;
 
   // Shared with submitting threads.
   mutable std::mutex mutex_;

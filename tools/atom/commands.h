@@ -11,5 +11,7 @@ void add_convert_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_eval_ablation_command(CLI::App* eval);  // eval ablation (eval: the `eval` subcommand)
 void add_eval_mc_command(CLI::App* eval);        // eval mc
+void add_serve_command(CLI::App& app);
+void add_bench_serve_command(CLI::App& bench);  // bench serve (bench: the `bench` subcommand)
 
 }  // namespace atom::cli

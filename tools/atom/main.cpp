@@ -14,6 +14,10 @@ int main(int argc, char** argv) {
   atom::cli::add_eval_command(app);
   atom::cli::add_convert_command(app);
   atom::cli::add_quantize_command(app);
+  atom::cli::add_serve_command(app);
+  auto* bench = app.add_subcommand("bench", "Benchmarks");
+  bench->require_subcommand(1);
+  atom::cli::add_bench_serve_command(*bench);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,250 @@
+// atom bench serve: offline serving throughput, as in the Atom paper's end-to-end evaluation. For each batch
+// limit, every request of the workload is queued at once and the engine runs continuous batching (FCFS) until
+// all are done; reported: generated tokens per second, mean decode latency per output token, time to first
+// token. scripts/dev/plot_serve.py draws the JSON.
+#include <omp.h>
+
+#include <cmath>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "common/error.h"
+#include "engine/cpu_runner.h"
+#include "engine/engine.h"
+#include "engine/workload.h"
+
+namespace atom::cli {
+namespace {
+
+struct BenchServeOptions {
+  std::string model;
+  std::vector<int> batch_sizes = {8, 16, 32, 64, 128, 256};
+  int requests_per_batch = 2;  // requests = this x the batch limit, unless --num-requests
+  int num_requests = 0;
+  std::string trace;
+  std::uint64_t seed = 0;
+  int prompt_length = 0;  // > 0: fixed
+  int output_length = 0;  // > 0: fixed
+  int max_prompt_length = 1024;
+  int max_output_length = 1024;
+  bool ignore_eos = false;
+  int max_batched_tokens = 2048;
+  std::string kv_dtype = "auto";
+  int block_size = 16;
+  double kv_cache_mb = 0;  // 0: enough for every sequence of the batch at its longest (no preemption)
+  std::string json_path;
+};
+
+double mean(const std::vector<double>& v) {
+  if (v.empty()) return 0.0;
+  double s = 0;
+  for (double x : v) s += x;
+  return s / static_cast<double>(v.size());
+}
+
+double percentile(std::vector<double> v, double p) {  // nearest rank
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
+}
+
+nlohmann::json run_one(const CpuServingModel& model, KvCacheDType kv_dtype, const BenchServeOptions& opt,
+                       int max_batch, const std::vector<WorkloadRequest>& workload) {
+  EngineConfig config;
+  config.limits.max_batch = max_batch;
+  config.limits.max_batched_tokens = std::max(opt.max_batched_tokens, max_batch);
+  config.block_size = opt.block_size;
+  int longest = 0;
+  for (const auto& r : workload) longest = std::max(longest, static_cast<int>(r.prompt.size()) + r.output_length);
+  if (opt.kv_cache_mb > 0) {
+    config.kv_cache_bytes = static_cast<std::size_t>(opt.kv_cache_mb * 1048576.0);
+  } else {
+    config.num_kv_blocks = max_batch * ((longest + opt.block_size - 1) / opt.block_size);
+  }
+  Engine engine(std::make_unique<CpuModelRunner>(model.model, kv_dtype), model.codec, config);
+
+  // Warm-up (first touches, thread pools), not timed.
+  GenerationRequest warm;
+  warm.prompt = workload.front().prompt;
+  warm.params.temperature = 0.0f;
+  warm.params.max_tokens = 2;
+  warm.params.ignore_eos = true;
+  engine.submit(warm);
+  while (engine.step()) {
+  }
+  const EngineStats before = engine.stats();
+
+  engine.record_timings(true);
+  const auto start = std::chrono::steady_clock::now();
+  for (const auto& r : workload) {
+    GenerationRequest request;
+    request.prompt = r.prompt;
+    request.params.temperature = 0.0f;
+    request.params.max_tokens = r.output_length;
+    request.params.ignore_eos = opt.ignore_eos;
+    engine.submit(std::move(request));
+  }
+  while (engine.step()) {
+  }
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const EngineStats stats = engine.stats();
+  const std::vector<RequestTiming> timings = engine.take_timings();
+
+  std::int64_t prompt_tokens = 0, generated = 0;
+  std::vector<double> tpot_ms, ttft_ms, prefill_ms, queue_ms, e2e_ms;
+  for (const RequestTiming& t : timings) {
+    prompt_tokens += t.prompt_tokens;
+    generated += t.completion_tokens;
+    queue_ms.push_back(1e3 * t.first_scheduled);
+    ttft_ms.push_back(1e3 * t.first_token);
+    prefill_ms.push_back(1e3 * (t.first_token - t.first_scheduled));
+    e2e_ms.push_back(1e3 * t.finished);
+    if (t.completion_tokens > 1) tpot_ms.push_back(1e3 * (t.finished - t.first_token) / (t.completion_tokens - 1));
+  }
+  const double steps = static_cast<double>(stats.steps - before.steps);
+  nlohmann::json result = {
+      {"max_batch", max_batch},
+      {"requests", timings.size()},
+      {"prompt_tokens", prompt_tokens},
+      {"generated_tokens", generated},
+      {"wall_s", wall},
+      {"throughput_tokens_per_s", generated / wall},
+      {"total_tokens_per_s", (prompt_tokens + generated) / wall},
+      {"mean_tpot_ms", mean(tpot_ms)},
+      {"p50_tpot_ms", percentile(tpot_ms, 50)},
+      {"p90_tpot_ms", percentile(tpot_ms, 90)},
+      {"mean_ttft_ms", mean(ttft_ms)},
+      {"p50_ttft_ms", percentile(ttft_ms, 50)},
+      {"p90_ttft_ms", percentile(ttft_ms, 90)},
+      {"mean_prefill_ms", mean(prefill_ms)},
+      {"mean_queue_ms", mean(queue_ms)},
+      {"mean_e2e_ms", mean(e2e_ms)},
+      {"steps", stats.steps - before.steps},
+      {"mean_batch", steps > 0 ? (stats.scheduled_sequences - before.scheduled_sequences) / steps : 0.0},
+      {"preemptions", stats.preemptions - before.preemptions},
+      {"kv_blocks", stats.kv_blocks_total},
+  };
+  return result;
+}
+
+void run_bench_serve(const BenchServeOptions& opt) {
+  std::fprintf(stderr, "atom bench serve: loading %s\n", opt.model.c_str());
+  const CpuServingModel model = load_cpu_serving_model(opt.model);
+  const KvCacheDType kv_dtype = opt.kv_dtype == "auto" ? model.kv_cache_dtype : parse_kv_cache_dtype(opt.kv_dtype);
+  const int vocab = model.model->vocab_size();
+  nlohmann::json workload_json;
+  if (opt.trace.empty()) {
+    workload_json = {{"kind", opt.prompt_length > 0 && opt.output_length > 0 ? "fixed" : "sharegpt-like"},
+                     {"seed", opt.seed},
+                     {"prompt_mean", 161.0},
+                     {"prompt_log_sigma", 1.0},
+                     {"output_mean", 338.0},
+                     {"output_log_sigma", 0.9},
+                     {"fixed_prompt_length", opt.prompt_length},
+                     {"fixed_output_length", opt.output_length},
+                     {"max_prompt_length", opt.max_prompt_length},
+                     {"max_output_length", opt.max_output_length}};
+  } else {
+    workload_json = {{"kind", "trace"}, {"path", opt.trace}, {"seed", opt.seed}};
+  }
+  workload_json["ignore_eos"] = opt.ignore_eos;
+
+  nlohmann::json results = nlohmann::json::array();
+  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7}\n", "max_batch", "requests", "generated",
+             "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt");
+  for (int max_batch : opt.batch_sizes) {
+    const int n = opt.num_requests > 0 ? opt.num_requests : opt.requests_per_batch * max_batch;
+    std::vector<WorkloadRequest> workload;
+    if (opt.trace.empty()) {
+      SyntheticWorkload spec;
+      spec.num_requests = n;
+      spec.seed = opt.seed;
+      spec.max_prompt_length = opt.max_prompt_length;
+      spec.max_output_length = opt.max_output_length;
+      spec.fixed_prompt_length = opt.prompt_length;
+      spec.fixed_output_length = opt.output_length;
+      spec.min_length = std::min({4, opt.max_prompt_length, opt.max_output_length});
+      workload = synthetic_workload(spec, vocab);
+    } else {
+      workload = load_trace_workload(opt.trace, *model.codec, vocab, opt.output_length > 0 ? opt.output_length : 128,
+                                     opt.seed, opt.max_prompt_length, opt.max_output_length);
+    }
+    const nlohmann::json r = run_one(model, kv_dtype, opt, max_batch, workload);
+    fmt::print("{:>9} {:>8} {:>10} {:>12.1f} {:>10.1f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7}\n", max_batch,
+               r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
+               r["throughput_tokens_per_s"].get<double>(), r["mean_tpot_ms"].get<double>(),
+               r["mean_ttft_ms"].get<double>(), r["mean_prefill_ms"].get<double>(), r["mean_batch"].get<double>(),
+               r["preemptions"].get<std::int64_t>());
+    std::fflush(stdout);
+    results.push_back(r);
+  }
+  if (!opt.json_path.empty()) {
+    const nlohmann::json report = {{"model", opt.model},
+                                   {"backend", "cpu"},
+                                   {"threads", omp_get_max_threads()},
+                                   {"kv_dtype", kv_cache_dtype_name(kv_dtype)},
+                                   {"block_size", opt.block_size},
+                                   {"max_batched_tokens", opt.max_batched_tokens},
+                                   {"workload", workload_json},
+                                   {"results", results}};
+    std::ofstream out(opt.json_path);
+    if (!out) fail("cannot write '{}'", opt.json_path);
+    out << report.dump(2) << "\n";
+    std::fprintf(stderr, "atom bench serve: wrote %s\n", opt.json_path.c_str());
+  }
+}
+
+}  // namespace
+
+void add_bench_serve_command(CLI::App& bench) {
+  auto opt = std::make_shared<BenchServeOptions>();
+  auto* cmd = bench.add_subcommand("serve", "Offline serving throughput over batch limits (continuous batching)");
+  cmd->add_option("--model,-m", opt->model, "GGUF file, Hugging Face directory or Atom checkpoint")->required();
+  cmd->add_option("--batch-sizes", opt->batch_sizes, "Batch limits to run (comma separated)")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--requests-per-batch", opt->requests_per_batch, "Requests per run = this x the batch limit")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--num-requests", opt->num_requests, "Requests per run (overrides --requests-per-batch)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--trace", opt->trace, "JSONL trace: {\"prompt\": text | \"prompt_length\": n, \"output_length\": m}");
+  cmd->add_option("--seed", opt->seed, "Seed of the synthetic workload (and of trace prompt_length ids)")
+      ->capture_default_str();
+  cmd->add_option("--prompt-length", opt->prompt_length, "Fixed prompt length (0: ShareGPT-like distribution)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--output-length", opt->output_length, "Fixed output length (0: ShareGPT-like distribution)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-prompt-length", opt->max_prompt_length, "Clamp of prompt lengths")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--max-output-length", opt->max_output_length, "Clamp of output lengths")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_flag("--ignore-eos", opt->ignore_eos, "Generate exactly each request's output length (fixed-length outputs)");
+  cmd->add_option("--max-batched-tokens", opt->max_batched_tokens, "Token budget of one engine step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--kv-dtype", opt->kv_dtype, "auto, f32, fp16, int8, int4")
+      ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
+      ->capture_default_str();
+  cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")->check(CLI::Range(1, 1024))->capture_default_str();
+  cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size (default: room for the whole batch)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--json", opt->json_path, "Write the results as JSON (scripts/dev/plot_serve.py plots them)");
+  cmd->callback([opt] { run_bench_serve(*opt); });
+}
+
+}  // namespace atom::cli
