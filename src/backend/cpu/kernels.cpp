@@ -1,11 +1,13 @@
 #include "backend/cpu/kernels.h"
 
+#include <cblas.h>
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <numbers>
 
+#include "backend/cpu/linear.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -252,7 +254,11 @@ float scaled_softmax_numerators(float* s, std::int64_t n, float scale) {
   return sum;
 }
 
-constexpr std::int64_t kQueryBlock = 16;  // query rows per work item
+// Query rows per work item. Blocks of a long prompt run as two sgemm calls (Q K^T, then P V) over the keys
+// the block needs; short ones (decode) row by row with the AVX2 dot/axpy kernels.
+constexpr std::int64_t kRowBlock = 16;
+constexpr std::int64_t kGemmBlock = 64;
+constexpr std::int64_t kGemmMinRows = 16;
 
 }  // namespace
 
@@ -262,6 +268,7 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   const std::int64_t q_stride = std::int64_t{shape.num_heads} * d;
   const std::int64_t kv_stride = std::int64_t{shape.num_kv_heads} * d;
   const int group = shape.num_heads / shape.num_kv_heads;
+  use_single_threaded_blas();  // sgemm runs inside OpenMP threads
 
   // Work items: (job, head, query block).
   struct Item {
@@ -273,34 +280,67 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     const AttentionJob& job = jobs[j];
     max_keys = std::max(max_keys, job.start + job.n);
+    const std::int64_t block = job.n >= 2 * kGemmMinRows ? kGemmBlock : kRowBlock;
     for (int h = 0; h < shape.num_heads; ++h) {
-      for (std::int64_t r = 0; r < job.n; r += kQueryBlock) {
-        items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + kQueryBlock)});
+      for (std::int64_t r = 0; r < job.n; r += block) {
+        items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + block)});
       }
     }
   }
   const auto count = static_cast<std::int64_t>(items.size());
+  auto first_key = [&](std::int64_t pos) {
+    return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
+  };
 #pragma omp parallel if (count > 1)
   {
-    std::vector<float> scores(static_cast<std::size_t>(max_keys));
+    std::vector<float> scores;
+    std::vector<float> inv_sums(static_cast<std::size_t>(kGemmBlock));
 #pragma omp for schedule(dynamic)
     for (std::int64_t it = 0; it < count; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];
       const AttentionJob& job = jobs[static_cast<std::size_t>(item.job)];
       const std::int64_t kv_offset = std::int64_t{item.head / group} * d;
+      const std::int64_t head_offset = std::int64_t{item.head} * d;
       const float* k = job.k + kv_offset;
       const float* v = job.v + kv_offset;
-      for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
-        const std::int64_t pos = job.start + r;
-        const std::int64_t first = shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : 0;
-        const std::int64_t keys = pos + 1 - first;
-        const float* q = job.q + r * q_stride + std::int64_t{item.head} * d;
-        float* s = scores.data();
-        dot_rows(q, k + first * kv_stride, kv_stride, keys, d, s);
-        const float inv_sum = 1.0f / scaled_softmax_numerators(s, keys, shape.scale);
-        float* out = job.out + r * q_stride + std::int64_t{item.head} * d;
-        weighted_rows(s, v + first * kv_stride, kv_stride, keys, d, out);
-        for (int i = 0; i < d; ++i) out[i] *= inv_sum;
+      const std::int64_t rows = item.row_end - item.row_begin;
+      if (rows < kGemmMinRows) {
+        scores.resize(static_cast<std::size_t>(max_keys));
+        for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
+          const std::int64_t pos = job.start + r;
+          const std::int64_t first = first_key(pos);
+          const std::int64_t keys = pos + 1 - first;
+          float* s = scores.data();
+          dot_rows(job.q + r * q_stride + head_offset, k + first * kv_stride, kv_stride, keys, d, s);
+          const float inv_sum = 1.0f / scaled_softmax_numerators(s, keys, shape.scale);
+          float* out = job.out + r * q_stride + head_offset;
+          weighted_rows(s, v + first * kv_stride, kv_stride, keys, d, out);
+          for (int i = 0; i < d; ++i) out[i] *= inv_sum;
+        }
+        continue;
+      }
+      // Keys [lo, hi) cover every row of the block; each row then masks its own range.
+      const std::int64_t lo = first_key(job.start + item.row_begin), hi = job.start + item.row_end;
+      const std::int64_t nk = hi - lo;
+      scores.resize(static_cast<std::size_t>(rows * nk));
+      float* s = scores.data();
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(rows), static_cast<blasint>(nk), d,
+                  1.0f, job.q + item.row_begin * q_stride + head_offset, static_cast<blasint>(q_stride),
+                  k + lo * kv_stride, static_cast<blasint>(kv_stride), 0.0f, s, static_cast<blasint>(nk));
+      for (std::int64_t i = 0; i < rows; ++i) {
+        const std::int64_t pos = job.start + item.row_begin + i;
+        const std::int64_t first = first_key(pos) - lo, last = pos - lo;  // row i sees keys [first, last]
+        float* si = s + i * nk;
+        std::fill(si, si + first, 0.0f);
+        std::fill(si + last + 1, si + nk, 0.0f);
+        inv_sums[static_cast<std::size_t>(i)] = 1.0f / scaled_softmax_numerators(si + first, last + 1 - first, shape.scale);
+      }
+      float* out = job.out + item.row_begin * q_stride + head_offset;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(rows), d, static_cast<blasint>(nk),
+                  1.0f, s, static_cast<blasint>(nk), v + lo * kv_stride, static_cast<blasint>(kv_stride), 0.0f, out,
+                  static_cast<blasint>(q_stride));
+      for (std::int64_t i = 0; i < rows; ++i) {
+        for (int c = 0; c < d; ++c) out[i * q_stride + c] *= inv_sums[static_cast<std::size_t>(i)];
       }
     }
   }

@@ -191,8 +191,9 @@ TEST(Attention, MatchesReferenceOverShapesWindowsAndBatches) {
   for (int d : {8, 20, 24, 64, 128}) {
     for (int window : {0, 7}) {
       AttentionShape s{6, 2, d, 1.0f / std::sqrt(float(d)), window};
-      // Three sequences of a batch: a decode step after history, a prefill, a chunk after history.
-      const std::vector<std::pair<std::int64_t, std::int64_t>> seqs = {{1, 30}, {37, 0}, {19, 11}};  // (n, start)
+      // Sequences of a batch: a decode step after history, a prefill (sgemm path), a short chunk after history
+      // (row path), a long chunk after history (sgemm blocks and a row-path tail).
+      const std::vector<std::pair<std::int64_t, std::int64_t>> seqs = {{1, 30}, {37, 0}, {11, 19}, {70, 5}};  // (n, start)
       std::vector<std::vector<float>> qs, ks, vs, outs;
       std::vector<AttentionJob> jobs;
       for (auto [n, start] : seqs) {
@@ -207,7 +208,9 @@ TEST(Attention, MatchesReferenceOverShapesWindowsAndBatches) {
       causal_attention(jobs, s);
       for (std::size_t i = 0; i < jobs.size(); ++i) {
         const auto ref = reference_attention(jobs[i], s);
-        EXPECT_LE(max_abs_diff(outs[i], ref), 2e-6) << "d " << d << " window " << window << " seq " << i;
+        // Scores are fp32 dot products of magnitude up to ~300 (q, k ~ N(0, 4)): a few ulp of that, through the
+        // softmax, is ~1e-6 on outputs of order 1. A masking or indexing bug is O(0.1).
+        EXPECT_LE(max_abs_diff(outs[i], ref), 1e-5) << "d " << d << " window " << window << " seq " << i;
       }
     }
   }
