@@ -23,3 +23,9 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# Python client of the serving integration test (tests/integration/test_openai_server.py), pinned.
+OPENAI_VERSION=3.51.0
+if ! python3 -c "import sys, openai; sys.exit(openai.__version__ != '$OPENAI_VERSION')" 2>/dev/null; then
+  python3 -m pip install -q "openai==$OPENAI_VERSION" ||
+    python3 -m pip install -q --break-system-packages "openai==$OPENAI_VERSION"
+fi
