@@ -1,10 +1,12 @@
-// Fused activation quantizers (see quantize_act.h). One warp per token (no block barriers, so every
-// warp streams independently and keeps many loads in flight):
-//   1. (row kernels) the fp16 row is read once with 16-byte loads into the warp's shared-memory row
+// Fused activation quantizers (see quantize_act.h). A token is handled by a team of warps: one warp
+// when there are enough tokens to fill the GPU (no block barriers, so every warp streams independently
+// and keeps many loads in flight), the whole block when there are fewer tokens than resident blocks
+// (decode batches: one warp walking a 4096-channel row alone took 20-26 us):
+//   1. (row kernels) the fp16 row is read once with 16-byte loads into the team's shared-memory row
 //      (residual added and written, sum of squares taken on the way);
 //   2. normal groups: G/8 lanes per group, 8 consecutive reordered channels per lane, the group max by
-//      shuffles, one 4-byte store of 8 packed codes per lane;
-//   3. outliers: warp max, one INT8 per channel.
+//      shuffles, one 4-byte store of 8 packed codes per lane; the team's warps take turns by pass;
+//   3. outliers: the team's last warp, warp max, one INT8 per channel.
 // The arithmetic mirrors quant/format.h (fp32, IEEE division, round half to even): the quotient x / scale
 // is formed as x * (1 / scale) and rounded with the 1.5 * 2^23 trick, which is provably the same
 // integer unless the product lies within a few ulps of a half-integer; those rare elements take the
@@ -13,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <utility>
 
 #include "backend/cuda/cuda_check.h"
 #include "backend/cuda/quantize_act.h"
@@ -124,11 +127,13 @@ __device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Steps 2 and 3 for one token, by one warp. Source::get8(j, v) gives the fp16-exact values (as floats)
-// of reordered channels j..j+7 and writes them to the debug output if any; Source::get1(j, write_debug)
-// one channel.
+// Steps 2 and 3 for one token, by warp `rank` of a team of `team` warps. Source::get8(j, v) gives the
+// fp16-exact values (as floats) of reordered channels j..j+7 and writes them to the debug output if any;
+// Source::get1(j, write_debug) one channel. Each group is quantized by one warp, so the split changes
+// no arithmetic.
 template <bool kFp4, class Source>
-__device__ void quantize_token(int token, const ActQuantLayout& layout, const QuantizedActOut& out, Source& src) {
+__device__ void quantize_token(int token, int rank, int team, const ActQuantLayout& layout,
+                               const QuantizedActOut& out, Source& src) {
   const int lane = threadIdx.x % 32;
   const int k_normal = layout.k - layout.n_outliers;
   const int group = layout.group_size;
@@ -139,7 +144,7 @@ __device__ void quantize_token(int token, const ActQuantLayout& layout, const Qu
   const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
-  for (int first = 0; first < groups; first += groups_per_pass) {  // same trip count in every lane
+  for (int first = rank * groups_per_pass; first < groups; first += team * groups_per_pass) {  // warp-uniform
     const int g = first + slot;
     const bool active = g < groups;
     const int j = g * group + lane_in_group * 8;
@@ -155,7 +160,7 @@ __device__ void quantize_token(int token, const ActQuantLayout& layout, const Qu
                               static_cast<std::int64_t>(g) * out.scale_group_stride,
                           lane_in_group == 0);
   }
-  if (layout.n_outliers > 0) {
+  if (layout.n_outliers > 0 && rank == team - 1) {  // the last warp has the fewest passes
     float amax = 0.0f;
     for (int o = lane; o < layout.n_outliers; o += 32) amax = fmaxf(fabsf(src.get1(k_normal + o, false)), amax);
     amax = warp_max(amax);
@@ -237,34 +242,66 @@ struct RowKernelArgs {
   std::int64_t normed_stride;
 };
 
-// perm (uint16) [+ gamma] for the block, one row per warp.
-std::size_t row_smem_bytes(int k, bool norm) { return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps); }
+// perm (uint16) [+ gamma] for the block, one row per team.
+std::size_t row_smem_bytes(int k, bool norm, int team) {
+  return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps / team);
+}
 
-template <bool kNorm, bool kFp4>
+// kTeam: warps per token, 1 or kRowWarps (the whole block; its barriers are then block barriers).
+template <bool kNorm, bool kFp4, int kTeam>
 __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelArgs a) {
+  static_assert(kTeam == 1 || kTeam == kRowWarps);
+  constexpr int kTeams = kRowWarps / kTeam;
   extern __shared__ uint4 smem_raw[];
+  __shared__ float s_sumsq[kRowWarps];
   const int k = a.layout.k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rank = warp % kTeam, team_lane = rank * 32 + lane;
+  const auto team_sync = [] {
+    if constexpr (kTeam == 1) __syncwarp();
+    else __syncthreads();
+  };
   std::uint16_t* perm_s = reinterpret_cast<std::uint16_t*>(smem_raw);
   __half* gamma_s = reinterpret_cast<__half*>(perm_s + k);
-  __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp) * k;  // 16-byte aligned: k % 8 == 0
-  for (int j = threadIdx.x; j < k; j += kRowWarps * 32) {
-    const int src = min(static_cast<unsigned>(a.perm[j]), static_cast<unsigned>(k - 1));  // never out of bounds
-    perm_s[j] = static_cast<std::uint16_t>(src);
-    if constexpr (kNorm) gamma_s[j] = a.weight[src];
+  __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp / kTeam) * k;  // 16-byte aligned: k % 8 == 0
+  // perm as 16-byte loads (8 in flight per thread), then the gamma gather from the staged indices: with
+  // one dependent load chain per element this prologue alone took about 15 us.
+  for (int base = threadIdx.x * 4; base < k; base += kRowWarps * 32 * 4 * 8) {
+    int4 idx[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j < k) idx[u] = *reinterpret_cast<const int4*>(a.perm + j);  // k % 8 == 0, perm 16-byte aligned
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j >= k) continue;
+      const int v[4] = {idx[u].x, idx[u].y, idx[u].z, idx[u].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // never out of bounds
+        perm_s[j + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
+      }
+    }
   }
   __syncthreads();
-  for (int token = blockIdx.x * kRowWarps + warp; token < a.num_tokens; token += gridDim.x * kRowWarps) {
+  if constexpr (kNorm) {
+#pragma unroll 8
+    for (int j = threadIdx.x; j < k; j += kRowWarps * 32) gamma_s[j] = a.weight[perm_s[j]];
+    __syncthreads();
+  }
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
     float sumsq = 0.0f;
     const __half* in = a.input + token * a.input_stride;
     const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
     __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
     constexpr int kUnroll = 4;  // 4 (8 with the residual) 16-byte loads in flight per lane
-    for (int base = lane * 8; base < k; base += 32 * 8 * kUnroll) {
+    constexpr int kStep = kTeam * 32 * 8;
+    for (int base = team_lane * 8; base < k; base += kStep * kUnroll) {
       uint4 x[kUnroll], r[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + u * 32 * 8;
+        const int c = base + u * kStep;
         if (c < k) {
           x[u] = *reinterpret_cast<const uint4*>(in + c);
           if (res) r[u] = *reinterpret_cast<const uint4*>(res + c);
@@ -272,7 +309,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + u * 32 * 8;
+        const int c = base + u * kStep;
         if (c >= k) continue;
         uint4 h = x[u];
         if (res) {
@@ -294,12 +331,22 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
       }
     }
     float inv_rms = 1.0f;
-    if constexpr (kNorm) inv_rms = rsqrtf(warp_sum(sumsq) / static_cast<float>(k) + a.eps);
-    __syncwarp();  // the row is read across lanes
+    if constexpr (kNorm) {
+      sumsq = warp_sum(sumsq);
+      if constexpr (kTeam > 1) {
+        if (lane == 0) s_sumsq[warp] = sumsq;
+        __syncthreads();
+        sumsq = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kTeam; ++w) sumsq += s_sumsq[w];
+      }
+      inv_rms = rsqrtf(sumsq / static_cast<float>(k) + a.eps);
+    }
+    team_sync();  // the row is read across lanes (and warps)
     GatherSource<kNorm> src{perm_s, gamma_s, row, inv_rms,
                             a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
-    quantize_token<kFp4>(token, a.layout, a.out, src);
-    __syncwarp();  // the next token overwrites the row
+    quantize_token<kFp4>(token, rank, kTeam, a.layout, a.out, src);
+    team_sync();  // the next token overwrites the row (and s_sumsq)
   }
 }
 
@@ -344,13 +391,16 @@ struct SiluSource {
   }
 };
 
-template <bool kFp4>
+// kTeam: warps per token, 1 or kSiluWarps (no shared state: the team only splits the passes).
+template <bool kFp4, int kTeam>
 __global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKernelArgs a) {
+  static_assert(kTeam == 1 || kTeam == kSiluWarps);
+  constexpr int kTeams = kSiluWarps / kTeam;
   const int warp = threadIdx.x / 32;
-  for (int token = blockIdx.x * kSiluWarps + warp; token < a.num_tokens; token += gridDim.x * kSiluWarps) {
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
                    a.act_out ? a.act_out + token * a.act_stride : nullptr};
-    quantize_token<kFp4>(token, a.layout, a.out, src);
+    quantize_token<kFp4>(token, warp % kTeam, kTeam, a.layout, a.out, src);
   }
 }
 
@@ -364,25 +414,41 @@ int num_sms() {
   return count;
 }
 
-// Persistent grid: as many blocks as fit at once, never more than the tokens need.
+// Resident blocks of `kernel` on the whole GPU.
 template <class Kernel>
-int grid_size(Kernel kernel, int threads, std::size_t smem, int num_tokens, int tokens_per_block) {
+long long resident_blocks(Kernel kernel, int threads, std::size_t smem) {
   int per_sm = 0;
   ATOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
-  if (per_sm < 1) per_sm = 1;
-  const long long fit = static_cast<long long>(per_sm) * num_sms();
+  return static_cast<long long>(per_sm < 1 ? 1 : per_sm) * num_sms();
+}
+
+// A block per token while the tokens fit on the GPU at once (all warps of the block share a token),
+// else a warp per token; persistent grid: never more blocks than fit at once or than the tokens need.
+template <class Kernel>
+void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t team_smem, std::size_t warp_smem,
+                  int num_tokens, cudaStream_t stream, const auto& args) {
+  const int threads = warps * 32;
+  for (auto [k, bytes] : {std::pair{team_kernel, team_smem}, std::pair{warp_kernel, warp_smem}}) {
+    if (bytes > 48 * 1024) {  // (before the occupancy queries, which otherwise assume the 48 KB default)
+      ATOM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    }
+  }
+  const bool teams = num_tokens <= resident_blocks(team_kernel, threads, team_smem);
+  Kernel kernel = teams ? team_kernel : warp_kernel;
+  const std::size_t smem = teams ? team_smem : warp_smem;
+  const long long fit = resident_blocks(kernel, threads, smem);
+  const int tokens_per_block = teams ? 1 : warps;
   const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block;
-  return static_cast<int>(fit < need ? fit : need);
+  kernel<<<static_cast<int>(fit < need ? fit : need), threads, smem, stream>>>(args);
+  ATOM_CUDA_CHECK_LAUNCH();
 }
 
 template <bool kNorm, bool kFp4>
 void launch_row(const RowKernelArgs& a, cudaStream_t stream) {
   if (a.num_tokens == 0) return;
-  auto kernel = row_quantize_kernel<kNorm, kFp4>;
-  const std::size_t smem = row_smem_bytes(a.layout.k, kNorm);
-  ATOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<grid_size(kernel, kRowWarps * 32, smem, a.num_tokens, kRowWarps), kRowWarps * 32, smem, stream>>>(a);
-  ATOM_CUDA_CHECK_LAUNCH();
+  launch_teams(row_quantize_kernel<kNorm, kFp4, kRowWarps>, row_quantize_kernel<kNorm, kFp4, 1>, kRowWarps,
+               row_smem_bytes(a.layout.k, kNorm, kRowWarps), row_smem_bytes(a.layout.k, kNorm, 1), a.num_tokens,
+               stream, a);
 }
 
 template <bool kNorm>
@@ -432,15 +498,13 @@ void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
                    p.out,
                    reinterpret_cast<__half*>(p.act_out),
                    p.act_stride};
-  constexpr int kThreads = kSiluWarps * 32;
   if (p.layout.format == ActFormat::kFp4) {
-    auto kernel = silu_quantize_kernel<true>;
-    kernel<<<grid_size(kernel, kThreads, 0, p.num_tokens, kSiluWarps), kThreads, 0, stream>>>(a);
+    launch_teams(silu_quantize_kernel<true, kSiluWarps>, silu_quantize_kernel<true, 1>, kSiluWarps, 0, 0,
+                 p.num_tokens, stream, a);
   } else {
-    auto kernel = silu_quantize_kernel<false>;
-    kernel<<<grid_size(kernel, kThreads, 0, p.num_tokens, kSiluWarps), kThreads, 0, stream>>>(a);
+    launch_teams(silu_quantize_kernel<false, kSiluWarps>, silu_quantize_kernel<false, 1>, kSiluWarps, 0, 0,
+                 p.num_tokens, stream, a);
   }
-  ATOM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace atom::cuda

@@ -54,7 +54,7 @@ struct RmsNormQuantParams {
   std::int64_t residual_out_stride = 0;
   const std::uint16_t* weight = nullptr;  // RMSNorm gamma [K], original order
   float eps = 1e-5f;
-  const std::int32_t* perm = nullptr;  // [K]: reordered channel j is original channel perm[j]
+  const std::int32_t* perm = nullptr;  // [K], 16-byte aligned: reordered channel j is original channel perm[j]
   QuantizedActOut out;
   std::uint16_t* normed_out = nullptr;
   std::int64_t normed_stride = 0;
@@ -67,7 +67,7 @@ struct ReorderQuantParams {
   ActQuantLayout layout;
   const std::uint16_t* input = nullptr;  // [M, K] original order; rows 16-byte aligned
   std::int64_t input_stride = 0;
-  const std::int32_t* perm = nullptr;
+  const std::int32_t* perm = nullptr;  // [K], 16-byte aligned
   QuantizedActOut out;
 };
 void reorder_quantize(const ReorderQuantParams& p, cudaStream_t stream);

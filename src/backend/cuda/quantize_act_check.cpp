@@ -62,6 +62,12 @@ void check_out(const QuantizedActOut& o, const ActQuantLayout& l, const char* wh
   }
 }
 
+// The row kernels read perm with 16-byte loads.
+void check_perm(const std::int32_t* perm, const char* what) {
+  if (perm == nullptr) fail("{}: perm is null", what);
+  if (!aligned(perm, 16)) fail("{}: perm is not 16-byte aligned", what);
+}
+
 }  // namespace
 
 void check_params(const RmsNormQuantParams& p) {
@@ -72,7 +78,7 @@ void check_params(const RmsNormQuantParams& p) {
   check_vector_rows(p.residual_out, p.residual_out_stride, p.layout.k, false, what, "residual_out");
   check_vector_rows(p.normed_out, p.normed_stride, p.layout.k, false, what, "normed_out");
   if (p.weight == nullptr) fail("{}: weight is null", what);
-  if (p.perm == nullptr) fail("{}: perm is null", what);
+  check_perm(p.perm, what);
   if (!(p.eps > 0.0f)) fail("{}: eps {} must be positive", what, p.eps);
   check_out(p.out, p.layout, what);
 }
@@ -81,7 +87,7 @@ void check_params(const ReorderQuantParams& p) {
   const char* what = "reorder_quantize";
   check_layout(p.layout, p.num_tokens, 16384, what);
   check_vector_rows(p.input, p.input_stride, p.layout.k, true, what, "input");
-  if (p.perm == nullptr) fail("{}: perm is null", what);
+  check_perm(p.perm, what);
   check_out(p.out, p.layout, what);
 }
 

@@ -76,7 +76,8 @@ const std::vector<Case>& cases() {
       {33, 296, 40, 128, ActFormat::kInt4, 0.9f, true, 4},      // odd: 2 groups + 40 outliers
       {5, 512, 0, 64, ActFormat::kInt3, 1.0f, false, 0},        // no outliers
       {3, 264, 264, 128, ActFormat::kInt4, 0.9f, false, 0},     // outliers only
-      {2500, 264, 8, 256, ActFormat::kFp4, 0.95f, false, 0},    // more tokens than resident blocks
+      {2500, 264, 8, 256, ActFormat::kFp4, 0.95f, false, 0},    // more tokens than resident blocks:
+                                                                 // a warp per token (the others: a block)
       {9, 1032, 8, 32, ActFormat::kFp4, 1.0f, true, 0},
   };
   return all;
@@ -367,6 +368,9 @@ TEST(CudaQuantizeAct, RejectsBadLayouts) {
   EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
   bad = p;
   bad.layout.clip_ratio = 0.0f;
+  EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
+  bad = p;
+  bad.perm = perm.get() + 1;  // read with 16-byte loads
   EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 }
