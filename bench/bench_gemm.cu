@@ -553,8 +553,8 @@ int main(int argc, char** argv) {
             const char* name;
             int stages, per_sm;
           };
-          for (const Variant v : {Variant{"4 slots", 4, 0}, Variant{"6 slots", 6, 0}, Variant{"8 slots", 8, 0},
-                                  Variant{"4 slots 1 CTA/SM", 4, 1}, Variant{"6 slots 1 CTA/SM", 6, 1}}) {
+          for (const Variant v : {Variant{"3 slots", 3, 0}, Variant{"4 slots", 4, 0}, Variant{"6 slots", 6, 0},
+                                  Variant{"4 slots 1 CTA/SM", 4, 1}}) {
             detail::W4A4StreamConfig c;
             c.stages = v.stages;
             c.max_ctas_per_sm = v.per_sm;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GEMM tests + benchmark on the GPU machine, in one call of the device tool. Binaries are built here
 # (scripts/gpu/gemm_stage.sh) and carried in .devbuild/cugemm with the Debian libraries they need.
-#   scripts/gpu/gemm_run.sh [quick|full|probe|decode]   logs go to $OUT (or /tmp/gemm_out)
-# decode: tests, memcheck of the stream kernel, one ncu profile of it, and the M <= 32 rows with the
-# decode variants (old split-K kernel, stream kernel tunings).
+#   scripts/gpu/gemm_run.sh [quick|full|probe|decode|final]   logs go to $OUT (or /tmp/gemm_out)
+# decode: tests (stops if they fail), memcheck of the stream kernel, one ncu profile of it, and the M <= 32
+# rows with the decode variants (one-pass split-K kernel, stream kernel tunings). final: decode, then the
+# whole table (all shapes and M, no variants).
 set -uo pipefail
 MODE=${1:-full}
 BIN=.devbuild/cugemm
@@ -30,18 +31,26 @@ cat "$OUT/env.txt"
 timeout 60 $BIN/bench_gemm --probe 2>&1 | tee "$OUT/probe.log"
 [ "$MODE" = probe ] && exit 0
 
-if [ "$MODE" = decode ]; then
-  timeout 120 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' 2>&1 | tail -150 > "$OUT/test.log"
+if [ "$MODE" = decode ] || [ "$MODE" = final ]; then
+  timeout 90 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' > "$OUT/test.log" 2>&1
+  rc=$?
   grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran|Failure|got " "$OUT/test.log" | head -30
-  timeout 60 compute-sanitizer --tool memcheck --leak-check no $BIN/test_backend_cuda \
+  [ $rc -ne 0 ] && { echo "tests failed (rc $rc): stopping"; exit 1; }
+  timeout 45 compute-sanitizer --tool memcheck --leak-check no $BIN/test_backend_cuda \
     --gtest_filter='GemmW4A4.StreamKernelWalksManySlabsPerBlock:GemmW4A4.OddMAndPartialTiles' 2>&1 | tail -25 \
     > "$OUT/memcheck.log"
   tail -4 "$OUT/memcheck.log"
-  timeout 45 ncu --clock-control none -k regex:stream -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section Occupancy --section LaunchStats $BIN/bench_gemm --ours-only --shapes 28672x4096 --ms 1 > "$OUT/ncu.log" 2>&1
-  grep -E "Throughput|Duration|SM Frequency|DRAM|Achieved|Registers|Shared Memory|Grid|Block Limit" "$OUT/ncu.log" | head -30
-  timeout 150 $BIN/bench_gemm --variants --ms 1,8,16,32 --csv "$OUT/bench.csv" > "$OUT/bench.log" 2>&1
-  grep -E "^#|^\||decode variants|bench_gemm:" "$OUT/bench.log"
+  timeout 40 ncu --clock-control none -k regex:stream -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section LaunchStats --section SchedulerStats \
+    --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
+    $BIN/bench_gemm --ours-only --shapes 28672x4096 --ms 1 > "$OUT/ncu.log" 2>&1
+  grep -E "Throughput|Duration|SM Frequency|DRAM|Hit Rate|Achieved|Registers|Grid|stalled|Eligible|Issued" "$OUT/ncu.log" \
+    | awk '$NF+0 > 0.05' | head -40
+  timeout 90 $BIN/bench_gemm --variants --ms 1,8,16,32 --csv "$OUT/bench_decode.csv" > "$OUT/bench_decode.log" 2>&1
+  grep -E "^#|^\||decode variants|bench_gemm:" "$OUT/bench_decode.log"
+  [ "$MODE" = decode ] && exit 0
+  timeout 120 $BIN/bench_gemm --csv "$OUT/bench.csv" > "$OUT/bench.log" 2>&1
+  grep -E "^#|^\||bench_gemm:" "$OUT/bench.log"
   exit 0
 fi
 timeout 240 $BIN/test_backend_cuda --gtest_filter='GemmW4A4*:GemmW4A16*' 2>&1 | tail -150 > "$OUT/test.log"

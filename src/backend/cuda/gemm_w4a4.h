@@ -119,7 +119,7 @@ void launch_w4a4_wgmma_sm90_ablation(const GemmW4A4Args& args, int ablate, cudaS
 void launch_w4a4_mma(const GemmW4A4Args& args, bool native_s4, cudaStream_t stream);
 // Tuning of the stream (decode) kernel; kStreamS8 / kStreamS4 run the defaults, bench_gemm sweeps the rest.
 struct W4A4StreamConfig {
-  int stages = 4;           // cp.async slots per warp: 4, 6 or 8 (stages - 1 work items of 2 KB in flight)
+  int stages = 4;           // cp.async slots per warp: 3, 4 or 6 (stages - 1 work items of 2 KB in flight)
   int max_ctas_per_sm = 0;  // 0: as many as fit
   int max_ctas = 0;         // 0: no cap (tests cap the grid so that each CTA walks many slabs)
   bool native_s4 = false;   // m16n8k64 s4 tensor cores (sm_80/86/89; emulated on sm_90); 4 stages
