@@ -4,7 +4,9 @@
 // cache replicated and rotated until at least 512 MB are touched so that no run is served from L2.
 // Bandwidth is bytes moved (K/V codes + scale/min + q + out) over time, against a device-to-device
 // copy measured in the same run (bytes read + written).
-// Usage: bench_attention [--quick]   (--quick: batch {1,128} x context {1024} only)
+// Usage: bench_attention [--quick | --headline | --profile]
+//   --quick: batch {1,128} x context {1024}; --headline: batch 128 x context 1024 only (tuning sweeps);
+//   --profile: MHA batch 128 x context 1024 only, no prefill (one launch each under ncu)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -388,6 +390,7 @@ void run_prefill_bench(KvDtype dtype, int len) {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;  // MHA b128 ctx1024 only (ncu)
+  const bool headline = argc > 1 && std::strcmp(argv[1], "--headline") == 0;
   const DeviceInfo info = current_device_info();
   int runtime = 0, driver = 0;
   cudaRuntimeGetVersion(&runtime);
@@ -398,10 +401,11 @@ int main(int argc, char** argv) {
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n\n", copy_gbps);
 
   std::mt19937 rng(12345);
-  const std::vector<int> batches = profile ? std::vector<int>{128}
+  const std::vector<int> batches = profile || headline ? std::vector<int>{128}
                                    : quick ? std::vector<int>{1, 128}
                                            : std::vector<int>{1, 16, 64, 128, 256};
-  const std::vector<int> contexts = quick || profile ? std::vector<int>{1024} : std::vector<int>{512, 1024, 4096};
+  const std::vector<int> contexts =
+      quick || profile || headline ? std::vector<int>{1024} : std::vector<int>{512, 1024, 4096};
   struct Heads {
     int qo, kv;
     const char* name;
@@ -432,7 +436,7 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
-  if (!profile) {
+  if (!profile && !headline) {
     for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) run_prefill_bench(dtype, 2048);
   }
   std::printf(all_ok ? "all decode configurations validated\n" : "SOME DECODE CONFIGURATIONS FAILED VALIDATION\n");

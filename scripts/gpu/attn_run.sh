@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, with .devbuild/cuattn carried (attn_build.sh):
 # cuattn tests, compute-sanitizer memcheck, quantize and attention benchmarks. Logs go to $OUT.
-# Usage: bash scripts/gpu/attn_run.sh [test|memcheck|quant|attn|quick]...   (default: all four)
+# Usage: bash scripts/gpu/attn_run.sh [test|memcheck|racecheck|quant|attn|quick|variants|ncu|sass]...
+#   (default: test memcheck quant attn)
 set -u
 cd "$(dirname "$0")/../.."
 STAGE=$PWD/.devbuild/cuattn
@@ -33,6 +34,9 @@ for step in $steps; do
         timeout 60 $NCU -k regex:"${spec%:*}" -s "${spec#*:}" -c 1 "$STAGE/bench_attention" --profile >>"$OUT/ncu_attention.txt" 2>&1
       done
       grep -hE "^  [a-zA-Z_:]+.*\(|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Issue Slots Busy|No Eligible|Registers Per" "$OUT/ncu_quantize.txt" "$OUT/ncu_attention.txt" | cut -c1-140 | head -80 ;;
+    variants) for bin in "$STAGE"/variants/bench_attention_*; do  # attn_variants.sh
+                echo "== ${bin##*/}"; timeout 60 "$bin" --headline 2>&1 | grep -E "^ *128 |FAILED"
+              done | tee "$OUT/variants.log" ;;
     quick) timeout 60 "$STAGE/bench_attention" --quick >"$OUT/bench_attention_quick.log" 2>&1; echo "quick rc=$?"; cat "$OUT/bench_attention_quick.log" ;;
   esac
 done

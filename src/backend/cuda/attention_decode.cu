@@ -257,6 +257,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
 //               B = w = p * scale_v in fp16 (16 tokens x 8 heads), moved from the C layout of S by
 //               4 shuffles.
 // Row statistics of head h live in the lanes with t = h / 2, for S and O alike.
+// Loads: a 16-token tile is 2.2 KB (D = 128) that the warp needs at once. Loading it into registers
+// left one tile in flight per warp, and the kernel latency-bound at 62% of the copy bandwidth. Each
+// warp therefore runs its own cp.async pipeline of kU4Stages tiles in shared memory (kU4Stages - 1 in
+// flight while one is computed); registers no longer hold loads across the latency, so more warps fit.
+// Tuning (H200, batch 128 x 1024 tokens, docs/notes/attention.md): 3 or 4 stages, 4/5 blocks per SM and
+// 1, 2 or 4 warps per block are within 1%; 6 blocks (80 registers) spill and lose 28%. Blocks of 2 warps
+// gain 3-9% at batch >= 128 with short contexts but lose 10-20% at batch <= 16 (half the warps per split).
+constexpr int kU4Stages = 4;
+constexpr int kU4Warps = 4;
+constexpr int kU4MinBlocks = 5;  // 20 warps per SM: <= 96 registers, 5 x 35 KB of shared memory (D = 128)
+
 __device__ __forceinline__ std::uint32_t and_or(std::uint32_t a, std::uint32_t b, std::uint32_t c) {
   std::uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));  // (a & b) | c
@@ -290,13 +301,56 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const std::uint32_t (&a
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// 16 bytes global -> shared; bytes [src_bytes, 16) are zero-filled (src_bytes = 0: nothing is read).
+__device__ __forceinline__ void cp_async16(std::uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+template <int kWords>
+__device__ __forceinline__ void lds_words(const std::uint8_t* p, std::uint32_t (&w)[kWords]) {
+  if constexpr (kWords == 4) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (kWords == 2) {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    static_assert(kWords == 1);
+    w[0] = *reinterpret_cast<const std::uint32_t*>(p);
+  }
+}
+
+// One 16-token tile in shared memory: K codes, V codes, K params, V params (16 uint32 each).
+// K rows are stored as in the page. V rows are read 2 tokens apart by the fragment loads (rows 2t, 2t+1,
+// 2t+8, 2t+9), which puts the rows of one load on the same banks; XOR-ing bits 1-2 of the 16-byte chunk
+// index with the 128-byte block index spreads them (one or two wavefronts per load, the minimum).
+template <int D>
+struct U4Tile {
+  static constexpr int kRowBytes = D / 2;
+  static constexpr int kCodeBytes = 16 * kRowBytes;
+  static constexpr int kChunks = kCodeBytes / 16;  // 16-byte copies per code tile
+  static constexpr int kChunksPerLane = kChunks / 32;
+  static constexpr int kKParams = 2 * kCodeBytes, kVParams = kKParams + 64;
+  static constexpr int kBytes = kVParams + 64;
+  static_assert(kChunksPerLane >= 1 && kBytes % 16 == 0, "head_dim 64 or 128");
+  __device__ static int v_chunk(int c) { return c ^ (((c >> 3) & (D == 128 ? 3 : 1)) << 1); }
+  __device__ static int v_offset(int byte) { return v_chunk(byte / 16) * 16 + byte % 16; }
+};
 
 template <int D>
-__global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams p, DecodeSplit split_args) {
-  constexpr int kRowBytes = D / 2;
+__global__ void __launch_bounds__(kU4Warps * 32, kU4MinBlocks)
+    decode_u4_mma_kernel(DecodeParams p, DecodeSplit split_args) {
+  using Tile = U4Tile<D>;
+  constexpr int kRowBytes = Tile::kRowBytes;
   constexpr int kKWords = D / 32;  // words of a K row per lane (4 lanes per row)
   constexpr int kMTiles = D / 16;  // 16-dim tiles of O^T = bytes of a V row per lane (8 lanes per row)
   constexpr int kVWords = kMTiles / 4;
+  constexpr int kTileStride = kU4Warps * 16;  // tokens between a warp's consecutive tiles
   static_assert(kKWords >= 1 && kVWords >= 1, "head_dim 64 or 128");
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -305,6 +359,29 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
   const int kv_len = p.kv_lens[b];
   const int begin = split * split_args.chunk;  // a multiple of 16
   const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
+
+  // The warp's pipeline; after the loop, the same bytes hold its partial output for the block merge.
+  __shared__ __align__(16) std::uint8_t s_tiles[kU4Warps][kU4Stages][Tile::kBytes];
+  __shared__ float s_m[kU4Warps][8], s_l[kU4Warps][8];
+  static_assert(sizeof(s_tiles[0]) >= 8 * D * sizeof(float), "partial output must fit the warp's stages");
+  const std::uint32_t stages = static_cast<std::uint32_t>(__cvta_generic_to_shared(s_tiles[warp][0]));
+
+  // Tile i of this warp starts at token first + i * kTileStride. The pages of the first tiles are
+  // fetched together with kv_len and q (bounded by the table's row, not by kv_len, so that the loads
+  // do not wait for each other).
+  const int first = begin + warp * 16;
+  const int page_shift = __ffs(c.page_size) - 1;
+  const std::int32_t* block_table = p.block_tables + static_cast<long long>(b) * p.block_table_stride;
+  const auto page_of = [&](int i) {
+    const unsigned page = static_cast<unsigned>(block_table[(first + i * kTileStride) >> page_shift]);
+    return min(page, static_cast<unsigned>(c.num_pages - 1));
+  };
+  unsigned pages[kU4Stages];
+#pragma unroll
+  for (int i = 0; i < kU4Stages; ++i) {
+    pages[i] = (first + i * kTileStride) >> page_shift < p.block_table_stride ? page_of(i) : 0u;
+  }
+  const int n_tiles = first < end ? (end - first + kTileStride - 1) / kTileStride : 0;
 
   // q of head g as B fragments, dims in the order low_nibbles / high_nibbles yield them.
   std::uint32_t qb[2 * kKWords][2];
@@ -332,43 +409,70 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
   const float sumq_a = __shfl_sync(kFullMask, sumq, 8 * t), sumq_b = __shfl_sync(kFullMask, sumq, 8 * t + 4);
   const float q_scale = p.sm_scale * kLog2e;
 
+  // Copies: code chunk lane + 32 j of K (as stored) and V (swizzled); lanes 0-7 one params chunk each.
+  const std::uint8_t* k_codes = static_cast<const std::uint8_t*>(c.k_codes);
+  const std::uint8_t* v_codes = static_cast<const std::uint8_t*>(c.v_codes);
+  const std::uint32_t* params_src = lane < 4 ? c.k_params : c.v_params;
+  const auto issue = [&](int i, unsigned page) {
+    const int tile = first + i * kTileStride;
+    const long long row0 =
+        (static_cast<long long>(page) * c.num_kv_heads + kvh) * c.page_size + (tile & (c.page_size - 1));
+    const int n_valid = end - tile;  // rows past it are zero-filled
+    const std::uint32_t stage = stages + (i % kU4Stages) * Tile::kBytes;
+#pragma unroll
+    for (int j = 0; j < Tile::kChunksPerLane; ++j) {
+      const int chunk = lane + 32 * j;
+      const int bytes = chunk * 16 / kRowBytes < n_valid ? 16 : 0;
+      const long long src = row0 * kRowBytes + chunk * 16;
+      cp_async16(stage + chunk * 16, k_codes + src, bytes);
+      cp_async16(stage + Tile::kCodeBytes + Tile::v_chunk(chunk) * 16, v_codes + src, bytes);
+    }
+    if (lane < 8) {
+      const int r = (lane & 3) * 4;  // 4 rows per chunk
+      cp_async16(stage + Tile::kKParams + lane * 16, params_src + row0 + r, min(max(n_valid - r, 0), 4) * 4);
+    }
+  };
+  // Fragment reads (byte offsets in a stage): K rows g, g + 8; V rows 2t, 2t+1, 2t+8, 2t+9. Row 2t+1's
+  // swizzled offset is row 2t's with bit log2(kRowBytes) flipped (the swizzle XORs chunk bits 1-2 with
+  // (2t+1) / 2 = t, which leaves that bit alone), and rows + 8 are 8 * kRowBytes further, so two
+  // registers and immediate offsets address all four.
+  const int k_off = g * kRowBytes + t * (D / 8);
+  const int v_off_even = Tile::kCodeBytes + Tile::v_offset(2 * t * kRowBytes + g * kMTiles);
+  const int v_off_odd = v_off_even ^ kRowBytes;
+
   float o[kMTiles][4];
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   // Heads a = 2t and b = 2t + 1 of the group.
   float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.0f, l_b = 0.0f, pl_a = 0.0f, pl_b = 0.0f;
-  const int page_shift = __ffs(c.page_size) - 1;
-  const std::int32_t* block_table = p.block_tables + static_cast<long long>(b) * p.block_table_stride;
-  const std::uint8_t* k_codes = static_cast<const std::uint8_t*>(c.k_codes);
-  const std::uint8_t* v_codes = static_cast<const std::uint8_t*>(c.v_codes);
   const unsigned half_sel = (g & 1) ? 0x7632u : 0x5410u;
   const int src_a = 8 * t + g / 2, src_b = src_a + 4;  // lanes holding tokens 2t and 2t+1 of head g's pair
 
-  for (int tile = begin + warp * 16; tile < end; tile += kWarps * 16) {
-    unsigned page = static_cast<unsigned>(block_table[tile >> page_shift]);
-    page = min(page, static_cast<unsigned>(c.num_pages - 1));
-    const long long row0 = (static_cast<long long>(page) * c.num_kv_heads + kvh) * c.page_size + (tile & (c.page_size - 1));
-    const int n_valid = end - tile;
-    std::uint32_t ka[kKWords], kb[kKWords], va[kVWords], vb[kVWords], vc[kVWords], vd[kVWords];
-    std::uint32_t kpa = 0, kpb = 0, vpa = 0, vpb = 0;
-    const bool full = n_valid >= 16;  // the common case: no per-row checks
-    const auto load_k = [&](int r, std::uint32_t(&w)[kKWords]) {
-      if (full || r < n_valid) load_words<kKWords>(k_codes + (row0 + r) * kRowBytes + t * (D / 8), w);
-      else for (int i = 0; i < kKWords; ++i) w[i] = 0u;
-    };
-    const auto load_v = [&](int r, std::uint32_t(&w)[kVWords]) {
-      if (full || r < n_valid) load_words<kVWords>(v_codes + (row0 + r) * kRowBytes + g * kMTiles, w);
-      else for (int i = 0; i < kVWords; ++i) w[i] = 0u;
-    };
-    load_k(g, ka);
-    load_k(g + 8, kb);
-    load_v(2 * t, va);
-    load_v(2 * t + 1, vb);
-    load_v(2 * t + 8, vc);
-    load_v(2 * t + 9, vd);
-    const bool valid_a = full || g < n_valid, valid_b = full || g + 8 < n_valid;
-    if (valid_a) kpa = __ldg(c.k_params + row0 + g), vpa = __ldg(c.v_params + row0 + g);
-    if (valid_b) kpb = __ldg(c.k_params + row0 + g + 8), vpb = __ldg(c.v_params + row0 + g + 8);
+#pragma unroll
+  for (int i = 0; i < kU4Stages - 1; ++i) {
+    if (i < n_tiles) issue(i, pages[i]);
+    cp_async_commit();
+  }
+  unsigned next_page = pages[kU4Stages - 1];
+  for (int i = 0; i < n_tiles; ++i) {
+    const int ahead = i + kU4Stages - 1;
+    if (ahead < n_tiles) {
+      issue(ahead, next_page);
+      if (ahead + 1 < n_tiles) next_page = page_of(ahead + 1);  // used next iteration: latency hidden
+    }
+    cp_async_commit();
+    cp_async_wait<kU4Stages - 1>();  // this lane's copies of tile i have landed
+    __syncwarp();                    // and every lane's
+
+    const std::uint8_t* st = s_tiles[warp][i % kU4Stages];
+    const int n_valid = end - (first + i * kTileStride);
+    const bool valid_a = g < n_valid, valid_b = g + 8 < n_valid;
+    std::uint32_t ka[kKWords], kb[kKWords];
+    lds_words<kKWords>(st + k_off, ka);
+    lds_words<kKWords>(st + k_off + 8 * kRowBytes, kb);
+    const std::uint32_t* kp = reinterpret_cast<const std::uint32_t*>(st + Tile::kKParams);
+    const std::uint32_t* vp = reinterpret_cast<const std::uint32_t*>(st + Tile::kVParams);
+    const std::uint32_t kpa = kp[g], kpb = kp[g + 8];
 
     float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // [token g | g+8][head 2t | 2t+1]
 #pragma unroll
@@ -395,20 +499,21 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
       const float f = exp2f(m_a - mx_a);
       l_a *= f, pl_a *= f;
 #pragma unroll
-      for (int i = 0; i < kMTiles; ++i) o[i][0] *= f, o[i][2] *= f;
+      for (int k = 0; k < kMTiles; ++k) o[k][0] *= f, o[k][2] *= f;
       m_a = mx_a;
     }
     if (mx_b > m_b) {
       const float f = exp2f(m_b - mx_b);
       l_b *= f, pl_b *= f;
 #pragma unroll
-      for (int i = 0; i < kMTiles; ++i) o[i][1] *= f, o[i][3] *= f;
+      for (int k = 0; k < kMTiles; ++k) o[k][1] *= f, o[k][3] *= f;
       m_b = mx_b;
     }
     const float p0 = valid_a ? exp2f(s0 - m_a) : 0.0f, p1 = valid_a ? exp2f(s1 - m_b) : 0.0f;
     const float p2 = valid_b ? exp2f(s2 - m_a) : 0.0f, p3 = valid_b ? exp2f(s3 - m_b) : 0.0f;
     l_a += p0 + p2;
     l_b += p1 + p3;
+    const std::uint32_t vpa = vp[g], vpb = vp[g + 8];
     const float sva = kv_param_scale(vpa), lva = kv_param_min(vpa), svb = kv_param_scale(vpb), lvb = kv_param_min(vpb);
     const __half2 w01 = __floats2half2_rn(p0 * sva, p1 * sva), w23 = __floats2half2_rn(p2 * svb, p3 * svb);
     pl_a = fmaf(p0, lva, fmaf(p2, lvb, pl_a));
@@ -418,14 +523,22 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     const std::uint32_t x01a = __shfl_sync(kFullMask, u01, src_a), x01b = __shfl_sync(kFullMask, u01, src_b);
     const std::uint32_t x23a = __shfl_sync(kFullMask, u23, src_a), x23b = __shfl_sync(kFullMask, u23, src_b);
     const std::uint32_t pb0 = __byte_perm(x01a, x01b, half_sel), pb1 = __byte_perm(x23a, x23b, half_sel);
+    std::uint32_t va[kVWords], vb[kVWords], vc[kVWords], vd[kVWords];
+    lds_words<kVWords>(st + v_off_even, va);
+    lds_words<kVWords>(st + v_off_odd, vb);
+    lds_words<kVWords>(st + v_off_even + 8 * kRowBytes, vc);
+    lds_words<kVWords>(st + v_off_odd + 8 * kRowBytes, vd);
 #pragma unroll
-    for (int i = 0; i < kMTiles; ++i) {
-      const unsigned sel = static_cast<unsigned>(i % 4) | (static_cast<unsigned>(4 + i % 4) << 8);
-      const std::uint32_t y01 = __byte_perm(va[i / 4], vb[i / 4], sel), y89 = __byte_perm(vc[i / 4], vd[i / 4], sel);
+    for (int k = 0; k < kMTiles; ++k) {
+      const unsigned sel = static_cast<unsigned>(k % 4) | (static_cast<unsigned>(4 + k % 4) << 8);
+      const std::uint32_t y01 = __byte_perm(va[k / 4], vb[k / 4], sel);
+      const std::uint32_t y89 = __byte_perm(vc[k / 4], vd[k / 4], sel);
       const std::uint32_t a[4] = {low_nibbles(y01), high_nibbles(y01), low_nibbles(y89), high_nibbles(y89)};
-      mma_16816(o[i], a, pb0, pb1);
+      mma_16816(o[k], a, pb0, pb1);
     }
+    __syncwarp();  // the stage is refilled by the next iteration's copies
   }
+  cp_async_wait<0>();  // (only empty groups remain; the stages become the output buffer)
 
 #pragma unroll
   for (int off = 4; off < 32; off <<= 1) {
@@ -434,19 +547,18 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     pl_a += __shfl_xor_sync(kFullMask, pl_a, off);
     pl_b += __shfl_xor_sync(kFullMask, pl_b, off);
   }
-  __shared__ float s_acc[kWarps][8][D];
-  __shared__ float s_m[kWarps][8], s_l[kWarps][8];
   const int head_a = 2 * t, head_b = 2 * t + 1;
+  float* my_acc = reinterpret_cast<float*>(s_tiles[warp][0]);  // [8][D], inside this warp's stages
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) {
     const int dim_lo = 2 * (g * kMTiles + i);  // rows g / g + 8 of m-tile i: low / high nibble of byte i
     if (head_a < group) {
-      s_acc[warp][head_a][dim_lo] = o[i][0] + pl_a;
-      s_acc[warp][head_a][dim_lo + 1] = o[i][2] + pl_a;
+      my_acc[head_a * D + dim_lo] = o[i][0] + pl_a;
+      my_acc[head_a * D + dim_lo + 1] = o[i][2] + pl_a;
     }
     if (head_b < group) {
-      s_acc[warp][head_b][dim_lo] = o[i][1] + pl_b;
-      s_acc[warp][head_b][dim_lo + 1] = o[i][3] + pl_b;
+      my_acc[head_b * D + dim_lo] = o[i][1] + pl_b;
+      my_acc[head_b * D + dim_lo + 1] = o[i][3] + pl_b;
     }
   }
   if (g == 0) {
@@ -454,17 +566,17 @@ __global__ void __launch_bounds__(kWarps * 32) decode_u4_mma_kernel(DecodeParams
     if (head_b < group) s_m[warp][head_b] = m_b, s_l[warp][head_b] = l_b;
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < group * D; idx += kWarps * 32) {
+  for (int idx = threadIdx.x; idx < group * D; idx += kU4Warps * 32) {
     const int hg = idx / D, d = idx % D;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, s_m[w][hg]);
+    for (int w = 0; w < kU4Warps; ++w) mx = fmaxf(mx, s_m[w][hg]);
     float lsum = 0.0f, a = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
+    for (int w = 0; w < kU4Warps; ++w) {
       const float sc = s_m[w][hg] == -INFINITY ? 0.0f : exp2f(s_m[w][hg] - mx);
       lsum = fmaf(s_l[w][hg], sc, lsum);
-      a = fmaf(s_acc[w][hg][d], sc, a);
+      a = fmaf(reinterpret_cast<const float*>(s_tiles[w][0])[hg * D + d], sc, a);
     }
     const float out = lsum > 0.0f ? a / lsum : 0.0f;
     const int h = kvh * group + hg;
@@ -553,7 +665,7 @@ void dispatch_dtype(const DecodeParams& p, const DecodeSplit& s, cudaStream_t st
     case KvDtype::kU4:
       if (p.cache.page_size % 16 == 0) {  // a 16-token tile never straddles pages
         const dim3 grid(s.num_splits, p.cache.num_kv_heads, p.batch);
-        decode_u4_mma_kernel<D><<<grid, kWarps * 32, 0, stream>>>(p, s);
+        decode_u4_mma_kernel<D><<<grid, kU4Warps * 32, 0, stream>>>(p, s);
         ATOM_CUDA_CHECK_LAUNCH();
       } else {
         dispatch_group<D, KvDtype::kU4>(p, s, stream);

@@ -29,6 +29,9 @@ void check_cache(const PagedKvCache& c, const char* what) {
   }
   const auto misaligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 != 0; };
   if (misaligned(c.k_codes) || misaligned(c.v_codes)) fail("{}: cache codes are not 16-byte aligned", what);
+  if (c.dtype != KvDtype::kF16 && (misaligned(c.k_params) || misaligned(c.v_params))) {
+    fail("{}: cache params are not 16-byte aligned", what);
+  }
 }
 
 void check_params(const KvAppendParams& p) {

@@ -5,7 +5,8 @@
 //   codes  [num_pages][num_kv_heads][page_size][row_bytes]   (a head's tokens are contiguous in a page)
 //   params [num_pages][num_kv_heads][page_size] uint32: fp16 scale in the low half, fp16 min in the high
 // row_bytes = 2*D (kF16, plain fp16), D (kU8) or D/2 (kU4, element 2i in the low nibble). Quantized rows
-// follow FORMAT.md's asymmetric UINT-n rule with group = head_dim; kF16 has no params.
+// follow FORMAT.md's asymmetric UINT-n rule with group = head_dim; kF16 has no params. Codes and params
+// arrays are 16-byte aligned (the kernels copy 16-byte chunks).
 // K is stored AFTER RoPE (kv_cache_append applies it), so attention kernels never rotate keys.
 #include <cstddef>
 #include <cstdint>

@@ -331,6 +331,9 @@ TEST(CudaAttentionDecode, RejectsBadParams) {
   bad = p;
   bad.num_qo_heads = 18;  // 9 query heads per KV head
   EXPECT_THROW(attention_decode(bad, nullptr), std::exception);
+  bad = p;
+  bad.cache.v_params = p.cache.v_params + 1;  // copied in 16-byte chunks
+  EXPECT_THROW(attention_decode(bad, nullptr), std::exception);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
