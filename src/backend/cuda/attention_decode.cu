@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
 // flight while one is computed); registers no longer hold loads across the latency, so more warps fit.
 // Tuning (H200, batch 128 x 1024 tokens, docs/notes/attention.md): 3 or 4 stages, 4/5 blocks per SM and
 // 1, 2 or 4 warps per block are within 1%; 6 blocks (80 registers) spill and lose 28%. Blocks of 2 warps
-// gain 3-9% at batch >= 128 with short contexts but lose 10-20% at batch <= 16 (half the warps per split).
+// gain 2-9% at batch >= 128 with short contexts but lose 4-22% at batch <= 16 (half the warps per split).
 constexpr int kU4Stages = 4;
 constexpr int kU4Warps = 4;
 constexpr int kU4MinBlocks = 5;  // 20 warps per SM: <= 96 registers, 5 x 35 KB of shared memory (D = 128)
