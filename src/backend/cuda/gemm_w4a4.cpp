@@ -126,15 +126,17 @@ W4A4Kernel w4a4_auto_kernel(int m, int n) {
   const DeviceCaps caps = device_caps();
   if (caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled()) {
     // Decode sizes stream the weights once with split-K warp MMA; from 64 tokens on the wgmma tiles win
-    // (measured on an H200: M = 64, N = 28672 takes 63 us with wgmma, 130 us split-K).
-    if (m <= 16) return W4A4Kernel::kStreamS8;
-    if (m <= 32) return W4A4Kernel::kMmaS8;
+    // (measured on an H200: M = 64, N = 28672 takes 63 us with wgmma, 130 us split-K). The one-pass kernel
+    // beats the persistent stream kernel at M <= 16 (N = 28672, M = 1: 25 vs 34 us); at 16 < M <= 32 the
+    // stream kernel wins for wide layers (N = 28672, M = 32: 65 vs 76 us; N = 4096: 14 vs 13 us).
+    if (m <= 16) return W4A4Kernel::kMmaS8;
+    if (m <= 32) return n >= 16384 ? W4A4Kernel::kStreamS8 : W4A4Kernel::kMmaS8;
     // Fewer than ~1.5 waves of 128x128 tiles: halve the tile width to fill the machine.
     const long tiles128 = (long)layout::ceil_div(m, 128) * layout::ceil_div(n, 128);
     return tiles128 * 2 < 3L * caps.num_sms ? W4A4Kernel::kWgmmaBn64 : W4A4Kernel::kWgmmaBn128;
   }
-  if (caps.sm >= 90) return m <= 16 ? W4A4Kernel::kStreamS8 : W4A4Kernel::kMmaS8;  // no INT4 tensor cores
-  return m <= 16 ? W4A4Kernel::kStreamS4 : W4A4Kernel::kMmaS4;
+  if (caps.sm >= 90) return W4A4Kernel::kMmaS8;  // no native INT4 tensor cores from Hopper on
+  return W4A4Kernel::kMmaS4;
 }
 
 void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kernel) {

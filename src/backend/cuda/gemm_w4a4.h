@@ -10,12 +10,13 @@
 //  - gemm_w4a4o8_wgmma_sm90 (sm_90a): warp-specialized, INT8 wgmma with the activation operand unpacked in
 //    registers and the weight operand unpacked into swizzled shared memory; groups summed in order, so the
 //    result is bit-identical to atom::quant::atom_linear_reference. For M > 32.
-//  - gemm_w4a4o8_stream_s8 (sm_80+, used for M <= 16): decode kernel; persistent CTAs stream 16-row weight
-//    slabs through per-warp cp.async rings (several items in flight per warp, across slabs), split-K over the
-//    8 warps of a CTA, mma.sync INT8 on unpacked nibbles; fp32 partial sums added across warps in a fixed
-//    order (same value as the reference up to fp32 reassociation). _s4: native INT4 MMA (sm_80/86/89).
-//  - gemm_w4a4o8_mma_s8 (sm_80+, used on sm_90 for 16 < M <= 32): split-K over warps, one load pass per
-//    block, mma.sync INT8 on unpacked nibbles; fp32 partial sums are added across warps.
+//  - gemm_w4a4o8_mma_s8 (sm_80+, used on sm_90 for M <= 32): split-K over warps, one load pass per block,
+//    mma.sync INT8 on unpacked nibbles; fp32 partial sums are added across warps (same value up to fp32
+//    reassociation).
+//  - gemm_w4a4o8_stream_s8 (sm_80+, used on sm_90 for 16 < M <= 32 and N >= 16384): persistent CTAs stream
+//    16-row weight slabs through per-warp cp.async rings (items in flight across slabs), split-K over the 8
+//    warps of a CTA, partial sums added in a fixed order. Slower than mma_s8 at M <= 16 on an H200
+//    (docs/notes/gemm.md). _s4: the same on native INT4 MMA.
 //  - gemm_w4a4o8_mma_s4 (sm_80/86/89): the same kernel on the native INT4 tensor cores (m16n8k64 s4).
 //    It also compiles and runs on sm_90, where INT4 MMA is emulated (tests use that to check it).
 // W8A8 (per-token x per-channel INT8) is the same product with k_normal = 0 and every channel an "outlier".
@@ -119,7 +120,7 @@ void launch_w4a4_wgmma_sm90_ablation(const GemmW4A4Args& args, int ablate, cudaS
 void launch_w4a4_mma(const GemmW4A4Args& args, bool native_s4, cudaStream_t stream);
 // Tuning of the stream (decode) kernel; kStreamS8 / kStreamS4 run the defaults, bench_gemm sweeps the rest.
 struct W4A4StreamConfig {
-  int stages = 4;           // cp.async slots per warp: 3, 4 or 6 (stages - 1 work items of 2 KB in flight)
+  int stages = 3;           // cp.async slots per warp: 3, 4 or 6 (stages - 1 work items of 2 KB in flight)
   int max_ctas_per_sm = 0;  // 0: as many as fit
   int max_ctas = 0;         // 0: no cap (tests cap the grid so that each CTA walks many slabs)
   bool native_s4 = false;   // m16n8k64 s4 tensor cores (sm_80/86/89; emulated on sm_90); 4 stages

@@ -1,11 +1,11 @@
-// gemm_w4a4o8_stream: the decode-size (small M) W4A4 + INT8-outlier GEMM, a persistent, software-pipelined
-// weight stream on warp MMA (sm_80+; m16n8k32 s8 on unpacked nibbles, or native m16n8k64 s4 on sm_80/86/89).
+// gemm_w4a4o8_stream: a small-M W4A4 + INT8-outlier GEMM as a persistent, software-pipelined weight stream
+// on warp MMA (sm_80+; m16n8k32 s8 on unpacked nibbles, or native m16n8k64 s4 on sm_80/86/89).
 //
-// Why: at M <= 16 the GEMM is a read of the weights. A kernel that loads its share once and then computes,
-// reduces and exits leaves the memory system idle between loads (and its outlier loads were a second round
-// trip). Here each CTA stays resident (grid = SMs x CTAs per SM) and walks over 16-row weight slabs
-// (slab i, i + gridDim.x, ...); each warp keeps kStages - 1 work items in flight with cp.async into its own
+// Each CTA stays resident (grid = SMs x CTAs per SM) and walks over 16-row weight slabs (slab i,
+// i + gridDim.x, ...); each warp keeps kStages - 1 work items in flight with cp.async into its own
 // shared-memory ring, across slab boundaries, so the next slab streams in while this one is reduced.
+// Measured on an H200 (docs/notes/gemm.md): it loses to the one-pass gemm_w4a4o8_mma_s8 at M <= 16 (it
+// streams 1.9 TB/s against 2.5) and wins at M = 32 on wide layers; kAuto uses it only there.
 //
 // Work item (2 KB of weights, one warp): two INT4 groups of the slab's 16 rows, or one 128-channel INT8
 // outlier chunk. A slab's items are dealt round-robin to the 8 warps (split-K); at the end of a slab the
