@@ -18,8 +18,10 @@ void insert_by_id(Container& container, Sequence* sequence) {
 
 Scheduler::Scheduler(SchedulerLimits limits, BlockManager& blocks) : limits_(limits), blocks_(blocks) {
   if (limits.max_batch < 1) fail("max batch size must be at least 1, got {}", limits.max_batch);
-  if (limits.max_batched_tokens < 1) {
-    fail("max batched tokens must be at least 1, got {}", limits.max_batched_tokens);
+  if (limits.max_batched_tokens < limits.max_batch) {
+    // Otherwise the sequences arriving last could wait for decode slots for as long as others run.
+    fail("max batched tokens ({}) must be at least the max batch size ({}): every running sequence decodes "
+         "one token per step", limits.max_batched_tokens, limits.max_batch);
   }
 }
 

@@ -163,6 +163,8 @@ TEST(Scheduler, RejectsBadLimits) {
   BlockManager blocks(4, 4);
   EXPECT_THROW(Scheduler({0, 8}, blocks), Error);
   EXPECT_THROW(Scheduler({8, 0}, blocks), Error);
+  EXPECT_THROW(Scheduler({8, 7}, blocks), Error);
+  EXPECT_NO_THROW(Scheduler({8, 8}, blocks));
 }
 
 }  // namespace
