@@ -109,6 +109,36 @@ ModelSource model_source(LlamaWeights weights) {
   return s;
 }
 
+nlohmann::json to_json(const QuantizeReport& report) {
+  nlohmann::json inputs = nlohmann::json::array(), linears = nlohmann::json::array();
+  for (const InputReport& r : report.inputs) {
+    inputs.push_back({{"layer", r.layer},
+                      {"input", r.input},
+                      {"k", r.k},
+                      {"n_outliers", r.n_outliers},
+                      {"max_rms", r.max_rms},
+                      {"median_rms", r.median_rms},
+                      {"outlier_energy", r.outlier_energy}});
+  }
+  for (const LinearReport& l : report.linears) {
+    linears.push_back({{"name", l.name},
+                       {"n", l.n},
+                       {"k", l.k},
+                       {"n_outliers", l.n_outliers},
+                       {"group", l.group},
+                       {"w_clip", l.w_clip},
+                       {"gptq_loss", l.gptq_loss},
+                       {"dead_columns", l.dead_columns}});
+  }
+  return {{"seconds", report.seconds},
+          {"effective_bits", report.effective_bits},
+          {"quantized_weights", report.quantized_weights},
+          {"window_length", report.window_length},
+          {"window_starts", report.window_starts},
+          {"inputs", inputs},
+          {"linears", linears}};
+}
+
 void permute_output_rows(QuantizedLinear& linear, std::span<const std::int32_t> order) {
   QuantizedLinearWeights& q = linear.weights;
   validate_perm(order, q.n, "output row order");
@@ -178,6 +208,20 @@ class WindowInputs {
   Producer produce_;
   std::vector<float> kept_;
 };
+
+// Output rows [first, first + n) of a quantized linear.
+QuantizedLinearWeights rows_of(const QuantizedLinearWeights& q, std::int64_t first, std::int64_t n) {
+  QuantizedLinearWeights out = q;
+  out.n = n;
+  const auto slice = [&](auto& dst, const auto& src, std::int64_t width) {
+    dst.assign(src.begin() + first * width, src.begin() + (first + n) * width);
+  };
+  slice(out.packed, q.packed, format_row_bytes(q.format, q.k_normal));
+  slice(out.scales, q.scales, q.k_normal / q.group);
+  slice(out.outliers, q.outliers, q.n_outliers);
+  slice(out.outlier_scales, q.outlier_scales, q.n_outliers > 0 ? 1 : 0);
+  return out;
+}
 
 constexpr std::int64_t kClipSampleRows = 2048;  // calibration rows a clip search evaluates the output error on
 
@@ -311,10 +355,29 @@ class Quantizer {
     report_.inputs.push_back(r);
   }
 
-  QuantizedLinear quantize_linear(std::span<const float> w, std::int64_t n, const InputPlan& plan,
-                                  std::vector<float> bias, const std::string& name) {
+  struct LinearInput {
+    const std::vector<float>* weight;  // [n, k], original channel order
+    std::int64_t n;
+    std::vector<float> bias;
+    std::string name;
+  };
+
+  // Quantizes the linears reading one input. They share its Hessian and channel order, and GPTQ treats output
+  // rows independently, so they are stacked into one matrix: one factorization of the Hessian, one call (the
+  // same codes as separate calls). The clip search, when on, picks one ratio for the stack.
+  std::vector<QuantizedLinear> quantize_linears(std::vector<LinearInput> linears, const InputPlan& plan) {
     const auto k = static_cast<std::int64_t>(plan.perm.size());
     const std::int64_t k_normal = k - plan.n_outliers;
+    std::int64_t n = 0;
+    for (const LinearInput& l : linears) n += l.n;
+    std::vector<float> stacked;
+    if (linears.size() > 1) {
+      stacked.reserve(static_cast<std::size_t>(n * k));
+      for (const LinearInput& l : linears) stacked.insert(stacked.end(), l.weight->begin(), l.weight->end());
+    }
+    const std::span<const float> w = linears.size() > 1 ? std::span<const float>(stacked) : *linears.front().weight;
+    std::string name = linears.front().name;
+    for (std::size_t i = 1; i < linears.size(); ++i) name += "+" + linears[i].name.substr(linears[i].name.rfind('.') + 1);
     WeightQuantSpec spec;
     spec.format = recipe_.weight_format;
     spec.group = recipe_.group_for(k_normal);
@@ -337,28 +400,36 @@ class Quantizer {
       clip = found.best_clip;
     }
     GptqReport rep;
-    QuantizedLinear out;
-    out.weights = quantize(clip, &rep);
-    out.bias = std::move(bias);
-    if (recipe_.outlier_precision == OutlierPrecision::kFp16 && plan.n_outliers > 0) {
-      out.fp16_outlier_columns.resize(static_cast<std::size_t>(n * plan.n_outliers));
-      for (std::int64_t r = 0; r < n; ++r) {
-        for (std::int64_t o = 0; o < plan.n_outliers; ++o) {
-          const float v = w[static_cast<std::size_t>(r * k + plan.perm[k_normal + o])];
-          out.fp16_outlier_columns[r * plan.n_outliers + o] = fp16_to_fp32(fp32_to_fp16(v));
+    const QuantizedLinearWeights all = quantize(clip, &rep);
+
+    std::vector<QuantizedLinear> out;
+    std::int64_t row = 0;
+    for (LinearInput& l : linears) {
+      QuantizedLinear ql;
+      ql.weights = rows_of(all, row, l.n);
+      ql.bias = std::move(l.bias);
+      if (recipe_.outlier_precision == OutlierPrecision::kFp16 && plan.n_outliers > 0) {
+        ql.fp16_outlier_columns.resize(static_cast<std::size_t>(l.n * plan.n_outliers));
+        for (std::int64_t r = 0; r < l.n; ++r) {
+          for (std::int64_t o = 0; o < plan.n_outliers; ++o) {
+            const float v = (*l.weight)[static_cast<std::size_t>(r * k + plan.perm[k_normal + o])];
+            ql.fp16_outlier_columns[r * plan.n_outliers + o] = fp16_to_fp32(fp32_to_fp16(v));
+          }
         }
       }
+      LinearReport lr;
+      lr.name = l.name;
+      lr.n = l.n;
+      lr.k = k;
+      lr.n_outliers = plan.n_outliers;
+      lr.group = spec.group;
+      lr.w_clip = clip;
+      lr.gptq_loss = rep.loss;
+      lr.dead_columns = rep.dead_columns;
+      report_.linears.push_back(lr);
+      out.push_back(std::move(ql));
+      row += l.n;
     }
-    LinearReport lr;
-    lr.name = name;
-    lr.n = n;
-    lr.k = k;
-    lr.n_outliers = plan.n_outliers;
-    lr.group = spec.group;
-    lr.w_clip = clip;
-    lr.gptq_loss = rep.loss;
-    lr.dead_columns = rep.dead_columns;
-    report_.linears.push_back(lr);
     return out;
   }
 
@@ -397,9 +468,14 @@ class Quantizer {
                          [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.input_norm, out); });
     const InputPlan attn_plan =
         plan_input(attn_in, li, "attn_in", smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden));
-    ql.q_proj = quantize_linear(w.q_proj, q_dim, attn_plan, std::move(w.q_bias), name("self_attn.q_proj"));
-    ql.k_proj = quantize_linear(w.k_proj, kv_dim, attn_plan, std::move(w.k_bias), name("self_attn.k_proj"));
-    ql.v_proj = quantize_linear(w.v_proj, kv_dim, attn_plan, std::move(w.v_bias), name("self_attn.v_proj"));
+    std::vector<QuantizedLinear> qkv =
+        quantize_linears({{&w.q_proj, q_dim, std::move(w.q_bias), name("self_attn.q_proj")},
+                          {&w.k_proj, kv_dim, std::move(w.k_bias), name("self_attn.k_proj")},
+                          {&w.v_proj, kv_dim, std::move(w.v_bias), name("self_attn.v_proj")}},
+                         attn_plan);
+    ql.q_proj = std::move(qkv[0]);
+    ql.k_proj = std::move(qkv[1]);
+    ql.v_proj = std::move(qkv[2]);
     progress.advance(1, fmt::format("layer {} q/k/v", li));
 
     // o_proj: attention output through the quantized q/k/v and the KV store
@@ -412,7 +488,8 @@ class Quantizer {
       cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out);
     });
     const InputPlan o_plan = plan_input(o_in, li, "o_proj_in", {});
-    ql.o_proj = quantize_linear(w.o_proj, hidden, o_plan, std::move(w.o_bias), name("self_attn.o_proj"));
+    ql.o_proj = std::move(
+        quantize_linears({{&w.o_proj, hidden, std::move(w.o_bias), name("self_attn.o_proj")}}, o_plan).front());
     if (cw) {
       const auto o_op = op(ql.o_proj, name("self_attn.o_proj"));
       o_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
@@ -424,8 +501,10 @@ class Quantizer {
                         [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.post_attention_norm, out); });
     const InputPlan mlp_plan =
         plan_input(mlp_in, li, "mlp_in", smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden));
-    ql.gate_proj = quantize_linear(w.gate_proj, inter, mlp_plan, {}, name("mlp.gate_proj"));
-    ql.up_proj = quantize_linear(w.up_proj, inter, mlp_plan, {}, name("mlp.up_proj"));
+    std::vector<QuantizedLinear> gate_up = quantize_linears(
+        {{&w.gate_proj, inter, {}, name("mlp.gate_proj")}, {&w.up_proj, inter, {}, name("mlp.up_proj")}}, mlp_plan);
+    ql.gate_proj = std::move(gate_up[0]);
+    ql.up_proj = std::move(gate_up[1]);
     progress.advance(1, fmt::format("layer {} gate/up", li));
 
     // down_proj: SiLU(gate) * up through the quantized gate/up
@@ -436,7 +515,8 @@ class Quantizer {
       cw->mlp_hidden(normed.data(), *gate_op, *up_op, out);
     });
     const InputPlan down_plan = plan_input(down_in, li, "down_proj_in", {});
-    ql.down_proj = quantize_linear(w.down_proj, hidden, down_plan, {}, name("mlp.down_proj"));
+    ql.down_proj =
+        std::move(quantize_linears({{&w.down_proj, hidden, {}, name("mlp.down_proj")}}, down_plan).front());
     if (cw) {
       const auto down_op = op(ql.down_proj, name("mlp.down_proj"));
       down_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *down_op, x); });
@@ -459,6 +539,7 @@ QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> 
                               const QuantRecipe& recipe, const QuantizeOptions& options, QuantizeReport* report) {
   recipe.validate();
   source.config.validate("model config");
+  cpu::use_single_threaded_blas();  // OpenMP threads only (GPTQ and the products): no spinning BLAS threads
   const auto start = std::chrono::steady_clock::now();
   QuantizeReport local;
   QuantizeReport& rep = report ? *report : local;

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "io/checkpoint.h"
 #include "io/dtype.h"
 #include "model/config.h"
@@ -86,8 +88,9 @@ struct InputReport {
 struct LinearReport {
   std::string name;
   std::int64_t n = 0, k = 0, n_outliers = 0, group = 0;
+  // q/k/v (and gate/up) are quantized as one stacked matrix: they share these two.
   float w_clip = 0.0f;      // the clip ratio used (searched or given)
-  double gptq_loss = 0.0;   // GPTQ's proxy loss (0 for RTN)
+  double gptq_loss = 0.0;   // GPTQ's proxy loss of the (stacked) call (0 for RTN)
   std::int64_t dead_columns = 0;
 };
 
@@ -100,6 +103,9 @@ struct QuantizeReport {
   double effective_bits = 0.0;  // stored bits per weight over all quantized linear layers
   std::int64_t quantized_weights = 0;
 };
+
+// The report as JSON (for --report files and the ablation's evidence).
+nlohmann::json to_json(const QuantizeReport& report);
 
 struct QuantizeOptions {
   bool show_progress = true;

@@ -1,8 +1,7 @@
 #include "quant/quantizer_ops.h"
 
-#include <cblas.h>
-
 #include <algorithm>
+#include <cmath>
 
 #include "backend/cpu/quant_kv_cache.h"
 #include "backend/cpu/quant_linear.h"
@@ -24,14 +23,31 @@ ActivationQuant activation_quant(const QuantRecipe& recipe, std::int64_t k_norma
 
 namespace {
 
-// Quantize-dequantize `n` values in one symmetric group, as quantize_symmetric_groups does.
+// Quantize-dequantize `n` values in one symmetric group, exactly as quantize_symmetric_groups does
+// (symmetric_scale, quantize_symmetric_value), with the libm fmaxf/fminf calls written as compares that treat
+// NaN the same way (a NaN |x| never becomes the maximum; a NaN quotient clamps to the lower bound).
 void fake_quantize_group(const float* x, std::int64_t n, NumberFormat format, float clip, float* out) {
   const float qmax = format_qmax(format);
-  const float scale = fp16_to_fp32(symmetric_scale(x, n, qmax, clip));
+  float max_abs = 0.0f;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    max_abs = a > max_abs ? a : max_abs;
+  }
+  const float scale = fp16_to_fp32(fp32_to_fp16(clip * max_abs / qmax));
+  if (scale == 0.0f) {
+    std::fill(out, out + n, 0.0f);
+    return;
+  }
   if (format == NumberFormat::kFp4) {
     for (std::int64_t i = 0; i < n; ++i) out[i] = fp4_decode(quantize_fp4_value(x[i], scale)) * scale;
-  } else {
-    for (std::int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(quantize_symmetric_value(x[i], scale, qmax)) * scale;
+    return;
+  }
+  const float lo = -qmax - 1.0f;
+  for (std::int64_t i = 0; i < n; ++i) {
+    float r = std::nearbyint(x[i] / scale);
+    r = r > lo ? r : lo;
+    r = r < qmax ? r : qmax;
+    out[i] = (r + 0.0f) * scale;  // +0, not -0, like the integer code 0
   }
 }
 
@@ -60,23 +76,32 @@ void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, con
 
 // ---- FakeQuantLinear
 
+namespace {
+
+std::shared_ptr<const std::vector<float>> checked_weight(std::vector<float> weight, std::int64_t n, std::int64_t k,
+                                                         const std::vector<float>& bias, const std::string& name) {
+  if (n <= 0 || k <= 0 || static_cast<std::int64_t>(weight.size()) != n * k) {
+    fail("{}: {} weights for [{} x {}]", name, weight.size(), n, k);
+  }
+  if (!bias.empty() && static_cast<std::int64_t>(bias.size()) != n) {
+    fail("{}: bias has {} entries for {} outputs", name, bias.size(), n);
+  }
+  return std::make_shared<const std::vector<float>>(std::move(weight));
+}
+
+}  // namespace
+
 FakeQuantLinear::FakeQuantLinear(std::vector<float> weight, std::int64_t n, std::vector<std::int32_t> perm,
                                  ActivationQuant act, cpu::InputOrder order, std::vector<float> bias, std::string name)
-    : weight_(std::move(weight)),
-      n_(n),
+    : n_(n),
+      product_(checked_weight(std::move(weight), n, static_cast<std::int64_t>(perm.size()), bias, name), n,
+               static_cast<std::int64_t>(perm.size()), std::move(bias)),
       perm_(std::move(perm)),
       act_(act),
       order_(order),
-      bias_(std::move(bias)),
       name_(std::move(name)) {
   const auto k = static_cast<std::int64_t>(perm_.size());
   validate_perm(perm_, k, name_.c_str());
-  if (n_ <= 0 || static_cast<std::int64_t>(weight_.size()) != n_ * k) {
-    fail("{}: {} weights for [{} x {}]", name_, weight_.size(), n_, k);
-  }
-  if (!bias_.empty() && static_cast<std::int64_t>(bias_.size()) != n_) {
-    fail("{}: bias has {} entries for {} outputs", name_, bias_.size(), n_);
-  }
   if (act_.enabled) {
     const std::int64_t k_normal = k - act_.n_outliers;
     if (act_.n_outliers < 0 || k_normal <= 0 || act_.group <= 0 || k_normal % act_.group != 0) {
@@ -100,14 +125,7 @@ void FakeQuantLinear::forward(const float* x, std::int64_t m, float* y) const {
     std::copy(x, x + m * k, xr.begin());
   }
   fake_quantize_reordered(xr.data(), m, k, act_, xr.data());
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(n_),
-              static_cast<blasint>(k), 1.0f, xr.data(), static_cast<blasint>(k), weight_.data(),
-              static_cast<blasint>(k), 0.0f, y, static_cast<blasint>(n_));
-  if (!bias_.empty()) {
-    for (std::int64_t r = 0; r < m; ++r) {
-      for (std::int64_t j = 0; j < n_; ++j) y[r * n_ + j] += bias_[static_cast<std::size_t>(j)];
-    }
-  }
+  product_.forward(xr.data(), m, y);
 }
 
 std::string FakeQuantLinear::describe() const {
@@ -116,7 +134,7 @@ std::string FakeQuantLinear::describe() const {
     act = fmt::format("a {} g{} clip {}", format_name(act_.format), act_.group, act_.clip);
     if (act_.n_outliers > 0) act += fmt::format(" + {} {} outliers", act_.n_outliers, outlier_precision_name(act_.outlier_precision));
   }
-  return fmt::format("fake-quant ({}) [{} x {}]{}", act, n_, perm_.size(), bias_.empty() ? "" : " + bias");
+  return fmt::format("fake-quant ({}) [{} x {}]{}", act, n_, perm_.size(), product_.bias().empty() ? "" : " + bias");
 }
 
 // ---- ops of a quantized model

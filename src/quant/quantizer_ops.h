@@ -49,12 +49,11 @@ class FakeQuantLinear final : public cpu::LinearOp {
   std::string describe() const override;
 
  private:
-  std::vector<float> weight_;
   std::int64_t n_;
+  cpu::DenseLinear product_;  // the dequantized weight and the bias: OpenMP-parallel sgemm
   std::vector<std::int32_t> perm_;
   ActivationQuant act_;
   cpu::InputOrder order_;
-  std::vector<float> bias_;
   std::string name_;
 };
 

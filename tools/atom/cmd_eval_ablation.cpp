@@ -1,0 +1,190 @@
+// atom eval ablation: the Atom paper's ablation ladder and the baselines on one model: perplexity, quantization
+// time and bits per weight per row, with the settings that produced them.
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include "backend/cpu/llama_model.h"
+#include "commands.h"
+#include "common/error.h"
+#include "eval/ablation.h"
+#include "io/checkpoint.h"
+#include "model/weights.h"
+#include "tokenizer/checkpoint_tokenizer.h"
+
+namespace atom::cli {
+
+namespace {
+
+struct AblationCliOptions {
+  std::string model, calib, text, out, rows, exec = "fake";
+  std::int64_t calib_windows = 32, calib_len = 512, group = 128, ctx = 512, stride = 0, max_windows = 0;
+  std::uint64_t seed = 0;
+  bool json = false, outlier_table = false, quiet = false;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot open text file '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (ss.str().empty()) fail("text file '{}' is empty", path);
+  return ss.str();
+}
+
+std::string machine_description() {
+  std::string cpu = "unknown CPU";
+  std::ifstream info("/proc/cpuinfo");
+  for (std::string line; std::getline(info, line);) {
+    if (line.rfind("model name", 0) == 0) {
+      cpu = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  return fmt::format("{} ({}), {} OpenMP threads", host, cpu, omp_get_max_threads());
+}
+
+void run_ablation_command(const AblationCliOptions& opt) {
+  const Checkpoint ckpt = open_checkpoint(opt.model);
+  const Tokenizer tokenizer = load_tokenizer(ckpt);
+  // Both texts are encoded as `atom eval ppl` encodes its text; calibration windows come from --calib only.
+  const std::vector<std::int32_t> calib_tokens = tokenizer.encode(read_text(opt.calib), true);
+  const std::vector<std::int32_t> eval_tokens = tokenizer.encode(read_text(opt.text), true);
+
+  quant::QuantRecipe settings;
+  settings.calib_windows = opt.calib_windows;
+  settings.calib_len = std::min<std::int64_t>(opt.calib_len, ckpt.config.max_position_embeddings);
+  settings.calib_seed = opt.seed;
+  settings.group = opt.group;
+  std::vector<AblationRow> rows = default_ablation_rows(settings, ckpt.config);
+  if (!opt.rows.empty()) {
+    std::set<std::string> wanted;
+    std::stringstream list(opt.rows);
+    for (std::string id; std::getline(list, id, ',');) wanted.insert(id);
+    std::vector<AblationRow> chosen;
+    for (const AblationRow& r : rows) {
+      if (wanted.erase(r.id)) chosen.push_back(r);
+    }
+    if (!wanted.empty()) {
+      std::string ids;
+      for (const AblationRow& r : rows) ids += (ids.empty() ? "" : ", ") + r.id;
+      fail("--rows: unknown row '{}' (rows: {})", *wanted.begin(), ids);
+    }
+    rows = chosen;
+  }
+
+  AblationOptions options;
+  options.eval.context = std::min<std::int64_t>(opt.ctx, ckpt.config.max_position_embeddings);
+  options.eval.stride = opt.stride > 0 ? opt.stride : options.eval.context;
+  options.eval.max_windows = opt.max_windows;
+  options.execution = opt.exec == "integer" ? AblationExecution::kInteger
+                      : opt.exec == "auto"  ? AblationExecution::kAuto
+                                            : AblationExecution::kFakeQuant;
+  options.show_progress = !opt.quiet;
+
+  const auto now = std::chrono::system_clock::now();
+  const std::string settings_text = fmt::format(
+      "model {}; calibration {} windows x {} tokens (seed {}) from {} ({} tokens); evaluation {} ({} tokens), ctx {}, "
+      "stride {}, {}; group {}; execution {}; {}; {:%Y-%m-%d %H:%M} UTC",
+      opt.model, settings.calib_windows, settings.calib_len, settings.calib_seed, opt.calib, calib_tokens.size(),
+      opt.text, eval_tokens.size(), options.eval.context, options.eval.stride,
+      options.eval.max_windows > 0 ? fmt::format("first {} windows", options.eval.max_windows) : "all windows",
+      settings.group, opt.exec, machine_description(), fmt::gmtime(std::chrono::system_clock::to_time_t(now)));
+  fmt::print("ablation: {}\n", settings_text);
+
+  AblationModel model;
+  model.source = [&ckpt] { return quant::model_source(ckpt); };
+  model.fp_model = [&ckpt] { return std::make_unique<cpu::LlamaModel>(load_llama_weights(ckpt.config, *ckpt.tensors)); };
+  const auto start = std::chrono::steady_clock::now();
+  const std::vector<AblationResult> results =
+      run_ablation(model, calib_tokens, eval_tokens, rows, options, [](const AblationResult& r) {
+        fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  {:.2f} bits/w  quantize {:.1f}s  eval {:.1f}s\n", r.row.name,
+                   r.ppl.perplexity, r.delta_percent, r.row.recipe ? r.effective_bits : 32.0, r.quantize_seconds,
+                   r.ppl.seconds);
+        std::fflush(stdout);
+      });
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print("\n{}", ablation_table(results, false));
+  fmt::print("total {:.1f}s ({:.1f} min); {} tokens scored per row\n", total, total / 60.0,
+             results.front().ppl.tokens_scored);
+  const AblationResult* atom_row = nullptr;
+  for (const AblationResult& r : results) {
+    if (r.row.id == "kv4") atom_row = &r;
+  }
+  if (opt.outlier_table && atom_row) fmt::print("\nchannel statistics (Atom W4A4 row):\n{}", outlier_table(*atom_row, false));
+
+  nlohmann::json j = {{"settings", settings_text},
+                      {"model", opt.model},
+                      {"calib", opt.calib},
+                      {"text", opt.text},
+                      {"calib_windows", settings.calib_windows},
+                      {"calib_len", settings.calib_len},
+                      {"seed", settings.calib_seed},
+                      {"ctx", options.eval.context},
+                      {"stride", options.eval.stride},
+                      {"max_windows", options.eval.max_windows},
+                      {"execution", opt.exec},
+                      {"machine", machine_description()},
+                      {"total_seconds", total},
+                      {"rows", nlohmann::json::array()}};
+  for (const AblationResult& r : results) j["rows"].push_back(to_json(r));
+  if (!opt.out.empty()) {
+    std::ofstream out(opt.out);
+    if (opt.out.ends_with(".json")) {
+      out << j.dump(1) << "\n";
+    } else {
+      out << "Settings: " << settings_text << "\n\n" << ablation_table(results, true);
+      out << fmt::format("\nTotal {:.1f} min.\n", total / 60.0);
+      if (atom_row) out << "\nChannel statistics of the Atom W4A4 row (max/median channel RMS; share of the "
+                           "activation energy in the outlier channels):\n\n" << outlier_table(*atom_row, true);
+    }
+    out.close();
+    if (!out) fail("cannot write '{}'", opt.out);
+  }
+  if (opt.json) fmt::print("{}\n", j.dump());
+}
+
+}  // namespace
+
+void add_eval_ablation_command(CLI::App* eval) {
+  auto opt = std::make_shared<AblationCliOptions>();
+  auto* cmd = eval->add_subcommand("ablation", "The Atom ablation ladder and baselines: perplexity per quantization step");
+  cmd->add_option("--model,-m", opt->model, "GGUF file or Hugging Face model directory (unquantized)")->required();
+  cmd->add_option("--calib", opt->calib, "Calibration text (a training split)")->required();
+  cmd->add_option("--text", opt->text, "Evaluation text (the matching test split)")->required();
+  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows per row (default 32)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 512)")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+  cmd->add_option("--seed", opt->seed, "Seed of the calibration windows");
+  cmd->add_option("--group-size", opt->group, "Group size of the grouped rows (default 128)")->check(CLI::PositiveNumber);
+  cmd->add_option("--ctx", opt->ctx, "Evaluation window (default 512, capped by the model's context)")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+  cmd->add_option("--stride", opt->stride, "Advance between evaluation windows (default: ctx)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-windows", opt->max_windows, "Evaluate the first N windows only (0: the whole text)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--rows", opt->rows, "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
+                                       "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
+                                       "w4a16-gptq, w4a16-rtn");
+  cmd->add_option("--exec", opt->exec, "fake (quantize-dequantize, fp32 products), integer (the integer kernels; "
+                                       "every row must have them) or auto")
+      ->check(CLI::IsMember({"fake", "integer", "auto"}));
+  cmd->add_flag("--outlier-table", opt->outlier_table, "Print per-layer channel statistics of the Atom row");
+  cmd->add_option("--out", opt->out, "Save the report: markdown, or JSON when FILE ends in .json");
+  cmd->add_flag("--json", opt->json, "Print one JSON object as the last stdout line");
+  cmd->add_flag("--quiet,-q", opt->quiet, "No progress bars");
+  cmd->callback([opt] { run_ablation_command(*opt); });
+}
+
+}  // namespace atom::cli

@@ -1,0 +1,166 @@
+// atom quantize: a checkpoint + calibration text -> an Atom checkpoint directory (docs/FORMAT.md), with the
+// Atom recipe or one of the baselines the same tool produces.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+
+#include "commands.h"
+#include "common/error.h"
+#include "io/checkpoint.h"
+#include "quant/atom_checkpoint.h"
+#include "quant/quantizer.h"
+#include "quant/recipe.h"
+#include "tokenizer/checkpoint_tokenizer.h"
+
+namespace atom::cli {
+
+namespace {
+namespace fs = std::filesystem;
+
+struct QuantizeOptions {
+  std::string model, calib, out, preset = "atom-w4a4", report;
+  std::optional<int> wbits, abits, kv_bits;
+  std::optional<std::int64_t> group, outliers, calib_windows, calib_len;
+  std::optional<float> a_clip, w_clip, smooth_alpha;
+  std::optional<std::uint64_t> seed;
+  bool search_clip = false, no_gptq = false, force = false, quiet = false;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot open text file '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+quant::NumberFormat int_format(int bits, const char* option) {
+  switch (bits) {
+    case 3: return quant::NumberFormat::kInt3;
+    case 4: return quant::NumberFormat::kInt4;
+    case 8: return quant::NumberFormat::kInt8;
+  }
+  fail("{} {}: expected 3, 4 or 8", option, bits);
+}
+
+quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
+  quant::QuantRecipe r = quant::preset_recipe(o.preset);
+  if (o.wbits) r.weight_format = int_format(*o.wbits, "--wbits");
+  if (o.abits) {
+    r.quantize_activations = *o.abits != 16;
+    if (r.quantize_activations) r.act_format = int_format(*o.abits, "--abits");
+  }
+  if (o.group) r.group = *o.group;
+  if (o.outliers) r.outliers = *o.outliers;
+  if (o.a_clip) r.a_clip = *o.a_clip;
+  if (o.w_clip) r.w_clip = *o.w_clip;
+  if (o.search_clip) r.search_clip = true;
+  if (o.no_gptq) r.gptq = false;
+  if (o.kv_bits) r.kv_bits = *o.kv_bits;
+  if (o.calib_windows) r.calib_windows = *o.calib_windows;
+  if (o.calib_len) r.calib_len = *o.calib_len;
+  if (o.seed) r.calib_seed = *o.seed;
+  if (o.smooth_alpha) {
+    r.smoothquant = true;
+    r.smooth_alpha = *o.smooth_alpha;
+  }
+  r.validate();
+  return r;
+}
+
+void run_quantize(const QuantizeOptions& opt) {
+  const quant::QuantRecipe recipe = recipe_from(opt);
+  if (recipe.needs_calibration() && opt.calib.empty()) {
+    fail("--calib FILE is required: this recipe ({}) calibrates on a text", recipe.describe());
+  }
+  std::error_code ec;
+  if (fs::exists(fs::symlink_status(opt.out, ec)) && !opt.force) {
+    fail("output '{}' already exists; pass --force to replace it", opt.out);
+  }
+  const Checkpoint ckpt = open_checkpoint(opt.model);
+  const Tokenizer tokenizer = load_tokenizer(ckpt);
+  std::vector<std::int32_t> calib_tokens;
+  if (recipe.needs_calibration()) {
+    const std::string text = read_text(opt.calib);
+    if (text.empty()) fail("calibration text '{}' is empty", opt.calib);
+    calib_tokens = tokenizer.encode(text, /*add_special_tokens=*/true);
+  }
+  const std::int64_t window = std::min<std::int64_t>(recipe.calib_len, ckpt.config.max_position_embeddings);
+  fmt::print(stderr, "quantizing {} ({} layers) with {}: {}\n", opt.model, ckpt.config.num_layers, recipe.preset,
+             recipe.describe());
+  if (recipe.needs_calibration()) {
+    fmt::print(stderr, "calibration: {} windows x {} tokens from '{}' ({} tokens), seed {}\n", recipe.calib_windows,
+               window, opt.calib, calib_tokens.size(), recipe.calib_seed);
+  } else {
+    fmt::print(stderr, "no calibration needed (round to nearest, no outliers)\n");
+  }
+
+  quant::QuantizeOptions qopt;
+  qopt.show_progress = !opt.quiet;
+  quant::QuantizeReport report;
+  const quant::QuantizedModel model = quant::quantize_model(quant::model_source(ckpt), calib_tokens, recipe, qopt, &report);
+
+  quant::AtomCheckpointFiles files;
+  files.tokenizer_json = tokenizer.to_hf_tokenizer_json();
+  files.tokenizer_config_json = tokenizer.to_hf_tokenizer_config_json();
+  if (auto bos = tokenizer.bos_id()) files.config_extras.bos_token_id = *bos;
+  if (!tokenizer.eos_ids().empty()) files.config_extras.eos_token_id = tokenizer.eos_ids().front();
+  files.calibration_data = recipe.needs_calibration() ? fs::path(opt.calib).filename().string() : "";
+  quant::save_atom_checkpoint(opt.out, model, files, opt.force);
+
+  std::uintmax_t bytes = 0;
+  for (const auto& entry : fs::directory_iterator(opt.out)) bytes += entry.is_regular_file() ? entry.file_size() : 0;
+  fmt::print("wrote {} ({:.1f} MB): {} quantized weights at {:.3f} bits each, quantized in {:.1f}s\n", opt.out,
+             static_cast<double>(bytes) / 1e6, report.quantized_weights, report.effective_bits, report.seconds);
+  if (!opt.report.empty()) {
+    nlohmann::json j = quant::to_json(report);
+    j["recipe"] = recipe.to_json();
+    j["model"] = opt.model;
+    j["calib"] = opt.calib;
+    std::ofstream out(opt.report);
+    out << j.dump(1) << "\n";
+    out.close();
+    if (!out) fail("cannot write report '{}'", opt.report);
+  }
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto opt = std::make_shared<QuantizeOptions>();
+  auto* cmd = app.add_subcommand("quantize", "Quantize a checkpoint to an Atom checkpoint directory");
+  cmd->add_option("--model,-m", opt->model, "GGUF file or Hugging Face model directory")->required();
+  cmd->add_option("--calib", opt->calib, "Calibration text (UTF-8; a training split, never the test text)");
+  cmd->add_option("--out,-o", opt->out, "Output directory (must not exist unless --force)")->required();
+  std::string presets;
+  for (const auto& p : quant::preset_names()) presets += (presets.empty() ? "" : " | ") + p;
+  cmd->add_option("--preset", opt->preset, "Recipe: " + presets)->check(CLI::IsMember(quant::preset_names()));
+  cmd->add_option("--wbits", opt->wbits, "Weight bits (INT3/INT4/INT8) instead of the preset's")
+      ->check(CLI::IsMember({3, 4, 8}));
+  cmd->add_option("--abits", opt->abits, "Activation bits (3, 4, 8; 16 = weight-only)")->check(CLI::IsMember({3, 4, 8, 16}));
+  cmd->add_option("--group-size", opt->group, "Group size along K (0: one group per row)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--outliers", opt->outliers, "Outlier channels per linear input (-1: default rule, 0: none)")
+      ->check(CLI::Range(std::int64_t{-1}, std::int64_t{1} << 20));
+  cmd->add_option("--a-clip", opt->a_clip, "Activation clip ratio in (0, 1]");
+  cmd->add_option("--w-clip", opt->w_clip, "Weight clip ratio in (0, 1]");
+  cmd->add_flag("--search-clip", opt->search_clip, "Grid-search the weight clip ratio per linear layer");
+  cmd->add_flag("--no-gptq", opt->no_gptq, "Round to nearest instead of GPTQ");
+  cmd->add_option("--kv-bits", opt->kv_bits, "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
+      ->check(CLI::IsMember({4, 8, 16}));
+  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows (default 128)")->check(CLI::PositiveNumber);
+  cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 2048, capped by the context)")
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+  cmd->add_option("--seed", opt->seed, "Seed of the calibration windows (default 0)");
+  cmd->add_option("--smooth-alpha", opt->smooth_alpha, "SmoothQuant migration strength (turns smoothing on)");
+  cmd->add_option("--report", opt->report, "Write the quantization report (per-layer outliers, GPTQ loss) as JSON");
+  cmd->add_flag("--force", opt->force, "Replace an existing output directory");
+  cmd->add_flag("--quiet,-q", opt->quiet, "No progress bar");
+  cmd->callback([opt] { run_quantize(*opt); });
+}
+
+}  // namespace atom::cli
