@@ -85,7 +85,7 @@ void CpuModelRunner::execute(std::span<const SequenceChunk> batch, std::span<flo
 
 std::string CpuModelRunner::describe() const {
   const ModelConfig& c = model_->config();
-  return fmt::format("cpu fp32 {} ({} layers, hidden {}), KV cache {} paged{}", c.architecture, c.num_layers,
+  return fmt::format("cpu {} ({} layers, hidden {}), KV cache {} paged{}", c.architecture, c.num_layers,
                      c.hidden_size, kv_cache_dtype_name(kv_dtype_),
                      pool_ ? fmt::format(", {} blocks of {} tokens ({:.1f} MiB)", pool_->num_blocks(),
                                          pool_->block_size(), pool_->bytes() / 1048576.0)
