@@ -11,11 +11,13 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "atom 0.1.0");
   atom::cli::add_info_command(app);
   atom::cli::add_generate_commands(app);
-  atom::cli::add_eval_command(app);
+  CLI::App* eval = atom::cli::add_eval_command(app);
+  atom::cli::add_eval_ablation_command(eval);
+  atom::cli::add_eval_mc_command(eval);
   atom::cli::add_convert_command(app);
   atom::cli::add_quantize_command(app);
   atom::cli::add_serve_command(app);
-  auto* bench = app.add_subcommand("bench", "Benchmarks");
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (serve: offline serving throughput)");
   bench->require_subcommand(1);
   atom::cli::add_bench_serve_command(*bench);
   try {
