@@ -26,6 +26,7 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
     r.calib_len = settings.calib_len;
     r.calib_seed = settings.calib_seed;
     if (r.group > 0) r.group = settings.group;
+    r.outlier_rule_group = settings.group;  // per-row rows keep the outliers the grouped rows will have
     return r;
   };
   std::vector<AblationRow> rows;

@@ -9,8 +9,6 @@ namespace atom::quant {
 
 namespace {
 
-constexpr std::int64_t kDefaultOutliersPerRow = 128;  // outliers = -1 with group 0
-
 OutlierPrecision parse_outlier_precision(const std::string& text, const std::string& what) {
   if (text == "int8") return OutlierPrecision::kInt8;
   if (text == "fp16") return OutlierPrecision::kFp16;
@@ -40,6 +38,7 @@ void QuantRecipe::validate() const {
     fail("quantization recipe: group size {} must be even for the 4-bit weight format", group);
   }
   if (outliers < -1) fail("quantization recipe: outliers {} must be -1 (default rule), 0 or positive", outliers);
+  if (outlier_rule_group <= 0) fail("quantization recipe: outlier_rule_group {} must be positive", outlier_rule_group);
   if (!clip_ok(a_clip)) fail("quantization recipe: a_clip {} not in (0, 1]", a_clip);
   if (!clip_ok(w_clip)) fail("quantization recipe: w_clip {} not in (0, 1]", w_clip);
   if (!(percdamp > 0.0 && percdamp < 1.0)) fail("quantization recipe: percdamp {} not in (0, 1)", percdamp);
@@ -72,9 +71,7 @@ std::int64_t QuantRecipe::outlier_count(std::int64_t k) const {
     }
     return outliers;
   }
-  if (group > 0) return default_outlier_count(k, group);
-  if (k <= kDefaultOutliersPerRow) fail("quantization recipe: input width {} leaves no normal channels", k);
-  return k >= 4096 ? kDefaultOutliersPerRow : default_outlier_count(k, kDefaultOutliersPerRow);
+  return default_outlier_count(k, group > 0 ? group : outlier_rule_group);
 }
 
 std::string QuantRecipe::describe() const {
@@ -100,6 +97,7 @@ nlohmann::json QuantRecipe::to_json() const {
           {"act_format", format_name(act_format)},
           {"group", group},
           {"outliers", outliers},
+          {"outlier_rule_group", outlier_rule_group},
           {"outlier_precision", outlier_precision_name(outlier_precision)},
           {"a_clip", a_clip},
           {"w_clip", w_clip},
@@ -152,6 +150,7 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   r.act_format = parse_format(get_string("act_format").c_str(), (what + " act_format").c_str());
   r.group = get_int("group");
   r.outliers = get_int("outliers");
+  r.outlier_rule_group = get_int("outlier_rule_group");
   r.outlier_precision = parse_outlier_precision(get_string("outlier_precision"), what);
   r.a_clip = static_cast<float>(get_number("a_clip"));
   r.w_clip = static_cast<float>(get_number("w_clip"));

@@ -28,8 +28,11 @@ struct QuantRecipe {
   // weight scales, per-token activation scales).
   std::int64_t group = 128;
   // Outlier channels per linear input: -1 the default rule (quant::default_outlier_count with the group size,
-  // or 128 when group is 0), 0 none (channel order then stays the identity), n exactly n.
+  // or with outlier_rule_group when group is 0), 0 none (channel order then stays the identity), n exactly n.
   std::int64_t outliers = -1;
+  // The group size the default outlier rule assumes for per-row recipes (group 0): the ablation's per-row
+  // rows keep the same outlier channels as its grouped rows.
+  std::int64_t outlier_rule_group = 128;
   OutlierPrecision outlier_precision = OutlierPrecision::kInt8;
   float a_clip = 0.9f;       // activation clip ratio (normal part)
   float w_clip = 0.85f;      // weight clip ratio (normal part); the starting point when search_clip is set
