@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# On the GPU machine: every CUDA test (label cuda), memcheck on a subset, and the headline benchmarks,
+# from binaries staged by scripts/gpu/stage_all.sh. Logs go to $OUT when set.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+STAGE=.devbuild/all
+export LD_LIBRARY_PATH=$PWD/$STAGE/lib:${LD_LIBRARY_PATH:-}
+OUT=${OUT:-/tmp}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+rc=0
+"$STAGE/test_backend_cuda" 2>&1 | tee "$OUT/test_backend_cuda.log" | grep -E "^\[  (PASSED|FAILED)|FAILED|tests ran" || true
+[[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
+if command -v compute-sanitizer >/dev/null; then
+  compute-sanitizer --tool memcheck --error-exitcode 3 "$STAGE/test_backend_cuda" \
+    --gtest_filter='CudaAttentionDecode.*:CudaQuantizeAct.*:GemmW4A4*' > "$OUT/memcheck.log" 2>&1
+  echo "memcheck exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries)"
+fi
+"$STAGE/bench_attention" --headline 2>&1 | tee "$OUT/bench_attention.log" | tail -12
+"$STAGE/bench_gemm" --quick 2>&1 | tee "$OUT/bench_gemm.log" | tail -25
+exit $rc
