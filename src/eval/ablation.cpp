@@ -113,6 +113,38 @@ std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<c
 
 namespace {
 
+// A fake-quantized op of one linear with quantization switched on or off for its weights and its input.
+std::unique_ptr<cpu::LinearOp> partial_op(const quant::QuantizedLinear& q, const cpu::LinearOp& fp_op,
+                                          const quant::QuantRecipe& recipe, bool weights, bool activations,
+                                          cpu::InputOrder order, std::span<const std::int32_t> row_order,
+                                          const std::string& name) {
+  const auto* fp = dynamic_cast<const cpu::DenseLinear*>(&fp_op);
+  if (fp == nullptr) fail("{}: error attribution needs the fp32 model's dense weights", name);
+  quant::QuantizedLinear ql = q;
+  std::vector<float> bias = fp->bias();
+  if (!row_order.empty()) {
+    quant::permute_output_rows(ql, row_order);
+    if (!bias.empty()) {
+      const std::vector<float> b = bias;
+      for (std::size_t r = 0; r < bias.size(); ++r) bias[r] = b[static_cast<std::size_t>(row_order[r])];
+    }
+  }
+  const std::int64_t n = ql.weights.n, k = ql.weights.k();
+  std::vector<float> w;
+  if (weights) {
+    w = quant::dequantize(ql.weights);
+  } else {
+    w.resize(static_cast<std::size_t>(n * k));
+    for (std::int64_t r = 0; r < n; ++r) {
+      const std::int64_t src = row_order.empty() ? r : row_order[static_cast<std::size_t>(r)];
+      for (std::int64_t c = 0; c < k; ++c) w[r * k + c] = fp->weight()[src * k + ql.weights.perm[c]];
+    }
+  }
+  quant::ActivationQuant act = quant::activation_quant(recipe, ql.weights.k_normal, ql.weights.n_outliers);
+  act.enabled = act.enabled && activations;
+  return std::make_unique<quant::FakeQuantLinear>(std::move(w), n, ql.weights.perm, act, order, std::move(bias), name);
+}
+
 std::string bits_text(const AblationResult& r) {
   if (!r.row.recipe) return "32";
   return fmt::format("{:.2f}", r.effective_bits);
@@ -124,6 +156,88 @@ std::string kv_text(const AblationResult& r) {
 }
 
 }  // namespace
+
+std::vector<AblationResult> attribute_error(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
+                                            std::span<const std::int32_t> eval_tokens, const quant::QuantRecipe& recipe,
+                                            const AblationOptions& options,
+                                            const std::function<void(const AblationResult&)>& on_row) {
+  if (recipe.smoothquant) fail("error attribution: not for SmoothQuant recipes (the fp model is the smoothed one)");
+  perplexity_windows(static_cast<std::int64_t>(eval_tokens.size()), options.eval);
+  quant::QuantizeOptions qopt;
+  qopt.show_progress = options.show_progress;
+  qopt.activation_budget_bytes = options.activation_budget_bytes;
+  quant::QuantizeReport report;
+  const quant::QuantizedModel qm = quant::quantize_model(model.source(), calib_tokens, recipe, qopt, &report);
+  const std::unique_ptr<cpu::LlamaModel> fp = model.fp_model();
+
+  struct Variant {
+    std::string id, name;
+    bool weights;
+    std::vector<std::string> act_kinds;
+    bool kv;
+  };
+  const std::vector<std::string> all = {"attn_in", "o_proj_in", "mlp_in", "down_proj_in"};
+  const std::vector<Variant> variants = {
+      {"fp", "FP32 (unquantized)", false, {}, false},
+      {"w+a", "weights and activations (KV fp32)", true, all, false},
+      {"w", "weights only", true, {}, false},
+      {"a", "activations only", false, all, false},
+      {"a:attn_in", "activations of q/k/v only", false, {"attn_in"}, false},
+      {"a:o_proj_in", "activations of o_proj only", false, {"o_proj_in"}, false},
+      {"a:mlp_in", "activations of gate/up only", false, {"mlp_in"}, false},
+      {"a:down_proj_in", "activations of down_proj only", false, {"down_proj_in"}, false},
+      {"kv", fmt::format("KV cache only (INT{})", recipe.kv_bits), false, {}, true}};
+  std::vector<AblationResult> results;
+  for (const Variant& v : variants) {
+    if (v.kv && recipe.kv_bits == 16) continue;
+    AblationResult result;
+    result.row = {v.id, v.name, v.id == "fp" ? std::nullopt : std::optional<quant::QuantRecipe>(recipe)};
+    result.description = recipe.describe();
+    result.execution = v.id == "fp" ? "fp32" : "fake-quant";
+    std::unique_ptr<cpu::LlamaModel> m;
+    if (v.id == "fp") {
+      m = model.fp_model();
+    } else {
+      m = quant::build_cpu_model(qm, quant::Execution::kFakeQuant);
+      const auto act = [&](const char* kind) { return std::find(v.act_kinds.begin(), v.act_kinds.end(), kind) != v.act_kinds.end(); };
+      for (int li = 0; li < m->num_layers(); ++li) {
+        const quant::QuantizedLayer& ql = qm.layers[static_cast<std::size_t>(li)];
+        const cpu::DecoderLayer& f = fp->layer(li);
+        cpu::DecoderLayer& l = m->layer(li);
+        const auto reordered = cpu::InputOrder::kReordered, original = cpu::InputOrder::kOriginal;
+        const std::span<const std::int32_t> none, down_order(ql.down_proj.weights.perm);
+        const auto name = [li](const char* linear) { return quant::linear_name(li, linear); };
+        l.q_proj = partial_op(ql.q_proj, *f.q_proj, recipe, v.weights, act("attn_in"), reordered, none, name("q_proj"));
+        l.k_proj = partial_op(ql.k_proj, *f.k_proj, recipe, v.weights, act("attn_in"), reordered, none, name("k_proj"));
+        l.v_proj = partial_op(ql.v_proj, *f.v_proj, recipe, v.weights, act("attn_in"), reordered, none, name("v_proj"));
+        l.o_proj = partial_op(ql.o_proj, *f.o_proj, recipe, v.weights, act("o_proj_in"), original, none, name("o_proj"));
+        l.gate_proj = partial_op(ql.gate_proj, *f.gate_proj, recipe, v.weights, act("mlp_in"), reordered, down_order,
+                                 name("gate_proj"));
+        l.up_proj = partial_op(ql.up_proj, *f.up_proj, recipe, v.weights, act("mlp_in"), reordered, down_order,
+                               name("up_proj"));
+        l.down_proj = partial_op(ql.down_proj, *f.down_proj, recipe, v.weights, act("down_proj_in"), reordered, none,
+                                 name("down_proj"));
+      }
+      m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16));
+      result.quantize_seconds = report.seconds;
+      result.effective_bits = report.effective_bits;
+      result.report = report;
+    }
+    PerplexityOptions eval = options.eval;
+    eval.show_progress = options.show_progress;
+    try {
+      result.ppl = perplexity(*m, eval_tokens, eval);
+    } catch (const Error& e) {
+      fail("error attribution '{}': {}", v.name, e.what());
+    }
+    if (!results.empty()) {
+      result.delta_percent = 100.0 * (result.ppl.perplexity / results.front().ppl.perplexity - 1.0);
+    }
+    results.push_back(std::move(result));
+    if (on_row) on_row(results.back());
+  }
+  return results;
+}
 
 std::string ablation_table(std::span<const AblationResult> results, bool markdown) {
   std::string out;
@@ -153,17 +267,23 @@ std::string outlier_table(const AblationResult& result, bool markdown) {
   const std::vector<std::string> kinds = {"attn_in", "o_proj_in", "mlp_in", "down_proj_in"};
   std::map<int, std::map<std::string, const quant::InputReport*>> by_layer;
   for (const quant::InputReport& r : result.report.inputs) by_layer[r.layer][r.input] = &r;
+  std::map<int, const quant::KvReport*> kv;
+  for (const quant::KvReport& r : result.report.kv) kv[r.layer] = &r;
+  const bool with_kv = !kv.empty();
   std::string out;
   if (by_layer.empty()) return out;
   if (markdown) {
     out += "| layer |";
     for (const auto& k : kinds) out += fmt::format(" {} max/med RMS | {} outlier energy |", k, k);
+    if (with_kv) out += " K err | V err | K max/med channel |";
     out += "\n|---:|";
     for (std::size_t i = 0; i < kinds.size(); ++i) out += "---:|---:|";
+    if (with_kv) out += "---:|---:|---:|";
     out += "\n";
   } else {
     out += fmt::format("{:>5}", "layer");
     for (const auto& k : kinds) out += fmt::format(" {:>14} {:>8}", k + " max/med", "energy");
+    if (with_kv) out += fmt::format(" {:>7} {:>7} {:>9}", "K err", "V err", "K max/med");
     out += "\n";
   }
   for (const auto& [layer, inputs] : by_layer) {
@@ -178,6 +298,18 @@ std::string outlier_table(const AblationResult& result, bool markdown) {
       const double ratio = r.median_rms > 0 ? r.max_rms / r.median_rms : 0.0;
       out += markdown ? fmt::format(" {:.1f} | {:.0f}% |", ratio, 100.0 * r.outlier_energy)
                       : fmt::format(" {:>14.1f} {:>7.0f}%", ratio, 100.0 * r.outlier_energy);
+    }
+    if (with_kv) {
+      const auto it = kv.find(layer);
+      if (it == kv.end()) {
+        out += markdown ? " - | - | - |" : fmt::format(" {:>7} {:>7} {:>9}", "-", "-", "-");
+      } else {
+        const quant::KvReport& r = *it->second;
+        out += markdown ? fmt::format(" {:.1f}% | {:.1f}% | {:.1f} |", 100 * r.key_rel_error, 100 * r.value_rel_error,
+                                      r.key_channel_max_over_median)
+                        : fmt::format(" {:>6.1f}% {:>6.1f}% {:>9.1f}", 100 * r.key_rel_error,
+                                      100 * r.value_rel_error, r.key_channel_max_over_median);
+      }
     }
     out += "\n";
   }

@@ -69,6 +69,16 @@ std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<c
                                          const AblationOptions& options,
                                          const std::function<void(const AblationResult&)>& on_row = {});
 
+// Where a recipe's error comes from: the model quantized once, then evaluated with quantization switched on
+// in some places only (fp32 elsewhere): everything but the KV cache; the weights only; the activations only;
+// the activations of one kind of linear input only (attn_in = q/k/v, o_proj_in, mlp_in = gate/up,
+// down_proj_in); the KV cache only. Rows carry delta_percent against the fp model (the first row). Not for
+// SmoothQuant recipes (their fp model is the smoothed one).
+std::vector<AblationResult> attribute_error(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
+                                            std::span<const std::int32_t> eval_tokens, const quant::QuantRecipe& recipe,
+                                            const AblationOptions& options,
+                                            const std::function<void(const AblationResult&)>& on_row = {});
+
 // A fixed-width text table (and the same as markdown) of the results.
 std::string ablation_table(std::span<const AblationResult> results, bool markdown);
 // Per layer and linear input of one result: max/median channel RMS and the outlier channels' share of the

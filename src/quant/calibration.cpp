@@ -73,7 +73,8 @@ void CalibrationWindows::rms_norm(std::int64_t w, std::span<const float> norm_we
 }
 
 void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
-                                   const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out) const {
+                                   const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
+                                   KvErrorStats* kv_stats) const {
   const int heads = config_.num_heads, kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
   const std::int64_t q_dim = std::int64_t{heads} * head_dim, kv_dim = std::int64_t{kv_heads} * head_dim;
   const std::int64_t n = length_;
@@ -87,7 +88,22 @@ void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_p
   for (std::vector<float>* rows : {&k, &v}) {
     std::unique_ptr<cpu::KvRowStore> store = kv(kv_dim, head_dim);
     store->append(rows->data(), n);
-    if (store->f32_rows() == nullptr) store->read(0, n, rows->data());
+    if (store->f32_rows() != nullptr) continue;
+    std::vector<float> stored(rows->size());
+    store->read(0, n, stored.data());
+    if (kv_stats) {
+      const bool keys = rows == &k;
+      double& sq = keys ? kv_stats->key_sq : kv_stats->value_sq;
+      double& err = keys ? kv_stats->key_err_sq : kv_stats->value_err_sq;
+      if (keys) kv_stats->key_channel_sq.resize(static_cast<std::size_t>(head_dim), 0.0);
+      for (std::size_t i = 0; i < rows->size(); ++i) {
+        const double x = (*rows)[i], d = x - stored[i];
+        sq += x * x;
+        err += d * d;
+        if (keys) kv_stats->key_channel_sq[i % static_cast<std::size_t>(head_dim)] += x * x;
+      }
+    }
+    *rows = std::move(stored);
   }
   cpu::AttentionShape shape;
   shape.num_heads = heads;

@@ -22,6 +22,13 @@ namespace atom::quant {
 std::vector<std::int64_t> calibration_window_starts(std::int64_t n_tokens, std::int64_t windows,
                                                     std::int64_t length, std::uint64_t seed);
 
+// What the KV store did to one layer's keys and values: sums over the calibration tokens.
+struct KvErrorStats {
+  double key_sq = 0, key_err_sq = 0;      // sum k^2, sum (k - stored k)^2
+  double value_sq = 0, value_err_sq = 0;  // the same for v
+  std::vector<double> key_channel_sq;     // [head_dim]: sum of k^2 per channel, over heads and tokens
+};
+
 // Hidden states of every window, [windows, length, hidden], and the pieces of one decoder layer's forward
 // on one window.
 class CalibrationWindows {
@@ -40,9 +47,10 @@ class CalibrationWindows {
   void rms_norm(std::int64_t w, std::span<const float> norm_weight, float* out) const;
   // Self-attention of one window whose normed input is `normed` [length, hidden]: q/k/v projections, RoPE, K and
   // V through a fresh KV store from `kv` (quantized there when it is a quantized store), causal attention.
-  // out [length, heads * head_dim] is the input of o_proj.
+  // out [length, heads * head_dim] is the input of o_proj. kv_stats (optional) accumulates the store's error.
   void attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
-                 const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out) const;
+                 const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
+                 KvErrorStats* kv_stats = nullptr) const;
   // SiLU(gate(normed)) * up(normed): out [length, intermediate] is the input of down_proj.
   void mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj, const cpu::LinearOp& up_proj, float* out) const;
   // hidden(w) += op(input) (a residual branch's output projection).

@@ -130,7 +130,15 @@ nlohmann::json to_json(const QuantizeReport& report) {
                        {"gptq_loss", l.gptq_loss},
                        {"dead_columns", l.dead_columns}});
   }
+  nlohmann::json kv = nlohmann::json::array();
+  for (const KvReport& r : report.kv) {
+    kv.push_back({{"layer", r.layer},
+                  {"key_rel_error", r.key_rel_error},
+                  {"value_rel_error", r.value_rel_error},
+                  {"key_channel_max_over_median", r.key_channel_max_over_median}});
+  }
   return {{"seconds", report.seconds},
+          {"kv", kv},
           {"effective_bits", report.effective_bits},
           {"quantized_weights", report.quantized_weights},
           {"window_length", report.window_length},
@@ -332,6 +340,19 @@ class Quantizer {
     return plan;
   }
 
+  void report_kv(const KvErrorStats& s, int layer) {
+    KvReport r;
+    r.layer = layer;
+    r.key_rel_error = std::sqrt(s.key_err_sq / s.key_sq);
+    r.value_rel_error = s.value_sq > 0.0 ? std::sqrt(s.value_err_sq / s.value_sq) : 0.0;
+    std::vector<double> ch = s.key_channel_sq;
+    const double max = *std::max_element(ch.begin(), ch.end());
+    std::nth_element(ch.begin(), ch.begin() + static_cast<std::ptrdiff_t>(ch.size() / 2), ch.end());
+    const double median = ch[ch.size() / 2];
+    r.key_channel_max_over_median = median > 0.0 ? std::sqrt(max / median) : 0.0;
+    report_.kv.push_back(r);
+  }
+
   void report_input(const ChannelStats& stats, const InputPlan& plan, int layer, const char* input_name) {
     const auto k = static_cast<std::int64_t>(stats.sum_sq.size());
     const double tokens = static_cast<double>(window_count() * rows());
@@ -482,10 +503,11 @@ class Quantizer {
     const auto q_op = op(ql.q_proj, name("self_attn.q_proj")), k_op = op(ql.k_proj, name("self_attn.k_proj"));
     const auto v_op = op(ql.v_proj, name("self_attn.v_proj"));
     const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
+    KvErrorStats kv_stats;
     WindowInputs o_in(window_count(), rows(), q_dim, keep(q_dim), [&](std::int64_t wi, float* out) {
       std::vector<float> normed(static_cast<std::size_t>(rows() * hidden));
       cw->rms_norm(wi, ql.input_norm, normed.data());
-      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out);
+      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out, &kv_stats);
     });
     const InputPlan o_plan = plan_input(o_in, li, "o_proj_in", {});
     ql.o_proj = std::move(
@@ -494,6 +516,7 @@ class Quantizer {
       const auto o_op = op(ql.o_proj, name("self_attn.o_proj"));
       o_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
     }
+    if (kv_stats.key_sq > 0.0) report_kv(kv_stats, li);
     progress.advance(1, fmt::format("layer {} o_proj", li));
 
     // gate/up: post_attention_layernorm's output

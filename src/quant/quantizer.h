@@ -85,6 +85,13 @@ struct InputReport {
   double outlier_energy = 0;           // share of the sum of squares held by the outlier channels
 };
 
+// What the quantized KV cache does to one layer's keys and values on the calibration tokens (kv_bits 4 or 8).
+struct KvReport {
+  int layer = 0;
+  double key_rel_error = 0, value_rel_error = 0;  // ||x - stored x|| / ||x|| over all tokens and heads
+  double key_channel_max_over_median = 0;         // RMS of the largest key channel / the median one (head dims)
+};
+
 struct LinearReport {
   std::string name;
   std::int64_t n = 0, k = 0, n_outliers = 0, group = 0;
@@ -99,6 +106,7 @@ struct QuantizeReport {
   std::int64_t window_length = 0;
   std::vector<InputReport> inputs;
   std::vector<LinearReport> linears;
+  std::vector<KvReport> kv;  // empty unless the KV cache is quantized
   double seconds = 0.0;
   double effective_bits = 0.0;  // stored bits per weight over all quantized linear layers
   std::int64_t quantized_weights = 0;

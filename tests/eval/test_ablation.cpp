@@ -228,6 +228,28 @@ TEST(Ablation, IntegerExecution) {
   }
 }
 
+TEST(Ablation, ErrorAttribution) {
+  const std::vector<std::int32_t> calib = tokens(400, 0, 96, 5), text = tokens(160, 0, 96, 6);
+  const std::vector<AblationRow> rows = default_ablation_rows(tiny_settings(), tiny_config());
+  const auto a = attribute_error(tiny_model(), calib, text, *rows[7].recipe, tiny_options());  // Atom, KV4
+  std::vector<std::string> ids;
+  for (const AblationResult& r : a) ids.push_back(r.row.id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"fp", "w+a", "w", "a", "a:attn_in", "a:o_proj_in", "a:mlp_in",
+                                           "a:down_proj_in", "kv"}));
+  for (std::size_t i = 2; i < a.size(); ++i) {
+    EXPECT_NE(a[i].ppl.perplexity, a[0].ppl.perplexity) << a[i].row.id;  // each switch changes something
+    EXPECT_NE(a[i].ppl.perplexity, a[1].ppl.perplexity) << a[i].row.id;
+  }
+  // With an fp KV cache (the ladder's "+ GPTQ" recipe: the KV store also shapes calibration), everything
+  // switched on is that row of the ladder, and there is no KV row.
+  const auto a16 = attribute_error(tiny_model(), calib, text, *rows[6].recipe, tiny_options());
+  ASSERT_EQ(a16.size(), 8u);
+  const auto ladder = run_ablation(tiny_model(), calib, text, std::vector<AblationRow>{rows[0], rows[6]}, tiny_options());
+  EXPECT_DOUBLE_EQ(a16[0].ppl.perplexity, ladder[0].ppl.perplexity);
+  EXPECT_NEAR(a16[1].ppl.perplexity, ladder[1].ppl.perplexity, 1e-9 * ladder[1].ppl.perplexity);
+  EXPECT_THROW(attribute_error(tiny_model(), calib, text, *rows[10].recipe, tiny_options()), Error);  // SmoothQuant
+}
+
 TEST(Ablation, BadOptions) {
   const std::vector<std::int32_t> calib = tokens(400, 0, 96, 5), text = tokens(10, 0, 96, 6);
   EXPECT_THROW(run_ablation(tiny_model(), calib, text, {}, tiny_options()), Error);

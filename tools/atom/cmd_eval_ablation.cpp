@@ -29,7 +29,7 @@ struct AblationCliOptions {
   std::string model, calib, text, out, rows, exec = "fake";
   std::int64_t calib_windows = 32, calib_len = 512, group = 128, ctx = 512, stride = 0, max_windows = 0;
   std::uint64_t seed = 0;
-  bool json = false, outlier_table = false, quiet = false;
+  bool json = false, outlier_table = false, attribution = false, quiet = false;
 };
 
 std::string read_text(const std::string& path) {
@@ -123,6 +123,23 @@ void run_ablation_command(const AblationCliOptions& opt) {
     if (r.row.id == "kv4") atom_row = &r;
   }
   if (opt.outlier_table && atom_row) fmt::print("\nchannel statistics (Atom W4A4 row):\n{}", outlier_table(*atom_row, false));
+  std::vector<AblationResult> attribution;
+  if (opt.attribution) {
+    quant::QuantRecipe atom = quant::preset_recipe("atom-w4a4");
+    atom.calib_windows = settings.calib_windows;
+    atom.calib_len = settings.calib_len;
+    atom.calib_seed = settings.calib_seed;
+    atom.group = settings.group;
+    fmt::print("\nerror attribution of {}:\n", atom.describe());
+    attribution = attribute_error(model, calib_tokens, eval_tokens, atom, options, [](const AblationResult& r) {
+      fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  eval {:.1f}s\n", r.row.name, r.ppl.perplexity, r.delta_percent,
+                 r.ppl.seconds);
+      std::fflush(stdout);
+    });
+    fmt::print("\n{}", ablation_table(attribution, false));
+  }
+  const double total_with_attribution =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
   nlohmann::json j = {{"settings", settings_text},
                       {"model", opt.model},
@@ -139,6 +156,11 @@ void run_ablation_command(const AblationCliOptions& opt) {
                       {"total_seconds", total},
                       {"rows", nlohmann::json::array()}};
   for (const AblationResult& r : results) j["rows"].push_back(to_json(r));
+  if (opt.attribution) {
+    j["attribution"] = nlohmann::json::array();
+    for (const AblationResult& r : attribution) j["attribution"].push_back(to_json(r));
+    j["total_seconds_with_attribution"] = total_with_attribution;
+  }
   if (!opt.out.empty()) {
     std::ofstream out(opt.out);
     if (opt.out.ends_with(".json")) {
@@ -146,8 +168,19 @@ void run_ablation_command(const AblationCliOptions& opt) {
     } else {
       out << "Settings: " << settings_text << "\n\n" << ablation_table(results, true);
       out << fmt::format("\nTotal {:.1f} min.\n", total / 60.0);
-      if (atom_row) out << "\nChannel statistics of the Atom W4A4 row (max/median channel RMS; share of the "
-                           "activation energy in the outlier channels):\n\n" << outlier_table(*atom_row, true);
+      if (opt.attribution) {
+        out << "\nError attribution of Atom W4A4 (one quantization; quantization switched on only where the row "
+               "says, fp32 elsewhere):\n\n"
+            << ablation_table(attribution, true)
+            << fmt::format("\nTotal with the attribution {:.1f} min.\n", total_with_attribution / 60.0);
+      }
+      if (atom_row) {
+        out << "\nChannel statistics of the Atom W4A4 row on the calibration tokens: per linear input, the largest "
+               "channel RMS over the median one and the share of the activation energy the outlier channels hold; "
+               "the relative error the INT4 KV cache puts on keys and values, and the largest key channel RMS "
+               "over the median one:\n\n"
+            << outlier_table(*atom_row, true);
+      }
     }
     out.close();
     if (!out) fail("cannot write '{}'", opt.out);
@@ -181,6 +214,8 @@ void add_eval_ablation_command(CLI::App* eval) {
                                        "every row must have them) or auto")
       ->check(CLI::IsMember({"fake", "integer", "auto"}));
   cmd->add_flag("--outlier-table", opt->outlier_table, "Print per-layer channel statistics of the Atom row");
+  cmd->add_flag("--attribution", opt->attribution,
+                "Also attribute Atom W4A4's error: weights only, activations only (per input kind), KV only");
   cmd->add_option("--out", opt->out, "Save the report: markdown, or JSON when FILE ends in .json");
   cmd->add_flag("--json", opt->json, "Print one JSON object as the last stdout line");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bars");
