@@ -10,9 +10,11 @@
 
 namespace atom {
 
-std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& settings, const ModelConfig& config) {
+std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& settings,
+                                               const ModelConfig& config) {
   using quant::QuantRecipe;
-  if (settings.group <= 0) fail("ablation: the group size of the grouped rows must be positive, got {}", settings.group);
+  if (settings.group <= 0)
+    fail("ablation: the group size of the grouped rows must be positive, got {}", settings.group);
   const std::int64_t widths[] = {config.hidden_size, std::int64_t{config.num_heads} * config.head_dim,
                                  config.intermediate_size};
   std::int64_t whole_group = settings.group - settings.group % 32;
@@ -62,9 +64,10 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   return rows;
 }
 
-std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
-                                         std::span<const std::int32_t> eval_tokens, std::span<const AblationRow> rows,
-                                         const AblationOptions& options,
+std::vector<AblationResult> run_ablation(const AblationModel& model,
+                                         std::span<const std::int32_t> calib_tokens,
+                                         std::span<const std::int32_t> eval_tokens,
+                                         std::span<const AblationRow> rows, const AblationOptions& options,
                                          const std::function<void(const AblationResult&)>& on_row) {
   if (rows.empty()) fail("ablation: no rows to run");
   perplexity_windows(static_cast<std::int64_t>(eval_tokens.size()), options.eval);  // validates early
@@ -83,7 +86,8 @@ std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<c
         quant::QuantizeOptions qopt;
         qopt.show_progress = options.show_progress;
         qopt.activation_budget_bytes = options.activation_budget_bytes;
-        const quant::QuantizedModel qm = quant::quantize_model(model.source(), calib_tokens, recipe, qopt, &result.report);
+        const quant::QuantizedModel qm =
+            quant::quantize_model(model.source(), calib_tokens, recipe, qopt, &result.report);
         result.quantize_seconds = result.report.seconds;
         result.effective_bits = result.report.effective_bits;
         result.description = recipe.describe();
@@ -142,7 +146,8 @@ std::unique_ptr<cpu::LinearOp> partial_op(const quant::QuantizedLinear& q, const
   }
   quant::ActivationQuant act = quant::activation_quant(recipe, ql.weights.k_normal, ql.weights.n_outliers);
   act.enabled = act.enabled && activations;
-  return std::make_unique<quant::FakeQuantLinear>(std::move(w), n, ql.weights.perm, act, order, std::move(bias), name);
+  return std::make_unique<quant::FakeQuantLinear>(std::move(w), n, ql.weights.perm, act, order,
+                                                  std::move(bias), name);
 }
 
 std::string bits_text(const AblationResult& r) {
@@ -157,11 +162,13 @@ std::string kv_text(const AblationResult& r) {
 
 }  // namespace
 
-std::vector<AblationResult> attribute_error(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
-                                            std::span<const std::int32_t> eval_tokens, const quant::QuantRecipe& recipe,
-                                            const AblationOptions& options,
+std::vector<AblationResult> attribute_error(const AblationModel& model,
+                                            std::span<const std::int32_t> calib_tokens,
+                                            std::span<const std::int32_t> eval_tokens,
+                                            const quant::QuantRecipe& recipe, const AblationOptions& options,
                                             const std::function<void(const AblationResult&)>& on_row) {
-  if (recipe.smoothquant) fail("error attribution: not for SmoothQuant recipes (the fp model is the smoothed one)");
+  if (recipe.smoothquant)
+    fail("error attribution: not for SmoothQuant recipes (the fp model is the smoothed one)");
   perplexity_windows(static_cast<std::int64_t>(eval_tokens.size()), options.eval);
   quant::QuantizeOptions qopt;
   qopt.show_progress = options.show_progress;
@@ -199,7 +206,9 @@ std::vector<AblationResult> attribute_error(const AblationModel& model, std::spa
       m = model.fp_model();
     } else {
       m = quant::build_cpu_model(qm, quant::Execution::kFakeQuant);
-      const auto act = [&](const char* kind) { return std::find(v.act_kinds.begin(), v.act_kinds.end(), kind) != v.act_kinds.end(); };
+      const auto act = [&](const char* kind) {
+        return std::find(v.act_kinds.begin(), v.act_kinds.end(), kind) != v.act_kinds.end();
+      };
       for (int li = 0; li < m->num_layers(); ++li) {
         const quant::QuantizedLayer& ql = qm.layers[static_cast<std::size_t>(li)];
         const cpu::DecoderLayer& f = fp->layer(li);
@@ -207,16 +216,20 @@ std::vector<AblationResult> attribute_error(const AblationModel& model, std::spa
         const auto reordered = cpu::InputOrder::kReordered, original = cpu::InputOrder::kOriginal;
         const std::span<const std::int32_t> none, down_order(ql.down_proj.weights.perm);
         const auto name = [li](const char* linear) { return quant::linear_name(li, linear); };
-        l.q_proj = partial_op(ql.q_proj, *f.q_proj, recipe, v.weights, act("attn_in"), reordered, none, name("q_proj"));
-        l.k_proj = partial_op(ql.k_proj, *f.k_proj, recipe, v.weights, act("attn_in"), reordered, none, name("k_proj"));
-        l.v_proj = partial_op(ql.v_proj, *f.v_proj, recipe, v.weights, act("attn_in"), reordered, none, name("v_proj"));
-        l.o_proj = partial_op(ql.o_proj, *f.o_proj, recipe, v.weights, act("o_proj_in"), original, none, name("o_proj"));
-        l.gate_proj = partial_op(ql.gate_proj, *f.gate_proj, recipe, v.weights, act("mlp_in"), reordered, down_order,
-                                 name("gate_proj"));
-        l.up_proj = partial_op(ql.up_proj, *f.up_proj, recipe, v.weights, act("mlp_in"), reordered, down_order,
-                               name("up_proj"));
-        l.down_proj = partial_op(ql.down_proj, *f.down_proj, recipe, v.weights, act("down_proj_in"), reordered, none,
-                                 name("down_proj"));
+        l.q_proj = partial_op(ql.q_proj, *f.q_proj, recipe, v.weights, act("attn_in"), reordered, none,
+                              name("q_proj"));
+        l.k_proj = partial_op(ql.k_proj, *f.k_proj, recipe, v.weights, act("attn_in"), reordered, none,
+                              name("k_proj"));
+        l.v_proj = partial_op(ql.v_proj, *f.v_proj, recipe, v.weights, act("attn_in"), reordered, none,
+                              name("v_proj"));
+        l.o_proj = partial_op(ql.o_proj, *f.o_proj, recipe, v.weights, act("o_proj_in"), original, none,
+                              name("o_proj"));
+        l.gate_proj = partial_op(ql.gate_proj, *f.gate_proj, recipe, v.weights, act("mlp_in"), reordered,
+                                 down_order, name("gate_proj"));
+        l.up_proj = partial_op(ql.up_proj, *f.up_proj, recipe, v.weights, act("mlp_in"), reordered,
+                               down_order, name("up_proj"));
+        l.down_proj = partial_op(ql.down_proj, *f.down_proj, recipe, v.weights, act("down_proj_in"),
+                                 reordered, none, name("down_proj"));
       }
       m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16));
       result.quantize_seconds = report.seconds;
@@ -245,18 +258,20 @@ std::string ablation_table(std::span<const AblationResult> results, bool markdow
     out += "| row | PPL | vs first row | bits/weight | KV | quantize s | eval s | execution |\n";
     out += "|---|---:|---:|---:|---|---:|---:|---|\n";
   } else {
-    out += fmt::format("{:<42} {:>10} {:>9} {:>7} {:>5} {:>9} {:>8}  {}\n", "row", "PPL", "delta", "bits/w", "KV",
-                       "quant s", "eval s", "execution");
+    out += fmt::format("{:<42} {:>10} {:>9} {:>7} {:>5} {:>9} {:>8}  {}\n", "row", "PPL", "delta", "bits/w",
+                       "KV", "quant s", "eval s", "execution");
   }
   for (std::size_t i = 0; i < results.size(); ++i) {
     const AblationResult& r = results[i];
     const std::string delta = i == 0 ? "-" : fmt::format("{:+.1f}%", r.delta_percent);
     if (markdown) {
-      out += fmt::format("| {} | {:.3f} | {} | {} | {} | {:.1f} | {:.1f} | {} |\n", r.row.name, r.ppl.perplexity, delta,
-                         bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds, r.execution);
+      out +=
+          fmt::format("| {} | {:.3f} | {} | {} | {} | {:.1f} | {:.1f} | {} |\n", r.row.name, r.ppl.perplexity,
+                      delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds, r.execution);
     } else {
-      out += fmt::format("{:<42} {:>10.3f} {:>9} {:>7} {:>5} {:>9.1f} {:>8.1f}  {}\n", r.row.name, r.ppl.perplexity,
-                         delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds, r.execution);
+      out += fmt::format("{:<42} {:>10.3f} {:>9} {:>7} {:>5} {:>9.1f} {:>8.1f}  {}\n", r.row.name,
+                         r.ppl.perplexity, delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds,
+                         r.execution);
     }
   }
   return out;
@@ -305,8 +320,8 @@ std::string outlier_table(const AblationResult& result, bool markdown) {
         out += markdown ? " - | - | - |" : fmt::format(" {:>7} {:>7} {:>9}", "-", "-", "-");
       } else {
         const quant::KvReport& r = *it->second;
-        out += markdown ? fmt::format(" {:.1f}% | {:.1f}% | {:.1f} |", 100 * r.key_rel_error, 100 * r.value_rel_error,
-                                      r.key_channel_max_over_median)
+        out += markdown ? fmt::format(" {:.1f}% | {:.1f}% | {:.1f} |", 100 * r.key_rel_error,
+                                      100 * r.value_rel_error, r.key_channel_max_over_median)
                         : fmt::format(" {:>6.1f}% {:>6.1f}% {:>9.1f}", 100 * r.key_rel_error,
                                       100 * r.value_rel_error, r.key_channel_max_over_median);
       }

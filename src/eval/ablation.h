@@ -23,15 +23,15 @@
 namespace atom {
 
 struct AblationRow {
-  std::string id;    // short, for --rows: "fp", "w4a4-rtn", "outliers-fp16", ...
-  std::string name;  // as printed: "+ outliers INT8"
+  std::string id;                            // short, for --rows: "fp", "w4a4-rtn", "outliers-fp16", ...
+  std::string name;                          // as printed: "+ outliers INT8"
   std::optional<quant::QuantRecipe> recipe;  // nullopt: the unquantized model
 };
 
 // The ladder and the baselines. From `settings`: the calibration windows, length and seed of every recipe,
-// and the group size of the grouped ones (128 in the paper). The weight-only rows have no outlier channels, so
-// their group must divide every input width: they take the largest multiple of 32 up to that size that does
-// (SmolLM2-135M, widths 576 and 1536: 96).
+// and the group size of the grouped ones (128 in the paper). The weight-only rows have no outlier channels,
+// so their group must divide every input width: they take the largest multiple of 32 up to that size that
+// does (SmolLM2-135M, widths 576 and 1536: 96).
 std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& settings, const ModelConfig& config);
 
 // How the quantized rows run: fake quantization (quantize-dequantize, fp32 products: any recipe), or the
@@ -47,7 +47,7 @@ struct AblationOptions {
 
 struct AblationResult {
   AblationRow row;
-  std::string execution;  // "fp32" | "fake-quant" | "integer"
+  std::string execution;    // "fp32" | "fake-quant" | "integer"
   std::string description;  // the recipe, in words
   PerplexityResult ppl;
   double delta_percent = 0.0;  // vs the first row (the FP baseline when present)
@@ -64,9 +64,10 @@ struct AblationModel {
 
 // Runs the rows in order; `on_row` (optional) sees each result as soon as it exists. Throws atom::Error for
 // bad options or a row that fails (naming it).
-std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
-                                         std::span<const std::int32_t> eval_tokens, std::span<const AblationRow> rows,
-                                         const AblationOptions& options,
+std::vector<AblationResult> run_ablation(const AblationModel& model,
+                                         std::span<const std::int32_t> calib_tokens,
+                                         std::span<const std::int32_t> eval_tokens,
+                                         std::span<const AblationRow> rows, const AblationOptions& options,
                                          const std::function<void(const AblationResult&)>& on_row = {});
 
 // Where a recipe's error comes from: the model quantized once, then evaluated with quantization switched on
@@ -74,9 +75,10 @@ std::vector<AblationResult> run_ablation(const AblationModel& model, std::span<c
 // the activations of one kind of linear input only (attn_in = q/k/v, o_proj_in, mlp_in = gate/up,
 // down_proj_in); the KV cache only. Rows carry delta_percent against the fp model (the first row). Not for
 // SmoothQuant recipes (their fp model is the smoothed one).
-std::vector<AblationResult> attribute_error(const AblationModel& model, std::span<const std::int32_t> calib_tokens,
-                                            std::span<const std::int32_t> eval_tokens, const quant::QuantRecipe& recipe,
-                                            const AblationOptions& options,
+std::vector<AblationResult> attribute_error(const AblationModel& model,
+                                            std::span<const std::int32_t> calib_tokens,
+                                            std::span<const std::int32_t> eval_tokens,
+                                            const quant::QuantRecipe& recipe, const AblationOptions& options,
                                             const std::function<void(const AblationResult&)>& on_row = {});
 
 // A fixed-width text table (and the same as markdown) of the results.

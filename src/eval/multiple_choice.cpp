@@ -15,11 +15,16 @@ namespace atom {
 
 const char* mc_task_name(McTask task) {
   switch (task) {
-    case McTask::kPiqa: return "piqa";
-    case McTask::kArc: return "arc";
-    case McTask::kHellaSwag: return "hellaswag";
-    case McTask::kWinoGrande: return "winogrande";
-    case McTask::kBoolQ: return "boolq";
+    case McTask::kPiqa:
+      return "piqa";
+    case McTask::kArc:
+      return "arc";
+    case McTask::kHellaSwag:
+      return "hellaswag";
+    case McTask::kWinoGrande:
+      return "winogrande";
+    case McTask::kBoolQ:
+      return "boolq";
   }
   return "?";
 }
@@ -101,7 +106,8 @@ std::int64_t int_field(const nlohmann::json& doc, const char* key, const std::st
   if (v.is_number_integer()) return v.get<std::int64_t>();
   if (v.is_string()) {
     const std::string s = v.get<std::string>();
-    if (!s.empty() && s.size() < 10 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    if (!s.empty() && s.size() < 10 &&
+        std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; })) {
       return std::stoll(s);
     }
   }
@@ -134,9 +140,10 @@ McTask detect_mc_task(const nlohmann::json& doc, const std::string& where) {
   if (has("endings")) return McTask::kHellaSwag;
   if (has("sentence") && has("option1")) return McTask::kWinoGrande;
   if (has("passage") && has("question") && has("answer")) return McTask::kBoolQ;
-  fail("{}: not a known task layout (PIQA goal/sol1/sol2/label, ARC question/choices/answerKey, HellaSwag "
-       "ctx/endings/label, WinoGrande sentence/option1/option2/answer, BoolQ passage/question/answer)",
-       where);
+  fail(
+      "{}: not a known task layout (PIQA goal/sol1/sol2/label, ARC question/choices/answerKey, HellaSwag "
+      "ctx/endings/label, WinoGrande sentence/option1/option2/answer, BoolQ passage/question/answer)",
+      where);
 }
 
 McDoc make_mc_doc(McTask task, const nlohmann::json& doc, const std::string& where) {
@@ -165,7 +172,8 @@ McDoc make_mc_doc(McTask task, const nlohmann::json& doc, const std::string& whe
       const std::string key = string_field(doc, "answerKey", where);
       d.gold = -1;
       for (std::size_t i = 0; i < texts.size(); ++i) {
-        if (!texts[i].is_string() || !labels[i].is_string()) fail("{}: choice {} is not a pair of strings", where, i);
+        if (!texts[i].is_string() || !labels[i].is_string())
+          fail("{}: choice {} is not a pair of strings", where, i);
         add(context, texts[i].get<std::string>());
         if (labels[i].get<std::string>() == key) d.gold = static_cast<std::int64_t>(i);
       }
@@ -182,7 +190,8 @@ McDoc make_mc_doc(McTask task, const nlohmann::json& doc, const std::string& whe
       if (doc.contains("activity_label")) ctx = string_field(doc, "activity_label", where) + ": " + ctx;
       const std::string context = hellaswag_preprocess(ctx);
       const nlohmann::json& endings = field(doc, "endings", where);
-      if (!endings.is_array() || endings.empty()) fail("{}: field 'endings' must be a non-empty array", where);
+      if (!endings.is_array() || endings.empty())
+        fail("{}: field 'endings' must be a non-empty array", where);
       for (const nlohmann::json& e : endings) {
         if (!e.is_string()) fail("{}: an ending is not a string: {}", where, json_snippet(e));
         add(context, hellaswag_preprocess(e.get<std::string>()));
@@ -203,8 +212,8 @@ McDoc make_mc_doc(McTask task, const nlohmann::json& doc, const std::string& whe
       break;
     }
     case McTask::kBoolQ: {
-      const std::string context = string_field(doc, "passage", where) + "\nQuestion: " +
-                                  string_field(doc, "question", where) + "?\nAnswer:";
+      const std::string context = string_field(doc, "passage", where) +
+                                  "\nQuestion: " + string_field(doc, "question", where) + "?\nAnswer:";
       add(context, "no");
       add(context, "yes");
       const nlohmann::json& answer = field(doc, "answer", where);
@@ -242,9 +251,8 @@ std::vector<McDoc> read_mc_file(const std::string& path, std::int64_t limit) {
   return docs;
 }
 
-std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> encode_mc_pair(const Tokenizer& tokenizer,
-                                                                               const std::string& context,
-                                                                               const std::string& continuation) {
+std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> encode_mc_pair(
+    const Tokenizer& tokenizer, const std::string& context, const std::string& continuation) {
   std::string ctx = context, cont = continuation;
   std::size_t end = ctx.size();
   while (end > 0 && is_space(ctx[end - 1])) --end;
@@ -266,18 +274,20 @@ std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> encode_mc_pair(c
   const std::vector<std::int32_t> whole = tokenizer.encode(ctx + cont, false);
   std::vector<std::int32_t> ctx_enc = tokenizer.encode(ctx, false);
   std::vector<std::int32_t> cont_enc;
-  if (whole.size() > ctx_enc.size()) cont_enc.assign(whole.begin() + static_cast<std::ptrdiff_t>(ctx_enc.size()), whole.end());
+  if (whole.size() > ctx_enc.size())
+    cont_enc.assign(whole.begin() + static_cast<std::ptrdiff_t>(ctx_enc.size()), whole.end());
   return {std::move(ctx_enc), std::move(cont_enc)};
 }
 
 McScorer::McScorer(const cpu::LlamaModel& model, const Tokenizer& tokenizer)
     : model_(model), tokenizer_(tokenizer), max_length_(model.config().max_position_embeddings) {}
 
-double McScorer::loglikelihood(std::span<const std::int32_t> context, std::span<const std::int32_t> continuation) const {
+double McScorer::loglikelihood(std::span<const std::int32_t> context,
+                               std::span<const std::int32_t> continuation) const {
   if (continuation.empty()) fail("multiple choice: a continuation encodes to no tokens");
   if (static_cast<std::int64_t>(continuation.size()) > max_length_) {
-    fail("multiple choice: a continuation of {} tokens does not fit the model's context of {}", continuation.size(),
-         max_length_);
+    fail("multiple choice: a continuation of {} tokens does not fit the model's context of {}",
+         continuation.size(), max_length_);
   }
   std::vector<std::int32_t> all(context.begin(), context.end());
   all.insert(all.end(), continuation.begin(), continuation.end());
@@ -289,14 +299,16 @@ double McScorer::loglikelihood(std::span<const std::int32_t> context, std::span<
   const std::int64_t vocab = model_.vocab_size(), rows = static_cast<std::int64_t>(input.size());
   const auto n = static_cast<std::int64_t>(continuation.size());
   double ll = 0.0;
-  for (std::int64_t i = 0; i < n; ++i) ll += log_softmax_at(logits.data() + (rows - n + i) * vocab, vocab, continuation[i]);
+  for (std::int64_t i = 0; i < n; ++i)
+    ll += log_softmax_at(logits.data() + (rows - n + i) * vocab, vocab, continuation[i]);
   return ll;
 }
 
 std::vector<double> McScorer::score(const McDoc& doc) const {
   const std::int64_t vocab = model_.vocab_size();
   std::vector<std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>>> pairs;
-  for (const McChoice& c : doc.choices) pairs.push_back(encode_mc_pair(tokenizer_, c.context, c.continuation));
+  for (const McChoice& c : doc.choices)
+    pairs.push_back(encode_mc_pair(tokenizer_, c.context, c.continuation));
   std::vector<double> scores(pairs.size());
   for (std::size_t first = 0; first < pairs.size();) {
     std::size_t last = first + 1;  // choices [first, last) share their context tokens
@@ -311,16 +323,18 @@ std::vector<double> McScorer::score(const McDoc& doc) const {
       for (std::size_t i = first; i < last; ++i) scores[i] = loglikelihood(context, pairs[i].second);
     } else {
       cpu::KvCache cache = model_.new_cache();
-      const std::vector<float> last_logits = model_.forward(context, cache);  // predicts the first continuation token
+      const std::vector<float> last_logits =
+          model_.forward(context, cache);  // predicts the first continuation token
       const std::int64_t prefix = cache.length();
       for (std::size_t i = first; i < last; ++i) {
         const std::vector<std::int32_t>& cont = pairs[i].second;
         double ll = log_softmax_at(last_logits.data(), vocab, cont[0]);
         if (cont.size() > 1) {
           cache.truncate(prefix);
-          const std::vector<float> rows =
-              model_.forward(std::span<const std::int32_t>(cont.data(), cont.size() - 1), cache, /*all_logits=*/true);
-          for (std::size_t j = 1; j < cont.size(); ++j) ll += log_softmax_at(rows.data() + (j - 1) * vocab, vocab, cont[j]);
+          const std::vector<float> rows = model_.forward(
+              std::span<const std::int32_t>(cont.data(), cont.size() - 1), cache, /*all_logits=*/true);
+          for (std::size_t j = 1; j < cont.size(); ++j)
+            ll += log_softmax_at(rows.data() + (j - 1) * vocab, vocab, cont[j]);
         }
         scores[i] = ll;
       }
@@ -345,13 +359,15 @@ McResult evaluate_mc(const McScorer& scorer, std::span<const McDoc> docs, bool s
     for (std::size_t i = 1; i < s.size(); ++i) {  // first maximum wins, as numpy's argmax
       if (s[i] > s[pred]) pred = i;
       const double bytes_i = static_cast<double>(std::max<std::int64_t>(1, utf8_bytes(doc.choices[i].text)));
-      const double bytes_p = static_cast<double>(std::max<std::int64_t>(1, utf8_bytes(doc.choices[pred_norm].text)));
+      const double bytes_p =
+          static_cast<double>(std::max<std::int64_t>(1, utf8_bytes(doc.choices[pred_norm].text)));
       if (s[i] / bytes_i > s[pred_norm] / bytes_p) pred_norm = i;
     }
     correct += static_cast<std::int64_t>(pred) == doc.gold;
     correct_norm += static_cast<std::int64_t>(pred_norm) == doc.gold;
     r.scores.push_back(std::move(s));
-    progress.advance(1, fmt::format("acc {:.4f}", static_cast<double>(correct) / static_cast<double>(r.scores.size())));
+    progress.advance(
+        1, fmt::format("acc {:.4f}", static_cast<double>(correct) / static_cast<double>(r.scores.size())));
   }
   progress.finish();
   const double n = static_cast<double>(r.docs);
@@ -368,7 +384,7 @@ McResult evaluate_mc(const McScorer& scorer, std::span<const McDoc> docs, bool s
 }
 
 nlohmann::json to_json(const McResult& r) {
-  nlohmann::json j = {{"task", mc_task_name(r.task)}, {"docs", r.docs},         {"acc", r.acc},
+  nlohmann::json j = {{"task", mc_task_name(r.task)}, {"docs", r.docs},       {"acc", r.acc},
                       {"acc_stderr", r.acc_stderr},   {"seconds", r.seconds}, {"scores", r.scores}};
   if (r.acc_norm) {
     j["acc_norm"] = *r.acc_norm;

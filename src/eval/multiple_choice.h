@@ -5,10 +5,12 @@
 //   ARC         {"question", "choices": {"text", "label"}, "answerKey"}
 //                                                            "Question: {question}\nAnswer:" + " {text}"
 //   HellaSwag   {"ctx" | "ctx_a" + "ctx_b", "endings", "label", ["activity_label"]}
-//                                                            preprocess(label + ": " + ctx) + " " + preprocess(ending)
+//                                                            preprocess(label + ": " + ctx) + " " +
+//                                                            preprocess(ending)
 //   WinoGrande  {"sentence", "option1", "option2", "answer"} partial scoring: contexts sentence[:_] + option,
 //                                                            one continuation " " + sentence[_+1:].strip()
-//   BoolQ       {"passage", "question", "answer"}            "{passage}\nQuestion: {question}?\nAnswer:" + " no"/" yes"
+//   BoolQ       {"passage", "question", "answer"}            "{passage}\nQuestion: {question}?\nAnswer:" + "
+//   no"/" yes"
 // A choice's score is sum log p(continuation tokens | context), the pair tokenized as lm-eval's _encode_pair
 // does (trailing context whitespace moved to the continuation; context and context + continuation encoded
 // without special tokens; the continuation is the tail of the whole beyond the context's tokens).
@@ -51,9 +53,8 @@ McDoc make_mc_doc(McTask task, const nlohmann::json& doc, const std::string& whe
 std::vector<McDoc> read_mc_file(const std::string& path, std::int64_t limit = 0);
 
 // lm-eval's _encode_pair: (context tokens, continuation tokens).
-std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> encode_mc_pair(const Tokenizer& tokenizer,
-                                                                               const std::string& context,
-                                                                               const std::string& continuation);
+std::pair<std::vector<std::int32_t>, std::vector<std::int32_t>> encode_mc_pair(
+    const Tokenizer& tokenizer, const std::string& context, const std::string& continuation);
 
 // Log-likelihood of continuations after contexts with a CPU model. Choices that share their context tokens
 // reuse one prefill (KV cache rewound between them); inputs longer than the model's context are cut from the
@@ -64,7 +65,8 @@ class McScorer {
   // One score per choice of the document.
   std::vector<double> score(const McDoc& doc) const;
   // Plain single pass over context + continuation (the reference score() is tested against).
-  double loglikelihood(std::span<const std::int32_t> context, std::span<const std::int32_t> continuation) const;
+  double loglikelihood(std::span<const std::int32_t> context,
+                       std::span<const std::int32_t> continuation) const;
 
  private:
   const cpu::LlamaModel& model_;

@@ -23,15 +23,17 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* kWeightsFile = "model.safetensors";
-constexpr const char* kLinears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj"};
+constexpr const char* kLinears[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                    "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                    "mlp.down_proj"};
 
 struct LinearShape {
   std::int64_t n = 0, k = 0;
 };
 LinearShape linear_shape(const ModelConfig& c, const std::string& linear) {
   const std::int64_t hidden = c.hidden_size, inter = c.intermediate_size;
-  const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim, kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+  const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim,
+                     kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
   if (linear == "self_attn.q_proj") return {q_dim, hidden};
   if (linear == "self_attn.k_proj" || linear == "self_attn.v_proj") return {kv_dim, hidden};
   if (linear == "self_attn.o_proj") return {hidden, q_dim};
@@ -85,10 +87,11 @@ QuantRecipe recipe_of(const AtomQuantConfig& q) {
 void check_agreement(const QuantRecipe& r, const AtomQuantConfig& q, const std::string& file) {
   const QuantRecipe c = recipe_of(q);
   const auto mismatch = [&](const char* field, const auto& in_metadata, const auto& in_config) {
-    fail("Atom checkpoint '{}': the '{}' metadata says {} = {}, config.json's quantization_config says {}", file,
-         kAtomMetadataKey, field, in_metadata, in_config);
+    fail("Atom checkpoint '{}': the '{}' metadata says {} = {}, config.json's quantization_config says {}",
+         file, kAtomMetadataKey, field, in_metadata, in_config);
   };
-  if (r.weight_format != c.weight_format) mismatch("weight_format", format_name(r.weight_format), format_name(c.weight_format));
+  if (r.weight_format != c.weight_format)
+    mismatch("weight_format", format_name(r.weight_format), format_name(c.weight_format));
   if (r.quantize_activations != c.quantize_activations) {
     mismatch("quantize_activations", r.quantize_activations, c.quantize_activations);
   }
@@ -119,7 +122,8 @@ std::vector<float> read_float_tensor(const TensorStore& store, const std::string
 void check_scales(const std::vector<std::uint16_t>& scales, const std::string& name) {
   for (std::size_t i = 0; i < scales.size(); ++i) {
     const float s = fp16_to_fp32(scales[i]);
-    if (!std::isfinite(s) || s < 0.0f) fail("Atom checkpoint: tensor '{}' entry {} is {}, not a scale", name, i, s);
+    if (!std::isfinite(s) || s < 0.0f)
+      fail("Atom checkpoint: tensor '{}' entry {} is {}, not a scale", name, i, s);
   }
 }
 
@@ -129,7 +133,8 @@ void check_int3_codes(const std::vector<std::uint8_t>& packed, const std::string
     for (int half = 0; half < 2; ++half) {
       const std::int8_t v = nibble_to_int4(static_cast<std::uint8_t>((packed[i] >> (4 * half)) & 0x0Fu));
       if (v < -4 || v > 3) {
-        fail("Atom checkpoint: tensor '{}' holds {} at element {}, outside INT3 [-4, 3]", name, v, 2 * i + half);
+        fail("Atom checkpoint: tensor '{}' holds {} at element {}, outside INT3 [-4, 3]", name, v,
+             2 * i + half);
       }
     }
   }
@@ -168,8 +173,8 @@ AtomQuantConfig atom_quant_config(const QuantRecipe& recipe, const std::string& 
   return q;
 }
 
-void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, const AtomCheckpointFiles& files,
-                          bool force) {
+void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
+                          const AtomCheckpointFiles& files, bool force) {
   const fs::path out_dir(dir);
   std::error_code ec;
   if (fs::exists(fs::symlink_status(out_dir, ec)) && !force) {
@@ -186,16 +191,20 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, c
 
   std::map<std::string, QuantizedLinearWeights> linears;
   std::vector<DenseTensor> dense;
-  dense.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, *model.embed_tokens, model.embed_dtype});
+  dense.push_back(
+      {"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, *model.embed_tokens, model.embed_dtype});
   dense.push_back({"model.norm.weight", {c.hidden_size}, model.final_norm, DType::F32});
   if (model.lm_head) {
     dense.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, *model.lm_head, model.lm_head_dtype});
   }
   for (int i = 0; i < c.num_layers; ++i) {
     const QuantizedLayer& l = model.layers[static_cast<std::size_t>(i)];
-    dense.push_back({layer_tensor_name(i, "input_layernorm.weight"), {c.hidden_size}, l.input_norm, DType::F32});
     dense.push_back(
-        {layer_tensor_name(i, "post_attention_layernorm.weight"), {c.hidden_size}, l.post_attention_norm, DType::F32});
+        {layer_tensor_name(i, "input_layernorm.weight"), {c.hidden_size}, l.input_norm, DType::F32});
+    dense.push_back({layer_tensor_name(i, "post_attention_layernorm.weight"),
+                     {c.hidden_size},
+                     l.post_attention_norm,
+                     DType::F32});
     for (const char* suffix : kLinears) {
       const QuantizedLinear& q = linear_of(const_cast<QuantizedLayer&>(l), suffix);
       const std::string name = layer_tensor_name(i, suffix);
@@ -203,7 +212,8 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, c
       if (!q.bias.empty()) dense.push_back({name + ".bias", {q.weights.n}, q.bias, DType::F32});
     }
   }
-  const nlohmann::json metadata = {{"format_version", kAtomCheckpointVersion}, {"recipe", model.recipe.to_json()}};
+  const nlohmann::json metadata = {{"format_version", kAtomCheckpointVersion},
+                                   {"recipe", model.recipe.to_json()}};
   HfConfigExtras extras = files.config_extras;
   extras.torch_dtype = model.embed_dtype == DType::F16    ? "float16"
                        : model.embed_dtype == DType::BF16 ? "bfloat16"
@@ -217,7 +227,8 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, c
     write_atom_checkpoint(tmp_dir.string(), c, extras, quant, linears, dense, /*overwrite=*/false,
                           {{kAtomMetadataKey, metadata.dump()}});
     if (files.tokenizer_json) write_json_file(tmp_dir / "tokenizer.json", *files.tokenizer_json);
-    if (files.tokenizer_config_json) write_json_file(tmp_dir / "tokenizer_config.json", *files.tokenizer_config_json);
+    if (files.tokenizer_config_json)
+      write_json_file(tmp_dir / "tokenizer_config.json", *files.tokenizer_config_json);
     if (fs::exists(fs::symlink_status(out_dir, ec))) fs::remove_all(out_dir);  // only reached with force
     fs::rename(tmp_dir, out_dir);
   } catch (...) {
@@ -228,7 +239,8 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, c
 
 bool is_atom_checkpoint(const Checkpoint& checkpoint) {
   if (checkpoint.format != CheckpointFormat::HfDirectory) return false;
-  if (has_atom_quant_config(read_json_file((fs::path(checkpoint.path) / "config.json").string()))) return true;
+  if (has_atom_quant_config(read_json_file((fs::path(checkpoint.path) / "config.json").string())))
+    return true;
   for (const std::string& name : checkpoint.tensors->names()) {
     if (name.ends_with(".qweight")) return true;
   }
@@ -239,11 +251,13 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
   const fs::path dir(checkpoint.path);
   const std::string config_path = (dir / "config.json").string();
   if (checkpoint.format != CheckpointFormat::HfDirectory) {
-    fail("'{}' is not an Atom checkpoint (a GGUF file; Atom checkpoints are model directories)", checkpoint.path);
+    fail("'{}' is not an Atom checkpoint (a GGUF file; Atom checkpoints are model directories)",
+         checkpoint.path);
   }
   const nlohmann::json config_json = read_json_file(config_path);
   if (!has_atom_quant_config(config_json)) {
-    fail("Atom checkpoint '{}': config.json has no quantization_config with quant_method \"atom\"", checkpoint.path);
+    fail("Atom checkpoint '{}': config.json has no quantization_config with quant_method \"atom\"",
+         checkpoint.path);
   }
   const AtomQuantConfig quant = read_atom_quant_config(config_json, config_path);  // checks atom_version
 
@@ -255,18 +269,22 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
     const SafetensorsFile file(weights_path);
     const auto it = file.metadata().find(kAtomMetadataKey);
     if (it != file.metadata().end()) {
-      const nlohmann::json meta = parse_json(it->second, fmt::format("'{}' metadata '{}'", weights_path, kAtomMetadataKey));
-      if (!meta.is_object() || !meta.contains("format_version") || !meta["format_version"].is_number_integer()) {
-        fail("Atom checkpoint '{}': metadata '{}' has no integer format_version", weights_path, kAtomMetadataKey);
+      const nlohmann::json meta =
+          parse_json(it->second, fmt::format("'{}' metadata '{}'", weights_path, kAtomMetadataKey));
+      if (!meta.is_object() || !meta.contains("format_version") ||
+          !meta["format_version"].is_number_integer()) {
+        fail("Atom checkpoint '{}': metadata '{}' has no integer format_version", weights_path,
+             kAtomMetadataKey);
       }
       const int version = meta["format_version"].get<int>();
       if (version != kAtomCheckpointVersion) {
-        fail("Atom checkpoint '{}': metadata '{}' format_version {} (this build reads version {})", weights_path,
-             kAtomMetadataKey, version, kAtomCheckpointVersion);
+        fail("Atom checkpoint '{}': metadata '{}' format_version {} (this build reads version {})",
+             weights_path, kAtomMetadataKey, version, kAtomCheckpointVersion);
       }
-      if (!meta.contains("recipe")) fail("Atom checkpoint '{}': metadata '{}' has no recipe", weights_path, kAtomMetadataKey);
-      m.recipe = QuantRecipe::from_json(meta["recipe"], fmt::format("'{}' metadata '{}' recipe", weights_path,
-                                                                    kAtomMetadataKey));
+      if (!meta.contains("recipe"))
+        fail("Atom checkpoint '{}': metadata '{}' has no recipe", weights_path, kAtomMetadataKey);
+      m.recipe = QuantRecipe::from_json(
+          meta["recipe"], fmt::format("'{}' metadata '{}' recipe", weights_path, kAtomMetadataKey));
       check_agreement(m.recipe, quant, weights_path);
     }
   }
@@ -300,8 +318,10 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
         used.insert(name + part);
       }
       if (q.weights.n != shape.n || q.weights.k() != shape.k) {
-        fail("Atom checkpoint: '{}' is [{} x {}] (qweight rows x perm length), the model config needs [{} x {}]", name,
-             q.weights.n, q.weights.k(), shape.n, shape.k);
+        fail(
+            "Atom checkpoint: '{}' is [{} x {}] (qweight rows x perm length), the model config needs [{} x "
+            "{}]",
+            name, q.weights.n, q.weights.k(), shape.n, shape.k);
       }
       check_scales(q.weights.scales, name + ".scales");
       check_scales(q.weights.outlier_scales, name + ".scales_outlier");
@@ -310,19 +330,24 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
       const bool qkv = s == "self_attn.q_proj" || s == "self_attn.k_proj" || s == "self_attn.v_proj";
       const bool bias_allowed = (qkv && c.attention_bias) || s == "self_attn.o_proj";
       if (store.contains(name + ".bias")) {
-        if (!bias_allowed) fail("Atom checkpoint: tensor '{}.bias' is present, but this linear has no bias", name);
+        if (!bias_allowed)
+          fail("Atom checkpoint: tensor '{}.bias' is present, but this linear has no bias", name);
         q.bias = read_float_tensor(store, name + ".bias", {shape.n}, used);
       } else if (qkv && c.attention_bias) {
         fail("Atom checkpoint: tensor '{}.bias' is missing (the config says attention_bias = true)", name);
       }
     }
     if (l.k_proj.weights.perm != l.q_proj.weights.perm || l.v_proj.weights.perm != l.q_proj.weights.perm) {
-      fail("Atom checkpoint: layer {}: q_proj, k_proj and v_proj do not share one .perm (it is fused into "
-           "input_layernorm)", i);
+      fail(
+          "Atom checkpoint: layer {}: q_proj, k_proj and v_proj do not share one .perm (it is fused into "
+          "input_layernorm)",
+          i);
     }
     if (l.up_proj.weights.perm != l.gate_proj.weights.perm) {
-      fail("Atom checkpoint: layer {}: gate_proj and up_proj do not share one .perm (it is fused into "
-           "post_attention_layernorm)", i);
+      fail(
+          "Atom checkpoint: layer {}: gate_proj and up_proj do not share one .perm (it is fused into "
+          "post_attention_layernorm)",
+          i);
     }
     m.layers.push_back(std::move(l));
   }

@@ -22,7 +22,8 @@ inline constexpr const char* kAtomMetadataKey = "atom";
 struct AtomCheckpointFiles {
   std::optional<nlohmann::json> tokenizer_json, tokenizer_config_json;
   HfConfigExtras config_extras;  // bos/eos ids for config.json (torch_dtype follows the stored embeddings)
-  std::string calibration_data;  // where the calibration text came from (quantization_config.calibration.data)
+  std::string
+      calibration_data;  // where the calibration text came from (quantization_config.calibration.data)
 };
 
 // quantization_config of a recipe.
@@ -31,11 +32,11 @@ AtomQuantConfig atom_quant_config(const QuantRecipe& recipe, const std::string& 
 // Writes `dir`. Refuses (atom::Error) an existing path unless `force`; everything is written to a sibling
 // temporary directory first and renamed into place, so a failure never leaves a half-written checkpoint nor
 // touches an existing one. Refuses models without an integer form (FP16 outliers of the ablation).
-void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model, const AtomCheckpointFiles& files,
-                          bool force = false);
+void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
+                          const AtomCheckpointFiles& files, bool force = false);
 
-// Whether an opened checkpoint is an Atom checkpoint: config.json has quantization_config.quant_method "atom",
-// or its tensors include quantized linears (then loading it explains what is missing).
+// Whether an opened checkpoint is an Atom checkpoint: config.json has quantization_config.quant_method
+// "atom", or its tensors include quantized linears (then loading it explains what is missing).
 bool is_atom_checkpoint(const Checkpoint& checkpoint);
 
 // Reads and validates an Atom checkpoint: checkpoint version, quantization_config and the "atom" metadata

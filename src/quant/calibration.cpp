@@ -23,11 +23,14 @@ std::uint64_t splitmix64(std::uint64_t& state) {
 
 std::vector<std::int64_t> calibration_window_starts(std::int64_t n_tokens, std::int64_t windows,
                                                     std::int64_t length, std::uint64_t seed) {
-  if (windows <= 0 || length <= 0) fail("calibration: need windows > 0 and length > 0, got {} x {}", windows, length);
+  if (windows <= 0 || length <= 0)
+    fail("calibration: need windows > 0 and length > 0, got {} x {}", windows, length);
   if (n_tokens < length) {
-    fail("calibration: the calibration text has {} tokens, fewer than one window of {} (lower --calib-len or give "
-         "a longer text)",
-         n_tokens, length);
+    fail(
+        "calibration: the calibration text has {} tokens, fewer than one window of {} (lower --calib-len or "
+        "give "
+        "a longer text)",
+        n_tokens, length);
   }
   const auto range = static_cast<std::uint64_t>(n_tokens - length + 1);
   std::uint64_t state = seed;
@@ -38,13 +41,14 @@ std::vector<std::int64_t> calibration_window_starts(std::int64_t n_tokens, std::
 }
 
 CalibrationWindows::CalibrationWindows(const ModelConfig& config, std::span<const float> embed_tokens,
-                                       std::span<const std::int32_t> tokens, std::span<const std::int64_t> starts,
-                                       std::int64_t length)
+                                       std::span<const std::int32_t> tokens,
+                                       std::span<const std::int64_t> starts, std::int64_t length)
     : config_(config), windows_(static_cast<std::int64_t>(starts.size())), length_(length) {
   const std::int64_t width = config.hidden_size, vocab = config.vocab_size;
   ATOM_CHECK(static_cast<std::int64_t>(embed_tokens.size()) == vocab * width);
   if (length <= 0 || length > config.max_position_embeddings) {
-    fail("calibration: window length {} not in [1, {}] (the model's context)", length, config.max_position_embeddings);
+    fail("calibration: window length {} not in [1, {}] (the model's context)", length,
+         config.max_position_embeddings);
   }
   hidden_.resize(static_cast<std::size_t>(windows_ * length * width));
   for (std::int64_t w = 0; w < windows_; ++w) {
@@ -55,7 +59,8 @@ CalibrationWindows::CalibrationWindows(const ModelConfig& config, std::span<cons
     }
     for (std::int64_t i = 0; i < length; ++i) {
       const std::int32_t t = tokens[static_cast<std::size_t>(start + i)];
-      if (t < 0 || t >= vocab) fail("calibration: token {} is {}, outside the vocabulary [0, {})", start + i, t, vocab);
+      if (t < 0 || t >= vocab)
+        fail("calibration: token {} is {}, outside the vocabulary [0, {})", start + i, t, vocab);
       std::copy_n(embed_tokens.data() + std::int64_t{t} * width, width, hidden(w) + i * width);
     }
   }
@@ -72,13 +77,15 @@ void CalibrationWindows::rms_norm(std::int64_t w, std::span<const float> norm_we
   cpu::rms_norm(hidden(w), length_, config_.hidden_size, norm_weight.data(), config_.rms_norm_eps, {}, out);
 }
 
-void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
-                                   const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
+void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_proj,
+                                   const cpu::LinearOp& k_proj, const cpu::LinearOp& v_proj,
+                                   const cpu::KvRowStoreFactory& kv, float* out,
                                    KvErrorStats* kv_stats) const {
   const int heads = config_.num_heads, kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
   const std::int64_t q_dim = std::int64_t{heads} * head_dim, kv_dim = std::int64_t{kv_heads} * head_dim;
   const std::int64_t n = length_;
-  std::vector<float> q(static_cast<std::size_t>(n * q_dim)), k(static_cast<std::size_t>(n * kv_dim)), v(k.size());
+  std::vector<float> q(static_cast<std::size_t>(n * q_dim)), k(static_cast<std::size_t>(n * kv_dim)),
+      v(k.size());
   q_proj.forward(normed, n, q.data());
   k_proj.forward(normed, n, k.data());
   v_proj.forward(normed, n, v.data());
@@ -115,8 +122,8 @@ void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_p
   cpu::causal_attention(std::span<const cpu::AttentionJob>(&job, 1), shape);
 }
 
-void CalibrationWindows::mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj, const cpu::LinearOp& up_proj,
-                                    float* out) const {
+void CalibrationWindows::mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj,
+                                    const cpu::LinearOp& up_proj, float* out) const {
   const std::int64_t inter = config_.intermediate_size;
   std::vector<float> up(static_cast<std::size_t>(length_ * inter));
   gate_proj.forward(normed, length_, out);

@@ -35,7 +35,8 @@ class CalibrationWindows {
  public:
   // Embeds tokens[start, start + length) for each start.
   CalibrationWindows(const ModelConfig& config, std::span<const float> embed_tokens,
-                     std::span<const std::int32_t> tokens, std::span<const std::int64_t> starts, std::int64_t length);
+                     std::span<const std::int32_t> tokens, std::span<const std::int64_t> starts,
+                     std::int64_t length);
 
   std::int64_t windows() const { return windows_; }
   std::int64_t length() const { return length_; }
@@ -45,14 +46,16 @@ class CalibrationWindows {
 
   // RMSNorm of window w's hidden states with `norm_weight`, original channel order: out [length, hidden].
   void rms_norm(std::int64_t w, std::span<const float> norm_weight, float* out) const;
-  // Self-attention of one window whose normed input is `normed` [length, hidden]: q/k/v projections, RoPE, K and
-  // V through a fresh KV store from `kv` (quantized there when it is a quantized store), causal attention.
-  // out [length, heads * head_dim] is the input of o_proj. kv_stats (optional) accumulates the store's error.
+  // Self-attention of one window whose normed input is `normed` [length, hidden]: q/k/v projections, RoPE, K
+  // and V through a fresh KV store from `kv` (quantized there when it is a quantized store), causal
+  // attention. out [length, heads * head_dim] is the input of o_proj. kv_stats (optional) accumulates the
+  // store's error.
   void attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
                  const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
                  KvErrorStats* kv_stats = nullptr) const;
   // SiLU(gate(normed)) * up(normed): out [length, intermediate] is the input of down_proj.
-  void mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj, const cpu::LinearOp& up_proj, float* out) const;
+  void mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj, const cpu::LinearOp& up_proj,
+                  float* out) const;
   // hidden(w) += op(input) (a residual branch's output projection).
   void add_projection(std::int64_t w, const cpu::LinearOp& op, const float* input);
 

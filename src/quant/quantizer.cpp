@@ -19,7 +19,9 @@
 
 namespace atom::quant {
 
-std::string linear_name(int layer, const char* linear) { return fmt::format("model.layers.{}.{}", layer, linear); }
+std::string linear_name(int layer, const char* linear) {
+  return fmt::format("model.layers.{}.{}", layer, linear);
+}
 
 // ---- model sources
 
@@ -32,7 +34,8 @@ DType stored_float_dtype(const TensorStore& store, const std::string& name) {
 
 LayerWeights load_layer(const ModelConfig& c, const TensorStore& store, int i) {
   const std::int64_t hidden = c.hidden_size, inter = c.intermediate_size;
-  const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim, kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+  const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim,
+                     kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
   const auto name = [i](const char* suffix) { return layer_tensor_name(i, suffix); };
   LayerWeights l;
   l.input_norm = store.load_f32(name("input_layernorm.weight"), {hidden});
@@ -45,7 +48,8 @@ LayerWeights load_layer(const ModelConfig& c, const TensorStore& store, int i) {
     l.v_bias = store.load_f32(name("self_attn.v_proj.bias"), {kv_dim});
   }
   l.o_proj = store.load_f32(name("self_attn.o_proj.weight"), {hidden, q_dim});
-  if (store.contains(name("self_attn.o_proj.bias"))) l.o_bias = store.load_f32(name("self_attn.o_proj.bias"), {hidden});
+  if (store.contains(name("self_attn.o_proj.bias")))
+    l.o_bias = store.load_f32(name("self_attn.o_proj.bias"), {hidden});
   l.post_attention_norm = store.load_f32(name("post_attention_layernorm.weight"), {hidden});
   l.gate_proj = store.load_f32(name("mlp.gate_proj.weight"), {inter, hidden});
   l.up_proj = store.load_f32(name("mlp.up_proj.weight"), {inter, hidden});
@@ -70,8 +74,10 @@ void check_layer_tensors(const ModelConfig& c, const TensorStore& store) {
     }
   }
   for (const std::string& n : store.names()) {
-    if (n.rfind("model.layers.", 0) != 0 || known.count(n) != 0 || n.ends_with("rotary_emb.inv_freq")) continue;
-    fail("tensor '{}' is not part of the {} architecture as implemented (unsupported feature)", n, c.architecture);
+    if (n.rfind("model.layers.", 0) != 0 || known.count(n) != 0 || n.ends_with("rotary_emb.inv_freq"))
+      continue;
+    fail("tensor '{}' is not part of the {} architecture as implemented (unsupported feature)", n,
+         c.architecture);
   }
 }
 
@@ -85,7 +91,8 @@ ModelSource model_source(const Checkpoint& checkpoint) {
   const std::int64_t hidden = c.hidden_size, vocab = c.vocab_size;
   ModelSource s;
   s.config = c;
-  s.embed_tokens = std::make_shared<const std::vector<float>>(store.load_f32("model.embed_tokens.weight", {vocab, hidden}));
+  s.embed_tokens = std::make_shared<const std::vector<float>>(
+      store.load_f32("model.embed_tokens.weight", {vocab, hidden}));
   s.embed_dtype = stored_float_dtype(store, "model.embed_tokens.weight");
   s.final_norm = store.load_f32("model.norm.weight", {hidden});
   if (!c.tie_word_embeddings) {
@@ -173,7 +180,8 @@ namespace {
 struct ChannelStats {
   std::vector<double> sum_sq;
   std::vector<float> absmax;
-  explicit ChannelStats(std::int64_t k) : sum_sq(static_cast<std::size_t>(k), 0.0), absmax(sum_sq.size(), 0.0f) {}
+  explicit ChannelStats(std::int64_t k)
+      : sum_sq(static_cast<std::size_t>(k), 0.0), absmax(sum_sq.size(), 0.0f) {}
   void add(const float* x, std::int64_t m) {
     const auto k = static_cast<std::int64_t>(sum_sq.size());
     for (std::int64_t r = 0; r < m; ++r) {
@@ -231,7 +239,8 @@ QuantizedLinearWeights rows_of(const QuantizedLinearWeights& q, std::int64_t fir
   return out;
 }
 
-constexpr std::int64_t kClipSampleRows = 2048;  // calibration rows a clip search evaluates the output error on
+constexpr std::int64_t kClipSampleRows =
+    2048;  // calibration rows a clip search evaluates the output error on
 
 // Channel order, outlier count, Hessian and error-evaluation sample of one linear input.
 struct InputPlan {
@@ -287,14 +296,15 @@ class Quantizer {
   std::int64_t rows() const { return windows_ ? windows_->length() : 0; }
   std::int64_t window_count() const { return windows_ ? windows_->windows() : 0; }
   bool keep(std::int64_t width) const {
-    return window_count() * rows() * width * static_cast<std::int64_t>(sizeof(float)) <= options_.activation_budget_bytes;
+    return window_count() * rows() * width * static_cast<std::int64_t>(sizeof(float)) <=
+           options_.activation_budget_bytes;
   }
   std::unique_ptr<cpu::LinearOp> op(const QuantizedLinear& l, const std::string& name) const {
     return make_linear_op(l, recipe_, Execution::kFakeQuant, cpu::InputOrder::kOriginal, name);
   }
 
-  // smooth: called with the input's statistics before the channel order is chosen (SmoothQuant); it may rescale
-  // the weights and the norm, and must rescale the statistics to match.
+  // smooth: called with the input's statistics before the channel order is chosen (SmoothQuant); it may
+  // rescale the weights and the norm, and must rescale the statistics to match.
   InputPlan plan_input(WindowInputs& inputs, int layer, const char* input_name,
                        const std::function<void(ChannelStats&)>& smooth) {
     const std::int64_t k = inputs.width();
@@ -315,7 +325,8 @@ class Quantizer {
     const ActivationQuant act = activation_quant(recipe_, k_normal, plan.n_outliers);
     std::unique_ptr<HessianAccumulator> hessian;
     if (need_hessian) hessian = std::make_unique<HessianAccumulator>(k);
-    const std::int64_t per_window = std::max<std::int64_t>(1, (kClipSampleRows + window_count() - 1) / window_count());
+    const std::int64_t per_window =
+        std::max<std::int64_t>(1, (kClipSampleRows + window_count() - 1) / window_count());
     const std::int64_t stride = std::max<std::int64_t>(1, rows() / per_window);
     std::vector<float> reordered(static_cast<std::size_t>(rows() * k)), quantized(reordered.size());
     inputs.visit([&](std::int64_t, const float* x) {
@@ -396,9 +407,11 @@ class Quantizer {
       stacked.reserve(static_cast<std::size_t>(n * k));
       for (const LinearInput& l : linears) stacked.insert(stacked.end(), l.weight->begin(), l.weight->end());
     }
-    const std::span<const float> w = linears.size() > 1 ? std::span<const float>(stacked) : *linears.front().weight;
+    const std::span<const float> w =
+        linears.size() > 1 ? std::span<const float>(stacked) : *linears.front().weight;
     std::string name = linears.front().name;
-    for (std::size_t i = 1; i < linears.size(); ++i) name += "+" + linears[i].name.substr(linears[i].name.rfind('.') + 1);
+    for (std::size_t i = 1; i < linears.size(); ++i)
+      name += "+" + linears[i].name.substr(linears[i].name.rfind('.') + 1);
     WeightQuantSpec spec;
     spec.format = recipe_.weight_format;
     spec.group = recipe_.group_for(k_normal);
@@ -413,7 +426,8 @@ class Quantizer {
     };
     float clip = recipe_.w_clip;
     if (recipe_.search_clip) {
-      const ActQuantSpec act{recipe_.act_format, recipe_.group_for(k_normal), plan.n_outliers, recipe_.a_clip};
+      const ActQuantSpec act{recipe_.act_format, recipe_.group_for(k_normal), plan.n_outliers,
+                             recipe_.a_clip};
       const ClipSearchResult found = search_clip(default_clip_grid(), [&](float c) {
         return linear_output_mse(plan.sample, plan.sample_rows, w, quantize(c, nullptr),
                                  recipe_.quantize_activations ? &act : nullptr);
@@ -455,7 +469,8 @@ class Quantizer {
   }
 
   // SmoothQuant on one norm-fed input: s from the activation and weight maxima, folded into the norm.
-  std::function<void(ChannelStats&)> smoothing(std::vector<float>& norm, std::initializer_list<std::vector<float>*> ws,
+  std::function<void(ChannelStats&)> smoothing(std::vector<float>& norm,
+                                               std::initializer_list<std::vector<float>*> ws,
                                                std::int64_t k) {
     if (!recipe_.smoothquant) return {};
     return [this, &norm, ws = std::vector<std::vector<float>*>(ws), k](ChannelStats& stats) {
@@ -473,79 +488,102 @@ class Quantizer {
     };
   }
 
+  // One decoder layer in execution order; each step's calibration inputs live only as long as the step.
   QuantizedLayer quantize_layer(int li, Progress& progress) {
-    const ModelConfig& c = source_.config;
-    const std::int64_t hidden = c.hidden_size, inter = c.intermediate_size;
-    const std::int64_t q_dim = std::int64_t{c.num_heads} * c.head_dim, kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
     LayerWeights w = source_.layer(li);
     QuantizedLayer ql;
     ql.input_norm = std::move(w.input_norm);
     ql.post_attention_norm = std::move(w.post_attention_norm);
-    CalibrationWindows* cw = windows_ ? &*windows_ : nullptr;
-    const auto name = [li](const char* linear) { return linear_name(li, linear); };
+    quantize_qkv(li, w, ql);
+    progress.advance(1, fmt::format("layer {} q/k/v", li));
+    quantize_o_proj(li, w, ql);
+    progress.advance(1, fmt::format("layer {} o_proj", li));
+    quantize_gate_up(li, w, ql);
+    progress.advance(1, fmt::format("layer {} gate/up", li));
+    quantize_down_proj(li, w, ql);
+    progress.advance(1, fmt::format("layer {} down_proj", li));
+    return ql;
+  }
 
-    // q/k/v: input_layernorm's output (recomputed: cheap)
-    WindowInputs attn_in(window_count(), rows(), hidden, false,
-                         [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.input_norm, out); });
-    const InputPlan attn_plan =
-        plan_input(attn_in, li, "attn_in", smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden));
+  std::int64_t hidden() const { return source_.config.hidden_size; }
+  std::int64_t q_dim() const { return std::int64_t{source_.config.num_heads} * source_.config.head_dim; }
+  std::int64_t kv_dim() const { return std::int64_t{source_.config.num_kv_heads} * source_.config.head_dim; }
+  std::int64_t inter() const { return source_.config.intermediate_size; }
+  CalibrationWindows* windows() { return windows_ ? &*windows_ : nullptr; }
+
+  // q/k/v read input_layernorm's output (recomputed on each visit: cheap).
+  void quantize_qkv(int li, LayerWeights& w, QuantizedLayer& ql) {
+    CalibrationWindows* cw = windows();
+    WindowInputs in(window_count(), rows(), hidden(), false,
+                    [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.input_norm, out); });
+    const InputPlan plan =
+        plan_input(in, li, "attn_in", smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden()));
     std::vector<QuantizedLinear> qkv =
-        quantize_linears({{&w.q_proj, q_dim, std::move(w.q_bias), name("self_attn.q_proj")},
-                          {&w.k_proj, kv_dim, std::move(w.k_bias), name("self_attn.k_proj")},
-                          {&w.v_proj, kv_dim, std::move(w.v_bias), name("self_attn.v_proj")}},
-                         attn_plan);
+        quantize_linears({{&w.q_proj, q_dim(), std::move(w.q_bias), linear_name(li, "self_attn.q_proj")},
+                          {&w.k_proj, kv_dim(), std::move(w.k_bias), linear_name(li, "self_attn.k_proj")},
+                          {&w.v_proj, kv_dim(), std::move(w.v_bias), linear_name(li, "self_attn.v_proj")}},
+                         plan);
     ql.q_proj = std::move(qkv[0]);
     ql.k_proj = std::move(qkv[1]);
     ql.v_proj = std::move(qkv[2]);
-    progress.advance(1, fmt::format("layer {} q/k/v", li));
+  }
 
-    // o_proj: attention output through the quantized q/k/v and the KV store
-    const auto q_op = op(ql.q_proj, name("self_attn.q_proj")), k_op = op(ql.k_proj, name("self_attn.k_proj"));
-    const auto v_op = op(ql.v_proj, name("self_attn.v_proj"));
+  // o_proj reads the attention output, computed through the quantized q/k/v and the recipe's KV store; the
+  // windows then take the quantized o_proj's residual branch.
+  void quantize_o_proj(int li, LayerWeights& w, QuantizedLayer& ql) {
+    CalibrationWindows* cw = windows();
+    const auto q_op = op(ql.q_proj, linear_name(li, "self_attn.q_proj"));
+    const auto k_op = op(ql.k_proj, linear_name(li, "self_attn.k_proj"));
+    const auto v_op = op(ql.v_proj, linear_name(li, "self_attn.v_proj"));
     const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
     KvErrorStats kv_stats;
-    WindowInputs o_in(window_count(), rows(), q_dim, keep(q_dim), [&](std::int64_t wi, float* out) {
-      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden));
+    WindowInputs in(window_count(), rows(), q_dim(), keep(q_dim()), [&](std::int64_t wi, float* out) {
+      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
       cw->rms_norm(wi, ql.input_norm, normed.data());
       cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out, &kv_stats);
     });
-    const InputPlan o_plan = plan_input(o_in, li, "o_proj_in", {});
-    ql.o_proj = std::move(
-        quantize_linears({{&w.o_proj, hidden, std::move(w.o_bias), name("self_attn.o_proj")}}, o_plan).front());
+    const InputPlan plan = plan_input(in, li, "o_proj_in", {});
+    const std::string name = linear_name(li, "self_attn.o_proj");
+    ql.o_proj = std::move(quantize_linears({{&w.o_proj, hidden(), std::move(w.o_bias), name}}, plan).front());
     if (cw) {
-      const auto o_op = op(ql.o_proj, name("self_attn.o_proj"));
-      o_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
+      const auto o_op = op(ql.o_proj, name);
+      in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
     }
     if (kv_stats.key_sq > 0.0) report_kv(kv_stats, li);
-    progress.advance(1, fmt::format("layer {} o_proj", li));
+  }
 
-    // gate/up: post_attention_layernorm's output
-    WindowInputs mlp_in(window_count(), rows(), hidden, false,
-                        [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.post_attention_norm, out); });
-    const InputPlan mlp_plan =
-        plan_input(mlp_in, li, "mlp_in", smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden));
-    std::vector<QuantizedLinear> gate_up = quantize_linears(
-        {{&w.gate_proj, inter, {}, name("mlp.gate_proj")}, {&w.up_proj, inter, {}, name("mlp.up_proj")}}, mlp_plan);
+  // gate/up read post_attention_layernorm's output.
+  void quantize_gate_up(int li, LayerWeights& w, QuantizedLayer& ql) {
+    CalibrationWindows* cw = windows();
+    WindowInputs in(window_count(), rows(), hidden(), false,
+                    [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.post_attention_norm, out); });
+    const InputPlan plan =
+        plan_input(in, li, "mlp_in", smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden()));
+    std::vector<QuantizedLinear> gate_up =
+        quantize_linears({{&w.gate_proj, inter(), {}, linear_name(li, "mlp.gate_proj")},
+                          {&w.up_proj, inter(), {}, linear_name(li, "mlp.up_proj")}},
+                         plan);
     ql.gate_proj = std::move(gate_up[0]);
     ql.up_proj = std::move(gate_up[1]);
-    progress.advance(1, fmt::format("layer {} gate/up", li));
+  }
 
-    // down_proj: SiLU(gate) * up through the quantized gate/up
-    const auto gate_op = op(ql.gate_proj, name("mlp.gate_proj")), up_op = op(ql.up_proj, name("mlp.up_proj"));
-    WindowInputs down_in(window_count(), rows(), inter, keep(inter), [&](std::int64_t wi, float* out) {
-      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden));
+  // down_proj reads SiLU(gate) * up through the quantized gate/up; the windows then take its residual branch.
+  void quantize_down_proj(int li, LayerWeights& w, QuantizedLayer& ql) {
+    CalibrationWindows* cw = windows();
+    const auto gate_op = op(ql.gate_proj, linear_name(li, "mlp.gate_proj"));
+    const auto up_op = op(ql.up_proj, linear_name(li, "mlp.up_proj"));
+    WindowInputs in(window_count(), rows(), inter(), keep(inter()), [&](std::int64_t wi, float* out) {
+      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
       cw->rms_norm(wi, ql.post_attention_norm, normed.data());
       cw->mlp_hidden(normed.data(), *gate_op, *up_op, out);
     });
-    const InputPlan down_plan = plan_input(down_in, li, "down_proj_in", {});
-    ql.down_proj =
-        std::move(quantize_linears({{&w.down_proj, hidden, {}, name("mlp.down_proj")}}, down_plan).front());
+    const InputPlan plan = plan_input(in, li, "down_proj_in", {});
+    const std::string name = linear_name(li, "mlp.down_proj");
+    ql.down_proj = std::move(quantize_linears({{&w.down_proj, hidden(), {}, name}}, plan).front());
     if (cw) {
-      const auto down_op = op(ql.down_proj, name("mlp.down_proj"));
-      down_in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *down_op, x); });
+      const auto down_op = op(ql.down_proj, name);
+      in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *down_op, x); });
     }
-    progress.advance(1, fmt::format("layer {} down_proj", li));
-    return ql;
   }
 
   ModelSource source_;
@@ -559,7 +597,8 @@ class Quantizer {
 }  // namespace
 
 QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> calib_tokens,
-                              const QuantRecipe& recipe, const QuantizeOptions& options, QuantizeReport* report) {
+                              const QuantRecipe& recipe, const QuantizeOptions& options,
+                              QuantizeReport* report) {
   recipe.validate();
   source.config.validate("model config");
   cpu::use_single_threaded_blas();  // OpenMP threads only (GPTQ and the products): no spinning BLAS threads

@@ -68,7 +68,8 @@ struct ModelSource {
   std::vector<float> final_norm;
   std::shared_ptr<const std::vector<float>> lm_head;  // null when tied
   DType lm_head_dtype = DType::F32;
-  std::function<LayerWeights(int layer)> layer;  // loads (or hands over) layer i's weights; called once per layer
+  std::function<LayerWeights(int layer)>
+      layer;  // loads (or hands over) layer i's weights; called once per layer
 };
 // Reads layers from the checkpoint on demand (the checkpoint must outlive the source). Throws atom::Error for
 // missing or mis-shaped tensors and for decoder-layer tensors the architecture does not use.
@@ -89,20 +90,21 @@ struct InputReport {
 struct KvReport {
   int layer = 0;
   double key_rel_error = 0, value_rel_error = 0;  // ||x - stored x|| / ||x|| over all tokens and heads
-  double key_channel_max_over_median = 0;         // RMS of the largest key channel / the median one (head dims)
+  double key_channel_max_over_median = 0;  // RMS of the largest key channel / the median one (head dims)
 };
 
 struct LinearReport {
   std::string name;
   std::int64_t n = 0, k = 0, n_outliers = 0, group = 0;
   // q/k/v (and gate/up) are quantized as one stacked matrix: they share these two.
-  float w_clip = 0.0f;      // the clip ratio used (searched or given)
-  double gptq_loss = 0.0;   // GPTQ's proxy loss of the (stacked) call (0 for RTN)
+  float w_clip = 0.0f;     // the clip ratio used (searched or given)
+  double gptq_loss = 0.0;  // GPTQ's proxy loss of the (stacked) call (0 for RTN)
   std::int64_t dead_columns = 0;
 };
 
 struct QuantizeReport {
-  std::vector<std::int64_t> window_starts;  // token offsets of the calibration windows (empty: no calibration)
+  std::vector<std::int64_t>
+      window_starts;  // token offsets of the calibration windows (empty: no calibration)
   std::int64_t window_length = 0;
   std::vector<InputReport> inputs;
   std::vector<LinearReport> linears;
@@ -128,7 +130,8 @@ QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> 
                               const QuantRecipe& recipe, const QuantizeOptions& options = {},
                               QuantizeReport* report = nullptr);
 
-// Reorders the output rows of a quantized linear: new row r = old row order[r] (codes, scales, outliers, bias).
+// Reorders the output rows of a quantized linear: new row r = old row order[r] (codes, scales, outliers,
+// bias).
 void permute_output_rows(QuantizedLinear& linear, std::span<const std::int32_t> order);
 
 }  // namespace atom::quant

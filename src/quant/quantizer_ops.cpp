@@ -53,7 +53,8 @@ void fake_quantize_group(const float* x, std::int64_t n, NumberFormat format, fl
 
 }  // namespace
 
-void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, const ActivationQuant& spec, float* out) {
+void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, const ActivationQuant& spec,
+                             float* out) {
   if (!spec.enabled) {
     if (out != x) std::copy(x, x + m * k, out);
     return;
@@ -64,7 +65,8 @@ void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, con
   for (std::int64_t r = 0; r < m; ++r) {
     const float* xr = x + r * k;
     float* yr = out + r * k;
-    for (std::int64_t g = 0; g < k_normal; g += G) fake_quantize_group(xr + g, G, spec.format, spec.clip, yr + g);
+    for (std::int64_t g = 0; g < k_normal; g += G)
+      fake_quantize_group(xr + g, G, spec.format, spec.clip, yr + g);
     if (spec.n_outliers == 0) continue;
     if (spec.outlier_precision == OutlierPrecision::kInt8) {
       fake_quantize_group(xr + k_normal, spec.n_outliers, NumberFormat::kInt8, 1.0f, yr + k_normal);
@@ -78,8 +80,9 @@ void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, con
 
 namespace {
 
-std::shared_ptr<const std::vector<float>> checked_weight(std::vector<float> weight, std::int64_t n, std::int64_t k,
-                                                         const std::vector<float>& bias, const std::string& name) {
+std::shared_ptr<const std::vector<float>> checked_weight(std::vector<float> weight, std::int64_t n,
+                                                         std::int64_t k, const std::vector<float>& bias,
+                                                         const std::string& name) {
   if (n <= 0 || k <= 0 || static_cast<std::int64_t>(weight.size()) != n * k) {
     fail("{}: {} weights for [{} x {}]", name, weight.size(), n, k);
   }
@@ -92,7 +95,8 @@ std::shared_ptr<const std::vector<float>> checked_weight(std::vector<float> weig
 }  // namespace
 
 FakeQuantLinear::FakeQuantLinear(std::vector<float> weight, std::int64_t n, std::vector<std::int32_t> perm,
-                                 ActivationQuant act, cpu::InputOrder order, std::vector<float> bias, std::string name)
+                                 ActivationQuant act, cpu::InputOrder order, std::vector<float> bias,
+                                 std::string name)
     : n_(n),
       product_(checked_weight(std::move(weight), n, static_cast<std::int64_t>(perm.size()), bias, name), n,
                static_cast<std::int64_t>(perm.size()), std::move(bias)),
@@ -105,10 +109,11 @@ FakeQuantLinear::FakeQuantLinear(std::vector<float> weight, std::int64_t n, std:
   if (act_.enabled) {
     const std::int64_t k_normal = k - act_.n_outliers;
     if (act_.n_outliers < 0 || k_normal <= 0 || act_.group <= 0 || k_normal % act_.group != 0) {
-      fail("{}: activation groups of {} do not tile {} normal channels ({} outliers)", name_, act_.group, k_normal,
-           act_.n_outliers);
+      fail("{}: activation groups of {} do not tile {} normal channels ({} outliers)", name_, act_.group,
+           k_normal, act_.n_outliers);
     }
-    if (!(act_.clip > 0.0f && act_.clip <= 1.0f)) fail("{}: activation clip ratio {} not in (0, 1]", name_, act_.clip);
+    if (!(act_.clip > 0.0f && act_.clip <= 1.0f))
+      fail("{}: activation clip ratio {} not in (0, 1]", name_, act_.clip);
   }
 }
 
@@ -132,44 +137,55 @@ std::string FakeQuantLinear::describe() const {
   std::string act = "a fp32";
   if (act_.enabled) {
     act = fmt::format("a {} g{} clip {}", format_name(act_.format), act_.group, act_.clip);
-    if (act_.n_outliers > 0) act += fmt::format(" + {} {} outliers", act_.n_outliers, outlier_precision_name(act_.outlier_precision));
+    if (act_.n_outliers > 0)
+      act +=
+          fmt::format(" + {} {} outliers", act_.n_outliers, outlier_precision_name(act_.outlier_precision));
   }
-  return fmt::format("fake-quant ({}) [{} x {}]{}", act, n_, perm_.size(), product_.bias().empty() ? "" : " + bias");
+  return fmt::format("fake-quant ({}) [{} x {}]{}", act, n_, perm_.size(),
+                     product_.bias().empty() ? "" : " + bias");
 }
 
 // ---- ops of a quantized model
 
 std::unique_ptr<cpu::LinearOp> make_linear_op(const QuantizedLinear& linear, const QuantRecipe& recipe,
-                                              Execution execution, cpu::InputOrder order, const std::string& name) {
+                                              Execution execution, cpu::InputOrder order,
+                                              const std::string& name) {
   const QuantizedLinearWeights& q = linear.weights;
   if (execution == Execution::kInteger) {
     if (!recipe.has_integer_form()) {
       fail("{}: {} outliers have no integer kernel (fake-quant execution only)", name,
            outlier_precision_name(recipe.outlier_precision));
     }
-    if (recipe.quantize_activations) return std::make_unique<cpu::AtomLinear>(q, recipe.a_clip, name, order, linear.bias);
+    if (recipe.quantize_activations)
+      return std::make_unique<cpu::AtomLinear>(q, recipe.a_clip, name, order, linear.bias);
     return std::make_unique<cpu::WeightOnlyLinear>(q, name, order, linear.bias);
   }
   validate(q, name.c_str());
   std::vector<float> w = dequantize(q);  // reordered order: normal columns, then outliers
   if (!linear.fp16_outlier_columns.empty()) {
     if (static_cast<std::int64_t>(linear.fp16_outlier_columns.size()) != q.n * q.n_outliers) {
-      fail("{}: {} fp16 outlier weights for [{} x {}]", name, linear.fp16_outlier_columns.size(), q.n, q.n_outliers);
+      fail("{}: {} fp16 outlier weights for [{} x {}]", name, linear.fp16_outlier_columns.size(), q.n,
+           q.n_outliers);
     }
     const std::int64_t k = q.k();
     for (std::int64_t r = 0; r < q.n; ++r) {
-      std::copy_n(linear.fp16_outlier_columns.data() + r * q.n_outliers, q.n_outliers, w.data() + r * k + q.k_normal);
+      std::copy_n(linear.fp16_outlier_columns.data() + r * q.n_outliers, q.n_outliers,
+                  w.data() + r * k + q.k_normal);
     }
   }
-  return std::make_unique<FakeQuantLinear>(std::move(w), q.n, q.perm, activation_quant(recipe, q.k_normal, q.n_outliers),
-                                           order, linear.bias, name);
+  return std::make_unique<FakeQuantLinear>(std::move(w), q.n, q.perm,
+                                           activation_quant(recipe, q.k_normal, q.n_outliers), order,
+                                           linear.bias, name);
 }
 
 cpu::KvRowStoreFactory kv_store_factory(int kv_bits) {
   switch (kv_bits) {
-    case 4: return cpu::make_u4_kv_row_store;
-    case 8: return cpu::make_u8_kv_row_store;
-    case 16: return cpu::make_f32_kv_row_store;
+    case 4:
+      return cpu::make_u4_kv_row_store;
+    case 8:
+      return cpu::make_u8_kv_row_store;
+    case 16:
+      return cpu::make_f32_kv_row_store;
   }
   fail("KV cache: {} bits is not 4, 8 or 16", kv_bits);
 }
@@ -187,7 +203,8 @@ std::vector<std::int32_t> shared_perm(std::initializer_list<const QuantizedLinea
                                       const char* what) {
   const std::vector<std::int32_t>& perm = (*linears.begin())->weights.perm;
   for (const QuantizedLinear* l : linears) {
-    if (l->weights.perm != perm) fail("layer {}: the {} projections do not share one input permutation", layer, what);
+    if (l->weights.perm != perm)
+      fail("layer {}: the {} projections do not share one input permutation", layer, what);
   }
   return is_identity(perm) ? std::vector<std::int32_t>{} : perm;
 }
@@ -217,15 +234,17 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
     permute_output_rows(up, ql.down_proj.weights.perm);
     l.gate_proj = make_linear_op(gate, recipe, execution, reordered, linear_name(li, "mlp.gate_proj"));
     l.up_proj = make_linear_op(up, recipe, execution, reordered, linear_name(li, "mlp.up_proj"));
-    l.down_proj = make_linear_op(ql.down_proj, recipe, execution, reordered, linear_name(li, "mlp.down_proj"));
+    l.down_proj =
+        make_linear_op(ql.down_proj, recipe, execution, reordered, linear_name(li, "mlp.down_proj"));
     layers.push_back(std::move(l));
   }
   std::unique_ptr<cpu::LinearOp> lm_head;
   if (model.lm_head) {
-    lm_head = std::make_unique<cpu::DenseLinear>(model.lm_head, model.config.vocab_size, model.config.hidden_size);
+    lm_head =
+        std::make_unique<cpu::DenseLinear>(model.lm_head, model.config.vocab_size, model.config.hidden_size);
   }
-  auto m = std::make_unique<cpu::LlamaModel>(model.config, model.embed_tokens, std::move(layers), model.final_norm,
-                                             std::move(lm_head));
+  auto m = std::make_unique<cpu::LlamaModel>(model.config, model.embed_tokens, std::move(layers),
+                                             model.final_norm, std::move(lm_head));
   m->set_kv_store_factory(kv_store_factory(recipe.kv_bits));
   return m;
 }

@@ -35,14 +35,16 @@ ActivationQuant activation_quant(const QuantRecipe& recipe, std::int64_t k_norma
 
 // x [m, k] in the reordered order -> dequantized values (codes and scales exactly as
 // quant::quantize_activations computes them). x and out may be the same buffer.
-void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, const ActivationQuant& spec, float* out);
+void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, const ActivationQuant& spec,
+                             float* out);
 
 // Fake-quantized linear layer: weight [n, k] already dequantized in the reordered channel order; the input is
-// gathered by perm (InputOrder::kOriginal) or taken as is (kReordered), fake-quantized, then multiplied (sgemm).
+// gathered by perm (InputOrder::kOriginal) or taken as is (kReordered), fake-quantized, then multiplied
+// (sgemm).
 class FakeQuantLinear final : public cpu::LinearOp {
  public:
-  FakeQuantLinear(std::vector<float> weight, std::int64_t n, std::vector<std::int32_t> perm, ActivationQuant act,
-                  cpu::InputOrder order, std::vector<float> bias, std::string name);
+  FakeQuantLinear(std::vector<float> weight, std::int64_t n, std::vector<std::int32_t> perm,
+                  ActivationQuant act, cpu::InputOrder order, std::vector<float> bias, std::string name);
   std::int64_t in_features() const override { return static_cast<std::int64_t>(perm_.size()); }
   std::int64_t out_features() const override { return n_; }
   void forward(const float* x, std::int64_t m, float* y) const override;
@@ -59,7 +61,8 @@ class FakeQuantLinear final : public cpu::LinearOp {
 
 // The LinearOp of a quantized linear. kInteger needs recipe.has_integer_form().
 std::unique_ptr<cpu::LinearOp> make_linear_op(const QuantizedLinear& linear, const QuantRecipe& recipe,
-                                              Execution execution, cpu::InputOrder order, const std::string& name);
+                                              Execution execution, cpu::InputOrder order,
+                                              const std::string& name);
 
 // KV store of the recipe: UINT4 / UINT8 asymmetric per token per head, or fp32 (kv_bits 16).
 cpu::KvRowStoreFactory kv_store_factory(int kv_bits);

@@ -17,19 +17,27 @@ OutlierPrecision parse_outlier_precision(const std::string& text, const std::str
 
 int nominal_bits(NumberFormat f) {
   switch (f) {
-    case NumberFormat::kInt3: return 3;
-    case NumberFormat::kInt4: return 4;
-    case NumberFormat::kInt8: return 8;
-    case NumberFormat::kFp4: return 4;
+    case NumberFormat::kInt3:
+      return 3;
+    case NumberFormat::kInt4:
+      return 4;
+    case NumberFormat::kInt8:
+      return 8;
+    case NumberFormat::kFp4:
+      return 4;
   }
   return 0;
 }
 
-std::string format_tag(NumberFormat f) { return f == NumberFormat::kFp4 ? "fp4" : fmt::format("{}", nominal_bits(f)); }
+std::string format_tag(NumberFormat f) {
+  return f == NumberFormat::kFp4 ? "fp4" : fmt::format("{}", nominal_bits(f));
+}
 
 }  // namespace
 
-const char* outlier_precision_name(OutlierPrecision p) { return p == OutlierPrecision::kInt8 ? "int8" : "fp16"; }
+const char* outlier_precision_name(OutlierPrecision p) {
+  return p == OutlierPrecision::kInt8 ? "int8" : "fp16";
+}
 
 void QuantRecipe::validate() const {
   const auto clip_ok = [](float c) { return c > 0.0f && c <= 1.0f; };
@@ -37,24 +45,32 @@ void QuantRecipe::validate() const {
   if (group > 0 && format_is_packed(weight_format) && group % 2 != 0) {
     fail("quantization recipe: group size {} must be even for the 4-bit weight format", group);
   }
-  if (outliers < -1) fail("quantization recipe: outliers {} must be -1 (default rule), 0 or positive", outliers);
-  if (outlier_rule_group <= 0) fail("quantization recipe: outlier_rule_group {} must be positive", outlier_rule_group);
+  if (outliers < -1)
+    fail("quantization recipe: outliers {} must be -1 (default rule), 0 or positive", outliers);
+  if (outlier_rule_group <= 0)
+    fail("quantization recipe: outlier_rule_group {} must be positive", outlier_rule_group);
   if (!clip_ok(a_clip)) fail("quantization recipe: a_clip {} not in (0, 1]", a_clip);
   if (!clip_ok(w_clip)) fail("quantization recipe: w_clip {} not in (0, 1]", w_clip);
   if (!(percdamp > 0.0 && percdamp < 1.0)) fail("quantization recipe: percdamp {} not in (0, 1)", percdamp);
   if (gptq_block <= 0) fail("quantization recipe: gptq_block {} must be positive", gptq_block);
-  if (kv_bits != 4 && kv_bits != 8 && kv_bits != 16) fail("quantization recipe: kv_bits {} is not 4, 8 or 16", kv_bits);
+  if (kv_bits != 4 && kv_bits != 8 && kv_bits != 16)
+    fail("quantization recipe: kv_bits {} is not 4, 8 or 16", kv_bits);
   if (smoothquant && !(smooth_alpha >= 0.0f && smooth_alpha <= 1.0f)) {
     fail("quantization recipe: smooth_alpha {} not in [0, 1]", smooth_alpha);
   }
   if (calib_windows <= 0 || calib_len < 2) {
-    fail("quantization recipe: calibration needs windows > 0 and length >= 2, got {} x {}", calib_windows, calib_len);
+    fail("quantization recipe: calibration needs windows > 0 and length >= 2, got {} x {}", calib_windows,
+         calib_len);
   }
   if (outlier_precision == OutlierPrecision::kFp16) {
     if (outliers == 0) fail("quantization recipe: fp16 outliers requested with outliers = 0");
-    if (gptq) fail("quantization recipe: fp16 outliers exist for the RTN ablation only; they do not combine with GPTQ");
+    if (gptq)
+      fail(
+          "quantization recipe: fp16 outliers exist for the RTN ablation only; they do not combine with "
+          "GPTQ");
     if (!quantize_activations) fail("quantization recipe: fp16 outliers need quantized activations");
-    if (search_clip) fail("quantization recipe: fp16 outliers exist for the RTN ablation only; no clip search");
+    if (search_clip)
+      fail("quantization recipe: fp16 outliers exist for the RTN ablation only; no clip search");
   }
   if (!quantize_activations && smoothquant) {
     fail("quantization recipe: SmoothQuant migrates activation outliers; it needs quantized activations");
@@ -79,8 +95,9 @@ std::string QuantRecipe::describe() const {
                                  quantize_activations ? format_tag(act_format) : std::string("16"));
   text += group == 0 ? "per-row" : fmt::format("g{}", group);
   if (outliers != 0) {
-    text += outliers < 0 ? fmt::format(", default-count {} outliers", outlier_precision_name(outlier_precision))
-                         : fmt::format(", {} {} outliers", outliers, outlier_precision_name(outlier_precision));
+    text += outliers < 0
+                ? fmt::format(", default-count {} outliers", outlier_precision_name(outlier_precision))
+                : fmt::format(", {} {} outliers", outliers, outlier_precision_name(outlier_precision));
   }
   if (quantize_activations) text += fmt::format(", a_clip {}", a_clip);
   text += fmt::format(", w_clip {}{}", w_clip, search_clip ? " (searched)" : "");
@@ -132,7 +149,8 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   };
   const auto get_int = [&](const char* key) {
     const auto& v = field(key);
-    if (!v.is_number_integer()) fail("{}: recipe field '{}' must be an integer, found {}", what, key, v.dump());
+    if (!v.is_number_integer())
+      fail("{}: recipe field '{}' must be an integer, found {}", what, key, v.dump());
     return v.get<std::int64_t>();
   };
   const auto get_number = [&](const char* key) {
@@ -177,8 +195,8 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
 }
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"atom-w4a4", "atom-w3a3", "atom-fp4",
-                                                 "w8a8-smoothquant", "w4a16", "rtn-w4a4"};
+  static const std::vector<std::string> names = {"atom-w4a4",        "atom-w3a3", "atom-fp4",
+                                                 "w8a8-smoothquant", "w4a16",     "rtn-w4a4"};
   return names;
 }
 

@@ -24,8 +24,8 @@ struct QuantRecipe {
   NumberFormat weight_format = NumberFormat::kInt4;
   bool quantize_activations = true;  // false: weight-only (W4A16), activations stay fp32
   NumberFormat act_format = NumberFormat::kInt4;
-  // Group size along K of weights and activations; 0: one group per row (the normal part of a row: per-channel
-  // weight scales, per-token activation scales).
+  // Group size along K of weights and activations; 0: one group per row (the normal part of a row:
+  // per-channel weight scales, per-token activation scales).
   std::int64_t group = 128;
   // Outlier channels per linear input: -1 the default rule (quant::default_outlier_count with the group size,
   // or with outlier_rule_group when group is 0), 0 none (channel order then stays the identity), n exactly n.
@@ -53,7 +53,8 @@ struct QuantRecipe {
   // Whether quantizing needs calibration activations at all (RTN without outliers, smoothing or clip search
   // does not).
   bool needs_calibration() const { return gptq || outliers != 0 || smoothquant || search_clip; }
-  // Outlier channels of a linear input of width k (resolves -1); throws when the count leaves no whole groups.
+  // Outlier channels of a linear input of width k (resolves -1); throws when the count leaves no whole
+  // groups.
   std::int64_t outlier_count(std::int64_t k) const;
   // Group size used for a linear input with k_normal normal channels (resolves 0).
   std::int64_t group_for(std::int64_t k_normal) const { return group == 0 ? k_normal : group; }

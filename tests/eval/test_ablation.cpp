@@ -1,5 +1,6 @@
 // The ablation runner on a tiny random model: every row runs, the FP row is the plain perplexity, the
-// quantized rows are scored through the model they describe, calibration never depends on the evaluation text.
+// quantized rows are scored through the model they describe, calibration never depends on the evaluation
+// text.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -44,7 +45,8 @@ LlamaWeights tiny_weights(std::uint64_t seed) {
     v[7] = 12.0f;
     return v;
   };
-  const std::size_t h = c.hidden_size, inter = c.intermediate_size, kv = std::size_t(c.num_kv_heads) * c.head_dim;
+  const std::size_t h = c.hidden_size, inter = c.intermediate_size,
+                    kv = std::size_t(c.num_kv_heads) * c.head_dim;
   LlamaWeights w;
   w.config = c;
   w.embed_tokens = vec(std::size_t(c.vocab_size) * h, 0.5f);
@@ -102,9 +104,9 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   const std::vector<AblationRow> rows = default_ablation_rows(tiny_settings(), tiny_config());
   std::vector<std::string> ids;
   for (const AblationRow& r : rows) ids.push_back(r.id);
-  EXPECT_EQ(ids, (std::vector<std::string>{"fp", "w4a4-rtn", "outliers-fp16", "outliers-int8", "group", "clip", "gptq",
-                                           "kv4", "atom-w3a3", "atom-fp4", "w8a8-smoothquant", "w4a16-gptq",
-                                           "w4a16-rtn"}));
+  EXPECT_EQ(ids, (std::vector<std::string>{"fp", "w4a4-rtn", "outliers-fp16", "outliers-int8", "group",
+                                           "clip", "gptq", "kv4", "atom-w3a3", "atom-fp4", "w8a8-smoothquant",
+                                           "w4a16-gptq", "w4a16-rtn"}));
   EXPECT_FALSE(rows[0].recipe);
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
@@ -156,8 +158,9 @@ TEST(Ablation, RunsEveryRowOnATinyModel) {
   const std::vector<std::int32_t> calib = tokens(400, 0, 96, 5), text = tokens(200, 0, 96, 6);
   const std::vector<AblationRow> rows = default_ablation_rows(tiny_settings(), tiny_config());
   std::vector<std::string> seen;
-  const std::vector<AblationResult> results = run_ablation(tiny_model(), calib, text, rows, tiny_options(),
-                                                           [&](const AblationResult& r) { seen.push_back(r.row.id); });
+  const std::vector<AblationResult> results =
+      run_ablation(tiny_model(), calib, text, rows, tiny_options(),
+                   [&](const AblationResult& r) { seen.push_back(r.row.id); });
   ASSERT_EQ(results.size(), rows.size());
   EXPECT_EQ(seen.size(), rows.size());
   // The FP row is exactly the perplexity of the fp model.
@@ -186,8 +189,10 @@ TEST(Ablation, RunsEveryRowOnATinyModel) {
   };
   // What the recipes promise, on a model with one strong outlier channel.
   EXPECT_LT(ppl("outliers-int8"), ppl("w4a4-rtn"));
-  EXPECT_LT(std::fabs(ppl("w8a8-smoothquant") / fp.perplexity - 1.0), std::fabs(ppl("kv4") / fp.perplexity - 1.0));
-  EXPECT_LT(std::fabs(ppl("w4a16-gptq") / fp.perplexity - 1.0), std::fabs(ppl("w4a4-rtn") / fp.perplexity - 1.0));
+  EXPECT_LT(std::fabs(ppl("w8a8-smoothquant") / fp.perplexity - 1.0),
+            std::fabs(ppl("kv4") / fp.perplexity - 1.0));
+  EXPECT_LT(std::fabs(ppl("w4a16-gptq") / fp.perplexity - 1.0),
+            std::fabs(ppl("w4a4-rtn") / fp.perplexity - 1.0));
   EXPECT_NEAR(results[1].effective_bits, (64 * 4.0 + 16) / 64, 0.2);  // per-row INT4
 
   const std::string table = ablation_table(results, false), markdown = ablation_table(results, true);
@@ -244,10 +249,12 @@ TEST(Ablation, ErrorAttribution) {
   // switched on is that row of the ladder, and there is no KV row.
   const auto a16 = attribute_error(tiny_model(), calib, text, *rows[6].recipe, tiny_options());
   ASSERT_EQ(a16.size(), 8u);
-  const auto ladder = run_ablation(tiny_model(), calib, text, std::vector<AblationRow>{rows[0], rows[6]}, tiny_options());
+  const auto ladder =
+      run_ablation(tiny_model(), calib, text, std::vector<AblationRow>{rows[0], rows[6]}, tiny_options());
   EXPECT_DOUBLE_EQ(a16[0].ppl.perplexity, ladder[0].ppl.perplexity);
   EXPECT_NEAR(a16[1].ppl.perplexity, ladder[1].ppl.perplexity, 1e-9 * ladder[1].ppl.perplexity);
-  EXPECT_THROW(attribute_error(tiny_model(), calib, text, *rows[10].recipe, tiny_options()), Error);  // SmoothQuant
+  EXPECT_THROW(attribute_error(tiny_model(), calib, text, *rows[10].recipe, tiny_options()),
+               Error);  // SmoothQuant
 }
 
 TEST(Ablation, BadOptions) {

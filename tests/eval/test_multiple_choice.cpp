@@ -1,5 +1,5 @@
-// Multiple-choice scoring: the prompts of each task layout exactly as lm-evaluation-harness builds them, every
-// malformed input refused with its file:line, and the scores of SmolLM2 against an independent Python
+// Multiple-choice scoring: the prompts of each task layout exactly as lm-evaluation-harness builds them,
+// every malformed input refused with its file:line, and the scores of SmolLM2 against an independent Python
 // implementation run with transformers (scripts/dev/make_mc_refs.py -> tests/data/eval/mc_refs.json).
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -88,9 +88,10 @@ TEST(MultipleChoiceLayouts, WinoGrandePartialScoring) {
 TEST(MultipleChoiceLayouts, BoolQ) {
   const std::vector<McDoc> docs = read_mc_file(data("boolq.jsonl"), 3);
   ASSERT_EQ(docs.size(), 3u);  // --limit
-  EXPECT_EQ(docs[0].choices[0].context,
-            "The Sun is the star at the center of the Solar System. It is a nearly perfect ball of hot plasma.\n"
-            "Question: is the sun a star?\nAnswer:");
+  EXPECT_EQ(
+      docs[0].choices[0].context,
+      "The Sun is the star at the center of the Solar System. It is a nearly perfect ball of hot plasma.\n"
+      "Question: is the sun a star?\nAnswer:");
   EXPECT_EQ(docs[0].choices[0].continuation, " no");
   EXPECT_EQ(docs[0].choices[1].continuation, " yes");
   EXPECT_EQ(docs[0].gold, 1);
@@ -114,14 +115,17 @@ TEST_F(McBadFile, ErrorsNameTheLineAndTheField) {
   const auto expect = [&](const std::string& text, std::vector<std::string> fragments) {
     const std::string path = write(text);
     const std::string e = error_of([&] { read_mc_file(path); });
-    for (const std::string& f : fragments) EXPECT_NE(e.find(f), std::string::npos) << "'" << f << "' not in: " << e;
+    for (const std::string& f : fragments)
+      EXPECT_NE(e.find(f), std::string::npos) << "'" << f << "' not in: " << e;
   };
   expect(piqa + "\n{\"x\": 1}\n", {":2", "not a known task layout"});
-  expect(piqa + "\n" + R"({"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "1"})", {":2", "winogrande", "piqa"});
+  expect(piqa + "\n" + R"({"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "1"})",
+         {":2", "winogrande", "piqa"});
   expect(R"({"goal": "g", "sol1": "a", "sol2": "b", "label": 2})", {":1", "label", "2 choices"});
   expect(R"({"goal": "g", "sol1": "a", "label": 0})", {":1", "sol2"});
   expect(R"({"goal": 5, "sol1": "a", "sol2": "b", "label": 0})", {":1", "goal", "string"});
-  expect(R"({"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"})", {"answerKey 'B'"});
+  expect(R"({"question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"})",
+         {"answerKey 'B'"});
   expect(R"({"sentence": "no blank", "option1": "x", "option2": "y", "answer": "1"})", {"'_'"});
   expect(R"({"sentence": "a _ b", "option1": "x", "option2": "y", "answer": "3"})", {"answer"});
   expect(R"({"passage": "p", "question": "q", "answer": "maybe"})", {"answer"});
@@ -134,7 +138,8 @@ TEST_F(McBadFile, ErrorsNameTheLineAndTheField) {
 
 // ---- scoring with SmolLM2
 
-const std::string kModelPath = std::string(ATOM_SOURCE_DIR) + "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+const std::string kModelPath =
+    std::string(ATOM_SOURCE_DIR) + "/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 class McSmolLM2 : public ::testing::Test {
  protected:
@@ -152,7 +157,8 @@ class McSmolLM2 : public ::testing::Test {
   void SetUp() override {
     if (model_) return;
     const char* skip = std::getenv("ATOM_SKIP_MODEL_TESTS");
-    if (skip && std::string(skip) == "1") GTEST_SKIP() << "ATOM_SKIP_MODEL_TESTS=1 and " << kModelPath << " is absent";
+    if (skip && std::string(skip) == "1")
+      GTEST_SKIP() << "ATOM_SKIP_MODEL_TESTS=1 and " << kModelPath << " is absent";
     FAIL() << kModelPath << " is missing: run scripts/fetch_model.sh (or set ATOM_SKIP_MODEL_TESTS=1)";
   }
   static inline std::unique_ptr<Checkpoint> checkpoint_;
@@ -176,7 +182,8 @@ TEST_F(McSmolLM2, SharedPrefillEqualsSinglePasses) {
     for (const McDoc& doc : read_mc_file(data(file), 2)) {
       const std::vector<double> scores = scorer.score(doc);
       for (std::size_t i = 0; i < doc.choices.size(); ++i) {
-        const auto [ctx, cont] = encode_mc_pair(*tokenizer_, doc.choices[i].context, doc.choices[i].continuation);
+        const auto [ctx, cont] =
+            encode_mc_pair(*tokenizer_, doc.choices[i].context, doc.choices[i].continuation);
         EXPECT_NEAR(scores[i], scorer.loglikelihood(ctx, cont), 1e-3) << file;
         EXPECT_LT(scores[i], 0.0);
       }
@@ -206,14 +213,15 @@ TEST_F(McSmolLM2, MatchesTransformersReference) {
         EXPECT_EQ(rq.at("context_ids").get<std::vector<std::int32_t>>(), ctx) << task << " doc " << d;
         EXPECT_EQ(rq.at("continuation_ids").get<std::vector<std::int32_t>>(), cont) << task << " doc " << d;
         const double expected = rd.at("loglikelihoods")[i].get<double>();
-        EXPECT_NEAR(scores[i], expected, 5e-4 + 1e-5 * std::fabs(expected)) << task << " doc " << d << " choice " << i;
+        EXPECT_NEAR(scores[i], expected, 5e-4 + 1e-5 * std::fabs(expected))
+            << task << " doc " << d << " choice " << i;
       }
     }
     const McResult r = evaluate_mc(scorer, docs, false);
     EXPECT_DOUBLE_EQ(r.acc, ref.at("acc").get<double>()) << task;
     if (r.acc_norm) EXPECT_DOUBLE_EQ(*r.acc_norm, ref.at("acc_norm").get<double>()) << task;
-    EXPECT_EQ(r.acc_norm.has_value(), std::string(task) == "piqa" || std::string(task) == "arc" ||
-                                          std::string(task) == "hellaswag");
+    EXPECT_EQ(r.acc_norm.has_value(),
+              std::string(task) == "piqa" || std::string(task) == "arc" || std::string(task) == "hellaswag");
     EXPECT_NEAR(r.acc_stderr, r.docs > 1 ? std::sqrt(r.acc * (1 - r.acc) / (r.docs - 1)) : 0.0, 1e-12);
   }
 }

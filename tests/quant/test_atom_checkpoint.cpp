@@ -78,7 +78,8 @@ TEST_P(RoundTrip, LoadedModelGivesTheSameLogits) {
   save_atom_checkpoint(dir.string(), m, files);
   EXPECT_TRUE(fs::exists(dir / "tokenizer.json"));
   EXPECT_TRUE(fs::exists(dir / "tokenizer_config.json"));
-  for (const auto& entry : fs::directory_iterator(tmp.path)) EXPECT_EQ(entry.path(), dir);  // no temporary left
+  for (const auto& entry : fs::directory_iterator(tmp.path))
+    EXPECT_EQ(entry.path(), dir);  // no temporary left
 
   const Checkpoint ckpt = open_checkpoint(dir.string());
   EXPECT_TRUE(is_atom_checkpoint(ckpt));
@@ -150,7 +151,8 @@ TEST(AtomModelCheckpoint, FailedWriteLeavesNothingBehind) {
   const QuantizedModel m =
       quantize_model(model_source(test::tiny_weights(c, 5)), test::tiny_tokens(500, 0, 96, 8), r, o);
   TempDir tmp;
-  EXPECT_NE(error_of([&] { save_atom_checkpoint((tmp.path / "x").string(), m, {}); }).find("fp16"), std::string::npos);
+  EXPECT_NE(error_of([&] { save_atom_checkpoint((tmp.path / "x").string(), m, {}); }).find("fp16"),
+            std::string::npos);
   EXPECT_TRUE(fs::is_empty(tmp.path));
 }
 
@@ -170,7 +172,8 @@ class BadCheckpoint : public ::testing::Test {
     save_atom_checkpoint(dir_.string(), quantize_tiny("atom-w4a4", /*qwen2=*/true), {});
     ASSERT_NO_THROW(cpu::load_cpu_model(open_checkpoint(dir_.string())));
   }
-  void edit_weights(const std::function<void(std::vector<OwnedTensor>&, std::map<std::string, std::string>&)>& edit) {
+  void edit_weights(
+      const std::function<void(std::vector<OwnedTensor>&, std::map<std::string, std::string>&)>& edit) {
     std::vector<OwnedTensor> tensors;
     std::map<std::string, std::string> metadata;
     {
@@ -205,7 +208,8 @@ class BadCheckpoint : public ::testing::Test {
   }
   void expect_refused(const std::vector<std::string>& fragments) {
     const std::string error = load_error(dir_);
-    for (const std::string& f : fragments) EXPECT_NE(error.find(f), std::string::npos) << "'" << f << "' not in: " << error;
+    for (const std::string& f : fragments)
+      EXPECT_NE(error.find(f), std::string::npos) << "'" << f << "' not in: " << error;
   }
 
   TempDir tmp_;
@@ -223,7 +227,8 @@ TEST_F(BadCheckpoint, WrongMetadataVersion) {
 }
 
 TEST_F(BadCheckpoint, MetadataNotJson) {
-  edit_weights([](auto&, std::map<std::string, std::string>& metadata) { metadata[kAtomMetadataKey] = "{oops"; });
+  edit_weights(
+      [](auto&, std::map<std::string, std::string>& metadata) { metadata[kAtomMetadataKey] = "{oops"; });
   expect_refused({"metadata 'atom'"});
 }
 
@@ -248,7 +253,8 @@ TEST_F(BadCheckpoint, MissingBias) {
 
 TEST_F(BadCheckpoint, UnknownTensor) {
   edit_weights([](std::vector<OwnedTensor>& t, auto&) {
-    t.push_back({"model.layers.0.self_attn.q_norm.weight", DType::F32, {4}, std::vector<std::uint8_t>(16, 0)});
+    t.push_back(
+        {"model.layers.0.self_attn.q_norm.weight", DType::F32, {4}, std::vector<std::uint8_t>(16, 0)});
   });
   expect_refused({"unexpected tensor", "q_norm"});
 }
@@ -264,7 +270,8 @@ TEST_F(BadCheckpoint, PermIsNotAPermutation) {
 TEST_F(BadCheckpoint, QkvPermutationsDiffer) {
   edit_weights([&](std::vector<OwnedTensor>& t, auto&) {
     OwnedTensor& perm = find(t, "model.layers.1.self_attn.k_proj.perm");
-    std::swap_ranges(perm.bytes.begin(), perm.bytes.begin() + 4, perm.bytes.begin() + 4);  // swap entries 0 and 1
+    std::swap_ranges(perm.bytes.begin(), perm.bytes.begin() + 4,
+                     perm.bytes.begin() + 4);  // swap entries 0 and 1
   });
   expect_refused({"layer 1", "q_proj, k_proj and v_proj"});
 }

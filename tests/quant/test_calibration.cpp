@@ -70,7 +70,8 @@ void expect_split_forward_matches(const ModelConfig& c, int kv_bits) {
   for (int li = 0; li < c.num_layers; ++li) {
     const cpu::DecoderLayer& l = model.layer(li);
     for (std::int64_t w = 0; w < windows.windows(); ++w) {
-      std::vector<float> normed(static_cast<std::size_t>(length * hidden)), attn(static_cast<std::size_t>(length * q_dim));
+      std::vector<float> normed(static_cast<std::size_t>(length * hidden)),
+          attn(static_cast<std::size_t>(length * q_dim));
       windows.rms_norm(w, l.input_norm, normed.data());
       windows.attention(normed.data(), *l.q_proj, *l.k_proj, *l.v_proj, kv, attn.data());
       windows.add_projection(w, *l.o_proj, attn.data());
@@ -81,8 +82,10 @@ void expect_split_forward_matches(const ModelConfig& c, int kv_bits) {
     }
   }
   for (std::int64_t w = 0; w < windows.windows(); ++w) {
-    std::vector<float> normed(static_cast<std::size_t>(length * hidden)), logits(static_cast<std::size_t>(length * c.vocab_size));
-    cpu::rms_norm(windows.hidden(w), length, hidden, model.final_norm().data(), c.rms_norm_eps, {}, normed.data());
+    std::vector<float> normed(static_cast<std::size_t>(length * hidden)),
+        logits(static_cast<std::size_t>(length * c.vocab_size));
+    cpu::rms_norm(windows.hidden(w), length, hidden, model.final_norm().data(), c.rms_norm_eps, {},
+                  normed.data());
     model.lm_head().forward(normed.data(), length, logits.data());
     cpu::KvCache cache = model.new_cache(kv);
     const std::span<const std::int32_t> window(tokens.data() + starts[static_cast<std::size_t>(w)], length);
@@ -97,7 +100,9 @@ void expect_split_forward_matches(const ModelConfig& c, int kv_bits) {
   }
 }
 
-TEST(CalibrationWindows, SplitForwardMatchesModelForward) { expect_split_forward_matches(test::tiny_config(), 16); }
+TEST(CalibrationWindows, SplitForwardMatchesModelForward) {
+  expect_split_forward_matches(test::tiny_config(), 16);
+}
 TEST(CalibrationWindows, SplitForwardMatchesModelForwardWithBiasesAndUntiedHead) {
   expect_split_forward_matches(test::tiny_config(/*qwen2=*/true), 16);
 }

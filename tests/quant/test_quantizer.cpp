@@ -134,7 +134,8 @@ TEST(FakeQuant, MatchesFormatReferenceBitExactly) {
       fake_quantize_reordered(reordered.data(), m, k, spec, out.data());
       for (std::int64_t r = 0; r < m; ++r) {
         for (std::int64_t j = 0; j < k; ++j) {
-          ASSERT_EQ(out[r * k + j], expected[r * k + perm[j]]) << format_name(f) << " row " << r << " col " << j;
+          ASSERT_EQ(out[r * k + j], expected[r * k + perm[j]])
+              << format_name(f) << " row " << r << " col " << j;
         }
       }
     }
@@ -183,7 +184,8 @@ TEST(FakeQuant, LinearMatchesIntegerKernelAndFp64Reference) {
       // fp64 reference of the same quantized operands (activations gathered to the reordered order first).
       std::vector<float> xr(x.size());
       for (std::int64_t r = 0; r < m; ++r) {
-        for (std::int64_t j = 0; j < k; ++j) xr[r * k + j] = order == cpu::InputOrder::kOriginal ? x[r * k + perm[j]] : x[r * k + j];
+        for (std::int64_t j = 0; j < k; ++j)
+          xr[r * k + j] = order == cpu::InputOrder::kOriginal ? x[r * k + perm[j]] : x[r * k + j];
       }
       std::vector<std::int32_t> identity(static_cast<std::size_t>(k));
       std::iota(identity.begin(), identity.end(), 0);
@@ -206,8 +208,8 @@ struct Quantized {
   QuantizeReport report;
 };
 
-Quantized quantize_tiny(const QuantRecipe& recipe, const ModelConfig& c = test::tiny_config(), std::uint64_t seed = 5,
-                        const QuantizeOptions& options = {}) {
+Quantized quantize_tiny(const QuantRecipe& recipe, const ModelConfig& c = test::tiny_config(),
+                        std::uint64_t seed = 5, const QuantizeOptions& options = {}) {
   Quantized q;
   const std::vector<std::int32_t> calib = test::tiny_tokens(600, 0, c.vocab_size, 9);
   QuantizeOptions o = options;
@@ -217,7 +219,8 @@ Quantized quantize_tiny(const QuantRecipe& recipe, const ModelConfig& c = test::
 }
 
 // Mean over positions of the KL divergence from the fp model's next-token distribution.
-double mean_kl(const cpu::LlamaModel& reference, const cpu::LlamaModel& model, std::span<const std::int32_t> tokens) {
+double mean_kl(const cpu::LlamaModel& reference, const cpu::LlamaModel& model,
+               std::span<const std::int32_t> tokens) {
   cpu::KvCache c1 = reference.new_cache(), c2 = model.new_cache();
   const std::vector<float> p = reference.forward(tokens, c1, true), q = model.forward(tokens, c2, true);
   const std::int64_t vocab = reference.vocab_size(), rows = static_cast<std::int64_t>(tokens.size());
@@ -296,7 +299,8 @@ TEST(Quantizer, RtnWithoutCalibrationIsPerRowAndIdentityOrder) {
     for (const QuantizedLinear* ql : {&l.q_proj, &l.o_proj, &l.down_proj}) {
       EXPECT_EQ(ql->weights.n_outliers, 0);
       EXPECT_EQ(ql->weights.group, ql->weights.k_normal);
-      for (std::size_t j = 0; j < ql->weights.perm.size(); ++j) EXPECT_EQ(ql->weights.perm[j], std::int32_t(j));
+      for (std::size_t j = 0; j < ql->weights.perm.size(); ++j)
+        EXPECT_EQ(ql->weights.perm[j], std::int32_t(j));
     }
   }
 }
@@ -308,7 +312,9 @@ TEST(Quantizer, RecomputingActivationsGivesTheSameModel) {
   const Quantized kept = quantize_tiny(r), recomputed = quantize_tiny(r, test::tiny_config(), 5, recompute);
   for (std::size_t i = 0; i < kept.model.layers.size(); ++i) {
     const QuantizedLayer &a = kept.model.layers[i], &b = recomputed.model.layers[i];
-    for (auto [x, y] : {std::pair{&a.q_proj, &b.q_proj}, {&a.o_proj, &b.o_proj}, {&a.up_proj, &b.up_proj},
+    for (auto [x, y] : {std::pair{&a.q_proj, &b.q_proj},
+                        {&a.o_proj, &b.o_proj},
+                        {&a.up_proj, &b.up_proj},
                         {&a.down_proj, &b.down_proj}}) {
       EXPECT_EQ(x->weights.packed, y->weights.packed);
       EXPECT_EQ(x->weights.scales, y->weights.scales);
@@ -342,13 +348,15 @@ TEST(Quantizer, CalibrationReadsOnlyItsOwnWindows) {
   const ModelConfig c = test::tiny_config();
   LlamaWeights w = test::tiny_weights(c, 5);
   for (std::int64_t t = 48; t < c.vocab_size; ++t) {
-    std::fill_n(w.embed_tokens.begin() + t * c.hidden_size, c.hidden_size, std::numeric_limits<float>::quiet_NaN());
+    std::fill_n(w.embed_tokens.begin() + t * c.hidden_size, c.hidden_size,
+                std::numeric_limits<float>::quiet_NaN());
   }
   const std::vector<std::int32_t> calib = test::tiny_tokens(400, 0, 48, 3);
   QuantizeOptions o;
   o.show_progress = false;
   QuantizeReport report;
-  const QuantizedModel m = quantize_model(model_source(std::move(w)), calib, test::tiny_recipe("atom-w4a4"), o, &report);
+  const QuantizedModel m =
+      quantize_model(model_source(std::move(w)), calib, test::tiny_recipe("atom-w4a4"), o, &report);
   for (const QuantizedLayer& l : m.layers) {
     for (std::uint16_t s : l.down_proj.weights.scales) EXPECT_TRUE(std::isfinite(fp16_to_fp32(s)));
   }

@@ -52,8 +52,11 @@ inline std::vector<float> norm_weight(std::mt19937_64& rng, std::size_t n, float
 inline LlamaWeights tiny_weights(const ModelConfig& c, std::uint64_t seed, float outlier_gain = 10.0f) {
   std::mt19937_64 rng(seed);
   const std::size_t h = c.hidden_size, inter = c.intermediate_size, v = c.vocab_size;
-  const std::size_t qd = std::size_t(c.num_heads) * c.head_dim, kvd = std::size_t(c.num_kv_heads) * c.head_dim;
-  const auto mat = [&](std::size_t out, std::size_t in) { return normal_vector(rng, out * in, 1.0f / std::sqrt(float(in))); };
+  const std::size_t qd = std::size_t(c.num_heads) * c.head_dim,
+                    kvd = std::size_t(c.num_kv_heads) * c.head_dim;
+  const auto mat = [&](std::size_t out, std::size_t in) {
+    return normal_vector(rng, out * in, 1.0f / std::sqrt(float(in)));
+  };
   LlamaWeights w;
   w.config = c;
   w.embed_tokens = normal_vector(rng, v * h, 1.0f);
@@ -81,7 +84,8 @@ inline LlamaWeights tiny_weights(const ModelConfig& c, std::uint64_t seed, float
 }
 
 // Token ids in [lo, hi) from a fixed-seed random walk (some repetition, like text).
-inline std::vector<std::int32_t> tiny_tokens(std::size_t n, std::int32_t lo, std::int32_t hi, std::uint64_t seed) {
+inline std::vector<std::int32_t> tiny_tokens(std::size_t n, std::int32_t lo, std::int32_t hi,
+                                             std::uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::vector<std::int32_t> t(n);
   std::int32_t cur = lo;

@@ -1,5 +1,5 @@
-// atom eval ablation: the Atom paper's ablation ladder and the baselines on one model: perplexity, quantization
-// time and bits per weight per row, with the settings that produced them.
+// atom eval ablation: the Atom paper's ablation ladder and the baselines on one model: perplexity,
+// quantization time and bits per weight per row, with the settings that produced them.
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <omp.h>
@@ -95,23 +95,28 @@ void run_ablation_command(const AblationCliOptions& opt) {
 
   const auto now = std::chrono::system_clock::now();
   const std::string settings_text = fmt::format(
-      "model {}; calibration {} windows x {} tokens (seed {}) from {} ({} tokens); evaluation {} ({} tokens), ctx {}, "
+      "model {}; calibration {} windows x {} tokens (seed {}) from {} ({} tokens); evaluation {} ({} "
+      "tokens), ctx {}, "
       "stride {}, {}; group {}; execution {}; {}; {:%Y-%m-%d %H:%M} UTC",
-      opt.model, settings.calib_windows, settings.calib_len, settings.calib_seed, opt.calib, calib_tokens.size(),
-      opt.text, eval_tokens.size(), options.eval.context, options.eval.stride,
-      options.eval.max_windows > 0 ? fmt::format("first {} windows", options.eval.max_windows) : "all windows",
-      settings.group, opt.exec, machine_description(), fmt::gmtime(std::chrono::system_clock::to_time_t(now)));
+      opt.model, settings.calib_windows, settings.calib_len, settings.calib_seed, opt.calib,
+      calib_tokens.size(), opt.text, eval_tokens.size(), options.eval.context, options.eval.stride,
+      options.eval.max_windows > 0 ? fmt::format("first {} windows", options.eval.max_windows)
+                                   : "all windows",
+      settings.group, opt.exec, machine_description(),
+      fmt::gmtime(std::chrono::system_clock::to_time_t(now)));
   fmt::print("ablation: {}\n", settings_text);
 
   AblationModel model;
   model.source = [&ckpt] { return quant::model_source(ckpt); };
-  model.fp_model = [&ckpt] { return std::make_unique<cpu::LlamaModel>(load_llama_weights(ckpt.config, *ckpt.tensors)); };
+  model.fp_model = [&ckpt] {
+    return std::make_unique<cpu::LlamaModel>(load_llama_weights(ckpt.config, *ckpt.tensors));
+  };
   const auto start = std::chrono::steady_clock::now();
   const std::vector<AblationResult> results =
       run_ablation(model, calib_tokens, eval_tokens, rows, options, [](const AblationResult& r) {
-        fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  {:.2f} bits/w  quantize {:.1f}s  eval {:.1f}s\n", r.row.name,
-                   r.ppl.perplexity, r.delta_percent, r.row.recipe ? r.effective_bits : 32.0, r.quantize_seconds,
-                   r.ppl.seconds);
+        fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  {:.2f} bits/w  quantize {:.1f}s  eval {:.1f}s\n",
+                   r.row.name, r.ppl.perplexity, r.delta_percent, r.row.recipe ? r.effective_bits : 32.0,
+                   r.quantize_seconds, r.ppl.seconds);
         std::fflush(stdout);
       });
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -122,7 +127,8 @@ void run_ablation_command(const AblationCliOptions& opt) {
   for (const AblationResult& r : results) {
     if (r.row.id == "kv4") atom_row = &r;
   }
-  if (opt.outlier_table && atom_row) fmt::print("\nchannel statistics (Atom W4A4 row):\n{}", outlier_table(*atom_row, false));
+  if (opt.outlier_table && atom_row)
+    fmt::print("\nchannel statistics (Atom W4A4 row):\n{}", outlier_table(*atom_row, false));
   std::vector<AblationResult> attribution;
   if (opt.attribution) {
     quant::QuantRecipe atom = quant::preset_recipe("atom-w4a4");
@@ -131,11 +137,12 @@ void run_ablation_command(const AblationCliOptions& opt) {
     atom.calib_seed = settings.calib_seed;
     atom.group = settings.group;
     fmt::print("\nerror attribution of {}:\n", atom.describe());
-    attribution = attribute_error(model, calib_tokens, eval_tokens, atom, options, [](const AblationResult& r) {
-      fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  eval {:.1f}s\n", r.row.name, r.ppl.perplexity, r.delta_percent,
-                 r.ppl.seconds);
-      std::fflush(stdout);
-    });
+    attribution =
+        attribute_error(model, calib_tokens, eval_tokens, atom, options, [](const AblationResult& r) {
+          fmt::print("{:<42} ppl {:.3f} ({:+.1f}%)  eval {:.1f}s\n", r.row.name, r.ppl.perplexity,
+                     r.delta_percent, r.ppl.seconds);
+          std::fflush(stdout);
+        });
     fmt::print("\n{}", ablation_table(attribution, false));
   }
   const double total_with_attribution =
@@ -169,15 +176,19 @@ void run_ablation_command(const AblationCliOptions& opt) {
       out << "Settings: " << settings_text << "\n\n" << ablation_table(results, true);
       out << fmt::format("\nTotal {:.1f} min.\n", total / 60.0);
       if (opt.attribution) {
-        out << "\nError attribution of Atom W4A4 (one quantization; quantization switched on only where the row "
+        out << "\nError attribution of Atom W4A4 (one quantization; quantization switched on only where the "
+               "row "
                "says, fp32 elsewhere):\n\n"
             << ablation_table(attribution, true)
             << fmt::format("\nTotal with the attribution {:.1f} min.\n", total_with_attribution / 60.0);
       }
       if (atom_row) {
-        out << "\nChannel statistics of the Atom W4A4 row on the calibration tokens: per linear input, the largest "
-               "channel RMS over the median one and the share of the activation energy the outlier channels hold; "
-               "the relative error the INT4 KV cache puts on keys and values, and the largest key channel RMS "
+        out << "\nChannel statistics of the Atom W4A4 row on the calibration tokens: per linear input, the "
+               "largest "
+               "channel RMS over the median one and the share of the activation energy the outlier channels "
+               "hold; "
+               "the relative error the INT4 KV cache puts on keys and values, and the largest key channel "
+               "RMS "
                "over the median one:\n\n"
             << outlier_table(*atom_row, true);
       }
@@ -192,8 +203,10 @@ void run_ablation_command(const AblationCliOptions& opt) {
 
 void add_eval_ablation_command(CLI::App* eval) {
   auto opt = std::make_shared<AblationCliOptions>();
-  auto* cmd = eval->add_subcommand("ablation", "The Atom ablation ladder and baselines: perplexity per quantization step");
-  cmd->add_option("--model,-m", opt->model, "GGUF file or Hugging Face model directory (unquantized)")->required();
+  auto* cmd = eval->add_subcommand(
+      "ablation", "The Atom ablation ladder and baselines: perplexity per quantization step");
+  cmd->add_option("--model,-m", opt->model, "GGUF file or Hugging Face model directory (unquantized)")
+      ->required();
   cmd->add_option("--calib", opt->calib, "Calibration text (a training split)")->required();
   cmd->add_option("--text", opt->text, "Evaluation text (the matching test split)")->required();
   cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows per row (default 32)")
@@ -201,17 +214,21 @@ void add_eval_ablation_command(CLI::App* eval) {
   cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 512)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--seed", opt->seed, "Seed of the calibration windows");
-  cmd->add_option("--group-size", opt->group, "Group size of the grouped rows (default 128)")->check(CLI::PositiveNumber);
+  cmd->add_option("--group-size", opt->group, "Group size of the grouped rows (default 128)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--ctx", opt->ctx, "Evaluation window (default 512, capped by the model's context)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
-  cmd->add_option("--stride", opt->stride, "Advance between evaluation windows (default: ctx)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--stride", opt->stride, "Advance between evaluation windows (default: ctx)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-windows", opt->max_windows, "Evaluate the first N windows only (0: the whole text)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--rows", opt->rows, "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
-                                       "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
-                                       "w4a16-gptq, w4a16-rtn");
-  cmd->add_option("--exec", opt->exec, "fake (quantize-dequantize, fp32 products), integer (the integer kernels; "
-                                       "every row must have them) or auto")
+  cmd->add_option("--rows", opt->rows,
+                  "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
+                  "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
+                  "w4a16-gptq, w4a16-rtn");
+  cmd->add_option("--exec", opt->exec,
+                  "fake (quantize-dequantize, fp32 products), integer (the integer kernels; "
+                  "every row must have them) or auto")
       ->check(CLI::IsMember({"fake", "integer", "auto"}));
   cmd->add_flag("--outlier-table", opt->outlier_table, "Print per-layer channel statistics of the Atom row");
   cmd->add_flag("--attribution", opt->attribution,

@@ -31,10 +31,12 @@ void run_mc(const McOptions& opt) {
   const std::unique_ptr<cpu::LlamaModel> model = cpu::load_cpu_model(ckpt);
   const McScorer scorer(*model, tokenizer);
   nlohmann::json all = nlohmann::json::array();
-  fmt::print("{:<32} {:<11} {:>6} {:>16} {:>16} {:>8}\n", "file", "task", "docs", "acc", "acc_norm", "seconds");
+  fmt::print("{:<32} {:<11} {:>6} {:>16} {:>16} {:>8}\n", "file", "task", "docs", "acc", "acc_norm",
+             "seconds");
   for (std::size_t i = 0; i < files.size(); ++i) {
     const McResult r = evaluate_mc(scorer, files[i], !opt.quiet);
-    const std::string norm = r.acc_norm ? fmt::format("{:.4f} ± {:.4f}", *r.acc_norm, *r.acc_norm_stderr) : "-";
+    const std::string norm =
+        r.acc_norm ? fmt::format("{:.4f} ± {:.4f}", *r.acc_norm, *r.acc_norm_stderr) : "-";
     fmt::print("{:<32} {:<11} {:>6} {:>16} {:>16} {:>8.1f}\n", opt.tasks[i], mc_task_name(r.task), r.docs,
                fmt::format("{:.4f} ± {:.4f}", r.acc, r.acc_stderr), norm, r.seconds);
     nlohmann::json j = to_json(r);
@@ -48,10 +50,14 @@ void run_mc(const McOptions& opt) {
 
 void add_eval_mc_command(CLI::App* eval) {
   auto opt = std::make_shared<McOptions>();
-  auto* cmd = eval->add_subcommand("mc", "Zero-shot multiple-choice accuracy (PIQA, ARC, HellaSwag, WinoGrande, BoolQ)");
-  cmd->add_option("--model,-m", opt->model, "GGUF file, Hugging Face directory or Atom checkpoint")->required();
-  cmd->add_option("--tasks", opt->tasks, "jsonl task file(s); the layout is recognized from the keys")->required();
-  cmd->add_option("--limit", opt->limit, "Score the first N documents of each file (0: all)")->check(CLI::NonNegativeNumber);
+  auto* cmd = eval->add_subcommand(
+      "mc", "Zero-shot multiple-choice accuracy (PIQA, ARC, HellaSwag, WinoGrande, BoolQ)");
+  cmd->add_option("--model,-m", opt->model, "GGUF file, Hugging Face directory or Atom checkpoint")
+      ->required();
+  cmd->add_option("--tasks", opt->tasks, "jsonl task file(s); the layout is recognized from the keys")
+      ->required();
+  cmd->add_option("--limit", opt->limit, "Score the first N documents of each file (0: all)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--json", opt->json, "Print one JSON object (with every score) as the last stdout line");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bars");
   cmd->callback([opt] { run_mc(*opt); });

@@ -41,9 +41,12 @@ std::string read_text(const std::string& path) {
 
 quant::NumberFormat int_format(int bits, const char* option) {
   switch (bits) {
-    case 3: return quant::NumberFormat::kInt3;
-    case 4: return quant::NumberFormat::kInt4;
-    case 8: return quant::NumberFormat::kInt8;
+    case 3:
+      return quant::NumberFormat::kInt3;
+    case 4:
+      return quant::NumberFormat::kInt4;
+    case 8:
+      return quant::NumberFormat::kInt8;
   }
   fail("{} {}: expected 3, 4 or 8", option, bits);
 }
@@ -91,11 +94,11 @@ void run_quantize(const QuantizeOptions& opt) {
     calib_tokens = tokenizer.encode(text, /*add_special_tokens=*/true);
   }
   const std::int64_t window = std::min<std::int64_t>(recipe.calib_len, ckpt.config.max_position_embeddings);
-  fmt::print(stderr, "quantizing {} ({} layers) with {}: {}\n", opt.model, ckpt.config.num_layers, recipe.preset,
-             recipe.describe());
+  fmt::print(stderr, "quantizing {} ({} layers) with {}: {}\n", opt.model, ckpt.config.num_layers,
+             recipe.preset, recipe.describe());
   if (recipe.needs_calibration()) {
-    fmt::print(stderr, "calibration: {} windows x {} tokens from '{}' ({} tokens), seed {}\n", recipe.calib_windows,
-               window, opt.calib, calib_tokens.size(), recipe.calib_seed);
+    fmt::print(stderr, "calibration: {} windows x {} tokens from '{}' ({} tokens), seed {}\n",
+               recipe.calib_windows, window, opt.calib, calib_tokens.size(), recipe.calib_seed);
   } else {
     fmt::print(stderr, "no calibration needed (round to nearest, no outliers)\n");
   }
@@ -103,7 +106,8 @@ void run_quantize(const QuantizeOptions& opt) {
   quant::QuantizeOptions qopt;
   qopt.show_progress = !opt.quiet;
   quant::QuantizeReport report;
-  const quant::QuantizedModel model = quant::quantize_model(quant::model_source(ckpt), calib_tokens, recipe, qopt, &report);
+  const quant::QuantizedModel model =
+      quant::quantize_model(quant::model_source(ckpt), calib_tokens, recipe, qopt, &report);
 
   quant::AtomCheckpointFiles files;
   files.tokenizer_json = tokenizer.to_hf_tokenizer_json();
@@ -114,9 +118,11 @@ void run_quantize(const QuantizeOptions& opt) {
   quant::save_atom_checkpoint(opt.out, model, files, opt.force);
 
   std::uintmax_t bytes = 0;
-  for (const auto& entry : fs::directory_iterator(opt.out)) bytes += entry.is_regular_file() ? entry.file_size() : 0;
-  fmt::print("wrote {} ({:.1f} MB): {} quantized weights at {:.3f} bits each, quantized in {:.1f}s\n", opt.out,
-             static_cast<double>(bytes) / 1e6, report.quantized_weights, report.effective_bits, report.seconds);
+  for (const auto& entry : fs::directory_iterator(opt.out))
+    bytes += entry.is_regular_file() ? entry.file_size() : 0;
+  fmt::print("wrote {} ({:.1f} MB): {} quantized weights at {:.3f} bits each, quantized in {:.1f}s\n",
+             opt.out, static_cast<double>(bytes) / 1e6, report.quantized_weights, report.effective_bits,
+             report.seconds);
   if (!opt.report.empty()) {
     nlohmann::json j = quant::to_json(report);
     j["recipe"] = recipe.to_json();
@@ -142,22 +148,29 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--preset", opt->preset, "Recipe: " + presets)->check(CLI::IsMember(quant::preset_names()));
   cmd->add_option("--wbits", opt->wbits, "Weight bits (INT3/INT4/INT8) instead of the preset's")
       ->check(CLI::IsMember({3, 4, 8}));
-  cmd->add_option("--abits", opt->abits, "Activation bits (3, 4, 8; 16 = weight-only)")->check(CLI::IsMember({3, 4, 8, 16}));
-  cmd->add_option("--group-size", opt->group, "Group size along K (0: one group per row)")->check(CLI::NonNegativeNumber);
-  cmd->add_option("--outliers", opt->outliers, "Outlier channels per linear input (-1: default rule, 0: none)")
+  cmd->add_option("--abits", opt->abits, "Activation bits (3, 4, 8; 16 = weight-only)")
+      ->check(CLI::IsMember({3, 4, 8, 16}));
+  cmd->add_option("--group-size", opt->group, "Group size along K (0: one group per row)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--outliers", opt->outliers,
+                  "Outlier channels per linear input (-1: default rule, 0: none)")
       ->check(CLI::Range(std::int64_t{-1}, std::int64_t{1} << 20));
   cmd->add_option("--a-clip", opt->a_clip, "Activation clip ratio in (0, 1]");
   cmd->add_option("--w-clip", opt->w_clip, "Weight clip ratio in (0, 1]");
   cmd->add_flag("--search-clip", opt->search_clip, "Grid-search the weight clip ratio per linear layer");
   cmd->add_flag("--no-gptq", opt->no_gptq, "Round to nearest instead of GPTQ");
-  cmd->add_option("--kv-bits", opt->kv_bits, "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
+  cmd->add_option("--kv-bits", opt->kv_bits,
+                  "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
       ->check(CLI::IsMember({4, 8, 16}));
-  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows (default 128)")->check(CLI::PositiveNumber);
-  cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 2048, capped by the context)")
+  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows (default 128)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--calib-len", opt->calib_len,
+                  "Tokens per calibration window (default 2048, capped by the context)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--seed", opt->seed, "Seed of the calibration windows (default 0)");
   cmd->add_option("--smooth-alpha", opt->smooth_alpha, "SmoothQuant migration strength (turns smoothing on)");
-  cmd->add_option("--report", opt->report, "Write the quantization report (per-layer outliers, GPTQ loss) as JSON");
+  cmd->add_option("--report", opt->report,
+                  "Write the quantization report (per-layer outliers, GPTQ loss) as JSON");
   cmd->add_flag("--force", opt->force, "Replace an existing output directory");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bar");
   cmd->callback([opt] { run_quantize(*opt); });
