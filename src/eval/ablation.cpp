@@ -61,6 +61,17 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"w4a16-gptq", fmt::format("W4A16 GPTQ g{}", whole_group), r});
   r.gptq = false;
   rows.push_back({"w4a16-rtn", fmt::format("W4A16 RTN g{}", whole_group), r});
+  // Checks of what the weights can take: 8-bit weights should cost nothing; the smallest group the CPU
+  // kernels run shows how much of the 4-bit weight error is the group size (a GGUF source's weights may
+  // already sit on a 4-bit grid of their own).
+  r = with_calibration(quant::preset_recipe("w4a16"));
+  r.weight_format = quant::NumberFormat::kInt8;
+  r.group = 0;
+  r.gptq = false;
+  rows.push_back({"w8a16-rtn", "W8A16 RTN per-row", r});
+  r = with_calibration(quant::preset_recipe("w4a16"));
+  r.group = 32;
+  rows.push_back({"w4a16-g32-gptq", "W4A16 GPTQ g32", r});
   return rows;
 }
 

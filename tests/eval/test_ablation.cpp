@@ -106,7 +106,7 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   for (const AblationRow& r : rows) ids.push_back(r.id);
   EXPECT_EQ(ids, (std::vector<std::string>{"fp", "w4a4-rtn", "outliers-fp16", "outliers-int8", "group",
                                            "clip", "gptq", "kv4", "atom-w3a3", "atom-fp4", "w8a8-smoothquant",
-                                           "w4a16-gptq", "w4a16-rtn"}));
+                                           "w4a16-gptq", "w4a16-rtn", "w8a16-rtn", "w4a16-g32-gptq"}));
   EXPECT_FALSE(rows[0].recipe);
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;

@@ -27,7 +27,8 @@ namespace {
 
 struct AblationCliOptions {
   std::string model, calib, text, out, rows, exec = "fake";
-  std::int64_t calib_windows = 32, calib_len = 512, group = 128, ctx = 512, stride = 0, max_windows = 0;
+  // Defaults: every row in about 25 minutes on 2 shared cores (a report states the settings of its run).
+  std::int64_t calib_windows = 16, calib_len = 256, group = 128, ctx = 512, stride = 0, max_windows = 8;
   std::uint64_t seed = 0;
   bool json = false, outlier_table = false, attribution = false, quiet = false;
 };
@@ -209,9 +210,9 @@ void add_eval_ablation_command(CLI::App* eval) {
       ->required();
   cmd->add_option("--calib", opt->calib, "Calibration text (a training split)")->required();
   cmd->add_option("--text", opt->text, "Evaluation text (the matching test split)")->required();
-  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows per row (default 32)")
+  cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows per row (default 16)")
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 512)")
+  cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 256)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--seed", opt->seed, "Seed of the calibration windows");
   cmd->add_option("--group-size", opt->group, "Group size of the grouped rows (default 128)")
@@ -220,12 +221,12 @@ void add_eval_ablation_command(CLI::App* eval) {
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--stride", opt->stride, "Advance between evaluation windows (default: ctx)")
       ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--max-windows", opt->max_windows, "Evaluate the first N windows only (0: the whole text)")
+  cmd->add_option("--max-windows", opt->max_windows, "Evaluate the first N windows (default 8; 0: the whole text)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--rows", opt->rows,
                   "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
                   "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
-                  "w4a16-gptq, w4a16-rtn");
+                  "w4a16-gptq, w4a16-rtn, w8a16-rtn, w4a16-g32-gptq");
   cmd->add_option("--exec", opt->exec,
                   "fake (quantize-dequantize, fp32 products), integer (the integer kernels; "
                   "every row must have them) or auto")
