@@ -287,7 +287,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 2 ? 2 : 1) gemm_w4a16_mma(c
   reduce_and_store<__half, MT>(p, acc, no_outliers, n_base, m_base);
 }
 
-int tokens_per_block_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : m <= 32 ? 4 : 8; }
+// At most 4 token tiles per block: the reduction buffers (2 x kWarps x MT x 512 bytes) must stay within the
+// 48 KB of static shared memory that sm_80/86/89 allow (MT = 8 needed 64 KB).
+int tokens_per_block_tiles(int m) { return m <= 8 ? 1 : m <= 16 ? 2 : 4; }
 
 MmaParams make_params(const W4A4PackedWeights& w, int m, void* out, const void* residual) {
   MmaParams p{};
@@ -311,8 +313,7 @@ void launch_w4a4_typed(const MmaParams& p, cudaStream_t stream) {
   switch (mt) {
     case 1: gemm_w4a4o8_mma<OutT, 1, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
     case 2: gemm_w4a4o8_mma<OutT, 2, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    case 4: gemm_w4a4o8_mma<OutT, 4, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    default: gemm_w4a4o8_mma<OutT, 8, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    default: gemm_w4a4o8_mma<OutT, 4, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
   }
   ATOM_CUDA_CHECK_LAUNCH();
 }
@@ -342,8 +343,7 @@ void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream) {
   switch (mt) {
     case 1: gemm_w4a16_mma<1><<<grid, kWarps * 32, 0, stream>>>(p); break;
     case 2: gemm_w4a16_mma<2><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    case 4: gemm_w4a16_mma<4><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    default: gemm_w4a16_mma<8><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    default: gemm_w4a16_mma<4><<<grid, kWarps * 32, 0, stream>>>(p); break;
   }
   ATOM_CUDA_CHECK_LAUNCH();
 }
