@@ -209,7 +209,9 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
   for (const Variant& v : variants) {
     if (v.kv && recipe.kv_bits == 16) continue;
     AblationResult result;
-    result.row = {v.id, v.name, v.id == "fp" ? std::nullopt : std::optional<quant::QuantRecipe>(recipe)};
+    quant::QuantRecipe shown = recipe;  // the table's KV column says what this row runs
+    shown.kv_bits = v.kv ? recipe.kv_bits : 16;
+    result.row = {v.id, v.name, v.id == "fp" ? std::nullopt : std::optional<quant::QuantRecipe>(shown)};
     result.description = recipe.describe();
     result.execution = v.id == "fp" ? "fp32" : "fake-quant";
     std::unique_ptr<cpu::LlamaModel> m;
@@ -244,7 +246,7 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
       }
       m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16));
       result.quantize_seconds = report.seconds;
-      result.effective_bits = report.effective_bits;
+      result.effective_bits = v.weights ? report.effective_bits : 32.0;
       result.report = report;
     }
     PerplexityOptions eval = options.eval;
