@@ -151,7 +151,7 @@ TEST(LoadLlamaWeights, ErrorsNameTheTensor) {
   }
   {
     MemoryStore s = make_store(c);
-    s.add("model.layers.1.mlp.gate_proj.bias", {c.intermediate_size}, 6);  // MLP bias: not implemented
+    s.add("model.layers.1.mlp.gate_proj.bias", {c.intermediate_size}, 6);  // MLP biases are refused, never dropped
     expect_error(s, "model.layers.1.mlp.gate_proj.bias");
   }
   {

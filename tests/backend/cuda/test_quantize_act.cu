@@ -16,36 +16,13 @@
 #include "backend/cuda/quantize_act.h"
 #include "common/half.h"
 #include "quant/format.h"
+#include "device_array.cuh"
 
 namespace atom::cuda {
 namespace {
 
-constexpr unsigned char kPoison = 0xA5;
-
-template <class T>
-class DeviceArray {
- public:
-  explicit DeviceArray(std::size_t n) : n_(n) {
-    ATOM_CUDA_CHECK(cudaMalloc(&ptr_, std::max<std::size_t>(n, 1) * sizeof(T)));
-    ATOM_CUDA_CHECK(cudaMemset(ptr_, kPoison, std::max<std::size_t>(n, 1) * sizeof(T)));
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    ATOM_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() { cudaFree(ptr_); }
-  T* get() const { return ptr_; }
-  std::vector<T> download() const {
-    std::vector<T> host(n_);
-    ATOM_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
-    return host;
-  }
-
- private:
-  T* ptr_ = nullptr;
-  std::size_t n_;
-};
+using testing::DeviceArray;
+using testing::kPoison;
 
 struct Case {
   int m, k, n_out, group;
