@@ -7,6 +7,12 @@ Checks chat and completions, streaming and not, 32 concurrent streams against si
 outputs, stop strings, malformed requests (OpenAI's error shape and status), the API key, a client
 hanging up mid-stream (its request is cancelled), and SIGTERM (running streams finish, exit status 0).
 ATOM_SKIP_MODEL_TESTS=1 skips it; a missing model or `openai` package is a failure that says what to do.
+
+On the GPU machine the same suite runs against the CUDA backend: each --serve-arg value is appended to the
+`atom serve` command line (write it with '=' when it starts with a dash):
+    python3 tests/integration/test_openai_server.py --atom build/atom --model ... \
+        --serve-arg=--device --serve-arg=cuda
+(scripts/gpu/install_wheels.sh makes the `openai` package importable there.)
 """
 import argparse
 import http.client
@@ -43,11 +49,10 @@ class Server:
 
     def __init__(self, atom, model, extra=()):
         self.log_lines = []
-        self.proc = subprocess.Popen(
-            [atom, "serve", "--model", model, "--port", "0", "--served-model-name", MODEL_NAME, "--api-key", API_KEY,
-             "--max-batch", "32", "--max-batched-tokens", "256", "--kv-cache-mb", "512", "--max-context", "2048",
-             *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.command = [atom, "serve", "--model", model, "--port", "0", "--served-model-name", MODEL_NAME,
+                        "--api-key", API_KEY, "--max-batch", "32", "--max-batched-tokens", "256", "--kv-cache-mb",
+                        "512", "--max-context", "2048", *extra]
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.port = None
         port_found = threading.Event()
 
@@ -63,7 +68,8 @@ class Server:
         threading.Thread(target=read_log, daemon=True).start()
         if not port_found.wait(60) or self.port is None:
             self.kill()
-            raise RuntimeError("atom serve did not start:\n" + "\n".join(self.log_lines))
+            raise RuntimeError(f"atom serve did not start ({' '.join(self.command)}):\n" +
+                               "\n".join(self.log_lines))
         deadline = time.time() + 300
         saw_loading = False
         while True:
@@ -74,7 +80,8 @@ class Server:
                 saw_loading = True
             if self.proc.poll() is not None or time.time() > deadline:
                 self.kill()
-                raise RuntimeError("atom serve never became ready:\n" + "\n".join(self.log_lines))
+                raise RuntimeError(f"atom serve never became ready ({' '.join(self.command)}):\n" +
+                                   "\n".join(self.log_lines))
             time.sleep(0.05)
         self.saw_loading = saw_loading
 
@@ -132,8 +139,9 @@ class OpenAIServerTest(unittest.TestCase):
         try:
             import openai  # noqa: F401
         except ImportError:
-            raise AssertionError("the `openai` Python package is missing: run scripts/install_deps.sh")
-        cls.server = Server(ARGS.atom, ARGS.model)
+            raise AssertionError("the `openai` Python package is missing: run scripts/install_deps.sh "
+                                 "(on the GPU machine: source scripts/gpu/install_wheels.sh)")
+        cls.server = Server(ARGS.atom, ARGS.model, extra=ARGS.serve_arg)
         cls.api = client(cls.server)
 
     @classmethod
@@ -314,6 +322,9 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--atom", required=True, help="the atom binary")
     parser.add_argument("--model", required=True, help="SmolLM2 GGUF")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="appended to the `atom serve` command line (repeatable; e.g. --serve-arg=--device "
+                             "--serve-arg=cuda)")
     ARGS, rest = parser.parse_known_args()
     run = unittest.main(argv=[sys.argv[0], "-v", *rest], exit=False).result
     if run.testsRun == 0 and run.skipped:
