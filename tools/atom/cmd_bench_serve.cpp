@@ -19,9 +19,9 @@
 
 #include "commands.h"
 #include "common/error.h"
-#include "engine/cpu_runner.h"
 #include "engine/engine.h"
 #include "engine/workload.h"
+#include "serving_backend.h"
 
 namespace atom::cli {
 namespace {
@@ -39,10 +39,11 @@ struct BenchServeOptions {
   int max_output_length = 1024;
   bool ignore_eos = false;
   int max_batched_tokens = 2048;
-  std::string kv_dtype = "auto";
   int block_size = 16;
   double kv_cache_mb = 0;  // 0: enough for every sequence of the batch at its longest (no preemption)
   std::string json_path;
+  std::string save_workload;  // JSONL of the first run's requests (for outside references)
+  BackendOptions backend;
 };
 
 double mean(const std::vector<double>& v) {
@@ -59,8 +60,8 @@ double percentile(std::vector<double> v, double p) {  // nearest rank
   return v[std::min(v.size() - 1, rank == 0 ? 0 : rank - 1)];
 }
 
-nlohmann::json run_one(const CpuServingModel& model, KvCacheDType kv_dtype, const BenchServeOptions& opt,
-                       int max_batch, const std::vector<WorkloadRequest>& workload) {
+nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& opt, int max_batch,
+                       const std::vector<WorkloadRequest>& workload) {
   EngineConfig config;
   config.limits.max_batch = max_batch;
   config.limits.max_batched_tokens = std::max(opt.max_batched_tokens, max_batch);
@@ -72,17 +73,23 @@ nlohmann::json run_one(const CpuServingModel& model, KvCacheDType kv_dtype, cons
   } else {
     config.num_kv_blocks = max_batch * ((longest + opt.block_size - 1) / opt.block_size);
   }
-  Engine engine(std::make_unique<CpuModelRunner>(model.model, kv_dtype), model.codec, config);
+  std::unique_ptr<ModelRunner> runner = backend.make_runner(config);  // a GPU budget sizes the KV cache here
+  const std::size_t block_bytes = runner->kv_block_bytes(config.block_size);
+  Engine engine(std::move(runner), backend.codec, config);
 
-  // Warm-up (first touches, thread pools), not timed.
-  GenerationRequest warm;
-  warm.prompt = workload.front().prompt;
-  warm.params.temperature = 0.0f;
-  warm.params.max_tokens = 2;
-  warm.params.ignore_eos = true;
-  engine.submit(warm);
+  // Warm-up (first touches, thread pools, the CUDA graph of a full batch), not timed.
+  const int warm_requests = std::min<int>(max_batch, static_cast<int>(workload.size()));
+  for (int i = 0; i < warm_requests; ++i) {
+    GenerationRequest warm;
+    warm.prompt = workload[static_cast<std::size_t>(i)].prompt;
+    warm.params.temperature = 0.0f;
+    warm.params.max_tokens = 3;
+    warm.params.ignore_eos = true;
+    engine.submit(warm);
+  }
   while (engine.step()) {
   }
+  (void)backend.take_decode_time();
   const EngineStats before = engine.stats();
 
   engine.record_timings(true);
@@ -113,6 +120,7 @@ nlohmann::json run_one(const CpuServingModel& model, KvCacheDType kv_dtype, cons
     if (t.completion_tokens > 1) tpot_ms.push_back(1e3 * (t.finished - t.first_token) / (t.completion_tokens - 1));
   }
   const double steps = static_cast<double>(stats.steps - before.steps);
+  const auto [decode_gpu_ms, decode_steps] = backend.take_decode_time();
   nlohmann::json result = {
       {"max_batch", max_batch},
       {"requests", timings.size()},
@@ -134,15 +142,31 @@ nlohmann::json run_one(const CpuServingModel& model, KvCacheDType kv_dtype, cons
       {"mean_batch", steps > 0 ? (stats.scheduled_sequences - before.scheduled_sequences) / steps : 0.0},
       {"preemptions", stats.preemptions - before.preemptions},
       {"kv_blocks", stats.kv_blocks_total},
+      {"kv_cache_gib", static_cast<double>(stats.kv_blocks_total) * static_cast<double>(block_bytes) / (1 << 30)},
+      {"decode_steps", decode_steps},
+      {"mean_decode_step_gpu_ms", decode_steps > 0 ? decode_gpu_ms / static_cast<double>(decode_steps) : 0.0},
   };
   return result;
 }
 
+void save_workload(const std::string& path, const std::vector<WorkloadRequest>& workload) {
+  std::ofstream out(path);
+  if (!out) fail("cannot write '{}'", path);
+  for (const WorkloadRequest& r : workload) {
+    out << nlohmann::json{{"prompt_ids", r.prompt}, {"output_length", r.output_length}}.dump() << "\n";
+  }
+  if (!out) fail("error writing '{}'", path);
+}
+
 void run_bench_serve(const BenchServeOptions& opt) {
   std::fprintf(stderr, "atom bench serve: loading %s\n", opt.model.c_str());
-  const CpuServingModel model = load_cpu_serving_model(opt.model);
-  const KvCacheDType kv_dtype = opt.kv_dtype == "auto" ? model.kv_cache_dtype : parse_kv_cache_dtype(opt.kv_dtype);
-  const int vocab = model.model->vocab_size();
+  const ServingBackend backend = load_serving_backend(opt.model, opt.backend, [](const std::string& stage, double f) {
+    std::fprintf(stderr, "  %s (%.0f%%)\n", stage.c_str(), 100.0 * f);
+  });
+  const int vocab = backend.vocab_size;
+  fmt::print("model {} on {}: {}, KV cache {}{}\n", backend.name, backend.device, backend.precision, backend.kv_dtype,
+             backend.random_weights ? " -- RANDOM WEIGHTS (speed only; outputs are meaningless)" : "");
+  if (backend.weight_bytes > 0) fmt::print("weights {:.2f} GiB\n", static_cast<double>(backend.weight_bytes) / (1 << 30));
   nlohmann::json workload_json;
   if (opt.trace.empty()) {
     workload_json = {{"kind", opt.prompt_length > 0 && opt.output_length > 0 ? "fixed" : "sharegpt-like"},
@@ -161,8 +185,9 @@ void run_bench_serve(const BenchServeOptions& opt) {
   workload_json["ignore_eos"] = opt.ignore_eos;
 
   nlohmann::json results = nlohmann::json::array();
-  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7}\n", "max_batch", "requests", "generated",
-             "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt");
+  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7} {:>9} {:>12}\n", "max_batch", "requests",
+             "generated", "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt", "KV GiB",
+             "step GPU ms");
   for (int max_batch : opt.batch_sizes) {
     const int n = opt.num_requests > 0 ? opt.num_requests : opt.requests_per_batch * max_batch;
     std::vector<WorkloadRequest> workload;
@@ -177,23 +202,30 @@ void run_bench_serve(const BenchServeOptions& opt) {
       spec.min_length = std::min({4, opt.max_prompt_length, opt.max_output_length});
       workload = synthetic_workload(spec, vocab);
     } else {
-      workload = load_trace_workload(opt.trace, *model.codec, vocab, opt.output_length > 0 ? opt.output_length : 128,
-                                     opt.seed, opt.max_prompt_length, opt.max_output_length);
+      workload = load_trace_workload(opt.trace, *backend.codec, vocab,
+                                     opt.output_length > 0 ? opt.output_length : 128, opt.seed, opt.max_prompt_length,
+                                     opt.max_output_length);
     }
-    const nlohmann::json r = run_one(model, kv_dtype, opt, max_batch, workload);
-    fmt::print("{:>9} {:>8} {:>10} {:>12.1f} {:>10.1f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7}\n", max_batch,
-               r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
+    if (!opt.save_workload.empty() && results.empty()) save_workload(opt.save_workload, workload);
+    const nlohmann::json r = run_one(backend, opt, max_batch, workload);
+    fmt::print("{:>9} {:>8} {:>10} {:>12.1f} {:>10.2f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7} {:>9.2f} {:>12.2f}\n",
+               max_batch, r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
                r["throughput_tokens_per_s"].get<double>(), r["mean_tpot_ms"].get<double>(),
                r["mean_ttft_ms"].get<double>(), r["mean_prefill_ms"].get<double>(), r["mean_batch"].get<double>(),
-               r["preemptions"].get<std::int64_t>());
+               r["preemptions"].get<std::int64_t>(), r["kv_cache_gib"].get<double>(),
+               r["mean_decode_step_gpu_ms"].get<double>());
     std::fflush(stdout);
     results.push_back(r);
   }
   if (!opt.json_path.empty()) {
     const nlohmann::json report = {{"model", opt.model},
-                                   {"backend", "cpu"},
+                                   {"backend", backend.device},
+                                   {"mode", backend.precision},
+                                   {"random_weights", backend.random_weights},
+                                   {"weights_gib", static_cast<double>(backend.weight_bytes) / (1 << 30)},
+                                   {"gpu_memory_budget_gib", opt.backend.gpu_memory_gib},
                                    {"threads", omp_get_max_threads()},
-                                   {"kv_dtype", kv_cache_dtype_name(kv_dtype)},
+                                   {"kv_dtype", backend.kv_dtype},
                                    {"block_size", opt.block_size},
                                    {"max_batched_tokens", opt.max_batched_tokens},
                                    {"workload", workload_json},
@@ -210,7 +242,9 @@ void run_bench_serve(const BenchServeOptions& opt) {
 void add_bench_serve_command(CLI::App& bench) {
   auto opt = std::make_shared<BenchServeOptions>();
   auto* cmd = bench.add_subcommand("serve", "Offline serving throughput over batch limits (continuous batching)");
-  cmd->add_option("--model,-m", opt->model, "GGUF file, Hugging Face directory or Atom checkpoint")->required();
+  cmd->add_option("--model,-m", opt->model,
+                  "GGUF file, Hugging Face directory, Atom checkpoint, or synthetic:<shape> (random weights, --device cuda)")
+      ->required();
   cmd->add_option("--batch-sizes", opt->batch_sizes, "Batch limits to run (comma separated)")
       ->delimiter(',')
       ->check(CLI::Range(1, 4096))
@@ -237,13 +271,13 @@ void add_bench_serve_command(CLI::App& bench) {
   cmd->add_option("--max-batched-tokens", opt->max_batched_tokens, "Token budget of one engine step")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", opt->kv_dtype, "auto, f32, fp16, int8, int4")
-      ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
-      ->capture_default_str();
+  add_backend_options(cmd, opt->backend);
   cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")->check(CLI::Range(1, 1024))->capture_default_str();
   cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size (default: room for the whole batch)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", opt->json_path, "Write the results as JSON (scripts/dev/plot_serve.py plots them)");
+  cmd->add_option("--save-workload", opt->save_workload,
+                  "Write the first run's requests as JSONL {prompt_ids, output_length} (scripts/bench/hf_reference.py)");
   cmd->callback([opt] { run_bench_serve(*opt); });
 }
 

@@ -1,4 +1,4 @@
-// atom serve: the OpenAI-compatible HTTP server over the serving engine (CPU backend).
+// atom serve: the OpenAI-compatible HTTP server over the serving engine (CPU or CUDA backend).
 #include <signal.h>
 #include <unistd.h>
 
@@ -15,8 +15,8 @@
 
 #include "commands.h"
 #include "common/error.h"
-#include "engine/cpu_runner.h"
 #include "engine/engine.h"
+#include "serving_backend.h"
 #include "server/http_server.h"
 
 namespace atom::cli {
@@ -30,7 +30,7 @@ struct ServeOptions {
   int max_batch = 64;
   int max_batched_tokens = 512;
   int max_context = 0;
-  std::string kv_dtype = "auto";
+  BackendOptions backend;
   double kv_cache_mb = 1024;
   int kv_blocks = 0;
   int block_size = 16;
@@ -117,11 +117,10 @@ void run_serve(const ServeOptions& opt) {
   std::unique_ptr<Engine> engine;
   try {
     log(fmt::format("loading {}", opt.model));
-    CpuServingModel model = load_cpu_serving_model(opt.model, [&](const std::string& stage, double fraction) {
+    const ServingBackend model = load_serving_backend(opt.model, opt.backend, [&](const std::string& stage, double fraction) {
       server.set_loading(stage, fraction);
       if (!opt.quiet) log(fmt::format("{} ({:.0f}%)", stage, 100 * fraction));
     });
-    const KvCacheDType kv_dtype = opt.kv_dtype == "auto" ? model.kv_cache_dtype : parse_kv_cache_dtype(opt.kv_dtype);
     EngineConfig config;
     config.limits.max_batch = opt.max_batch;
     config.limits.max_batched_tokens = opt.max_batched_tokens;
@@ -130,8 +129,8 @@ void run_serve(const ServeOptions& opt) {
     config.num_kv_blocks = opt.kv_blocks;
     config.kv_cache_bytes = static_cast<std::size_t>(opt.kv_cache_mb * 1048576.0);
     server.set_loading("allocating KV cache", 0.99);
-    engine = std::make_unique<Engine>(std::make_unique<CpuModelRunner>(model.model, kv_dtype), model.codec, config,
-                                      &metrics);
+    std::unique_ptr<ModelRunner> runner = model.make_runner(config);
+    engine = std::make_unique<Engine>(std::move(runner), model.codec, config, &metrics);
     engine->start();
     log(fmt::format("ready: {}; max batch {}, {} batched tokens, context {}", engine->runner().describe(),
                     opt.max_batch, opt.max_batched_tokens, engine->max_context()));
@@ -172,9 +171,7 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-context", opt->max_context, "Most positions per request (0: the model's)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", opt->kv_dtype, "KV cache storage: auto (the checkpoint's), f32, fp16, int8, int4")
-      ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
-      ->capture_default_str();
+  add_backend_options(cmd, opt->backend);
   cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size in MiB")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();

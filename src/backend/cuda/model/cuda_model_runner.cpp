@@ -1,0 +1,692 @@
+#include "backend/cuda/model/cuda_model_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <numeric>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <fmt/format.h>
+
+#include "backend/cuda/attention_kernels.h"
+#include "backend/cuda/elementwise.h"
+#include "backend/cuda/gemm_w4a4.h"
+#include "backend/cuda/quantize_act.h"
+#include "common/error.h"
+
+namespace atom::cuda {
+namespace {
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error {} in {}", static_cast<int>(s), what);
+}
+
+constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
+
+// Padded batch sizes of the captured decode graphs.
+int graph_bucket(int batch) {
+  static constexpr int kBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+                                     320, 384, 448, 512};
+  for (int b : kBuckets) {
+    if (batch <= b) return b;
+  }
+  return (batch + 63) / 64 * 64;
+}
+
+}  // namespace
+
+std::size_t kv_bytes_per_token(const ModelConfig& c, KvDtype dtype) {
+  const std::size_t row = static_cast<std::size_t>(kv_row_bytes(dtype, c.head_dim)) +
+                          (dtype == KvDtype::kF16 ? 0 : sizeof(std::uint32_t));
+  return 2 * static_cast<std::size_t>(c.num_layers) * static_cast<std::size_t>(c.num_kv_heads) * row;
+}
+
+struct CudaModelRunner::Impl {
+  // Offsets (in int32 elements) of the per-step host->device index arrays; fixed so that graphs can read them.
+  struct Layout {
+    std::size_t tokens, positions, slots, logit_rows, dec_lens, dec_tables, pre_indptr, pre_lens, pre_tables, total;
+  };
+  // What one forward runs (host-known sizes; the arrays are in `ints`).
+  struct Shape {
+    int tokens = 0;      // rows (decode rows first)
+    int decode = 0;      // decode sequences (one row each)
+    int prefill = 0;     // prefill sequences
+    int logits = 0;      // rows of logits computed
+    int max_q_len = 0;   // longest prefill chunk
+    int max_kv_len = 0;  // longest decode context
+  };
+
+  std::shared_ptr<const CudaLlamaWeights> w;
+  CudaRunnerOptions opt;
+  ModelConfig cfg;
+  int max_ctx = 0;
+  int qkv_width = 0, attn_width = 0;
+
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  DeviceBuffer<std::uint8_t> blas_workspace;
+  cudaEvent_t ev_start = nullptr, ev_stop = nullptr;
+
+  // KV cache
+  int block_size = 0, num_pages = 0, table_stride = 0;
+  DeviceBuffer<std::uint8_t> kv_storage;
+  std::vector<PagedKvCache> caches;  // per layer
+  DeviceBuffer<std::uint8_t> decode_workspace;
+
+  Layout layout{};
+  PinnedBuffer<std::int32_t> host_ints;
+  DeviceBuffer<std::int32_t> dev_ints;
+
+  // Activations (fp16 unless said): rows = token rows of a forward.
+  DeviceBuffer<std::uint16_t> tmp, hidden, normed, qkv, attn, gate_up, act, final_normed;
+  DeviceBuffer<std::uint8_t> q_packed;
+  DeviceBuffer<std::uint16_t> q_scales, q_outlier_scales;
+  DeviceBuffer<std::int8_t> q_outliers;
+  DeviceBuffer<std::int32_t> identity_perm;
+  DeviceBuffer<float> logits_dev;
+  PinnedBuffer<float> logits_host;
+  int max_logit_rows = 0;
+
+  std::map<int, cudaGraphExec_t> graphs;
+  GpuTime gpu_time;
+
+  Impl(std::shared_ptr<const CudaLlamaWeights> weights, CudaRunnerOptions options)
+      : w(std::move(weights)), opt(options), cfg(w->config) {
+    max_ctx = opt.max_context > 0 ? std::min(opt.max_context, cfg.max_position_embeddings)
+                                  : cfg.max_position_embeddings;
+    if (opt.max_batch_tokens < 1 || opt.max_sequences < 1) {
+      fail("CUDA runner: max_batch_tokens {} and max_sequences {} must be positive", opt.max_batch_tokens,
+           opt.max_sequences);
+    }
+    qkv_width = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim;
+    attn_width = cfg.num_heads * cfg.head_dim;
+    ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    ATOM_CUDA_CHECK(cudaEventCreate(&ev_start));
+    ATOM_CUDA_CHECK(cudaEventCreate(&ev_stop));
+    check_blas(cublasCreate(&blas), "cublasCreate");
+    check_blas(cublasSetStream(blas, stream), "cublasSetStream");
+    // A fixed workspace: cuBLAS then allocates nothing while a graph is captured.
+    blas_workspace.allocate(std::size_t{32} << 20);
+    check_blas(cublasSetWorkspace(blas, blas_workspace.get(), blas_workspace.bytes()), "cublasSetWorkspace");
+    check_blas(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    allocate_activations();
+  }
+
+  ~Impl() {
+    for (auto& [bucket, exec] : graphs) cudaGraphExecDestroy(exec);
+    if (blas) cublasDestroy(blas);
+    if (ev_start) cudaEventDestroy(ev_start);
+    if (ev_stop) cudaEventDestroy(ev_stop);
+    if (stream) cudaStreamDestroy(stream);
+  }
+
+  int rows_capacity() const {
+    // Graph buckets pad decode batches up to the next bucket.
+    return std::max(opt.max_batch_tokens, graph_bucket(opt.max_sequences));
+  }
+
+  void allocate_activations() {
+    const std::size_t t = static_cast<std::size_t>(rows_capacity());
+    const std::size_t h = static_cast<std::size_t>(cfg.hidden_size), inter = static_cast<std::size_t>(cfg.intermediate_size);
+    tmp.allocate(t * h);
+    hidden.allocate(t * h);
+    qkv.allocate(t * static_cast<std::size_t>(qkv_width));
+    attn.allocate(t * static_cast<std::size_t>(attn_width));
+    gate_up.allocate(t * 2 * inter);
+    const bool quantized_acts = w->precision == Precision::kW4A4 || w->precision == Precision::kW8A8;
+    if (quantized_acts) {
+      int kn = 0, nout = 0;
+      for (const DeviceLayer& l : w->layers) {
+        for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down}) {
+          kn = std::max(kn, lin->k_normal);
+          nout = std::max(nout, lin->n_outliers);
+        }
+      }
+      q_packed.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(kn) / 2));
+      q_scales.allocate(std::max<std::size_t>(8, t * static_cast<std::size_t>(kn) / kW4A4Group));
+      q_outliers.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(nout)));
+      q_outlier_scales.allocate(t);
+      const int kmax = std::max({cfg.hidden_size, cfg.intermediate_size, attn_width});
+      std::vector<std::int32_t> id(static_cast<std::size_t>(kmax));
+      std::iota(id.begin(), id.end(), 0);
+      identity_perm.upload(id);
+    } else {
+      normed.allocate(t * h);
+      act.allocate(t * inter);
+    }
+    max_logit_rows = std::max(opt.max_sequences, graph_bucket(opt.max_sequences));
+    final_normed.allocate(static_cast<std::size_t>(max_logit_rows) * h);
+    logits_dev.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
+    logits_host.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
+  }
+
+  std::size_t workspace_bytes() const {
+    return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() + hidden.bytes() +
+           normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() + final_normed.bytes() +
+           q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() + q_outliers.bytes() +
+           identity_perm.bytes() + logits_dev.bytes();
+  }
+
+  std::size_t block_bytes(int bs) const {
+    return kv_bytes_per_token(cfg, opt.kv_dtype) * static_cast<std::size_t>(bs);
+  }
+
+  void allocate_kv(const KvCacheSpec& spec) {
+    if (spec.block_size < 1 || spec.block_size > 256 || (spec.block_size & (spec.block_size - 1)) != 0) {
+      fail("CUDA runner: KV block size {} (a power of two in [1, 256])", spec.block_size);
+    }
+    if (spec.num_blocks < 1) fail("CUDA runner: {} KV blocks", spec.num_blocks);
+    for (auto& [bucket, exec] : graphs) cudaGraphExecDestroy(exec);
+    graphs.clear();
+    block_size = spec.block_size;
+    num_pages = spec.num_blocks;
+    table_stride = (max_ctx + block_size - 1) / block_size;
+
+    PagedKvCache proto;
+    proto.dtype = opt.kv_dtype;
+    proto.num_pages = num_pages;
+    proto.page_size = block_size;
+    proto.num_kv_heads = cfg.num_kv_heads;
+    proto.head_dim = cfg.head_dim;
+    const std::size_t codes = align16(proto.codes_bytes()), params = align16(proto.params_bytes());
+    const std::size_t per_layer = 2 * (codes + params);
+    kv_storage.reset();
+    kv_storage.allocate(per_layer * static_cast<std::size_t>(cfg.num_layers));
+    caches.clear();
+    for (int l = 0; l < cfg.num_layers; ++l) {
+      std::uint8_t* base = kv_storage.get() + per_layer * static_cast<std::size_t>(l);
+      PagedKvCache c = proto;
+      c.k_codes = base;
+      c.v_codes = base + codes;
+      if (params > 0) {
+        c.k_params = reinterpret_cast<std::uint32_t*>(base + 2 * codes);
+        c.v_params = reinterpret_cast<std::uint32_t*>(base + 2 * codes + params);
+      }
+      check_cache(c, "CUDA runner KV cache");
+      caches.push_back(c);
+    }
+
+    const std::size_t t = static_cast<std::size_t>(rows_capacity());
+    const std::size_t s = static_cast<std::size_t>(max_logit_rows);
+    const std::size_t tables = s * static_cast<std::size_t>(table_stride);
+    layout.tokens = 0;
+    layout.positions = layout.tokens + t;
+    layout.slots = layout.positions + t;
+    layout.logit_rows = layout.slots + t;
+    layout.dec_lens = layout.logit_rows + s;
+    layout.dec_tables = layout.dec_lens + s;
+    layout.pre_indptr = layout.dec_tables + tables;
+    layout.pre_lens = layout.pre_indptr + s + 1;
+    layout.pre_tables = layout.pre_lens + s;
+    layout.total = layout.pre_tables + tables;
+    host_ints.allocate(layout.total);
+    dev_ints.allocate(layout.total);
+    std::memset(host_ints.get(), 0, layout.total * sizeof(std::int32_t));
+
+    // The decode split plan depends on the batch and the longest context: size the workspace for the worst.
+    std::size_t ws = 0;
+    for (int b = 1; b <= max_logit_rows; ++b) {
+      DecodeParams d = decode_params(b, max_ctx);
+      ws = std::max(ws, decode_workspace_bytes(d));
+    }
+    decode_workspace.reset();
+    decode_workspace.allocate(std::max<std::size_t>(ws, 16));
+  }
+
+  const std::int32_t* dev(std::size_t offset) const { return dev_ints.get() + offset; }
+
+  DecodeParams decode_params(int batch, int max_kv_len) const {
+    DecodeParams d;
+    d.cache = caches.empty() ? PagedKvCache{} : caches[0];
+    if (caches.empty()) {
+      d.cache.dtype = opt.kv_dtype;
+      d.cache.num_kv_heads = cfg.num_kv_heads;
+      d.cache.head_dim = cfg.head_dim;
+      d.cache.page_size = block_size;
+    }
+    d.batch = batch;
+    d.num_qo_heads = cfg.num_heads;
+    d.q = qkv.get();
+    d.q_token_stride = qkv_width;
+    d.q_head_stride = cfg.head_dim;
+    d.out = attn.get();
+    d.out_token_stride = attn_width;
+    d.out_head_stride = cfg.head_dim;
+    d.kv_lens = dev(layout.dec_lens);
+    d.block_tables = dev(layout.dec_tables);
+    d.block_table_stride = table_stride;
+    d.max_kv_len = max_kv_len;
+    d.sm_scale = 1.0f / std::sqrt(static_cast<float>(cfg.head_dim));
+    d.workspace = decode_workspace.get();
+    d.workspace_bytes = decode_workspace.bytes();
+    return d;
+  }
+
+  // ---- Pieces of the forward.
+
+  QuantizedActOut quant_out(const DeviceLinear& l) {
+    QuantizedActOut o;
+    o.packed = q_packed.get();
+    o.packed_stride = l.k_normal / 2;
+    o.scales = q_scales.get();
+    o.scale_token_stride = l.k_normal / kW4A4Group;
+    o.scale_group_stride = 1;
+    o.outliers = q_outliers.get();
+    o.outlier_stride = l.n_outliers;
+    o.outlier_scales = q_outlier_scales.get();
+    o.outlier_scale_stride = 1;
+    return o;
+  }
+
+  const std::int32_t* perm_or_identity(const DeviceBuffer<std::int32_t>& perm) const {
+    return perm.empty() ? identity_perm.get() : perm.get();
+  }
+
+  void gemm_f16(const std::uint16_t* x, const std::uint16_t* wt, void* y, int m, int n, int k, bool f32_out) {
+    const float one = 1.0f, zero = 0.0f;
+    check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, wt, CUDA_R_16F, k, x, CUDA_R_16F, k, &zero, y,
+                            f32_out ? CUDA_R_32F : CUDA_R_16F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+               "cublasGemmEx");
+  }
+
+  // out [m, l.n] = input x W^T. Quantized precisions read the q_* buffers (filled by the preceding fused
+  // quantizer); fp16 / w4a16 read x.
+  void linear(const DeviceLinear& l, const std::uint16_t* x, int m, std::uint16_t* out) {
+    switch (w->precision) {
+      case Precision::kF16: gemm_f16(x, l.weight_f16.get(), out, m, l.n, l.k, false); break;
+      case Precision::kW4A16: {
+        GemmW4A16Args a;
+        a.x = x;
+        a.m = m;
+        a.w = l.packed_view();
+        a.out = out;
+        gemm_w4a16(a, stream);
+        break;
+      }
+      case Precision::kW4A4:
+      case Precision::kW8A8: {
+        GemmW4A4Args a;
+        a.a = {q_packed.get(), q_scales.get(), q_outliers.get(), q_outlier_scales.get(), m};
+        a.w = l.packed_view();
+        a.out = out;
+        a.out_type = GemmOutType::kF16;
+        gemm_w4a4_o8(a, stream);
+        break;
+      }
+    }
+  }
+
+  bool quantized_acts() const { return w->precision == Precision::kW4A4 || w->precision == Precision::kW8A8; }
+
+  // Residual add (unless first) + RMSNorm of tmp into the input of `l` (quantized, or fp16 in `normed`).
+  void norm_into(const DeviceLinear& l, const DeviceBuffer<std::uint16_t>& gamma, const DeviceBuffer<std::int32_t>& perm,
+                 int m, bool first) {
+    const int h = cfg.hidden_size;
+    if (quantized_acts()) {
+      RmsNormQuantParams p;
+      p.num_tokens = m;
+      p.layout = l.act;
+      p.input = tmp.get();
+      p.input_stride = h;
+      p.residual = first ? nullptr : hidden.get();
+      p.residual_stride = h;
+      p.residual_out = hidden.get();
+      p.residual_out_stride = h;
+      p.weight = gamma.get();
+      p.eps = cfg.rms_norm_eps;
+      p.perm = perm_or_identity(perm);
+      p.out = quant_out(l);
+      rmsnorm_quantize(p, stream);
+    } else {
+      RmsNormParams p;
+      p.num_rows = m;
+      p.hidden = h;
+      p.input = tmp.get();
+      p.input_stride = h;
+      p.residual = first ? nullptr : hidden.get();
+      p.residual_stride = h;
+      p.residual_out = hidden.get();
+      p.residual_out_stride = h;
+      p.weight = gamma.get();
+      p.eps = cfg.rms_norm_eps;
+      p.perm = perm.empty() ? nullptr : perm.get();
+      p.out = normed.get();
+      p.out_stride = h;
+      rmsnorm_f16(p, stream);
+    }
+  }
+
+  void forward(const Shape& s) {
+    const int m = s.tokens, h = cfg.hidden_size, inter = cfg.intermediate_size, d = cfg.head_dim;
+    EmbeddingParams e;
+    e.table = w->embed_tokens.get();
+    e.vocab = cfg.vocab_size;
+    e.hidden = h;
+    e.tokens = dev(layout.tokens);
+    e.num_tokens = m;
+    e.out = tmp.get();
+    e.out_stride = h;
+    embedding_lookup(e, stream);
+
+    for (int li = 0; li < cfg.num_layers; ++li) {
+      const DeviceLayer& L = w->layers[static_cast<std::size_t>(li)];
+      norm_into(L.qkv, L.input_norm, L.attn_perm, m, li == 0);
+      linear(L.qkv, normed.get(), m, qkv.get());
+
+      KvAppendParams a;
+      a.cache = caches[static_cast<std::size_t>(li)];
+      a.num_tokens = m;
+      a.num_qo_heads = cfg.num_heads;
+      a.q = qkv.get();
+      a.q_token_stride = qkv_width;
+      a.q_head_stride = d;
+      a.q_out = qkv.get();
+      a.q_out_token_stride = qkv_width;
+      a.q_out_head_stride = d;
+      a.k = qkv.get() + static_cast<std::size_t>(cfg.num_heads) * d;
+      a.k_token_stride = qkv_width;
+      a.k_head_stride = d;
+      a.v = qkv.get() + static_cast<std::size_t>(cfg.num_heads + cfg.num_kv_heads) * d;
+      a.v_token_stride = qkv_width;
+      a.v_head_stride = d;
+      a.positions = dev(layout.positions);
+      a.slots = dev(layout.slots);
+      a.rope_inv_freq = w->rope_inv_freq.get();
+      a.rope_interleaved = false;
+      kv_cache_append(a, stream);
+
+      if (s.decode > 0) {
+        DecodeParams dp = decode_params(s.decode, s.max_kv_len);
+        dp.cache = caches[static_cast<std::size_t>(li)];
+        attention_decode(dp, stream);
+      }
+      if (s.prefill > 0) {
+        PrefillParams p;
+        p.cache = caches[static_cast<std::size_t>(li)];
+        p.batch = s.prefill;
+        p.num_qo_heads = cfg.num_heads;
+        p.max_q_len = s.max_q_len;
+        p.q = qkv.get() + static_cast<std::size_t>(s.decode) * qkv_width;
+        p.q_token_stride = qkv_width;
+        p.q_head_stride = d;
+        p.out = attn.get() + static_cast<std::size_t>(s.decode) * attn_width;
+        p.out_token_stride = attn_width;
+        p.out_head_stride = d;
+        p.qo_indptr = dev(layout.pre_indptr);
+        p.kv_lens = dev(layout.pre_lens);
+        p.block_tables = dev(layout.pre_tables);
+        p.block_table_stride = table_stride;
+        p.sm_scale = 1.0f / std::sqrt(static_cast<float>(d));
+        p.causal = true;
+        attention_prefill(p, stream);
+      }
+
+      if (quantized_acts()) {
+        ReorderQuantParams r;
+        r.num_tokens = m;
+        r.layout = L.o_proj.act;
+        r.input = attn.get();
+        r.input_stride = attn_width;
+        r.perm = perm_or_identity(L.o_proj.perm);
+        r.out = quant_out(L.o_proj);
+        reorder_quantize(r, stream);
+      }
+      linear(L.o_proj, attn.get(), m, tmp.get());
+
+      norm_into(L.gate_up, L.post_attention_norm, L.mlp_perm, m, false);
+      linear(L.gate_up, normed.get(), m, gate_up.get());
+      if (quantized_acts()) {
+        SiluMulQuantParams q;
+        q.num_tokens = m;
+        q.layout = L.down.act;
+        q.gate = gate_up.get();
+        q.gate_stride = 2 * inter;
+        q.up = gate_up.get() + inter;
+        q.up_stride = 2 * inter;
+        q.out = quant_out(L.down);
+        silu_mul_quantize(q, stream);
+      } else {
+        SiluMulParams q;
+        q.num_tokens = m;
+        q.width = inter;
+        q.gate = gate_up.get();
+        q.gate_stride = 2 * inter;
+        q.up = gate_up.get() + inter;
+        q.up_stride = 2 * inter;
+        q.out = act.get();
+        q.out_stride = inter;
+        silu_mul_f16(q, stream);
+      }
+      linear(L.down, act.get(), m, tmp.get());
+    }
+
+    // Last residual add + final norm, only on the rows that want logits.
+    RmsNormParams f;
+    f.num_rows = s.logits;
+    f.hidden = h;
+    f.input = tmp.get();
+    f.input_stride = h;
+    f.rows = dev(layout.logit_rows);
+    f.residual = hidden.get();
+    f.residual_stride = h;
+    f.weight = w->final_norm.get();
+    f.eps = cfg.rms_norm_eps;
+    f.out = final_normed.get();
+    f.out_stride = h;
+    if (s.logits > 0) {
+      rmsnorm_f16(f, stream);
+      gemm_f16(final_normed.get(), w->output_weight(), logits_dev.get(), s.logits, cfg.vocab_size, h, true);
+    }
+  }
+
+  void upload_ints(const Shape& s, bool graph) {
+    // Only the used part of each region travels.
+    const auto copy = [&](std::size_t offset, std::size_t count) {
+      if (count == 0) return;
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(dev_ints.get() + offset, host_ints.get() + offset, count * sizeof(std::int32_t),
+                                      cudaMemcpyHostToDevice, stream));
+    };
+    (void)graph;
+    const std::size_t t = static_cast<std::size_t>(s.tokens);
+    copy(layout.tokens, t);
+    copy(layout.positions, t);
+    copy(layout.slots, t);
+    copy(layout.logit_rows, static_cast<std::size_t>(s.logits));
+    copy(layout.dec_lens, static_cast<std::size_t>(s.decode));
+    copy(layout.dec_tables, static_cast<std::size_t>(s.decode) * static_cast<std::size_t>(table_stride));
+    if (s.prefill > 0) {
+      copy(layout.pre_indptr, static_cast<std::size_t>(s.prefill) + 1);
+      copy(layout.pre_lens, static_cast<std::size_t>(s.prefill));
+      copy(layout.pre_tables, static_cast<std::size_t>(s.prefill) * static_cast<std::size_t>(table_stride));
+    }
+  }
+
+  cudaGraphExec_t graph_for(const Shape& s) {
+    auto it = graphs.find(s.tokens);
+    if (it != graphs.end()) return it->second;
+    // One eager run first: lazy initialisation (kernel attributes, cuBLAS heuristics) must not be captured.
+    forward(s);
+    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaGraph_t graph = nullptr;
+    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      forward(s);
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    ATOM_CUDA_CHECK(status);
+    graphs.emplace(s.tokens, exec);
+    return exec;
+  }
+
+  void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out) {
+    if (caches.empty()) fail("CUDA runner: execute() before allocate_kv_cache()");
+    if (batch.empty()) return;
+    if (static_cast<int>(batch.size()) > opt.max_sequences) {
+      fail("CUDA runner: {} sequences in one step (max_sequences {})", batch.size(), opt.max_sequences);
+    }
+    std::vector<int> order;  // decode chunks first, then prefill chunks, each in batch order
+    order.reserve(batch.size());
+    int total = 0, wants = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const SequenceChunk& c = batch[i];
+      const int n = static_cast<int>(c.tokens.size());
+      if (n < 1) fail("CUDA runner: sequence {} has no new tokens", c.sequence_id);
+      if (c.start_position < 0 || c.start_position + n > max_ctx) {
+        fail("CUDA runner: sequence {} positions [{}, {}) exceed the context of {}", c.sequence_id, c.start_position,
+             c.start_position + n, max_ctx);
+      }
+      const int blocks = (c.start_position + n + block_size - 1) / block_size;
+      if (static_cast<int>(c.block_table.size()) < blocks) {
+        fail("CUDA runner: sequence {} has {} KV blocks for {} positions", c.sequence_id, c.block_table.size(),
+             c.start_position + n);
+      }
+      for (int b = 0; b < blocks; ++b) {
+        const int page = c.block_table[static_cast<std::size_t>(b)];
+        if (page < 0 || page >= num_pages) fail("CUDA runner: sequence {} names KV block {} of {}", c.sequence_id, page, num_pages);
+      }
+      for (std::int32_t t : c.tokens) {
+        if (t < 0 || t >= cfg.vocab_size) fail("CUDA runner: token id {} outside the vocabulary of {}", t, cfg.vocab_size);
+      }
+      total += n;
+      wants += c.wants_logits ? 1 : 0;
+      if (n == 1) order.push_back(static_cast<int>(i));
+    }
+    const int decode = static_cast<int>(order.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].tokens.size() > 1) order.push_back(static_cast<int>(i));
+    }
+    if (total > opt.max_batch_tokens) {
+      fail("CUDA runner: {} tokens in one step (max_batch_tokens {})", total, opt.max_batch_tokens);
+    }
+    if (logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
+      fail("CUDA runner: logits span of {} floats for {} rows", logits_out.size(), wants);
+    }
+
+    const bool use_graph = opt.cuda_graphs && decode == static_cast<int>(batch.size());
+    Shape s;
+    s.decode = decode;
+    s.prefill = static_cast<int>(batch.size()) - decode;
+    std::int32_t* ints = host_ints.get();
+    const std::size_t stride = static_cast<std::size_t>(table_stride);
+    // Token rows: chunk order[j] occupies rows [row_of[j], row_of[j] + n).
+    std::vector<int> last_row(batch.size());
+    int row = 0, max_kv = 0, max_q = 0;
+    for (int j = 0; j < static_cast<int>(order.size()); ++j) {
+      const SequenceChunk& c = batch[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])];
+      const int n = static_cast<int>(c.tokens.size());
+      for (int i = 0; i < n; ++i) {
+        const int pos = c.start_position + i;
+        ints[layout.tokens + row + i] = c.tokens[static_cast<std::size_t>(i)];
+        ints[layout.positions + row + i] = pos;
+        ints[layout.slots + row + i] = c.block_table[static_cast<std::size_t>(pos / block_size)] * block_size + pos % block_size;
+      }
+      const int kv_len = c.start_position + n;
+      const int blocks = (kv_len + block_size - 1) / block_size;
+      if (j < decode) {
+        ints[layout.dec_lens + j] = kv_len;
+        std::copy_n(c.block_table.begin(), blocks, ints + layout.dec_tables + static_cast<std::size_t>(j) * stride);
+        max_kv = std::max(max_kv, kv_len);
+      } else {
+        const int p = j - decode;
+        if (p == 0) ints[layout.pre_indptr] = 0;
+        ints[layout.pre_indptr + p + 1] = row + n - decode;
+        ints[layout.pre_lens + p] = kv_len;
+        std::copy_n(c.block_table.begin(), blocks, ints + layout.pre_tables + static_cast<std::size_t>(p) * stride);
+        max_q = std::max(max_q, n);
+      }
+      last_row[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])] = row + n - 1;
+      row += n;
+    }
+    s.tokens = total;
+    s.max_kv_len = max_kv;
+    s.max_q_len = max_q;
+
+    if (use_graph) {
+      // Pad to the bucket: padded rows write no KV (slot -1), attend to nothing (kv_len 0); logits of every row.
+      const int bucket = std::min(graph_bucket(decode), max_logit_rows);
+      for (int j = decode; j < bucket; ++j) {
+        ints[layout.tokens + j] = 0;
+        ints[layout.positions + j] = 0;
+        ints[layout.slots + j] = -1;
+        ints[layout.dec_lens + j] = 0;
+      }
+      for (int j = 0; j < bucket; ++j) ints[layout.logit_rows + j] = j;
+      s.tokens = s.decode = s.logits = bucket;
+      s.max_kv_len = max_ctx;
+    } else {
+      int k = 0;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (batch[i].wants_logits) ints[layout.logit_rows + k++] = last_row[i];
+      }
+      s.logits = k;
+    }
+
+    upload_ints(s, use_graph);
+    ATOM_CUDA_CHECK(cudaEventRecord(ev_start, stream));
+    if (use_graph) {
+      const cudaGraphExec_t exec = graph_for(s);
+      ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    } else {
+      forward(s);
+    }
+    ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
+    const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
+    if (s.logits > 0) {
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(logits_host.get(), logits_dev.get(),
+                                      static_cast<std::size_t>(s.logits) * vocab * sizeof(float),
+                                      cudaMemcpyDeviceToHost, stream));
+    }
+    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    float ms = 0.0f;
+    ATOM_CUDA_CHECK(cudaEventElapsedTime(&ms, ev_start, ev_stop));
+    if (decode == static_cast<int>(batch.size())) {
+      gpu_time.decode_ms += ms;
+      ++gpu_time.decode_steps;
+    } else {
+      gpu_time.mixed_ms += ms;
+      ++gpu_time.mixed_steps;
+    }
+
+    // Logits in batch order of the chunks that want them.
+    int k = 0;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!batch[i].wants_logits) continue;
+      const std::size_t src_row = use_graph ? i : static_cast<std::size_t>(k);
+      std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab, logits_host.get() + src_row * vocab,
+                  vocab * sizeof(float));
+      ++k;
+    }
+  }
+};
+
+CudaModelRunner::CudaModelRunner(std::shared_ptr<const CudaLlamaWeights> weights, CudaRunnerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(weights), options)) {}
+CudaModelRunner::~CudaModelRunner() = default;
+
+int CudaModelRunner::vocab_size() const { return impl_->cfg.vocab_size; }
+int CudaModelRunner::max_context() const { return impl_->max_ctx; }
+std::size_t CudaModelRunner::kv_block_bytes(int block_size) const { return impl_->block_bytes(block_size); }
+void CudaModelRunner::allocate_kv_cache(const KvCacheSpec& spec) { impl_->allocate_kv(spec); }
+void CudaModelRunner::execute(std::span<const SequenceChunk> batch, std::span<float> logits) {
+  impl_->execute(batch, logits);
+}
+std::string CudaModelRunner::describe() const {
+  const DeviceInfo info = current_device_info();
+  return fmt::format("cuda ({}), {}, kv {}, graphs {}", info.name, impl_->w->describe(), kv_dtype_name(impl_->opt.kv_dtype),
+                     impl_->opt.cuda_graphs ? "on" : "off");
+}
+std::size_t CudaModelRunner::workspace_bytes() const { return impl_->workspace_bytes(); }
+std::size_t CudaModelRunner::kv_cache_bytes() const { return impl_->kv_storage.bytes(); }
+const CudaLlamaWeights& CudaModelRunner::weights() const { return *impl_->w; }
+CudaModelRunner::GpuTime CudaModelRunner::take_gpu_time() { return std::exchange(impl_->gpu_time, {}); }
+
+}  // namespace atom::cuda

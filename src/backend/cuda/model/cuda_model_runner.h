@@ -1,0 +1,64 @@
+#pragma once
+// The engine's ModelRunner on the GPU: a Llama forward pass composed of Atom's kernels over a paged KV cache.
+//
+// One execute() runs a mixed batch (prefill chunks and decode tokens). Token rows are ordered decode sequences
+// first, then prefill chunks, so that each attention kernel sees one contiguous span. Per layer:
+//   [fused residual add + RMSNorm (+ reorder + quantize)]  ->  qkv GEMM  ->  RoPE + KV append (quantizing)
+//   ->  decode / prefill attention  ->  [reorder + quantize]  ->  o_proj GEMM
+//   ->  [fused residual add + RMSNorm (+ reorder + quantize)]  ->  gate_up GEMM  ->  SiLU * up [+ quantize]
+//   ->  down GEMM
+// and at the end the last layer's residual add + the final RMSNorm on the rows that want logits, and the fp16
+// lm_head (cuBLAS, fp32 logits). The residual stream is fp16. Decode-only steps are captured in CUDA graphs, one
+// per padded batch size, and replayed (launch overhead is most of a small decode step).
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "backend/cuda/kv_cache_layout.h"
+#include "backend/cuda/model/llama_weights.h"
+#include "engine/model_runner.h"
+
+namespace atom::cuda {
+
+struct CudaRunnerOptions {
+  KvDtype kv_dtype = KvDtype::kF16;
+  int max_batch_tokens = 2048;  // token rows of one execute (the engine's max_batched_tokens)
+  int max_sequences = 256;      // sequences of one execute (the engine's max_batch)
+  int max_context = 0;          // positions per sequence; 0: the model's max_position_embeddings
+  bool cuda_graphs = true;      // capture decode-only steps
+};
+
+class CudaModelRunner final : public ModelRunner {
+ public:
+  CudaModelRunner(std::shared_ptr<const CudaLlamaWeights> weights, CudaRunnerOptions options);
+  ~CudaModelRunner() override;
+
+  int vocab_size() const override;
+  int max_context() const override;
+  std::size_t kv_block_bytes(int block_size) const override;
+  void allocate_kv_cache(const KvCacheSpec& spec) override;
+  void execute(std::span<const SequenceChunk> batch, std::span<float> logits) override;
+  std::string describe() const override;
+
+  // Device memory the runner holds besides the weights and the KV cache (activations, workspaces).
+  std::size_t workspace_bytes() const;
+  // Device memory of the KV cache once allocated.
+  std::size_t kv_cache_bytes() const;
+  const CudaLlamaWeights& weights() const;
+  // Sum of the GPU time of executes since the last call (CUDA events around the forward), and their count.
+  struct GpuTime {
+    double decode_ms = 0, mixed_ms = 0;
+    std::int64_t decode_steps = 0, mixed_steps = 0;
+  };
+  GpuTime take_gpu_time();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The per-token KV bytes (all layers, K and V) of a model with this cache format.
+std::size_t kv_bytes_per_token(const ModelConfig& config, KvDtype dtype);
+
+}  // namespace atom::cuda
