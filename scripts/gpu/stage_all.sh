@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Stages the CUDA test binary and benchmarks of a build (default build/) in .devbuild/all, with the shared
 # libraries a bare GPU machine may lack (everything ldd resolves outside glibc and the CUDA toolkit), so that
-# the device tool can carry them:  run(command="bash scripts/gpu/validate_all.sh", carry=[".devbuild/all"])
+# the device tool can carry them, packed:
+#   run(command="mkdir -p .devbuild && tar -C .devbuild -xzf .devbuild/pack/all.tgz && bash scripts/gpu/validate_all.sh",
+#       carry=[".devbuild/pack"])
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
 STAGE=.devbuild/all
 rm -rf "$STAGE" && mkdir -p "$STAGE/lib"
-bins=("$BUILD/tests/test_backend_cuda" "$BUILD/bench/bench_gemm" "$BUILD/bench/bench_attention" "$BUILD/bench/bench_quantize")
-cp "${bins[@]}" "$STAGE/"
+bins=("$BUILD/tests/test_backend_cuda" "$BUILD/atom" "$BUILD/bench/bench_gemm" "$BUILD/bench/bench_attention" "$BUILD/bench/bench_quantize")
+present=()
 for b in "${bins[@]}"; do
+  if [[ -f $b ]]; then present+=("$b"); else echo "not built, not staged: $b"; fi
+done
+cp "${present[@]}" "$STAGE/"
+for b in "${present[@]}"; do
   ldd "$b" | awk '/=> \// {print $3}' | grep -vE 'libc\.so|libm\.so|libpthread|libdl\.so|librt\.so|ld-linux|libcuda\.so|libstdc\+\+|libgcc_s|libcublas|libcudart' || true
 done | sort -u | while read -r lib; do cp -L "$lib" "$STAGE/lib/"; done
 du -sh "$STAGE"
+# One gzip'd tarball travels (carry [".devbuild/pack"]); unpack on the GPU machine with
+#   mkdir -p .devbuild && tar -C .devbuild -xzf .devbuild/pack/all.tgz
+mkdir -p .devbuild/pack
+tar -C .devbuild -czf .devbuild/pack/all.tgz all
+du -sh .devbuild/pack/all.tgz
