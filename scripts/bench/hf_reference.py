@@ -5,7 +5,11 @@
     python3 scripts/bench/hf_reference.py --shape llama-2-7b --trace workload.jsonl \
         --batch-sizes 8,16,32,64,128,256 --gpu-memory-budget-gb 24 --json hf_llama2.json
     python3 scripts/bench/hf_reference.py --model HF_DIR --trace workload.jsonl --json hf.json
-    python3 scripts/bench/hf_reference.py --device cpu --shape tiny --prompt-length 16 --output-length 8  # smoke
+    python3 scripts/bench/hf_reference.py --device cpu --shape tiny --prompt-length 16 --output-length 8
+
+Reproducing atom's synthetic runs: `atom bench serve --save-workload W.jsonl` writes its FIRST run's requests;
+save them from the largest run (e.g. `--batch-sizes 256 --requests-per-batch 2 --save-workload W.jsonl`), then
+`--trace W.jsonl --requests-per-batch 2` here gives every batch size the requests atom ran at it.
 
 Models: --shape llama-2-7b / llama-3-8b build a LlamaForCausalLM with those published hyper-parameters and
 RANDOM weights directly on the device in fp16 (nothing is downloaded; speed does not depend on the values);
@@ -16,8 +20,8 @@ Workload: --trace FILE.jsonl, one request a line: {"prompt_ids": [ids...], "outp
 --seed) or, with --model, {"prompt": "text"} (tokenized with the checkpoint's tokenizer); a line without
 output_length gets --output-length, else 128, as in atom. A "{batch}" in the path is replaced by each batch
 size (one trace file per batch limit). By default every request of the trace is run at each batch size;
---requests-per-batch K takes the first K x batch requests (atom's synthetic workloads for a seed are prefixes of
-one another, so the largest one saved reproduces them all), --num-requests N the first N. Without --trace:
+--requests-per-batch K takes the first K x batch requests (atom's synthetic workloads for a seed are prefixes
+of one another, so the largest one saved reproduces them all), --num-requests N the first N. Without --trace:
 --prompt-length/--output-length fixed lengths, K x batch requests (K = 2 by default, as in atom).
 
 Method, per batch size B: the requests are cut in arrival order into static batches of B (the last may be
@@ -31,8 +35,8 @@ padding work, reported apart as padded_generated_tokens). Times are wall clock a
   queueing; mean_ttft_from_arrival_ms adds the wait for the earlier batches (all requests arrive at t=0).
 - mean_tpot_ms: decode time per step, (batch generate time - its prefill) / (max_new_tokens - 1), averaged
   over requests with output_length > 1: the per-token decode latency every request of the batch sees.
-- peak_gpu_memory_gb: torch.cuda.max_memory_allocated over the batch size's runs (weights included).
---gpu-memory-budget-gb G skips batch sizes whose largest batch needs more than G for fp16 weights plus the
+- peak_gpu_memory_gib: torch.cuda.max_memory_allocated over the batch size's runs (weights included).
+--gpu-memory-budget-gb G skips batch sizes whose largest batch needs more than G GiB for fp16 weights plus the
 padded KV cache, 2 * layers * kv_heads * head_dim * 2 bytes * (longest prompt + longest output) per sequence
 (activations are not counted); a run that still hits CUDA out-of-memory is reported as skipped too.
 Progress goes to stderr, the table to stdout.
@@ -48,6 +52,8 @@ import time
 
 import torch
 
+GIB = float(1 << 30)  # memory figures in GiB, as atom's --gpu-memory-gb and its JSON
+
 SHAPES = {
     # Published hyper-parameters (config.json of meta-llama/Llama-2-7b-hf and meta-llama/Meta-Llama-3-8B).
     "llama-2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -57,9 +63,9 @@ SHAPES = {
                        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
                        rms_norm_eps=1e-5, rope_theta=500000.0, bos_token_id=128000, eos_token_id=128001),
     # For testing the script on a CPU.
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-                 bos_token_id=1, eos_token_id=2),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                 rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1, eos_token_id=2),
 }
 
 
@@ -130,7 +136,8 @@ def build_model(args, config, device):
     if args.model:
         log(f"loading {args.model} in fp16 onto {device}")
         try:
-            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float16, device_map=str(device))
+            model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float16,
+                                                         device_map=str(device))
         except TypeError:  # older transformers
             model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float16).to(device)
         return model.eval(), f"{args.model} (checkpoint weights, fp16)"
@@ -190,14 +197,16 @@ def load_trace(path, vocab_size, seed, tokenizer, default_output):
             ids = [rng.randrange(vocab_size) for _ in range(n)]
         elif "prompt" in entry:
             if tokenizer is None:
-                fail(f"{where}: a text 'prompt' needs --model with a tokenizer (use prompt_ids or prompt_length)")
+                fail(f"{where}: a text 'prompt' needs --model with a tokenizer "
+                     "(use prompt_ids or prompt_length)")
             if not isinstance(entry["prompt"], str):
                 fail(f"{where}: 'prompt' must be a string")
             ids = tokenizer(entry["prompt"])["input_ids"]
             if not ids:
                 fail(f"{where}: the prompt encodes to no tokens")
             if max(ids) >= vocab_size:
-                fail(f"{where}: the tokenizer gave id {max(ids)}, outside the model's vocabulary [0, {vocab_size})")
+                fail(f"{where}: the tokenizer gave id {max(ids)}, "
+                     f"outside the model's vocabulary [0, {vocab_size})")
         else:
             fail(f"{where}: needs 'prompt_ids', 'prompt_length' or 'prompt'")
         m = entry.get("output_length", default_output)
@@ -213,13 +222,15 @@ def workload_for(args, batch, vocab_size, tokenizer):
     if args.trace:
         path = args.trace.replace("{batch}", str(batch))
         requests = load_trace(path, vocab_size, args.seed, tokenizer, args.output_length or 128)
-        want = args.num_requests or (args.requests_per_batch * batch if args.requests_per_batch else len(requests))
+        want = args.num_requests or (args.requests_per_batch * batch if args.requests_per_batch
+                                     else len(requests))
         if want > len(requests):
             fail(f"trace '{path}' holds {len(requests)} requests, {want} needed at batch {batch}")
         return requests[:want]
     rng = random.Random(args.seed)
     n = args.num_requests or (args.requests_per_batch or 2) * batch
-    return [([rng.randrange(vocab_size) for _ in range(args.prompt_length)], args.output_length) for _ in range(n)]
+    return [([rng.randrange(vocab_size) for _ in range(args.prompt_length)], args.output_length)
+            for _ in range(n)]
 
 
 # ---------------------------------------------------------------- measurement
@@ -243,8 +254,9 @@ def timed_generate(model, input_ids, mask, new_tokens, pad_id, device, extra):
     sync(device)
     start = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, pad_token_id=pad_id, eos_token_id=None, **extra)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, do_sample=False,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad_id,
+                             eos_token_id=None, **extra)
     sync(device)
     elapsed = time.perf_counter() - start
     produced = out.shape[1] - input_ids.shape[1]
@@ -276,8 +288,10 @@ def run_batch_size(model, requests, batch, pad_id, device, extra):
     for index, chunk in enumerate(batches):
         input_ids, mask = make_batch(chunk, pad_id, device)
         new_tokens = max(m for _, m in chunk)
-        prefill = timed_generate(model, input_ids, mask, 1, pad_id, device, extra)
         elapsed = timed_generate(model, input_ids, mask, new_tokens, pad_id, device, extra)
+        # After the full run, so that first-time costs of this shape (allocator growth) land in the wall time
+        # that throughput counts, not in the prefill estimate.
+        prefill = timed_generate(model, input_ids, mask, 1, pad_id, device, extra)
         step = (elapsed - prefill) / (new_tokens - 1) if new_tokens > 1 else 0.0
         for _, m in chunk:
             queue.append(wall)
@@ -290,7 +304,8 @@ def run_batch_size(model, requests, batch, pad_id, device, extra):
         steps += new_tokens
         wall += elapsed
         log(f"  batch {batch}: static batch {index + 1}/{len(batches)} of {len(chunk)} requests, "
-            f"prompt <= {input_ids.shape[1]}, {new_tokens} new tokens: {elapsed:.3f} s (prefill {prefill * 1e3:.1f} ms)")
+            f"prompt <= {input_ids.shape[1]}, {new_tokens} new tokens: {elapsed:.3f} s "
+            f"(prefill {prefill * 1e3:.1f} ms)")
     prompt_tokens = sum(len(ids) for ids, _ in requests)
     generated = sum(m for _, m in requests)
     result = {
@@ -319,14 +334,14 @@ def run_batch_size(model, requests, batch, pad_id, device, extra):
         "padded_throughput_tokens_per_s": padded_generated / wall,
     }
     if device.type == "cuda":
-        result["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-        result["peak_gpu_memory_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1e9
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / GIB
+        result["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
     else:
-        result["peak_gpu_memory_gb"] = None
+        result["peak_gpu_memory_gib"] = None
     return result
 
 
-def budget_check(requests, batch, weights, per_token, budget_gb):
+def budget_check(requests, batch, weights, per_token, budget_gib):
     """Returns (needed bytes of the worst static batch, reason or None)."""
     worst = 0
     for i in range(0, len(requests), batch):
@@ -334,9 +349,9 @@ def budget_check(requests, batch, weights, per_token, budget_gb):
         length = max(len(ids) for ids, _ in chunk) + max(m for _, m in chunk)
         worst = max(worst, len(chunk) * length * per_token)
     needed = weights + worst
-    if budget_gb is not None and needed > budget_gb * 1e9:
-        return needed, (f"fp16 weights {weights / 1e9:.4g} GB + padded KV cache {worst / 1e9:.4g} GB = "
-                        f"{needed / 1e9:.4g} GB > budget {budget_gb:g} GB")
+    if budget_gib is not None and needed > budget_gib * GIB:
+        return needed, (f"fp16 weights {weights / GIB:.4g} GiB + padded KV cache {worst / GIB:.4g} GiB = "
+                        f"{needed / GIB:.4g} GiB > budget {budget_gib:g} GiB")
     return needed, None
 
 
@@ -350,7 +365,8 @@ def write_report(args, device, description, weights, per_token, results, skipped
     else:
         workload = {"kind": "fixed", "seed": args.seed, "fixed_prompt_length": args.prompt_length,
                     "fixed_output_length": args.output_length}
-    workload.update(requests_per_batch=args.requests_per_batch, num_requests=args.num_requests, ignore_eos=True)
+    workload.update(requests_per_batch=args.requests_per_batch, num_requests=args.num_requests,
+                    ignore_eos=True)
     report = {
         "model": args.model or args.shape,
         "backend": "hf-transformers",
@@ -364,14 +380,16 @@ def write_report(args, device, description, weights, per_token, results, skipped
         "dtype": "fp16",
         "kv_dtype": "fp16",
         "cache_implementation": args.cache_implementation or "dynamic",
-        "gpu_memory_budget_gb": args.gpu_memory_budget_gb,
-        "weight_gb": weights / 1e9,
+        "random_weights": not args.model,
+        "gpu_memory_budget_gib": args.gpu_memory_budget_gb,
+        "weights_gib": weights / GIB,
         "kv_bytes_per_token": per_token,
         "workload": workload,
-        "method": ("static batches in arrival order, left padding, greedy, min_new_tokens = max_new_tokens = "
-                   "the batch's longest output_length, EOS ignored; generated_tokens counts each request's own "
-                   "output_length only; mean_ttft_ms = prefill (generate with max_new_tokens=1 on the same "
-                   "batch), no queueing; mean_tpot_ms = (generate time - prefill) / (max_new_tokens - 1)"),
+        "method": ("static batches in arrival order, left padding, greedy, min_new_tokens = "
+                   "max_new_tokens = the batch's longest output_length, EOS ignored; generated_tokens counts "
+                   "each request's own output_length only; mean_ttft_ms = prefill (generate with "
+                   "max_new_tokens=1 on the same batch), no queueing; mean_tpot_ms = "
+                   "(generate time - prefill) / (max_new_tokens - 1)"),
         "results": results,
         "skipped": skipped,
     }
@@ -382,22 +400,25 @@ def write_report(args, device, description, weights, per_token, results, skipped
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--shape", choices=sorted(SHAPES), help="published Llama shape with random weights")
     source.add_argument("--model", help="local Hugging Face checkpoint directory")
     parser.add_argument("--trace", help="JSONL workload ({batch} in the path: one file per batch size)")
     parser.add_argument("--prompt-length", type=int, default=0, help="fixed prompt length (without --trace)")
     parser.add_argument("--output-length", type=int, default=0,
-                        help="fixed output length (without --trace); with --trace, for lines without one (default 128)")
+                        help="fixed output length (without --trace); with --trace, for lines without one "
+                             "(default 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random prompt ids")
     parser.add_argument("--requests-per-batch", type=int, default=0,
                         help="requests per batch size = this x the batch size (default: the whole trace; 2 "
                              "without a trace)")
     parser.add_argument("--num-requests", type=int, default=0, help="requests per batch size (overrides)")
     parser.add_argument("--batch-sizes", type=parse_int_list, default=[8, 16, 32, 64, 128, 256])
-    parser.add_argument("--gpu-memory-budget-gb", type=float, default=None,
-                        help="skip batch sizes whose fp16 weights + padded KV cache exceed this")
+    parser.add_argument("--gpu-memory-budget-gb", "--gpu-memory-gb", type=float, default=None,
+                        help="skip batch sizes whose fp16 weights + padded KV cache exceed this many GiB "
+                             "(2^30 bytes, as atom's --gpu-memory-gb)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu (cpu: for testing)")
     parser.add_argument("--cache-implementation", default=None,
                         help="passed to generate (e.g. static); default: transformers' dynamic cache")
@@ -429,8 +450,8 @@ def main():
 
     results, skipped = [], []
     warmed = args.no_warmup
-    header = (f"{'max_batch':>9} {'requests':>8} {'generated':>10} {'tokens/s':>12} {'TPOT ms':>10} {'TTFT ms':>10} "
-              f"{'batches':>7} {'peak GB':>8}")
+    header = (f"{'max_batch':>9} {'requests':>8} {'generated':>10} {'tokens/s':>12} {'TPOT ms':>10} "
+              f"{'TTFT ms':>10} {'batches':>7} {'peak GiB':>8}")
     print(f"# Hugging Face transformers {transformers.__version__} fp16 generate, {description}, "
           f"device {device}; static batches, greedy, EOS ignored", flush=True)
     print(header, flush=True)
@@ -444,7 +465,7 @@ def main():
         needed, reason = budget_check(requests, batch, weights, per_token, args.gpu_memory_budget_gb)
         if reason:
             log(f"batch {batch}: skipped: {reason}")
-            skipped.append({"max_batch": batch, "reason": reason, "needed_gb": needed / 1e9})
+            skipped.append({"max_batch": batch, "reason": reason, "needed_gib": needed / GIB})
             print(f"{batch:>9} skipped: {reason}", flush=True)
             save()
             continue
@@ -459,16 +480,17 @@ def main():
         except torch.OutOfMemoryError as e:
             reason = f"CUDA out of memory ({str(e).splitlines()[0]})"
             log(f"batch {batch}: skipped: {reason}")
-            skipped.append({"max_batch": batch, "reason": reason, "needed_gb": needed / 1e9})
+            skipped.append({"max_batch": batch, "reason": reason, "needed_gib": needed / GIB})
             print(f"{batch:>9} skipped: {reason}", flush=True)
             torch.cuda.empty_cache()
             save()
             continue
-        r["estimated_memory_gb"] = needed / 1e9
+        r["estimated_memory_gib"] = needed / GIB
         results.append(r)
-        peak = f"{r['peak_gpu_memory_gb']:.2f}" if r["peak_gpu_memory_gb"] is not None else "-"
-        print(f"{batch:>9} {r['requests']:>8} {r['generated_tokens']:>10} {r['throughput_tokens_per_s']:>12.1f} "
-              f"{r['mean_tpot_ms']:>10.2f} {r['mean_ttft_ms']:>10.1f} {r['static_batches']:>7} {peak:>8}", flush=True)
+        peak = f"{r['peak_gpu_memory_gib']:.2f}" if r["peak_gpu_memory_gib"] is not None else "-"
+        print(f"{batch:>9} {r['requests']:>8} {r['generated_tokens']:>10} "
+              f"{r['throughput_tokens_per_s']:>12.1f} {r['mean_tpot_ms']:>10.2f} {r['mean_ttft_ms']:>10.1f} "
+              f"{r['static_batches']:>7} {peak:>8}", flush=True)
         save()
 
 

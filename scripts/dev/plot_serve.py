@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
-"""Plots `atom bench serve --json` results (and scripts/bench/hf_reference.py's) like the Atom paper's Figure 10:
-left, generated tokens per second against the batch limit; right, mean decode latency per output token
-(mean_tpot_ms); one line per mode, log2 batch axis. Prints the same figures as text, with each mode's
-throughput as a ratio of an anchor mode's at each batch limit, and of the best throughput over the batch limits
-run (under a memory budget: the paper's comparison at a fixed budget).
+"""Plots `atom bench serve --json` results (and scripts/bench/hf_reference.py's) like the Atom paper's
+Figure 10: left, generated tokens per second against the batch limit; right, mean decode latency per output
+token (mean_tpot_ms); one line per mode, log2 batch axis. Prints the same figures as text, with each mode's
+throughput as a ratio of an anchor mode's at each batch limit, and of the best throughput over the batch
+limits run (under a memory budget: the paper's comparison at a fixed budget).
 
     python3 scripts/dev/plot_serve.py fp16.json w8a8.json w4a16.json atom.json hf.json \\
         --title "Llama-2-7B shapes, 24 GB budget" --anchor fp16 -o serve.png
     python3 scripts/dev/plot_serve.py RESULT.json [MORE.json ...] -o serve.png   # one mode, several runs
 
-Each file is labelled by its "mode" key (e.g. fp16, w8a8, w4a16, w4a4-kv4, hf-fp16), or by its file name when
-it has none; files with the same label are merged (e.g. small and large batch limits run separately), and so are
-files without a mode from the same model and configuration whose batch limits do not overlap.
---label config labels by backend, KV dtype and threads instead (the older grouping), --label file (or --series)
-by file name always. Batch limits a run skipped (the "skipped" list: over the memory budget, out of memory)
-show as "skip" in the tables. --ttft adds a third panel: mean time to first token.
+Each file is labelled by its "mode" key (e.g. fp16, w8a8, w4a16, atom-w4a4, hf-fp16), or by its file name
+when it has none; files with the same label are merged (e.g. small and large batch limits run separately),
+and so are files without a mode from the same model and configuration whose batch limits do not overlap.
+--label config labels by backend, KV dtype and threads instead (the older grouping), --label file (or
+--series) by file name always. Batch limits a run skipped (the "skipped" list: over the memory budget, out of
+memory) show as "skip" in the tables. --ttft adds a third panel: mean time to first token.
 """
 import argparse
 import json
@@ -28,7 +28,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def config_label(report):
-    return f"{report.get('backend', '?')}, KV {report.get('kv_dtype', '?')}, {report.get('threads', '?')} thread(s)"
+    return (f"{report.get('backend', '?')}, KV {report.get('kv_dtype', '?')}, "
+            f"{report.get('threads', '?')} thread(s)")
 
 
 def file_label(path):
@@ -60,9 +61,9 @@ def load(path):
 
 def collect(paths, how):
     """{label: {"rows": {max_batch: result}, "skipped": {max_batch: reason}, "reports": [...]}}, in the order
-    first seen. Files of one label are merged. Under the default labelling, files without a "mode" whose model,
-    backend, KV dtype and threads agree and whose batch limits do not overlap are one run split in parts (as in
-    docs/SERVING.md): they are merged too, under their file names joined with '+'."""
+    first seen. Files of one label are merged. Under the default labelling, files without a "mode" whose
+    model, backend, KV dtype and threads agree and whose batch limits do not overlap are one run split in
+    parts (as in docs/SERVING.md): they are merged too, under their file names joined with '+'."""
     series = {}
     parts = {}  # config key of a file without a mode -> its series label
     for path in paths:
@@ -116,18 +117,22 @@ def text_tables(series, anchor):
 
     def ratio(entry, b):
         if b in entry["rows"] and b in anchor_rows and anchor_rows[b]["throughput_tokens_per_s"] > 0:
-            return f"{entry['rows'][b]['throughput_tokens_per_s'] / anchor_rows[b]['throughput_tokens_per_s']:.2f}x"
+            mine, theirs = entry["rows"][b], anchor_rows[b]
+            return f"{mine['throughput_tokens_per_s'] / theirs['throughput_tokens_per_s']:.2f}x"
         return "skip" if b in entry["skipped"] else "-"
 
     def peak_ratio(entry):
-        return f"{peak(entry) / peak(series[anchor]):.2f}x" if peak(series[anchor]) > 0 and entry["rows"] else "-"
+        if peak(series[anchor]) > 0 and entry["rows"]:
+            return f"{peak(entry) / peak(series[anchor]):.2f}x"
+        return "-"
 
     out = [table("generated tokens/s (best: the highest over the batch limits run)",
                  value("throughput_tokens_per_s", ".1f"), lambda e: f"{peak(e):.1f}" if e["rows"] else "-"),
            table("mean decode latency per token (ms)", value("mean_tpot_ms", ".2f")),
            table(f"throughput / {anchor}'s at the same batch limit (best: best / {anchor}'s best)", ratio,
                  peak_ratio)]
-    skips = [f"  {n} at batch {b}: {reason}" for n in names for b, reason in sorted(series[n]["skipped"].items())]
+    skips = [f"  {n} at batch {b}: {reason}"
+             for n in names for b, reason in sorted(series[n]["skipped"].items())]
     if skips:
         out.append("skipped:\n" + "\n".join(skips))
     return "\n\n".join(out)
@@ -136,16 +141,18 @@ def text_tables(series, anchor):
 def default_title(series):
     first = next(iter(series.values()))["reports"][0]
     workload = first.get("workload", {})
-    weights = first.get("weights")
+    weights = first.get("weights") or ("random" if first.get("random_weights") else None)
     model = first.get("model", "") + (f" ({weights} weights)" if weights else "")
     if workload.get("kind") == "trace":
         return f"serving throughput: {model}  |  workload trace {workload.get('path')}"
     return (f"serving throughput: {model}  |  workload {workload.get('kind')} (seed {workload.get('seed')}, "
-            f"prompts <= {workload.get('max_prompt_length')}, outputs <= {workload.get('max_output_length')})")
+            f"prompts <= {workload.get('max_prompt_length')}, "
+            f"outputs <= {workload.get('max_output_length')})")
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="`atom bench serve --json` / hf_reference.py --json files")
     parser.add_argument("-o", "--output", default="serve.png")
     parser.add_argument("--label", choices=["mode", "file", "config"], default="mode",
