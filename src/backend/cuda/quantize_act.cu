@@ -291,11 +291,15 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
     __syncthreads();
   }
   for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
-    float sumsq = 0.0f;
     const __half* in = a.input + token * a.input_stride;
     const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
     __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
     constexpr int kUnroll = 4;  // 4 (8 with the residual) 16-byte loads in flight per lane
+    // The sum of squares in one order for both team sizes (and rmsnorm_f16, elementwise.cu): chunk u of a
+    // warp-per-token lane l is what lane l + 32u of the block-per-token mode loads, so it gets that lane's
+    // own accumulator, summed over the warp and then in order of u like the block's warps.
+    static_assert(kUnroll == kRowWarps);
+    float sumsq_part[kTeam == 1 ? kUnroll : 1] = {};
     constexpr int kStep = kTeam * 32 * 8;
     for (int base = team_lane * 8; base < k; base += kStep * kUnroll) {
       uint4 x[kUnroll], r[kUnroll];
@@ -325,18 +329,22 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
         if constexpr (kNorm) {
           float hv[8];
           unpack8(h, hv);
+          float& s = sumsq_part[kTeam == 1 ? u : 0];
 #pragma unroll
-          for (int i = 0; i < 8; ++i) sumsq = fmaf(hv[i], hv[i], sumsq);
+          for (int i = 0; i < 8; ++i) s = fmaf(hv[i], hv[i], s);
         }
       }
     }
     float inv_rms = 1.0f;
     if constexpr (kNorm) {
-      sumsq = warp_sum(sumsq);
-      if constexpr (kTeam > 1) {
-        if (lane == 0) s_sumsq[warp] = sumsq;
+      float sumsq = 0.0f;
+      if constexpr (kTeam == 1) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) sumsq += warp_sum(sumsq_part[u]);
+      } else {
+        const float warp_sumsq = warp_sum(sumsq_part[0]);
+        if (lane == 0) s_sumsq[warp] = warp_sumsq;
         __syncthreads();
-        sumsq = 0.0f;
 #pragma unroll
         for (int w = 0; w < kTeam; ++w) sumsq += s_sumsq[w];
       }
