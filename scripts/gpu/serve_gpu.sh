@@ -21,7 +21,7 @@ if [[ $what == bench || $what == all ]]; then
   for p in ${PRECISIONS:-fp16 w8a8 w4a16 atom-w4a4}; do
     echo "== $SHAPE $p"
     "$STAGE/atom" bench serve --device cuda --model "synthetic:$SHAPE" --precision "$p" \
-      --json "$OUT/serve_${SHAPE}_${p}.json" "$@" 2>&1 | grep -v "^  " | tee -a "$OUT/bench_serve.log"
+      --json "$OUT/serve_${SHAPE}_${p}.json" "$@" 2>>"$OUT/bench_progress.log" | tee -a "$OUT/bench_serve.log"
     [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
   done
 fi

@@ -345,9 +345,18 @@ bool Engine::step() {
     if (chunk.samples) sampled.push_back(&request);
   }
   const std::size_t vocab = static_cast<std::size_t>(runner_->vocab_size());
-  logits_.resize(sampled.size() * vocab);
+  // All-greedy steps on a runner that samples on the device bring back token ids instead of logits.
+  const bool device_greedy = runner_->samples_greedy_on_device() && !sampled.empty() &&
+                             std::all_of(sampled.begin(), sampled.end(),
+                                         [](const Request* r) { return r->sampler->params().greedy(); });
   try {
-    runner_->execute(batch, logits_);
+    if (device_greedy) {
+      greedy_tokens_.resize(sampled.size());
+      runner_->execute_greedy(batch, greedy_tokens_);
+    } else {
+      logits_.resize(sampled.size() * vocab);
+      runner_->execute(batch, logits_);
+    }
   } catch (const std::exception& e) {
     // A failed step ends the requests in it; the engine carries on with the others.
     for (const ScheduledChunk& chunk : plan.chunks) {
@@ -361,7 +370,9 @@ bool Engine::step() {
   const Clock::time_point now = Clock::now();
   for (std::size_t i = 0; i < sampled.size(); ++i) {
     Request& request = *sampled[i];
-    const std::int32_t token = request.sampler->sample(std::span<const float>(logits_).subspan(i * vocab, vocab));
+    const std::int32_t token = device_greedy
+                                   ? greedy_tokens_[i]
+                                   : request.sampler->sample(std::span<const float>(logits_).subspan(i * vocab, vocab));
     on_token(request, token, now);  // may finish (and destroy) the request
   }
   ++steps_;

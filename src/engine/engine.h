@@ -133,6 +133,7 @@ class Engine {
   std::unordered_map<std::int64_t, std::unique_ptr<Request>> requests_;  // engine thread only
   std::mt19937_64 seed_source_;
   std::vector<float> logits_;
+  std::vector<std::int32_t> greedy_tokens_;
   std::int64_t steps_ = 0, preemptions_ = 0, scheduled_sequences_ = 0, scheduled_tokens_ = 0;
 
   // Shared with submitting threads.

@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
+
+#include "model/sampler.h"
 
 namespace atom {
 
@@ -35,11 +38,25 @@ class ModelRunner {
   virtual void allocate_kv_cache(const KvCacheSpec& spec) = 0;
   // Runs the batch. `logits` holds vocab_size() floats per chunk with wants_logits, in batch order.
   virtual void execute(std::span<const SequenceChunk> batch, std::span<float> logits) = 0;
+  // Greedy decoding without logits on the host: `tokens` receives the argmax token of each chunk with
+  // wants_logits, in batch order (same choice as atom::argmax). Runners that can do it on the device say so
+  // (the engine then uses it for steps whose sampled requests are all greedy); the default runs execute().
+  virtual bool samples_greedy_on_device() const { return false; }
+  virtual void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens);
   // The sequence finished, was cancelled or preempted: drop whatever the runner keeps for it besides the
   // blocks (which the engine hands out again).
   virtual void release(std::int64_t sequence_id) {}
   // A short description for logs ("cpu, kv int8, 30 layers").
   virtual std::string describe() const = 0;
 };
+
+inline void ModelRunner::execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) {
+  const std::size_t vocab = static_cast<std::size_t>(vocab_size());
+  std::vector<float> logits(tokens.size() * vocab);
+  execute(batch, logits);
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    tokens[i] = argmax(std::span<const float>(logits).subspan(i * vocab, vocab));
+  }
+}
 
 }  // namespace atom

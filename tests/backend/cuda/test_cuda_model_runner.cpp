@@ -157,9 +157,12 @@ TEST(CudaModelRunner, Fp16MatchesCpuModel) {
 }
 
 struct QuantCase {
+  const char* name;
   const char* preset;
   KvDtype kv;
-  double bound;  // normalized logits error against the CPU integer model
+  double bound;      // normalized logits error against the CPU integer model
+  int kv_bits = 0;   // > 0: overrides the preset's
+  int outliers = -2; // >= -1: overrides the preset's
 };
 
 class CudaQuantizedRunner : public testing::TestWithParam<QuantCase> {};
@@ -169,6 +172,8 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
   const ModelConfig c = small_config();
   quant::QuantRecipe recipe = quant::test::tiny_recipe(qc.preset);
   if (recipe.group != 0) recipe.group = 128;
+  if (qc.kv_bits > 0) recipe.kv_bits = qc.kv_bits;
+  if (qc.outliers >= -1) recipe.outliers = qc.outliers;
   recipe.gptq = false;  // RTN keeps the test fast; the GPU path does not care how codes were chosen
   quant::QuantizeOptions qo;
   qo.show_progress = false;
@@ -189,14 +194,13 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
 // Bounds: the GPU keeps the residual stream and the quantizers' inputs in fp16 (the CPU in fp32), so a few
 // activation codes land one step apart; those dominate the error of the 4-bit paths.
 INSTANTIATE_TEST_SUITE_P(Presets, CudaQuantizedRunner,
-                         testing::Values(QuantCase{"atom-w4a4", KvDtype::kU4, 6e-2},
-                                         QuantCase{"w8a8-smoothquant", KvDtype::kF16, 2e-2},
-                                         QuantCase{"w4a16", KvDtype::kF16, 2e-2}),
-                         [](const testing::TestParamInfo<QuantCase>& info) {
-                           std::string name = info.param.preset;
-                           std::replace(name.begin(), name.end(), '-', '_');
-                           return name;
-                         });
+                         testing::Values(QuantCase{"atom_w4a4", "atom-w4a4", KvDtype::kU4, 6e-2},
+                                         QuantCase{"atom_w4a4_kv16", "atom-w4a4", KvDtype::kF16, 6e-2, 16},
+                                         QuantCase{"atom_w4a4_kv8", "atom-w4a4", KvDtype::kU8, 6e-2, 8},
+                                         QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 6e-2, 16, 0},
+                                         QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16, 2e-2},
+                                         QuantCase{"w4a16", "w4a16", KvDtype::kF16, 2e-2}),
+                         [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
   ModelConfig c = small_config();
@@ -217,6 +221,11 @@ TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
       sq += double(x) * x;
     }
     EXPECT_GT(sq, 0.0) << precision_name(p);
+    // The device argmax picks what the host argmax of the same logits picks (the step is re-run: the KV rows
+    // it writes are the same).
+    std::int32_t device_choice = -1;
+    runner.execute_greedy(std::span<const SequenceChunk>(&chunk, 1), std::span<std::int32_t>(&device_choice, 1));
+    EXPECT_EQ(device_choice, argmax(logits)) << precision_name(p);
     const std::int32_t next = argmax(logits);
     SequenceChunk step{0, std::span<const std::int32_t>(&next, 1), 30, table, true};
     runner.execute(std::span<const SequenceChunk>(&step, 1), logits);

@@ -13,6 +13,7 @@
 #include "backend/cuda/attention_kernels.h"
 #include "backend/cuda/elementwise.h"
 #include "backend/cuda/gemm_w4a4.h"
+#include "backend/cuda/model/argmax.h"
 #include "backend/cuda/quantize_act.h"
 #include "common/error.h"
 
@@ -87,6 +88,8 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::int32_t> identity_perm;
   DeviceBuffer<float> logits_dev;
   PinnedBuffer<float> logits_host;
+  DeviceBuffer<std::int32_t> argmax_dev;
+  PinnedBuffer<std::int32_t> argmax_host;
   int max_logit_rows = 0;
 
   std::map<int, cudaGraphExec_t> graphs;
@@ -160,6 +163,8 @@ struct CudaModelRunner::Impl {
     final_normed.allocate(static_cast<std::size_t>(max_logit_rows) * h);
     logits_dev.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
     logits_host.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
+    argmax_dev.allocate(static_cast<std::size_t>(max_logit_rows));
+    argmax_host.allocate(static_cast<std::size_t>(max_logit_rows));
   }
 
   std::size_t workspace_bytes() const {
@@ -527,7 +532,9 @@ struct CudaModelRunner::Impl {
     return exec;
   }
 
-  void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out) {
+  // Runs the batch; fills logits_out (greedy == false) or tokens_out with each sampling chunk's argmax.
+  void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out, std::span<std::int32_t> tokens_out,
+               bool greedy) {
     if (caches.empty()) fail("CUDA runner: execute() before allocate_kv_cache()");
     if (batch.empty()) return;
     if (static_cast<int>(batch.size()) > opt.max_sequences) {
@@ -567,8 +574,11 @@ struct CudaModelRunner::Impl {
     if (total > opt.max_batch_tokens) {
       fail("CUDA runner: {} tokens in one step (max_batch_tokens {})", total, opt.max_batch_tokens);
     }
-    if (logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
+    if (!greedy && logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
       fail("CUDA runner: logits span of {} floats for {} rows", logits_out.size(), wants);
+    }
+    if (greedy && tokens_out.size() < static_cast<std::size_t>(wants)) {
+      fail("CUDA runner: token span of {} for {} rows", tokens_out.size(), wants);
     }
 
     const bool use_graph = opt.cuda_graphs && decode == static_cast<int>(batch.size());
@@ -640,7 +650,12 @@ struct CudaModelRunner::Impl {
     }
     ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
     const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
-    if (s.logits > 0) {
+    if (s.logits > 0 && greedy) {
+      argmax_rows(logits_dev.get(), s.logits, cfg.vocab_size, argmax_dev.get(), stream);
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(argmax_host.get(), argmax_dev.get(),
+                                      static_cast<std::size_t>(s.logits) * sizeof(std::int32_t),
+                                      cudaMemcpyDeviceToHost, stream));
+    } else if (s.logits > 0) {
       ATOM_CUDA_CHECK(cudaMemcpyAsync(logits_host.get(), logits_dev.get(),
                                       static_cast<std::size_t>(s.logits) * vocab * sizeof(float),
                                       cudaMemcpyDeviceToHost, stream));
@@ -661,8 +676,12 @@ struct CudaModelRunner::Impl {
     for (std::size_t i = 0; i < batch.size(); ++i) {
       if (!batch[i].wants_logits) continue;
       const std::size_t src_row = use_graph ? i : static_cast<std::size_t>(k);
-      std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab, logits_host.get() + src_row * vocab,
-                  vocab * sizeof(float));
+      if (greedy) {
+        tokens_out[static_cast<std::size_t>(k)] = argmax_host[src_row];
+      } else {
+        std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab, logits_host.get() + src_row * vocab,
+                    vocab * sizeof(float));
+      }
       ++k;
     }
   }
@@ -677,7 +696,10 @@ int CudaModelRunner::max_context() const { return impl_->max_ctx; }
 std::size_t CudaModelRunner::kv_block_bytes(int block_size) const { return impl_->block_bytes(block_size); }
 void CudaModelRunner::allocate_kv_cache(const KvCacheSpec& spec) { impl_->allocate_kv(spec); }
 void CudaModelRunner::execute(std::span<const SequenceChunk> batch, std::span<float> logits) {
-  impl_->execute(batch, logits);
+  impl_->execute(batch, logits, {}, false);
+}
+void CudaModelRunner::execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) {
+  impl_->execute(batch, {}, tokens, true);
 }
 std::string CudaModelRunner::describe() const {
   const DeviceInfo info = current_device_info();

@@ -39,6 +39,9 @@ class CudaModelRunner final : public ModelRunner {
   std::size_t kv_block_bytes(int block_size) const override;
   void allocate_kv_cache(const KvCacheSpec& spec) override;
   void execute(std::span<const SequenceChunk> batch, std::span<float> logits) override;
+  // Argmax on the GPU: only token ids cross to the host.
+  bool samples_greedy_on_device() const override { return true; }
+  void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) override;
   std::string describe() const override;
 
   // Device memory the runner holds besides the weights and the KV cache (activations, workspaces).
