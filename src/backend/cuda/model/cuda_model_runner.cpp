@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <numeric>
@@ -95,6 +97,47 @@ struct CudaModelRunner::Impl {
   std::map<int, cudaGraphExec_t> graphs;
   GpuTime gpu_time;
 
+  // ATOM_CUDA_PROFILE=1: decode-only steps run eagerly with an event after each stage; the per-stage GPU time
+  // is printed when the runner goes away (where a decode step's time goes, without a profiler).
+  bool profile = false;
+  std::vector<cudaEvent_t> profile_events;
+  std::vector<std::string> profile_names;  // stage of event i (i >= 1)
+  std::map<std::string, double> profile_ms;
+  std::int64_t profile_steps = 0;
+  bool profiling_step = false;
+
+  void mark(const char* stage) {
+    if (!profiling_step) return;
+    if (profile_names.size() + 1 > profile_events.size()) {
+      cudaEvent_t e;
+      ATOM_CUDA_CHECK(cudaEventCreate(&e));
+      profile_events.push_back(e);
+    }
+    ATOM_CUDA_CHECK(cudaEventRecord(profile_events[profile_names.size()], stream));
+    profile_names.emplace_back(stage);
+  }
+  void collect_profile() {
+    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    for (std::size_t i = 1; i < profile_names.size(); ++i) {
+      float ms = 0;
+      ATOM_CUDA_CHECK(cudaEventElapsedTime(&ms, profile_events[i - 1], profile_events[i]));
+      profile_ms[profile_names[i]] += ms;
+    }
+    profile_names.clear();
+    ++profile_steps;
+  }
+  void print_profile() const {
+    if (profile_steps == 0) return;
+    double total = 0;
+    for (const auto& [name, ms] : profile_ms) total += ms;
+    std::fprintf(stderr, "ATOM_CUDA_PROFILE: %lld decode steps, %.3f ms per step (eager, no graphs)\n",
+                 static_cast<long long>(profile_steps), total / static_cast<double>(profile_steps));
+    for (const auto& [name, ms] : profile_ms) {
+      std::fprintf(stderr, "  %-14s %8.3f ms/step  %5.1f%%\n", name.c_str(), ms / static_cast<double>(profile_steps),
+                   100.0 * ms / total);
+    }
+  }
+
   Impl(std::shared_ptr<const CudaLlamaWeights> weights, CudaRunnerOptions options)
       : w(std::move(weights)), opt(options), cfg(w->config) {
     max_ctx = opt.max_context > 0 ? std::min(opt.max_context, cfg.max_position_embeddings)
@@ -115,9 +158,14 @@ struct CudaModelRunner::Impl {
     check_blas(cublasSetWorkspace(blas, blas_workspace.get(), blas_workspace.bytes()), "cublasSetWorkspace");
     check_blas(cublasSetMathMode(blas, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
     allocate_activations();
+    const char* env = std::getenv("ATOM_CUDA_PROFILE");
+    profile = env != nullptr && std::string(env) == "1";
+    if (profile) opt.cuda_graphs = false;
   }
 
   ~Impl() {
+    print_profile();
+    for (cudaEvent_t e : profile_events) cudaEventDestroy(e);
     for (auto& [bucket, exec] : graphs) cudaGraphExecDestroy(exec);
     if (blas) cublasDestroy(blas);
     if (ev_start) cudaEventDestroy(ev_start);
@@ -373,12 +421,16 @@ struct CudaModelRunner::Impl {
     e.num_tokens = m;
     e.out = tmp.get();
     e.out_stride = h;
+    mark("start");
     embedding_lookup(e, stream);
+    mark("embed");
 
     for (int li = 0; li < cfg.num_layers; ++li) {
       const DeviceLayer& L = w->layers[static_cast<std::size_t>(li)];
       norm_into(L.qkv, L.input_norm, L.attn_perm, m, li == 0);
+      mark("norm");
       linear(L.qkv, normed.get(), m, qkv.get());
+      mark("qkv_gemm");
 
       KvAppendParams a;
       a.cache = caches[static_cast<std::size_t>(li)];
@@ -401,11 +453,13 @@ struct CudaModelRunner::Impl {
       a.rope_inv_freq = w->rope_inv_freq.get();
       a.rope_interleaved = false;
       kv_cache_append(a, stream);
+      mark("rope_kv_append");
 
       if (s.decode > 0) {
         DecodeParams dp = decode_params(s.decode, s.max_kv_len);
         dp.cache = caches[static_cast<std::size_t>(li)];
         attention_decode(dp, stream);
+        mark("attn_decode");
       }
       if (s.prefill > 0) {
         PrefillParams p;
@@ -426,6 +480,7 @@ struct CudaModelRunner::Impl {
         p.sm_scale = 1.0f / std::sqrt(static_cast<float>(d));
         p.causal = true;
         attention_prefill(p, stream);
+        mark("attn_prefill");
       }
 
       if (quantized_acts()) {
@@ -437,11 +492,15 @@ struct CudaModelRunner::Impl {
         r.perm = perm_or_identity(L.o_proj.perm);
         r.out = quant_out(L.o_proj);
         reorder_quantize(r, stream);
+        mark("o_quant");
       }
       linear(L.o_proj, attn.get(), m, tmp.get());
+      mark("o_gemm");
 
       norm_into(L.gate_up, L.post_attention_norm, L.mlp_perm, m, false);
+      mark("norm");
       linear(L.gate_up, normed.get(), m, gate_up.get());
+      mark("gate_up_gemm");
       if (quantized_acts()) {
         SiluMulQuantParams q;
         q.num_tokens = m;
@@ -464,7 +523,9 @@ struct CudaModelRunner::Impl {
         q.out_stride = inter;
         silu_mul_f16(q, stream);
       }
+      mark("silu_mul");
       linear(L.down, act.get(), m, tmp.get());
+      mark("down_gemm");
     }
 
     // Last residual add + final norm, only on the rows that want logits.
@@ -482,7 +543,9 @@ struct CudaModelRunner::Impl {
     f.out_stride = h;
     if (s.logits > 0) {
       rmsnorm_f16(f, stream);
+      mark("final_norm");
       gemm_f16(final_normed.get(), w->output_weight(), logits_dev.get(), s.logits, cfg.vocab_size, h, true);
+      mark("lm_head");
     }
   }
 
@@ -646,7 +709,10 @@ struct CudaModelRunner::Impl {
       const cudaGraphExec_t exec = graph_for(s);
       ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
     } else {
+      profiling_step = profile && decode == static_cast<int>(batch.size());
       forward(s);
+      if (profiling_step) collect_profile();
+      profiling_step = false;
     }
     ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
     const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
