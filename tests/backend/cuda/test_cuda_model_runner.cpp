@@ -175,6 +175,7 @@ struct QuantCase {
   KvDtype kv;
   int kv_bits = 0;   // > 0: overrides the preset's
   int outliers = -2; // >= -1: overrides the preset's
+  bool dense_w4a16 = false;  // W4A16 through dequantize + cuBLAS at every size
 };
 
 void round_to_fp16(std::vector<float>& v) {
@@ -210,7 +211,9 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
   std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, qc.preset);
   EXPECT_EQ(gpu_weights->default_kv, qc.kv);
   for (bool graphs : {false, true}) {
-    CudaModelRunner runner(gpu_weights, options(gpu_weights->default_kv, graphs));
+    CudaRunnerOptions o = options(gpu_weights->default_kv, graphs);
+    if (qc.dense_w4a16) o.w4a16_dense_rows = 0;
+    CudaModelRunner runner(gpu_weights, o);
     const ScheduleResult r = run_schedule(*cpu_model, runner, 4, 7, perturbed.get());
     // The GPU keeps fp16 residuals and quantizer inputs: fp16-level changes, which on 4-bit activations move
     // the logits about as much as rounding the embeddings and norms does (measured on an H200: GPU 0.204 vs
@@ -230,7 +233,8 @@ INSTANTIATE_TEST_SUITE_P(Presets, CudaQuantizedRunner,
                                          QuantCase{"atom_w3a3", "atom-w3a3", KvDtype::kU4},
                                          QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 16, 0},
                                          QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
-                                         QuantCase{"w4a16", "w4a16", KvDtype::kF16}),
+                                         QuantCase{"w4a16", "w4a16", KvDtype::kF16},
+                                         QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true}),
                          [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "backend/cuda/attention_kernels.h"
+#include "backend/cuda/dequantize_weights.h"
 #include "backend/cuda/elementwise.h"
 #include "backend/cuda/gemm_w4a4.h"
 #include "backend/cuda/model/argmax.h"
@@ -27,6 +28,10 @@ void check_blas(cublasStatus_t s, const char* what) {
 }
 
 constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
+
+// W4A16 default of CudaRunnerOptions::w4a16_dense_rows: gemm_w4a16 reads each weight once per 16 rows of
+// activations and loses to the fp16 product from ~32 rows on (H200: 10.9 vs 7.3 ms per Llama-2-7B step at 64
+// rows, 17.2 vs 7.1 ms at 128); writing and re-reading an fp16 copy costs ~9 ms a step.
 
 // Padded batch sizes of the captured decode graphs.
 int graph_bucket(int batch) {
@@ -88,6 +93,7 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::uint16_t> q_scales, q_outlier_scales;
   DeviceBuffer<std::int8_t> q_outliers;
   DeviceBuffer<std::int32_t> identity_perm;
+  DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
   DeviceBuffer<float> logits_dev;
   PinnedBuffer<float> logits_host;
   DeviceBuffer<std::int32_t> argmax_dev;
@@ -207,6 +213,15 @@ struct CudaModelRunner::Impl {
       normed.allocate(t * h);
       act.allocate(t * inter);
     }
+    if (w->precision == Precision::kW4A16 && rows_capacity() > opt.w4a16_dense_rows) {
+      std::size_t largest = 0;
+      for (const DeviceLayer& l : w->layers) {
+        for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down}) {
+          largest = std::max(largest, static_cast<std::size_t>(lin->n) * static_cast<std::size_t>(lin->k));
+        }
+      }
+      dense_scratch.allocate(largest);
+    }
     max_logit_rows = std::max(opt.max_sequences, graph_bucket(opt.max_sequences));
     final_normed.allocate(static_cast<std::size_t>(max_logit_rows) * h);
     logits_dev.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
@@ -219,7 +234,7 @@ struct CudaModelRunner::Impl {
     return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() + hidden.bytes() +
            normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() + final_normed.bytes() +
            q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() + q_outliers.bytes() +
-           identity_perm.bytes() + logits_dev.bytes();
+           identity_perm.bytes() + dense_scratch.bytes() + logits_dev.bytes();
   }
 
   std::size_t block_bytes(int bs) const {
@@ -350,6 +365,11 @@ struct CudaModelRunner::Impl {
     switch (w->precision) {
       case Precision::kF16: gemm_f16(x, l.weight_f16.get(), out, m, l.n, l.k, false); break;
       case Precision::kW4A16: {
+        if (m > opt.w4a16_dense_rows) {
+          dequantize_w4a4_weights_f16(l.packed_view(), dense_scratch.get(), l.k, stream);
+          gemm_f16(x, dense_scratch.get(), out, m, l.n, l.k, false);
+          break;
+        }
         GemmW4A16Args a;
         a.x = x;
         a.m = m;

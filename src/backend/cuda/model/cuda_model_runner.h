@@ -27,6 +27,9 @@ struct CudaRunnerOptions {
   int max_sequences = 256;      // sequences of one execute (the engine's max_batch)
   int max_context = 0;          // positions per sequence; 0: the model's max_position_embeddings
   bool cuda_graphs = true;      // capture decode-only steps
+  // W4A16 products of more token rows than this dequantize the layer to fp16 and run cuBLAS (prefill sizes),
+  // fewer use gemm_w4a16 (decode sizes).
+  int w4a16_dense_rows = 64;
 };
 
 class CudaModelRunner final : public ModelRunner {
