@@ -15,8 +15,10 @@
 #include "backend/cuda/attention_kernels.h"
 #include "backend/cuda/dequantize_weights.h"
 #include "backend/cuda/elementwise.h"
+#include "backend/cuda/gemm_baselines.h"
 #include "backend/cuda/gemm_w4a4.h"
 #include "backend/cuda/model/argmax.h"
+#include "backend/cuda/model/w8a8_epilogue.h"
 #include "backend/cuda/quantize_act.h"
 #include "common/error.h"
 
@@ -94,6 +96,8 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::int8_t> q_outliers;
   DeviceBuffer<std::int32_t> identity_perm;
   DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
+  std::unique_ptr<GemmBaselines> int8_gemm;    // W8A8: cuBLASLt int8 x int8 -> int32
+  DeviceBuffer<std::int32_t> int32_scratch;   // W8A8: the exact products before scaling
   DeviceBuffer<float> logits_dev;
   PinnedBuffer<float> logits_host;
   DeviceBuffer<std::int32_t> argmax_dev;
@@ -222,6 +226,14 @@ struct CudaModelRunner::Impl {
       }
       dense_scratch.allocate(largest);
     }
+    if (w->precision == Precision::kW8A8) {
+      int widest = 0;
+      for (const DeviceLayer& l : w->layers) {
+        for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down}) widest = std::max(widest, lin->n);
+      }
+      int8_gemm = std::make_unique<GemmBaselines>(stream);
+      int32_scratch.allocate(t * static_cast<std::size_t>(widest));
+    }
     max_logit_rows = std::max(opt.max_sequences, graph_bucket(opt.max_sequences));
     final_normed.allocate(static_cast<std::size_t>(max_logit_rows) * h);
     logits_dev.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
@@ -234,7 +246,8 @@ struct CudaModelRunner::Impl {
     return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() + hidden.bytes() +
            normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() + final_normed.bytes() +
            q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() + q_outliers.bytes() +
-           identity_perm.bytes() + dense_scratch.bytes() + logits_dev.bytes();
+           identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() + logits_dev.bytes() +
+           (int8_gemm ? std::size_t{64} << 20 : 0);  // cuBLASLt's workspace
   }
 
   std::size_t block_bytes(int bs) const {
@@ -378,8 +391,11 @@ struct CudaModelRunner::Impl {
         gemm_w4a16(a, stream);
         break;
       }
-      case Precision::kW4A4:
-      case Precision::kW8A8: {
+      case Precision::kW8A8:
+        int8_gemm->i8(q_outliers.get(), l.weight_i8.get(), int32_scratch.get(), m, l.n, l.k);
+        w8a8_scale_epilogue(int32_scratch.get(), m, l.n, q_outlier_scales.get(), l.channel_scales.get(), out, stream);
+        break;
+      case Precision::kW4A4: {
         GemmW4A4Args a;
         a.a = {q_packed.get(), q_scales.get(), q_outliers.get(), q_outlier_scales.get(), m};
         a.w = l.packed_view();

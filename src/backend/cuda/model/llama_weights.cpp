@@ -191,21 +191,11 @@ void stack_rows(CanonicalHost& a, const CanonicalHost& b, const std::string& nam
 
 DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float act_clip, const std::string& name) {
   validate_w4a4_shape(c.n, c.k_normal, c.n_outliers, name.c_str());
-  const W4A4CanonicalWeights canonical{c.packed.data(), c.scales.data(), c.outliers.data(), c.outlier_scales.data(),
-                                       c.n, c.k_normal, c.n_outliers};
-  const W4A4PackedSizes sizes = w4a4_packed_sizes(c.n, c.k_normal, c.n_outliers);
-  std::vector<std::uint8_t> packed(sizes.packed_bytes);
-  std::vector<std::int8_t> outliers(sizes.outlier_bytes);
-  std::vector<float> scales(sizes.scale_bytes / sizeof(float));
-  prepack_w4a4_weights_host(canonical, packed.data(), outliers.data(), scales.data());
   DeviceLinear l;
   l.n = c.n;
   l.k = c.k_normal + c.n_outliers;
   l.k_normal = c.k_normal;
   l.n_outliers = c.n_outliers;
-  l.packed.upload(packed);
-  l.outliers.upload(outliers);
-  l.scales.upload(scales);
   l.act.k = l.k;
   l.act.n_outliers = c.n_outliers;
   l.act.group_size = kW4A4Group;
@@ -214,6 +204,24 @@ DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float
   bool identity = true;
   for (std::size_t j = 0; j < c.perm.size(); ++j) identity = identity && c.perm[j] == static_cast<std::int32_t>(j);
   if (!identity) l.perm.upload(c.perm);
+  if (precision == Precision::kW8A8) {  // cuBLASLt reads the canonical codes
+    if (l.k % 4 != 0) fail("{}: K = {} (the INT8 product needs a multiple of 4)", name, l.k);
+    l.weight_i8.upload(c.outliers);
+    std::vector<float> s(c.outlier_scales.size());
+    for (std::size_t i = 0; i < s.size(); ++i) s[i] = fp16_to_fp32(c.outlier_scales[i]);
+    l.channel_scales.upload(s);
+    return l;
+  }
+  const W4A4CanonicalWeights canonical{c.packed.data(), c.scales.data(), c.outliers.data(), c.outlier_scales.data(),
+                                       c.n, c.k_normal, c.n_outliers};
+  const W4A4PackedSizes sizes = w4a4_packed_sizes(c.n, c.k_normal, c.n_outliers);
+  std::vector<std::uint8_t> packed(sizes.packed_bytes);
+  std::vector<std::int8_t> outliers(sizes.outlier_bytes);
+  std::vector<float> scales(sizes.scale_bytes / sizeof(float));
+  prepack_w4a4_weights_host(canonical, packed.data(), outliers.data(), scales.data());
+  l.packed.upload(packed);
+  l.outliers.upload(outliers);
+  l.scales.upload(scales);
   return l;
 }
 
@@ -409,6 +417,19 @@ DeviceLinear random_linear(int n, int k, Precision precision, std::uint64_t seed
   l.n_outliers = precision == Precision::kW8A8 ? k : precision == Precision::kW4A4 ? 128 : 0;
   l.k_normal = k - l.n_outliers;
   validate_w4a4_shape(n, l.k_normal, l.n_outliers, "synthetic linear");
+  l.act.k = k;
+  l.act.n_outliers = l.n_outliers;
+  l.act.group_size = kW4A4Group;
+  l.act.format = ActFormat::kInt4;
+  l.act.clip_ratio = precision == Precision::kW4A4 ? 0.9f : 1.0f;
+  if (precision == Precision::kW8A8) {
+    l.weight_i8.allocate(static_cast<std::size_t>(n) * k);
+    fill_random_bytes(l.weight_i8.get(), l.weight_i8.bytes(), seed, nullptr);
+    l.channel_scales.allocate(static_cast<std::size_t>(n));
+    fill_uniform_f32(l.channel_scales.get(), l.channel_scales.size(), seed + 2, 0.5f * a / 74.0f, 1.5f * a / 74.0f,
+                     nullptr);
+    return l;
+  }
   const W4A4PackedSizes s = w4a4_packed_sizes(n, l.k_normal, l.n_outliers);
   l.packed.allocate(s.packed_bytes);
   l.outliers.allocate(s.outlier_bytes);
@@ -429,11 +450,6 @@ DeviceLinear random_linear(int n, int k, Precision precision, std::uint64_t seed
       fill_uniform_f32(entry, kW4A4TileRows, seed + 3 + t, 0.5f * s8, 1.5f * s8, nullptr);
     }
   }
-  l.act.k = k;
-  l.act.n_outliers = l.n_outliers;
-  l.act.group_size = kW4A4Group;
-  l.act.format = ActFormat::kInt4;
-  l.act.clip_ratio = precision == Precision::kW4A4 ? 0.9f : 1.0f;
   return l;
 }
 

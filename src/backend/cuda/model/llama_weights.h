@@ -2,8 +2,9 @@
 // A Llama-family decoder's weights on the GPU, in one of four precisions that the same forward pass
 // (cuda_model_runner.h) runs, so that they can be compared fairly:
 //   fp16       dense fp16 weights, cuBLAS
-//   w8a8       per-channel INT8 weights x per-token INT8 activations (SmoothQuant checkpoints): the Atom GEMM with
-//              every channel an INT8 "outlier" (k_normal = 0)
+//   w8a8       per-channel INT8 weights x per-token INT8 activations (SmoothQuant checkpoints): activations from
+//              the fused quantizers with every channel an INT8 "outlier" (k_normal = 0), the product on cuBLASLt
+//              (exact int32) and a scaling epilogue
 //   w4a16      INT4 weights in groups of 128, fp16 activations (gemm_w4a16)
 //   atom-w4a4  Atom: INT4 (or INT3) groups of 128 + INT8 outlier channels, activations quantized per token by the
 //              fused kernels of quantize_act.h
@@ -40,7 +41,10 @@ struct DeviceLinear {
   int n = 0, k = 0;  // output rows, input channels
   // kF16: [n, k] row-major fp16.
   DeviceBuffer<std::uint16_t> weight_f16;
-  // Quantized: the prepacked GPU layout of gemm_w4a4.h (k_normal + n_outliers = k).
+  // kW8A8: [n, k] int8 codes (row-major, cuBLASLt's operand) and fp32 per-channel scales [n].
+  DeviceBuffer<std::int8_t> weight_i8;
+  DeviceBuffer<float> channel_scales;
+  // kW4A4 / kW4A16: the prepacked GPU layout of gemm_w4a4.h (k_normal + n_outliers = k).
   DeviceBuffer<std::uint8_t> packed;
   DeviceBuffer<std::int8_t> outliers;
   DeviceBuffer<float> scales;
@@ -54,7 +58,8 @@ struct DeviceLinear {
     return {packed.get(), outliers.get(), scales.get(), n, k_normal, n_outliers};
   }
   std::size_t bytes() const {
-    return weight_f16.bytes() + packed.bytes() + outliers.bytes() + scales.bytes() + perm.bytes();
+    return weight_f16.bytes() + weight_i8.bytes() + channel_scales.bytes() + packed.bytes() + outliers.bytes() +
+           scales.bytes() + perm.bytes();
   }
 };
 
