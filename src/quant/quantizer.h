@@ -130,6 +130,27 @@ QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> 
                               const QuantRecipe& recipe, const QuantizeOptions& options = {},
                               QuantizeReport* report = nullptr);
 
+// What a quantized model stores, in bytes, against the same model at 16 bits per parameter.
+struct StorageSummary {
+  std::int64_t linear_weights = 0;  // sum of N x K over the quantized linear layers
+  std::int64_t code_bytes = 0;      // qweight: packed INT4/INT3/FP4 nibbles or INT8 normal parts
+  std::int64_t scale_bytes = 0;     // fp16 group scales
+  std::int64_t outlier_bytes = 0;   // INT8 outlier columns and their fp16 per-row scales
+  std::int64_t perm_bytes = 0;      // int32 input permutations (one per linear, as stored)
+  std::int64_t bias_bytes = 0;      // fp32 biases of the linears (not counted in bits per weight)
+  std::int64_t parameters = 0;      // every parameter of the model (embeddings, norms, lm_head, linears)
+  std::int64_t linear_bytes() const { return code_bytes + scale_bytes + outlier_bytes + perm_bytes; }
+  // Bits per linear weight: codes + scales + outliers + permutations over the linear weights.
+  double bits_per_weight() const {
+    return linear_weights > 0 ? 8.0 * static_cast<double>(linear_bytes()) / static_cast<double>(linear_weights)
+                              : 0.0;
+  }
+  std::int64_t fp16_model_bytes() const { return 2 * parameters; }
+  std::int64_t fp16_linear_bytes() const { return 2 * linear_weights; }
+};
+StorageSummary storage_summary(const QuantizedModel& model);
+nlohmann::json to_json(const StorageSummary& summary);
+
 // Reorders the output rows of a quantized linear: new row r = old row order[r] (codes, scales, outliers,
 // bias).
 void permute_output_rows(QuantizedLinear& linear, std::span<const std::int32_t> order);

@@ -1,5 +1,7 @@
 #include "quant/quantizer_ops.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -80,6 +82,8 @@ void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, con
 
 namespace {
 
+constexpr std::int64_t kFakeQuantBlockRows = 512;  // weight rows widened to fp64 per dgemm
+
 std::shared_ptr<const std::vector<float>> checked_weight(std::vector<float> weight, std::int64_t n,
                                                          std::int64_t k, const std::vector<float>& bias,
                                                          const std::string& name) {
@@ -98,8 +102,8 @@ FakeQuantLinear::FakeQuantLinear(std::vector<float> weight, std::int64_t n, std:
                                  ActivationQuant act, cpu::InputOrder order, std::vector<float> bias,
                                  std::string name)
     : n_(n),
-      product_(checked_weight(std::move(weight), n, static_cast<std::int64_t>(perm.size()), bias, name), n,
-               static_cast<std::int64_t>(perm.size()), std::move(bias)),
+      weight_(checked_weight(std::move(weight), n, static_cast<std::int64_t>(perm.size()), bias, name)),
+      bias_(std::move(bias)),
       perm_(std::move(perm)),
       act_(act),
       order_(order),
@@ -130,7 +134,25 @@ void FakeQuantLinear::forward(const float* x, std::int64_t m, float* y) const {
     std::copy(x, x + m * k, xr.begin());
   }
   fake_quantize_reordered(xr.data(), m, k, act_, xr.data());
-  product_.forward(xr.data(), m, y);
+  // Exact products of dequantized values (fp16 scale x small integer), summed in fp64: the rounding to fp32 at
+  // the end is the only one that matters. Weights are widened a block of rows at a time.
+  const std::vector<double> xd(xr.begin(), xr.end());
+  const std::int64_t block = std::min<std::int64_t>(n_, kFakeQuantBlockRows);
+  std::vector<double> wd(static_cast<std::size_t>(block * k)), yd(static_cast<std::size_t>(m * block));
+  for (std::int64_t n0 = 0; n0 < n_; n0 += block) {
+    const std::int64_t rows = std::min(block, n_ - n0);
+    std::copy(weight_->begin() + n0 * k, weight_->begin() + (n0 + rows) * k, wd.begin());
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(m), static_cast<blasint>(rows),
+                static_cast<blasint>(k), 1.0, xd.data(), static_cast<blasint>(k), wd.data(),
+                static_cast<blasint>(k), 0.0, yd.data(), static_cast<blasint>(rows));
+    for (std::int64_t r = 0; r < m; ++r) {
+      for (std::int64_t j = 0; j < rows; ++j) {
+        float v = static_cast<float>(yd[r * rows + j]);
+        if (!bias_.empty()) v += bias_[static_cast<std::size_t>(n0 + j)];
+        y[r * n_ + n0 + j] = v;
+      }
+    }
+  }
 }
 
 std::string FakeQuantLinear::describe() const {
@@ -142,7 +164,7 @@ std::string FakeQuantLinear::describe() const {
           fmt::format(" + {} {} outliers", act_.n_outliers, outlier_precision_name(act_.outlier_precision));
   }
   return fmt::format("fake-quant ({}) [{} x {}]{}", act, n_, perm_.size(),
-                     product_.bias().empty() ? "" : " + bias");
+                     bias_.empty() ? "" : " + bias");
 }
 
 // ---- ops of a quantized model

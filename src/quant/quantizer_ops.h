@@ -39,8 +39,10 @@ void fake_quantize_reordered(const float* x, std::int64_t m, std::int64_t k, con
                              float* out);
 
 // Fake-quantized linear layer: weight [n, k] already dequantized in the reordered channel order; the input is
-// gathered by perm (InputOrder::kOriginal) or taken as is (kReordered), fake-quantized, then multiplied
-// (sgemm).
+// gathered by perm (InputOrder::kOriginal) or taken as is (kReordered), fake-quantized, then multiplied with
+// fp64 accumulation (dgemm) and rounded once to fp32. Why not an fp32 sgemm: its summation error (a few ulps
+// of every output) is harmless in one layer but, on SmolLM2 W4A4, raises the perplexity by 2-5% over the exact
+// product the integer kernels compute (docs/RESULTS.md); with fp64 sums both paths evaluate the same model.
 class FakeQuantLinear final : public cpu::LinearOp {
  public:
   FakeQuantLinear(std::vector<float> weight, std::int64_t n, std::vector<std::int32_t> perm,
@@ -52,7 +54,8 @@ class FakeQuantLinear final : public cpu::LinearOp {
 
  private:
   std::int64_t n_;
-  cpu::DenseLinear product_;  // the dequantized weight and the bias: OpenMP-parallel sgemm
+  std::shared_ptr<const std::vector<float>> weight_;  // [n, k] dequantized (exact in fp32)
+  std::vector<float> bias_;
   std::vector<std::int32_t> perm_;
   ActivationQuant act_;
   cpu::InputOrder order_;

@@ -389,6 +389,64 @@ TEST(Quantizer, SearchClipPicksAGridValuePerLinear) {
   }
 }
 
+// SmolLM2's linear shapes (K = 576 = 512 + 64 outliers, K = 1536 = 1408 + 128; N = 576, 192, 1536), group 128,
+// activations with a few large channels. The fake-quant product must be the exactly rounded sum of the
+// dequantized products (within 1 ulp, plus the fp64 summation error), the integer product within the few
+// roundings of FORMAT.md's per-group formula. An fp32 sgemm of the dequantized operands (the old fake path) adds
+// a few ulps per output; that summation noise alone cost 2-5% perplexity on SmolLM2 W4A4 (docs/RESULTS.md).
+TEST(FakeQuant, SmolLM2ShapesExactProduct) {
+  std::mt19937_64 rng(11);
+  const std::int64_t m = 6;
+  struct Shape { std::int64_t n, k, n_out; };
+  for (const Shape s : {Shape{576, 576, 64}, Shape{192, 576, 64}, Shape{1536, 576, 64}, Shape{576, 1536, 128}}) {
+    std::normal_distribution<float> d(0.0f, 0.05f);
+    std::vector<float> w(static_cast<std::size_t>(s.n * s.k));
+    for (auto& v : w) v = d(rng);
+    for (NumberFormat f : {NumberFormat::kInt4, NumberFormat::kFp4}) {
+      for (cpu::InputOrder order : {cpu::InputOrder::kOriginal, cpu::InputOrder::kReordered}) {
+        const std::vector<std::int32_t> perm = random_perm(rng, s.k);
+        QuantRecipe recipe = preset_recipe(f == NumberFormat::kFp4 ? "atom-fp4" : "atom-w4a4");
+        ASSERT_EQ(recipe.outlier_count(s.k), s.n_out);
+        QuantizedLinear ql;
+        ql.weights = quantize_weights_rtn(w, s.n, perm, s.n_out, 128, f, 0.85f);
+        std::vector<float> x = random_activations(rng, m, s.k);
+        for (std::int64_t r = 0; r < m; ++r) x[r * s.k + perm[s.k - 1]] *= 300.0f;  // a massive channel
+        const auto fake = make_linear_op(ql, recipe, Execution::kFakeQuant, order, "fake");
+        const auto integer = make_linear_op(ql, recipe, Execution::kInteger, order, "int");
+        std::vector<float> y_fake(static_cast<std::size_t>(m * s.n)), y_int(y_fake.size());
+        fake->forward(x.data(), m, y_fake.data());
+        integer->forward(x.data(), m, y_int.data());
+        // Reference: the fake-quantized activations (reordered) times the dequantized weights, in long double.
+        std::vector<float> xr(x.size());
+        for (std::int64_t r = 0; r < m; ++r) {
+          for (std::int64_t j = 0; j < s.k; ++j)
+            xr[r * s.k + j] = order == cpu::InputOrder::kOriginal ? x[r * s.k + perm[j]] : x[r * s.k + j];
+        }
+        fake_quantize_reordered(xr.data(), m, s.k, activation_quant(recipe, s.k - s.n_out, s.n_out), xr.data());
+        const std::vector<float> wq = dequantize(ql.weights);
+        for (std::int64_t r = 0; r < m; ++r) {
+          for (std::int64_t c = 0; c < s.n; ++c) {
+            long double sum = 0, mass = 0;
+            for (std::int64_t j = 0; j < s.k; ++j) {
+              const long double p = static_cast<long double>(xr[r * s.k + j]) * wq[c * s.k + j];
+              sum += p;
+              mass += std::fabs(p);
+            }
+            const float ref = static_cast<float>(sum);
+            const double ulp = std::nextafter(std::fabs(ref), INFINITY) - std::fabs(ref);
+            const std::size_t i = static_cast<std::size_t>(r * s.n + c);
+            ASSERT_LE(std::fabs(double(y_fake[i]) - ref), ulp + 1e-13 * double(mass))
+                << format_name(f) << " n " << s.n << " k " << s.k << " row " << r << " col " << c;
+            const double groups = double(s.k - s.n_out) / 128 + 1;  // one fp32 rounding pair per group
+            ASSERT_LE(std::fabs(double(y_int[i]) - ref), ulp + groups * std::ldexp(double(mass), -23))
+                << format_name(f) << " n " << s.n << " k " << s.k << " row " << r << " col " << c;
+          }
+        }
+      }
+    }
+  }
+}
+
 // The integer path (AtomLinear / WeightOnlyLinear, INT4 KV store) and the fake-quant path give the same
 // logits up to fp32 summation order (and the rare activation code that such a difference tips over).
 TEST(Quantizer, IntegerAndFakeQuantModelsAgree) {
@@ -411,6 +469,25 @@ TEST(Quantizer, IntegerAndFakeQuantModelsAgree) {
     EXPECT_LT(std::sqrt(diff_sq / sum_sq), 1e-4) << preset;
     EXPECT_LT(max_diff, 2e-3 * max_abs) << preset;
   }
+}
+
+// The storage summary counts what a checkpoint stores for the linears (FORMAT.md tensors) and every parameter.
+TEST(Quantizer, StorageSummary) {
+  const ModelConfig c = test::tiny_config(/*qwen2=*/true);
+  const Quantized q = quantize_tiny(test::tiny_recipe("atom-w4a4"), c);
+  const StorageSummary s = storage_summary(q.model);
+  const std::int64_t h = c.hidden_size, inter = c.intermediate_size, qd = std::int64_t{c.num_heads} * c.head_dim,
+                     kvd = std::int64_t{c.num_kv_heads} * c.head_dim;
+  const std::int64_t per_layer = qd * h + 2 * kvd * h + h * qd + 3 * inter * h;
+  EXPECT_EQ(s.linear_weights, c.num_layers * per_layer);
+  EXPECT_EQ(s.linear_weights, q.report.quantized_weights);
+  EXPECT_EQ(s.bias_bytes, 4 * c.num_layers * (qd + 2 * kvd));
+  EXPECT_EQ(s.parameters, 2 * std::int64_t{c.vocab_size} * h + h + c.num_layers * (2 * h + per_layer + qd + 2 * kvd));
+  EXPECT_EQ(s.perm_bytes, 4 * c.num_layers * (3 * h + qd + 2 * h + inter));
+  // Codes, scales and outliers are exactly what effective_bits_per_weight counts; permutations come on top.
+  EXPECT_NEAR(s.bits_per_weight(),
+              q.report.effective_bits + 8.0 * double(s.perm_bytes) / double(s.linear_weights), 1e-9);
+  EXPECT_EQ(s.fp16_model_bytes(), 2 * s.parameters);
 }
 
 TEST(Quantizer, OutputRowPermutation) {

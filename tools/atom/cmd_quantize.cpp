@@ -2,6 +2,7 @@
 // Atom recipe or one of the baselines the same tool produces.
 #include <fmt/format.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -77,6 +78,7 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
 }
 
 void run_quantize(const QuantizeOptions& opt) {
+  const auto start = std::chrono::steady_clock::now();
   const quant::QuantRecipe recipe = recipe_from(opt);
   if (recipe.needs_calibration() && opt.calib.empty()) {
     fail("--calib FILE is required: this recipe ({}) calibrates on a text", recipe.describe());
@@ -117,17 +119,32 @@ void run_quantize(const QuantizeOptions& opt) {
   files.calibration_data = recipe.needs_calibration() ? fs::path(opt.calib).filename().string() : "";
   quant::save_atom_checkpoint(opt.out, model, files, opt.force);
 
-  std::uintmax_t bytes = 0;
-  for (const auto& entry : fs::directory_iterator(opt.out))
-    bytes += entry.is_regular_file() ? entry.file_size() : 0;
-  fmt::print("wrote {} ({:.1f} MB): {} quantized weights at {:.3f} bits each, quantized in {:.1f}s\n",
-             opt.out, static_cast<double>(bytes) / 1e6, report.quantized_weights, report.effective_bits,
-             report.seconds);
+  std::uintmax_t bytes = 0, tensor_bytes = 0;
+  for (const auto& entry : fs::directory_iterator(opt.out)) {
+    if (!entry.is_regular_file()) continue;
+    bytes += entry.file_size();
+    if (entry.path().extension() == ".safetensors") tensor_bytes += entry.file_size();
+  }
+  const quant::StorageSummary storage = quant::storage_summary(model);
+  const auto mb = [](double b) { return b / 1e6; };
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  fmt::print("wrote {}: {:.1f} MB on disk (tensors {:.1f} MB); the same model at fp16: {:.1f} MB ({:.2f}x)\n",
+             opt.out, mb(double(bytes)), mb(double(tensor_bytes)), mb(double(storage.fp16_model_bytes())),
+             double(bytes) / double(storage.fp16_model_bytes()));
+  fmt::print("linear layers: {} weights in {:.1f} MB = {:.3f} bits/weight (codes {:.1f} MB, scales {:.1f} MB, "
+             "outliers {:.1f} MB, permutations {:.2f} MB; fp16 {:.1f} MB)\n",
+             storage.linear_weights, mb(double(storage.linear_bytes())), storage.bits_per_weight(),
+             mb(double(storage.code_bytes)), mb(double(storage.scale_bytes)), mb(double(storage.outlier_bytes)),
+             mb(double(storage.perm_bytes)), mb(double(storage.fp16_linear_bytes())));
+  fmt::print("quantized in {:.1f}s ({:.1f}s wall with loading, tokenizing and writing)\n", report.seconds, wall);
   if (!opt.report.empty()) {
     nlohmann::json j = quant::to_json(report);
     j["recipe"] = recipe.to_json();
     j["model"] = opt.model;
     j["calib"] = opt.calib;
+    j["storage"] = quant::to_json(storage);
+    j["checkpoint_bytes"] = bytes;
+    j["wall_seconds"] = wall;
     std::ofstream out(opt.report);
     out << j.dump(1) << "\n";
     out.close();
