@@ -27,6 +27,11 @@ check "missing checkpoint named" expect_fail_with "/nonexistent/model.gguf" "$AT
 echo "not a model" > "$TMP/junk.bin"
 check "junk file named" expect_fail_with "junk.bin" "$ATOM" info "$TMP/junk.bin"
 check "bad temperature" expect_fail_with "temperature" "$ATOM" generate -m "$MODEL" -p hi --temperature -1
+check "synthetic model on the cpu" expect_fail_with "device cuda only" "$ATOM" bench serve --model synthetic:llama-2-7b
+check "--precision on a checkpoint" expect_fail_with "synthetic models" "$ATOM" bench serve -m "$MODEL" --precision fp16
+# Without a usable GPU (or a CUDA build) the CUDA backend says so before loading anything.
+check "--device cuda without a GPU" expect_fail_with "cuda" "$ATOM" bench serve --device cuda -m "$MODEL"
+check "--gpu-memory-gb on the cpu" expect_fail_with "gpu-memory-gb" "$ATOM" bench serve -m "$MODEL" --gpu-memory-gb 24
 
 if [[ ! -s $MODEL ]]; then
   if [[ ${ATOM_SKIP_MODEL_TESTS:-0} == 1 ]]; then echo "model absent: skipping model checks"; exit $((failures ? 1 : 77)); fi

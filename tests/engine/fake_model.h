@@ -124,6 +124,18 @@ class FakeRunner final : public ModelRunner {
     ++releases_;
   }
 
+  // Device-side greedy (as the CUDA runner does): the engine then asks for token ids on all-greedy steps.
+  void set_device_greedy(bool on) { device_greedy_ = on; }
+  bool samples_greedy_on_device() const override { return device_greedy_; }
+  void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) override {
+    {
+      std::lock_guard lock(mutex_);
+      ++greedy_calls_;
+    }
+    ModelRunner::execute_greedy(batch, tokens);  // execute() + argmax of each row
+  }
+  int greedy_calls() const { std::lock_guard lock(mutex_); return greedy_calls_; }
+
   int calls() const { std::lock_guard lock(mutex_); return calls_; }
   int max_batch_seen() const { std::lock_guard lock(mutex_); return max_batch_seen_; }
   int max_tokens_seen() const { std::lock_guard lock(mutex_); return max_tokens_seen_; }
@@ -142,8 +154,9 @@ class FakeRunner final : public ModelRunner {
   std::vector<std::int32_t> slots_;
   std::map<std::int64_t, std::int64_t> written_;
   mutable std::mutex mutex_;
-  int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0;
+  int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0, greedy_calls_ = 0;
   bool fail_next_ = false;
+  bool device_greedy_ = false;
   std::atomic<int> delay_ms_{0};
 };
 

@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
+#include "engine/token_id_codec.h"
 #include "fake_model.h"
 
 namespace atom {
@@ -74,6 +75,57 @@ TEST(Engine, GreedyOutputMatchesTheReferenceModel) {
   EXPECT_EQ(out.prompt_tokens, 8);
   EXPECT_EQ(out.completion_tokens, 20);
   EXPECT_EQ(h.engine->stats().kv_blocks_used, 0);
+}
+
+TEST(Engine, AllGreedyStepsTakeTokenIdsFromARunnerThatSamplesOnTheDevice) {
+  Harness h(small_config());
+  h.runner->set_device_greedy(true);
+  const std::vector<std::int32_t> prompt = {2, 7, 1, 8, 2, 8};
+  auto stream = h.engine->submit(greedy(prompt, 12));
+  h.run_until_idle();
+  EXPECT_EQ(stream->wait().token_ids, reference_generate(prompt, 12));
+  EXPECT_EQ(h.runner->greedy_calls(), h.runner->calls());  // every step of a greedy request
+  EXPECT_GT(h.runner->greedy_calls(), 0);
+
+  // One sampling request in the batch: those steps need the logits (execute), the greedy one still matches.
+  const int greedy_before = h.runner->greedy_calls(), calls_before = h.runner->calls();
+  GenerationRequest sampled = greedy({5, 5, 5}, 6);
+  sampled.params.temperature = 0.8f;
+  sampled.params.seed = 3;
+  auto s1 = h.engine->submit(sampled);
+  auto s2 = h.engine->submit(greedy(prompt, 6));
+  h.run_until_idle();
+  EXPECT_EQ(s2->wait().token_ids, reference_generate(prompt, 6));
+  EXPECT_EQ(s1->wait().completion_tokens, 6);
+  EXPECT_EQ(h.runner->greedy_calls(), greedy_before);  // the two requests ran in the same steps throughout
+  EXPECT_GT(h.runner->calls(), calls_before);
+}
+
+TEST(ModelRunner, DefaultExecuteGreedyIsTheArgmaxOfTheLogits) {
+  FakeRunner runner;
+  runner.allocate_kv_cache({8, 16});
+  const std::vector<std::int32_t> prompt = {4, 4, 2};
+  const std::vector<std::int32_t> table = {0};
+  const SequenceChunk chunk{1, prompt, 0, table, true};
+  std::int32_t token = -1;
+  runner.execute_greedy(std::span<const SequenceChunk>(&chunk, 1), std::span<std::int32_t>(&token, 1));
+  EXPECT_EQ(token, testing::reference_next(prompt));
+}
+
+TEST(TokenIdCodec, RefusesTextAndDecodesToNothing) {
+  const TokenIdCodec codec(1000, "synthetic:llama-2-7b");
+  try {
+    codec.encode("hello", true);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("synthetic:llama-2-7b"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(codec.apply_chat_template({}), Error);
+  auto decoder = codec.new_decoder();
+  EXPECT_EQ(decoder->push(42), "");
+  EXPECT_EQ(decoder->flush(), "");
+  EXPECT_TRUE(codec.eos_token_ids().empty());
+  EXPECT_EQ(codec.vocab_size(), 1000);
 }
 
 TEST(Engine, StopsAtEndOfSequenceUnlessIgnored) {

@@ -71,6 +71,7 @@ const char* kv_name(cuda::KvDtype t) {
 }
 
 ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt, const BackendProgress& progress) {
+  cuda::require_cuda_device();
   std::shared_ptr<const cuda::CudaLlamaWeights> weights;
   ServingBackend b;
   if (is_synthetic(model)) {

@@ -51,6 +51,15 @@ std::string CudaLlamaWeights::describe() const {
                      random_weights ? " (random weights)" : "");
 }
 
+void require_cuda_device() {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    fail("--device cuda: no usable CUDA device ({}: {})", cudaGetErrorName(status), cudaGetErrorString(status));
+  }
+  if (count == 0) fail("--device cuda: no CUDA device found");
+}
+
 void check_cuda_supported(const ModelConfig& c, const std::string& source) {
   c.validate(source);
   if (c.attention_bias) fail("{}: attention_bias (q/k/v biases) is not supported by the CUDA backend", source);

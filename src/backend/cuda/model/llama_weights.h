@@ -87,6 +87,9 @@ struct CudaLlamaWeights {
   std::string describe() const;  // e.g. "atom-w4a4 llama 30 layers, 0.07 GiB"
 };
 
+// Throws atom::Error saying why when no CUDA device can be used (none present, driver too old, ...).
+void require_cuda_device();
+
 // Fraction of the upload done, with the stage ("layer 3/30").
 using UploadProgress = std::function<void(const std::string& stage, double fraction)>;
 
