@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_check.h"
+#include "backend/cuda/fp16_vec.cuh"
 #include "backend/cuda/quantize_act.h"
 
 namespace atom::cuda {
@@ -102,30 +103,6 @@ __device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, 
   }
 }
 
-// By value: a reference into global memory would let the compiler split the 16-byte load into halves.
-__device__ __forceinline__ float2 half2_to_float2(std::uint32_t w) {
-  __half2 h;
-  memcpy(&h, &w, 4);
-  return __half22float2(h);
-}
-__device__ __forceinline__ void unpack8(uint4 u, float (&v)[8]) {
-  const std::uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = half2_to_float2(w[i]);
-    v[2 * i] = f.x;
-    v[2 * i + 1] = f.y;
-  }
-}
-__device__ __forceinline__ uint4 pack8(const float (&v)[8]) {
-  std::uint32_t w[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const __half2 h = __floats2half2_rn(v[2 * i], v[2 * i + 1]);
-    memcpy(&w[i], &h, 4);
-  }
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
 
 // Steps 2 and 3 for one token, by warp `rank` of a team of `team` warps. Source::get8(j, v) gives the
 // fp16-exact values (as floats) of reordered channels j..j+7 and writes them to the debug output if any;
