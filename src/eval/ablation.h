@@ -34,7 +34,7 @@ struct AblationRow {
 // does (SmolLM2-135M, widths 576 and 1536: 96).
 std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& settings, const ModelConfig& config);
 
-// How the quantized rows run: fake quantization (quantize-dequantize, fp32 products: any recipe), or the
+// How the quantized rows run: fake quantization (quantize-dequantize, fp64-summed products: any recipe), or the
 // integer kernels where the recipe has them (kAuto: integer where possible, fake quant otherwise).
 enum class AblationExecution { kFakeQuant, kInteger, kAuto };
 

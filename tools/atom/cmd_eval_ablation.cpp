@@ -228,7 +228,7 @@ void add_eval_ablation_command(CLI::App* eval) {
                   "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
                   "w4a16-gptq, w4a16-rtn, w8a16-rtn, w4a16-g32-gptq");
   cmd->add_option("--exec", opt->exec,
-                  "fake (quantize-dequantize, fp32 products), integer (the integer kernels; "
+                  "fake (quantize-dequantize, products summed in fp64), integer (the integer kernels; "
                   "every row must have them) or auto")
       ->check(CLI::IsMember({"fake", "integer", "auto"}));
   cmd->add_flag("--outlier-table", opt->outlier_table, "Print per-layer channel statistics of the Atom row");
