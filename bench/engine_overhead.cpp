@@ -19,7 +19,9 @@ class NullRunner final : public atom::ModelRunner {
  public:
   int vocab_size() const override { return 32000; }
   int max_context() const override { return 4096; }
-  std::size_t kv_block_bytes(int block_size) const override { return static_cast<std::size_t>(block_size) * 1024; }
+  std::size_t kv_block_bytes(int block_size) const override {
+    return static_cast<std::size_t>(block_size) * 1024;
+  }
   void allocate_kv_cache(const atom::KvCacheSpec&) override {}
   void execute(std::span<const atom::SequenceChunk>, std::span<float> logits) override {
     std::fill(logits.begin(), logits.end(), 0.0f);
@@ -50,7 +52,8 @@ int main(int argc, char** argv) {
   config.limits.max_batch = batch;
   config.limits.max_batched_tokens = 2048;
   config.num_kv_blocks = batch * ((prompt + output + 15) / 16);
-  atom::Engine engine(std::make_unique<NullRunner>(), std::make_shared<atom::TokenIdCodec>(32000, "null"), config);
+  atom::Engine engine(std::make_unique<NullRunner>(), std::make_shared<atom::TokenIdCodec>(32000, "null"),
+                      config);
   for (int r = 0; r < batch; ++r) {
     atom::GenerationRequest request;
     request.prompt.assign(static_cast<std::size_t>(prompt), 1 + r % 1000);
@@ -64,8 +67,8 @@ int main(int argc, char** argv) {
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const atom::EngineStats s = engine.stats();
-  std::printf("engine host overhead, null runner: %d requests x (%d prompt + %d output) tokens\n", batch, prompt,
-              output);
+  std::printf("engine host overhead, null runner: %d requests x (%d prompt + %d output) tokens\n", batch,
+              prompt, output);
   std::printf("steps %lld, mean batch %.1f, %.1f us/step, %.2f us per sequence-step\n",
               static_cast<long long>(s.steps), static_cast<double>(s.scheduled_sequences) / s.steps,
               1e6 * seconds / s.steps, 1e6 * seconds / s.scheduled_sequences);

@@ -21,6 +21,8 @@ std::string TokenIdCodec::apply_chat_template(const std::vector<ChatMessage>&) c
   fail("model '{}' has no tokenizer or chat template (random weights)", model_name_);
 }
 
-std::unique_ptr<IncrementalDecoder> TokenIdCodec::new_decoder() const { return std::make_unique<SilentDecoder>(); }
+std::unique_ptr<IncrementalDecoder> TokenIdCodec::new_decoder() const {
+  return std::make_unique<SilentDecoder>();
+}
 
 }  // namespace atom

@@ -8,7 +8,8 @@ namespace atom {
 
 class TokenIdCodec final : public TextCodec {
  public:
-  TokenIdCodec(int vocab_size, std::string model_name) : vocab_size_(vocab_size), model_name_(std::move(model_name)) {}
+  TokenIdCodec(int vocab_size, std::string model_name)
+      : vocab_size_(vocab_size), model_name_(std::move(model_name)) {}
   std::vector<std::int32_t> encode(const std::string& text, bool add_special) const override;
   std::string apply_chat_template(const std::vector<ChatMessage>& messages) const override;
   std::unique_ptr<IncrementalDecoder> new_decoder() const override;

@@ -29,12 +29,15 @@ std::string display_name(const std::string& path) {
   return (p.has_filename() ? p.filename() : p.parent_path().filename()).string();
 }
 
-ServingBackend cpu_backend(const std::string& model, const BackendOptions& opt, const BackendProgress& progress) {
+ServingBackend cpu_backend(const std::string& model, const BackendOptions& opt,
+                           const BackendProgress& progress) {
   if (is_synthetic(model)) fail("synthetic models ('{}') run on --device cuda only", model);
-  if (opt.precision != "auto") fail("--precision applies to synthetic models (the CPU runs what the checkpoint holds)");
+  if (opt.precision != "auto")
+    fail("--precision applies to synthetic models (the CPU runs what the checkpoint holds)");
   if (opt.gpu_memory_gib > 0) fail("--gpu-memory-gb applies to --device cuda");
   auto serving = std::make_shared<CpuServingModel>(load_cpu_serving_model(model, progress));
-  const KvCacheDType kv = opt.kv_dtype == "auto" ? serving->kv_cache_dtype : parse_kv_cache_dtype(opt.kv_dtype);
+  const KvCacheDType kv =
+      opt.kv_dtype == "auto" ? serving->kv_cache_dtype : parse_kv_cache_dtype(opt.kv_dtype);
   ServingBackend b;
   b.name = serving->name;
   b.device = "cpu";
@@ -53,32 +56,42 @@ ServingBackend cpu_backend(const std::string& model, const BackendOptions& opt, 
 cuda::KvDtype cuda_kv_dtype(const std::string& name, cuda::KvDtype fallback) {
   if (name == "auto") return fallback;
   switch (parse_kv_cache_dtype(name)) {
-    case KvCacheDType::f16: return cuda::KvDtype::kF16;
-    case KvCacheDType::int8: return cuda::KvDtype::kU8;
-    case KvCacheDType::int4: return cuda::KvDtype::kU4;
-    case KvCacheDType::f32: break;
+    case KvCacheDType::f16:
+      return cuda::KvDtype::kF16;
+    case KvCacheDType::int8:
+      return cuda::KvDtype::kU8;
+    case KvCacheDType::int4:
+      return cuda::KvDtype::kU4;
+    case KvCacheDType::f32:
+      break;
   }
   fail("--kv-dtype {}: the CUDA backend stores the KV cache as fp16, int8 or int4", name);
 }
 
 const char* kv_name(cuda::KvDtype t) {
   switch (t) {
-    case cuda::KvDtype::kF16: return "fp16";
-    case cuda::KvDtype::kU8: return "int8";
-    case cuda::KvDtype::kU4: return "int4";
+    case cuda::KvDtype::kF16:
+      return "fp16";
+    case cuda::KvDtype::kU8:
+      return "int8";
+    case cuda::KvDtype::kU4:
+      return "int4";
   }
   return "?";
 }
 
-ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt, const BackendProgress& progress) {
+ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
+                            const BackendProgress& progress) {
   cuda::require_cuda_device();
   std::shared_ptr<const cuda::CudaLlamaWeights> weights;
   ServingBackend b;
   if (is_synthetic(model)) {
     const std::string shape = model.substr(std::string(kSyntheticPrefix).size());
-    if (opt.precision == "auto") fail("synthetic model '{}': give --precision (fp16, w8a8, w4a16, atom-w4a4)", model);
+    if (opt.precision == "auto")
+      fail("synthetic model '{}': give --precision (fp16, w8a8, w4a16, atom-w4a4)", model);
     if (progress) progress(fmt::format("generating random {} weights", opt.precision), 0.0);
-    weights = cuda::make_synthetic_weights(cuda::synthetic_config(shape), cuda::parse_precision(opt.precision), model);
+    weights = cuda::make_synthetic_weights(cuda::synthetic_config(shape),
+                                           cuda::parse_precision(opt.precision), model);
     b.codec = std::make_shared<TokenIdCodec>(weights->config.vocab_size, model);
     b.name = model;
   } else {
@@ -103,7 +116,8 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
   auto last = std::make_shared<cuda::CudaModelRunner*>(nullptr);
   const bool graphs = opt.cuda_graphs;
   const double budget_gib = opt.gpu_memory_gib;
-  b.make_runner = [weights, kv, graphs, budget_gib, last](EngineConfig& config) -> std::unique_ptr<ModelRunner> {
+  b.make_runner = [weights, kv, graphs, budget_gib,
+                   last](EngineConfig& config) -> std::unique_ptr<ModelRunner> {
     cuda::CudaRunnerOptions ro;
     ro.kv_dtype = kv;
     ro.max_batch_tokens = config.limits.max_batched_tokens;
@@ -117,9 +131,11 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
       const double left = budget - used;
       const std::size_t block = runner->kv_block_bytes(config.block_size);
       if (left < static_cast<double>(block)) {
-        fail("--gpu-memory-gb {}: the weights ({:.2f} GiB) and buffers ({:.2f} GiB) leave no room for a KV cache",
-             budget_gib, static_cast<double>(weights->bytes()) / (1 << 30),
-             static_cast<double>(runner->workspace_bytes()) / (1 << 30));
+        fail(
+            "--gpu-memory-gb {}: the weights ({:.2f} GiB) and buffers ({:.2f} GiB) leave no room for a KV "
+            "cache",
+            budget_gib, static_cast<double>(weights->bytes()) / (1 << 30),
+            static_cast<double>(runner->workspace_bytes()) / (1 << 30));
       }
       config.num_kv_blocks = 0;
       config.kv_cache_bytes = static_cast<std::size_t>(left);
@@ -152,17 +168,22 @@ ServingBackend load_serving_backend(const std::string& model, const BackendOptio
 }
 
 void add_backend_options(CLI::App* cmd, BackendOptions& o) {
-  cmd->add_option("--device", o.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   cmd->add_option("--precision", o.precision,
-                  "Synthetic models (--model synthetic:llama-2-7b|llama-2-13b|llama-3-8b): fp16, w8a8, w4a16, atom-w4a4")
+                  "Synthetic models (--model synthetic:llama-2-7b|llama-2-13b|llama-3-8b): fp16, w8a8, "
+                  "w4a16, atom-w4a4")
       ->check(CLI::IsMember({"auto", "fp16", "w8a8", "w4a16", "atom-w4a4"}))
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", o.kv_dtype, "KV cache storage: auto (the checkpoint's), f32 (cpu), fp16, int8, int4")
+  cmd->add_option("--kv-dtype", o.kv_dtype,
+                  "KV cache storage: auto (the checkpoint's), f32 (cpu), fp16, int8, int4")
       ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
       ->capture_default_str();
   cmd->add_flag("!--no-cuda-graphs", o.cuda_graphs, "Run decode steps without CUDA graphs");
-  cmd->add_option("--gpu-memory-gb", o.gpu_memory_gib,
-                  "GPU memory budget in GiB for weights, buffers and KV cache (the KV cache gets what is left)")
+  cmd->add_option(
+         "--gpu-memory-gb", o.gpu_memory_gib,
+         "GPU memory budget in GiB for weights, buffers and KV cache (the KV cache gets what is left)")
       ->check(CLI::NonNegativeNumber);
 }
 

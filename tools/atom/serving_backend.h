@@ -23,7 +23,8 @@ struct BackendOptions {
   std::string precision = "auto";  // synthetic models: fp16 | w8a8 | w4a16 | atom-w4a4
   std::string kv_dtype = "auto";   // auto (the checkpoint's) | f32 (cpu) | fp16 | int8 | int4
   bool cuda_graphs = true;
-  double gpu_memory_gib = 0;  // > 0: weights + runner buffers + KV cache fit in this (the KV cache gets the rest)
+  double gpu_memory_gib =
+      0;  // > 0: weights + runner buffers + KV cache fit in this (the KV cache gets the rest)
 };
 
 struct ServingBackend {
@@ -35,8 +36,9 @@ struct ServingBackend {
   std::size_t weight_bytes = 0;
   std::shared_ptr<const TextCodec> codec;
   int vocab_size = 0;
-  // A runner for an engine with `config`'s limits. With a GPU memory budget it also sets config.kv_cache_bytes
-  // (and clears num_kv_blocks) to what the budget leaves; throws atom::Error when nothing is left.
+  // A runner for an engine with `config`'s limits. With a GPU memory budget it also sets
+  // config.kv_cache_bytes (and clears num_kv_blocks) to what the budget leaves; throws atom::Error when
+  // nothing is left.
   std::function<std::unique_ptr<ModelRunner>(EngineConfig& config)> make_runner;
   // GPU time of the last runner's decode-only steps since the previous call (cuda; {0, 0} on the cpu):
   // {sum of ms, steps}.

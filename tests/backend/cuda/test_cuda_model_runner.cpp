@@ -1,6 +1,6 @@
 // The CUDA model runner vs the CPU model (the reference) on small random Llamas, in every precision: the same
-// weights (fp32 -> fp16 for the fp16 path; one QuantizedModel for both backends in the quantized ones), the same
-// schedule of mixed prefill chunks and decode steps over a shuffled paged KV cache, logits compared by
+// weights (fp32 -> fp16 for the fp16 path; one QuantizedModel for both backends in the quantized ones), the
+// same schedule of mixed prefill chunks and decode steps over a shuffled paged KV cache, logits compared by
 // normalized error per step. Also: graphs vs eager, synthetic benchmark models, bad input.
 #include <gtest/gtest.h>
 
@@ -27,7 +27,7 @@ namespace {
 ModelConfig small_config() {
   ModelConfig c = quant::test::tiny_config();
   c.vocab_size = 320;
-  c.hidden_size = 256;  // Atom: 128 normal + 128 outlier channels
+  c.hidden_size = 256;        // Atom: 128 normal + 128 outlier channels
   c.intermediate_size = 640;  // 512 + 128
   c.num_layers = 2;
   c.num_heads = 4;
@@ -83,8 +83,11 @@ ScheduleResult run_schedule(const cpu::LlamaModel& cpu_model, CudaModelRunner& g
   const std::vector<int> prompt_lengths = {45, 7, 1};
   std::size_t next_page = 0;
   for (std::size_t i = 0; i < prompt_lengths.size(); ++i) {
-    Seq s{quant::test::tiny_tokens(static_cast<std::size_t>(prompt_lengths[i]), 0, vocab, seed + i), 0, {},
-          cpu_model.new_cache(), (perturbed ? perturbed : &cpu_model)->new_cache()};
+    Seq s{quant::test::tiny_tokens(static_cast<std::size_t>(prompt_lengths[i]), 0, vocab, seed + i),
+          0,
+          {},
+          cpu_model.new_cache(),
+          (perturbed ? perturbed : &cpu_model)->new_cache()};
     for (int b = 0; b < 8; ++b) s.table.push_back(pages[next_page++]);
     seqs.push_back(std::move(s));
   }
@@ -106,7 +109,7 @@ ScheduleResult run_schedule(const cpu::LlamaModel& cpu_model, CudaModelRunner& g
       SequenceChunk c;
       c.sequence_id = si;
       c.tokens = std::span<const std::int32_t>(s.tokens).subspan(static_cast<std::size_t>(s.computed),
-                                                                    static_cast<std::size_t>(n));
+                                                                 static_cast<std::size_t>(n));
       c.start_position = s.computed;
       c.block_table = s.table;
       c.wants_logits = s.computed + n == static_cast<int>(s.tokens.size());
@@ -130,11 +133,14 @@ ScheduleResult run_schedule(const cpu::LlamaModel& cpu_model, CudaModelRunner& g
       Seq& s = seqs[static_cast<std::size_t>(step[j].first)];
       s.computed += step[j].second;
       if (!chunks[j].wants_logits) continue;
-      const std::span<const float> w(want.data() + j * static_cast<std::size_t>(vocab), static_cast<std::size_t>(vocab));
-      const std::span<const float> g(got.data() + static_cast<std::size_t>(k) * vocab, static_cast<std::size_t>(vocab));
+      const std::span<const float> w(want.data() + j * static_cast<std::size_t>(vocab),
+                                     static_cast<std::size_t>(vocab));
+      const std::span<const float> g(got.data() + static_cast<std::size_t>(k) * vocab,
+                                     static_cast<std::size_t>(vocab));
       result.worst_error = std::max(result.worst_error, normalized_error(g, w));
       if (perturbed) {
-        const std::span<const float> p(moved.data() + j * static_cast<std::size_t>(vocab), static_cast<std::size_t>(vocab));
+        const std::span<const float> p(moved.data() + j * static_cast<std::size_t>(vocab),
+                                       static_cast<std::size_t>(vocab));
         result.worst_sensitivity = std::max(result.worst_sensitivity, normalized_error(p, w));
       }
       result.argmax_agree += argmax(g) == argmax(w) ? 1 : 0;
@@ -173,8 +179,8 @@ struct QuantCase {
   const char* name;
   const char* preset;
   KvDtype kv;
-  int kv_bits = 0;   // > 0: overrides the preset's
-  int outliers = -2; // >= -1: overrides the preset's
+  int kv_bits = 0;           // > 0: overrides the preset's
+  int outliers = -2;         // >= -1: overrides the preset's
   bool dense_w4a16 = false;  // W4A16 through dequantize + cuBLAS at every size
 };
 
@@ -207,7 +213,8 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
     round_to_fp16(l.post_attention_norm);
   }
   round_to_fp16(rounded.final_norm);
-  const std::unique_ptr<cpu::LlamaModel> perturbed = quant::build_cpu_model(rounded, quant::Execution::kInteger);
+  const std::unique_ptr<cpu::LlamaModel> perturbed =
+      quant::build_cpu_model(rounded, quant::Execution::kInteger);
   std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, qc.preset);
   EXPECT_EQ(gpu_weights->default_kv, qc.kv);
   for (bool graphs : {false, true}) {
@@ -220,22 +227,24 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
     // rounding 0.204 for atom-w4a4, 0.41 vs 0.40 for W3A3, 0.025 vs 0.031 for W8A8). A
     // wiring error (a wrong permutation, scale or row order) gives errors near 1.
     const double bound = std::max(3.0 * r.worst_sensitivity, 1e-2);
-    EXPECT_LT(r.worst_error, bound) << qc.name << " graphs " << graphs << " sensitivity " << r.worst_sensitivity;
+    EXPECT_LT(r.worst_error, bound) << qc.name << " graphs " << graphs << " sensitivity "
+                                    << r.worst_sensitivity;
     EXPECT_LT(r.worst_error, 0.7) << qc.name << " graphs " << graphs;
     std::printf("%s graphs %d: GPU vs CPU %.4f, CPU fp16-rounded inputs vs CPU %.4f, argmax %d/%d\n", qc.name,
                 graphs ? 1 : 0, r.worst_error, r.worst_sensitivity, r.argmax_agree, r.rows);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, CudaQuantizedRunner,
-                         testing::Values(QuantCase{"atom_w4a4", "atom-w4a4", KvDtype::kU4},
-                                         QuantCase{"atom_w4a4_kv8", "atom-w4a4", KvDtype::kU8, 8},
-                                         QuantCase{"atom_w3a3", "atom-w3a3", KvDtype::kU4},
-                                         QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 16, 0},
-                                         QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
-                                         QuantCase{"w4a16", "w4a16", KvDtype::kF16},
-                                         QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true}),
-                         [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(
+    Presets, CudaQuantizedRunner,
+    testing::Values(QuantCase{"atom_w4a4", "atom-w4a4", KvDtype::kU4},
+                    QuantCase{"atom_w4a4_kv8", "atom-w4a4", KvDtype::kU8, 8},
+                    QuantCase{"atom_w3a3", "atom-w3a3", KvDtype::kU4},
+                    QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 16, 0},
+                    QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
+                    QuantCase{"w4a16", "w4a16", KvDtype::kF16},
+                    QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true}),
+    [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
   ModelConfig c = small_config();
@@ -259,7 +268,8 @@ TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
     // The device argmax picks what the host argmax of the same logits picks (the step is re-run: the KV rows
     // it writes are the same).
     std::int32_t device_choice = -1;
-    runner.execute_greedy(std::span<const SequenceChunk>(&chunk, 1), std::span<std::int32_t>(&device_choice, 1));
+    runner.execute_greedy(std::span<const SequenceChunk>(&chunk, 1),
+                          std::span<std::int32_t>(&device_choice, 1));
     EXPECT_EQ(device_choice, argmax(logits)) << precision_name(p);
     const std::int32_t next = argmax(logits);
     SequenceChunk step{0, std::span<const std::int32_t>(&next, 1), 30, table, true};
@@ -290,7 +300,7 @@ TEST(CudaModelRunner, RefusesBadInput) {
   EXPECT_THROW(runner.execute(std::span<const SequenceChunk>(&b3, 1), logits), Error);  // > max_batch_tokens
   SequenceChunk b4{0, tokens, 0, {}, true};
   EXPECT_THROW(runner.execute(std::span<const SequenceChunk>(&b4, 1), logits), Error);  // no blocks
-  EXPECT_THROW(runner.allocate_kv_cache({4, 24}), Error);  // not a power of two
+  EXPECT_THROW(runner.allocate_kv_cache({4, 24}), Error);                               // not a power of two
   ModelConfig odd = c;
   odd.head_dim = 32;
   odd.num_heads = 8;

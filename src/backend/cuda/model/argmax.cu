@@ -18,7 +18,8 @@ __device__ __forceinline__ void keep_better(float& v, int& i, float ov, int oi) 
   }
 }
 
-__global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* logits, int vocab, std::int32_t* out) {
+__global__ void __launch_bounds__(kThreads)
+    argmax_rows_kernel(const float* logits, int vocab, std::int32_t* out) {
   const float* x = logits + static_cast<long long>(blockIdx.x) * vocab;
   float best = -INFINITY;
   int index = INT_MAX;

@@ -37,8 +37,8 @@ constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
 
 // Padded batch sizes of the captured decode graphs.
 int graph_bucket(int batch) {
-  static constexpr int kBuckets[] = {1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
-                                     320, 384, 448, 512};
+  static constexpr int kBuckets[] = {1,   2,   4,   8,   16,  24,  32,  48,  64,  80, 96,
+                                     112, 128, 160, 192, 224, 256, 320, 384, 448, 512};
   for (int b : kBuckets) {
     if (batch <= b) return b;
   }
@@ -54,9 +54,11 @@ std::size_t kv_bytes_per_token(const ModelConfig& c, KvDtype dtype) {
 }
 
 struct CudaModelRunner::Impl {
-  // Offsets (in int32 elements) of the per-step host->device index arrays; fixed so that graphs can read them.
+  // Offsets (in int32 elements) of the per-step host->device index arrays; fixed so that graphs can read
+  // them.
   struct Layout {
-    std::size_t tokens, positions, slots, logit_rows, dec_lens, dec_tables, pre_indptr, pre_lens, pre_tables, total;
+    std::size_t tokens, positions, slots, logit_rows, dec_lens, dec_tables, pre_indptr, pre_lens, pre_tables,
+        total;
   };
   // What one forward runs (host-known sizes; the arrays are in `ints`).
   struct Shape {
@@ -96,7 +98,7 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::int8_t> q_outliers;
   DeviceBuffer<std::int32_t> identity_perm;
   DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
-  std::unique_ptr<GemmBaselines> int8_gemm;    // W8A8: cuBLASLt int8 x int8 -> int32
+  std::unique_ptr<GemmBaselines> int8_gemm;   // W8A8: cuBLASLt int8 x int8 -> int32
   DeviceBuffer<std::int32_t> int32_scratch;   // W8A8: the exact products before scaling
   DeviceBuffer<float> logits_dev;
   PinnedBuffer<float> logits_host;
@@ -143,8 +145,8 @@ struct CudaModelRunner::Impl {
     std::fprintf(stderr, "ATOM_CUDA_PROFILE: %lld decode steps, %.3f ms per step (eager, no graphs)\n",
                  static_cast<long long>(profile_steps), total / static_cast<double>(profile_steps));
     for (const auto& [name, ms] : profile_ms) {
-      std::fprintf(stderr, "  %-14s %8.3f ms/step  %5.1f%%\n", name.c_str(), ms / static_cast<double>(profile_steps),
-                   100.0 * ms / total);
+      std::fprintf(stderr, "  %-14s %8.3f ms/step  %5.1f%%\n", name.c_str(),
+                   ms / static_cast<double>(profile_steps), 100.0 * ms / total);
     }
   }
 
@@ -190,7 +192,8 @@ struct CudaModelRunner::Impl {
 
   void allocate_activations() {
     const std::size_t t = static_cast<std::size_t>(rows_capacity());
-    const std::size_t h = static_cast<std::size_t>(cfg.hidden_size), inter = static_cast<std::size_t>(cfg.intermediate_size);
+    const std::size_t h = static_cast<std::size_t>(cfg.hidden_size),
+                      inter = static_cast<std::size_t>(cfg.intermediate_size);
     tmp.allocate(t * h);
     hidden.allocate(t * h);
     qkv.allocate(t * static_cast<std::size_t>(qkv_width));
@@ -229,7 +232,8 @@ struct CudaModelRunner::Impl {
     if (w->precision == Precision::kW8A8) {
       int widest = 0;
       for (const DeviceLayer& l : w->layers) {
-        for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down}) widest = std::max(widest, lin->n);
+        for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down})
+          widest = std::max(widest, lin->n);
       }
       int8_gemm = std::make_unique<GemmBaselines>(stream);
       int32_scratch.allocate(t * static_cast<std::size_t>(widest));
@@ -243,11 +247,11 @@ struct CudaModelRunner::Impl {
   }
 
   std::size_t workspace_bytes() const {
-    return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() + hidden.bytes() +
-           normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() + final_normed.bytes() +
-           q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() + q_outliers.bytes() +
-           identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() + logits_dev.bytes() +
-           (int8_gemm ? std::size_t{64} << 20 : 0);  // cuBLASLt's workspace
+    return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() +
+           hidden.bytes() + normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() +
+           final_normed.bytes() + q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() +
+           q_outliers.bytes() + identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() +
+           logits_dev.bytes() + (int8_gemm ? std::size_t{64} << 20 : 0);  // cuBLASLt's workspace
   }
 
   std::size_t block_bytes(int bs) const {
@@ -367,16 +371,19 @@ struct CudaModelRunner::Impl {
 
   void gemm_f16(const std::uint16_t* x, const std::uint16_t* wt, void* y, int m, int n, int k, bool f32_out) {
     const float one = 1.0f, zero = 0.0f;
-    check_blas(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, wt, CUDA_R_16F, k, x, CUDA_R_16F, k, &zero, y,
-                            f32_out ? CUDA_R_32F : CUDA_R_16F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx");
+    check_blas(
+        cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, wt, CUDA_R_16F, k, x, CUDA_R_16F, k,
+                     &zero, y, f32_out ? CUDA_R_32F : CUDA_R_16F, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
   }
 
   // out [m, l.n] = input x W^T. Quantized precisions read the q_* buffers (filled by the preceding fused
   // quantizer); fp16 / w4a16 read x.
   void linear(const DeviceLinear& l, const std::uint16_t* x, int m, std::uint16_t* out) {
     switch (w->precision) {
-      case Precision::kF16: gemm_f16(x, l.weight_f16.get(), out, m, l.n, l.k, false); break;
+      case Precision::kF16:
+        gemm_f16(x, l.weight_f16.get(), out, m, l.n, l.k, false);
+        break;
       case Precision::kW4A16: {
         if (m > opt.w4a16_dense_rows) {
           dequantize_w4a4_weights_f16(l.packed_view(), dense_scratch.get(), l.k, stream);
@@ -393,7 +400,8 @@ struct CudaModelRunner::Impl {
       }
       case Precision::kW8A8:
         int8_gemm->i8(q_outliers.get(), l.weight_i8.get(), int32_scratch.get(), m, l.n, l.k);
-        w8a8_scale_epilogue(int32_scratch.get(), m, l.n, q_outlier_scales.get(), l.channel_scales.get(), out, stream);
+        w8a8_scale_epilogue(int32_scratch.get(), m, l.n, q_outlier_scales.get(), l.channel_scales.get(), out,
+                            stream);
         break;
       case Precision::kW4A4: {
         GemmW4A4Args a;
@@ -410,8 +418,8 @@ struct CudaModelRunner::Impl {
   bool quantized_acts() const { return w->precision == Precision::kW4A4 || w->precision == Precision::kW8A8; }
 
   // Residual add (unless first) + RMSNorm of tmp into the input of `l` (quantized, or fp16 in `normed`).
-  void norm_into(const DeviceLinear& l, const DeviceBuffer<std::uint16_t>& gamma, const DeviceBuffer<std::int32_t>& perm,
-                 int m, bool first) {
+  void norm_into(const DeviceLinear& l, const DeviceBuffer<std::uint16_t>& gamma,
+                 const DeviceBuffer<std::int32_t>& perm, int m, bool first) {
     const int h = cfg.hidden_size;
     if (quantized_acts()) {
       RmsNormQuantParams p;
@@ -589,8 +597,8 @@ struct CudaModelRunner::Impl {
     // Only the used part of each region travels.
     const auto copy = [&](std::size_t offset, std::size_t count) {
       if (count == 0) return;
-      ATOM_CUDA_CHECK(cudaMemcpyAsync(dev_ints.get() + offset, host_ints.get() + offset, count * sizeof(std::int32_t),
-                                      cudaMemcpyHostToDevice, stream));
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(dev_ints.get() + offset, host_ints.get() + offset,
+                                      count * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream));
     };
     (void)graph;
     const std::size_t t = static_cast<std::size_t>(s.tokens);
@@ -632,8 +640,8 @@ struct CudaModelRunner::Impl {
   }
 
   // Runs the batch; fills logits_out (greedy == false) or tokens_out with each sampling chunk's argmax.
-  void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out, std::span<std::int32_t> tokens_out,
-               bool greedy) {
+  void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out,
+               std::span<std::int32_t> tokens_out, bool greedy) {
     if (caches.empty()) fail("CUDA runner: execute() before allocate_kv_cache()");
     if (batch.empty()) return;
     if (static_cast<int>(batch.size()) > opt.max_sequences) {
@@ -647,20 +655,22 @@ struct CudaModelRunner::Impl {
       const int n = static_cast<int>(c.tokens.size());
       if (n < 1) fail("CUDA runner: sequence {} has no new tokens", c.sequence_id);
       if (c.start_position < 0 || c.start_position + n > max_ctx) {
-        fail("CUDA runner: sequence {} positions [{}, {}) exceed the context of {}", c.sequence_id, c.start_position,
-             c.start_position + n, max_ctx);
+        fail("CUDA runner: sequence {} positions [{}, {}) exceed the context of {}", c.sequence_id,
+             c.start_position, c.start_position + n, max_ctx);
       }
       const int blocks = (c.start_position + n + block_size - 1) / block_size;
       if (static_cast<int>(c.block_table.size()) < blocks) {
-        fail("CUDA runner: sequence {} has {} KV blocks for {} positions", c.sequence_id, c.block_table.size(),
-             c.start_position + n);
+        fail("CUDA runner: sequence {} has {} KV blocks for {} positions", c.sequence_id,
+             c.block_table.size(), c.start_position + n);
       }
       for (int b = 0; b < blocks; ++b) {
         const int page = c.block_table[static_cast<std::size_t>(b)];
-        if (page < 0 || page >= num_pages) fail("CUDA runner: sequence {} names KV block {} of {}", c.sequence_id, page, num_pages);
+        if (page < 0 || page >= num_pages)
+          fail("CUDA runner: sequence {} names KV block {} of {}", c.sequence_id, page, num_pages);
       }
       for (std::int32_t t : c.tokens) {
-        if (t < 0 || t >= cfg.vocab_size) fail("CUDA runner: token id {} outside the vocabulary of {}", t, cfg.vocab_size);
+        if (t < 0 || t >= cfg.vocab_size)
+          fail("CUDA runner: token id {} outside the vocabulary of {}", t, cfg.vocab_size);
       }
       total += n;
       wants += c.wants_logits ? 1 : 0;
@@ -673,7 +683,8 @@ struct CudaModelRunner::Impl {
     if (total > opt.max_batch_tokens) {
       fail("CUDA runner: {} tokens in one step (max_batch_tokens {})", total, opt.max_batch_tokens);
     }
-    if (!greedy && logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
+    if (!greedy &&
+        logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
       fail("CUDA runner: logits span of {} floats for {} rows", logits_out.size(), wants);
     }
     if (greedy && tokens_out.size() < static_cast<std::size_t>(wants)) {
@@ -696,20 +707,23 @@ struct CudaModelRunner::Impl {
         const int pos = c.start_position + i;
         ints[layout.tokens + row + i] = c.tokens[static_cast<std::size_t>(i)];
         ints[layout.positions + row + i] = pos;
-        ints[layout.slots + row + i] = c.block_table[static_cast<std::size_t>(pos / block_size)] * block_size + pos % block_size;
+        ints[layout.slots + row + i] =
+            c.block_table[static_cast<std::size_t>(pos / block_size)] * block_size + pos % block_size;
       }
       const int kv_len = c.start_position + n;
       const int blocks = (kv_len + block_size - 1) / block_size;
       if (j < decode) {
         ints[layout.dec_lens + j] = kv_len;
-        std::copy_n(c.block_table.begin(), blocks, ints + layout.dec_tables + static_cast<std::size_t>(j) * stride);
+        std::copy_n(c.block_table.begin(), blocks,
+                    ints + layout.dec_tables + static_cast<std::size_t>(j) * stride);
         max_kv = std::max(max_kv, kv_len);
       } else {
         const int p = j - decode;
         if (p == 0) ints[layout.pre_indptr] = 0;
         ints[layout.pre_indptr + p + 1] = row + n - decode;
         ints[layout.pre_lens + p] = kv_len;
-        std::copy_n(c.block_table.begin(), blocks, ints + layout.pre_tables + static_cast<std::size_t>(p) * stride);
+        std::copy_n(c.block_table.begin(), blocks,
+                    ints + layout.pre_tables + static_cast<std::size_t>(p) * stride);
         max_q = std::max(max_q, n);
       }
       last_row[static_cast<std::size_t>(order[static_cast<std::size_t>(j)])] = row + n - 1;
@@ -720,7 +734,8 @@ struct CudaModelRunner::Impl {
     s.max_q_len = max_q;
 
     if (use_graph) {
-      // Pad to the bucket: padded rows write no KV (slot -1), attend to nothing (kv_len 0); logits of every row.
+      // Pad to the bucket: padded rows write no KV (slot -1), attend to nothing (kv_len 0); logits of every
+      // row.
       const int bucket = std::min(graph_bucket(decode), max_logit_rows);
       for (int j = decode; j < bucket; ++j) {
         ints[layout.tokens + j] = 0;
@@ -781,8 +796,8 @@ struct CudaModelRunner::Impl {
       if (greedy) {
         tokens_out[static_cast<std::size_t>(k)] = argmax_host[src_row];
       } else {
-        std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab, logits_host.get() + src_row * vocab,
-                    vocab * sizeof(float));
+        std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab,
+                    logits_host.get() + src_row * vocab, vocab * sizeof(float));
       }
       ++k;
     }
@@ -805,8 +820,8 @@ void CudaModelRunner::execute_greedy(std::span<const SequenceChunk> batch, std::
 }
 std::string CudaModelRunner::describe() const {
   const DeviceInfo info = current_device_info();
-  return fmt::format("cuda ({}), {}, kv {}, graphs {}", info.name, impl_->w->describe(), kv_dtype_name(impl_->opt.kv_dtype),
-                     impl_->opt.cuda_graphs ? "on" : "off");
+  return fmt::format("cuda ({}), {}, kv {}, graphs {}", info.name, impl_->w->describe(),
+                     kv_dtype_name(impl_->opt.kv_dtype), impl_->opt.cuda_graphs ? "on" : "off");
 }
 std::size_t CudaModelRunner::workspace_bytes() const { return impl_->workspace_bytes(); }
 std::size_t CudaModelRunner::kv_cache_bytes() const { return impl_->kv_storage.bytes(); }

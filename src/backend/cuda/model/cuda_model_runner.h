@@ -1,15 +1,15 @@
 #pragma once
 // The engine's ModelRunner on the GPU: a Llama forward pass composed of Atom's kernels over a paged KV cache.
 //
-// One execute() runs a mixed batch (prefill chunks and decode tokens). Token rows are ordered decode sequences
-// first, then prefill chunks, so that each attention kernel sees one contiguous span. Per layer:
+// One execute() runs a mixed batch (prefill chunks and decode tokens). Token rows are ordered decode
+// sequences first, then prefill chunks, so that each attention kernel sees one contiguous span. Per layer:
 //   [fused residual add + RMSNorm (+ reorder + quantize)]  ->  qkv GEMM  ->  RoPE + KV append (quantizing)
 //   ->  decode / prefill attention  ->  [reorder + quantize]  ->  o_proj GEMM
 //   ->  [fused residual add + RMSNorm (+ reorder + quantize)]  ->  gate_up GEMM  ->  SiLU * up [+ quantize]
 //   ->  down GEMM
 // and at the end the last layer's residual add + the final RMSNorm on the rows that want logits, and the fp16
-// lm_head (cuBLAS, fp32 logits). The residual stream is fp16. Decode-only steps are captured in CUDA graphs, one
-// per padded batch size, and replayed (launch overhead is most of a small decode step).
+// lm_head (cuBLAS, fp32 logits). The residual stream is fp16. Decode-only steps are captured in CUDA graphs,
+// one per padded batch size, and replayed (launch overhead is most of a small decode step).
 #include <cstdint>
 #include <memory>
 #include <span>

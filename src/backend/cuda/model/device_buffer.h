@@ -16,7 +16,8 @@ class DeviceBuffer {
   DeviceBuffer() = default;
   explicit DeviceBuffer(std::size_t count) { allocate(count); }
   ~DeviceBuffer() { reset(); }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       reset();
@@ -41,7 +42,8 @@ class DeviceBuffer {
   // Allocates host.size() elements and copies them (synchronous).
   void upload(std::span<const T> host) {
     allocate(host.size());
-    if (!host.empty()) ATOM_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
+    if (!host.empty())
+      ATOM_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), host.size_bytes(), cudaMemcpyHostToDevice));
   }
 
   T* get() const { return ptr_; }
@@ -54,14 +56,16 @@ class DeviceBuffer {
   std::size_t size_ = 0;
 };
 
-// Page-locked host memory: asynchronous copies to and from it overlap nothing on the host and run at full speed.
+// Page-locked host memory: asynchronous copies to and from it overlap nothing on the host and run at full
+// speed.
 template <typename T>
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
   explicit PinnedBuffer(std::size_t count) { allocate(count); }
   ~PinnedBuffer() { reset(); }
-  PinnedBuffer(PinnedBuffer&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  PinnedBuffer(PinnedBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
   PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
     if (this != &o) {
       reset();

@@ -21,10 +21,14 @@ namespace atom::cuda {
 
 const char* precision_name(Precision p) {
   switch (p) {
-    case Precision::kF16: return "fp16";
-    case Precision::kW8A8: return "w8a8";
-    case Precision::kW4A16: return "w4a16";
-    case Precision::kW4A4: return "atom-w4a4";
+    case Precision::kF16:
+      return "fp16";
+    case Precision::kW8A8:
+      return "w8a8";
+    case Precision::kW4A16:
+      return "w4a16";
+    case Precision::kW4A4:
+      return "atom-w4a4";
   }
   return "?";
 }
@@ -46,8 +50,8 @@ std::size_t CudaLlamaWeights::bytes() const {
 }
 
 std::string CudaLlamaWeights::describe() const {
-  return fmt::format("{} {} {} layers, {:.2f} GiB of weights{}", precision_name(precision), config.architecture,
-                     layers.size(), static_cast<double>(bytes()) / (1 << 30),
+  return fmt::format("{} {} {} layers, {:.2f} GiB of weights{}", precision_name(precision),
+                     config.architecture, layers.size(), static_cast<double>(bytes()) / (1 << 30),
                      random_weights ? " (random weights)" : "");
 }
 
@@ -55,14 +59,16 @@ void require_cuda_device() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
-    fail("--device cuda: no usable CUDA device ({}: {})", cudaGetErrorName(status), cudaGetErrorString(status));
+    fail("--device cuda: no usable CUDA device ({}: {})", cudaGetErrorName(status),
+         cudaGetErrorString(status));
   }
   if (count == 0) fail("--device cuda: no CUDA device found");
 }
 
 void check_cuda_supported(const ModelConfig& c, const std::string& source) {
   c.validate(source);
-  if (c.attention_bias) fail("{}: attention_bias (q/k/v biases) is not supported by the CUDA backend", source);
+  if (c.attention_bias)
+    fail("{}: attention_bias (q/k/v biases) is not supported by the CUDA backend", source);
   if (c.head_dim != 64 && c.head_dim != 128) {
     fail("{}: head_dim {} is not supported by the CUDA backend (64 or 128)", source, c.head_dim);
   }
@@ -95,10 +101,12 @@ DeviceBuffer<std::uint16_t> upload_f16(std::span<const float> x) {
 }
 
 // Rows of several [*, k] matrices stacked into one fp16 linear.
-DeviceLinear dense_linear(std::initializer_list<const std::vector<float>*> parts, int k, const std::string& name) {
+DeviceLinear dense_linear(std::initializer_list<const std::vector<float>*> parts, int k,
+                          const std::string& name) {
   std::vector<std::uint16_t> rows;
   for (const auto* p : parts) {
-    if (p->size() % static_cast<std::size_t>(k) != 0) fail("{}: {} values are not rows of {}", name, p->size(), k);
+    if (p->size() % static_cast<std::size_t>(k) != 0)
+      fail("{}: {} values are not rows of {}", name, p->size(), k);
     const std::vector<std::uint16_t> h = to_f16(*p);
     rows.insert(rows.end(), h.begin(), h.end());
   }
@@ -149,7 +157,8 @@ struct CanonicalHost {
   std::vector<std::int32_t> perm;
 };
 
-CanonicalHost canonical_of(const quant::QuantizedLinearWeights& w, Precision precision, const std::string& name) {
+CanonicalHost canonical_of(const quant::QuantizedLinearWeights& w, Precision precision,
+                           const std::string& name) {
   CanonicalHost c;
   c.n = static_cast<int>(w.n);
   c.perm = w.perm;
@@ -157,8 +166,10 @@ CanonicalHost canonical_of(const quant::QuantizedLinearWeights& w, Precision pre
   if (precision == Precision::kW8A8) {
     // Per-channel INT8 (one group per row, no outliers) is the Atom product with every channel an outlier.
     if (w.format != quant::NumberFormat::kInt8 || w.n_outliers != 0 || w.group != w.k_normal) {
-      fail("{}: a w8a8 linear must be INT8 with one group per row and no outliers (found {} g{} with {} outliers)",
-           name, quant::format_name(w.format), w.group, w.n_outliers);
+      fail(
+          "{}: a w8a8 linear must be INT8 with one group per row and no outliers (found {} g{} with {} "
+          "outliers)",
+          name, quant::format_name(w.format), w.group, w.n_outliers);
     }
     c.k_normal = 0;
     c.n_outliers = static_cast<int>(w.k_normal);
@@ -167,12 +178,14 @@ CanonicalHost canonical_of(const quant::QuantizedLinearWeights& w, Precision pre
     c.outlier_scales = w.scales;  // [n, 1]
   } else {
     if (w.format != quant::NumberFormat::kInt4 && w.format != quant::NumberFormat::kInt3) {
-      fail("{}: {} weights are not supported by the CUDA kernels (INT4 or INT3)", name, quant::format_name(w.format));
+      fail("{}: {} weights are not supported by the CUDA kernels (INT4 or INT3)", name,
+           quant::format_name(w.format));
     }
     if (w.group != kW4A4Group) {
       fail("{}: group size {} (the CUDA kernels take groups of {})", name, w.group, kW4A4Group);
     }
-    if (w.n_outliers % 16 != 0) fail("{}: {} outlier channels (the CUDA kernels need a multiple of 16)", name, w.n_outliers);
+    if (w.n_outliers % 16 != 0)
+      fail("{}: {} outlier channels (the CUDA kernels need a multiple of 16)", name, w.n_outliers);
     if (precision == Precision::kW4A16 && w.n_outliers != 0) {
       fail("{}: a w4a16 linear with {} outlier channels (gemm_w4a16 takes none)", name, w.n_outliers);
     }
@@ -198,7 +211,8 @@ void stack_rows(CanonicalHost& a, const CanonicalHost& b, const std::string& nam
   a.n += b.n;
 }
 
-DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float act_clip, const std::string& name) {
+DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float act_clip,
+                              const std::string& name) {
   validate_w4a4_shape(c.n, c.k_normal, c.n_outliers, name.c_str());
   DeviceLinear l;
   l.n = c.n;
@@ -211,7 +225,8 @@ DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float
   l.act.format = c.format == quant::NumberFormat::kInt3 ? ActFormat::kInt3 : ActFormat::kInt4;
   l.act.clip_ratio = precision == Precision::kW8A8 ? 1.0f : act_clip;
   bool identity = true;
-  for (std::size_t j = 0; j < c.perm.size(); ++j) identity = identity && c.perm[j] == static_cast<std::int32_t>(j);
+  for (std::size_t j = 0; j < c.perm.size(); ++j)
+    identity = identity && c.perm[j] == static_cast<std::int32_t>(j);
   if (!identity) l.perm.upload(c.perm);
   if (precision == Precision::kW8A8) {  // cuBLASLt reads the canonical codes
     if (l.k % 4 != 0) fail("{}: K = {} (the INT8 product needs a multiple of 4)", name, l.k);
@@ -221,8 +236,9 @@ DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float
     l.channel_scales.upload(s);
     return l;
   }
-  const W4A4CanonicalWeights canonical{c.packed.data(), c.scales.data(), c.outliers.data(), c.outlier_scales.data(),
-                                       c.n, c.k_normal, c.n_outliers};
+  const W4A4CanonicalWeights canonical{
+      c.packed.data(), c.scales.data(), c.outliers.data(), c.outlier_scales.data(), c.n,
+      c.k_normal,      c.n_outliers};
   const W4A4PackedSizes sizes = w4a4_packed_sizes(c.n, c.k_normal, c.n_outliers);
   std::vector<std::uint8_t> packed(sizes.packed_bytes);
   std::vector<std::int8_t> outliers(sizes.outlier_bytes);
@@ -240,7 +256,8 @@ Precision precision_of(const quant::QuantRecipe& r, const std::string& name) {
   if (r.act_format == quant::NumberFormat::kFp4) {
     fail("{}: FP4 activations (atom-fp4) are not supported by the CUDA kernels", name);
   }
-  if (r.group == 0) fail("{}: per-row W4A4 (rtn-w4a4) is not supported by the CUDA kernels (groups of 128)", name);
+  if (r.group == 0)
+    fail("{}: per-row W4A4 (rtn-w4a4) is not supported by the CUDA kernels (groups of 128)", name);
   return Precision::kW4A4;
 }
 
@@ -276,14 +293,15 @@ std::unique_ptr<CudaLlamaWeights> upload_fp16(const LlamaWeights& weights, const
   for (int i = 0; i < weights.config.num_layers; ++i) {
     w->layers.push_back(dense_layer(weights.layers.at(static_cast<std::size_t>(i)), w->config, name, i));
   }
-  upload_common(*w, weights.embed_tokens, weights.config.tie_word_embeddings ? std::span<const float>{}
-                                                                              : std::span<const float>(weights.lm_head),
-                weights.final_norm);
+  upload_common(
+      *w, weights.embed_tokens,
+      weights.config.tie_word_embeddings ? std::span<const float>{} : std::span<const float>(weights.lm_head),
+      weights.final_norm);
   return w;
 }
 
-std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model, const std::string& name,
-                                                   const UploadProgress& progress) {
+std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model,
+                                                   const std::string& name, const UploadProgress& progress) {
   check_cuda_supported(model.config, name);
   const Precision precision = precision_of(model.recipe, name);
   auto w = std::make_unique<CudaLlamaWeights>();
@@ -291,9 +309,15 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
   w->precision = precision;
   w->source = name;
   switch (model.recipe.kv_bits) {
-    case 4: w->default_kv = KvDtype::kU4; break;
-    case 8: w->default_kv = KvDtype::kU8; break;
-    default: w->default_kv = KvDtype::kF16; break;
+    case 4:
+      w->default_kv = KvDtype::kU4;
+      break;
+    case 8:
+      w->default_kv = KvDtype::kU8;
+      break;
+    default:
+      w->default_kv = KvDtype::kF16;
+      break;
   }
   const float clip = model.recipe.a_clip;
   const int layers = static_cast<int>(model.layers.size());
@@ -301,9 +325,10 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     if (progress) progress(fmt::format("layer {}/{}", i + 1, layers), static_cast<double>(i) / (layers + 1));
     const quant::QuantizedLayer& ql = model.layers[static_cast<std::size_t>(i)];
     const auto lname = [&](const char* linear) { return quant::linear_name(i, linear); };
-    for (const quant::QuantizedLinear* l : {&ql.q_proj, &ql.k_proj, &ql.v_proj, &ql.o_proj, &ql.gate_proj,
-                                            &ql.up_proj, &ql.down_proj}) {
-      if (!l->bias.empty()) fail("{}: layer {} has linear biases, which the CUDA backend does not support", name, i);
+    for (const quant::QuantizedLinear* l :
+         {&ql.q_proj, &ql.k_proj, &ql.v_proj, &ql.o_proj, &ql.gate_proj, &ql.up_proj, &ql.down_proj}) {
+      if (!l->bias.empty())
+        fail("{}: layer {} has linear biases, which the CUDA backend does not support", name, i);
     }
     DeviceLayer d;
     d.input_norm = upload_f16(ql.input_norm);
@@ -325,7 +350,8 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     quant::QuantizedLinear gate = ql.gate_proj, up = ql.up_proj;
     const std::vector<std::int32_t>& down_perm = ql.down_proj.weights.perm;
     bool down_identity = true;
-    for (std::size_t j = 0; j < down_perm.size(); ++j) down_identity = down_identity && down_perm[j] == static_cast<std::int32_t>(j);
+    for (std::size_t j = 0; j < down_perm.size(); ++j)
+      down_identity = down_identity && down_perm[j] == static_cast<std::int32_t>(j);
     if (!down_identity) {
       quant::permute_output_rows(gate, down_perm);
       quant::permute_output_rows(up, down_perm);
@@ -333,8 +359,8 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     CanonicalHost gate_up = canonical_of(gate.weights, precision, lname("gate_proj"));
     stack_rows(gate_up, canonical_of(up.weights, precision, lname("up_proj")), lname("up_proj"));
     d.gate_up = upload_canonical(gate_up, precision, clip, lname("gate_up"));
-    d.down = upload_canonical(canonical_of(ql.down_proj.weights, precision, lname("down_proj")), precision, clip,
-                              lname("down_proj"));
+    d.down = upload_canonical(canonical_of(ql.down_proj.weights, precision, lname("down_proj")), precision,
+                              clip, lname("down_proj"));
     d.down.perm.reset();  // applied through the gate/up rows
 
     // q/k/v's and gate/up's permutations are applied by the RMSNorm kernels.
@@ -391,7 +417,8 @@ ModelConfig synthetic_config(std::string_view shape) {
     c.max_position_embeddings = 8192;
     c.rope_theta = 500000.0f;
   } else {
-    fail("unknown synthetic model shape '{}' (expected one of: {})", shape, fmt::join(synthetic_shape_names(), ", "));
+    fail("unknown synthetic model shape '{}' (expected one of: {})", shape,
+         fmt::join(synthetic_shape_names(), ", "));
   }
   c.validate(std::string(shape));
   return c;
@@ -409,7 +436,8 @@ std::vector<std::int32_t> random_permutation(int k, std::uint64_t seed) {
   std::vector<std::int32_t> p(static_cast<std::size_t>(k));
   std::iota(p.begin(), p.end(), 0);
   std::mt19937_64 rng(seed);
-  for (int i = k - 1; i > 0; --i) std::swap(p[static_cast<std::size_t>(i)], p[rng() % static_cast<std::uint64_t>(i + 1)]);
+  for (int i = k - 1; i > 0; --i)
+    std::swap(p[static_cast<std::size_t>(i)], p[rng() % static_cast<std::uint64_t>(i + 1)]);
   return p;
 }
 
@@ -435,8 +463,8 @@ DeviceLinear random_linear(int n, int k, Precision precision, std::uint64_t seed
     l.weight_i8.allocate(static_cast<std::size_t>(n) * k);
     fill_random_bytes(l.weight_i8.get(), l.weight_i8.bytes(), seed, nullptr);
     l.channel_scales.allocate(static_cast<std::size_t>(n));
-    fill_uniform_f32(l.channel_scales.get(), l.channel_scales.size(), seed + 2, 0.5f * a / 74.0f, 1.5f * a / 74.0f,
-                     nullptr);
+    fill_uniform_f32(l.channel_scales.get(), l.channel_scales.size(), seed + 2, 0.5f * a / 74.0f,
+                     1.5f * a / 74.0f, nullptr);
     return l;
   }
   const W4A4PackedSizes s = w4a4_packed_sizes(n, l.k_normal, l.n_outliers);
@@ -470,8 +498,9 @@ std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& conf
   auto w = std::make_unique<CudaLlamaWeights>();
   w->config = config;
   w->precision = precision;
-  w->default_kv = precision == Precision::kW4A4 ? KvDtype::kU4 : precision == Precision::kW8A8 ? KvDtype::kU8
-                                                                                              : KvDtype::kF16;
+  w->default_kv = precision == Precision::kW4A4   ? KvDtype::kU4
+                  : precision == Precision::kW8A8 ? KvDtype::kU8
+                                                  : KvDtype::kF16;
   w->random_weights = true;
   w->source = name;
   const ModelConfig& c = config;

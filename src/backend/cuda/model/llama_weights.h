@@ -2,15 +2,17 @@
 // A Llama-family decoder's weights on the GPU, in one of four precisions that the same forward pass
 // (cuda_model_runner.h) runs, so that they can be compared fairly:
 //   fp16       dense fp16 weights, cuBLAS
-//   w8a8       per-channel INT8 weights x per-token INT8 activations (SmoothQuant checkpoints): activations from
-//              the fused quantizers with every channel an INT8 "outlier" (k_normal = 0), the product on cuBLASLt
-//              (exact int32) and a scaling epilogue
+//   w8a8       per-channel INT8 weights x per-token INT8 activations (SmoothQuant checkpoints): activations
+//   from
+//              the fused quantizers with every channel an INT8 "outlier" (k_normal = 0), the product on
+//              cuBLASLt (exact int32) and a scaling epilogue
 //   w4a16      INT4 weights in groups of 128, fp16 activations (gemm_w4a16)
-//   atom-w4a4  Atom: INT4 (or INT3) groups of 128 + INT8 outlier channels, activations quantized per token by the
+//   atom-w4a4  Atom: INT4 (or INT3) groups of 128 + INT8 outlier channels, activations quantized per token by
+//   the
 //              fused kernels of quantize_act.h
-// Linears that read one input are stacked: q/k/v -> qkv, gate/up -> gate_up (gate rows first). For the quantized
-// precisions the channel permutations live where FORMAT.md puts them: q/k/v's and gate/up's are applied by the
-// RMSNorm kernel, o_proj's at run time, down_proj's is baked into the gate/up output rows.
+// Linears that read one input are stacked: q/k/v -> qkv, gate/up -> gate_up (gate rows first). For the
+// quantized precisions the channel permutations live where FORMAT.md puts them: q/k/v's and gate/up's are
+// applied by the RMSNorm kernel, o_proj's at run time, down_proj's is baked into the gate/up output rows.
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -50,16 +52,16 @@ struct DeviceLinear {
   DeviceBuffer<float> scales;
   int k_normal = 0, n_outliers = 0;
   ActQuantLayout act;  // how the input is quantized (kW4A4, kW8A8)
-  // Channel order of the input (reordered j = original perm[j]); empty: identity. Read at run time only where no
-  // norm can apply it (o_proj).
+  // Channel order of the input (reordered j = original perm[j]); empty: identity. Read at run time only where
+  // no norm can apply it (o_proj).
   DeviceBuffer<std::int32_t> perm;
 
   W4A4PackedWeights packed_view() const {
     return {packed.get(), outliers.get(), scales.get(), n, k_normal, n_outliers};
   }
   std::size_t bytes() const {
-    return weight_f16.bytes() + weight_i8.bytes() + channel_scales.bytes() + packed.bytes() + outliers.bytes() +
-           scales.bytes() + perm.bytes();
+    return weight_f16.bytes() + weight_i8.bytes() + channel_scales.bytes() + packed.bytes() +
+           outliers.bytes() + scales.bytes() + perm.bytes();
   }
 };
 
@@ -93,9 +95,9 @@ void require_cuda_device();
 // Fraction of the upload done, with the stage ("layer 3/30").
 using UploadProgress = std::function<void(const std::string& stage, double fraction)>;
 
-// Checks that the GPU kernels can run this architecture: no attention / MLP biases, head_dim 64 or 128, at most
-// 8 query heads per KV head, hidden and intermediate sizes multiples of 8, no sliding window. atom::Error naming
-// `source` and the field otherwise.
+// Checks that the GPU kernels can run this architecture: no attention / MLP biases, head_dim 64 or 128, at
+// most 8 query heads per KV head, hidden and intermediate sizes multiples of 8, no sliding window.
+// atom::Error naming `source` and the field otherwise.
 void check_cuda_supported(const ModelConfig& config, const std::string& source);
 
 // fp16 copy of an fp32 model (layers are read one at a time from `source`).
@@ -103,21 +105,24 @@ std::unique_ptr<CudaLlamaWeights> upload_fp16(quant::ModelSource source, const s
                                               const UploadProgress& progress = {});
 std::unique_ptr<CudaLlamaWeights> upload_fp16(const LlamaWeights& weights, const std::string& name);
 
-// A quantized model (an Atom checkpoint's content): atom -> kW4A4, w8a8-smoothquant -> kW8A8, w4a16 -> kW4A16.
-// Throws atom::Error for what the GPU kernels do not run (groups other than 128, FP4, per-row RTN W4A4,
-// outlier counts not a multiple of 16), naming the linear and the value.
-std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model, const std::string& name,
+// A quantized model (an Atom checkpoint's content): atom -> kW4A4, w8a8-smoothquant -> kW8A8, w4a16 ->
+// kW4A16. Throws atom::Error for what the GPU kernels do not run (groups other than 128, FP4, per-row RTN
+// W4A4, outlier counts not a multiple of 16), naming the linear and the value.
+std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model,
+                                                   const std::string& name,
                                                    const UploadProgress& progress = {});
 
 // Opens a GGUF file, Hugging Face directory or Atom checkpoint and uploads it.
-std::unique_ptr<CudaLlamaWeights> load_cuda_weights(const std::string& path, const UploadProgress& progress = {});
+std::unique_ptr<CudaLlamaWeights> load_cuda_weights(const std::string& path,
+                                                    const UploadProgress& progress = {});
 
-// Benchmark shapes with random weights: "llama-2-7b", "llama-3-8b" (published hyper-parameters), "llama-2-13b".
-// Throws atom::Error listing the names.
+// Benchmark shapes with random weights: "llama-2-7b", "llama-3-8b" (published hyper-parameters),
+// "llama-2-13b". Throws atom::Error listing the names.
 ModelConfig synthetic_config(std::string_view shape);
 const std::vector<std::string>& synthetic_shape_names();
-// Random weights of `precision` generated on the GPU (deterministic for a seed): values of realistic magnitude,
-// random channel permutations and 128 outliers per input for atom-w4a4. For speed measurements only.
+// Random weights of `precision` generated on the GPU (deterministic for a seed): values of realistic
+// magnitude, random channel permutations and 128 outliers per input for atom-w4a4. For speed measurements
+// only.
 std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& config, Precision precision,
                                                          const std::string& name, std::uint64_t seed = 0);
 

@@ -39,10 +39,9 @@ void w8a8_scale_epilogue(const std::int32_t* acc, int m, int n, const std::uint1
   const long long total = static_cast<long long>(m) * n4;
   const int threads = 256;
   const int blocks = static_cast<int>(std::min<long long>((total + threads - 1) / threads, 132LL * 16));
-  w8a8_scale_kernel<<<blocks, threads, 0, stream>>>(reinterpret_cast<const int4*>(acc), m, n4,
-                                                    reinterpret_cast<const __half*>(token_scales),
-                                                    reinterpret_cast<const float4*>(channel_scales),
-                                                    reinterpret_cast<uint2*>(out));
+  w8a8_scale_kernel<<<blocks, threads, 0, stream>>>(
+      reinterpret_cast<const int4*>(acc), m, n4, reinterpret_cast<const __half*>(token_scales),
+      reinterpret_cast<const float4*>(channel_scales), reinterpret_cast<uint2*>(out));
   ATOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,8 +1,8 @@
 #pragma once
 // The epilogue of the W8A8 linear on cuBLASLt (int8 x int8 -> exact int32): per-token x per-channel scaling,
 //   out[m, n] = fp16( (float(acc[m, n]) * float(token_scale[m])) * channel_scale[n] ),
-// the rounding steps of FORMAT.md's product for an all-outlier (k_normal = 0) Atom linear, so the result equals
-// gemm_w4a4_o8 on the same codes.
+// the rounding steps of FORMAT.md's product for an all-outlier (k_normal = 0) Atom linear, so the result
+// equals gemm_w4a4_o8 on the same codes.
 #include <cstdint>
 
 #include <cuda_runtime.h>
