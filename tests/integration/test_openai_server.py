@@ -184,7 +184,8 @@ class OpenAIServerTest(unittest.TestCase):
         self.assertEqual(whole.object, "text_completion")
         self.assertEqual(whole.usage.completion_tokens, 12)
         self.assertEqual(whole.choices[0].finish_reason, "length")
-        self.assertIn("Paris", whole.choices[0].text)
+        if ARGS.fact_checks:
+            self.assertIn("Paris", whole.choices[0].text)
         text, finish, _ = self.stream_complete(PROMPTS[0], max_tokens=12, extra_body={"ignore_eos": True},
                                                stream_options={"include_usage": True})
         self.assertEqual(text, whole.choices[0].text)
@@ -194,7 +195,8 @@ class OpenAIServerTest(unittest.TestCase):
         whole = self.chat(QUESTIONS[0], max_tokens=24)
         self.assertEqual(whole.object, "chat.completion")
         self.assertEqual(whole.choices[0].message.role, "assistant")
-        self.assertIn("Paris", whole.choices[0].message.content)
+        if ARGS.fact_checks:
+            self.assertIn("Paris", whole.choices[0].message.content)
         self.assertGreater(whole.usage.prompt_tokens, 10)
         text, chunks = self.stream_chat(QUESTIONS[0], max_tokens=24)
         self.assertEqual(text, whole.choices[0].message.content)
@@ -321,7 +323,10 @@ def main():
     global ARGS
     parser = argparse.ArgumentParser()
     parser.add_argument("--atom", required=True, help="the atom binary")
-    parser.add_argument("--model", required=True, help="SmolLM2 GGUF")
+    parser.add_argument("--model", required=True, help="SmolLM2 GGUF (or a checkpoint made from it)")
+    parser.add_argument("--no-fact-checks", dest="fact_checks", action="store_false",
+                        help="skip the checks that the answers name Paris (a 4-bit checkpoint of the 135M model may "
+                             "not); every serving check stays")
     parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                         help="appended to the `atom serve` command line (repeatable; e.g. --serve-arg=--device "
                              "--serve-arg=cuda)")
