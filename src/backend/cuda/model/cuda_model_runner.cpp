@@ -324,13 +324,7 @@ struct CudaModelRunner::Impl {
 
   DecodeParams decode_params(int batch, int max_kv_len) const {
     DecodeParams d;
-    d.cache = caches.empty() ? PagedKvCache{} : caches[0];
-    if (caches.empty()) {
-      d.cache.dtype = opt.kv_dtype;
-      d.cache.num_kv_heads = cfg.num_kv_heads;
-      d.cache.head_dim = cfg.head_dim;
-      d.cache.page_size = block_size;
-    }
+    d.cache = caches.at(0);  // the split plan reads the geometry; forward() sets each layer's cache
     d.batch = batch;
     d.num_qo_heads = cfg.num_heads;
     d.q = qkv.get();
@@ -593,14 +587,13 @@ struct CudaModelRunner::Impl {
     }
   }
 
-  void upload_ints(const Shape& s, bool graph) {
+  void upload_ints(const Shape& s) {
     // Only the used part of each region travels.
     const auto copy = [&](std::size_t offset, std::size_t count) {
       if (count == 0) return;
       ATOM_CUDA_CHECK(cudaMemcpyAsync(dev_ints.get() + offset, host_ints.get() + offset,
                                       count * sizeof(std::int32_t), cudaMemcpyHostToDevice, stream));
     };
-    (void)graph;
     const std::size_t t = static_cast<std::size_t>(s.tokens);
     copy(layout.tokens, t);
     copy(layout.positions, t);
@@ -754,7 +747,7 @@ struct CudaModelRunner::Impl {
       s.logits = k;
     }
 
-    upload_ints(s, use_graph);
+    upload_ints(s);
     ATOM_CUDA_CHECK(cudaEventRecord(ev_start, stream));
     if (use_graph) {
       const cudaGraphExec_t exec = graph_for(s);

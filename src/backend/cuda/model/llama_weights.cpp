@@ -224,10 +224,8 @@ DeviceLinear upload_canonical(const CanonicalHost& c, Precision precision, float
   l.act.group_size = kW4A4Group;
   l.act.format = c.format == quant::NumberFormat::kInt3 ? ActFormat::kInt3 : ActFormat::kInt4;
   l.act.clip_ratio = precision == Precision::kW8A8 ? 1.0f : act_clip;
-  bool identity = true;
-  for (std::size_t j = 0; j < c.perm.size(); ++j)
-    identity = identity && c.perm[j] == static_cast<std::int32_t>(j);
-  if (!identity) l.perm.upload(c.perm);
+  if (!std::is_sorted(c.perm.begin(), c.perm.end()))
+    l.perm.upload(c.perm);              // a permutation: sorted = identity
   if (precision == Precision::kW8A8) {  // cuBLASLt reads the canonical codes
     if (l.k % 4 != 0) fail("{}: K = {} (the INT8 product needs a multiple of 4)", name, l.k);
     l.weight_i8.upload(c.outliers);
@@ -349,13 +347,8 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     // SiLU(gate) * up must come out in down_proj's input order: gate/up rows follow down_proj's permutation.
     quant::QuantizedLinear gate = ql.gate_proj, up = ql.up_proj;
     const std::vector<std::int32_t>& down_perm = ql.down_proj.weights.perm;
-    bool down_identity = true;
-    for (std::size_t j = 0; j < down_perm.size(); ++j)
-      down_identity = down_identity && down_perm[j] == static_cast<std::int32_t>(j);
-    if (!down_identity) {
-      quant::permute_output_rows(gate, down_perm);
-      quant::permute_output_rows(up, down_perm);
-    }
+    quant::permute_output_rows(gate, down_perm);
+    quant::permute_output_rows(up, down_perm);
     CanonicalHost gate_up = canonical_of(gate.weights, precision, lname("gate_proj"));
     stack_rows(gate_up, canonical_of(up.weights, precision, lname("up_proj")), lname("up_proj"));
     d.gate_up = upload_canonical(gate_up, precision, clip, lname("gate_up"));
