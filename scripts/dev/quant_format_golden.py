@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Golden codes for docs/FORMAT.md, computed independently of src/quant/format.cpp (numpy semantics, as
+"""Golden codes for docs/FORMAT.md, computed independently of src/format/format.cpp (numpy semantics, as
 in the Atom reference's torch fake-quant: round half to even, fp16 scales).
 Writes tests/data/quant/format_golden.json; inputs and outputs as integer bit patterns."""
 import json

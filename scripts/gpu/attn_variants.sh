@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-cuattn}
 OUTDIR=$PWD/.devbuild/cuattn/variants
-SRC=src/backend/cuda/attention_decode.cu
+SRC=src/backend/cuda/attention/attention_decode.cu
 mkdir -p "$OUTDIR" "$BUILD/variants"
 rm -f "$OUTDIR"/bench_attention_*
 flags=$(sed -n 's/^CUDA_FLAGS = //p' "$BUILD/CMakeFiles/atom_cuda.dir/flags.make")

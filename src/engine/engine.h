@@ -16,7 +16,7 @@
 
 #include "engine/block_manager.h"
 #include "engine/metrics.h"
-#include "engine/model_runner.h"
+#include "model/model_runner.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
 #include "engine/text_codec.h"

@@ -17,8 +17,8 @@
 #include "backend/cpu/llama_model.h"
 #include "eval/perplexity.h"
 #include "quant/quantizer.h"
-#include "quant/quantizer_ops.h"
-#include "quant/recipe.h"
+#include "backend/cpu/quantizer_ops.h"
+#include "format/recipe.h"
 
 namespace atom {
 

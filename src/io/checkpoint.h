@@ -5,7 +5,7 @@
 #include <string>
 
 #include "io/tensor_store.h"
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom {
 

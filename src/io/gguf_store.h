@@ -8,7 +8,7 @@
 
 #include "io/gguf.h"
 #include "io/tensor_store.h"
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "common/error.h"
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom {
 
@@ -55,6 +55,10 @@ void ModelConfig::validate(const std::string& source) const {
     fail("{}: qwen2 has q/k/v biases, but attention_bias is false", source);
   if (architecture == "mistral" && attention_bias)
     fail("{}: mistral has no attention biases, but attention_bias is true", source);
+}
+
+std::string layer_tensor_name(int layer, const std::string& suffix) {
+  return fmt::format("model.layers.{}.{}", layer, suffix);
 }
 
 }  // namespace atom

@@ -7,10 +7,6 @@
 
 namespace atom {
 
-std::string layer_tensor_name(int layer, const std::string& suffix) {
-  return fmt::format("model.layers.{}.{}", layer, suffix);
-}
-
 namespace {
 
 // Loads tensors by name and remembers which ones were consumed.

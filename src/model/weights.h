@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "io/tensor_store.h"
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom {
 
@@ -36,9 +36,6 @@ struct LlamaWeights {
     return config.tie_word_embeddings ? embed_tokens : lm_head;
   }
 };
-
-// HF name of a tensor of decoder layer `layer`, e.g. layer_tensor_name(3, "self_attn.q_proj.weight").
-std::string layer_tensor_name(int layer, const std::string& suffix);
 
 // Loads and shape-checks every tensor the config calls for (TensorStore::load_f32 converts any dtype).
 // Throws atom::Error naming the tensor when one is missing or mis-shaped, and when the checkpoint holds

@@ -12,7 +12,7 @@
 
 #include "backend/cpu/kv_cache.h"
 #include "backend/cpu/linear.h"
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom::quant {
 

@@ -1,10 +1,13 @@
 #pragma once
-// Per-input-channel decisions of the quantizer: the reorder permutation with the outliers last, how many
-// outlier channels a layer gets, SmoothQuant's migration scales, and the clip-ratio grid search.
+// Per-input-channel decisions of the quantizer: the reorder permutation with the outliers last, SmoothQuant's
+// migration scales, and the clip-ratio grid search. How many outlier channels a layer gets is part of the
+// recipe (format/recipe.h).
 #include <cstdint>
 #include <functional>
 #include <span>
 #include <vector>
+
+#include "format/recipe.h"  // default_outlier_count, check_outlier_count
 
 namespace atom::quant {
 
@@ -13,16 +16,6 @@ namespace atom::quant {
 // The largest ones come last, so the last n_outliers entries are the outliers, and channels of similar
 // magnitude share groups.
 std::vector<std::int32_t> reorder_by_sum_of_squares(std::span<const double> sum_of_squares);
-
-// Default outlier count of a linear input of width k with group size `group`:
-//  - k >= 4096 (Llama-7B class): 128, the paper's setting (k - 128 must be a multiple of the group);
-//  - smaller inputs: the smallest positive count that leaves whole groups, k % group, or `group` when k is
-//    already a multiple (SmolLM2-135M: k = 576, group 128 -> 64 outliers, 512 normal channels;
-//    k = 1536 -> 128 outliers).
-// Throws atom::Error when no valid count exists (group does not divide k - 128 for k >= 4096, or k <= group).
-std::int64_t default_outlier_count(std::int64_t k, std::int64_t group);
-// Checks a requested count (e.g. from the command line): 0 <= n < k and (k - n) % group == 0.
-void check_outlier_count(std::int64_t k, std::int64_t group, std::int64_t n_outliers, const char* what);
 
 // SmoothQuant (Xiao et al. 2023): per input channel j, s_j = max|X_j|^alpha / max|W_j|^(1 - alpha), with
 // max|W_j| over every output row of every linear reading this input. X is divided by s (folded into the

@@ -8,7 +8,7 @@
 #include <span>
 #include <vector>
 
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom::quant {
 

@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/model_runner.h"
+#include "model/model_runner.h"
 #include "engine/text_codec.h"
 
 namespace atom::testing {

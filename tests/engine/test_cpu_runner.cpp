@@ -7,11 +7,12 @@
 #include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
 #include "common/half.h"
-#include "engine/cpu_runner.h"
+#include "backend/cpu/cpu_runner.h"
+#include "engine/cpu_serving_model.h"
 #include "engine/engine.h"
-#include "engine/paged_kv.h"
+#include "backend/cpu/paged_kv.h"
 #include "model/sampler.h"
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom {
 namespace {

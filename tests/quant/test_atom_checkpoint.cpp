@@ -16,8 +16,8 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
-#include "quant/atom_checkpoint.h"
-#include "quant/quantizer_ops.h"
+#include "format/atom_checkpoint.h"
+#include "backend/cpu/quantizer_ops.h"
 #include "test_quantizer_tiny_model.h"
 
 namespace atom::quant {

@@ -15,8 +15,8 @@
 #include "quant/channels.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
-#include "quant/quantizer_ops.h"
-#include "quant/recipe.h"
+#include "backend/cpu/quantizer_ops.h"
+#include "format/recipe.h"
 #include "test_quantizer_tiny_model.h"
 
 namespace atom::quant {

@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
-#include "model/config.h"
+#include "io/model_config.h"
 #include "model/weights.h"
-#include "quant/recipe.h"
+#include "format/recipe.h"
 
 namespace atom::quant::test {
 

@@ -13,9 +13,9 @@
 #include "commands.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
-#include "quant/atom_checkpoint.h"
+#include "format/atom_checkpoint.h"
 #include "quant/quantizer.h"
-#include "quant/recipe.h"
+#include "format/recipe.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {

@@ -5,8 +5,9 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
-#include "engine/cpu_runner.h"
-#include "engine/paged_kv.h"
+#include "backend/cpu/cpu_runner.h"
+#include "engine/cpu_serving_model.h"
+#include "backend/cpu/paged_kv.h"
 #include "engine/token_id_codec.h"
 #include "engine/tokenizer_codec.h"
 #include "io/checkpoint.h"

@@ -13,7 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include "engine/engine.h"
-#include "engine/model_runner.h"
+#include "model/model_runner.h"
 #include "engine/text_codec.h"
 
 namespace atom::cli {

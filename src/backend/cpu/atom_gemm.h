@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom::cpu {
 

@@ -7,7 +7,7 @@
 #include <span>
 #include <vector>
 
-#include "model/config.h"
+#include "io/model_config.h"
 
 namespace atom::cpu {
 

@@ -20,7 +20,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/kv_cache.h"
 #include "backend/cpu/linear.h"
-#include "model/config.h"
+#include "io/model_config.h"
 #include "model/weights.h"
 
 namespace atom::cpu {

@@ -5,7 +5,7 @@
 #include <algorithm>
 
 #include "common/error.h"
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom::cpu {
 

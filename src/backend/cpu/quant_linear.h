@@ -11,7 +11,7 @@
 
 #include "backend/cpu/atom_gemm.h"
 #include "backend/cpu/linear.h"
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom::cpu {
 

@@ -1,4 +1,4 @@
-// The AVX2 Atom kernels against the scalar format reference (quant/format.h): bit-exact.
+// The AVX2 Atom kernels against the scalar format reference (format/format.h): bit-exact.
 #include <gtest/gtest.h>
 
 #include <algorithm>

@@ -6,7 +6,7 @@
 
 #include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
-#include "quant/format.h"
+#include "format/format.h"
 
 namespace atom::cpu {
 namespace {

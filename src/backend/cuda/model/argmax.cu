@@ -3,7 +3,7 @@
 #include <climits>
 #include <cmath>
 
-#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/common/cuda_check.h"
 
 namespace atom::cuda {
 namespace {

@@ -12,14 +12,14 @@
 #include <cublas_v2.h>
 #include <fmt/format.h>
 
-#include "backend/cuda/attention_kernels.h"
-#include "backend/cuda/dequantize_weights.h"
-#include "backend/cuda/elementwise.h"
-#include "backend/cuda/gemm_baselines.h"
-#include "backend/cuda/gemm_w4a4.h"
+#include "backend/cuda/attention/attention_kernels.h"
+#include "backend/cuda/gemm/dequantize_weights.h"
+#include "backend/cuda/elementwise/elementwise.h"
+#include "backend/cuda/gemm/gemm_baselines.h"
+#include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/model/argmax.h"
 #include "backend/cuda/model/w8a8_epilogue.h"
-#include "backend/cuda/quantize_act.h"
+#include "backend/cuda/quantize/quantize_act.h"
 #include "common/error.h"
 
 namespace atom::cuda {

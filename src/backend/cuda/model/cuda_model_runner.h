@@ -15,9 +15,9 @@
 #include <span>
 #include <string>
 
-#include "backend/cuda/kv_cache_layout.h"
+#include "backend/cuda/kv_cache/kv_cache_layout.h"
 #include "backend/cuda/model/llama_weights.h"
-#include "engine/model_runner.h"
+#include "model/model_runner.h"
 
 namespace atom::cuda {
 

@@ -6,7 +6,7 @@
 
 #include <cuda_runtime.h>
 
-#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/common/cuda_check.h"
 
 namespace atom::cuda {
 

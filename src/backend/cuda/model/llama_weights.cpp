@@ -10,12 +10,13 @@
 #include <fmt/format.h>
 
 #include "backend/cpu/kernels.h"
-#include "backend/cuda/elementwise.h"
+#include "backend/cuda/elementwise/elementwise.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "io/checkpoint.h"
-#include "quant/atom_checkpoint.h"
-#include "quant/quantizer.h"
+#include "format/atom_checkpoint.h"
+#include "format/quantized_model.h"
+#include "model/model_source.h"
 
 namespace atom::cuda {
 
@@ -261,7 +262,7 @@ Precision precision_of(const quant::QuantRecipe& r, const std::string& name) {
 
 }  // namespace
 
-std::unique_ptr<CudaLlamaWeights> upload_fp16(quant::ModelSource source, const std::string& name,
+std::unique_ptr<CudaLlamaWeights> upload_fp16(ModelSource source, const std::string& name,
                                               const UploadProgress& progress) {
   check_cuda_supported(source.config, name);
   auto w = std::make_unique<CudaLlamaWeights>();
@@ -375,7 +376,7 @@ std::unique_ptr<CudaLlamaWeights> load_cuda_weights(const std::string& path, con
     const quant::QuantizedModel model = quant::load_atom_checkpoint(checkpoint);
     return upload_quantized(model, path, progress);
   }
-  return upload_fp16(quant::model_source(checkpoint), path, progress);
+  return upload_fp16(model_source(checkpoint), path, progress);
 }
 
 // ---- Synthetic benchmark models.

@@ -20,17 +20,19 @@
 #include <string_view>
 #include <vector>
 
-#include "backend/cuda/gemm_w4a4.h"
-#include "backend/cuda/kv_cache_layout.h"
+#include "backend/cuda/gemm/gemm_w4a4.h"
+#include "backend/cuda/kv_cache/kv_cache_layout.h"
 #include "backend/cuda/model/device_buffer.h"
-#include "backend/cuda/quantize_act.h"
-#include "model/config.h"
+#include "backend/cuda/quantize/quantize_act.h"
+#include "io/model_config.h"
 #include "model/weights.h"
 
-namespace atom::quant {
-struct QuantizedModel;
+namespace atom {
 struct ModelSource;
-}  // namespace atom::quant
+namespace quant {
+struct QuantizedModel;
+}  // namespace quant
+}  // namespace atom
 
 namespace atom::cuda {
 
@@ -101,7 +103,7 @@ using UploadProgress = std::function<void(const std::string& stage, double fract
 void check_cuda_supported(const ModelConfig& config, const std::string& source);
 
 // fp16 copy of an fp32 model (layers are read one at a time from `source`).
-std::unique_ptr<CudaLlamaWeights> upload_fp16(quant::ModelSource source, const std::string& name,
+std::unique_ptr<CudaLlamaWeights> upload_fp16(ModelSource source, const std::string& name,
                                               const UploadProgress& progress = {});
 std::unique_ptr<CudaLlamaWeights> upload_fp16(const LlamaWeights& weights, const std::string& name);
 

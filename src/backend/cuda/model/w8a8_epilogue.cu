@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "backend/cuda/cuda_check.h"
+#include "backend/cuda/common/cuda_check.h"
 
 namespace atom::cuda {
 namespace {

@@ -1,0 +1,257 @@
+// Fused activation quantizers on Llama-2-7B / Llama-3-8B shapes (hidden 4096; intermediate 11008 /
+// 14336; 128 INT8 outliers, INT4 groups of 128, clip 0.9) at M = 1 .. 8192 tokens.
+// Each shape is validated first (sampled rows bit-exact against quant::quantize_activations of the
+// values the kernel quantized), then timed: cudaEvent per launch, median of 30, inputs/outputs replicated
+// and rotated so that at least 512 MB are touched (nothing served from L2). Bandwidth = bytes read +
+// written over time, against a device-to-device copy measured in the same run.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/quantize/quantize_act.h"
+#include "common/half.h"
+#include "format/format.h"
+
+using namespace atom;
+using namespace atom::cuda;
+
+namespace {
+
+template <class T>
+struct DeviceArray {
+  T* ptr = nullptr;
+  std::size_t n = 0;
+  explicit DeviceArray(std::size_t count) : n(count) { ATOM_CUDA_CHECK(cudaMalloc(&ptr, std::max<std::size_t>(n, 1) * sizeof(T))); }
+  DeviceArray(const DeviceArray&) = delete;
+  ~DeviceArray() { cudaFree(ptr); }
+  void upload(const std::vector<T>& h) { ATOM_CUDA_CHECK(cudaMemcpy(ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> download(std::size_t count) const {
+    std::vector<T> h(count);
+    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+  }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double measure_copy_bandwidth() {
+  const std::size_t bytes = std::size_t{1} << 30;
+  DeviceArray<std::uint8_t> a(bytes), b(bytes);
+  ATOM_CUDA_CHECK(cudaMemset(a.ptr, 1, bytes));
+  cudaEvent_t e0, e1;
+  ATOM_CUDA_CHECK(cudaEventCreate(&e0));
+  ATOM_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> ms;
+  for (int i = 0; i < 13; ++i) {
+    ATOM_CUDA_CHECK(cudaEventRecord(e0));
+    ATOM_CUDA_CHECK(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice));
+    ATOM_CUDA_CHECK(cudaEventRecord(e1));
+    ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t;
+    ATOM_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i >= 3) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return 2.0 * bytes / (median(ms) * 1e-3) / 1e9;
+}
+
+enum class Kernel { kRmsNormResidual, kReorder, kSiluMul };
+const char* kernel_name(Kernel k) {
+  return k == Kernel::kRmsNormResidual ? "rmsnorm+residual" : k == Kernel::kReorder ? "reorder" : "silu*up";
+}
+
+constexpr int kOutliers = 128, kGroup = 128;
+constexpr float kClip = 0.9f;
+
+struct Result {
+  double us, gbps;
+  bool ok;
+};
+
+Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
+  const int kn = k - kOutliers, groups = kn / kGroup;
+  const int in_cols = kernel == Kernel::kSiluMul ? 2 * k : k;  // silu: [gate | up] rows
+  // Per-replica bytes actually moved.
+  double bytes_in = 2.0 * in_cols, bytes_out = kn / 2.0 + 2.0 * groups + kOutliers + 2.0;
+  if (kernel == Kernel::kRmsNormResidual) bytes_in += 2.0 * k, bytes_out += 2.0 * k;  // residual read + written
+  const double bytes = (bytes_in + bytes_out) * m;
+  const int replicas = static_cast<int>(std::clamp<double>(std::ceil(512e6 / bytes), 1, 64));
+  const std::size_t rows = static_cast<std::size_t>(m) * replicas;
+
+  DeviceArray<std::uint16_t> input(rows * in_cols), residual(rows * k), debug(static_cast<std::size_t>(m) * k);
+  DeviceArray<std::uint8_t> packed(rows * (kn / 2));
+  DeviceArray<std::uint16_t> scales(rows * groups), outlier_scales(rows);
+  DeviceArray<std::int8_t> outliers(rows * kOutliers);
+  DeviceArray<std::uint16_t> gamma(k);
+  DeviceArray<std::int32_t> perm(k);
+  {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<std::uint16_t> h(static_cast<std::size_t>(m) * in_cols);
+    for (auto& x : h) x = fp32_to_fp16(normal(rng));
+    for (int r = 0; r < replicas; ++r) {
+      ATOM_CUDA_CHECK(cudaMemcpy(input.ptr + static_cast<std::size_t>(r) * h.size(), h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    }
+    ATOM_CUDA_CHECK(cudaMemset(residual.ptr, 0x30, rows * k * 2));  // fp16 0x3030 = 0.13
+    std::vector<std::uint16_t> g(k);
+    for (auto& x : g) x = fp32_to_fp16(0.5f + std::fabs(normal(rng)));
+    gamma.upload(g);
+    std::vector<std::int32_t> pm(k);
+    std::iota(pm.begin(), pm.end(), 0);
+    std::shuffle(pm.begin(), pm.end(), rng);
+    perm.upload(pm);
+  }
+  const auto launch = [&](int r, bool with_debug) {
+    QuantizedActOut out;
+    out.packed = packed.ptr + static_cast<std::size_t>(r) * m * (kn / 2);
+    out.packed_stride = kn / 2;
+    out.scales = scales.ptr + static_cast<std::size_t>(r) * m * groups;
+    out.scale_token_stride = groups;
+    out.scale_group_stride = 1;
+    out.outliers = outliers.ptr + static_cast<std::size_t>(r) * m * kOutliers;
+    out.outlier_stride = kOutliers;
+    out.outlier_scales = outlier_scales.ptr + static_cast<std::size_t>(r) * m;
+    const ActQuantLayout layout{k, kOutliers, kGroup, ActFormat::kInt4, kClip};
+    const std::uint16_t* in = input.ptr + static_cast<std::size_t>(r) * m * in_cols;
+    if (kernel == Kernel::kRmsNormResidual) {
+      RmsNormQuantParams p;
+      p.num_tokens = m;
+      p.layout = layout;
+      p.input = in;
+      p.input_stride = k;
+      p.residual = p.residual_out = residual.ptr + static_cast<std::size_t>(r) * m * k;
+      p.residual_stride = p.residual_out_stride = k;
+      p.weight = gamma.ptr;
+      p.perm = perm.ptr;
+      p.out = out;
+      p.normed_out = with_debug ? debug.ptr : nullptr;
+      p.normed_stride = k;
+      rmsnorm_quantize(p, nullptr);
+    } else if (kernel == Kernel::kReorder) {
+      ReorderQuantParams p;
+      p.num_tokens = m;
+      p.layout = layout;
+      p.input = in;
+      p.input_stride = k;
+      p.perm = perm.ptr;
+      p.out = out;
+      reorder_quantize(p, nullptr);
+    } else {
+      SiluMulQuantParams p;
+      p.num_tokens = m;
+      p.layout = layout;
+      p.gate = in;
+      p.gate_stride = 2 * k;
+      p.up = in + k;
+      p.up_stride = 2 * k;
+      p.out = out;
+      p.act_out = with_debug ? debug.ptr : nullptr;
+      p.act_stride = k;
+      silu_mul_quantize(p, nullptr);
+    }
+  };
+
+  // Validate replica 0 (sampled rows).
+  launch(0, true);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  bool ok = true;
+  {
+    const std::vector<int> sample = {0, m / 2, m - 1};
+    std::vector<float> values(sample.size() * k);
+    const auto dbg = debug.download(static_cast<std::size_t>(m) * k);
+    const auto in = input.download(static_cast<std::size_t>(m) * in_cols);
+    const auto pm = perm.download(k);
+    std::vector<std::int32_t> id(k);
+    std::iota(id.begin(), id.end(), 0);
+    for (std::size_t s = 0; s < sample.size(); ++s) {
+      for (int j = 0; j < k; ++j) {
+        values[s * k + j] = kernel == Kernel::kReorder ? fp16_to_fp32(in[static_cast<std::size_t>(sample[s]) * k + j])
+                                                       : fp16_to_fp32(dbg[static_cast<std::size_t>(sample[s]) * k + j]);
+      }
+    }
+    const auto ref = quant::quantize_activations(values, static_cast<std::int64_t>(sample.size()),
+                                                 kernel == Kernel::kReorder ? pm : id, kOutliers, kGroup,
+                                                 quant::NumberFormat::kInt4, kClip);
+    const auto pk = packed.download(static_cast<std::size_t>(m) * (kn / 2));
+    const auto sc = scales.download(static_cast<std::size_t>(m) * groups);
+    const auto ol = outliers.download(static_cast<std::size_t>(m) * kOutliers);
+    const auto os = outlier_scales.download(m);
+    for (std::size_t s = 0; s < sample.size(); ++s) {
+      const std::size_t r = sample[s];
+      ok = ok && std::equal(ref.packed.begin() + s * (kn / 2), ref.packed.begin() + (s + 1) * (kn / 2), pk.begin() + r * (kn / 2));
+      ok = ok && std::equal(ref.scales.begin() + s * groups, ref.scales.begin() + (s + 1) * groups, sc.begin() + r * groups);
+      ok = ok && std::equal(ref.outliers.begin() + s * kOutliers, ref.outliers.begin() + (s + 1) * kOutliers, ol.begin() + r * kOutliers);
+      ok = ok && ref.outlier_scales[s] == os[r];
+    }
+  }
+
+  cudaEvent_t e0, e1;
+  ATOM_CUDA_CHECK(cudaEventCreate(&e0));
+  ATOM_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<double> ms;
+  for (int it = 0; it < 33; ++it) {
+    ATOM_CUDA_CHECK(cudaEventRecord(e0));
+    launch(it % replicas, false);
+    ATOM_CUDA_CHECK(cudaEventRecord(e1));
+    ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t;
+    ATOM_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (it >= 3) ms.push_back(t);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  const double sec = median(ms) * 1e-3;
+  return {sec * 1e6, bytes / sec / 1e9, ok};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool profile = argc > 1 && std::string(argv[1]) == "--profile";  // M = 8192 only (for ncu)
+  const DeviceInfo info = current_device_info();
+  int runtime = 0;
+  cudaRuntimeGetVersion(&runtime);
+  std::printf("device: %s (sm_%d%d, %d SMs), CUDA runtime %d\n", info.name, info.sm_major, info.sm_minor, info.num_sms,
+              runtime);
+  const double copy_gbps = measure_copy_bandwidth();
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbps);
+  std::printf("INT4 groups of %d (clip %.2f) + %d INT8 outliers; time us (GB/s, %% of copy)\n\n", kGroup, kClip, kOutliers);
+  std::mt19937 rng(4321);
+  const std::vector<int> ms = profile ? std::vector<int>{8192} : std::vector<int>{1, 16, 64, 256, 1024, 4096, 8192};
+  struct Shape {
+    const char* model;
+    Kernel kernel;
+    int k;
+  };
+  const Shape shapes[] = {{"Llama-2-7B / Llama-3-8B", Kernel::kRmsNormResidual, 4096},
+                          {"Llama-2-7B / Llama-3-8B", Kernel::kReorder, 4096},
+                          {"Llama-2-7B", Kernel::kSiluMul, 11008},
+                          {"Llama-3-8B", Kernel::kSiluMul, 14336}};
+  bool all_ok = true;
+  std::printf("%-17s %-24s %6s", "kernel", "model", "K");
+  for (int m : ms) std::printf(" | %21s", ("M=" + std::to_string(m)).c_str());
+  std::printf("\n");
+  for (const Shape& s : shapes) {
+    std::printf("%-17s %-24s %6d", kernel_name(s.kernel), s.model, s.k);
+    for (int m : ms) {
+      const Result r = run(s.kernel, m, s.k, rng);
+      all_ok = all_ok && r.ok;
+      std::printf(" | %7.1f (%5.0f, %3.0f%%)%s", r.us, r.gbps, 100.0 * r.gbps / copy_gbps, r.ok ? "" : "!");
+      std::fflush(stdout);
+    }
+    std::printf("\n");
+  }
+  std::printf(all_ok ? "all shapes validated (bit-exact on sampled rows)\n" : "VALIDATION FAILED (marked !)\n");
+  return all_ok ? 0 : 1;
+}

@@ -1,0 +1,202 @@
+// Host side of the W4A4 GEMM: shape checks, the host prepack and the kernel dispatch.
+#include <cstring>
+
+#include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/gemm/gemm_w4a4.h"
+#include "backend/cuda/gemm/gemm_w4a4_layout.h"
+#include "common/error.h"
+#include "common/half.h"
+
+namespace atom::cuda {
+
+W4A4PackedSizes w4a4_packed_sizes(int n, int k_normal, int n_outliers) {
+  const std::size_t tiles = layout::ceil_div(n, kW4A4TileRows);
+  const std::size_t groups = k_normal / kW4A4Group;
+  const std::size_t chunks = layout::ceil_div(n_outliers, kW4A4OutlierChunk);
+  W4A4PackedSizes s;
+  s.packed_bytes = tiles * groups * kW4A4TileRows * (kW4A4Group / 2);
+  s.outlier_bytes = tiles * chunks * kW4A4TileRows * kW4A4OutlierChunk;
+  s.scale_bytes = tiles * (groups + 1) * kW4A4TileRows * sizeof(float);
+  return s;
+}
+
+void validate_w4a4_shape(int n, int k_normal, int n_outliers, const char* what) {
+  if (n <= 0 || n % 8 != 0) fail("{}: output channels n = {} must be a positive multiple of 8", what, n);
+  if (k_normal < 0 || k_normal % kW4A4Group != 0)
+    fail("{}: k_normal = {} must be a non-negative multiple of the group size {}", what, k_normal, kW4A4Group);
+  if (n_outliers < 0 || n_outliers % 16 != 0)
+    fail("{}: n_outliers = {} must be a non-negative multiple of 16", what, n_outliers);
+  if (k_normal + n_outliers == 0) fail("{}: no input channels (k_normal = n_outliers = 0)", what);
+}
+
+void prepack_w4a4_weights_host(const W4A4CanonicalWeights& w, std::uint8_t* packed, std::int8_t* outliers,
+                               float* scales) {
+  validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "prepack_w4a4_weights_host");
+  const int tiles = layout::ceil_div(w.n, kW4A4TileRows);
+  const int groups = w.k_normal / kW4A4Group;
+  const int chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
+  const std::size_t row_bytes = w.k_normal / 2;
+  for (int t = 0; t < tiles; ++t) {
+    for (int g = 0; g < groups; ++g)
+      for (int piece = 0; piece < 4; ++piece)
+        for (int r = 0; r < kW4A4TileRows; ++r) {
+          const int row = t * kW4A4TileRows + r;
+          std::uint8_t* dst = packed + ((((std::size_t)t * groups + g) * 4 + piece) * kW4A4TileRows + r) * 16;
+          for (int word = 0; word < 4; ++word) {
+            const int cw = layout::packed_canonical_word(piece, word);
+            if (row < w.n)
+              std::memcpy(dst + 4 * word, w.packed + row * row_bytes + g * (kW4A4Group / 2) + cw * 4, 4);
+            else
+              std::memset(dst + 4 * word, 0, 4);
+          }
+        }
+    for (int c = 0; c < chunks; ++c)
+      for (int r = 0; r < kW4A4TileRows; ++r) {
+        const int row = t * kW4A4TileRows + r;
+        std::int8_t* dst = outliers + (((std::size_t)t * chunks + c) * kW4A4TileRows + r) * kW4A4OutlierChunk;
+        for (int p = 0; p < kW4A4OutlierChunk; ++p) {
+          const int ch = c * kW4A4OutlierChunk + layout::outlier_channel_of_byte(r, p);
+          dst[p] = (row < w.n && ch < w.n_outliers) ? w.outliers[(std::size_t)row * w.n_outliers + ch] : 0;
+        }
+      }
+    for (int e = 0; e <= groups; ++e)
+      for (int pos = 0; pos < kW4A4TileRows; ++pos) {
+        const int row = t * kW4A4TileRows + layout::scale_channel_of_position(pos);
+        float v = 0.0f;
+        if (row < w.n) {
+          if (e < groups)
+            v = fp16_to_fp32(w.scales[(std::size_t)row * groups + e]);
+          else if (w.n_outliers > 0)
+            v = fp16_to_fp32(w.outlier_scales[row]);
+        }
+        scales[((std::size_t)t * (groups + 1) + e) * kW4A4TileRows + pos] = v;
+      }
+  }
+}
+
+void prepack_w4a4_weights_device(const W4A4CanonicalWeights& canonical, const W4A4PackedWeights& dst,
+                                 cudaStream_t stream) {
+  validate_w4a4_shape(canonical.n, canonical.k_normal, canonical.n_outliers, "prepack_w4a4_weights_device");
+  if (dst.n != canonical.n || dst.k_normal != canonical.k_normal || dst.n_outliers != canonical.n_outliers)
+    fail("prepack_w4a4_weights_device: destination shape (n {}, k_normal {}, n_outliers {}) differs from the "
+         "source (n {}, k_normal {}, n_outliers {})",
+         dst.n, dst.k_normal, dst.n_outliers, canonical.n, canonical.k_normal, canonical.n_outliers);
+  if ((canonical.k_normal > 0 && (!canonical.packed || !canonical.scales || !dst.packed)) ||
+      (canonical.n_outliers > 0 && (!canonical.outliers || !canonical.outlier_scales || !dst.outliers)) ||
+      !dst.scales)
+    fail("prepack_w4a4_weights_device: a null pointer among the tensors the shape needs");
+  detail::launch_prepack_w4a4(canonical, dst, stream);
+}
+
+// ---- Dispatch.
+
+const char* w4a4_kernel_name(W4A4Kernel k) {
+  switch (k) {
+    case W4A4Kernel::kAuto: return "auto";
+    case W4A4Kernel::kWgmmaBn128: return "gemm_w4a4o8_wgmma_sm90<bn128>";
+    case W4A4Kernel::kWgmmaBn64: return "gemm_w4a4o8_wgmma_sm90<bn64>";
+    case W4A4Kernel::kMmaS8: return "gemm_w4a4o8_mma_s8";
+    case W4A4Kernel::kMmaS4: return "gemm_w4a4o8_mma_s4";
+    case W4A4Kernel::kStreamS8: return "gemm_w4a4o8_stream_s8";
+    case W4A4Kernel::kStreamS4: return "gemm_w4a4o8_stream_s4";
+  }
+  return "?";
+}
+
+namespace {
+struct DeviceCaps {
+  int sm = 0;
+  int num_sms = 0;
+};
+DeviceCaps device_caps() {
+  int dev = 0;
+  ATOM_CUDA_CHECK(cudaGetDevice(&dev));
+  DeviceCaps c;
+  int major = 0, minor = 0;
+  ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&c.num_sms, cudaDevAttrMultiProcessorCount, dev));
+  c.sm = major * 10 + minor;
+  return c;
+}
+bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+}  // namespace
+
+W4A4Kernel w4a4_auto_kernel(int m, int n) {
+  const DeviceCaps caps = device_caps();
+  if (caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled()) {
+    // Decode sizes stream the weights once with split-K warp MMA; from 64 tokens on the wgmma tiles win
+    // (measured on an H200: M = 64, N = 28672 takes 63 us with wgmma, 130 us split-K). The one-pass kernel
+    // beats the persistent stream kernel at M <= 16 (N = 28672, M = 1: 25 vs 34 us); at 16 < M <= 32 the
+    // stream kernel wins for wide layers (N = 28672, M = 32: 65 vs 76 us; N = 4096: 14 vs 13 us).
+    if (m <= 16) return W4A4Kernel::kMmaS8;
+    if (m <= 32) return n >= 16384 ? W4A4Kernel::kStreamS8 : W4A4Kernel::kMmaS8;
+    // Fewer than ~1.5 waves of 128x128 tiles: halve the tile width to fill the machine.
+    const long tiles128 = (long)layout::ceil_div(m, 128) * layout::ceil_div(n, 128);
+    return tiles128 * 2 < 3L * caps.num_sms ? W4A4Kernel::kWgmmaBn64 : W4A4Kernel::kWgmmaBn128;
+  }
+  if (caps.sm >= 90) return W4A4Kernel::kMmaS8;  // no native INT4 tensor cores from Hopper on
+  return W4A4Kernel::kMmaS4;
+}
+
+void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kernel) {
+  const W4A4PackedWeights& w = args.w;
+  validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "gemm_w4a4_o8 weights");
+  const W4A4Activations& a = args.a;
+  if (a.m < 0) fail("gemm_w4a4_o8: m = {} is negative", a.m);
+  if (a.m == 0) return;
+  if (!args.out) fail("gemm_w4a4_o8: output pointer is null");
+  if (w.k_normal > 0 && (!a.packed || !a.scales || !w.packed))
+    fail("gemm_w4a4_o8: k_normal = {} but the INT4 activations, their scales or the packed weights are null",
+         w.k_normal);
+  if (w.n_outliers > 0 && (!a.outliers || !a.outlier_scales || !w.outliers))
+    fail("gemm_w4a4_o8: n_outliers = {} but the outlier activations, their scales or weights are null",
+         w.n_outliers);
+  if (!w.scales) fail("gemm_w4a4_o8: weight scales are null");
+  if (!aligned16(a.packed) || !aligned16(a.outliers) || !aligned16(w.packed) || !aligned16(w.outliers) ||
+      !aligned16(w.scales))
+    fail("gemm_w4a4_o8: activation and weight code/scale buffers must be 16-byte aligned");
+  if ((reinterpret_cast<std::uintptr_t>(args.out) & 3u) || (reinterpret_cast<std::uintptr_t>(args.residual) & 3u))
+    fail("gemm_w4a4_o8: output and residual must be 4-byte aligned");
+  if (kernel == W4A4Kernel::kAuto) kernel = w4a4_auto_kernel(a.m, w.n);
+  const DeviceCaps caps = device_caps();
+  switch (kernel) {
+    case W4A4Kernel::kWgmmaBn128:
+    case W4A4Kernel::kWgmmaBn64:
+      if (caps.sm < 90 || caps.sm >= 100 || !detail::wgmma_sm90_compiled())
+        fail("gemm_w4a4_o8: {} needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
+             w4a4_kernel_name(kernel), caps.sm);
+      detail::launch_w4a4_wgmma_sm90(args, kernel == W4A4Kernel::kWgmmaBn128 ? 128 : 64, stream);
+      return;
+    case W4A4Kernel::kMmaS8:
+    case W4A4Kernel::kMmaS4:
+      if (caps.sm < 80) fail("gemm_w4a4_o8: {} needs sm_80 or newer (device sm_{})", w4a4_kernel_name(kernel), caps.sm);
+      detail::launch_w4a4_mma(args, kernel == W4A4Kernel::kMmaS4, stream);
+      return;
+    case W4A4Kernel::kStreamS8:
+    case W4A4Kernel::kStreamS4: {
+      if (caps.sm < 80) fail("gemm_w4a4_o8: {} needs sm_80 or newer (device sm_{})", w4a4_kernel_name(kernel), caps.sm);
+      detail::W4A4StreamConfig config;
+      config.native_s4 = kernel == W4A4Kernel::kStreamS4;
+      detail::launch_w4a4_stream(args, config, stream);
+      return;
+    }
+    case W4A4Kernel::kAuto: break;
+  }
+  fail("gemm_w4a4_o8: unknown kernel");
+}
+
+void gemm_w4a16(const GemmW4A16Args& args, cudaStream_t stream) {
+  const W4A4PackedWeights& w = args.w;
+  validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "gemm_w4a16 weights");
+  if (w.n_outliers != 0 || w.k_normal == 0)
+    fail("gemm_w4a16: weights must be INT4 only (n_outliers = {}, k_normal = {})", w.n_outliers, w.k_normal);
+  if (args.m < 0) fail("gemm_w4a16: m = {} is negative", args.m);
+  if (args.m == 0) return;
+  if (!args.x || !args.out || !w.packed || !w.scales) fail("gemm_w4a16: a null input, output or weight pointer");
+  if (!aligned16(args.x) || !aligned16(w.packed)) fail("gemm_w4a16: x and the packed weights must be 16-byte aligned");
+  if (device_caps().sm < 80) fail("gemm_w4a16: needs sm_80 or newer");
+  detail::launch_w4a16_mma(args, stream);
+}
+
+}  // namespace atom::cuda

@@ -1,0 +1,495 @@
+// Fused activation quantizers (see quantize_act.h). A token is handled by a team of warps: one warp
+// when there are enough tokens to fill the GPU (no block barriers, so every warp streams independently
+// and keeps many loads in flight), the whole block when there are fewer tokens than resident blocks
+// (decode batches: one warp walking a 4096-channel row alone took 20-26 us):
+//   1. (row kernels) the fp16 row is read once with 16-byte loads into the team's shared-memory row
+//      (residual added and written, sum of squares taken on the way);
+//   2. normal groups: G/8 lanes per group, 8 consecutive reordered channels per lane, the group max by
+//      shuffles, one 4-byte store of 8 packed codes per lane; the team's warps take turns by pass;
+//   3. outliers: the team's last warp, warp max, one INT8 per channel.
+// The arithmetic mirrors format/format.h (fp32, IEEE division, round half to even): the quotient x / scale
+// is formed as x * (1 / scale) and rounded with the 1.5 * 2^23 trick, which is provably the same
+// integer unless the product lies within a few ulps of a half-integer; those rare elements take the
+// IEEE division.
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/fp16_vec.cuh"
+#include "backend/cuda/quantize/quantize_act.h"
+
+namespace atom::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: (y + magic) - magic = rint(y) for |y| < 2^22
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, off));
+  return v;
+}
+
+__device__ __forceinline__ float round_to_half(float x) { return __half2float(__float2half_rn(x)); }
+
+// rint(x / scale) with / the IEEE division (quant::quantize_symmetric_value); inv = __frcp_rn(scale).
+// |x * inv - x / scale| <= |y| * 2^-22.9 and the IEEE quotient is within |y| * 2^-24 of x / scale, so
+// outside a band of |y| * 2^-20 around a half-integer both round to the same integer.
+__device__ __forceinline__ float round_quotient(float x, float scale, float inv) {
+  const float y = __fmul_rn(x, inv);
+  const float r = __fsub_rn(__fadd_rn(y, kRoundMagic), kRoundMagic);
+  const float tie_gap = fabsf(__fsub_rn(fabsf(__fsub_rn(y, r)), 0.5f));
+  if (tie_gap <= fmaf(fabsf(y), 0x1p-20f, 0x1p-24f)) return rintf(__fdiv_rn(x, scale));
+  return r;
+}
+// Low bits of an integer-valued float in [-2^21, 2^21), two's complement.
+__device__ __forceinline__ unsigned int_bits(float r) { return __float_as_uint(__fadd_rn(r, kRoundMagic)); }
+
+// quant::fp4_encode.
+__device__ __forceinline__ unsigned fp4_encode(float v) {
+  const float a = fabsf(v);
+  unsigned m;
+  if (!(a > 0.25f)) m = 0;
+  else if (a < 0.75f) m = 1;
+  else if (a <= 1.25f) m = 2;
+  else if (a < 1.75f) m = 3;
+  else if (a <= 2.5f) m = 4;
+  else if (a < 3.5f) m = 5;
+  else if (a <= 5.0f) m = 6;
+  else m = 7;
+  return (m != 0 && v < 0.0f) ? (m | 8u) : m;
+}
+
+struct GroupArgs {
+  float qmax, clip;
+};
+
+// One group spread over `lanes` (a power of two, aligned) lanes of the warp, 8 values per lane. All 32
+// lanes must call it (shuffles); `active` lanes store 4 packed bytes, the group's first lane the scale.
+template <bool kFp4>
+__device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, GroupArgs a, bool active,
+                                                std::uint32_t* packed_dst, __half* scale_dst, bool first_lane) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(fabsf(v[i]), amax);
+  for (int off = lanes / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, off));
+  const __half scale_h = __float2half_rn(__fdiv_rn(__fmul_rn(a.clip, amax), a.qmax));
+  const float scale = __half2float(scale_h);
+  std::uint32_t word = 0;
+  if (scale != 0.0f) {
+    if constexpr (kFp4) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) word |= fp4_encode(__fdiv_rn(v[i], scale)) << (4 * i);
+    } else {
+      const float inv = __frcp_rn(scale);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float q = fminf(fmaxf(round_quotient(v[i], scale, inv), -a.qmax - 1.0f), a.qmax);
+        word |= (int_bits(q) & 0xFu) << (4 * i);
+      }
+    }
+  }
+  if (active) {
+    *packed_dst = word;
+    if (first_lane) *scale_dst = scale_h;
+  }
+}
+
+
+// Steps 2 and 3 for one token, by warp `rank` of a team of `team` warps. Source::get8(j, v) gives the
+// fp16-exact values (as floats) of reordered channels j..j+7 and writes them to the debug output if any;
+// Source::get1(j, write_debug) one channel. Each group is quantized by one warp, so the split changes
+// no arithmetic.
+template <bool kFp4, class Source>
+__device__ void quantize_token(int token, int rank, int team, const ActQuantLayout& layout,
+                               const QuantizedActOut& out, Source& src) {
+  const int lane = threadIdx.x % 32;
+  const int k_normal = layout.k - layout.n_outliers;
+  const int group = layout.group_size;
+  const int lanes = group / 8;
+  const int groups = k_normal / group;
+  const int groups_per_pass = 32 / lanes;
+  const int slot = lane / lanes, lane_in_group = lane % lanes;
+  const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
+  const GroupArgs args{qmax, layout.clip_ratio};
+  std::uint8_t* packed_row = out.packed + token * out.packed_stride;
+  for (int first = rank * groups_per_pass; first < groups; first += team * groups_per_pass) {  // warp-uniform
+    const int g = first + slot;
+    const bool active = g < groups;
+    const int j = g * group + lane_in_group * 8;
+    float v[8];
+    if (active) {
+      src.get8(j, v);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+    }
+    quantize_group8<kFp4>(v, lanes, args, active, reinterpret_cast<std::uint32_t*>(packed_row + j / 2),
+                          reinterpret_cast<__half*>(out.scales) + token * out.scale_token_stride +
+                              static_cast<std::int64_t>(g) * out.scale_group_stride,
+                          lane_in_group == 0);
+  }
+  if (layout.n_outliers > 0 && rank == team - 1) {  // the last warp has the fewest passes
+    float amax = 0.0f;
+    for (int o = lane; o < layout.n_outliers; o += 32) amax = fmaxf(fabsf(src.get1(k_normal + o, false)), amax);
+    amax = warp_max(amax);
+    const __half scale_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
+    const float scale = __half2float(scale_h);
+    const float inv = __frcp_rn(scale);
+    std::int8_t* dst = out.outliers + token * out.outlier_stride;
+    for (int o = lane; o < layout.n_outliers; o += 32) {
+      const float x = src.get1(k_normal + o, true);
+      float q = 0.0f;
+      if (scale != 0.0f) q = fminf(fmaxf(round_quotient(x, scale, inv), -128.0f), 127.0f);
+      dst[o] = static_cast<std::int8_t>(int_bits(q) & 0xFFu);
+    }
+    if (lane == 0) reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
+  }
+}
+
+// ---- rmsnorm_quantize / reorder_quantize: the row is staged in the warp's shared-memory row, then
+// gathered by perm (kept in shared memory as uint16 for the whole block).
+
+constexpr int kRowWarps = 4;
+
+template <bool kNorm>
+struct GatherSource {
+  const std::uint16_t* perm;
+  const __half* gamma;  // gamma[perm[j]] (norm only)
+  const __half* row;    // h, original order
+  float inv_rms;
+  __half* debug;  // this token's normed_out row or null
+
+  __device__ float value(int j, int src) const {
+    const float h = __half2float(row[src]);
+    if constexpr (kNorm) {
+      return round_to_half(__fmul_rn(__fmul_rn(h, inv_rms), __half2float(gamma[j])));
+    } else {
+      return h;
+    }
+  }
+  __device__ void get8(int j, float (&v)[8]) {
+    const uint4 idx = *reinterpret_cast<const uint4*>(perm + j);  // one 16-byte shared load
+    const std::uint32_t iw[4] = {idx.x, idx.y, idx.z, idx.w};
+    unsigned ix[8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) ix[2 * i] = iw[i] & 0xFFFFu, ix[2 * i + 1] = iw[i] >> 16;
+    if constexpr (kNorm) {
+      float gm[8];
+      unpack8(*reinterpret_cast<const uint4*>(gamma + j), gm);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __fmul_rn(__fmul_rn(__half2float(row[ix[i]]), inv_rms), gm[i]);
+      const uint4 h = pack8(v);  // the fp16 values are what gets quantized
+      unpack8(h, v);
+      if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = h;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __half2float(row[ix[i]]);
+    }
+  }
+  __device__ float get1(int j, bool write_debug) {
+    const float x = value(j, perm[j]);
+    if (write_debug && debug != nullptr) debug[j] = __float2half_rn(x);
+    return x;
+  }
+};
+
+struct RowKernelArgs {
+  int num_tokens;
+  ActQuantLayout layout;
+  const __half* input;
+  std::int64_t input_stride;
+  const __half* residual;
+  std::int64_t residual_stride;
+  __half* residual_out;
+  std::int64_t residual_out_stride;
+  const __half* weight;  // null: no norm
+  float eps;
+  const std::int32_t* perm;
+  QuantizedActOut out;
+  __half* normed_out;
+  std::int64_t normed_stride;
+};
+
+// perm (uint16) [+ gamma] for the block, one row per team.
+std::size_t row_smem_bytes(int k, bool norm, int team) {
+  return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps / team);
+}
+
+// kTeam: warps per token, 1 or kRowWarps (the whole block; its barriers are then block barriers).
+template <bool kNorm, bool kFp4, int kTeam>
+__global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelArgs a) {
+  static_assert(kTeam == 1 || kTeam == kRowWarps);
+  constexpr int kTeams = kRowWarps / kTeam;
+  extern __shared__ uint4 smem_raw[];
+  __shared__ float s_sumsq[kRowWarps];
+  const int k = a.layout.k;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int rank = warp % kTeam, team_lane = rank * 32 + lane;
+  const auto team_sync = [] {
+    if constexpr (kTeam == 1) __syncwarp();
+    else __syncthreads();
+  };
+  std::uint16_t* perm_s = reinterpret_cast<std::uint16_t*>(smem_raw);
+  __half* gamma_s = reinterpret_cast<__half*>(perm_s + k);
+  __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp / kTeam) * k;  // 16-byte aligned: k % 8 == 0
+  // perm as 16-byte loads (8 in flight per thread), then the gamma gather from the staged indices: with
+  // one dependent load chain per element this prologue alone took about 15 us.
+  for (int base = threadIdx.x * 4; base < k; base += kRowWarps * 32 * 4 * 8) {
+    int4 idx[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j < k) idx[u] = *reinterpret_cast<const int4*>(a.perm + j);  // k % 8 == 0, perm 16-byte aligned
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j >= k) continue;
+      const int v[4] = {idx[u].x, idx[u].y, idx[u].z, idx[u].w};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // never out of bounds
+        perm_s[j + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
+      }
+    }
+  }
+  __syncthreads();
+  if constexpr (kNorm) {
+#pragma unroll 8
+    for (int j = threadIdx.x; j < k; j += kRowWarps * 32) gamma_s[j] = a.weight[perm_s[j]];
+    __syncthreads();
+  }
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
+    const __half* in = a.input + token * a.input_stride;
+    const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
+    __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
+    constexpr int kUnroll = 4;  // 4 (8 with the residual) 16-byte loads in flight per lane
+    // The sum of squares in one order for both team sizes (and rmsnorm_f16, elementwise.cu): chunk u of a
+    // warp-per-token lane l is what lane l + 32u of the block-per-token mode loads, so it gets that lane's
+    // own accumulator, summed over the warp and then in order of u like the block's warps.
+    static_assert(kUnroll == kRowWarps);
+    float sumsq_part[kTeam == 1 ? kUnroll : 1] = {};
+    constexpr int kStep = kTeam * 32 * 8;
+    for (int base = team_lane * 8; base < k; base += kStep * kUnroll) {
+      uint4 x[kUnroll], r[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = base + u * kStep;
+        if (c < k) {
+          x[u] = *reinterpret_cast<const uint4*>(in + c);
+          if (res) r[u] = *reinterpret_cast<const uint4*>(res + c);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = base + u * kStep;
+        if (c >= k) continue;
+        uint4 h = x[u];
+        if (res) {
+          float xv[8], rv[8];
+          unpack8(x[u], xv);
+          unpack8(r[u], rv);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) xv[i] = __fadd_rn(xv[i], rv[i]);
+          h = pack8(xv);
+        }
+        if (res_out) *reinterpret_cast<uint4*>(res_out + c) = h;
+        *reinterpret_cast<uint4*>(row + c) = h;
+        if constexpr (kNorm) {
+          float hv[8];
+          unpack8(h, hv);
+          float& s = sumsq_part[kTeam == 1 ? u : 0];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) s = fmaf(hv[i], hv[i], s);
+        }
+      }
+    }
+    float inv_rms = 1.0f;
+    if constexpr (kNorm) {
+      float sumsq = 0.0f;
+      if constexpr (kTeam == 1) {
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) sumsq += warp_sum(sumsq_part[u]);
+      } else {
+        const float warp_sumsq = warp_sum(sumsq_part[0]);
+        if (lane == 0) s_sumsq[warp] = warp_sumsq;
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < kTeam; ++w) sumsq += s_sumsq[w];
+      }
+      inv_rms = rsqrtf(sumsq / static_cast<float>(k) + a.eps);
+    }
+    team_sync();  // the row is read across lanes (and warps)
+    GatherSource<kNorm> src{perm_s, gamma_s, row, inv_rms,
+                            a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
+    quantize_token<kFp4>(token, rank, kTeam, a.layout, a.out, src);
+    team_sync();  // the next token overwrites the row (and s_sumsq)
+  }
+}
+
+// ---- silu_mul_quantize: streaming from global memory, one warp per token.
+
+constexpr int kSiluWarps = 8;
+
+struct SiluKernelArgs {
+  int num_tokens;
+  ActQuantLayout layout;
+  const __half* gate;
+  std::int64_t gate_stride;
+  const __half* up;
+  std::int64_t up_stride;
+  QuantizedActOut out;
+  __half* act_out;
+  std::int64_t act_stride;
+};
+
+// fp16( silu(g) * u ); the fp16 rounding is the definition, the fp32 inside need not be IEEE-exact.
+__device__ __forceinline__ float silu_mul(float g, float u) { return __fdividef(g, 1.0f + __expf(-g)) * u; }
+
+struct SiluSource {
+  const __half* gate;
+  const __half* up;
+  __half* debug;
+
+  __device__ void get8(int j, float (&v)[8]) {
+    float g[8], u[8];
+    unpack8(*reinterpret_cast<const uint4*>(gate + j), g);
+    unpack8(*reinterpret_cast<const uint4*>(up + j), u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = silu_mul(g[i], u[i]);
+    const uint4 h = pack8(v);
+    unpack8(h, v);
+    if (debug != nullptr) *reinterpret_cast<uint4*>(debug + j) = h;
+  }
+  __device__ float get1(int j, bool write_debug) {
+    const float x = round_to_half(silu_mul(__half2float(gate[j]), __half2float(up[j])));
+    if (write_debug && debug != nullptr) debug[j] = __float2half_rn(x);
+    return x;
+  }
+};
+
+// kTeam: warps per token, 1 or kSiluWarps (no shared state: the team only splits the passes).
+template <bool kFp4, int kTeam>
+__global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKernelArgs a) {
+  static_assert(kTeam == 1 || kTeam == kSiluWarps);
+  constexpr int kTeams = kSiluWarps / kTeam;
+  const int warp = threadIdx.x / 32;
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
+    SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
+                   a.act_out ? a.act_out + token * a.act_stride : nullptr};
+    quantize_token<kFp4>(token, warp % kTeam, kTeam, a.layout, a.out, src);
+  }
+}
+
+int num_sms() {
+  static int count = [] {
+    int dev = 0, n = 0;
+    ATOM_CUDA_CHECK(cudaGetDevice(&dev));
+    ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return count;
+}
+
+// Resident blocks of `kernel` on the whole GPU.
+template <class Kernel>
+long long resident_blocks(Kernel kernel, int threads, std::size_t smem) {
+  int per_sm = 0;
+  ATOM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  return static_cast<long long>(per_sm < 1 ? 1 : per_sm) * num_sms();
+}
+
+// A block per token while the tokens fit on the GPU at once (all warps of the block share a token),
+// else a warp per token; persistent grid: never more blocks than fit at once or than the tokens need.
+template <class Kernel>
+void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t team_smem, std::size_t warp_smem,
+                  int num_tokens, cudaStream_t stream, const auto& args) {
+  const int threads = warps * 32;
+  for (auto [k, bytes] : {std::pair{team_kernel, team_smem}, std::pair{warp_kernel, warp_smem}}) {
+    if (bytes > 48 * 1024) {  // (before the occupancy queries, which otherwise assume the 48 KB default)
+      ATOM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+    }
+  }
+  const bool teams = num_tokens <= resident_blocks(team_kernel, threads, team_smem);
+  Kernel kernel = teams ? team_kernel : warp_kernel;
+  const std::size_t smem = teams ? team_smem : warp_smem;
+  const long long fit = resident_blocks(kernel, threads, smem);
+  const int tokens_per_block = teams ? 1 : warps;
+  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block;
+  kernel<<<static_cast<int>(fit < need ? fit : need), threads, smem, stream>>>(args);
+  ATOM_CUDA_CHECK_LAUNCH();
+}
+
+template <bool kNorm, bool kFp4>
+void launch_row(const RowKernelArgs& a, cudaStream_t stream) {
+  if (a.num_tokens == 0) return;
+  launch_teams(row_quantize_kernel<kNorm, kFp4, kRowWarps>, row_quantize_kernel<kNorm, kFp4, 1>, kRowWarps,
+               row_smem_bytes(a.layout.k, kNorm, kRowWarps), row_smem_bytes(a.layout.k, kNorm, 1), a.num_tokens,
+               stream, a);
+}
+
+template <bool kNorm>
+void dispatch_row(const RowKernelArgs& a, cudaStream_t stream) {
+  if (a.layout.format == ActFormat::kFp4) launch_row<kNorm, true>(a, stream);
+  else launch_row<kNorm, false>(a, stream);
+}
+
+}  // namespace
+
+void rmsnorm_quantize(const RmsNormQuantParams& p, cudaStream_t stream) {
+  check_params(p);
+  RowKernelArgs a{p.num_tokens,
+                  p.layout,
+                  reinterpret_cast<const __half*>(p.input),
+                  p.input_stride,
+                  reinterpret_cast<const __half*>(p.residual),
+                  p.residual_stride,
+                  reinterpret_cast<__half*>(p.residual_out),
+                  p.residual_out_stride,
+                  reinterpret_cast<const __half*>(p.weight),
+                  p.eps,
+                  p.perm,
+                  p.out,
+                  reinterpret_cast<__half*>(p.normed_out),
+                  p.normed_stride};
+  dispatch_row<true>(a, stream);
+}
+
+void reorder_quantize(const ReorderQuantParams& p, cudaStream_t stream) {
+  check_params(p);
+  RowKernelArgs a{p.num_tokens, p.layout, reinterpret_cast<const __half*>(p.input), p.input_stride, nullptr, 0,
+                  nullptr,      0,        nullptr,                                  0.0f,           p.perm, p.out,
+                  nullptr,      0};
+  dispatch_row<false>(a, stream);
+}
+
+void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
+  check_params(p);
+  if (p.num_tokens == 0) return;
+  SiluKernelArgs a{p.num_tokens,
+                   p.layout,
+                   reinterpret_cast<const __half*>(p.gate),
+                   p.gate_stride,
+                   reinterpret_cast<const __half*>(p.up),
+                   p.up_stride,
+                   p.out,
+                   reinterpret_cast<__half*>(p.act_out),
+                   p.act_stride};
+  if (p.layout.format == ActFormat::kFp4) {
+    launch_teams(silu_quantize_kernel<true, kSiluWarps>, silu_quantize_kernel<true, 1>, kSiluWarps, 0, 0,
+                 p.num_tokens, stream, a);
+  } else {
+    launch_teams(silu_quantize_kernel<false, kSiluWarps>, silu_quantize_kernel<false, 1>, kSiluWarps, 0, 0,
+                 p.num_tokens, stream, a);
+  }
+}
+
+}  // namespace atom::cuda
