@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Builds the cuattn test binary and benchmarks here (no GPU needed) and stages them, with the shared
 # libraries the GPU machine lacks, in .devbuild/cuattn (git-ignored; pass it as `carry`).
-# test_cuattn holds only tests/backend/cuda/test_{quantize,attention}_*.cu, linked like test_backend_cuda,
+# test_cuattn holds only tests/backend/cuda/{quantize,kv_cache,attention}/test_*.cu, linked like test_backend_cuda,
 # so that it builds while other helpers' test files are in flux.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build-cuattn}
 STAGE=.devbuild/cuattn
 cmake -S . -B "$BUILD" -DATOM_ENABLE_CUDA=ON >/dev/null
-cmake --build "$BUILD" -j2 --target atom_cuda bench_attention bench_quantize
+cmake --build "$BUILD" -j2 --target atom_backend_cuda bench_attention bench_quantize
 objs=()
-for src in tests/backend/cuda/test_quantize_*.cu tests/backend/cuda/test_attention_*.cu; do
-  obj="backend/cuda/$(basename "$src").o"
+for src in tests/backend/cuda/quantize/test_*.cu tests/backend/cuda/kv_cache/test_*.cu tests/backend/cuda/attention/test_*.cu; do
+  obj="${src#tests/}.o"
   make -C "$BUILD/tests" "$obj" >/dev/null
   objs+=("$BUILD/tests/CMakeFiles/test_backend_cuda.dir/$obj")
 done

@@ -10,8 +10,8 @@ OUTDIR=$PWD/.devbuild/cuattn/variants
 SRC=src/backend/cuda/attention/attention_decode.cu
 mkdir -p "$OUTDIR" "$BUILD/variants"
 rm -f "$OUTDIR"/bench_attention_*
-flags=$(sed -n 's/^CUDA_FLAGS = //p' "$BUILD/CMakeFiles/atom_cuda.dir/flags.make")
-defines=$(sed -n 's/^CUDA_DEFINES = //p' "$BUILD/CMakeFiles/atom_cuda.dir/flags.make")
+flags=$(sed -n 's/^CUDA_FLAGS = //p' "$BUILD/CMakeFiles/atom_backend_cuda.dir/flags.make")
+defines=$(sed -n 's/^CUDA_DEFINES = //p' "$BUILD/CMakeFiles/atom_backend_cuda.dir/flags.make")
 link=$(sed -e 's/.* -o bench_attention//' "$BUILD/bench/CMakeFiles/bench_attention.dir/link.txt")
 for pair in "$@"; do
   read -r stages warps blocks <<<"$pair"
@@ -24,7 +24,7 @@ for pair in "$@"; do
   /usr/local/cuda/bin/nvcc $defines -I src $flags -Xptxas -v -c "$BUILD/variants/decode_$name.cu" \
     -o "$BUILD/variants/decode_$name.o" 2>&1 | grep -A2 "decode_u4_mma_kernelILi128" | grep -o "Used [0-9]* registers\|[0-9]* bytes spill stores" | paste -sd' ' | sed "s/^/$name: /" || true
   # The variant object comes first, so the archive's attention_decode object is never pulled in.
-  (cd "$BUILD/bench" && c++ -O3 CMakeFiles/bench_attention.dir/bench_attention.cu.o "../variants/decode_$name.o" \
+  (cd "$BUILD/bench" && c++ -O3 CMakeFiles/bench_attention.dir/backend/cuda/attention/bench_attention.cu.o "../variants/decode_$name.o" \
      -o "$OUTDIR/bench_attention_$name" $link)
 done
 ls -la "$OUTDIR"
