@@ -18,8 +18,8 @@ struct CpuServingModel {
   KvCacheDType kv_cache_dtype = KvCacheDType::f32;  // the checkpoint's own KV format (Atom: int4 / int8)
 };
 
-// Loads a GGUF file, a Hugging Face directory or an Atom checkpoint (its integer linear layers). `progress` (optional) hears each stage as it starts with
-// the fraction of the loading done so far.
+// Loads a GGUF file, a Hugging Face directory or an Atom checkpoint (its integer linear layers). `progress`
+// (optional) hears each stage as it starts with the fraction of the loading done so far.
 using LoadProgress = std::function<void(const std::string& stage, double fraction)>;
 CpuServingModel load_cpu_serving_model(const std::string& path, const LoadProgress& progress = {});
 

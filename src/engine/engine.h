@@ -16,10 +16,10 @@
 
 #include "engine/block_manager.h"
 #include "engine/metrics.h"
-#include "model/model_runner.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
 #include "engine/text_codec.h"
+#include "model/model_runner.h"
 
 namespace atom {
 

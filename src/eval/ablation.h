@@ -15,10 +15,10 @@
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu/llama_model.h"
-#include "eval/perplexity.h"
-#include "quant/quantizer.h"
 #include "backend/cpu/quantizer_ops.h"
+#include "eval/perplexity.h"
 #include "format/recipe.h"
+#include "quant/quantizer.h"
 
 namespace atom {
 

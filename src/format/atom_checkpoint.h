@@ -10,10 +10,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/checkpoint.h"
-#include "io/hf_config.h"
 #include "format/checkpoint.h"
 #include "format/quantized_model.h"
+#include "io/checkpoint.h"
+#include "io/hf_config.h"
 
 namespace atom::quant {
 

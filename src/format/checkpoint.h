@@ -10,11 +10,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "format/format.h"
 #include "io/dtype.h"
 #include "io/hf_config.h"
-#include "io/tensor_store.h"
 #include "io/model_config.h"
-#include "format/format.h"
+#include "io/tensor_store.h"
 
 namespace atom::quant {
 

@@ -16,7 +16,8 @@ StorageSummary storage_summary(const QuantizedModel& model) {
   StorageSummary s;
   const ModelConfig& c = model.config;
   const auto size = [](const auto& v) { return static_cast<std::int64_t>(v.size()); };
-  s.parameters = std::int64_t{c.vocab_size} * c.hidden_size * (model.lm_head ? 2 : 1) + size(model.final_norm);
+  s.parameters =
+      std::int64_t{c.vocab_size} * c.hidden_size * (model.lm_head ? 2 : 1) + size(model.final_norm);
   for (const QuantizedLayer& l : model.layers) {
     s.parameters += size(l.input_norm) + size(l.post_attention_norm);
     for (const QuantizedLinear* q :

@@ -59,8 +59,9 @@ struct StorageSummary {
   std::int64_t linear_bytes() const { return code_bytes + scale_bytes + outlier_bytes + perm_bytes; }
   // Bits per linear weight: codes + scales + outliers + permutations over the linear weights.
   double bits_per_weight() const {
-    return linear_weights > 0 ? 8.0 * static_cast<double>(linear_bytes()) / static_cast<double>(linear_weights)
-                              : 0.0;
+    return linear_weights > 0
+               ? 8.0 * static_cast<double>(linear_bytes()) / static_cast<double>(linear_weights)
+               : 0.0;
   }
   std::int64_t fp16_model_bytes() const { return 2 * parameters; }
   std::int64_t fp16_linear_bytes() const { return 2 * linear_weights; }

@@ -254,13 +254,14 @@ double effective_bits_per_weight(std::int64_t k_normal, std::int64_t n_outliers,
 void check_outlier_count(std::int64_t k, std::int64_t group, std::int64_t n_outliers, const char* what) {
   if (group <= 0) fail("{}: group size {} must be positive", what, group);
   if (n_outliers < 0 || n_outliers >= k || (k - n_outliers) % group != 0) {
-    fail("{}: {} outlier channels leave {} of {} channels, not a positive multiple of the group size {}", what,
-         n_outliers, k - n_outliers, k, group);
+    fail("{}: {} outlier channels leave {} of {} channels, not a positive multiple of the group size {}",
+         what, n_outliers, k - n_outliers, k, group);
   }
 }
 
 std::int64_t default_outlier_count(std::int64_t k, std::int64_t group) {
-  if (group <= 0 || k <= group) fail("outlier count: input width {} is not larger than the group size {}", k, group);
+  if (group <= 0 || k <= group)
+    fail("outlier count: input width {} is not larger than the group size {}", k, group);
   const std::int64_t n = k >= 4096 ? 128 : (k % group != 0 ? k % group : group);
   check_outlier_count(k, group, n, "outlier count");
   return n;

@@ -4,8 +4,8 @@
 #include <memory>
 #include <string>
 
-#include "io/tensor_store.h"
 #include "io/model_config.h"
+#include "io/tensor_store.h"
 
 namespace atom {
 

@@ -7,8 +7,8 @@
 #include <string_view>
 
 #include "io/gguf.h"
-#include "io/tensor_store.h"
 #include "io/model_config.h"
+#include "io/tensor_store.h"
 
 namespace atom {
 

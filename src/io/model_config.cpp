@@ -10,10 +10,13 @@ namespace atom {
 void ModelConfig::validate(const std::string& source) const {
   if (architecture != "llama" && architecture != "mistral" && architecture != "qwen2")
     fail("{}: architecture '{}' is not supported (supported: llama, mistral, qwen2)", source, architecture);
-  const std::pair<const char*, int> sizes[] = {
-      {"vocab_size", vocab_size}, {"hidden_size", hidden_size}, {"intermediate_size", intermediate_size},
-      {"num_layers", num_layers}, {"num_heads", num_heads},     {"num_kv_heads", num_kv_heads},
-      {"max_position_embeddings", max_position_embeddings}};
+  const std::pair<const char*, int> sizes[] = {{"vocab_size", vocab_size},
+                                               {"hidden_size", hidden_size},
+                                               {"intermediate_size", intermediate_size},
+                                               {"num_layers", num_layers},
+                                               {"num_heads", num_heads},
+                                               {"num_kv_heads", num_kv_heads},
+                                               {"max_position_embeddings", max_position_embeddings}};
   for (const auto& [field, value] : sizes)
     if (value <= 0) fail("{}: {} must be positive, found {}", source, field, value);
   if (head_dim <= 0) {

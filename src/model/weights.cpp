@@ -70,8 +70,8 @@ LlamaWeights load_llama_weights(const ModelConfig& config, const TensorStore& st
   for (const std::string& n : store.names()) {
     if (n.rfind("model.layers.", 0) != 0 || loader.used(n)) continue;
     if (std::string_view(n).ends_with("rotary_emb.inv_freq")) continue;  // recomputed from the config
-    if (!config.attention_bias && (n.ends_with("q_proj.bias") || n.ends_with("k_proj.bias") ||
-                                   n.ends_with("v_proj.bias"))) {
+    if (!config.attention_bias &&
+        (n.ends_with("q_proj.bias") || n.ends_with("k_proj.bias") || n.ends_with("v_proj.bias"))) {
       fail("tensor '{}' is present but the config says attention_bias = false", n);
     }
     fail("tensor '{}' is not part of the {} architecture as implemented (unsupported feature)", n,

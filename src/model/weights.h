@@ -5,19 +5,19 @@
 #include <string>
 #include <vector>
 
-#include "io/tensor_store.h"
 #include "io/model_config.h"
+#include "io/tensor_store.h"
 
 namespace atom {
 
 struct LayerWeights {
-  std::vector<float> input_norm;           // [hidden]                   input_layernorm.weight
-  std::vector<float> q_proj;               // [heads * head_dim, hidden]
-  std::vector<float> k_proj;               // [kv_heads * head_dim, hidden]
-  std::vector<float> v_proj;               // [kv_heads * head_dim, hidden]
+  std::vector<float> input_norm;              // [hidden]                   input_layernorm.weight
+  std::vector<float> q_proj;                  // [heads * head_dim, hidden]
+  std::vector<float> k_proj;                  // [kv_heads * head_dim, hidden]
+  std::vector<float> v_proj;                  // [kv_heads * head_dim, hidden]
   std::vector<float> q_bias, k_bias, v_bias;  // empty unless config.attention_bias
-  std::vector<float> o_proj;               // [hidden, heads * head_dim]
-  std::vector<float> o_bias;               // empty unless the checkpoint has o_proj.bias (Llama attention_bias)
+  std::vector<float> o_proj;                  // [hidden, heads * head_dim]
+  std::vector<float> o_bias;  // empty unless the checkpoint has o_proj.bias (Llama attention_bias)
   std::vector<float> post_attention_norm;  // [hidden]                   post_attention_layernorm.weight
   std::vector<float> gate_proj;            // [intermediate, hidden]
   std::vector<float> up_proj;              // [intermediate, hidden]
@@ -28,7 +28,7 @@ struct LlamaWeights {
   ModelConfig config;
   std::vector<float> embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  std::vector<float> final_norm;    // [hidden]  model.norm.weight
+  std::vector<float> final_norm;  // [hidden]  model.norm.weight
   // [vocab, hidden]; empty when config.tie_word_embeddings (the output projection is embed_tokens).
   std::vector<float> lm_head;
 

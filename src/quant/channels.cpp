@@ -35,10 +35,13 @@ std::vector<float> smoothquant_scales(std::span<const float> act_absmax, std::sp
   return s;
 }
 
-void accumulate_weight_absmax(std::span<const float> w, std::int64_t n, std::int64_t k, std::vector<float>& absmax) {
-  if (static_cast<std::int64_t>(w.size()) != n * k) fail("smoothquant: {} weights for [{}, {}]", w.size(), n, k);
+void accumulate_weight_absmax(std::span<const float> w, std::int64_t n, std::int64_t k,
+                              std::vector<float>& absmax) {
+  if (static_cast<std::int64_t>(w.size()) != n * k)
+    fail("smoothquant: {} weights for [{}, {}]", w.size(), n, k);
   if (absmax.empty()) absmax.assign(static_cast<std::size_t>(k), 0.0f);
-  if (static_cast<std::int64_t>(absmax.size()) != k) fail("smoothquant: weight maxima of width {} for k {}", absmax.size(), k);
+  if (static_cast<std::int64_t>(absmax.size()) != k)
+    fail("smoothquant: weight maxima of width {} for k {}", absmax.size(), k);
   for (std::int64_t r = 0; r < n; ++r) {
     for (std::int64_t j = 0; j < k; ++j) absmax[j] = std::max(absmax[j], std::fabs(w[r * k + j]));
   }
@@ -46,14 +49,16 @@ void accumulate_weight_absmax(std::span<const float> w, std::int64_t n, std::int
 
 void apply_smoothing(std::span<const float> s, std::span<float> w, std::int64_t n) {
   const auto k = static_cast<std::int64_t>(s.size());
-  if (static_cast<std::int64_t>(w.size()) != n * k) fail("smoothquant: {} weights for [{}, {}]", w.size(), n, k);
+  if (static_cast<std::int64_t>(w.size()) != n * k)
+    fail("smoothquant: {} weights for [{}, {}]", w.size(), n, k);
   for (std::int64_t r = 0; r < n; ++r) {
     for (std::int64_t j = 0; j < k; ++j) w[r * k + j] *= s[j];
   }
 }
 
 void fold_smoothing_into_norm(std::span<const float> s, std::span<float> norm_weight) {
-  if (s.size() != norm_weight.size()) fail("smoothquant: {} scales for a norm of {}", s.size(), norm_weight.size());
+  if (s.size() != norm_weight.size())
+    fail("smoothquant: {} scales for a norm of {}", s.size(), norm_weight.size());
   for (std::size_t j = 0; j < s.size(); ++j) norm_weight[j] /= s[j];
 }
 

@@ -24,7 +24,8 @@ std::vector<std::int32_t> reorder_by_sum_of_squares(std::span<const double> sum_
 std::vector<float> smoothquant_scales(std::span<const float> act_absmax, std::span<const float> weight_absmax,
                                       float alpha);
 // Column maxima max_r |w[r, j]| of w [n, k], folded into `absmax` (elementwise max; resized to k if empty).
-void accumulate_weight_absmax(std::span<const float> w, std::int64_t n, std::int64_t k, std::vector<float>& absmax);
+void accumulate_weight_absmax(std::span<const float> w, std::int64_t n, std::int64_t k,
+                              std::vector<float>& absmax);
 // Applies s: w[r, j] *= s[j] (in place), norm_weight[j] /= s[j] (in place).
 void apply_smoothing(std::span<const float> s, std::span<float> w, std::int64_t n);
 void fold_smoothing_into_norm(std::span<const float> s, std::span<float> norm_weight);

@@ -9,13 +9,13 @@
 
 #include <fmt/format.h>
 
+#include "backend/cpu/quantizer_ops.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "common/progress.h"
 #include "quant/calibration.h"
 #include "quant/channels.h"
 #include "quant/gptq.h"
-#include "backend/cpu/quantizer_ops.h"
 
 namespace atom::quant {
 

@@ -20,8 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include "model/model_runner.h"
 #include "engine/text_codec.h"
+#include "model/model_runner.h"
 
 namespace atom::testing {
 

@@ -4,15 +4,15 @@
 #include <filesystem>
 #include <random>
 
+#include "backend/cpu/cpu_runner.h"
+#include "backend/cpu/paged_kv.h"
 #include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
 #include "common/half.h"
-#include "backend/cpu/cpu_runner.h"
 #include "engine/cpu_serving_model.h"
 #include "engine/engine.h"
-#include "backend/cpu/paged_kv.h"
-#include "model/sampler.h"
 #include "format/format.h"
+#include "model/sampler.h"
 
 namespace atom {
 namespace {

@@ -7,11 +7,11 @@
 #include <random>
 
 #include "common/error.h"
+#include "format/checkpoint.h"
 #include "io/hf_config.h"
 #include "io/hf_store.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
-#include "format/checkpoint.h"
 
 namespace atom::quant {
 namespace {

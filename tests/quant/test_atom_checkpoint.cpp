@@ -10,14 +10,14 @@
 #include <limits>
 
 #include "backend/cpu/atom_model_loader.h"
+#include "backend/cpu/quantizer_ops.h"
 #include "common/error.h"
 #include "common/half.h"
+#include "format/atom_checkpoint.h"
 #include "io/checkpoint.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
-#include "format/atom_checkpoint.h"
-#include "backend/cpu/quantizer_ops.h"
 #include "test_quantizer_tiny_model.h"
 
 namespace atom::quant {

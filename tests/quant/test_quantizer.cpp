@@ -11,12 +11,12 @@
 #include <set>
 
 #include "backend/cpu/quant_linear.h"
+#include "backend/cpu/quantizer_ops.h"
 #include "common/error.h"
+#include "format/recipe.h"
 #include "quant/channels.h"
 #include "quant/gptq.h"
 #include "quant/quantizer.h"
-#include "backend/cpu/quantizer_ops.h"
-#include "format/recipe.h"
 #include "test_quantizer_tiny_model.h"
 
 namespace atom::quant {

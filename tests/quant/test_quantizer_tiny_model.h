@@ -7,9 +7,9 @@
 #include <string>
 #include <vector>
 
+#include "format/recipe.h"
 #include "io/model_config.h"
 #include "model/weights.h"
-#include "format/recipe.h"
 
 namespace atom::quant::test {
 

@@ -12,10 +12,10 @@
 
 #include "commands.h"
 #include "common/error.h"
-#include "io/checkpoint.h"
 #include "format/atom_checkpoint.h"
-#include "quant/quantizer.h"
 #include "format/recipe.h"
+#include "io/checkpoint.h"
+#include "quant/quantizer.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {

@@ -4,10 +4,10 @@
 
 #include <fmt/format.h>
 
-#include "common/error.h"
 #include "backend/cpu/cpu_runner.h"
-#include "engine/cpu_serving_model.h"
 #include "backend/cpu/paged_kv.h"
+#include "common/error.h"
+#include "engine/cpu_serving_model.h"
 #include "engine/token_id_codec.h"
 #include "engine/tokenizer_codec.h"
 #include "io/checkpoint.h"

@@ -13,8 +13,8 @@
 #include <CLI/CLI.hpp>
 
 #include "engine/engine.h"
-#include "model/model_runner.h"
 #include "engine/text_codec.h"
+#include "model/model_runner.h"
 
 namespace atom::cli {
 

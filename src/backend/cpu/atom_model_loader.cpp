@@ -1,8 +1,8 @@
 #include "backend/cpu/atom_model_loader.h"
 
-#include "model/weights.h"
-#include "format/atom_checkpoint.h"
 #include "backend/cpu/quantizer_ops.h"
+#include "format/atom_checkpoint.h"
+#include "model/weights.h"
 
 namespace atom::cpu {
 

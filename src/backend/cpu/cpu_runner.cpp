@@ -15,7 +15,8 @@ CpuModelRunner::CpuModelRunner(std::shared_ptr<const cpu::LlamaModel> model, KvC
 
 std::size_t CpuModelRunner::kv_block_bytes(int block_size) const {
   const cpu::KvCacheShape shape = model_->cache_shape();
-  return PagedKvPool::row_bytes(kv_dtype_, shape.row_width(), shape.head_dim) * block_size * 2 * shape.num_layers;
+  return PagedKvPool::row_bytes(kv_dtype_, shape.row_width(), shape.head_dim) * block_size * 2 *
+         shape.num_layers;
 }
 
 void CpuModelRunner::allocate_kv_cache(const KvCacheSpec& spec) {
@@ -89,9 +90,12 @@ std::string CpuModelRunner::describe() const {
 
 KvCacheDType model_kv_cache_dtype(const cpu::LlamaModel& model) {
   switch (model.new_cache().dtype()) {
-    case cpu::KvDType::U8: return KvCacheDType::int8;
-    case cpu::KvDType::U4: return KvCacheDType::int4;
-    case cpu::KvDType::F32: return KvCacheDType::f32;
+    case cpu::KvDType::U8:
+      return KvCacheDType::int8;
+    case cpu::KvDType::U4:
+      return KvCacheDType::int4;
+    case cpu::KvDType::F32:
+      return KvCacheDType::f32;
   }
   return KvCacheDType::f32;
 }

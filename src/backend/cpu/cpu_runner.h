@@ -1,13 +1,13 @@
 #pragma once
-// The ModelRunner (model/model_runner.h) of the CPU backend: the CPU Llama model's multi-sequence forward over a paged
-// KV cache (backend/cpu/paged_kv.h) whose blocks the engine's block manager hands out.
+// The ModelRunner (model/model_runner.h) of the CPU backend: the CPU Llama model's multi-sequence forward
+// over a paged KV cache (backend/cpu/paged_kv.h) whose blocks the engine's block manager hands out.
 #include <memory>
 #include <string>
 #include <unordered_map>
 
 #include "backend/cpu/llama_model.h"
-#include "model/model_runner.h"
 #include "backend/cpu/paged_kv.h"
+#include "model/model_runner.h"
 
 namespace atom {
 

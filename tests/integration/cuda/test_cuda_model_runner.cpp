@@ -14,12 +14,12 @@
 
 #include "../../quant/test_quantizer_tiny_model.h"
 #include "backend/cpu/llama_model.h"
+#include "backend/cpu/quantizer_ops.h"
 #include "backend/cuda/model/cuda_model_runner.h"
 #include "backend/cuda/model/llama_weights.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "quant/quantizer.h"
-#include "backend/cpu/quantizer_ops.h"
 
 namespace atom::cuda {
 namespace {

@@ -21,6 +21,7 @@
 
 #include <cuda_fp16.h>
 
+#include "../common/bench_harness.cuh"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/gemm/gemm_baselines.h"
 #include "backend/cuda/gemm/gemm_w4a4.h"
@@ -55,27 +56,7 @@ __global__ void fill_f16_kernel(std::uint16_t* p, std::size_t n, std::uint32_t s
 }
 
 template <class T>
-struct Buf {
-  T* p = nullptr;
-  std::size_t n = 0;
-  Buf() = default;
-  explicit Buf(std::size_t count) : n(count) {
-    if (n) ATOM_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
-  }
-  ~Buf() { cudaFree(p); }
-  Buf(Buf&& o) noexcept : p(o.p), n(o.n) { o.p = nullptr; o.n = 0; }
-  Buf& operator=(Buf&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(n, o.n);
-    return *this;
-  }
-  std::size_t bytes() const { return n * sizeof(T); }
-  std::vector<T> download() const {
-    std::vector<T> h(n);
-    if (n) ATOM_CUDA_CHECK(cudaMemcpy(h.data(), p, bytes(), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
+using Buf = bench::DeviceBuffer<T>;
 
 std::uint32_t g_seed = 1;
 template <class T>
@@ -99,52 +80,12 @@ Buf<std::uint16_t> random_f16(std::size_t count) {
 }
 
 // ---------------------------------------------------------------- timing
-struct Timer {
-  cudaStream_t stream;
-  // Median over graph replays of (replay time / launches per replay), in microseconds. launch(i) enqueues the
-  // i-th launch of the batch on `stream` (rotating inputs by i).
-  double median_us(const std::function<void(int)>& launch, int replays = 9) const {
-    launch(0);
-    ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaEvent_t e0, e1;
-    ATOM_CUDA_CHECK(cudaEventCreate(&e0));
-    ATOM_CUDA_CHECK(cudaEventCreate(&e1));
-    ATOM_CUDA_CHECK(cudaEventRecord(e0, stream));
-    for (int i = 0; i < 3; ++i) launch(i);
-    ATOM_CUDA_CHECK(cudaEventRecord(e1, stream));
-    ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
-    float est_ms = 0;
-    ATOM_CUDA_CHECK(cudaEventElapsedTime(&est_ms, e0, e1));
-    est_ms /= 3;
-    const int batch = std::clamp(static_cast<int>(2.0 / std::max(est_ms, 1e-4f)), 3, 200);
-    cudaGraph_t graph;
-    cudaGraphExec_t exec;
-    ATOM_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < batch; ++i) launch(i);
-    ATOM_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    ATOM_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    std::vector<float> t(replays);
-    for (int r = 0; r < replays; ++r) {
-      ATOM_CUDA_CHECK(cudaEventRecord(e0, stream));
-      ATOM_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-      ATOM_CUDA_CHECK(cudaEventRecord(e1, stream));
-      ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
-      ATOM_CUDA_CHECK(cudaEventElapsedTime(&t[r], e0, e1));
-    }
-    ATOM_CUDA_CHECK(cudaGraphExecDestroy(exec));
-    ATOM_CUDA_CHECK(cudaGraphDestroy(graph));
-    ATOM_CUDA_CHECK(cudaEventDestroy(e0));
-    ATOM_CUDA_CHECK(cudaEventDestroy(e1));
-    std::sort(t.begin(), t.end());
-    return 1000.0 * t[replays / 2] / batch;
-  }
-};
+using Timer = bench::GraphTimer;  // median of CUDA-graph replays of a batch of launches
 
 std::size_t g_l2_bytes = 50u << 20;
 // Copies of an input set so that a rotation spans at least 3x L2.
 int rotation(std::size_t set_bytes) {
-  return static_cast<int>(std::clamp<std::size_t>((3 * g_l2_bytes + set_bytes - 1) / std::max<std::size_t>(set_bytes, 1), 1, 16));
+  return bench::rotation_count(static_cast<double>(set_bytes), 3.0 * static_cast<double>(g_l2_bytes), 16);
 }
 
 // ---------------------------------------------------------------- W4A4 problem (canonical + prepacked copies)
@@ -273,8 +214,6 @@ std::vector<std::pair<int, int>> sample_points(int m, int n, std::mt19937& rng) 
   return pts;
 }
 
-double fp16_ulp(double v) { return std::exp2(std::floor(std::log2(std::max(std::fabs(v), 6.103515625e-05))) - 10); }
-
 Check validate_w4a4(const W4A4Weights& w, const W4A4Acts& a, const Buf<std::uint16_t>& out, std::mt19937& rng) {
   HostW4A4 h;
   h.wp = w.packed.download();
@@ -294,7 +233,7 @@ Check validate_w4a4(const W4A4Weights& w, const W4A4Acts& a, const Buf<std::uint
     const double gv = fp16_to_fp32(g);
     ++c.samples;
     c.exact += g == fp32_to_fp16(ref);
-    c.ok += std::isfinite(gv) && std::fabs(gv - ref) <= fp16_ulp(ref) + 32.0 * std::ldexp(mag, -24);
+    c.ok += std::isfinite(gv) && std::fabs(gv - ref) <= bench::fp16_ulp(ref) + 32.0 * std::ldexp(mag, -24);
   }
   return c;
 }
@@ -634,9 +573,10 @@ int main(int argc, char** argv) {
     }
 
     // ---- summary table (markdown)
-    std::printf("\n| N x K | M | W4A4 us | kernel | cuBLAS FP16 us | cuBLASLt INT8 us | cuBLASLt FP8 us | W8A8 us | "
-                "W4A16 us | vs FP16 | vs INT8 | TOPS | %% INT8 peak | GB/s | %% HBM |\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    std::printf("\n%s", bench::markdown_header({"N x K", "M", "W4A4 us", "kernel", "cuBLAS FP16 us",
+                                                "cuBLASLt INT8 us", "cuBLASLt FP8 us", "W8A8 us", "W4A16 us",
+                                                "vs FP16", "vs INT8", "TOPS", "% INT8 peak", "GB/s", "% HBM"})
+                            .c_str());
     int misses = 0;
     for (const Row& r : rows) {
       const double ops = 2.0 * r.m * r.n * r.k;

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/bench_harness.cuh"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/quantize/quantize_act.h"
 #include "common/half.h"
@@ -22,50 +23,9 @@
 
 using namespace atom;
 using namespace atom::cuda;
+using bench::DeviceBuffer;
 
 namespace {
-
-template <class T>
-struct DeviceArray {
-  T* ptr = nullptr;
-  std::size_t n = 0;
-  explicit DeviceArray(std::size_t count) : n(count) { ATOM_CUDA_CHECK(cudaMalloc(&ptr, std::max<std::size_t>(n, 1) * sizeof(T))); }
-  DeviceArray(const DeviceArray&) = delete;
-  ~DeviceArray() { cudaFree(ptr); }
-  void upload(const std::vector<T>& h) { ATOM_CUDA_CHECK(cudaMemcpy(ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
-  std::vector<T> download(std::size_t count) const {
-    std::vector<T> h(count);
-    ATOM_CUDA_CHECK(cudaMemcpy(h.data(), ptr, count * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-  }
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-double measure_copy_bandwidth() {
-  const std::size_t bytes = std::size_t{1} << 30;
-  DeviceArray<std::uint8_t> a(bytes), b(bytes);
-  ATOM_CUDA_CHECK(cudaMemset(a.ptr, 1, bytes));
-  cudaEvent_t e0, e1;
-  ATOM_CUDA_CHECK(cudaEventCreate(&e0));
-  ATOM_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> ms;
-  for (int i = 0; i < 13; ++i) {
-    ATOM_CUDA_CHECK(cudaEventRecord(e0));
-    ATOM_CUDA_CHECK(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice));
-    ATOM_CUDA_CHECK(cudaEventRecord(e1));
-    ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t;
-    ATOM_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    if (i >= 3) ms.push_back(t);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  return 2.0 * bytes / (median(ms) * 1e-3) / 1e9;
-}
 
 enum class Kernel { kRmsNormResidual, kReorder, kSiluMul };
 const char* kernel_name(Kernel k) {
@@ -85,25 +45,28 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
   const int in_cols = kernel == Kernel::kSiluMul ? 2 * k : k;  // silu: [gate | up] rows
   // Per-replica bytes actually moved.
   double bytes_in = 2.0 * in_cols, bytes_out = kn / 2.0 + 2.0 * groups + kOutliers + 2.0;
-  if (kernel == Kernel::kRmsNormResidual) bytes_in += 2.0 * k, bytes_out += 2.0 * k;  // residual read + written
+  if (kernel == Kernel::kRmsNormResidual)
+    bytes_in += 2.0 * k, bytes_out += 2.0 * k;  // residual read + written
   const double bytes = (bytes_in + bytes_out) * m;
-  const int replicas = static_cast<int>(std::clamp<double>(std::ceil(512e6 / bytes), 1, 64));
+  const int replicas = bench::rotation_count(bytes, 512e6, 64);
   const std::size_t rows = static_cast<std::size_t>(m) * replicas;
 
-  DeviceArray<std::uint16_t> input(rows * in_cols), residual(rows * k), debug(static_cast<std::size_t>(m) * k);
-  DeviceArray<std::uint8_t> packed(rows * (kn / 2));
-  DeviceArray<std::uint16_t> scales(rows * groups), outlier_scales(rows);
-  DeviceArray<std::int8_t> outliers(rows * kOutliers);
-  DeviceArray<std::uint16_t> gamma(k);
-  DeviceArray<std::int32_t> perm(k);
+  DeviceBuffer<std::uint16_t> input(rows * in_cols), residual(rows * k),
+      debug(static_cast<std::size_t>(m) * k);
+  DeviceBuffer<std::uint8_t> packed(rows * (kn / 2));
+  DeviceBuffer<std::uint16_t> scales(rows * groups), outlier_scales(rows);
+  DeviceBuffer<std::int8_t> outliers(rows * kOutliers);
+  DeviceBuffer<std::uint16_t> gamma(k);
+  DeviceBuffer<std::int32_t> perm(k);
   {
     std::normal_distribution<float> normal(0.0f, 1.0f);
     std::vector<std::uint16_t> h(static_cast<std::size_t>(m) * in_cols);
     for (auto& x : h) x = fp32_to_fp16(normal(rng));
     for (int r = 0; r < replicas; ++r) {
-      ATOM_CUDA_CHECK(cudaMemcpy(input.ptr + static_cast<std::size_t>(r) * h.size(), h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+      ATOM_CUDA_CHECK(cudaMemcpy(input.p + static_cast<std::size_t>(r) * h.size(), h.data(), h.size() * 2,
+                                 cudaMemcpyHostToDevice));
     }
-    ATOM_CUDA_CHECK(cudaMemset(residual.ptr, 0x30, rows * k * 2));  // fp16 0x3030 = 0.13
+    ATOM_CUDA_CHECK(cudaMemset(residual.p, 0x30, rows * k * 2));  // fp16 0x3030 = 0.13
     std::vector<std::uint16_t> g(k);
     for (auto& x : g) x = fp32_to_fp16(0.5f + std::fabs(normal(rng)));
     gamma.upload(g);
@@ -114,28 +77,28 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
   }
   const auto launch = [&](int r, bool with_debug) {
     QuantizedActOut out;
-    out.packed = packed.ptr + static_cast<std::size_t>(r) * m * (kn / 2);
+    out.packed = packed.p + static_cast<std::size_t>(r) * m * (kn / 2);
     out.packed_stride = kn / 2;
-    out.scales = scales.ptr + static_cast<std::size_t>(r) * m * groups;
+    out.scales = scales.p + static_cast<std::size_t>(r) * m * groups;
     out.scale_token_stride = groups;
     out.scale_group_stride = 1;
-    out.outliers = outliers.ptr + static_cast<std::size_t>(r) * m * kOutliers;
+    out.outliers = outliers.p + static_cast<std::size_t>(r) * m * kOutliers;
     out.outlier_stride = kOutliers;
-    out.outlier_scales = outlier_scales.ptr + static_cast<std::size_t>(r) * m;
+    out.outlier_scales = outlier_scales.p + static_cast<std::size_t>(r) * m;
     const ActQuantLayout layout{k, kOutliers, kGroup, ActFormat::kInt4, kClip};
-    const std::uint16_t* in = input.ptr + static_cast<std::size_t>(r) * m * in_cols;
+    const std::uint16_t* in = input.p + static_cast<std::size_t>(r) * m * in_cols;
     if (kernel == Kernel::kRmsNormResidual) {
       RmsNormQuantParams p;
       p.num_tokens = m;
       p.layout = layout;
       p.input = in;
       p.input_stride = k;
-      p.residual = p.residual_out = residual.ptr + static_cast<std::size_t>(r) * m * k;
+      p.residual = p.residual_out = residual.p + static_cast<std::size_t>(r) * m * k;
       p.residual_stride = p.residual_out_stride = k;
-      p.weight = gamma.ptr;
-      p.perm = perm.ptr;
+      p.weight = gamma.p;
+      p.perm = perm.p;
       p.out = out;
-      p.normed_out = with_debug ? debug.ptr : nullptr;
+      p.normed_out = with_debug ? debug.p : nullptr;
       p.normed_stride = k;
       rmsnorm_quantize(p, nullptr);
     } else if (kernel == Kernel::kReorder) {
@@ -144,7 +107,7 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
       p.layout = layout;
       p.input = in;
       p.input_stride = k;
-      p.perm = perm.ptr;
+      p.perm = perm.p;
       p.out = out;
       reorder_quantize(p, nullptr);
     } else {
@@ -156,7 +119,7 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
       p.up = in + k;
       p.up_stride = 2 * k;
       p.out = out;
-      p.act_out = with_debug ? debug.ptr : nullptr;
+      p.act_out = with_debug ? debug.p : nullptr;
       p.act_stride = k;
       silu_mul_quantize(p, nullptr);
     }
@@ -176,8 +139,9 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
     std::iota(id.begin(), id.end(), 0);
     for (std::size_t s = 0; s < sample.size(); ++s) {
       for (int j = 0; j < k; ++j) {
-        values[s * k + j] = kernel == Kernel::kReorder ? fp16_to_fp32(in[static_cast<std::size_t>(sample[s]) * k + j])
-                                                       : fp16_to_fp32(dbg[static_cast<std::size_t>(sample[s]) * k + j]);
+        values[s * k + j] = kernel == Kernel::kReorder
+                                ? fp16_to_fp32(in[static_cast<std::size_t>(sample[s]) * k + j])
+                                : fp16_to_fp32(dbg[static_cast<std::size_t>(sample[s]) * k + j]);
       }
     }
     const auto ref = quant::quantize_activations(values, static_cast<std::int64_t>(sample.size()),
@@ -189,29 +153,18 @@ Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
     const auto os = outlier_scales.download(m);
     for (std::size_t s = 0; s < sample.size(); ++s) {
       const std::size_t r = sample[s];
-      ok = ok && std::equal(ref.packed.begin() + s * (kn / 2), ref.packed.begin() + (s + 1) * (kn / 2), pk.begin() + r * (kn / 2));
-      ok = ok && std::equal(ref.scales.begin() + s * groups, ref.scales.begin() + (s + 1) * groups, sc.begin() + r * groups);
-      ok = ok && std::equal(ref.outliers.begin() + s * kOutliers, ref.outliers.begin() + (s + 1) * kOutliers, ol.begin() + r * kOutliers);
+      ok = ok && std::equal(ref.packed.begin() + s * (kn / 2), ref.packed.begin() + (s + 1) * (kn / 2),
+                            pk.begin() + r * (kn / 2));
+      ok = ok && std::equal(ref.scales.begin() + s * groups, ref.scales.begin() + (s + 1) * groups,
+                            sc.begin() + r * groups);
+      ok = ok && std::equal(ref.outliers.begin() + s * kOutliers, ref.outliers.begin() + (s + 1) * kOutliers,
+                            ol.begin() + r * kOutliers);
       ok = ok && ref.outlier_scales[s] == os[r];
     }
   }
 
-  cudaEvent_t e0, e1;
-  ATOM_CUDA_CHECK(cudaEventCreate(&e0));
-  ATOM_CUDA_CHECK(cudaEventCreate(&e1));
-  std::vector<double> ms;
-  for (int it = 0; it < 33; ++it) {
-    ATOM_CUDA_CHECK(cudaEventRecord(e0));
-    launch(it % replicas, false);
-    ATOM_CUDA_CHECK(cudaEventRecord(e1));
-    ATOM_CUDA_CHECK(cudaEventSynchronize(e1));
-    float t;
-    ATOM_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
-    if (it >= 3) ms.push_back(t);
-  }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  const double sec = median(ms) * 1e-3;
+  const double ms = bench::event_median_ms([&](int it) { launch(it % replicas, false); }, 33, 3);
+  const double sec = ms * 1e-3;
   return {sec * 1e6, bytes / sec / 1e9, ok};
 }
 
@@ -222,13 +175,15 @@ int main(int argc, char** argv) {
   const DeviceInfo info = current_device_info();
   int runtime = 0;
   cudaRuntimeGetVersion(&runtime);
-  std::printf("device: %s (sm_%d%d, %d SMs), CUDA runtime %d\n", info.name, info.sm_major, info.sm_minor, info.num_sms,
-              runtime);
-  const double copy_gbps = measure_copy_bandwidth();
+  std::printf("device: %s (sm_%d%d, %d SMs), CUDA runtime %d\n", info.name, info.sm_major, info.sm_minor,
+              info.num_sms, runtime);
+  const double copy_gbps = bench::copy_bandwidth_gbps();
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbps);
-  std::printf("INT4 groups of %d (clip %.2f) + %d INT8 outliers; time us (GB/s, %% of copy)\n\n", kGroup, kClip, kOutliers);
+  std::printf("INT4 groups of %d (clip %.2f) + %d INT8 outliers; time us (GB/s, %% of copy)\n\n", kGroup,
+              kClip, kOutliers);
   std::mt19937 rng(4321);
-  const std::vector<int> ms = profile ? std::vector<int>{8192} : std::vector<int>{1, 16, 64, 256, 1024, 4096, 8192};
+  const std::vector<int> ms =
+      profile ? std::vector<int>{8192} : std::vector<int>{1, 16, 64, 256, 1024, 4096, 8192};
   struct Shape {
     const char* model;
     Kernel kernel;
@@ -252,6 +207,7 @@ int main(int argc, char** argv) {
     }
     std::printf("\n");
   }
-  std::printf(all_ok ? "all shapes validated (bit-exact on sampled rows)\n" : "VALIDATION FAILED (marked !)\n");
+  std::printf(all_ok ? "all shapes validated (bit-exact on sampled rows)\n"
+                     : "VALIDATION FAILED (marked !)\n");
   return all_ok ? 0 : 1;
 }

@@ -1,6 +1,6 @@
 #pragma once
-// Library GEMMs the Atom kernels are measured against (bench/backend/cuda/gemm/bench_gemm.cu): cuBLAS FP16, cuBLASLt INT8
-// and cuBLASLt FP8 (E4M3). All compute y[m, n] = x[m, k] * w[n, k]^T with row-major x, w, y.
+// Library GEMMs the Atom kernels are measured against (bench/backend/cuda/gemm/bench_gemm.cu): cuBLAS FP16,
+// cuBLASLt INT8 and cuBLASLt FP8 (E4M3). All compute y[m, n] = x[m, k] * w[n, k]^T with row-major x, w, y.
 #include <cstdint>
 #include <map>
 #include <tuple>

@@ -13,8 +13,8 @@
 #include <fmt/format.h>
 
 #include "backend/cuda/attention/attention_kernels.h"
-#include "backend/cuda/gemm/dequantize_weights.h"
 #include "backend/cuda/elementwise/elementwise.h"
+#include "backend/cuda/gemm/dequantize_weights.h"
 #include "backend/cuda/gemm/gemm_baselines.h"
 #include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/model/argmax.h"

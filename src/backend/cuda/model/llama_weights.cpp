@@ -13,9 +13,9 @@
 #include "backend/cuda/elementwise/elementwise.h"
 #include "common/error.h"
 #include "common/half.h"
-#include "io/checkpoint.h"
 #include "format/atom_checkpoint.h"
 #include "format/quantized_model.h"
+#include "io/checkpoint.h"
 #include "model/model_source.h"
 
 namespace atom::cuda {

@@ -15,11 +15,11 @@
 #include <string>
 #include <vector>
 
+#include "../common/device_array.cuh"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/elementwise/elementwise.h"
 #include "backend/cuda/quantize/quantize_act.h"
 #include "common/half.h"
-#include "../common/device_array.cuh"
 
 namespace atom::cuda {
 namespace {

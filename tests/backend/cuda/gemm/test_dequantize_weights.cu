@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
+#include "../common/device_array.cuh"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/gemm/dequantize_weights.h"
 #include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/gemm/gemm_w4a4_layout.h"
 #include "common/half.h"
-#include "../common/device_array.cuh"
 
 namespace atom::cuda {
 namespace {

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include <stdexcept>
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/gemm/gemm_w4a4_layout.h"
-#include <stdexcept>
 #include "common/half.h"
 #include "format/format.h"
 

@@ -12,11 +12,11 @@
 #include <string>
 #include <vector>
 
+#include "../common/device_array.cuh"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/quantize/quantize_act.h"
 #include "common/half.h"
 #include "format/format.h"
-#include "../common/device_array.cuh"
 
 namespace atom::cuda {
 namespace {
