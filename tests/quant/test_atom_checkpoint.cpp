@@ -18,6 +18,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/weights.h"
+#include "quant/quantizer.h"
 #include "test_quantizer_tiny_model.h"
 
 namespace atom::quant {
