@@ -250,6 +250,23 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
   detail::launch_w4a4_swapab_sm90(args, tile, stream);
 }
 
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
+  if (args.n <= 0 || args.n % 8 != 0 || args.k <= 0 || args.k % 16 != 0)
+    fail("gemm_w8a8_s8: n = {} must be a positive multiple of 8 and k = {} of 16", args.n, args.k);
+  if (args.m < 0) fail("gemm_w8a8_s8: m = {} is negative", args.m);
+  if (args.m == 0) return;
+  if (!args.x || !args.x_scales || !args.w || !args.w_scales || !args.out)
+    fail("gemm_w8a8_s8: a null activation, scale, weight or output pointer");
+  if (!aligned16(args.x) || !aligned16(args.w) || !aligned16(args.w_scales) || !aligned16(args.out) ||
+      !aligned16(args.residual))
+    fail("gemm_w8a8_s8: activations, weights, weight scales, output and residual must be 16-byte aligned");
+  if (!w4a4_swapab_available())
+    fail("gemm_w8a8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
+         device_caps().sm);
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(args.m, args.n, args.k);
+  detail::launch_w8a8_swapab_sm90(args, tile, stream);
+}
+
 namespace {
 void check_s8_conversion(const W4A4Activations& src, int k_normal, int n_outliers, const W4A4ActivationsS8& dst,
                          const char* what) {

@@ -149,6 +149,22 @@ bool w4a4_swapab_available();
 // (gemm_w4a4_o8_s8), false = packed (gemm_w4a4_o8). From the measured dispatch table (docs/notes/gemm.md).
 bool w4a4_prefers_s8_activations(int m, int n, int k);
 
+// W8A8 (per-token x per-channel INT8) on the same kernel, reading the plain layouts cuBLASLt reads: for serving
+// sizes, where cuBLASLt plus a separate scaling pass is slower. out = round(float(x.w) * sx * sw [+ residual]),
+// bit-identical to the all-outlier case of atom::quant::atom_linear_reference.
+struct GemmW8A8Args {
+  const std::int8_t* x = nullptr;          // [m, k] row-major, 16-byte aligned
+  const std::uint16_t* x_scales = nullptr;  // fp16 [m]
+  int m = 0;
+  const std::int8_t* w = nullptr;  // [n, k] row-major, 16-byte aligned
+  const float* w_scales = nullptr;  // fp32 [n], 16-byte aligned
+  int n = 0, k = 0;                 // n a multiple of 8, k a multiple of 16
+  void* out = nullptr;              // [m, n] of out_type, 16-byte aligned
+  GemmOutType out_type = GemmOutType::kF16;
+  const void* residual = nullptr;  // optional, as GemmW4A4S8Args
+};
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
+
 // Canonical activations -> the int8 layout (scales transposed to group-major). Device: src and dst in device
 // memory, asynchronous. Host: host memory.
 void convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
@@ -174,6 +190,7 @@ struct W4A4StreamConfig {
 void launch_w4a4_stream(const GemmW4A4Args& args, const W4A4StreamConfig& config, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
                                         const W4A4ActivationsS8& dst, cudaStream_t stream);
 // Whether this binary holds sm_90a code for the wgmma kernel (ATOM_CUDA_ARCHS contains 90a).

@@ -407,6 +407,47 @@ TEST(GemmW4A4SwapAb, W8A8AndMostNegativeCodes) {
   run_swapab_tiles({70, 128, 1024, 128}, 1203, Codes::kMostNegative);
 }
 
+// W8A8 on the same kernel from the plain layouts (cuBLASLt's): the all-outlier case of the reference.
+TEST(GemmW4A4SwapAb, W8A8FromPlainLayouts) {
+  ATOM_REQUIRE_GPU();
+  if (!w4a4_swapab_available()) GTEST_SKIP() << "needs sm_90 and sm_90a code";
+  for (const Shape s : {Shape{5, 256, 0, 512}, Shape{131, 256, 0, 384}, Shape{40, 576, 0, 576}, Shape{300, 136, 0, 1024}}) {
+    std::mt19937 rng(1300 + s.m);
+    const GemmProblem p = make_problem(s.m, s.n, 0, s.n_out, rng);
+    const std::vector<float> ref = quant::atom_linear_reference(p.a, p.w);
+    std::vector<float> w_scales(s.n);
+    for (int i = 0; i < s.n; ++i) w_scales[i] = fp16_to_fp32(p.w.outlier_scales[i]);
+    GemmDeviceBuffer<std::int8_t> x(p.a.outliers), w(p.w.outliers);
+    GemmDeviceBuffer<std::uint16_t> xs(p.a.outlier_scales);
+    GemmDeviceBuffer<float> ws(w_scales);
+    for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
+      SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " m=" + std::to_string(s.m) + " n=" +
+                   std::to_string(s.n) + " k=" + std::to_string(s.n_out));
+      GemmDeviceBuffer<std::uint16_t> out((std::size_t)s.m * s.n);
+      out.fill_bytes(0xFF);
+      GemmW8A8Args args;
+      args.x = x.get();
+      args.x_scales = xs.get();
+      args.m = s.m;
+      args.w = w.get();
+      args.w_scales = ws.get();
+      args.n = s.n;
+      args.k = s.n_out;
+      args.out = out.get();
+      gemm_w8a8_s8(args, nullptr, tile);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got = out.download();
+      int bad = 0;
+      for (std::size_t i = 0; i < got.size() && bad < 8; ++i)
+        if (got[i] != fp32_to_fp16(ref[i])) {
+          ++bad;
+          ADD_FAILURE() << "row " << i / s.n << " col " << i % s.n << ": got " << fp16_to_fp32(got[i]) << ", reference "
+                        << ref[i];
+        }
+    }
+  }
+}
+
 TEST(GemmW4A4SwapAb, BadArgumentsAreRejected) {
   GemmW4A4S8Args args;
   args.w.n = 100;  // not a multiple of 8

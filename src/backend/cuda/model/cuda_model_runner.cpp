@@ -421,6 +421,20 @@ struct CudaModelRunner::Impl {
         break;
       }
       case Precision::kW8A8:
+        if (static_cast<std::size_t>(m) <= kMaxS8Rows && w4a4_swapab_available()) {
+          // Serving sizes: our kernel reads the same int8 layouts and scales in its epilogue (one pass, fp16 out).
+          GemmW8A8Args a;
+          a.x = q_outliers.get();
+          a.x_scales = q_outlier_scales.get();
+          a.m = m;
+          a.w = l.weight_i8.get();
+          a.w_scales = l.channel_scales.get();
+          a.n = l.n;
+          a.k = l.k;
+          a.out = out;
+          gemm_w8a8_s8(a, stream);
+          break;
+        }
         int8_gemm->i8(q_outliers.get(), l.weight_i8.get(), int32_scratch.get(), m, l.n, l.k);
         w8a8_scale_epilogue(int32_scratch.get(), m, l.n, q_outlier_scales.get(), l.channel_scales.get(), out,
                             stream);

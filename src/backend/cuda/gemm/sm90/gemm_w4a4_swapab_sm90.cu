@@ -36,6 +36,7 @@ struct SwapAbParams {
   const std::uint8_t* w_packed;
   const std::int8_t* w_outliers;
   const float* w_scales;
+  const float* w8_scales;  // kW8: fp32 [n] per-channel scales of the plain int8 weights
   void* out;
   const void* residual;
   int m, n, groups, chunks, m_tiles;
@@ -106,9 +107,12 @@ __device__ __forceinline__ void unpack8(uint4 v, float (&y)[8]) {
 }
 #endif
 
-template <typename OutT, int BT, int WGC, int WGT>
+// kW8: W8A8 on the same pipeline: plain row-major int8 weights [n, k] (the cuBLASLt layout) read by TMA with
+// the same swizzle, plain int8 activations [m, k], every 128-wide block an "outlier chunk" in natural order.
+template <typename OutT, int BT, int WGC, int WGT, bool kW8>
 __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
-    gemm_w4a4o8_swapab_sm90(const __grid_constant__ CUtensorMap tmap_x, const SwapAbParams p) {
+    gemm_w4a4o8_swapab_sm90(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w8,
+                            const SwapAbParams p) {
 #ifdef ATOM_SM90A_DEVICE
   using T = SwapAbTile<BT, WGC, WGT>;
   constexpr int WGS = T::kConsumers;
@@ -166,10 +170,18 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
           x_scale[s * BT + tok] = v;
         }
         if (lane == 0) {
+          std::uint8_t* w_dst = w_buf + s * T::kW;
+          if constexpr (kW8) {
+            const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
+            ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
+            ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+            ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
+            ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
+            continue;
+          }
           const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
           ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
           ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
-          std::uint8_t* w_dst = w_buf + s * T::kW;
           if (!outlier) {
             // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
             const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
@@ -205,8 +217,8 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     const int lr = (consumer % WGC) * 64 + warp * 16 + lane / 4;  // local channel rows lr and lr + 8
     const int r7 = lr & 7;
     // Weight-scale slots of the two rows (the prepacked tile permutes channels inside its entry).
-    const int sw_pos0 = layout::scale_position_of_channel(w_row0 + lr) - w_row0;
-    const int sw_pos1 = layout::scale_position_of_channel(w_row0 + lr + 8) - w_row0;
+    const int sw_pos0 = kW8 ? lr : layout::scale_position_of_channel(w_row0 + lr) - w_row0;
+    const int sw_pos1 = kW8 ? lr + 8 : layout::scale_position_of_channel(w_row0 + lr + 8) - w_row0;
     const int units = G + (p.chunks > 0 ? 1 : 0);  // each group, then all outlier chunks as one unit
 
     float acc[NR];
@@ -359,10 +371,10 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 #endif  // ATOM_SM90A_DEVICE
 }
 
-template <typename OutT, int BT, int WGC, int WGT>
-void launch_typed(const GemmW4A4S8Args& args, cudaStream_t stream) {
+template <typename OutT, int BT, int WGC, int WGT, bool kW8>
+void launch_typed(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, cudaStream_t stream) {
   using T = SwapAbTile<BT, WGC, WGT>;
-  const auto kernel = gemm_w4a4o8_swapab_sm90<OutT, BT, WGC, WGT>;
+  const auto kernel = gemm_w4a4o8_swapab_sm90<OutT, BT, WGC, WGT, kW8>;
   static bool configured = [&] {
     ATOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
     return true;
@@ -382,22 +394,37 @@ void launch_typed(const GemmW4A4S8Args& args, cudaStream_t stream) {
   p.groups = w.k_normal / kW4A4Group;
   p.chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
   p.m_tiles = layout::ceil_div(p.m, BT);
-  const CUtensorMap tmap_x = detail::make_u8_tensor_map(
-      args.a.codes, w4a4_s8_row_bytes(w.k_normal, w.n_outliers), p.m, 128, BT, /*swizzle_128b=*/true);
+  CUtensorMap tmap_x{}, tmap_w8{};
+  if constexpr (kW8) {
+    p.m = w8->m;
+    p.n = w8->n;
+    p.groups = 0;
+    p.chunks = layout::ceil_div(w8->k, 128);
+    p.m_tiles = layout::ceil_div(p.m, BT);
+    p.a_outlier_scales = w8->x_scales;
+    p.w8_scales = w8->w_scales;
+    p.out = w8->out;
+    p.residual = w8->residual;
+    tmap_x = detail::make_u8_tensor_map(w8->x, w8->k, w8->m, 128, BT, /*swizzle_128b=*/true);
+    tmap_w8 = detail::make_u8_tensor_map(w8->w, w8->k, w8->n, 128, T::kChannels, /*swizzle_128b=*/true);
+  } else {
+    tmap_x = detail::make_u8_tensor_map(args.a.codes, w4a4_s8_row_bytes(w.k_normal, w.n_outliers), p.m, 128, BT,
+                                        /*swizzle_128b=*/true);
+  }
   const unsigned blocks = static_cast<unsigned>(p.m_tiles) * layout::ceil_div(p.n, T::kChannels);
-  kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, p);
+  kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, tmap_w8, p);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
-template <typename OutT>
-void launch_tile(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+template <typename OutT, bool kW8>
+void launch_tile(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, W4A4SwapAbTile tile, cudaStream_t stream) {
   switch (tile) {
-    case W4A4SwapAbTile::kT16C64: launch_typed<OutT, 16, 1, 1>(args, stream); return;
-    case W4A4SwapAbTile::kT32C64: launch_typed<OutT, 32, 1, 1>(args, stream); return;
-    case W4A4SwapAbTile::kT32C128: launch_typed<OutT, 32, 2, 1>(args, stream); return;
-    case W4A4SwapAbTile::kT64C64: launch_typed<OutT, 64, 1, 1>(args, stream); return;
-    case W4A4SwapAbTile::kT64C128: launch_typed<OutT, 64, 2, 1>(args, stream); return;
-    case W4A4SwapAbTile::kT128C64: launch_typed<OutT, 128, 1, 2>(args, stream); return;
+    case W4A4SwapAbTile::kT16C64: launch_typed<OutT, 16, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT32C64: launch_typed<OutT, 32, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT32C128: launch_typed<OutT, 32, 2, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT64C64: launch_typed<OutT, 64, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT64C128: launch_typed<OutT, 64, 2, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT128C64: launch_typed<OutT, 128, 1, 2, kW8>(args, w8, stream); return;
     case W4A4SwapAbTile::kAuto: break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_w4a4_swapab_sm90: tile kAuto must be resolved", __FILE__, __LINE__);
@@ -442,9 +469,17 @@ namespace detail {
 
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
   if (args.out_type == GemmOutType::kBF16)
-    launch_tile<__nv_bfloat16>(args, tile, stream);
+    launch_tile<__nv_bfloat16, false>(args, nullptr, tile, stream);
   else
-    launch_tile<__half>(args, tile, stream);
+    launch_tile<__half, false>(args, nullptr, tile, stream);
+}
+
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+  const GemmW4A4S8Args unused{};
+  if (args.out_type == GemmOutType::kBF16)
+    launch_tile<__nv_bfloat16, true>(unused, &args, tile, stream);
+  else
+    launch_tile<__half, true>(unused, &args, tile, stream);
 }
 
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
