@@ -244,6 +244,7 @@ struct Row {
   std::string kernel;
   double ours = 0, f16 = 0, i8 = 0, fp8 = 0, w8a8 = 0, w4a16 = 0;
   double bn128 = 0, bn64 = 0, mma = 0;
+  double packed_auto = 0, swapab_auto = 0;  // the two activation layouts' kAuto kernels (0: not run)
   double bytes = 0;
   std::string valid;
 };
@@ -342,9 +343,10 @@ void run_probe(W4A4Kernel kernel, bool outliers) {
 int main(int argc, char** argv) {
   bool quick = false, variants = false, probe = false, ours_only = false;
   const char* csv_path = nullptr;
-  std::vector<std::pair<int, int>> shapes = {{4096, 4096},  {12288, 4096}, {22016, 4096},
-                                             {4096, 11008}, {28672, 4096}, {4096, 14336}};
-  std::vector<int> ms = {1, 8, 16, 64, 256, 1024, 4096, 8192};
+  // Llama-2-7B (qkv, o, gate/up, down) and Llama-3-8B (qkv, gate/up, down) linear shapes, N x K.
+  std::vector<std::pair<int, int>> shapes = {{12288, 4096}, {4096, 4096},  {22016, 4096}, {4096, 11008},
+                                             {6144, 4096},  {28672, 4096}, {4096, 14336}};
+  std::vector<int> ms = {1, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 8192};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
@@ -478,7 +480,49 @@ int main(int argc, char** argv) {
         ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
         const Check c4 = validate_w4a4(w4, a4, y_ours, rng);
         row.kernel = w4a4_kernel_name(w4a4_auto_kernel(M, N));
-        row.ours = timer.median_us(ours(W4A4Kernel::kAuto));
+        row.ours = row.packed_auto = timer.median_us(ours(W4A4Kernel::kAuto));
+        // The serving-size kernel on int8 activations (converted from the same codes): validated, every tile
+        // timed; the row reports the layout the model runner uses at this M (w4a4_prefers_s8_activations).
+        Check cs8;
+        std::string tile_times;
+        if (w4a4_swapab_available()) {
+          const int row_bytes = w4a4_s8_row_bytes(k_normal, n_out);
+          std::vector<Buf<std::int8_t>> codes;
+          std::vector<Buf<std::uint16_t>> scales, oscales;
+          for (int c = 0; c < static_cast<int>(a4.packed.size()); ++c) {
+            codes.emplace_back((std::size_t)M * row_bytes);
+            scales.emplace_back((std::size_t)M * (k_normal / kW4A4Group));
+            oscales.emplace_back(M);
+            convert_w4a4_activations_s8(a4.get(c), k_normal, n_out,
+                                        W4A4ActivationsS8{codes[c].p, scales[c].p, oscales[c].p, M}, stream);
+          }
+          auto swapab = [&](W4A4SwapAbTile tile) {
+            return [&, tile](int i) {
+              const int c = i % static_cast<int>(codes.size());
+              GemmW4A4S8Args args;
+              args.a = W4A4ActivationsS8{codes[c].p, scales[c].p, oscales[c].p, M};
+              args.w = w4.get(i);
+              args.out = y_ours.p;
+              gemm_w4a4_o8_s8(args, stream, tile);
+            };
+          };
+          ATOM_CUDA_CHECK(cudaMemsetAsync(y_ours.p, 0xFF, y_ours.bytes(), stream));
+          swapab(W4A4SwapAbTile::kAuto)(0);
+          ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+          cs8 = validate_w4a4(w4, a4, y_ours, rng);
+          row.swapab_auto = timer.median_us(swapab(W4A4SwapAbTile::kAuto));
+          for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
+            const double us = timer.median_us(swapab(tile));
+            char buf[96];
+            std::snprintf(buf, sizeof buf, "%s%s %.2f", tile_times.empty() ? "" : ", ",
+                          w4a4_swapab_tile_name(tile) + std::strlen("gemm_w4a4o8_swapab_sm90"), us);
+            tile_times += buf;
+          }
+          if (w4a4_prefers_s8_activations(M, N, K)) {
+            row.ours = row.swapab_auto;
+            row.kernel = w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N, K));
+          }
+        }
         if (variants && M >= 64) {
           row.bn128 = timer.median_us(ours(W4A4Kernel::kWgmmaBn128));
           row.bn64 = timer.median_us(ours(W4A4Kernel::kWgmmaBn64));
@@ -536,8 +580,41 @@ int main(int argc, char** argv) {
         };
         w8a8(0);
         ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
-        const Check c8 = validate_w4a4(w8, a8, y_ours, rng);
+        Check c8 = validate_w4a4(w8, a8, y_ours, rng);
         row.w8a8 = timer.median_us(w8a8);
+        if (w4a4_swapab_available() && M <= 512) {
+          // The model runner's W8A8 at serving sizes: the serving-size kernel on the plain int8 layouts
+          // (weights as cuBLASLt reads them: the canonical outlier codes; validated against the same reference).
+          std::vector<float> ws_host(N);
+          const auto wos = w8.outlier_scales.download();
+          for (int i = 0; i < N; ++i) ws_host[i] = fp16_to_fp32(wos[i]);
+          Buf<float> ws(N);
+          ATOM_CUDA_CHECK(cudaMemcpy(ws.p, ws_host.data(), N * sizeof(float), cudaMemcpyHostToDevice));
+          // Weight copies beyond L2 for timing; copy 0 holds the validated codes.
+          std::vector<Buf<std::int8_t>> wc;
+          wc.emplace_back((std::size_t)N * K);
+          ATOM_CUDA_CHECK(cudaMemcpy(wc[0].p, w8.outliers.p, wc[0].bytes(), cudaMemcpyDeviceToDevice));
+          for (int c = 1; c < r8; ++c) wc.push_back(random_bytes<std::int8_t>((std::size_t)N * K));
+          ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+          auto w8a8_s8 = [&](int i) {
+            const int c = i % static_cast<int>(a8.outliers.size());
+            GemmW8A8Args args;
+            args.x = a8.outliers[c].p;
+            args.x_scales = a8.outlier_scales[c].p;
+            args.m = M;
+            args.w = wc[i % static_cast<int>(wc.size())].p;
+            args.w_scales = ws.p;
+            args.n = N;
+            args.k = K;
+            args.out = y_ours.p;
+            gemm_w8a8_s8(args, stream);
+          };
+          ATOM_CUDA_CHECK(cudaMemsetAsync(y_ours.p, 0xFF, y_ours.bytes(), stream));
+          w8a8_s8(0);
+          ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
+          c8 = validate_w4a4(w8, a8, y_ours, rng);
+          row.w8a8 = timer.median_us(w8a8_s8);
+        }
         if (ours_only) {
           std::printf("N %5d K %5d M %4d | ours %9.2f us %s | %s\n", N, K, M, row.ours, row.kernel.c_str(), c4.str().c_str());
           continue;
@@ -556,6 +633,7 @@ int main(int argc, char** argv) {
         row.i8 = timer.median_us([&](int i) { blas.i8(xi8[i % ra8].p, wi8[i % r8].p, y32.p, M, N, K); });
         row.fp8 = timer.median_us([&](int i) { blas.fp8(xfp8[i % ra8].p, wfp8[i % r8].p, y16.p, M, N, K); });
         row.valid = "w4a4 " + c4.str() + " (" + std::to_string(c4.exact) + " exact), w8a8 " + c8.str();
+        if (cs8.samples) row.valid += ", w4a4-s8 " + cs8.str() + " (" + std::to_string(cs8.exact) + " exact)";
         rows.push_back(row);
         const double ops = 2.0 * M * N * K;
         std::printf("N %5d K %5d M %4d | ours %9.2f us %-31s | fp16 %9.2f i8 %9.2f fp8 %9.2f w8a8 %9.2f w4a16 %9.2f | "
@@ -568,6 +646,9 @@ int main(int argc, char** argv) {
                       row.mma);
         if (!decode_variants.empty())
           std::printf("    decode variants (us): mma_s8 %.2f; stream %s\n", row.mma, decode_variants.c_str());
+        if (!tile_times.empty())
+          std::printf("    packed-layout auto %.2f us; int8-layout auto %.2f us; tiles (us): %s\n", row.packed_auto,
+                      row.swapab_auto, tile_times.c_str());
         std::fflush(stdout);
       }
     }
@@ -594,11 +675,12 @@ int main(int argc, char** argv) {
     if (csv_path) {
       FILE* f = std::fopen(csv_path, "w");
       if (f) {
-        std::fprintf(f, "n,k,m,kernel,ours_us,f16_us,i8_us,fp8_us,w8a8_us,w4a16_us,bn128_us,bn64_us,mma_us,bytes,valid\n");
+        std::fprintf(f, "n,k,m,kernel,ours_us,f16_us,i8_us,fp8_us,w8a8_us,w4a16_us,bn128_us,bn64_us,mma_us,"
+                        "packed_auto_us,s8_auto_us,bytes,valid\n");
         for (const Row& r : rows)
-          std::fprintf(f, "%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\"\n", r.n, r.k, r.m,
-                       r.kernel.c_str(), r.ours, r.f16, r.i8, r.fp8, r.w8a8, r.w4a16, r.bn128, r.bn64, r.mma, r.bytes,
-                       r.valid.c_str());
+          std::fprintf(f, "%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\"\n", r.n, r.k,
+                       r.m, r.kernel.c_str(), r.ours, r.f16, r.i8, r.fp8, r.w8a8, r.w4a16, r.bn128, r.bn64, r.mma,
+                       r.packed_auto, r.swapab_auto, r.bytes, r.valid.c_str());
         std::fclose(f);
       }
     }

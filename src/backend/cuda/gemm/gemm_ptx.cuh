@@ -187,6 +187,25 @@ __device__ __forceinline__ std::uint64_t smem_desc_k128_sw128(std::uint32_t smem
   return d;
 }
 
+// Named barrier among `threads` threads (a multiple of 32) of the block; id 0 is __syncthreads'.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+// D (int32, 64 x 16) (+)= A (s8 registers, 64 x 32) * B (s8 shared-memory descriptor, 16 rows x 32, K-major).
+// accumulate == 0 overwrites D.
+__device__ __forceinline__ void wgmma_m64n16k32_s8_rs(int (&d)[8], const std::uint32_t (&a)[4], std::uint64_t desc_b,
+                                                        int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k32.s32.s8.s8 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7"
+      "}, {%8, %9, %10, %11}, %12, p;\n}\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate)
+      : "memory");
+}
+
 // D (int32, 64 x 32) (+)= A (s8 registers, 64 x 32) * B (s8 shared-memory descriptor, 32 rows x 32, K-major).
 // accumulate == 0 overwrites D.
 __device__ __forceinline__ void wgmma_m64n32k32_s8_rs(int (&d)[16], const std::uint32_t (&a)[4],

@@ -186,6 +186,133 @@ void gemm_w4a4_o8(const GemmW4A4Args& args, cudaStream_t stream, W4A4Kernel kern
   fail("gemm_w4a4_o8: unknown kernel");
 }
 
+// ---- Serving sizes: int8 activations, swapped operands (sm_90a).
+
+int w4a4_s8_row_bytes(int k_normal, int n_outliers) {
+  return k_normal + layout::ceil_div(n_outliers, kW4A4OutlierChunk) * kW4A4OutlierChunk;
+}
+
+const char* w4a4_swapab_tile_name(W4A4SwapAbTile tile) {
+  switch (tile) {
+    case W4A4SwapAbTile::kAuto: return "auto";
+    case W4A4SwapAbTile::kT16C64: return "gemm_w4a4o8_swapab_sm90<t16,c64>";
+    case W4A4SwapAbTile::kT32C64: return "gemm_w4a4o8_swapab_sm90<t32,c64>";
+    case W4A4SwapAbTile::kT32C128: return "gemm_w4a4o8_swapab_sm90<t32,c128>";
+    case W4A4SwapAbTile::kT64C64: return "gemm_w4a4o8_swapab_sm90<t64,c64>";
+    case W4A4SwapAbTile::kT64C128: return "gemm_w4a4o8_swapab_sm90<t64,c128>";
+    case W4A4SwapAbTile::kT128C64: return "gemm_w4a4o8_swapab_sm90<t128,c64>";
+  }
+  return "?";
+}
+
+bool w4a4_swapab_available() {
+  const DeviceCaps caps = device_caps();
+  return caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled();
+}
+
+bool w4a4_prefers_s8_activations(int m, int n, int k) {
+  (void)n;
+  (void)k;
+  return m > 16 && m <= 512 && w4a4_swapab_available();
+}
+
+W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n, int k) {
+  (void)k;
+  // Token tile: the smallest that holds the batch up to 64 tokens; channel tile 128 (two consumer warpgroups
+  // share the activation stages) when that still gives every SM a CTA, else 64.
+  const int sms = device_caps().num_sms;
+  auto ctas = [&](int bt, int c) { return (long)layout::ceil_div(m, bt) * layout::ceil_div(n, c); };
+  if (m <= 16) return W4A4SwapAbTile::kT16C64;
+  if (m <= 32) return ctas(32, 128) >= sms ? W4A4SwapAbTile::kT32C128 : W4A4SwapAbTile::kT32C64;
+  if (m <= 64) return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
+  return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT128C64;
+}
+
+void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
+  const W4A4PackedWeights& w = args.w;
+  validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "gemm_w4a4_o8_s8 weights");
+  const W4A4ActivationsS8& a = args.a;
+  if (a.m < 0) fail("gemm_w4a4_o8_s8: m = {} is negative", a.m);
+  if (a.m == 0) return;
+  if (!args.out || !a.codes || !w.scales) fail("gemm_w4a4_o8_s8: output, activation codes or weight scales are null");
+  if (w.k_normal > 0 && (!a.scales || !w.packed))
+    fail("gemm_w4a4_o8_s8: k_normal = {} but the activation scales or the packed weights are null", w.k_normal);
+  if (w.n_outliers > 0 && (!a.outlier_scales || !w.outliers))
+    fail("gemm_w4a4_o8_s8: n_outliers = {} but the outlier scales or weights are null", w.n_outliers);
+  if (!aligned16(a.codes) || !aligned16(w.packed) || !aligned16(w.outliers) || !aligned16(w.scales))
+    fail("gemm_w4a4_o8_s8: activation codes and weight buffers must be 16-byte aligned");
+  if (!aligned16(args.out) || !aligned16(args.residual))
+    fail("gemm_w4a4_o8_s8: output and residual must be 16-byte aligned");
+  if (!w4a4_swapab_available())
+    fail("gemm_w4a4_o8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
+         device_caps().sm);
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(a.m, w.n, w.k_normal + w.n_outliers);
+  detail::launch_w4a4_swapab_sm90(args, tile, stream);
+}
+
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
+  if (args.n <= 0 || args.n % 8 != 0 || args.k <= 0 || args.k % 16 != 0)
+    fail("gemm_w8a8_s8: n = {} must be a positive multiple of 8 and k = {} of 16", args.n, args.k);
+  if (args.m < 0) fail("gemm_w8a8_s8: m = {} is negative", args.m);
+  if (args.m == 0) return;
+  if (!args.x || !args.x_scales || !args.w || !args.w_scales || !args.out)
+    fail("gemm_w8a8_s8: a null activation, scale, weight or output pointer");
+  if (!aligned16(args.x) || !aligned16(args.w) || !aligned16(args.w_scales) || !aligned16(args.out) ||
+      !aligned16(args.residual))
+    fail("gemm_w8a8_s8: activations, weights, weight scales, output and residual must be 16-byte aligned");
+  if (!w4a4_swapab_available())
+    fail("gemm_w8a8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
+         device_caps().sm);
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(args.m, args.n, args.k);
+  detail::launch_w8a8_swapab_sm90(args, tile, stream);
+}
+
+namespace {
+void check_s8_conversion(const W4A4Activations& src, int k_normal, int n_outliers, const W4A4ActivationsS8& dst,
+                         const char* what) {
+  if (k_normal < 0 || k_normal % kW4A4Group != 0 || n_outliers < 0 || n_outliers % 16 != 0)
+    fail("{}: k_normal = {} must be a multiple of {} and n_outliers = {} a multiple of 16", what, k_normal,
+         kW4A4Group, n_outliers);
+  if (src.m < 0 || dst.m != src.m) fail("{}: token counts differ (source {}, destination {})", what, src.m, dst.m);
+  if (src.m == 0) return;
+  if (!dst.codes || (k_normal > 0 && (!src.packed || !src.scales || !dst.scales)) ||
+      (n_outliers > 0 && (!src.outliers || !src.outlier_scales || !dst.outlier_scales)))
+    fail("{}: a null pointer among the tensors the shape needs", what);
+  if (!aligned16(dst.codes)) fail("{}: destination codes must be 16-byte aligned", what);
+}
+}  // namespace
+
+void convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
+                                 const W4A4ActivationsS8& dst, cudaStream_t stream) {
+  check_s8_conversion(src, k_normal, n_outliers, dst, "convert_w4a4_activations_s8");
+  if (src.m > 0) detail::launch_convert_w4a4_activations_s8(src, k_normal, n_outliers, dst, stream);
+}
+
+void convert_w4a4_activations_s8_host(const W4A4Activations& src, int k_normal, int n_outliers,
+                                      const W4A4ActivationsS8& dst) {
+  check_s8_conversion(src, k_normal, n_outliers, dst, "convert_w4a4_activations_s8_host");
+  const int groups = k_normal / kW4A4Group, chunks = layout::ceil_div(n_outliers, kW4A4OutlierChunk);
+  const std::size_t row_bytes = w4a4_s8_row_bytes(k_normal, n_outliers);
+  for (int m = 0; m < src.m; ++m) {
+    std::int8_t* row = dst.codes + m * row_bytes;
+    for (int g = 0; g < groups; ++g) {
+      const std::uint8_t* in = src.packed + (std::size_t)m * (k_normal / 2) + g * 64;
+      for (int e = 0; e < kW4A4Group; ++e) {
+        const int nib = (e & 1) ? (in[e >> 1] >> 4) : (in[e >> 1] & 15);
+        row[g * 128 + layout::s8_group_position(e)] = static_cast<std::int8_t>(nib >= 8 ? nib - 16 : nib);
+      }
+      dst.scales[(std::size_t)g * src.m + m] = src.scales[(std::size_t)m * groups + g];
+    }
+    for (int c = 0; c < chunks; ++c)
+      for (int e = 0; e < kW4A4OutlierChunk; ++e) {
+        const int ch = c * kW4A4OutlierChunk + e;
+        row[k_normal + c * 128 + layout::s8_outlier_position(e)] =
+            ch < n_outliers ? src.outliers[(std::size_t)m * n_outliers + ch] : 0;
+      }
+    if (n_outliers > 0) dst.outlier_scales[m] = src.outlier_scales[m];
+  }
+}
+
 void gemm_w4a16(const GemmW4A16Args& args, cudaStream_t stream) {
   const W4A4PackedWeights& w = args.w;
   validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "gemm_w4a16 weights");

@@ -110,6 +110,68 @@ struct GemmW4A16Args {
 };
 void gemm_w4a16(const GemmW4A16Args& args, cudaStream_t stream);
 
+// ---- Serving sizes (16 < M <= 512 on sm_90a): gemm_w4a4o8_swapab_sm90 computes out^T = W x A^T, the weights
+// as wgmma's 64-row register operand (nibbles unpacked straight into the A fragment) and the tokens as its
+// N = 16..128 shared-memory operand. It reads the activations as int8 codes, each 128-wide block in the
+// tensor-core order (layout::s8_group_position / s8_outlier_position), written by the quantizers in that form
+// (QuantizedActOut::codes_s8) or converted from the canonical layout. Same prepacked weights as the other
+// kernels; groups summed in order, bit-identical to atom::quant::atom_linear_reference.
+struct W4A4ActivationsS8 {
+  std::int8_t* codes = nullptr;             // [m, w4a4_s8_row_bytes(k_normal, n_outliers)]; outliers zero-padded
+  std::uint16_t* scales = nullptr;          // fp16 group-major: group g of token i at g * m + i
+  std::uint16_t* outlier_scales = nullptr;  // fp16 [m]
+  int m = 0;
+};
+// Bytes per token row: k_normal INT4 codes then the outlier chunks, 128 bytes each.
+int w4a4_s8_row_bytes(int k_normal, int n_outliers);
+
+// Tile shapes of the serving-size kernel: tokens per CTA x output channels per CTA (64 per consumer warpgroup).
+enum class W4A4SwapAbTile : std::uint8_t { kAuto, kT16C64, kT32C64, kT32C128, kT64C64, kT64C128, kT128C64 };
+const char* w4a4_swapab_tile_name(W4A4SwapAbTile tile);
+inline constexpr W4A4SwapAbTile kW4A4SwapAbTiles[] = {W4A4SwapAbTile::kT16C64,  W4A4SwapAbTile::kT32C64,
+                                                      W4A4SwapAbTile::kT32C128, W4A4SwapAbTile::kT64C64,
+                                                      W4A4SwapAbTile::kT64C128, W4A4SwapAbTile::kT128C64};
+
+struct GemmW4A4S8Args {
+  W4A4ActivationsS8 a;
+  W4A4PackedWeights w;
+  void* out = nullptr;  // [m, w.n] row-major, out_type, 16-byte aligned
+  GemmOutType out_type = GemmOutType::kF16;
+  const void* residual = nullptr;  // optional [m, w.n] of out_type, 16-byte aligned; may == out
+};
+// y = A x W^T with int8 activations. Needs an sm_90 device and a build with 90a. Asynchronous on `stream`.
+void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
+// The tile kAuto picks for this shape (the measured dispatch table, docs/notes/gemm.md).
+W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n, int k);
+// Whether the serving-size kernel runs on the current device (sm_90 with sm_90a code in this binary).
+bool w4a4_swapab_available();
+// The activation layout the model runner should quantize into for an M x N x K product: true = int8
+// (gemm_w4a4_o8_s8), false = packed (gemm_w4a4_o8). From the measured dispatch table (docs/notes/gemm.md).
+bool w4a4_prefers_s8_activations(int m, int n, int k);
+
+// W8A8 (per-token x per-channel INT8) on the same kernel, reading the plain layouts cuBLASLt reads: for serving
+// sizes, where cuBLASLt plus a separate scaling pass is slower. out = round(float(x.w) * sx * sw [+ residual]),
+// bit-identical to the all-outlier case of atom::quant::atom_linear_reference.
+struct GemmW8A8Args {
+  const std::int8_t* x = nullptr;          // [m, k] row-major, 16-byte aligned
+  const std::uint16_t* x_scales = nullptr;  // fp16 [m]
+  int m = 0;
+  const std::int8_t* w = nullptr;  // [n, k] row-major, 16-byte aligned
+  const float* w_scales = nullptr;  // fp32 [n], 16-byte aligned
+  int n = 0, k = 0;                 // n a multiple of 8, k a multiple of 16
+  void* out = nullptr;              // [m, n] of out_type, 16-byte aligned
+  GemmOutType out_type = GemmOutType::kF16;
+  const void* residual = nullptr;  // optional, as GemmW4A4S8Args
+};
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
+
+// Canonical activations -> the int8 layout (scales transposed to group-major). Device: src and dst in device
+// memory, asynchronous. Host: host memory.
+void convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
+                                 const W4A4ActivationsS8& dst, cudaStream_t stream);
+void convert_w4a4_activations_s8_host(const W4A4Activations& src, int k_normal, int n_outliers,
+                                      const W4A4ActivationsS8& dst);
+
 // ---- Launchers (no argument checks: gemm_w4a4_o8 / gemm_w4a16 check and dispatch).
 namespace detail {
 void launch_prepack_w4a4(const W4A4CanonicalWeights& canonical, const W4A4PackedWeights& dst, cudaStream_t stream);
@@ -127,6 +189,10 @@ struct W4A4StreamConfig {
 };
 void launch_w4a4_stream(const GemmW4A4Args& args, const W4A4StreamConfig& config, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
+void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
+void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
+                                        const W4A4ActivationsS8& dst, cudaStream_t stream);
 // Whether this binary holds sm_90a code for the wgmma kernel (ATOM_CUDA_ARCHS contains 90a).
 bool wgmma_sm90_compiled();
 }  // namespace detail

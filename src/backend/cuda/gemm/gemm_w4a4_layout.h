@@ -30,6 +30,19 @@ __host__ __device__ constexpr int scale_position_of_channel(int channel) {
   return ((j >> 1) * 4 + t) * 4 + (j & 1) * 2 + e;
 }
 
+// Int8 activation rows of the serving-size kernel (W4A4ActivationsS8): element e (0..127) of a 128-wide block
+// -> byte position p = 32j + 16h + 4t + b, the order in which the tensor cores pair it with the prepacked
+// weights (k-step j, 16-byte half h). INT4 groups: e = 32t + 8j + 2b + h (word 4t + j of the packed group,
+// byte b, nibble h); INT8 outlier chunks: e = 32t + 8j + 4h + b (as outlier_channel_of_byte, unswizzled).
+__host__ __device__ constexpr int s8_group_position(int e) {
+  const int t = e >> 5, j = (e >> 3) & 3, b = (e >> 1) & 3, h = e & 1;
+  return 32 * j + 16 * h + 4 * t + b;
+}
+__host__ __device__ constexpr int s8_outlier_position(int e) {
+  const int t = e >> 5, j = (e >> 3) & 3, h = (e >> 2) & 1, b = e & 3;
+  return 32 * j + 16 * h + 4 * t + b;
+}
+
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace atom::cuda::layout

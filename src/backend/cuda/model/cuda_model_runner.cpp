@@ -30,6 +30,8 @@ void check_blas(cublasStatus_t s, const char* what) {
 }
 
 constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
+// Products of more rows than this always take the packed activation layout (gemm_w4a4_o8).
+constexpr std::size_t kMaxS8Rows = 512;
 
 // W4A16 default of CudaRunnerOptions::w4a16_dense_rows: gemm_w4a16 reads each weight once per 16 rows of
 // activations and loses to the fp16 product from ~32 rows on (H200: 10.9 vs 7.3 ms per Llama-2-7B step at 64
@@ -96,6 +98,9 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::uint8_t> q_packed;
   DeviceBuffer<std::uint16_t> q_scales, q_outlier_scales;
   DeviceBuffer<std::int8_t> q_outliers;
+  // Int8 rows for the serving-size W4A4 GEMM (gemm_w4a4_o8_s8), used for products of up to s8_rows rows.
+  DeviceBuffer<std::int8_t> q_codes_s8;
+  int s8_rows = 0, s8_row_bytes = 0;
   DeviceBuffer<std::int32_t> identity_perm;
   DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
   std::unique_ptr<GemmBaselines> int8_gemm;   // W8A8: cuBLASLt int8 x int8 -> int32
@@ -212,6 +217,13 @@ struct CudaModelRunner::Impl {
       q_scales.allocate(std::max<std::size_t>(8, t * static_cast<std::size_t>(kn) / kW4A4Group));
       q_outliers.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(nout)));
       q_outlier_scales.allocate(t);
+      if (w->precision == Precision::kW4A4 && w4a4_swapab_available()) {
+        for (const DeviceLayer& l : w->layers)
+          for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down})
+            s8_row_bytes = std::max(s8_row_bytes, w4a4_s8_row_bytes(lin->k_normal, lin->n_outliers));
+        s8_rows = static_cast<int>(std::min<std::size_t>(t, kMaxS8Rows));
+        q_codes_s8.allocate(std::max<std::size_t>(16, static_cast<std::size_t>(s8_rows) * s8_row_bytes));
+      }
       const int kmax = std::max({cfg.hidden_size, cfg.intermediate_size, attn_width});
       std::vector<std::int32_t> id(static_cast<std::size_t>(kmax));
       std::iota(id.begin(), id.end(), 0);
@@ -250,7 +262,7 @@ struct CudaModelRunner::Impl {
     return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() +
            hidden.bytes() + normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() +
            final_normed.bytes() + q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() +
-           q_outliers.bytes() + identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() +
+           q_outliers.bytes() + q_codes_s8.bytes() + identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() +
            logits_dev.bytes() + (int8_gemm ? std::size_t{64} << 20 : 0);  // cuBLASLt's workspace
   }
 
@@ -345,8 +357,24 @@ struct CudaModelRunner::Impl {
 
   // ---- Pieces of the forward.
 
-  QuantizedActOut quant_out(const DeviceLinear& l) {
+  // Whether the product of `l` over m rows reads int8 activation rows (the serving-size GEMM).
+  bool s8_acts(const DeviceLinear& l, int m) const {
+    return m <= s8_rows && w4a4_prefers_s8_activations(m, l.n, l.k);
+  }
+
+  // Where the quantizer feeding `l` writes its m rows: the layout l's GEMM reads at this m.
+  QuantizedActOut quant_out(const DeviceLinear& l, int m) {
     QuantizedActOut o;
+    if (s8_acts(l, m)) {
+      o.codes_s8 = q_codes_s8.get();
+      o.codes_s8_stride = w4a4_s8_row_bytes(l.k_normal, l.n_outliers);
+      o.scales = q_scales.get();
+      o.scale_token_stride = 1;  // group-major, as the kernel reads them
+      o.scale_group_stride = m;
+      o.outlier_scales = q_outlier_scales.get();
+      o.outlier_scale_stride = 1;
+      return o;
+    }
     o.packed = q_packed.get();
     o.packed_stride = l.k_normal / 2;
     o.scales = q_scales.get();
@@ -393,11 +421,34 @@ struct CudaModelRunner::Impl {
         break;
       }
       case Precision::kW8A8:
+        if (static_cast<std::size_t>(m) <= kMaxS8Rows && w4a4_swapab_available()) {
+          // Serving sizes: our kernel reads the same int8 layouts and scales in its epilogue (one pass, fp16 out).
+          GemmW8A8Args a;
+          a.x = q_outliers.get();
+          a.x_scales = q_outlier_scales.get();
+          a.m = m;
+          a.w = l.weight_i8.get();
+          a.w_scales = l.channel_scales.get();
+          a.n = l.n;
+          a.k = l.k;
+          a.out = out;
+          gemm_w8a8_s8(a, stream);
+          break;
+        }
         int8_gemm->i8(q_outliers.get(), l.weight_i8.get(), int32_scratch.get(), m, l.n, l.k);
         w8a8_scale_epilogue(int32_scratch.get(), m, l.n, q_outlier_scales.get(), l.channel_scales.get(), out,
                             stream);
         break;
       case Precision::kW4A4: {
+        if (s8_acts(l, m)) {
+          GemmW4A4S8Args a;
+          a.a = {q_codes_s8.get(), q_scales.get(), q_outlier_scales.get(), m};
+          a.w = l.packed_view();
+          a.out = out;
+          a.out_type = GemmOutType::kF16;
+          gemm_w4a4_o8_s8(a, stream);
+          break;
+        }
         GemmW4A4Args a;
         a.a = {q_packed.get(), q_scales.get(), q_outliers.get(), q_outlier_scales.get(), m};
         a.w = l.packed_view();
@@ -428,7 +479,7 @@ struct CudaModelRunner::Impl {
       p.weight = gamma.get();
       p.eps = cfg.rms_norm_eps;
       p.perm = perm_or_identity(perm);
-      p.out = quant_out(l);
+      p.out = quant_out(l, m);
       rmsnorm_quantize(p, stream);
     } else {
       RmsNormParams p;
@@ -528,7 +579,7 @@ struct CudaModelRunner::Impl {
         r.input = attn.get();
         r.input_stride = attn_width;
         r.perm = perm_or_identity(L.o_proj.perm);
-        r.out = quant_out(L.o_proj);
+        r.out = quant_out(L.o_proj, m);
         reorder_quantize(r, stream);
         mark("o_quant");
       }
@@ -547,7 +598,7 @@ struct CudaModelRunner::Impl {
         q.gate_stride = 2 * inter;
         q.up = gate_up.get() + inter;
         q.up_stride = 2 * inter;
-        q.out = quant_out(L.down);
+        q.out = quant_out(L.down, m);
         silu_mul_quantize(q, stream);
       } else {
         SiluMulParams q;

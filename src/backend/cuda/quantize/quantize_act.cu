@@ -73,10 +73,11 @@ struct GroupArgs {
 };
 
 // One group spread over `lanes` (a power of two, aligned) lanes of the warp, 8 values per lane. All 32
-// lanes must call it (shuffles); `active` lanes store 4 packed bytes, the group's first lane the scale.
+// lanes must call it (shuffles); returns the lane's 8 codes packed (value i in nibble i); the group's first
+// active lane stores the scale.
 template <bool kFp4>
-__device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, GroupArgs a, bool active,
-                                                std::uint32_t* packed_dst, __half* scale_dst, bool first_lane) {
+__device__ __forceinline__ std::uint32_t quantize_group8(const float (&v)[8], int lanes, GroupArgs a, bool active,
+                                                         __half* scale_dst, bool first_lane) {
   float amax = 0.0f;
 #pragma unroll
   for (int i = 0; i < 8; ++i) amax = fmaxf(fabsf(v[i]), amax);
@@ -97,10 +98,23 @@ __device__ __forceinline__ void quantize_group8(const float (&v)[8], int lanes, 
       }
     }
   }
-  if (active) {
-    *packed_dst = word;
-    if (first_lane) *scale_dst = scale_h;
-  }
+  if (active && first_lane) *scale_dst = scale_h;
+  return word;
+}
+
+// Int8 rows of the serving-size GEMM (W4A4ActivationsS8): the 8 codes of group elements e = 8c .. 8c + 7
+// (value i in nibble i) go to byte positions layout::s8_group_position(e): codes 0, 2, 4, 6 to the 4 bytes at
+// 32 (c % 4) + 4 (c / 4), codes 1, 3, 5, 7 to the 4 bytes 16 further, sign-extended to int8.
+__device__ __forceinline__ void store_codes_s8(std::int8_t* group_row, int c, std::uint32_t word) {
+  const std::uint32_t even = word & 0x0F0F0F0Fu, odd = (word >> 4) & 0x0F0F0F0Fu;
+  const int base = 32 * (c & 3) + 4 * (c >> 2);
+  *reinterpret_cast<std::uint32_t*>(group_row + base) = __vsub4(even ^ 0x08080808u, 0x08080808u);
+  *reinterpret_cast<std::uint32_t*>(group_row + base + 16) = __vsub4(odd ^ 0x08080808u, 0x08080808u);
+}
+// Byte position of outlier o of a row in the int8 layout: chunk o / 128, layout::s8_outlier_position inside.
+__device__ __forceinline__ int outlier_position_s8(int o) {
+  const int e = o & 127, t = e >> 5, j = (e >> 3) & 3, h = (e >> 2) & 1, b = e & 3;
+  return (o & ~127) + 32 * j + 16 * h + 4 * t + b;
 }
 
 
@@ -121,6 +135,7 @@ __device__ void quantize_token(int token, int rank, int team, const ActQuantLayo
   const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
+  std::int8_t* codes_row = out.codes_s8 ? out.codes_s8 + token * out.codes_s8_stride : nullptr;
   for (int first = rank * groups_per_pass; first < groups; first += team * groups_per_pass) {  // warp-uniform
     const int g = first + slot;
     const bool active = g < groups;
@@ -132,10 +147,17 @@ __device__ void quantize_token(int token, int rank, int team, const ActQuantLayo
 #pragma unroll
       for (int i = 0; i < 8; ++i) v[i] = 0.0f;
     }
-    quantize_group8<kFp4>(v, lanes, args, active, reinterpret_cast<std::uint32_t*>(packed_row + j / 2),
-                          reinterpret_cast<__half*>(out.scales) + token * out.scale_token_stride +
-                              static_cast<std::int64_t>(g) * out.scale_group_stride,
-                          lane_in_group == 0);
+    const std::uint32_t word =
+        quantize_group8<kFp4>(v, lanes, args, active,
+                              reinterpret_cast<__half*>(out.scales) + token * out.scale_token_stride +
+                                  static_cast<std::int64_t>(g) * out.scale_group_stride,
+                              lane_in_group == 0);
+    if (active) {
+      if (codes_row)
+        store_codes_s8(codes_row + g * group, lane_in_group, word);
+      else
+        *reinterpret_cast<std::uint32_t*>(packed_row + j / 2) = word;
+    }
   }
   if (layout.n_outliers > 0 && rank == team - 1) {  // the last warp has the fewest passes
     float amax = 0.0f;
@@ -144,13 +166,16 @@ __device__ void quantize_token(int token, int rank, int team, const ActQuantLayo
     const __half scale_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
     const float scale = __half2float(scale_h);
     const float inv = __frcp_rn(scale);
-    std::int8_t* dst = out.outliers + token * out.outlier_stride;
+    std::int8_t* dst = codes_row ? codes_row + k_normal : out.outliers + token * out.outlier_stride;
     for (int o = lane; o < layout.n_outliers; o += 32) {
       const float x = src.get1(k_normal + o, true);
       float q = 0.0f;
       if (scale != 0.0f) q = fminf(fmaxf(round_quotient(x, scale, inv), -128.0f), 127.0f);
-      dst[o] = static_cast<std::int8_t>(int_bits(q) & 0xFFu);
+      dst[codes_row ? outlier_position_s8(o) : o] = static_cast<std::int8_t>(int_bits(q) & 0xFFu);
     }
+    if (codes_row)  // zero the padding of the last 128-wide chunk
+      for (int o = layout.n_outliers + lane; o < ((layout.n_outliers + 127) & ~127); o += 32)
+        dst[outlier_position_s8(o)] = 0;
     if (lane == 0) reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
   }
 }

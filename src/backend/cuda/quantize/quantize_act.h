@@ -37,6 +37,11 @@ struct QuantizedActOut {
   std::int64_t outlier_stride = 0;
   std::uint16_t* outlier_scales = nullptr;  // fp16, token m at m * outlier_scale_stride
   std::int64_t outlier_scale_stride = 1;
+  // Int8 rows for the serving-size GEMM (gemm_w4a4.h, W4A4ActivationsS8) instead of packed + outliers:
+  // token m's K_n INT4 codes and then its outliers (zero-padded to a multiple of 128) at m * codes_s8_stride,
+  // each 128-wide block in the tensor-core order. Needs INT4 groups of 128; `packed` / `outliers` unused.
+  std::int8_t* codes_s8 = nullptr;
+  std::int64_t codes_s8_stride = 0;
 };
 
 // h = fp16(float(input) + float(residual)) when residual is set, else h = input; residual_out (optional,

@@ -44,6 +44,19 @@ void check_vector_rows(const void* p, std::int64_t stride, int k, bool required,
 
 void check_out(const QuantizedActOut& o, const ActQuantLayout& l, const char* what) {
   const int kn = l.k - l.n_outliers;
+  if (o.codes_s8) {
+    if (l.format != ActFormat::kInt4 || (kn > 0 && l.group_size != 128))
+      fail("{}: out.codes_s8 needs INT4 groups of 128 (format {}, group_size {})", what, static_cast<int>(l.format),
+           l.group_size);
+    const std::int64_t row = kn + (l.n_outliers + 127) / 128 * 128;
+    if (!aligned(o.codes_s8, 16) || o.codes_s8_stride % 16 != 0 || o.codes_s8_stride < row)
+      fail("{}: out.codes_s8 must be 16-byte aligned with a stride (now {}) a multiple of 16 and at least {}", what,
+           o.codes_s8_stride, row);
+    if (kn > 0 && (o.scales == nullptr || o.scale_token_stride < 0 || o.scale_group_stride < 0))
+      fail("{}: out.scales is null or has negative strides", what);
+    if (l.n_outliers > 0 && o.outlier_scales == nullptr) fail("{}: out.outlier_scales is null", what);
+    return;
+  }
   if (kn > 0) {
     if (o.packed == nullptr || o.scales == nullptr) fail("{}: out.packed / out.scales is null", what);
     if (!aligned(o.packed, 4) || o.packed_stride % 4 != 0 || o.packed_stride < kn / 2) {

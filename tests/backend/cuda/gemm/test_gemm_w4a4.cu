@@ -293,6 +293,173 @@ void run_all_kernels(const Shape& s, std::uint32_t seed, Codes codes = Codes::kR
   }
 }
 
+// ---- Serving-size kernel (int8 activations, swapped operands).
+
+// The device conversion into the int8 layout, checked byte for byte against the host conversion.
+struct DeviceActivationsS8 {
+  GemmDeviceBuffer<std::int8_t> codes;
+  GemmDeviceBuffer<std::uint16_t> scales, outlier_scales;
+  int m;
+  DeviceActivationsS8(const GemmProblem& p, const DeviceProblem& d)
+      : codes((std::size_t)d.m * w4a4_s8_row_bytes(d.k_normal, d.n_out)),
+        scales((std::size_t)d.m * (d.k_normal / kW4A4Group)),
+        outlier_scales(d.n_out > 0 ? d.m : 0),
+        m(d.m) {
+    codes.fill_bytes(0x5A);  // poison: the conversion must write every byte, padding included
+    scales.fill_bytes(0xFF);
+    convert_w4a4_activations_s8(d.activations(), d.k_normal, d.n_out, get(), nullptr);
+    ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<std::int8_t> h_codes((std::size_t)d.m * w4a4_s8_row_bytes(d.k_normal, d.n_out), 0x11);
+    std::vector<std::uint16_t> h_scales(p.a.scales.size()), h_oscales(p.a.outlier_scales.size());
+    W4A4Activations src;
+    src.packed = p.a.packed.data();
+    src.scales = p.a.scales.data();
+    src.outliers = p.a.outliers.data();
+    src.outlier_scales = p.a.outlier_scales.data();
+    src.m = d.m;
+    W4A4ActivationsS8 dst{h_codes.data(), h_scales.data(), h_oscales.data(), d.m};
+    convert_w4a4_activations_s8_host(src, d.k_normal, d.n_out, dst);
+    EXPECT_EQ(h_codes, codes.download());
+    EXPECT_EQ(h_scales, scales.download());
+    EXPECT_EQ(h_oscales, outlier_scales.download());
+  }
+  W4A4ActivationsS8 get() const { return {codes.get(), scales.get(), outlier_scales.get(), m}; }
+};
+
+void check_swapab(const GemmProblem& p, const DeviceProblem& d, const DeviceActivationsS8& a, W4A4SwapAbTile tile,
+                  const RunOptions& o, std::mt19937& rng, const std::vector<float>& ref) {
+  SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) +
+               " k_normal=" + std::to_string(d.k_normal) + " n_out=" + std::to_string(d.n_out) +
+               (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") + (o.residual ? " +residual in place" : ""));
+  const std::size_t count = (std::size_t)d.m * d.n;
+  std::vector<std::uint16_t> residual(o.residual ? count : 0);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (auto& r : residual) r = float_to_out(normal(rng), o.out_type);
+  GemmDeviceBuffer<std::uint16_t> out(count);
+  if (o.residual)
+    ATOM_CUDA_CHECK(cudaMemcpy(out.get(), residual.data(), count * 2, cudaMemcpyHostToDevice));  // out == residual
+  else
+    out.fill_bytes(0xFF);  // NaN in both fp16 and bf16
+  GemmW4A4S8Args args;
+  args.a = a.get();
+  args.w = d.packed();
+  args.out = out.get();
+  args.out_type = o.out_type;
+  args.residual = o.residual ? out.get() : nullptr;
+  gemm_w4a4_o8_s8(args, nullptr, tile);
+  ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto got = out.download();
+  int bad = 0;
+  for (std::size_t i = 0; i < count && bad < 8; ++i) {
+    const float want_f = o.residual ? ref[i] + out_to_float(residual[i], o.out_type) : ref[i];
+    const std::uint16_t want = float_to_out(want_f, o.out_type);
+    if (got[i] != want) {
+      ++bad;
+      ADD_FAILURE() << "row " << i / d.n << " col " << i % d.n << ": got " << out_to_float(got[i], o.out_type)
+                    << " (0x" << std::hex << got[i] << std::dec << "), reference " << want_f << " (0x" << std::hex
+                    << want << std::dec << ")";
+    }
+  }
+}
+
+void run_swapab_tiles(const Shape& s, std::uint32_t seed, Codes codes = Codes::kRandom) {
+  std::mt19937 rng(seed);
+  const GemmProblem p = make_problem(s.m, s.n, s.k_normal, s.n_out, rng, codes);
+  const DeviceProblem d(p);
+  const DeviceActivationsS8 a(p, d);
+  if (!w4a4_swapab_available()) GTEST_SKIP() << "needs sm_90 and sm_90a code";
+  const std::vector<float> ref = quant::atom_linear_reference(p.a, p.w);
+  for (const RunOptions o : {RunOptions{GemmOutType::kF16, false}, RunOptions{GemmOutType::kBF16, true}}) {
+    for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) check_swapab(p, d, a, tile, o, rng, ref);
+    check_swapab(p, d, a, W4A4SwapAbTile::kAuto, o, rng, ref);
+  }
+}
+
+TEST(GemmW4A4SwapAb, LayoutPositionsAreBijections) {
+  std::vector<int> seen_g(128, 0), seen_o(128, 0);
+  for (int e = 0; e < 128; ++e) {
+    ++seen_g[layout::s8_group_position(e)];
+    ++seen_o[layout::s8_outlier_position(e)];
+  }
+  for (int pos = 0; pos < 128; ++pos) {
+    EXPECT_EQ(seen_g[pos], 1) << pos;
+    EXPECT_EQ(seen_o[pos], 1) << pos;
+  }
+  // The outlier order is the prepacked weights' (unswizzled, row 0): both sides pair the same channel.
+  for (int e = 0; e < 128; ++e) EXPECT_EQ(layout::outlier_channel_of_byte(0, layout::s8_outlier_position(e)), e);
+}
+
+TEST(GemmW4A4SwapAb, BitExactAcrossTilesAndShapes) {
+  ATOM_REQUIRE_GPU();
+  run_swapab_tiles({1, 128, 128, 0}, 1101);      // one group, one token
+  run_swapab_tiles({17, 192, 256, 32}, 1102);    // partial channel tile, one partial outlier chunk
+  run_swapab_tiles({33, 576, 512, 64}, 1103);    // SmolLM2's hidden size
+  run_swapab_tiles({64, 256, 1280, 144}, 1104);  // two outlier chunks
+  run_swapab_tiles({100, 136, 1024, 256}, 1105);
+  run_swapab_tiles({129, 384, 384, 16}, 1106);
+  run_swapab_tiles({300, 512, 1920, 128}, 1107);
+}
+
+TEST(GemmW4A4SwapAb, W8A8AndMostNegativeCodes) {
+  ATOM_REQUIRE_GPU();
+  run_swapab_tiles({5, 256, 0, 512}, 1201);
+  run_swapab_tiles({131, 256, 0, 384}, 1202);
+  run_swapab_tiles({70, 128, 1024, 128}, 1203, Codes::kMostNegative);
+}
+
+// W8A8 on the same kernel from the plain layouts (cuBLASLt's): the all-outlier case of the reference.
+TEST(GemmW4A4SwapAb, W8A8FromPlainLayouts) {
+  ATOM_REQUIRE_GPU();
+  if (!w4a4_swapab_available()) GTEST_SKIP() << "needs sm_90 and sm_90a code";
+  for (const Shape s : {Shape{5, 256, 0, 512}, Shape{131, 256, 0, 384}, Shape{40, 576, 0, 576}, Shape{300, 136, 0, 1024}}) {
+    std::mt19937 rng(1300 + s.m);
+    const GemmProblem p = make_problem(s.m, s.n, 0, s.n_out, rng);
+    const std::vector<float> ref = quant::atom_linear_reference(p.a, p.w);
+    std::vector<float> w_scales(s.n);
+    for (int i = 0; i < s.n; ++i) w_scales[i] = fp16_to_fp32(p.w.outlier_scales[i]);
+    GemmDeviceBuffer<std::int8_t> x(p.a.outliers), w(p.w.outliers);
+    GemmDeviceBuffer<std::uint16_t> xs(p.a.outlier_scales);
+    GemmDeviceBuffer<float> ws(w_scales);
+    for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
+      SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " m=" + std::to_string(s.m) + " n=" +
+                   std::to_string(s.n) + " k=" + std::to_string(s.n_out));
+      GemmDeviceBuffer<std::uint16_t> out((std::size_t)s.m * s.n);
+      out.fill_bytes(0xFF);
+      GemmW8A8Args args;
+      args.x = x.get();
+      args.x_scales = xs.get();
+      args.m = s.m;
+      args.w = w.get();
+      args.w_scales = ws.get();
+      args.n = s.n;
+      args.k = s.n_out;
+      args.out = out.get();
+      gemm_w8a8_s8(args, nullptr, tile);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got = out.download();
+      int bad = 0;
+      for (std::size_t i = 0; i < got.size() && bad < 8; ++i)
+        if (got[i] != fp32_to_fp16(ref[i])) {
+          ++bad;
+          ADD_FAILURE() << "row " << i / s.n << " col " << i % s.n << ": got " << fp16_to_fp32(got[i]) << ", reference "
+                        << ref[i];
+        }
+    }
+  }
+}
+
+TEST(GemmW4A4SwapAb, BadArgumentsAreRejected) {
+  GemmW4A4S8Args args;
+  args.w.n = 100;  // not a multiple of 8
+  args.w.k_normal = 128;
+  EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr), std::runtime_error);
+  args.w.n = 128;
+  args.a.m = 4;  // null pointers
+  EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr), std::runtime_error);
+  EXPECT_EQ(w4a4_s8_row_bytes(4096 - 128, 128), 4096);
+  EXPECT_EQ(w4a4_s8_row_bytes(512, 16), 640);
+}
+
 TEST(GemmW4A4, SmallestGroupCountNoOutliers) {
   ATOM_REQUIRE_GPU();
   run_all_kernels({1, 128, 128, 0}, 101);

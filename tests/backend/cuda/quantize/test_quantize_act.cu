@@ -14,6 +14,7 @@
 
 #include "../common/device_array.cuh"
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/quantize/quantize_act.h"
 #include "common/half.h"
 #include "format/format.h"
@@ -318,6 +319,93 @@ TEST(CudaQuantizeAct, SiluMulQuantize) {
     EXPECT_EQ(count_beyond_one_ulp(act, want), 0) << "silu(gate)*up off by more than one fp16 ulp";
     const auto ref = quant::quantize_activations(act, c.m, identity(c.k), c.n_out, c.group, to_quant(c.format), c.clip);
     out.expect_equal(c, ref);
+  }
+}
+
+// The int8 rows of the serving-size GEMM (QuantizedActOut::codes_s8): each quantizer's output must equal
+// the reference codes converted into that layout (gemm_w4a4.h), byte for byte, padding zeroed.
+TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
+  struct S8Case {
+    int m, k, n_out;
+  };
+  for (const S8Case sc : {S8Case{7, 4096, 128}, S8Case{33, 296, 40}, S8Case{3, 264, 264}, S8Case{150, 1152, 144}}) {
+    const unsigned seed = std::random_device{}();
+    const Case c{sc.m, sc.k, sc.n_out, 128, ActFormat::kInt4, 0.9f, true, 0};
+    SCOPED_TRACE(describe(c, seed));
+    std::mt19937 rng(seed);
+    const int kn = c.k - c.n_out, groups = kn / 128, row_bytes = w4a4_s8_row_bytes(kn, c.n_out);
+    DeviceArray<std::int8_t> codes(static_cast<std::size_t>(c.m) * row_bytes);
+    DeviceArray<std::uint16_t> scales(static_cast<std::size_t>(c.m) * groups), oscales(c.m);
+    QuantizedActOut o;
+    o.codes_s8 = codes.get();
+    o.codes_s8_stride = row_bytes;
+    o.scales = scales.get();
+    o.scale_token_stride = 1;
+    o.scale_group_stride = c.m;
+    o.outlier_scales = oscales.get();
+    auto expect_layout = [&](const std::vector<float>& values, const std::vector<std::int32_t>& perm, const char* who) {
+      SCOPED_TRACE(who);
+      const auto ref = quant::quantize_activations(values, c.m, perm, c.n_out, 128, quant::NumberFormat::kInt4, c.clip);
+      std::vector<std::int8_t> want_codes(static_cast<std::size_t>(c.m) * row_bytes);
+      std::vector<std::uint16_t> want_scales(static_cast<std::size_t>(c.m) * groups), want_oscales(c.n_out > 0 ? c.m : 0);
+      const W4A4Activations src{ref.packed.data(), ref.scales.data(), ref.outliers.data(), ref.outlier_scales.data(),
+                                c.m};
+      convert_w4a4_activations_s8_host(src, kn, c.n_out,
+                                       W4A4ActivationsS8{want_codes.data(), want_scales.data(), want_oscales.data(), c.m});
+      EXPECT_EQ(codes.download(), want_codes);
+      EXPECT_EQ(scales.download(), want_scales);
+      if (c.n_out > 0) EXPECT_EQ(oscales.download(), want_oscales);
+    };
+    auto x = activation_rows(rng, c.m, c.k);
+    const auto perm = random_perm(rng, c.k);
+    DeviceArray<std::uint16_t> d_x(x), gamma(random_halves(rng, c.k, 1.0f)), normed(static_cast<std::size_t>(c.m) * c.k);
+    DeviceArray<std::int32_t> d_perm(perm);
+    {
+      ReorderQuantParams p;
+      p.num_tokens = c.m;
+      p.layout = layout_of(c);
+      p.input = d_x.get();
+      p.input_stride = c.k;
+      p.perm = d_perm.get();
+      p.out = o;
+      reorder_quantize(p, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      expect_layout(to_float(x), perm, "reorder_quantize");
+    }
+    {
+      ATOM_CUDA_CHECK(cudaMemset(codes.get(), kPoison, static_cast<std::size_t>(c.m) * row_bytes));
+      RmsNormQuantParams p;
+      p.num_tokens = c.m;
+      p.layout = layout_of(c);
+      p.input = d_x.get();
+      p.input_stride = c.k;
+      p.weight = gamma.get();
+      p.perm = d_perm.get();
+      p.out = o;
+      p.normed_out = normed.get();
+      p.normed_stride = c.k;
+      rmsnorm_quantize(p, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      expect_layout(to_float(normed.download()), identity(c.k), "rmsnorm_quantize (normed values, reordered)");
+    }
+    {
+      ATOM_CUDA_CHECK(cudaMemset(codes.get(), kPoison, static_cast<std::size_t>(c.m) * row_bytes));
+      const auto gate_up = random_halves(rng, static_cast<std::size_t>(c.m) * 2 * c.k, 3.0f);
+      DeviceArray<std::uint16_t> d_gu(gate_up), d_act(static_cast<std::size_t>(c.m) * c.k);
+      SiluMulQuantParams p;
+      p.num_tokens = c.m;
+      p.layout = layout_of(c);
+      p.gate = d_gu.get();
+      p.gate_stride = 2 * c.k;
+      p.up = d_gu.get() + c.k;
+      p.up_stride = 2 * c.k;
+      p.out = o;
+      p.act_out = d_act.get();
+      p.act_stride = c.k;
+      silu_mul_quantize(p, nullptr);
+      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+      expect_layout(to_float(d_act.download()), identity(c.k), "silu_mul_quantize");
+    }
   }
 }
 

@@ -15,13 +15,13 @@
 // consumer warpgroups of 64 tokens each. Tile 128 tokens x BN channels; kStages-deep shared-memory ring with
 // three mbarriers per stage (loaded: copies landed; full: weights unpacked; empty: consumers done).
 #include <cuda.h>
-#include <cudaTypedefs.h>
 
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/gemm/gemm_out.cuh"
 #include "backend/cuda/gemm/gemm_ptx.cuh"
 #include "backend/cuda/gemm/gemm_w4a4.h"
 #include "backend/cuda/gemm/gemm_w4a4_layout.h"
+#include "backend/cuda/gemm/sm90/tensor_map.h"
 
 namespace atom::cuda {
 namespace {
@@ -374,33 +374,6 @@ __global__ void sm90a_probe(int* flag) {
 #endif
 }
 
-PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* f = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    ATOM_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
-    if (!f || q != cudaDriverEntryPointSuccess)
-      throw_cuda_error(cudaErrorSymbolNotFound, "cuTensorMapEncodeTiled", __FILE__, __LINE__);
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
-  }();
-  return fn;
-}
-
-// A row-major uint8 matrix [rows, row_bytes] read in boxes of box_bytes x box_rows.
-CUtensorMap make_u8_tensor_map(const void* base, int row_bytes, int rows, int box_bytes, int box_rows) {
-  CUtensorMap map{};
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(row_bytes), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(row_bytes)};
-  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_bytes), static_cast<cuuint32_t>(box_rows)};
-  const cuuint32_t elem_strides[2] = {1, 1};
-  const CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims,
-                                          strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                          CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (r != CUDA_SUCCESS) throw_cuda_error(cudaErrorInvalidValue, "cuTensorMapEncodeTiled", __FILE__, __LINE__);
-  return map;
-}
-
 template <typename OutT, int BN, int kAblate = 0>
 void launch_typed(const GemmW4A4Args& args, cudaStream_t stream) {
   using T = Sm90Tile<BN>;
@@ -426,8 +399,8 @@ void launch_typed(const GemmW4A4Args& args, cudaStream_t stream) {
   p.m_tiles = layout::ceil_div(p.m, T::kBM);
   p.outlier_row_bytes = w.n_outliers < kW4A4OutlierChunk ? w.n_outliers : kW4A4OutlierChunk;
   CUtensorMap tmap_a{}, tmap_ao{};
-  if (p.groups > 0) tmap_a = make_u8_tensor_map(args.a.packed, w.k_normal / 2, p.m, kW4A4Group / 2, T::kBM);
-  if (p.chunks > 0) tmap_ao = make_u8_tensor_map(args.a.outliers, w.n_outliers, p.m, p.outlier_row_bytes, T::kBM);
+  if (p.groups > 0) tmap_a = detail::make_u8_tensor_map(args.a.packed, w.k_normal / 2, p.m, kW4A4Group / 2, T::kBM);
+  if (p.chunks > 0) tmap_ao = detail::make_u8_tensor_map(args.a.outliers, w.n_outliers, p.m, p.outlier_row_bytes, T::kBM);
   const unsigned blocks = static_cast<unsigned>(p.m_tiles) * layout::ceil_div(p.n, BN);
   kernel<<<blocks, 384, T::kSmemBytes, stream>>>(tmap_a, tmap_ao, p);
   ATOM_CUDA_CHECK_LAUNCH();

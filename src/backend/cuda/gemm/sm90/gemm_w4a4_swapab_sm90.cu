@@ -1,0 +1,496 @@
+// gemm_w4a4o8_swapab_sm90: Atom's W4A4 + INT8-outlier GEMM at serving batch sizes (16 < M <= 512) on Hopper.
+//
+// At these sizes a 128-token wgmma tile wastes most of its rows and leaves few CTAs; so the operands are
+// swapped: out^T[channels, tokens] = W x A^T. The weights are wgmma's M = 64 operand, read from registers: each
+// consumer thread loads its fragment's packed words from shared memory and widens the nibbles to int8 x16 with
+// one or two logic ops per 4 codes (no shared-memory round trip for unpacked weights). The tokens are the
+// N = 16..128 operand: int8 codes that the quantizer wrote in the tensor-core order (gemm_w4a4.h,
+// W4A4ActivationsS8), loaded by TMA with the 128-byte swizzle the descriptor reads; no unpacking at all.
+//
+// Per 128-wide group: 4 wgmma k32 steps give 16 x the group's int32 dot product; t = fma(magic(D), sa/16,
+// -magic*sa/16) = D*sa rounded once, acc = fma(t, sw, acc); the INT8 outlier chunks (int32 sum over all chunks)
+// come last: the same operations in the same order as atom::quant::atom_linear_reference, so the output is
+// bit-identical to it. Two int32 accumulator sets alternate: while the tensor cores run group g into one,
+// the threads rescale group g - 1 from the other (each stage ends with wait_group 0, and no register written
+// in a stage is touched by other instructions during it, so ptxas keeps the wgmmas asynchronous).
+//
+// Block: one producer warpgroup (warp 0 issues the TMA/bulk copies and stages the activation scales) and
+// WGC x WGT consumer warpgroups of 64 output channels x BT/WGT tokens each; tile BT tokens x 64*WGC channels; kStages-deep ring with
+// two mbarriers per stage (full: copies landed and scales written; empty: consumers done). Epilogue: the
+// fp32 tile goes through shared memory so that the transposed output (and residual) moves in 16-byte rows.
+#include <cuda.h>
+
+#include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/gemm/gemm_out.cuh"
+#include "backend/cuda/gemm/gemm_ptx.cuh"
+#include "backend/cuda/gemm/gemm_w4a4.h"
+#include "backend/cuda/gemm/gemm_w4a4_layout.h"
+#include "backend/cuda/gemm/sm90/tensor_map.h"
+
+namespace atom::cuda {
+namespace {
+
+struct SwapAbParams {
+  const std::uint16_t* a_scales;          // fp16 group-major [groups][m]
+  const std::uint16_t* a_outlier_scales;  // fp16 [m]
+  const std::uint8_t* w_packed;
+  const std::int8_t* w_outliers;
+  const float* w_scales;
+  const float* w8_scales;  // kW8: fp32 [n] per-channel scales of the plain int8 weights
+  void* out;
+  const void* residual;
+  int m, n, groups, chunks, m_tiles;
+};
+
+// BT tokens x 64*WGC channels per CTA; consumer warpgroup w covers channels 64*(w % WGC).. and tokens
+// (BT/WGT)*(w / WGC).. (wgmma N = BT/WGT); the WGT token warpgroups of a channel slice share its weight stages.
+template <int BT, int WGC, int WGT>
+struct SwapAbTile {
+  static constexpr int kConsumers = WGC * WGT;
+  static constexpr int kTokensPerWg = BT / WGT;
+  static constexpr int kChannels = 64 * WGC;
+  static constexpr int kX = BT * 128;                    // int8 activation codes of one 128-wide block
+  static constexpr int kW = kChannels * 128;             // packed INT4 group (64 B/row) or INT8 outlier chunk
+  static constexpr int kWScale = kChannels * 4;          // fp32 weight scales of the block
+  static constexpr int kXScale = BT * 8;                 // (scale, bias) per token
+  static constexpr int kStage = kX + kW + kWScale + kXScale;
+  static constexpr int kStages = (200 * 1024) / kStage < 8 ? (200 * 1024) / kStage : 8;
+  static constexpr int kEpilogueLd = kChannels + 4;      // fp32 row stride of the epilogue tile (bank spread)
+  static constexpr int kSmemBytes = 1024 + kStages * kStage + 2 * kStages * 8;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static_assert(kTokensPerWg % 16 == 0 && kTokensPerWg <= 64, "wgmma N per warpgroup: 16, 32 or 64");
+  static_assert(kStages >= 3, "ring too shallow");
+  static_assert(BT * kEpilogueLd * 4 <= kStages * (kX + kW), "epilogue tile must fit in the ring");
+  static_assert(kX % 1024 == 0 && kW % 1024 == 0, "TMA 128-byte swizzle needs 1024-byte aligned boxes");
+};
+
+#ifdef ATOM_SM90A_DEVICE
+template <int N>
+__device__ __forceinline__ void wgmma_tokens_k32(int (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc,
+                                                 int accumulate) {
+  if constexpr (N == 128)
+    ptx::wgmma_m64n128k32_s8_rs(d, a, desc, accumulate);
+  else if constexpr (N == 64)
+    ptx::wgmma_m64n64k32_s8_rs(d, a, desc, accumulate);
+  else if constexpr (N == 32)
+    ptx::wgmma_m64n32k32_s8_rs(d, a, desc, accumulate);
+  else
+    ptx::wgmma_m64n16k32_s8_rs(d, a, desc, accumulate);
+}
+
+template <typename OutT>
+__device__ __forceinline__ uint4 pack8(const float (&y)[8]);
+template <>
+__device__ __forceinline__ uint4 pack8<__half>(const float (&y)[8]) {
+  uint4 v;
+  __half2 h[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(y[2 * i], y[2 * i + 1]);
+  memcpy(&v, h, 16);
+  return v;
+}
+template <>
+__device__ __forceinline__ uint4 pack8<__nv_bfloat16>(const float (&y)[8]) {
+  uint4 v;
+  __nv_bfloat162 h[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(y[2 * i], y[2 * i + 1]);
+  memcpy(&v, h, 16);
+  return v;
+}
+template <typename OutT>
+__device__ __forceinline__ void unpack8(uint4 v, float (&y)[8]) {
+  OutT h[8];
+  memcpy(h, &v, 16);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) y[i] = GemmOut<OutT>::load1(&h[i]);
+}
+#endif
+
+// kW8: W8A8 on the same pipeline: plain row-major int8 weights [n, k] (the cuBLASLt layout) read by TMA with
+// the same swizzle, plain int8 activations [m, k], every 128-wide block an "outlier chunk" in natural order.
+template <typename OutT, int BT, int WGC, int WGT, bool kW8>
+__global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
+    gemm_w4a4o8_swapab_sm90(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w8,
+                            const SwapAbParams p) {
+#ifdef ATOM_SM90A_DEVICE
+  using T = SwapAbTile<BT, WGC, WGT>;
+  constexpr int WGS = T::kConsumers;
+  constexpr int NT = T::kTokensPerWg;
+  constexpr int S = T::kStages;
+  constexpr int C = T::kChannels;
+  extern __shared__ std::uint8_t smem_raw[];
+  const std::uint32_t raw_addr = ptx::smem_u32(smem_raw);
+  std::uint8_t* smem = smem_raw + (((raw_addr + 1023u) & ~1023u) - raw_addr);
+  std::uint8_t* x_buf = smem;                  // [S][kX], 1024-aligned (TMA swizzle atoms)
+  std::uint8_t* w_buf = x_buf + S * T::kX;     // [S][kW]
+  float* w_scale = reinterpret_cast<float*>(w_buf + S * T::kW);   // [S][C]
+  float2* x_scale = reinterpret_cast<float2*>(w_scale + S * C);   // [S][BT]
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(x_scale + S * BT);
+  std::uint64_t* empty = full + S;
+
+  const int tid = threadIdx.x;
+  const int wg = tid / 128, ltid = tid % 128;
+  const int m_tile = blockIdx.x % p.m_tiles, n_tile = blockIdx.x / p.m_tiles;
+  const int m0 = m_tile * BT, n0 = n_tile * C;
+  const int G = p.groups, total = p.groups + p.chunks;
+  const int w_tile = n0 / kW4A4TileRows, w_row0 = n0 % kW4A4TileRows;  // prepacked tile, first row used
+
+  if (tid == 0) {
+    for (int s = 0; s < S; ++s) {
+      ptx::mbar_init(&full[s], 32);
+      ptx::mbar_init(&empty[s], 128 * WGS);
+    }
+    ptx::mbar_fence_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // ------------------------------------------------------------------ producer warpgroup
+    if constexpr (WGS > 1) ptx::setmaxnreg_dec<40>();
+    if (ltid < 32) {
+      const int lane = ltid;
+      for (int it = 0; it < total; ++it) {
+        const int s = it % S;
+        if (it >= S) ptx::mbar_wait(&empty[s], ((it / S) - 1) & 1);
+        const bool outlier = it >= G;
+        // Activation scales of the block, as the consumers use them: groups (sa/16, -magic*sa/16), since the
+        // int32 sums carry the weights' x16; outliers (sa, 0). Rows past m get 0.
+        for (int tok = lane; tok < BT; tok += 32) {
+          const int m = m0 + tok;
+          float2 v = make_float2(0.0f, 0.0f);
+          if (m < p.m) {
+            if (!outlier) {
+              const float sa = fp16_bits_to_float(p.a_scales[(std::size_t)it * p.m + m]) * (1.0f / 16.0f);
+              v = make_float2(sa, -ptx::kMagicF * sa);
+            } else {
+              v.x = fp16_bits_to_float(p.a_outlier_scales[m]);
+            }
+          }
+          x_scale[s * BT + tok] = v;
+        }
+        if (lane == 0) {
+          std::uint8_t* w_dst = w_buf + s * T::kW;
+          if constexpr (kW8) {
+            const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
+            ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
+            ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+            ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
+            ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
+            continue;
+          }
+          const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
+          ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
+          ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+          if (!outlier) {
+            // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
+            const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
+            if constexpr (C == kW4A4TileRows) {
+              ptx::bulk_copy_g2s(w_dst, src, C * 64, &full[s]);
+            } else {
+#pragma unroll
+              for (int j = 0; j < 4; ++j)
+                ptx::bulk_copy_g2s(w_dst + j * C * 16, src + (j * kW4A4TileRows + w_row0) * 16, C * 16, &full[s]);
+            }
+          } else {
+            const int c = it - G;
+            const std::int8_t* src =
+                p.w_outliers + (((std::size_t)w_tile * p.chunks + c) * kW4A4TileRows + w_row0) * kW4A4OutlierChunk;
+            ptx::bulk_copy_g2s(w_dst, src, C * 128, &full[s]);
+          }
+          const int entry = outlier ? G : it;
+          ptx::bulk_copy_g2s(w_scale + s * C,
+                             p.w_scales + ((std::size_t)w_tile * (G + 1) + entry) * kW4A4TileRows + w_row0,
+                             T::kWScale, &full[s]);
+        } else {
+          ptx::mbar_arrive(&full[s]);
+        }
+      }
+    }
+  } else {
+    // ------------------------------------------------------------------ consumer warpgroups
+    if constexpr (WGS > 1) ptx::setmaxnreg_inc<232>();
+    constexpr int NR = NT / 2;  // int32 / fp32 registers per thread for a 64 x NT tile
+    const int consumer = wg - 1;
+    const int tok0 = (consumer / WGC) * NT;  // this warpgroup's first token in the tile
+    const int warp = ltid / 32, lane = ltid % 32, q = lane % 4;
+    const int lr = (consumer % WGC) * 64 + warp * 16 + lane / 4;  // local channel rows lr and lr + 8
+    const int r7 = lr & 7;
+    // Weight-scale slots of the two rows (the prepacked tile permutes channels inside its entry).
+    const int sw_pos0 = kW8 ? lr : layout::scale_position_of_channel(w_row0 + lr) - w_row0;
+    const int sw_pos1 = kW8 ? lr + 8 : layout::scale_position_of_channel(w_row0 + lr + 8) - w_row0;
+    const int units = G + (p.chunks > 0 ? 1 : 0);  // each group, then all outlier chunks as one unit
+
+    float acc[NR];
+    int d0[NR], d1[NR];
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {
+      acc[i] = 0.0f;
+      d0[i] = d1[i] = 0;
+    }
+    std::uint32_t a_cur[4][4], a_next[4][4];
+
+    // Waits for stage `it` and loads this thread's weight fragments of it (rows lr, lr + 8; k-step j).
+    auto load_frags = [&](int it, std::uint32_t (&a)[4][4]) {
+      const int s = it % S;
+      ptx::mbar_wait(&full[s], (it / S) & 1);
+      const std::uint8_t* w = w_buf + s * T::kW;
+      if (it < G) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const std::uint32_t w0 = *reinterpret_cast<const std::uint32_t*>(w + (j * C + lr) * 16 + 4 * q);
+          const std::uint32_t w1 = *reinterpret_cast<const std::uint32_t*>(w + (j * C + lr + 8) * 16 + 4 * q);
+          a[j][0] = ptx::nibbles_lo_x16(w0);
+          a[j][1] = ptx::nibbles_lo_x16(w1);
+          a[j][2] = ptx::nibbles_hi_x16(w0);
+          a[j][3] = ptx::nibbles_hi_x16(w1);
+        }
+      } else {
+        // Outlier rows are stored with the 128-byte swizzle (16-byte unit u of row r at u ^ (r % 8)).
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int lo = ((2 * j) ^ r7) << 4, hi = ((2 * j + 1) ^ r7) << 4;
+          a[j][0] = *reinterpret_cast<const std::uint32_t*>(w + lr * 128 + lo + 4 * q);
+          a[j][1] = *reinterpret_cast<const std::uint32_t*>(w + (lr + 8) * 128 + lo + 4 * q);
+          a[j][2] = *reinterpret_cast<const std::uint32_t*>(w + lr * 128 + hi + 4 * q);
+          a[j][3] = *reinterpret_cast<const std::uint32_t*>(w + (lr + 8) * 128 + hi + 4 * q);
+        }
+      }
+    };
+    auto issue = [&](int it, const std::uint32_t (&a)[4][4], int (&d)[NR], int accumulate) {
+      ptx::wgmma_fence();
+      const std::uint64_t desc = ptx::smem_desc_k128_sw128(ptx::smem_u32(x_buf + (it % S) * T::kX + tok0 * 128));
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wgmma_tokens_k32<NT>(d, a[j], desc + 2 * j, (j > 0) ? 1 : accumulate);
+      ptx::wgmma_commit();
+    };
+    auto pin = [&](int (&d)[NR]) {
+#pragma unroll
+      for (int i = 0; i < NR; ++i) ptx::fence_operand(d[i]);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ptx::fence_operand(a_cur[j][i]);
+    };
+    // acc (+)= unit u's int32 sums, scaled; then releases the unit's last stage.
+    // D fragment: d[4i + 2v + e] is channel row lr + 8v, token 8i + 2q + e.
+    auto rescale = [&](int u, int (&d)[NR]) {
+      const bool outlier = u >= G;
+      const int it = outlier ? total - 1 : u;
+      const int s = it % S;
+      const float sw0 = w_scale[s * C + sw_pos0], sw1 = w_scale[s * C + sw_pos1];
+      const float2* xs = x_scale + s * BT + tok0;
+#pragma unroll
+      for (int i = 0; i < NT / 8; ++i) {
+        const float4 sc = *reinterpret_cast<const float4*>(xs + 8 * i + 2 * q);  // tokens 8i+2q, 8i+2q+1
+        const float sa[2] = {sc.x, sc.z}, bias[2] = {sc.y, sc.w};
+#pragma unroll
+        for (int v = 0; v < 2; ++v)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int idx = 4 * i + 2 * v + e;
+            const float t = outlier ? __fmul_rn(__int2float_rn(d[idx]), sa[e])
+                                    : __fmaf_rn(ptx::magic_i2f_biased(d[idx]), sa[e], bias[e]);
+            acc[idx] = __fmaf_rn(t, v ? sw1 : sw0, acc[idx]);
+          }
+      }
+      ptx::mbar_arrive(&empty[s]);
+    };
+    // One stage: issue unit u into d_cur, rescale unit u - 1 from d_prev meanwhile, fetch unit u + 1's
+    // fragments, then wait for the tensor cores.
+    auto step = [&](int u, int (&d_cur)[NR], int (&d_prev)[NR]) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) a_cur[j][i] = a_next[j][i];
+      if (u < G) {
+        issue(u, a_cur, d_cur, 0);
+      } else {
+        // Outlier chunks accumulate into one int32 sum; chunks after the first (n_outliers > 128) wait in turn.
+        issue(G, a_cur, d_cur, 0);
+        for (int c = 1; c < p.chunks; ++c) {
+          ptx::wgmma_wait<0>();
+          pin(d_cur);
+          ptx::mbar_arrive(&empty[(G + c - 1) % S]);
+          load_frags(G + c, a_cur);
+          issue(G + c, a_cur, d_cur, 1);
+        }
+      }
+      if (u > 0) rescale(u - 1, d_prev);
+      if (u + 1 < units) load_frags(u + 1, a_next);
+      ptx::wgmma_wait<0>();
+      pin(d_cur);
+    };
+
+    load_frags(0, a_next);
+#pragma unroll
+    for (int i = 0; i < NR; ++i) {  // materialize the accumulators before the first stage
+      ptx::fence_operand(d0[i]);
+      ptx::fence_operand(d1[i]);
+    }
+    for (int u = 0; u < units; u += 2) {
+      step(u, d0, d1);
+      if (u + 1 < units) step(u + 1, d1, d0);
+    }
+    if (units & 1)
+      rescale(units - 1, d0);
+    else
+      rescale(units - 1, d1);
+
+    // ------------------------------------------------------------------ epilogue
+    // Every stage has been consumed by every consumer once all consumers pass this barrier (no copy is in
+    // flight: the producer issues exactly `total` stages), so the ring holds the fp32 tile [BT][C].
+    ptx::named_barrier_sync(1, 128 * WGS);
+    float* tile = reinterpret_cast<float*>(smem);
+    constexpr int LD = T::kEpilogueLd;
+#pragma unroll
+    for (int i = 0; i < NT / 8; ++i)
+#pragma unroll
+      for (int v = 0; v < 2; ++v)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) tile[(tok0 + 8 * i + 2 * q + e) * LD + lr + 8 * v] = acc[4 * i + 2 * v + e];
+    ptx::named_barrier_sync(1, 128 * WGS);
+    const int rows = min(BT, p.m - m0), cols = min(C, p.n - n0);  // p.n is a multiple of 8
+    const int ctid = tid - 128;
+    for (int idx = ctid; idx < BT * (C / 8); idx += 128 * WGS) {
+      const int tok = idx / (C / 8), c8 = (idx % (C / 8)) * 8;
+      if (tok >= rows || c8 >= cols) continue;
+      const float4 lo = *reinterpret_cast<const float4*>(tile + tok * LD + c8);
+      const float4 hi = *reinterpret_cast<const float4*>(tile + tok * LD + c8 + 4);
+      float y[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      const std::size_t off = (std::size_t)(m0 + tok) * p.n + n0 + c8;
+      if (p.residual) {
+        float r[8];
+        unpack8<OutT>(*reinterpret_cast<const uint4*>(static_cast<const OutT*>(p.residual) + off), r);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[i] = __fadd_rn(y[i], r[i]);
+      }
+      *reinterpret_cast<uint4*>(static_cast<OutT*>(p.out) + off) = pack8<OutT>(y);
+    }
+  }
+#endif  // ATOM_SM90A_DEVICE
+}
+
+template <typename OutT, int BT, int WGC, int WGT, bool kW8>
+void launch_typed(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, cudaStream_t stream) {
+  using T = SwapAbTile<BT, WGC, WGT>;
+  const auto kernel = gemm_w4a4o8_swapab_sm90<OutT, BT, WGC, WGT, kW8>;
+  static bool configured = [&] {
+    ATOM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmemBytes));
+    return true;
+  }();
+  (void)configured;
+  const W4A4PackedWeights& w = args.w;
+  SwapAbParams p{};
+  p.a_scales = args.a.scales;
+  p.a_outlier_scales = args.a.outlier_scales;
+  p.w_packed = w.packed;
+  p.w_outliers = w.outliers;
+  p.w_scales = w.scales;
+  p.out = args.out;
+  p.residual = args.residual;
+  p.m = args.a.m;
+  p.n = w.n;
+  p.groups = w.k_normal / kW4A4Group;
+  p.chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
+  p.m_tiles = layout::ceil_div(p.m, BT);
+  CUtensorMap tmap_x{}, tmap_w8{};
+  if constexpr (kW8) {
+    p.m = w8->m;
+    p.n = w8->n;
+    p.groups = 0;
+    p.chunks = layout::ceil_div(w8->k, 128);
+    p.m_tiles = layout::ceil_div(p.m, BT);
+    p.a_outlier_scales = w8->x_scales;
+    p.w8_scales = w8->w_scales;
+    p.out = w8->out;
+    p.residual = w8->residual;
+    tmap_x = detail::make_u8_tensor_map(w8->x, w8->k, w8->m, 128, BT, /*swizzle_128b=*/true);
+    tmap_w8 = detail::make_u8_tensor_map(w8->w, w8->k, w8->n, 128, T::kChannels, /*swizzle_128b=*/true);
+  } else {
+    tmap_x = detail::make_u8_tensor_map(args.a.codes, w4a4_s8_row_bytes(w.k_normal, w.n_outliers), p.m, 128, BT,
+                                        /*swizzle_128b=*/true);
+  }
+  const unsigned blocks = static_cast<unsigned>(p.m_tiles) * layout::ceil_div(p.n, T::kChannels);
+  kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, tmap_w8, p);
+  ATOM_CUDA_CHECK_LAUNCH();
+}
+
+template <typename OutT, bool kW8>
+void launch_tile(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, W4A4SwapAbTile tile, cudaStream_t stream) {
+  switch (tile) {
+    case W4A4SwapAbTile::kT16C64: launch_typed<OutT, 16, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT32C64: launch_typed<OutT, 32, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT32C128: launch_typed<OutT, 32, 2, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT64C64: launch_typed<OutT, 64, 1, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT64C128: launch_typed<OutT, 64, 2, 1, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT128C64: launch_typed<OutT, 128, 1, 2, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kAuto: break;
+  }
+  throw_cuda_error(cudaErrorInvalidValue, "launch_w4a4_swapab_sm90: tile kAuto must be resolved", __FILE__, __LINE__);
+}
+
+// ---- canonical activations -> int8 rows in the tensor-core order (one thread per token and 128-wide block).
+__global__ void convert_activations_s8_kernel(const W4A4Activations src, int k_normal, int n_outliers,
+                                              const W4A4ActivationsS8 dst) {
+  const int groups = k_normal / kW4A4Group, chunks = layout::ceil_div(n_outliers, kW4A4OutlierChunk);
+  const int blocks = groups + chunks;
+  const long item = (long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (item >= (long)src.m * blocks) return;
+  const int m = static_cast<int>(item / blocks), blk = static_cast<int>(item % blocks);
+  const int row_bytes = k_normal + chunks * kW4A4OutlierChunk;
+  std::int8_t* out = dst.codes + (std::size_t)m * row_bytes + (std::size_t)blk * 128;
+  alignas(16) std::int8_t v[128];
+  if (blk < groups) {
+    const std::uint8_t* in = src.packed + (std::size_t)m * (k_normal / 2) + (std::size_t)blk * 64;
+#pragma unroll 8
+    for (int e = 0; e < 128; ++e) {
+      const int byte = in[e >> 1];
+      const int nib = (e & 1) ? (byte >> 4) : (byte & 15);
+      v[layout::s8_group_position(e)] = static_cast<std::int8_t>(nib >= 8 ? nib - 16 : nib);
+    }
+    dst.scales[(std::size_t)blk * src.m + m] = src.scales[(std::size_t)m * groups + blk];
+  } else {
+    const int c = blk - groups;
+#pragma unroll 8
+    for (int e = 0; e < 128; ++e) {
+      const int ch = c * kW4A4OutlierChunk + e;
+      v[layout::s8_outlier_position(e)] = ch < n_outliers ? src.outliers[(std::size_t)m * n_outliers + ch] : 0;
+    }
+    if (c == 0) dst.outlier_scales[m] = src.outlier_scales[m];
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(v)[i];
+}
+
+}  // namespace
+
+namespace detail {
+
+void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+  if (args.out_type == GemmOutType::kBF16)
+    launch_tile<__nv_bfloat16, false>(args, nullptr, tile, stream);
+  else
+    launch_tile<__half, false>(args, nullptr, tile, stream);
+}
+
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+  const GemmW4A4S8Args unused{};
+  if (args.out_type == GemmOutType::kBF16)
+    launch_tile<__nv_bfloat16, true>(unused, &args, tile, stream);
+  else
+    launch_tile<__half, true>(unused, &args, tile, stream);
+}
+
+void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
+                                        const W4A4ActivationsS8& dst, cudaStream_t stream) {
+  const long items = (long)src.m * (k_normal / kW4A4Group + layout::ceil_div(n_outliers, kW4A4OutlierChunk));
+  if (items == 0) return;
+  const int threads = 128;
+  convert_activations_s8_kernel<<<static_cast<unsigned>((items + threads - 1) / threads), threads, 0, stream>>>(
+      src, k_normal, n_outliers, dst);
+  ATOM_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace detail
+}  // namespace atom::cuda
