@@ -310,6 +310,7 @@ TEST(CpuModelRunner, PrefixCachingUnderPreemptionMatchesTheModelAlone) {
   const PrefixRun on = run_shared_prefix(KvCacheDType::f32, true, false, tight, 10);
   EXPECT_GT(on.stats.preemptions, 0);
   EXPECT_GT(on.stats.prefix_cache_hit_tokens, 0);
+  EXPECT_GT(on.stats.prefix_cache_evictions, 0);
   const CpuServingModel& m = smollm2();
   const std::string system =
       "You are a helpful assistant. Answer briefly and truthfully, and say so when you do not know.\n";
