@@ -14,6 +14,10 @@ BlockManager::BlockManager(int num_blocks, int block_size, bool prefix_caching)
   // Block 0 on top of the stack, so a fresh pool hands out 0, 1, 2, ...
   for (int i = 0; i < num_blocks; ++i) free_[i] = num_blocks - 1 - i;
   refs_.assign(num_blocks, 0);
+  if (prefix_caching_) {
+    entries_.resize(num_blocks);
+    by_hash_.reserve(num_blocks);
+  }
 }
 
 int BlockManager::blocks_missing(int table_size, std::int64_t tokens) const {
@@ -21,11 +25,12 @@ int BlockManager::blocks_missing(int table_size, std::int64_t tokens) const {
 }
 
 void BlockManager::evict(std::int32_t block) {
-  const auto it = cached_.find(block);
-  ATOM_CHECK(it != cached_.end());
-  evictable_.erase(it->second.lru);
-  by_hash_.erase(it->second.hash);
-  cached_.erase(it);
+  CacheEntry& entry = entries_[block];
+  ATOM_CHECK(entry.cached);
+  evictable_.erase(entry.lru);
+  by_hash_.erase(entry.hash);
+  entry.cached = false;
+  --num_cached_;
   ++evictions_;
 }
 
@@ -57,8 +62,8 @@ void BlockManager::release(std::vector<std::int32_t>& table) {
     const std::int32_t block = *b;
     ATOM_CHECK(block >= 0 && block < num_blocks_ && refs_[block] > 0);
     if (--refs_[block] > 0) continue;
-    if (const auto it = cached_.find(block); it != cached_.end()) {
-      it->second.lru = evictable_.insert(evictable_.end(), block);
+    if (prefix_caching_ && entries_[block].cached) {
+      entries_[block].lru = evictable_.insert(evictable_.end(), block);
     } else {
       free_.push_back(block);
     }
@@ -74,7 +79,8 @@ int BlockManager::match(std::span<const BlockHash> hashes, std::span<const std::
     const auto found = by_hash_.find(hashes[i]);
     if (found == by_hash_.end()) break;
     const std::int32_t block = found->second;
-    CacheEntry& entry = cached_.at(block);
+    CacheEntry& entry = entries_[block];
+    ATOM_CHECK(entry.cached);
     const BlockHash parent = i == 0 ? kRootBlockHash : hashes[i - 1];
     const auto block_tokens = tokens.subspan(i * static_cast<std::size_t>(block_size_), block_size_);
     if (entry.parent != parent ||
@@ -91,14 +97,14 @@ void BlockManager::offer(std::int32_t block, BlockHash hash, std::span<const std
                          BlockHash parent) {
   if (!prefix_caching_) return;
   ATOM_CHECK(block >= 0 && block < num_blocks_ && refs_[block] > 0);
-  if (by_hash_.count(hash) || cached_.count(block)) return;
-  CacheEntry entry;
+  CacheEntry& entry = entries_[block];
+  if (entry.cached || !by_hash_.emplace(hash, block).second) return;
+  entry.cached = true;
   entry.hash = hash;
   entry.parent = parent;
   const auto block_tokens = tokens.subspan(static_cast<std::size_t>(index) * block_size_, block_size_);
   entry.tokens.assign(block_tokens.begin(), block_tokens.end());
-  cached_.emplace(block, std::move(entry));
-  by_hash_.emplace(hash, block);
+  ++num_cached_;
 }
 
 void BlockManager::clear_cache() {

@@ -32,7 +32,7 @@ class BlockManager {
   // Blocks held by at least one sequence.
   int num_used() const { return num_blocks_ - num_free(); }
   // Blocks in the prefix cache (held by sequences or not), and those of them no sequence holds.
-  int num_cached() const { return static_cast<int>(cached_.size()); }
+  int num_cached() const { return num_cached_; }
   int num_evictable() const { return static_cast<int>(evictable_.size()); }
   std::int64_t evictions() const { return evictions_; }
 
@@ -65,6 +65,7 @@ class BlockManager {
 
  private:
   struct CacheEntry {
+    bool cached = false;
     BlockHash hash = 0;
     BlockHash parent = 0;
     std::vector<std::int32_t> tokens;       // the block's token ids: a hash collision cannot mix up prefixes
@@ -79,7 +80,8 @@ class BlockManager {
   std::vector<std::int32_t> free_;     // stack: the most recently freed block is reused first
   std::vector<std::int32_t> refs_;     // sequences holding each block (guards against double frees)
   std::list<std::int32_t> evictable_;  // cached, held by none; front: least recently used
-  std::unordered_map<std::int32_t, CacheEntry> cached_;  // block -> its cache entry
+  std::vector<CacheEntry> entries_;  // per block (prefix caching only); storage reused as blocks come and go
+  int num_cached_ = 0;
   std::unordered_map<BlockHash, std::int32_t> by_hash_;  // hash -> block
   std::int64_t evictions_ = 0;
 };
