@@ -30,7 +30,8 @@ struct EngineConfig {
   int num_kv_blocks = 0;   // 0: as many as kv_cache_bytes holds
   std::size_t kv_cache_bytes = std::size_t{1} << 30;
   // Automatic prefix caching (engine/block_manager.h): KV blocks of prompt prefixes that earlier requests
-  // computed are reused. On by default, as in vLLM: the cached K/V are those the request would compute.
+  // computed are reused. On by default, as in vLLM: the cached K/V are those the request would compute
+  // (up to the last-bit differences that different chunk shapes already give, as batching does).
   bool enable_prefix_caching = true;
 };
 
