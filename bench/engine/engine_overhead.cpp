@@ -1,7 +1,7 @@
 // Host time of the serving engine per step, without a model: a runner that does no work (greedy tokens from a
 // counter) under the same engine, scheduler, block manager and per-token bookkeeping as `atom bench serve`.
 // What it prints is the part of a GPU decode step's latency (TPOT minus the GPU time) that the engine adds.
-//   engine_overhead [--batch 256] [--prompt 128] [--output 128]
+//   engine_overhead [--batch 256] [--prompt 128] [--output 128] [--prefix-caching 1|0]
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   config.limits.max_batch = batch;
   config.limits.max_batched_tokens = 2048;
   config.num_kv_blocks = batch * ((prompt + output + 15) / 16);
+  config.enable_prefix_caching = arg(argc, argv, "--prefix-caching", 1) != 0;
   atom::Engine engine(std::make_unique<NullRunner>(), std::make_shared<atom::TokenIdCodec>(32000, "null"),
                       config);
   for (int r = 0; r < batch; ++r) {

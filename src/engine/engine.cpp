@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "common/error.h"
 #include "engine/stop_strings.h"
@@ -72,11 +73,20 @@ struct Engine::Instruments {
         generation_tokens(r.counter("atom_generation_tokens_total", "Tokens generated")),
         preemptions(r.counter("atom_num_preemptions_total", "Sequences preempted (recomputed later)")),
         steps(r.counter("atom_engine_steps_total", "Engine iterations run")),
+        prefix_queries(r.counter("atom_prefix_cache_queries_total",
+                                 "Tokens of admitted requests looked up in the prefix cache")),
+        prefix_hits(r.counter("atom_prefix_cache_hits_total",
+                              "Tokens found in the prefix cache (K/V reused, not computed)")),
+        prefix_misses(r.counter("atom_prefix_cache_misses_total",
+                                "Tokens looked up in the prefix cache and not found")),
+        prefix_evictions(
+            r.counter("atom_prefix_cache_evictions_total", "Cached KV blocks evicted to make room")),
         running(r.gauge("atom_num_requests_running", "Requests in the running batch")),
         waiting(r.gauge("atom_num_requests_waiting", "Requests waiting to be scheduled")),
         blocks_used(r.gauge("atom_kv_cache_blocks_used", "KV cache blocks in use")),
         blocks_total(r.gauge("atom_kv_cache_blocks_total", "KV cache blocks in the pool")),
         usage(r.gauge("atom_kv_cache_usage_ratio", "Fraction of KV cache blocks in use")),
+        blocks_cached(r.gauge("atom_kv_cache_blocks_cached", "KV cache blocks in the prefix cache")),
         ttft(r.histogram("atom_time_to_first_token_seconds", "Time from arrival to the first generated token",
                          latency_buckets_seconds())),
         tpot(r.histogram("atom_time_per_output_token_seconds", "Time between consecutive generated tokens",
@@ -90,7 +100,8 @@ struct Engine::Instruments {
     }
   }
   Counter &prompt_tokens, &generation_tokens, &preemptions, &steps;
-  Gauge &running, &waiting, &blocks_used, &blocks_total, &usage;
+  Counter &prefix_queries, &prefix_hits, &prefix_misses, &prefix_evictions;
+  Gauge &running, &waiting, &blocks_used, &blocks_total, &usage, &blocks_cached;
   Histogram &ttft, &tpot, &e2e;
   Counter* finished[5] = {};
   std::unique_ptr<MetricsRegistry> own_registry;  // when the caller gave none
@@ -128,13 +139,13 @@ EngineConfig resolved(EngineConfig config, const ModelRunner& runner) {
 
 }  // namespace
 
-Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const TextCodec> codec, EngineConfig config,
-               MetricsRegistry* metrics)
+Engine::Engine(std::unique_ptr<ModelRunner> runner, std::shared_ptr<const TextCodec> codec,
+               EngineConfig config, MetricsRegistry* metrics)
     : runner_(std::move(runner)),
       codec_(std::move(codec)),
       config_(resolved(config, *runner_)),
       eos_ids_(codec_->eos_token_ids()),
-      blocks_(config_.num_kv_blocks, config_.block_size),
+      blocks_(config_.num_kv_blocks, config_.block_size, config_.enable_prefix_caching),
       scheduler_(config_.limits, blocks_),
       seed_source_(std::random_device{}()) {
   std::unique_ptr<MetricsRegistry> own;
@@ -202,14 +213,25 @@ void Engine::cancel(std::int64_t request_id) {
   wake_.notify_all();
 }
 
+void Engine::reset_prefix_cache() {
+  {
+    std::lock_guard lock(mutex_);
+    reset_prefix_cache_ = true;
+  }
+  wake_.notify_all();
+}
+
 void Engine::absorb_inbox() {
   std::deque<std::unique_ptr<Request>> incoming;
   std::vector<std::int64_t> cancels;
+  bool reset_cache = false;
   {
     std::lock_guard lock(mutex_);
     incoming.swap(inbox_);
     cancels.swap(cancels_);
+    reset_cache = std::exchange(reset_prefix_cache_, false);
   }
+  if (reset_cache) blocks_.clear_cache();
   for (auto& request : incoming) {
     SamplingParams sampling;
     sampling.temperature = request->params.temperature;
@@ -367,6 +389,14 @@ bool Engine::step() {
     return true;
   }
   Scheduler::mark_computed(plan);
+  scheduler_.cache_computed_blocks(plan);
+  if (plan.prefix_queried_tokens > 0) {
+    prefix_queried_ += plan.prefix_queried_tokens;
+    prefix_hits_ += plan.prefix_hit_tokens;
+    instruments_->prefix_queries.inc(static_cast<double>(plan.prefix_queried_tokens));
+    instruments_->prefix_hits.inc(static_cast<double>(plan.prefix_hit_tokens));
+    instruments_->prefix_misses.inc(static_cast<double>(plan.prefix_queried_tokens - plan.prefix_hit_tokens));
+  }
   const Clock::time_point now = Clock::now();
   for (std::size_t i = 0; i < sampled.size(); ++i) {
     Request& request = *sampled[i];
@@ -389,6 +419,11 @@ void Engine::update_gauges() {
   instruments_->blocks_used.set(blocks_.num_used());
   instruments_->blocks_total.set(blocks_.num_blocks());
   instruments_->usage.set(static_cast<double>(blocks_.num_used()) / blocks_.num_blocks());
+  instruments_->blocks_cached.set(blocks_.num_cached());
+  if (blocks_.evictions() > evictions_reported_) {
+    instruments_->prefix_evictions.inc(static_cast<double>(blocks_.evictions() - evictions_reported_));
+    evictions_reported_ = blocks_.evictions();
+  }
   std::lock_guard lock(mutex_);
   stats_.running = scheduler_.num_running();
   stats_.waiting = scheduler_.num_waiting() + static_cast<int>(inbox_.size());
@@ -398,6 +433,10 @@ void Engine::update_gauges() {
   stats_.preemptions = preemptions_;
   stats_.scheduled_sequences = scheduled_sequences_;
   stats_.scheduled_tokens = scheduled_tokens_;
+  stats_.prefix_cache_queried_tokens = prefix_queried_;
+  stats_.prefix_cache_hit_tokens = prefix_hits_;
+  stats_.kv_blocks_cached = blocks_.num_cached();
+  stats_.prefix_cache_evictions = blocks_.evictions();
 }
 
 EngineStats Engine::stats() const {
@@ -428,7 +467,10 @@ void Engine::run_loop() {
   for (;;) {
     {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stop_requested_ || !inbox_.empty() || !cancels_.empty() || !scheduler_.idle(); });
+      wake_.wait(lock, [&] {
+        return stop_requested_ || !inbox_.empty() || !cancels_.empty() || reset_prefix_cache_ ||
+               !scheduler_.idle();
+      });
       if (stop_requested_) break;
     }
     step();

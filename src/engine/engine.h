@@ -29,6 +29,10 @@ struct EngineConfig {
   int block_size = 16;     // tokens per KV block
   int num_kv_blocks = 0;   // 0: as many as kv_cache_bytes holds
   std::size_t kv_cache_bytes = std::size_t{1} << 30;
+  // Automatic prefix caching (engine/block_manager.h): KV blocks of prompt prefixes that earlier requests
+  // computed are reused. On by default, as in vLLM: the cached K/V are those the request would compute
+  // (up to the last-bit differences that different chunk shapes already give, as batching does).
+  bool enable_prefix_caching = true;
 };
 
 // The client's end of one request: the engine pushes increments, the client takes them.
@@ -65,6 +69,12 @@ struct EngineStats {
   std::int64_t preemptions = 0;
   std::int64_t scheduled_sequences = 0;  // summed over steps: / steps = mean batch size
   std::int64_t scheduled_tokens = 0;     // summed over steps (prefill chunks and decode tokens)
+  // Prefix caching: tokens of admitted sequences looked up in the cache, and found there (their K/V
+  // reused, not computed); blocks in the cache, and cached blocks evicted for room.
+  std::int64_t prefix_cache_queried_tokens = 0;
+  std::int64_t prefix_cache_hit_tokens = 0;
+  int kv_blocks_cached = 0;
+  std::int64_t prefix_cache_evictions = 0;
 };
 
 // Timing of one finished request, for benchmarks (seconds since its submission).
@@ -96,6 +106,10 @@ class Engine {
 
   // Synchronous driving: one iteration. Returns false when there was nothing to do.
   bool step();
+
+  // Empties the prefix cache of blocks no request holds (at the next iteration boundary; with synchronous
+  // driving, at the next step()), e.g. after the weights changed or to measure without it.
+  void reset_prefix_cache();
 
   // Background driving: an engine thread runs iterations until shutdown().
   void start();
@@ -135,6 +149,7 @@ class Engine {
   std::vector<float> logits_;
   std::vector<std::int32_t> greedy_tokens_;
   std::int64_t steps_ = 0, preemptions_ = 0, scheduled_sequences_ = 0, scheduled_tokens_ = 0;
+  std::int64_t prefix_queried_ = 0, prefix_hits_ = 0, evictions_reported_ = 0;
 
   // Shared with submitting threads.
   mutable std::mutex mutex_;
@@ -143,6 +158,7 @@ class Engine {
   std::vector<std::int64_t> cancels_;
   std::int64_t next_id_ = 1;
   bool stop_requested_ = false;
+  bool reset_prefix_cache_ = false;
   EngineStats stats_;
   bool record_timings_ = false;
   std::vector<RequestTiming> timings_;

@@ -47,6 +47,7 @@ void Scheduler::preempt(Sequence* victim, ScheduleResult& result, int& budget) {
   running_.erase(std::find(running_.begin(), running_.end(), victim));
   blocks_.release(victim->block_table);
   victim->num_computed = 0;
+  victim->num_cached_blocks = 0;
   ++victim->num_preemptions;
   insert_by_id(waiting_, victim);
   result.preempted.push_back(victim);
@@ -85,8 +86,18 @@ ScheduleResult Scheduler::schedule() {
   if (result.preempted.empty()) {
     while (!waiting_.empty() && budget > 0 && static_cast<int>(running_.size()) < limits_.max_batch) {
       Sequence* sequence = waiting_.front();
+      const int hit = match_prefix(sequence);
       const int n = std::min(sequence->uncomputed(), budget);
-      if (!blocks_.grow(sequence->block_table, sequence->num_computed + n)) break;
+      if (!blocks_.grow(sequence->block_table, sequence->num_computed + n)) {
+        blocks_.release(sequence->block_table);  // gives back the cached blocks it took
+        sequence->num_computed = 0;
+        sequence->num_cached_blocks = 0;
+        break;
+      }
+      if (blocks_.prefix_caching()) {
+        result.prefix_queried_tokens += static_cast<std::int64_t>(sequence->tokens.size());
+        result.prefix_hit_tokens += hit;
+      }
       waiting_.pop_front();
       insert_by_id(running_, sequence);
       result.chunks.push_back({sequence, n, sequence->num_computed + n == static_cast<int>(sequence->tokens.size())});
@@ -99,6 +110,38 @@ ScheduleResult Scheduler::schedule() {
 
 void Scheduler::mark_computed(const ScheduleResult& result) {
   for (const ScheduledChunk& chunk : result.chunks) chunk.sequence->num_computed += chunk.num_tokens;
+}
+
+int Scheduler::match_prefix(Sequence* sequence) {
+  if (!blocks_.prefix_caching()) return 0;
+  ATOM_CHECK(sequence->num_computed == 0 && sequence->block_table.empty());
+  // Leave at least the last token to compute: a prompt of whole cached blocks recomputes its last block.
+  const int bs = blocks_.block_size();
+  const int max_blocks = (static_cast<int>(sequence->tokens.size()) - 1) / bs;
+  extend_block_hashes(sequence->block_hashes, sequence->tokens, bs, max_blocks);
+  const int hit = blocks_.match(std::span<const BlockHash>(sequence->block_hashes).first(max_blocks),
+                                sequence->tokens, sequence->block_table);
+  sequence->num_cached_blocks = hit;
+  sequence->num_computed = hit * bs;
+  return hit * bs;
+}
+
+void Scheduler::cache_computed_blocks(const ScheduleResult& result) {
+  if (!blocks_.prefix_caching()) return;
+  const int bs = blocks_.block_size();
+  for (const ScheduledChunk& chunk : result.chunks) {
+    Sequence& sequence = *chunk.sequence;
+    const int full = sequence.num_computed / bs;
+    if (full <= sequence.num_cached_blocks) continue;
+    extend_block_hashes(sequence.block_hashes, sequence.tokens, bs, full);
+    for (int i = sequence.num_cached_blocks; i < full; ++i) {
+      const BlockHash parent =
+          i == 0 ? kRootBlockHash : sequence.block_hashes[static_cast<std::size_t>(i) - 1];
+      blocks_.offer(sequence.block_table[static_cast<std::size_t>(i)],
+                    sequence.block_hashes[static_cast<std::size_t>(i)], sequence.tokens, i, parent);
+    }
+    sequence.num_cached_blocks = full;
+  }
 }
 
 }  // namespace atom

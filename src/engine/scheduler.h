@@ -4,6 +4,9 @@
 // (in chunks), then waiting sequences are admitted while blocks and the token budget last. When the KV
 // pool runs dry, the sequence that arrived last is preempted: its blocks are freed and it goes back to
 // waiting, to be recomputed (prompt and generated tokens prefilled again) when it is admitted again.
+// With prefix caching on (BlockManager), a sequence being admitted first takes the cached blocks of its
+// leading full blocks and prefills only the rest; at least its last token is always computed, so that there
+// are logits to sample from (and the block it is written to is the sequence's own).
 #include <cstdint>
 #include <deque>
 #include <vector>
@@ -19,6 +22,8 @@ struct Sequence {
   int num_computed = 0;              // leading tokens whose K/V are in the cache
   std::vector<std::int32_t> block_table;
   int num_preemptions = 0;
+  std::vector<BlockHash> block_hashes;  // chain hashes of the leading full blocks (prefix caching)
+  int num_cached_blocks = 0;            // leading blocks of block_table that are in the prefix cache
 
   int generated() const { return static_cast<int>(tokens.size()) - prompt_length; }
   int uncomputed() const { return static_cast<int>(tokens.size()) - num_computed; }
@@ -39,6 +44,9 @@ struct ScheduleResult {
   std::vector<ScheduledChunk> chunks;  // decodes first, then prefill chunks
   std::vector<Sequence*> preempted;    // sent back to waiting during this step
   int num_tokens = 0;
+  // Prefix caching, over the sequences admitted in this step: tokens looked up, and found in the cache.
+  std::int64_t prefix_queried_tokens = 0;
+  std::int64_t prefix_hit_tokens = 0;
 };
 
 class Scheduler {
@@ -51,6 +59,9 @@ class Scheduler {
   ScheduleResult schedule();
   // The step ran: every chunk's tokens are now in the cache.
   static void mark_computed(const ScheduleResult& result);
+  // After mark_computed(): offers the newly computed full blocks of the step's sequences to the prefix
+  // cache (no-op when prefix caching is off).
+  void cache_computed_blocks(const ScheduleResult& result);
 
   int num_running() const { return static_cast<int>(running_.size()); }
   int num_waiting() const { return static_cast<int>(waiting_.size()); }
@@ -59,6 +70,8 @@ class Scheduler {
 
  private:
   void preempt(Sequence* victim, ScheduleResult& result, int& budget);
+  // Takes the cached blocks of the sequence's leading full blocks; returns the tokens they hold.
+  int match_prefix(Sequence* sequence);
 
   SchedulerLimits limits_;
   BlockManager& blocks_;

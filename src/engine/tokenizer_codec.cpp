@@ -30,8 +30,13 @@ std::vector<std::int32_t> TokenizerCodec::encode(const std::string& text, bool a
 }
 
 std::string TokenizerCodec::apply_chat_template(const std::vector<ChatMessage>& messages) const {
+  return chat_prompt(messages, /*add_generation_prompt=*/true);
+}
+
+std::string TokenizerCodec::chat_prompt(const std::vector<ChatMessage>& messages,
+                                        bool add_generation_prompt) const {
   if (!chat_template_) fail("this model has no usable chat template: {}", chat_template_error_);
-  return chat_template_->apply(messages, /*add_generation_prompt=*/true);
+  return chat_template_->apply(messages, add_generation_prompt);
 }
 
 std::unique_ptr<IncrementalDecoder> TokenizerCodec::new_decoder() const {

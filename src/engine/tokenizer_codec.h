@@ -17,6 +17,11 @@ class TokenizerCodec final : public TextCodec {
   std::vector<std::int32_t> encode(const std::string& text, bool add_special) const override;
   // Throws atom::Error when the checkpoint's chat template is of no supported kind.
   std::string apply_chat_template(const std::vector<ChatMessage>& messages) const override;
+  std::string chat_prompt(const std::vector<ChatMessage>& messages,
+                          bool add_generation_prompt) const override;
+  std::string decode(std::span<const std::int32_t> ids, bool skip_special_tokens) const override {
+    return tokenizer_.decode(ids, skip_special_tokens);
+  }
   std::unique_ptr<IncrementalDecoder> new_decoder() const override;
   std::vector<std::int32_t> eos_token_ids() const override { return tokenizer_.eos_ids(); }
   int vocab_size() const override { return tokenizer_.vocab_size(); }

@@ -60,7 +60,22 @@ std::vector<WorkloadRequest> synthetic_workload(const SyntheticWorkload& spec, i
             : lognormal_length(rng, spec.output_mean, spec.output_log_sigma, spec.min_length, spec.max_output_length);
     requests.push_back({random_tokens(rng, prompt_length, first_token, vocab_size), output_length});
   }
+  if (spec.shared_prefix_length < 0) {
+    fail("workload: shared prefix length must be >= 0, got {}", spec.shared_prefix_length);
+  }
+  add_shared_prefix(requests, spec.shared_prefix_length, vocab_size, spec.seed, first_token);
   return requests;
+}
+
+void add_shared_prefix(std::vector<WorkloadRequest>& requests, int length, int vocab_size, std::uint64_t seed,
+                       int first_token) {
+  if (length <= 0) return;
+  if (first_token < 0 || first_token >= vocab_size) {
+    fail("workload: token ids from {} do not fit a vocabulary of {}", first_token, vocab_size);
+  }
+  std::mt19937_64 rng(seed ^ 0x5eedc0ffee15badull);  // not the prompts' stream
+  const std::vector<std::int32_t> prefix = random_tokens(rng, length, first_token, vocab_size);
+  for (WorkloadRequest& r : requests) r.prompt.insert(r.prompt.begin(), prefix.begin(), prefix.end());
 }
 
 std::vector<WorkloadRequest> load_trace_workload(const std::string& path, const TextCodec& codec, int vocab_size,

@@ -30,6 +30,9 @@ struct SyntheticWorkload {
   int max_output_length = 1024;
   int fixed_prompt_length = 0;  // > 0: every prompt this long (no distribution)
   int fixed_output_length = 0;  // > 0: every output this long
+  // > 0: every prompt starts with the same this many random tokens (a shared system prompt), followed by
+  // its own prompt drawn as above.
+  int shared_prefix_length = 0;
 };
 
 // Token ids are drawn from [first_token, vocab_size).
@@ -39,6 +42,11 @@ std::vector<WorkloadRequest> synthetic_workload(const SyntheticWorkload& spec, i
 // {"prompt_length": N} (random ids from `seed`), and {"output_length": M} (default: `default_output`).
 // Lengths are clamped to max_prompt_length / max_output_length when those are > 0. Throws atom::Error naming
 // the file and line at fault.
+// Puts the same `length` random token ids (from `seed`, in [first_token, vocab_size)) in front of every
+// request's prompt: a shared system prompt, for prefix caching.
+void add_shared_prefix(std::vector<WorkloadRequest>& requests, int length, int vocab_size, std::uint64_t seed,
+                       int first_token = 0);
+
 std::vector<WorkloadRequest> load_trace_workload(const std::string& path, const TextCodec& codec, int vocab_size,
                                                  int default_output, std::uint64_t seed, int max_prompt_length = 0,
                                                  int max_output_length = 0);

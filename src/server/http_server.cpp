@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "server/openai_protocol.h"
+#include "server/tokenize_api.h"
 
 namespace atom {
 
@@ -89,8 +90,9 @@ struct OpenAIServer::Impl {
 
   void count_request(const httplib::Request& req, const httplib::Response& res) {
     std::string endpoint = req.path;
-    static const std::vector<std::string> known = {"/v1/completions", "/v1/chat/completions", "/v1/models",
-                                                   "/health", "/metrics"};
+    static const std::vector<std::string> known = {
+        "/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics",
+        "/tokenize",       "/detokenize"};
     if (std::find(known.begin(), known.end(), endpoint) == known.end()) endpoint = "other";
     metrics.counter("atom_http_requests_total", "HTTP requests answered, by endpoint and status",
                     {{"endpoint", endpoint}, {"status", std::to_string(res.status)}})
@@ -103,6 +105,19 @@ struct OpenAIServer::Impl {
   void install_routes();
   void handle_generate(ApiEndpoint endpoint, const httplib::Request& req, httplib::Response& res);
   std::vector<std::int32_t> prompt_tokens(const ApiRequest& request, const Engine& engine) const;
+  // POST /tokenize and /detokenize (server/tokenize_api.h).
+  void handle_tokenizer(const httplib::Request& req, httplib::Response& res, bool detokenize) {
+    try {
+      Engine* e = engine.load();
+      if (!e) throw ApiError(503, "the model is still loading: see /health", "service_unavailable");
+      const KnownModel known = [this](const std::string& name) { return known_model(name); };
+      send_json(res, 200,
+                detokenize ? answer_detokenize(req.body, e->codec(), known)
+                           : answer_tokenize(req.body, e->codec(), e->max_context(), known));
+    } catch (const ApiError& error) {
+      send_error(res, error);
+    }
+  }
 };
 
 void OpenAIServer::Impl::install_routes() {
@@ -116,7 +131,9 @@ void OpenAIServer::Impl::install_routes() {
   });
 
   http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    if (options.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    const bool guarded =
+        req.path.rfind("/v1/", 0) == 0 || req.path == "/tokenize" || req.path == "/detokenize";
+    if (options.api_key.empty() || !guarded) return httplib::Server::HandlerResponse::Unhandled;
     const std::string expected = "Bearer " + options.api_key;
     if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
     send_error(res, ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
@@ -180,7 +197,13 @@ void OpenAIServer::Impl::install_routes() {
   http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
     handle_generate(ApiEndpoint::chat_completions, req, res);
   });
-  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+  http.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_tokenizer(req, res, /*detokenize=*/false);
+  });
+  http.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    handle_tokenizer(req, res, /*detokenize=*/true);
+  });
+  for (const char* path : {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}) {
     http.Get(path, [](const httplib::Request& req, httplib::Response& res) {
       send_error(res, ApiError(405, fmt::format("{} takes POST requests", req.path), "invalid_request_error", "",
                                "method_not_allowed"));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# End-to-end checks of the `atom` CLI: usage errors, info, generate, eval ppl --json, convert.
+# End-to-end checks of the `atom` CLI: usage errors, info, generate, eval ppl --json, convert, tokenize.
 # Usage: test_cli.sh ATOM_BINARY SOURCE_DIR
 set -uo pipefail
 ATOM=$1
@@ -31,6 +31,8 @@ check "synthetic model on the cpu" expect_fail_with "device cuda only" "$ATOM" b
 check "--precision on a checkpoint" expect_fail_with "synthetic models" "$ATOM" bench serve -m "$MODEL" --precision fp16
 # Without a usable GPU (or a CUDA build) the CUDA backend says so before loading anything.
 check "--device cuda without a GPU" expect_fail_with "cuda" "$ATOM" bench serve --device cuda -m "$MODEL"
+check "tokenize without a tokenizer" expect_fail_with "model PATH or --tokenizer" "$ATOM" tokenize
+check "tokenize --model and --tokenizer" expect_fail_with "excludes" "$ATOM" tokenize -m "$MODEL" --tokenizer x.json
 check "--gpu-memory-gb on the cpu" expect_fail_with "gpu-memory-gb" "$ATOM" bench serve -m "$MODEL" --gpu-memory-gb 24
 
 if [[ ! -s $MODEL ]]; then
@@ -57,5 +59,22 @@ dir_info=$("$ATOM" info "$TMP/smollm2-hf" 2>&1)
 check "converted info" grep -q "heads          9 query, 3 key/value, head_dim 64" <<<"$dir_info"
 answer_hf=$("$ATOM" generate -m "$TMP/smollm2-hf" --chat --temperature 0 --max-tokens 24 -p "What is the capital of France?" 2>/dev/null)
 check "converted model generates the same text" test "$answer" == "$answer_hf"
+
+# atom tokenize: the GGUF's tokenizer and the converted directory's tokenizer.json agree; ids go back to text.
+ids=$(printf 'Hello, world! Caf\xc3\xa9.' | "$ATOM" tokenize -m "$MODEL" --no-special-tokens 2>&1)
+echo "  ids: $ids"
+check "tokenize prints ids" grep -Eq '^[0-9]+( [0-9]+)+$' <<<"$ids"
+ids_json=$(printf 'Hello, world! Caf\xc3\xa9.' | "$ATOM" tokenize --tokenizer "$TMP/smollm2-hf/tokenizer.json" --no-special-tokens)
+check "tokenize --tokenizer tokenizer.json agrees" test "$ids" == "$ids_json"
+printf 'Hello, world! Caf\xc3\xa9.' > "$TMP/text.txt"
+check "tokenize --file" test "$("$ATOM" tokenize -m "$MODEL" --no-special-tokens --file "$TMP/text.txt")" == "$ids"
+back=$(echo "$ids" | "$ATOM" tokenize -m "$MODEL" --ids)
+check "tokenize --ids round-trips" test "$back" == "$(cat "$TMP/text.txt")"
+check "tokenize --ids takes a list" test "$(echo "[${ids// /, }]" | "$ATOM" tokenize -m "$MODEL" --ids)" == "$back"
+check "tokenize --ids names a bad id" expect_fail_with "id 1 is 99999999, outside the vocabulary" \
+  bash -c "echo '1 99999999' | '$ATOM' tokenize -m '$MODEL' --ids"
+check "tokenize --ids names a non-integer" expect_fail_with "id 2 is 'x7', not an integer" \
+  bash -c "echo '1,2,x7' | '$ATOM' tokenize -m '$MODEL' --ids"
+check "tokenize names a missing file" expect_fail_with "/nonexistent.txt" "$ATOM" tokenize -m "$MODEL" --file /nonexistent.txt
 
 [[ $failures -eq 0 ]] || { echo "$failures check(s) failed"; exit 1; }

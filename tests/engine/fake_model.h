@@ -84,18 +84,32 @@ class FakeRunner final : public ModelRunner {
     std::lock_guard lock(mutex_);
     ++calls_;
     std::set<std::int64_t> seen;
-    std::set<std::int32_t> blocks_in_batch;
+    std::map<std::int32_t, int> holders;  // block -> sequences of the batch whose tables name it
+    for (const SequenceChunk& chunk : batch) {
+      for (std::int32_t b : std::set<std::int32_t>(chunk.block_table.begin(), chunk.block_table.end()))
+        ++holders[b];
+    }
     std::size_t out = 0;
     int tokens = 0;
     for (const SequenceChunk& chunk : batch) {
       EXPECT_TRUE(seen.insert(chunk.sequence_id).second) << "sequence twice in one batch";
       EXPECT_FALSE(chunk.tokens.empty());
-      // Positions continue where this sequence's cache ends (0 after a preemption).
-      EXPECT_EQ(chunk.start_position, written_[chunk.sequence_id]) << "sequence " << chunk.sequence_id;
+      // Positions continue where this sequence's cache ends (0 after a preemption), or, for a sequence new
+      // to the runner, after whole blocks of a cached prefix (prefix caching).
+      const auto w = written_.find(chunk.sequence_id);
+      if ((w == written_.end() || w->second == 0) && chunk.start_position > 0) {
+        EXPECT_EQ(chunk.start_position % spec_.block_size, 0) << "sequence " << chunk.sequence_id;
+        adopted_tokens_ += chunk.start_position;
+      } else {
+        EXPECT_EQ(chunk.start_position, w == written_.end() ? 0 : w->second)
+            << "sequence " << chunk.sequence_id;
+      }
       const std::int64_t end = chunk.start_position + static_cast<std::int64_t>(chunk.tokens.size());
       EXPECT_GE(static_cast<std::int64_t>(chunk.block_table.size()) * spec_.block_size, end);
-      for (std::int32_t b : chunk.block_table) {
-        EXPECT_TRUE(blocks_in_batch.insert(b).second) << "block " << b << " shared by two sequences";
+      // A block this chunk writes is nobody else's (blocks before start_position may be shared, read only).
+      for (std::int64_t b = chunk.start_position / spec_.block_size; b * spec_.block_size < end; ++b) {
+        EXPECT_EQ(holders[chunk.block_table[b]], 1)
+            << "block " << chunk.block_table[b] << " written while shared";
       }
       for (std::size_t i = 0; i < chunk.tokens.size(); ++i) slot(chunk, chunk.start_position + i) = chunk.tokens[i];
       written_[chunk.sequence_id] = end;
@@ -137,6 +151,11 @@ class FakeRunner final : public ModelRunner {
   int greedy_calls() const { std::lock_guard lock(mutex_); return greedy_calls_; }
 
   int calls() const { std::lock_guard lock(mutex_); return calls_; }
+  // Positions of new sequences that came from cached blocks (prefix caching), summed.
+  std::int64_t adopted_tokens() const {
+    std::lock_guard lock(mutex_);
+    return adopted_tokens_;
+  }
   int max_batch_seen() const { std::lock_guard lock(mutex_); return max_batch_seen_; }
   int max_tokens_seen() const { std::lock_guard lock(mutex_); return max_tokens_seen_; }
   void fail_next() { std::lock_guard lock(mutex_); fail_next_ = true; }
@@ -155,6 +174,7 @@ class FakeRunner final : public ModelRunner {
   std::map<std::int64_t, std::int64_t> written_;
   mutable std::mutex mutex_;
   int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0, greedy_calls_ = 0;
+  std::int64_t adopted_tokens_ = 0;
   bool fail_next_ = false;
   bool device_greedy_ = false;
   std::atomic<int> delay_ms_{0};

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include "backend/cpu/cpu_runner.h"
@@ -205,6 +206,120 @@ TEST(CpuModelRunner, PreemptedSequencesRecomputeToTheSameOutput) {
   EXPECT_GT(engine.stats().preemptions, 0);
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     EXPECT_EQ(streams[i]->wait().token_ids, reference_greedy(*m.model, prompts[i], 12, cpu::make_f32_kv_row_store));
+  }
+}
+
+// ---- prefix caching on the real model
+
+// Forwards to a runner and keeps the logits the engine receives, per sequence, in order.
+class RecordingRunner final : public ModelRunner {
+ public:
+  explicit RecordingRunner(std::unique_ptr<ModelRunner> inner) : inner_(std::move(inner)) {}
+  int vocab_size() const override { return inner_->vocab_size(); }
+  int max_context() const override { return inner_->max_context(); }
+  std::size_t kv_block_bytes(int block_size) const override { return inner_->kv_block_bytes(block_size); }
+  void allocate_kv_cache(const KvCacheSpec& spec) override { inner_->allocate_kv_cache(spec); }
+  void release(std::int64_t sequence_id) override { inner_->release(sequence_id); }
+  std::string describe() const override { return inner_->describe(); }
+  void execute(std::span<const SequenceChunk> batch, std::span<float> logits) override {
+    inner_->execute(batch, logits);
+    const auto vocab = static_cast<std::size_t>(vocab_size());
+    std::size_t k = 0;
+    for (const SequenceChunk& chunk : batch) {
+      if (!chunk.wants_logits) continue;
+      const float* row = logits.data() + k++ * vocab;
+      (*logits_)[chunk.sequence_id].emplace_back(row, row + vocab);
+    }
+  }
+  std::shared_ptr<std::map<std::int64_t, std::vector<std::vector<float>>>> logits_ =
+      std::make_shared<std::map<std::int64_t, std::vector<std::vector<float>>>>();
+
+ private:
+  std::unique_ptr<ModelRunner> inner_;
+};
+
+struct PrefixRun {
+  std::vector<std::vector<std::int32_t>> tokens;                   // per request
+  std::map<std::int64_t, std::vector<std::vector<float>>> logits;  // per request id (1, 2, ...)
+  EngineStats stats;
+};
+
+// Requests sharing a system prompt, each submitted after the previous one finished (`sequential`) or all
+// at once, through the engine with or without prefix caching.
+PrefixRun run_shared_prefix(KvCacheDType dtype, bool caching, bool sequential, const EngineConfig& base,
+                            int max_tokens) {
+  const CpuServingModel& m = smollm2();
+  EngineConfig config = base;
+  config.enable_prefix_caching = caching;
+  auto recording = std::make_unique<RecordingRunner>(std::make_unique<CpuModelRunner>(m.model, dtype));
+  auto logits = recording->logits_;
+  Engine engine(std::move(recording), m.codec, config);
+  const std::string system =
+      "You are a helpful assistant. Answer briefly and truthfully, and say so when you do not know.\n";
+  PrefixRun run;
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const char* question :
+       {"What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"}) {
+    GenerationRequest r;
+    r.prompt = m.codec->encode(system + question, true);
+    r.params.temperature = 0.0f;
+    r.params.max_tokens = max_tokens;
+    r.params.ignore_eos = true;
+    streams.push_back(engine.submit(r));
+    if (sequential) {
+      while (engine.step()) {
+      }
+    }
+  }
+  while (engine.step()) {
+  }
+  for (auto& s : streams) run.tokens.push_back(s->wait().token_ids);
+  run.logits = *logits;
+  run.stats = engine.stats();
+  engine.reset_prefix_cache();
+  engine.step();
+  EXPECT_EQ(engine.stats().kv_blocks_used, 0);
+  EXPECT_EQ(engine.stats().kv_blocks_cached, 0);
+  return run;
+}
+
+// Prefill chunks of one block, one request at a time: with and without the cache, every chunk the engine
+// runs has the same shape and reads the same K/V, so the logits are bit-identical for every KV format
+// (a cached quantized block is the block the request would have written).
+TEST(CpuModelRunner, PrefixCachingGivesIdenticalLogitsForEveryKvFormat) {
+  REQUIRE_MODEL();
+  const EngineConfig one_block_chunks = runner_config(1, 16, 64);
+  for (KvCacheDType dtype : {KvCacheDType::f32, KvCacheDType::f16, KvCacheDType::int8, KvCacheDType::int4}) {
+    const PrefixRun off = run_shared_prefix(dtype, false, true, one_block_chunks, 4);
+    const PrefixRun on = run_shared_prefix(dtype, true, true, one_block_chunks, 4);
+    EXPECT_EQ(off.stats.prefix_cache_hit_tokens, 0);
+    EXPECT_GE(on.stats.prefix_cache_hit_tokens, 2 * 16) << kv_cache_dtype_name(dtype);
+    EXPECT_EQ(on.tokens, off.tokens) << kv_cache_dtype_name(dtype);
+    ASSERT_EQ(on.logits.size(), off.logits.size());
+    for (const auto& [id, rows] : off.logits) {
+      EXPECT_TRUE(on.logits.at(id) == rows) << kv_cache_dtype_name(dtype) << ": logits of request " << id;
+    }
+  }
+}
+
+// All at once in a pool too small for them: batching, chunked prefill, preemption and eviction, and the
+// greedy tokens are those of the model alone.
+TEST(CpuModelRunner, PrefixCachingUnderPreemptionMatchesTheModelAlone) {
+  REQUIRE_MODEL();
+  EngineConfig tight = runner_config(3, 32, 8);
+  tight.block_size = 8;
+  const PrefixRun on = run_shared_prefix(KvCacheDType::f32, true, false, tight, 10);
+  EXPECT_GT(on.stats.preemptions, 0);
+  EXPECT_GT(on.stats.prefix_cache_hit_tokens, 0);
+  EXPECT_GT(on.stats.prefix_cache_evictions, 0);
+  const CpuServingModel& m = smollm2();
+  const std::string system =
+      "You are a helpful assistant. Answer briefly and truthfully, and say so when you do not know.\n";
+  const char* questions[] = {"What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(on.tokens[i], reference_greedy(*m.model, m.codec->encode(system + questions[i], true), 10,
+                                             cpu::make_f32_kv_row_store))
+        << questions[i];
   }
 }
 

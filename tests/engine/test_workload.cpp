@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -87,6 +88,27 @@ TEST(Workload, ReadsJsonlTracesAndNamesTheBadLine) {
   }
   std::filesystem::remove(path);
   EXPECT_THROW(load_trace_workload(path, codec, 64, 20, 1), Error);
+}
+
+TEST(Workload, SharedPrefixStartsEveryPrompt) {
+  SyntheticWorkload spec;
+  spec.num_requests = 5;
+  spec.seed = 3;
+  spec.fixed_prompt_length = 7;
+  spec.fixed_output_length = 2;
+  const auto plain = synthetic_workload(spec, 1000, 10);
+  spec.shared_prefix_length = 20;
+  const auto shared = synthetic_workload(spec, 1000, 10);
+  ASSERT_EQ(shared.size(), 5u);
+  for (std::size_t i = 0; i < shared.size(); ++i) {
+    ASSERT_EQ(shared[i].prompt.size(), 27u);
+    EXPECT_TRUE(
+        std::equal(shared[0].prompt.begin(), shared[0].prompt.begin() + 20, shared[i].prompt.begin()));
+    EXPECT_TRUE(std::equal(plain[i].prompt.begin(), plain[i].prompt.end(), shared[i].prompt.begin() + 20));
+    for (std::int32_t t : shared[i].prompt) EXPECT_GE(t, 10);
+  }
+  spec.shared_prefix_length = -1;
+  EXPECT_THROW(synthetic_workload(spec, 1000, 10), Error);
 }
 
 }  // namespace

@@ -5,7 +5,8 @@ Run by CTest (label cpu):
     python3 tests/integration/test_openai_server.py --atom build/atom --model .cache/models/SmolLM2-...gguf
 Checks chat and completions, streaming and not, 32 concurrent streams against single-request greedy
 outputs, stop strings, malformed requests (OpenAI's error shape and status), the API key, a client
-hanging up mid-stream (its request is cancelled), and SIGTERM (running streams finish, exit status 0).
+hanging up mid-stream (its request is cancelled), /tokenize and /detokenize, the prefix cache counters, and
+SIGTERM (running streams finish, exit status 0).
 ATOM_SKIP_MODEL_TESTS=1 skips it; a missing model or `openai` package is a failure that says what to do.
 
 On the GPU machine the same suite runs against the CUDA backend: each --serve-arg value is appended to the
@@ -298,6 +299,47 @@ class OpenAIServerTest(unittest.TestCase):
                      "atom_num_requests_waiting", 'atom_http_requests_total{endpoint="/v1/completions",status="200"}']:
             self.assertIn(name, text)
         self.assertGreater(self.server.metric("atom_generation_tokens_total"), 100)
+        # Chats share the template's system turn, and tests above repeat prompts: the prefix cache was used.
+        self.assertGreater(self.server.metric("atom_prefix_cache_hits_total"), 0)
+        self.assertGreater(self.server.metric("atom_prefix_cache_misses_total"), 0)
+
+    def test_09_tokenize_and_detokenize(self):
+        status, text = self.server.post_raw("/tokenize", json.dumps({"model": MODEL_NAME, "prompt": PROMPTS[0]}))
+        self.assertEqual(status, 200, text)
+        body = json.loads(text)
+        self.assertEqual(set(body), {"count", "max_model_len", "tokens"})
+        self.assertEqual(body["count"], len(body["tokens"]))
+        self.assertEqual(body["max_model_len"], 2048)
+        whole = self.complete(PROMPTS[0], max_tokens=1)
+        self.assertEqual(body["count"], whole.usage.prompt_tokens)
+        # A chat counts as the chat endpoint counts it.
+        messages = [{"role": "user", "content": QUESTIONS[1]}]
+        status, text = self.server.post_raw("/tokenize", json.dumps({"model": MODEL_NAME, "messages": messages}))
+        self.assertEqual(status, 200, text)
+        self.assertEqual(json.loads(text)["count"], self.chat(QUESTIONS[1], max_tokens=1).usage.prompt_tokens)
+        status, text = self.server.post_raw("/tokenize", json.dumps(
+            {"model": MODEL_NAME, "messages": messages, "add_generation_prompt": False}))
+        self.assertEqual(status, 200, text)
+        self.assertLess(json.loads(text)["count"], self.chat(QUESTIONS[1], max_tokens=1).usage.prompt_tokens)
+        # Ids back to text.
+        status, text = self.server.post_raw("/tokenize", json.dumps({"prompt": PROMPTS[2], "add_special_tokens": False}))
+        tokens = json.loads(text)["tokens"]
+        status, text = self.server.post_raw("/detokenize", json.dumps({"model": MODEL_NAME, "tokens": tokens}))
+        self.assertEqual(status, 200, text)
+        self.assertEqual(json.loads(text), {"prompt": PROMPTS[2]})
+        # Bad input: 4xx in OpenAI's error shape, naming the field.
+        for path, body, code, param in [("/tokenize", {"prompt": 5}, 400, "prompt"),
+                                        ("/tokenize", {}, 400, "prompt"),
+                                        ("/tokenize", {"model": "gpt-4", "prompt": "x"}, 404, "model"),
+                                        ("/detokenize", {"tokens": [1, -1]}, 400, "tokens[1]"),
+                                        ("/detokenize", {"tokens": [10 ** 9]}, 400, "tokens[0]"),
+                                        ("/detokenize", {"tokens": ["a"]}, 400, "tokens[0]"),
+                                        ("/detokenize", {"tokens": "1 2"}, 400, "tokens")]:
+            status, text = self.server.post_raw(path, json.dumps(body))
+            self.assertEqual(status, code, (path, body, text))
+            self.assertEqual(json.loads(text)["error"]["param"], param, (path, body))
+        status, _ = self.server.post_raw("/tokenize", json.dumps({"prompt": "x"}), {"Authorization": "Bearer wrong"})
+        self.assertEqual(status, 401)
 
     def test_99_sigterm_drains_then_exits_zero(self):
         result = {}

@@ -40,6 +40,8 @@ struct BenchServeOptions {
   bool ignore_eos = false;
   int max_batched_tokens = 2048;
   int block_size = 16;
+  int shared_prefix_tokens = 0;  // > 0: every prompt starts with the same this many tokens
+  bool prefix_caching = true;
   double kv_cache_mb = 0;  // 0: enough for every sequence of the batch at its longest (no preemption)
   std::string json_path;
   std::string save_workload;  // JSONL of the first run's requests (for outside references)
@@ -66,6 +68,7 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
   config.limits.max_batch = max_batch;
   config.limits.max_batched_tokens = std::max(opt.max_batched_tokens, max_batch);
   config.block_size = opt.block_size;
+  config.enable_prefix_caching = opt.prefix_caching;
   int longest = 0;
   for (const auto& r : workload) longest = std::max(longest, static_cast<int>(r.prompt.size()) + r.output_length);
   if (opt.kv_cache_mb > 0) {
@@ -89,6 +92,8 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
   }
   while (engine.step()) {
   }
+  engine.reset_prefix_cache();  // the warm-up's prompts are the workload's: measure without them cached
+  engine.step();
   (void)backend.take_decode_time();
   const EngineStats before = engine.stats();
 
@@ -120,6 +125,8 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
     if (t.completion_tokens > 1) tpot_ms.push_back(1e3 * (t.finished - t.first_token) / (t.completion_tokens - 1));
   }
   const double steps = static_cast<double>(stats.steps - before.steps);
+  const std::int64_t prefix_queried = stats.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens;
+  const std::int64_t prefix_hits = stats.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens;
   const auto [decode_gpu_ms, decode_steps] = backend.take_decode_time();
   nlohmann::json result = {
       {"max_batch", max_batch},
@@ -141,8 +148,13 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
       {"steps", stats.steps - before.steps},
       {"mean_batch", steps > 0 ? (stats.scheduled_sequences - before.scheduled_sequences) / steps : 0.0},
       {"preemptions", stats.preemptions - before.preemptions},
+      {"prefix_cache_queried_tokens", prefix_queried},
+      {"prefix_cache_hit_tokens", prefix_hits},
+      {"prefix_cache_hit_rate", prefix_queried > 0 ? static_cast<double>(prefix_hits) / prefix_queried : 0.0},
+      {"prefix_cache_evictions", stats.prefix_cache_evictions - before.prefix_cache_evictions},
       {"kv_blocks", stats.kv_blocks_total},
-      {"kv_cache_gib", static_cast<double>(stats.kv_blocks_total) * static_cast<double>(block_bytes) / (1 << 30)},
+      {"kv_cache_gib",
+       static_cast<double>(stats.kv_blocks_total) * static_cast<double>(block_bytes) / (1 << 30)},
       {"decode_steps", decode_steps},
       {"mean_decode_step_gpu_ms", decode_steps > 0 ? decode_gpu_ms / static_cast<double>(decode_steps) : 0.0},
   };
@@ -183,11 +195,16 @@ void run_bench_serve(const BenchServeOptions& opt) {
     workload_json = {{"kind", "trace"}, {"path", opt.trace}, {"seed", opt.seed}};
   }
   workload_json["ignore_eos"] = opt.ignore_eos;
+  workload_json["shared_prefix_tokens"] = opt.shared_prefix_tokens;
 
   nlohmann::json results = nlohmann::json::array();
-  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7} {:>9} {:>12}\n", "max_batch", "requests",
-             "generated", "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt", "KV GiB",
-             "step GPU ms");
+  fmt::print("prefix caching {}{}\n", opt.prefix_caching ? "on" : "off",
+             opt.shared_prefix_tokens > 0
+                 ? fmt::format(", every prompt starts with the same {} tokens", opt.shared_prefix_tokens)
+                 : "");
+  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7} {:>9} {:>12} {:>9}\n", "max_batch",
+             "requests", "generated", "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt",
+             "KV GiB", "step GPU ms", "prefix hit");
   for (int max_batch : opt.batch_sizes) {
     const int n = opt.num_requests > 0 ? opt.num_requests : opt.requests_per_batch * max_batch;
     std::vector<WorkloadRequest> workload;
@@ -206,14 +223,17 @@ void run_bench_serve(const BenchServeOptions& opt) {
                                      opt.output_length > 0 ? opt.output_length : 128, opt.seed, opt.max_prompt_length,
                                      opt.max_output_length);
     }
+    add_shared_prefix(workload, opt.shared_prefix_tokens, vocab, opt.seed);
     if (!opt.save_workload.empty() && results.empty()) save_workload(opt.save_workload, workload);
     const nlohmann::json r = run_one(backend, opt, max_batch, workload);
-    fmt::print("{:>9} {:>8} {:>10} {:>12.1f} {:>10.2f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7} {:>9.2f} {:>12.2f}\n",
-               max_batch, r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
-               r["throughput_tokens_per_s"].get<double>(), r["mean_tpot_ms"].get<double>(),
-               r["mean_ttft_ms"].get<double>(), r["mean_prefill_ms"].get<double>(), r["mean_batch"].get<double>(),
-               r["preemptions"].get<std::int64_t>(), r["kv_cache_gib"].get<double>(),
-               r["mean_decode_step_gpu_ms"].get<double>());
+    fmt::print(
+        "{:>9} {:>8} {:>10} {:>12.1f} {:>10.2f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7} {:>9.2f} {:>12.2f} "
+        "{:>8.1f}%\n",
+        max_batch, r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
+        r["throughput_tokens_per_s"].get<double>(), r["mean_tpot_ms"].get<double>(),
+        r["mean_ttft_ms"].get<double>(), r["mean_prefill_ms"].get<double>(), r["mean_batch"].get<double>(),
+        r["preemptions"].get<std::int64_t>(), r["kv_cache_gib"].get<double>(),
+        r["mean_decode_step_gpu_ms"].get<double>(), 100.0 * r["prefix_cache_hit_rate"].get<double>());
     std::fflush(stdout);
     results.push_back(r);
   }
@@ -228,6 +248,7 @@ void run_bench_serve(const BenchServeOptions& opt) {
                                    {"kv_dtype", backend.kv_dtype},
                                    {"block_size", opt.block_size},
                                    {"max_batched_tokens", opt.max_batched_tokens},
+                                   {"prefix_caching", opt.prefix_caching},
                                    {"workload", workload_json},
                                    {"results", results}};
     std::ofstream out(opt.json_path);
@@ -273,6 +294,11 @@ void add_bench_serve_command(CLI::App& bench) {
       ->capture_default_str();
   add_backend_options(cmd, opt->backend);
   cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")->check(CLI::Range(1, 1024))->capture_default_str();
+  cmd->add_option("--shared-prefix-tokens", opt->shared_prefix_tokens,
+                  "Every prompt starts with the same this many random tokens (a shared system prompt)")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_flag("--enable-prefix-caching,!--no-prefix-caching", opt->prefix_caching,
+                "Reuse the KV blocks of prompt prefixes computed before (default: on)");
   cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size (default: room for the whole batch)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--json", opt->json_path, "Write the results as JSON (scripts/dev/plot_serve.py plots them)");

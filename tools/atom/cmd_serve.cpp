@@ -34,6 +34,7 @@ struct ServeOptions {
   double kv_cache_mb = 1024;
   int kv_blocks = 0;
   int block_size = 16;
+  bool prefix_caching = true;
   std::string api_key;
   int http_threads = 128;
   double drain_timeout_s = 30;
@@ -128,12 +129,14 @@ void run_serve(const ServeOptions& opt) {
     config.block_size = opt.block_size;
     config.num_kv_blocks = opt.kv_blocks;
     config.kv_cache_bytes = static_cast<std::size_t>(opt.kv_cache_mb * 1048576.0);
+    config.enable_prefix_caching = opt.prefix_caching;
     server.set_loading("allocating KV cache", 0.99);
     std::unique_ptr<ModelRunner> runner = model.make_runner(config);
     engine = std::make_unique<Engine>(std::move(runner), model.codec, config, &metrics);
     engine->start();
-    log(fmt::format("ready: {}; max batch {}, {} batched tokens, context {}", engine->runner().describe(),
-                    opt.max_batch, opt.max_batched_tokens, engine->max_context()));
+    log(fmt::format("ready: {}; max batch {}, {} batched tokens, context {}, prefix caching {}",
+                    engine->runner().describe(), opt.max_batch, opt.max_batched_tokens, engine->max_context(),
+                    opt.prefix_caching ? "on" : "off"));
     server.set_engine(engine.get());
   } catch (...) {
     stop_http();
@@ -180,6 +183,8 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
+  cmd->add_flag("--enable-prefix-caching,!--no-prefix-caching", opt->prefix_caching,
+                "Reuse the KV blocks of prompt prefixes computed before (default: on)");
   cmd->add_option("--api-key", opt->api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: off)")
       ->envname("ATOM_API_KEY");
   cmd->add_option("--http-threads", opt->http_threads, "HTTP worker threads (each open stream holds one)")

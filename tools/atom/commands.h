@@ -13,5 +13,6 @@ void add_eval_ablation_command(CLI::App* eval);  // eval ablation (eval: the `ev
 void add_eval_mc_command(CLI::App* eval);        // eval mc
 void add_serve_command(CLI::App& app);
 void add_bench_serve_command(CLI::App& bench);  // bench serve (bench: the `bench` subcommand)
+void add_tokenize_command(CLI::App& app);
 
 }  // namespace atom::cli

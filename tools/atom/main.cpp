@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   atom::cli::add_convert_command(app);
   atom::cli::add_quantize_command(app);
   atom::cli::add_serve_command(app);
+  atom::cli::add_tokenize_command(app);
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks (serve: offline serving throughput)");
   bench->require_subcommand(1);
   atom::cli::add_bench_serve_command(*bench);

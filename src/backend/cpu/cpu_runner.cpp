@@ -37,7 +37,9 @@ CpuModelRunner::SequenceState& CpuModelRunner::state(std::int64_t sequence_id) {
     st->cache = std::make_unique<cpu::KvCache>(model_->new_cache(
         [&](std::int64_t row_width, std::int64_t head_dim) -> std::unique_ptr<cpu::KvRowStore> {
           ATOM_CHECK(row_width == pool.row_width() && next_region < pool.regions());
-          return std::make_unique<PagedKvRowStore>(pool, next_region++, st->block_table);
+          auto store = std::make_unique<PagedKvRowStore>(pool, next_region++, st->block_table);
+          st->stores.push_back(store.get());
+          return store;
         }));
     ATOM_CHECK(next_region == pool.regions());
   }
@@ -54,6 +56,9 @@ void CpuModelRunner::execute(std::span<const SequenceChunk> batch, std::span<flo
     const std::int64_t cached = st.cache->length();
     if (chunk.start_position < cached) {
       st.cache->truncate(chunk.start_position);  // the engine recomputes from an earlier position
+    } else if (chunk.start_position > cached && cached == 0) {
+      // A new sequence whose leading blocks come from the prefix cache: their rows are in the pool already.
+      for (PagedKvRowStore* store : st.stores) store->adopt(chunk.start_position);
     } else if (chunk.start_position > cached) {
       fail("sequence {}: chunk starts at position {} but only {} positions are cached", chunk.sequence_id,
            chunk.start_position, cached);

@@ -29,6 +29,7 @@ class CpuModelRunner final : public ModelRunner {
   struct SequenceState {
     std::vector<std::int32_t> block_table;  // the stores read it: kept current before every forward
     std::unique_ptr<cpu::KvCache> cache;
+    std::vector<PagedKvRowStore*> stores;  // the cache's stores (K and V of every layer)
   };
   SequenceState& state(std::int64_t sequence_id);
 

@@ -195,6 +195,13 @@ void PagedKvRowStore::truncate(std::int64_t rows) {
   rows_ = std::min(rows_, rows);
 }
 
+void PagedKvRowStore::adopt(std::int64_t rows) {
+  if (rows_ != 0 || rows < 0) fail("paged KV store: adopt {} rows into a store of {}", rows, rows_);
+  const std::int64_t capacity = static_cast<std::int64_t>(table_.size()) * pool_.block_size();
+  if (rows > capacity) fail("paged KV store: adopt {} rows, but the block table holds {}", rows, capacity);
+  rows_ = rows;
+}
+
 std::size_t PagedKvRowStore::bytes() const {
   return static_cast<std::size_t>(rows_) * pool_.stored_row_bytes();
 }

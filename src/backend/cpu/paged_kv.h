@@ -66,6 +66,9 @@ class PagedKvRowStore final : public cpu::KvRowStore {
   void read(std::int64_t begin, std::int64_t end, float* out) const override;
   void truncate(std::int64_t rows) override;
   std::size_t bytes() const override;
+  // Takes the first `rows` rows as already written to the table's blocks (by another sequence: a cached
+  // prefix). Only on an empty store.
+  void adopt(std::int64_t rows);
 
  private:
   PagedKvPool& pool_;

@@ -684,6 +684,11 @@ struct CudaModelRunner::Impl {
   }
 
   // Runs the batch; fills logits_out (greedy == false) or tokens_out with each sampling chunk's argmax.
+  // No per-sequence state: every step takes positions, K/V slots and attention lengths from each chunk's
+  // start_position and block table alone. So a sequence's first chunk may start past 0 (prefix caching:
+  // the blocks before start_position were filled by an earlier request and are only read, through the
+  // table, by the same paged attention that serves later chunks of a chunked prefill), and a one-token
+  // first chunk runs as a decode.
   void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out,
                std::span<std::int32_t> tokens_out, bool greedy) {
     if (caches.empty()) fail("CUDA runner: execute() before allocate_kv_cache()");
