@@ -19,7 +19,7 @@ rc=$?
 grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran|Failure|got |Expected|Which is" "$OUT/test_swapab.log" | head -40
 [ $rc -ne 0 ] && { echo "serving GEMM tests failed (rc $rc): stopping"; exit 1; }
 for tool in memcheck racecheck; do
-  timeout 150 compute-sanitizer --tool $tool --error-exitcode 3 "$STAGE/test_backend_cuda" \
+  timeout 90 compute-sanitizer --tool $tool --error-exitcode 3 "$STAGE/test_backend_cuda" \
     --gtest_filter='GemmW4A4SwapAb.BitExactAcrossTilesAndShapes' > "$OUT/$tool.log" 2>&1
   echo "$tool exit $? ($(grep -c 'ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards' "$OUT/$tool.log") clean summaries)"
 done

@@ -225,7 +225,7 @@ W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n, int k) {
   if (m <= 16) return W4A4SwapAbTile::kT16C64;
   if (m <= 32) return ctas(32, 128) >= sms ? W4A4SwapAbTile::kT32C128 : W4A4SwapAbTile::kT32C64;
   if (m <= 64) return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
-  return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT128C64;
+  return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
 }
 
 void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
