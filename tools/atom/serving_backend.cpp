@@ -115,9 +115,9 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
   b.weight_bytes = weights->bytes();
   b.vocab_size = weights->config.vocab_size;
   auto last = std::make_shared<cuda::CudaModelRunner*>(nullptr);
-  const bool graphs = opt.cuda_graphs;
+  const bool graphs = opt.cuda_graphs, serving_gemm = opt.serving_gemm;
   const double budget_gib = opt.gpu_memory_gib;
-  b.make_runner = [weights, kv, graphs, budget_gib,
+  b.make_runner = [weights, kv, graphs, serving_gemm, budget_gib,
                    last](EngineConfig& config) -> std::unique_ptr<ModelRunner> {
     cuda::CudaRunnerOptions ro;
     ro.kv_dtype = kv;
@@ -125,6 +125,7 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
     ro.max_sequences = config.limits.max_batch;
     ro.max_context = config.max_context;
     ro.cuda_graphs = graphs;
+    ro.serving_gemm = serving_gemm;
     auto runner = std::make_unique<cuda::CudaModelRunner>(weights, ro);
     if (budget_gib > 0) {
       const double budget = budget_gib * static_cast<double>(1ULL << 30);
@@ -182,6 +183,8 @@ void add_backend_options(CLI::App* cmd, BackendOptions& o) {
       ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
       ->capture_default_str();
   cmd->add_flag("!--no-cuda-graphs", o.cuda_graphs, "Run decode steps without CUDA graphs");
+  cmd->add_flag("--serving-gemm", o.serving_gemm,
+                "W4A4/W8A8 products of 17-512 rows on the serving-size GEMM (int8 activation rows; sm_90a)");
   cmd->add_option(
          "--gpu-memory-gb", o.gpu_memory_gib,
          "GPU memory budget in GiB for weights, buffers and KV cache (the KV cache gets what is left)")

@@ -217,7 +217,7 @@ struct CudaModelRunner::Impl {
       q_scales.allocate(std::max<std::size_t>(8, t * static_cast<std::size_t>(kn) / kW4A4Group));
       q_outliers.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(nout)));
       q_outlier_scales.allocate(t);
-      if (w->precision == Precision::kW4A4 && w4a4_swapab_available()) {
+      if (opt.serving_gemm && w->precision == Precision::kW4A4 && w4a4_swapab_available()) {
         for (const DeviceLayer& l : w->layers)
           for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down})
             s8_row_bytes = std::max(s8_row_bytes, w4a4_s8_row_bytes(lin->k_normal, lin->n_outliers));
@@ -421,7 +421,7 @@ struct CudaModelRunner::Impl {
         break;
       }
       case Precision::kW8A8:
-        if (static_cast<std::size_t>(m) <= kMaxS8Rows && w4a4_swapab_available()) {
+        if (opt.serving_gemm && m > 16 && static_cast<std::size_t>(m) <= kMaxS8Rows && w4a4_swapab_available()) {
           // Serving sizes: our kernel reads the same int8 layouts and scales in its epilogue (one pass, fp16 out).
           GemmW8A8Args a;
           a.x = q_outliers.get();
