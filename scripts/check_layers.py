@@ -2,7 +2,7 @@
 """Checks Atom's layering: no file includes a header of a layer above its own.
 
 Every source file belongs to a module: src/<module>/, tests/<module>/ and bench/<module>/ belong to
-<module> (backend/cpu and backend/cuda are modules of their own); tools/ and tests/integration/ sit on top.
+<module> (backend/cpu and backend/cuda are modules of their own); tools/, tests/integration/ and tests/fuzz/ sit on top.
 A file may include headers of its own module and of modules in lower layers, never of a higher layer nor
 of another module of its own layer. Quoted includes are resolved against src/ and the including file's
 folder; one that resolves to nothing is an error too (a stale path after a move). The atom_module() calls
@@ -37,7 +37,7 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 def module_of(rel):
     """The module of a path relative to the root (None: not part of any module)."""
     parts = rel.split("/")
-    if parts[0] == "tools" or parts[:2] == ["tests", "integration"]:
+    if parts[0] == "tools" or parts[:2] in (["tests", "integration"], ["tests", "fuzz"]):
         return "tools"
     if parts[0] not in ("src", "tests", "bench") or len(parts) < 3:
         return None

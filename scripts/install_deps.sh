@@ -13,6 +13,7 @@ APT_PACKAGES=(
   zlib1g-dev                      # gzip-compressed tokenizer.json files
   bible-kjv bible-kjv-text r-cran-janeaustenr  # public-domain corpora
   python3-pip unzip
+  clang-14 libclang-rt-14-dev libomp-14-dev  # libFuzzer + ASan/UBSan runtimes (scripts/fuzz.sh)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -439,6 +439,11 @@ void Engine::update_gauges() {
   stats_.prefix_cache_evictions = blocks_.evictions();
 }
 
+int Engine::max_request_tokens() const {
+  const std::int64_t pool = static_cast<std::int64_t>(blocks_.num_blocks()) * blocks_.block_size();
+  return static_cast<int>(std::min<std::int64_t>(config_.max_context, pool));
+}
+
 EngineStats Engine::stats() const {
   std::lock_guard lock(mutex_);
   EngineStats stats = stats_;

@@ -119,6 +119,8 @@ class Engine {
   EngineStats stats() const;
   const EngineConfig& config() const { return config_; }
   int max_context() const { return config_.max_context; }
+  // The most tokens (prompt + completion) one request can have: within the context and the KV pool.
+  int max_request_tokens() const;
   const ModelRunner& runner() const { return *runner_; }
   const TextCodec& codec() const { return *codec_; }
   // Timings of finished requests since the last call (when recording is on); for benchmarks.

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "io/json_file.h"
 
 namespace atom {
 namespace {
@@ -90,12 +91,7 @@ std::vector<WorkloadRequest> load_trace_workload(const std::string& path, const 
   while (std::getline(in, line)) {
     ++line_number;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json entry;
-    try {
-      entry = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      fail("trace '{}' line {}: not JSON: {}", path, line_number, e.what());
-    }
+    const nlohmann::json entry = parse_json(line, fmt::format("trace '{}' line {}", path, line_number));
     if (!entry.is_object()) fail("trace '{}' line {}: expected an object", path, line_number);
     WorkloadRequest request;
     if (entry.contains("prompt")) {

@@ -13,6 +13,7 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "common/staged_dir.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 
@@ -175,11 +176,8 @@ AtomQuantConfig atom_quant_config(const QuantRecipe& recipe, const std::string& 
 
 void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
                           const AtomCheckpointFiles& files, bool force) {
-  const fs::path out_dir(dir);
-  std::error_code ec;
-  if (fs::exists(fs::symlink_status(out_dir, ec)) && !force) {
-    fail("output '{}' already exists; pass --force to replace it", dir);
-  }
+  // Refuses an existing output without force; "OUT/" is "OUT" (the staging directory is its sibling).
+  StagedDir staged(dir, force, "atom");
   model.recipe.validate();
   if (!model.recipe.has_integer_form()) {
     fail("a model with {} outliers has no checkpoint form (it exists for the ablation only)",
@@ -219,22 +217,14 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
                        : model.embed_dtype == DType::BF16 ? "bfloat16"
                                                           : "float32";
 
-  // Everything goes to a sibling temporary directory first: a failure leaves nothing half-written.
-  const fs::path tmp_dir = out_dir.string() + fmt::format(".tmp-atom-{}", ::getpid());
-  fs::remove_all(tmp_dir, ec);
-  try {
-    fs::create_directories(tmp_dir);
-    write_atom_checkpoint(tmp_dir.string(), c, extras, quant, linears, dense, /*overwrite=*/false,
-                          {{kAtomMetadataKey, metadata.dump()}});
-    if (files.tokenizer_json) write_json_file(tmp_dir / "tokenizer.json", *files.tokenizer_json);
-    if (files.tokenizer_config_json)
-      write_json_file(tmp_dir / "tokenizer_config.json", *files.tokenizer_config_json);
-    if (fs::exists(fs::symlink_status(out_dir, ec))) fs::remove_all(out_dir);  // only reached with force
-    fs::rename(tmp_dir, out_dir);
-  } catch (...) {
-    fs::remove_all(tmp_dir, ec);
-    throw;
-  }
+  // Everything goes to the staging directory first: a failure leaves the output as it was.
+  const fs::path tmp_dir = staged.staging();
+  write_atom_checkpoint(tmp_dir.string(), c, extras, quant, linears, dense, /*overwrite=*/false,
+                        {{kAtomMetadataKey, metadata.dump()}});
+  if (files.tokenizer_json) write_json_file(tmp_dir / "tokenizer.json", *files.tokenizer_json);
+  if (files.tokenizer_config_json)
+    write_json_file(tmp_dir / "tokenizer_config.json", *files.tokenizer_config_json);
+  staged.commit();
 }
 
 bool is_atom_checkpoint(const Checkpoint& checkpoint) {

@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "common/half.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 
 namespace atom::quant {
@@ -23,7 +24,7 @@ T get_field(const nlohmann::json& j, const char* key, const std::string& source)
   try {
     return j.at(key).get<T>();
   } catch (const nlohmann::json::exception&) {
-    fail("{}: quantization_config field '{}' has the wrong type ({})", source, key, j.at(key).dump());
+    fail("{}: quantization_config field '{}' has the wrong type ({})", source, key, json_snippet(j.at(key)));
   }
 }
 
@@ -113,7 +114,8 @@ nlohmann::json AtomQuantConfig::to_json() const {
 AtomQuantConfig AtomQuantConfig::from_json(const nlohmann::json& j, const std::string& source) {
   if (!j.is_object()) fail("{}: quantization_config is not an object", source);
   if (get_field<std::string>(j, "quant_method", source) != "atom") {
-    fail("{}: quantization_config.quant_method is '{}', not 'atom'", source, j.at("quant_method").dump());
+    fail("{}: quantization_config.quant_method is '{}', not 'atom'", source,
+         json_snippet(j.at("quant_method")));
   }
   const int version = get_field<int>(j, "atom_version", source);
   if (version != kAtomCheckpointVersion) {

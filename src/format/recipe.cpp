@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "io/json_file.h"
 
 namespace atom::quant {
 
@@ -138,23 +139,24 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   };
   const auto get_string = [&](const char* key) {
     const auto& v = field(key);
-    if (!v.is_string()) fail("{}: recipe field '{}' must be a string, found {}", what, key, v.dump());
+    if (!v.is_string()) fail("{}: recipe field '{}' must be a string, found {}", what, key, json_snippet(v));
     return v.get<std::string>();
   };
   const auto get_bool = [&](const char* key) {
     const auto& v = field(key);
-    if (!v.is_boolean()) fail("{}: recipe field '{}' must be true or false, found {}", what, key, v.dump());
+    if (!v.is_boolean())
+      fail("{}: recipe field '{}' must be true or false, found {}", what, key, json_snippet(v));
     return v.get<bool>();
   };
   const auto get_int = [&](const char* key) {
     const auto& v = field(key);
     if (!v.is_number_integer())
-      fail("{}: recipe field '{}' must be an integer, found {}", what, key, v.dump());
+      fail("{}: recipe field '{}' must be an integer, found {}", what, key, json_snippet(v));
     return v.get<std::int64_t>();
   };
   const auto get_number = [&](const char* key) {
     const auto& v = field(key);
-    if (!v.is_number()) fail("{}: recipe field '{}' must be a number, found {}", what, key, v.dump());
+    if (!v.is_number()) fail("{}: recipe field '{}' must be a number, found {}", what, key, json_snippet(v));
     return v.get<double>();
   };
   for (const auto& [key, value] : j.items()) {
@@ -182,7 +184,7 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   r.calib_len = get_int("calib_len");
   const auto& seed = field("calib_seed");
   if (!seed.is_number_unsigned() && !(seed.is_number_integer() && seed.get<std::int64_t>() >= 0)) {
-    fail("{}: recipe field 'calib_seed' must be a non-negative integer, found {}", what, seed.dump());
+    fail("{}: recipe field 'calib_seed' must be a non-negative integer, found {}", what, json_snippet(seed));
   }
   r.calib_seed = seed.get<std::uint64_t>();
   try {

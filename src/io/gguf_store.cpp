@@ -197,7 +197,11 @@ ModelConfig model_config_from_gguf(const GgufFile& file) {
     c.head_dim = get_int("attention.key_length");
   } else if (c.num_heads > 0 && c.hidden_size % c.num_heads == 0) {
     c.head_dim = c.hidden_size / c.num_heads;
-  }  // else 0, which validate() reports
+  } else if (c.num_heads > 0) {
+    fail("GGUF file '{}': {} {} is not divisible by {} {} and {} is not given", file.path(),
+         key("embedding_length"), c.hidden_size, key("attention.head_count"), c.num_heads,
+         key("attention.key_length"));
+  }  // else 0 heads, which validate() reports
   if (file.find(key("rope.dimension_count")) && get_int("rope.dimension_count") != c.head_dim) {
     fail("GGUF file '{}': {} is {} but the head dimension is {}: partial rotary embeddings are not supported",
          file.path(), key("rope.dimension_count"), get_int("rope.dimension_count"), c.head_dim);

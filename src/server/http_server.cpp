@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 
 #include "common/error.h"
+#include "io/json_file.h"
+#include "server/http_transport.h"
 #include "server/openai_protocol.h"
 #include "server/tokenize_api.h"
 
@@ -35,6 +37,18 @@ void send_json(httplib::Response& res, int status, const json& body) {
 
 void send_error(httplib::Response& res, const ApiError& error) { send_json(res, error.status(), error.body()); }
 
+// The credentials of "Authorization: Bearer KEY"; the scheme is case-insensitive (RFC 7235), the key
+// is not. Empty when the header is absent or another scheme.
+std::string bearer_token(const std::string& header) {
+  constexpr std::string_view kScheme = "bearer";
+  if (header.size() <= kScheme.size() || header[kScheme.size()] != ' ') return "";
+  for (std::size_t i = 0; i < kScheme.size(); ++i) {
+    if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return "";
+  }
+  const std::size_t start = header.find_first_not_of(' ', kScheme.size());
+  return start == std::string::npos ? "" : header.substr(start);
+}
+
 std::int64_t unix_seconds() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -53,7 +67,8 @@ struct OpenAIServer::Impl {
   ServerOptions options;
   MetricsRegistry& metrics;
   Gauge& in_flight_gauge;
-  httplib::Server http;
+  GatheringHttpServer http;
+  std::atomic<bool> stop_requested{false};
   std::atomic<Engine*> engine{nullptr};
   int listen_socket = -1;
   std::atomic<bool> draining{false};
@@ -121,7 +136,12 @@ struct OpenAIServer::Impl {
 };
 
 void OpenAIServer::Impl::install_routes() {
-  http.new_task_queue = [threads = options.http_threads] { return new httplib::ThreadPool(threads); };
+  http.set_worker_threads(options.http_threads);
+  TransportLimits limits;
+  limits.max_body_bytes = options.max_body_bytes;
+  limits.request_timeout = options.request_timeout;
+  limits.idle_timeout = options.idle_timeout;
+  http.set_limits(limits);
   http.set_payload_max_length(options.max_body_bytes);
   http.set_tcp_nodelay(true);
   http.set_socket_options([this](int socket) {
@@ -134,8 +154,10 @@ void OpenAIServer::Impl::install_routes() {
     const bool guarded =
         req.path.rfind("/v1/", 0) == 0 || req.path == "/tokenize" || req.path == "/detokenize";
     if (options.api_key.empty() || !guarded) return httplib::Server::HandlerResponse::Unhandled;
-    const std::string expected = "Bearer " + options.api_key;
-    if (req.get_header_value("Authorization") == expected) return httplib::Server::HandlerResponse::Unhandled;
+    // RFC 7235: the scheme is case-insensitive ("bearer KEY" is as good as "Bearer KEY"); the key is not.
+    if (bearer_token(req.get_header_value("Authorization")) == options.api_key) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
     send_error(res, ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                              "invalid_request_error", "", "invalid_api_key"));
     return httplib::Server::HandlerResponse::Handled;
@@ -279,6 +301,8 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
     generation.params = request.params;
     const auto prompt_length = static_cast<std::int64_t>(generation.prompt.size());
     const std::int64_t context = e->max_context();
+    // What one request can hold: its positions within the context, its KV blocks within the pool.
+    const std::int64_t capacity = e->max_request_tokens();
     const char* prompt_param = endpoint == ApiEndpoint::chat_completions ? "messages" : "prompt";
     if (prompt_length >= context) {
       throw ApiError(400,
@@ -298,8 +322,16 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
                        "invalid_request_error", "max_tokens", "context_length_exceeded");
       }
     } else {
-      // Chat: as long as the context allows; completions: OpenAI's 16, within the context.
-      const std::int64_t room = context - prompt_length;
+      // Chat: as long as the context and the KV pool allow; completions: OpenAI's 16, within both.
+      const std::int64_t room = capacity - prompt_length;
+      if (room < 1) {
+        throw ApiError(
+            400,
+            fmt::format("The KV cache holds at most {} tokens for one request, and your {} is {} tokens, "
+                        "which leaves no room for a completion. Please shorten it.",
+                        capacity, prompt_param, prompt_length),
+            "invalid_request_error", prompt_param, "context_length_exceeded");
+      }
       generation.params.max_tokens = static_cast<int>(
           endpoint == ApiEndpoint::chat_completions ? room : std::min<std::int64_t>(generation.params.max_tokens, room));
     }
@@ -314,6 +346,17 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
                       request.model};
 
     if (!request.stream) {
+      // Wait for the end, but stop generating for a client that hung up (nobody reads the answer).
+      while (true) {
+        const std::optional<RequestOutput> out = stream->next(kStreamPoll);
+        if (out && out->finished) break;
+        if (!GatheringHttpServer::client_connected()) {
+          e->cancel(stream->id());
+          stream->wait();
+          res.status = 499;  // never sent: the connection is gone
+          return;
+        }
+      }
       const RequestOutput output = stream->wait();
       if (output.finish_reason == FinishReason::error) {
         throw ApiError(500, fmt::format("generation failed: {}", output.error), "server_error");
@@ -346,9 +389,22 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
           }
           std::optional<RequestOutput> out = state->stream->next(kStreamPoll);
           if (out) {
+            // A stream cut short (generation failed, or the server shut down before the end) says so with
+            // an error event: finish_reason only ever carries OpenAI's values.
+            const bool cut_short =
+                out->finish_reason == FinishReason::error || out->finish_reason == FinishReason::cancelled;
             if (out->finish_reason == FinishReason::error) {
               payload += sse_event(ApiError(500, "generation failed: " + out->error, "server_error").body());
-            } else if (!out->text.empty() || out->finished) {
+            } else if (out->finish_reason == FinishReason::cancelled) {
+              payload += sse_event(ApiError(503, "the server is shutting down: the generation was cut short",
+                                            "service_unavailable")
+                                       .body());
+            }
+            if (cut_short && !out->text.empty()) {
+              payload += sse_event(state->endpoint == ApiEndpoint::completions
+                                       ? completion_chunk(state->meta, out->text, FinishReason::none)
+                                       : chat_chunk(state->meta, out->text, FinishReason::none));
+            } else if (!cut_short && (!out->text.empty() || out->finished)) {
               const FinishReason finish = out->finished ? out->finish_reason : FinishReason::none;
               payload += sse_event(state->endpoint == ApiEndpoint::completions
                                        ? completion_chunk(state->meta, out->text, finish)
@@ -413,9 +469,17 @@ int OpenAIServer::bind() {
   return port;
 }
 
-void OpenAIServer::listen() { impl_->http.listen_after_bind(); }
+void OpenAIServer::listen() {
+  if (impl_->stop_requested) return;
+  impl_->http.listen_after_bind();
+}
 
 void OpenAIServer::stop() {
+  // stop() may come before the listening thread got to listen(): then listen() returns at once, and a
+  // listen() already past its check finds the socket shut down (accept fails and the loop ends).
+  if (!impl_->stop_requested.exchange(true) && impl_->listen_socket >= 0) {
+    ::shutdown(impl_->listen_socket, SHUT_RDWR);
+  }
   if (impl_->http.is_running()) impl_->http.stop();
 }
 

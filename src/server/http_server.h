@@ -21,6 +21,10 @@ struct ServerOptions {
   int http_threads = 128;               // a streaming request holds a thread for its whole duration
   bool log_requests = false;            // one line per request on stderr
   std::size_t max_body_bytes = 8u << 20;
+  // A request must arrive whole (headers and body) within request_timeout of its first byte; a kept-alive
+  // connection may stay silent for idle_timeout between requests. Waiting clients hold no worker thread.
+  std::chrono::milliseconds request_timeout{10000};
+  std::chrono::milliseconds idle_timeout{5000};
 };
 
 class OpenAIServer {

@@ -1,8 +1,12 @@
 #include "server/openai_protocol.h"
 
+#include <cmath>
 #include <limits>
 
 #include <fmt/format.h>
+
+#include "common/error.h"
+#include "io/json_file.h"
 
 namespace atom {
 
@@ -47,9 +51,13 @@ std::optional<std::int64_t> integer(const json& body, const char* name) {
   const json* v = field(body, name);
   if (!v) return std::nullopt;
   if (!v->is_number_integer()) {
-    // 3.0 is an integer to Python clients too.
-    if (v->is_number_float() && v->get<double>() == static_cast<double>(static_cast<std::int64_t>(v->get<double>()))) {
-      return static_cast<std::int64_t>(v->get<double>());
+    // 3.0 is an integer to Python clients too (but 1e300 is out of range, and casting it would be undefined).
+    if (v->is_number_float()) {
+      const double d = v->get<double>();
+      if (std::isfinite(d) && std::trunc(d) == d) {
+        if (!(d >= -9.2e18 && d <= 9.2e18)) bad(name, fmt::format("'{}' is out of range: {}", name, d));
+        return static_cast<std::int64_t>(d);
+      }
     }
     wrong_type(name, "an integer", *v);
   }
@@ -256,7 +264,8 @@ ApiRequest parse_api_request(ApiEndpoint endpoint, const json& body) {
     }
     p.top_k = *top_k < 0 ? 0 : static_cast<int>(*top_k);
   }
-  if (const auto seed = integer(body, "seed")) p.seed = static_cast<std::uint64_t>(*seed);
+  if (const auto seed = integer(body, "seed"))
+    p.seed = static_cast<std::uint64_t>(*seed);  // negative: two's complement
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {
       p.stop = {stop->get<std::string>()};
@@ -290,8 +299,9 @@ ApiRequest parse_api_request(ApiEndpoint endpoint, const json& body) {
 ApiRequest parse_api_request(ApiEndpoint endpoint, const std::string& body) {
   json parsed;
   try {
-    parsed = json::parse(body);
-  } catch (const json::parse_error& e) {
+    // Nesting bounded, numbers in range (1e999 is an error, not a 500), a repeated key: the last wins.
+    parsed = parse_json(body, "body", /*reject_duplicate_keys=*/false);
+  } catch (const Error& e) {
     throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()));
   }
   return parse_api_request(endpoint, parsed);
@@ -301,8 +311,12 @@ json finish_reason_json(FinishReason reason) {
   switch (reason) {
     case FinishReason::stop: return "stop";
     case FinishReason::length: return "length";
-    case FinishReason::cancelled: return "abort";
-    case FinishReason::error: return "error";
+    // Not OpenAI values: a cut-short stream ends with an error event instead (see the server), and a
+    // whole response is never sent for these; "length" (the completion is incomplete) if it ever is.
+    case FinishReason::cancelled:
+      return "length";
+    case FinishReason::error:
+      return "length";
     case FinishReason::none: return nullptr;
   }
   return nullptr;

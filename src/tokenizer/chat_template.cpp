@@ -108,6 +108,16 @@ std::optional<std::string> ChatTemplate::end_of_turn_marker(const std::string& t
 }
 
 std::string ChatTemplate::apply(std::span<const ChatMessage> messages, bool add_generation_prompt) const {
+  // The rendering walks code points (Python's strip()): it needs valid UTF-8.
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    for (const std::string* field : {&messages[i].role, &messages[i].content}) {
+      if (const auto bad = find_invalid_utf8(*field)) {
+        fail("chat message {} ({}): the {} is not valid UTF-8 (byte {} of {})", i,
+             find_invalid_utf8(messages[i].role) ? "?" : messages[i].role,
+             field == &messages[i].role ? "role" : "content", *bad, field->size());
+      }
+    }
+  }
   std::string out;
   switch (style_) {
     case Style::ChatML: {

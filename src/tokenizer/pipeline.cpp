@@ -1,8 +1,10 @@
 #include "tokenizer/pipeline.h"
 
 #include <array>
+#include <limits>
 
 #include "common/error.h"
+#include "io/json_file.h"
 #include "tokenizer/unicode.h"
 
 namespace atom::tokenizer_detail {
@@ -32,8 +34,18 @@ std::string require_string(const json& object, const char* key, const JsonWhere&
 bool optional_bool(const json& object, const char* key, bool fallback, const JsonWhere& where) {
   const auto it = object.find(key);
   if (it == object.end() || it->is_null()) return fallback;
-  if (!it->is_boolean()) fail("{}: '{}' must be true or false, got {}", where.str(), key, it->dump());
+  if (!it->is_boolean()) fail("{}: '{}' must be true or false, got {}", where.str(), key, json_snippet(*it));
   return it->get<bool>();
+}
+
+std::int32_t require_token_id(const json& value, const std::string& what) {
+  if (!value.is_number_integer()) fail("{} must be an integer token id, got {}", what, json_snippet(value));
+  const bool in_range = value.is_number_unsigned()
+                            ? value.get<std::uint64_t>() <= std::numeric_limits<std::int32_t>::max()
+                            : value.get<std::int64_t>() >= 0 &&
+                                  value.get<std::int64_t>() <= std::numeric_limits<std::int32_t>::max();
+  if (!in_range) fail("{}: token id {} is outside [0, 2147483647]", what, json_snippet(value));
+  return static_cast<std::int32_t>(value.get<std::int64_t>());
 }
 
 namespace {
@@ -42,7 +54,7 @@ std::size_t optional_size(const json& object, const char* key, std::size_t fallb
   const auto it = object.find(key);
   if (it == object.end() || it->is_null()) return fallback;
   if (!it->is_number_integer() || it->get<std::int64_t>() < 0) {
-    fail("{}: '{}' must be a non-negative integer, got {}", where.str(), key, it->dump());
+    fail("{}: '{}' must be a non-negative integer, got {}", where.str(), key, json_snippet(*it));
   }
   return it->get<std::size_t>();
 }
@@ -87,11 +99,12 @@ std::string type_of(const json& object, const JsonWhere& where) {
 Pattern Pattern::parse(const json& object, const JsonWhere& where) {
   if (!object.is_object() || object.size() != 1) {
     fail("{}: a pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", where.str(),
-         object.dump());
+         json_snippet(object));
   }
   if (object.contains("String")) return literal(require_string(object, "String", where));
   if (object.contains("Regex")) return regex(require_string(object, "Regex", where), where.str());
-  fail("{}: a pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", where.str(), object.dump());
+  fail("{}: a pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}, got {}", where.str(),
+       json_snippet(object));
 }
 
 Pattern Pattern::literal(std::string text) {
@@ -560,8 +573,7 @@ std::vector<std::int32_t> special_ids(const json& special_tokens, const std::str
   const json& ids = require_array(*it, "ids", entry);
   std::vector<std::int32_t> out;
   for (const json& id : ids) {
-    if (!id.is_number_integer()) fail("{}: ids must be integers, got {}", entry.str(), id.dump());
-    out.push_back(id.get<std::int32_t>());
+    out.push_back(require_token_id(id, entry.str() + ": ids"));
   }
   return out;
 }
@@ -606,7 +618,7 @@ std::unique_ptr<PostProcessor> parse_template(const json& object, const JsonWher
             special_ids(specials, require_string(item["SpecialToken"], "id", item_where), special_where));
       } else {
         fail("{}: expected {{\"Sequence\": ...}} or {{\"SpecialToken\": ...}}, got {}", item_where.str(),
-             item.dump());
+             json_snippet(item));
       }
     }
   }
@@ -618,9 +630,9 @@ std::unique_ptr<PostProcessor> parse_cls_sep(const json& object, const JsonWhere
   const auto id_of = [&](const char* key) {
     const json& pair = require_field(object, key, where);
     if (!pair.is_array() || pair.size() != 2 || !pair[1].is_number_integer()) {
-      fail("{}: '{}' must be [token, id], got {}", where.str(), key, pair.dump());
+      fail("{}: '{}' must be [token, id], got {}", where.str(), key, json_snippet(pair));
     }
-    return std::vector<std::int32_t>{pair[1].get<std::int32_t>()};
+    return std::vector<std::int32_t>{require_token_id(pair[1], fmt::format("{}: '{}'", where.str(), key))};
   };
   std::vector<std::optional<std::vector<std::int32_t>>> items;
   items.emplace_back(id_of("cls"));

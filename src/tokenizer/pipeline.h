@@ -27,6 +27,8 @@ struct JsonWhere {
 const nlohmann::json& require_field(const nlohmann::json& object, const char* key, const JsonWhere& where);
 std::string require_string(const nlohmann::json& object, const char* key, const JsonWhere& where);
 bool optional_bool(const nlohmann::json& object, const char* key, bool fallback, const JsonWhere& where);
+// A token id: a JSON integer in [0, 2^31) (never truncated); errors say `what` and show the value.
+std::int32_t require_token_id(const nlohmann::json& value, const std::string& what);
 
 // A stretch of text on its way through normalization and pre-tokenization.
 struct Piece {

@@ -49,7 +49,7 @@ std::optional<std::string> config_token(const json& config, const char* key, con
   if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
     return (*it)["content"].get<std::string>();
   }
-  fail("{}: '{}' must be a string or an object with 'content', got {}", source, key, it->dump());
+  fail("{}: '{}' must be a string or an object with 'content', got {}", source, key, json_snippet(*it));
 }
 
 // One added token of tokenizer.json, as HF's AddedVocabulary holds it.
@@ -139,7 +139,7 @@ TokenizerConfig TokenizerConfig::from_json(const json& config, const std::string
        {std::pair{"add_bos_token", &out.add_bos_token}, {"add_eos_token", &out.add_eos_token}}) {
     const auto it = config.find(key);
     if (it == config.end() || it->is_null()) continue;
-    if (!it->is_boolean()) fail("{}: '{}' must be true or false, got {}", source, key, it->dump());
+    if (!it->is_boolean()) fail("{}: '{}' must be true or false, got {}", source, key, json_snippet(*it));
     *target = it->get<bool>();
   }
   if (const auto it = config.find("chat_template"); it != config.end() && !it->is_null()) {
@@ -150,7 +150,7 @@ TokenizerConfig TokenizerConfig::from_json(const json& config, const std::string
         if (!entry.is_object() || !entry.contains("name") || !entry.contains("template") ||
             !entry["name"].is_string() || !entry["template"].is_string()) {
           fail("{}: chat_template list entries must be {{\"name\": ..., \"template\": ...}}, got {}", source,
-               entry.dump());
+               json_snippet(entry));
         }
         out.named_chat_templates.emplace_back(entry["name"].get<std::string>(),
                                               entry["template"].get<std::string>());
@@ -293,10 +293,22 @@ std::unique_ptr<BpeModel> parse_model(const json& model, const JsonWhere& where)
   if (!vocab_json.is_object()) fail("{}: 'vocab' must be an object of token -> id", where.str());
   StringMap<std::int32_t> vocab;
   vocab.reserve(vocab_json.size());
+  std::int64_t max_id = -1;
   for (const auto& [token, id] : vocab_json.items()) {
-    if (!id.is_number_integer())
-      fail("{}: vocab['{}'] must be an integer id, got {}", where.str(), token, id.dump());
-    vocab[token] = id.get<std::int32_t>();
+    const std::string entry =
+        fmt::format("{}: vocab['{}']", where.str(), token.size() > 40 ? token.substr(0, 40) + "..." : token);
+    const std::int32_t value = require_token_id(id, entry);
+    max_id = std::max<std::int64_t>(max_id, value);
+    vocab[token] = value;
+  }
+  // The id -> token table is sized by the largest id: a vocabulary may have gaps, but not a sparse one
+  // (a single id of 2^31 - 1 would otherwise ask for a table of two billion entries).
+  const std::int64_t id_limit = 2 * static_cast<std::int64_t>(vocab_json.size()) + 1024;
+  if (max_id >= id_limit) {
+    fail(
+        "{}: 'vocab' has {} tokens but an id of {}: ids must stay below {} (twice the vocabulary size + "
+        "1024)",
+        where.str(), vocab_json.size(), max_id, id_limit);
   }
   const json& merges_json = require_field(model, "merges", where);
   if (!merges_json.is_array()) fail("{}: 'merges' must be an array", where.str());
@@ -315,7 +327,7 @@ std::unique_ptr<BpeModel> parse_model(const json& model, const JsonWhere& where)
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       merges.emplace_back(m[0].get<std::string>(), m[1].get<std::string>());
     } else {
-      fail("{}: merges[{}] must be \"a b\" or [\"a\", \"b\"], got {}", where.str(), i, m.dump());
+      fail("{}: merges[{}] must be \"a b\" or [\"a\", \"b\"], got {}", where.str(), i, json_snippet(m));
     }
   }
   BpeOptions options;
@@ -351,7 +363,7 @@ Tokenizer Tokenizer::from_hf_json(const json& tokenizer_json, const TokenizerCon
   const JsonWhere root{source, ""};
   if (!tokenizer_json.is_object()) fail("{}: a tokenizer.json must be a JSON object", source);
   if (const auto it = tokenizer_json.find("version"); it != tokenizer_json.end() && *it != "1.0") {
-    fail("{}: unknown tokenizer.json version {}", source, it->dump());
+    fail("{}: unknown tokenizer.json version {}", source, json_snippet(*it));
   }
   auto impl = std::make_shared<Impl>();
   const auto stage = [&](const char* key) {

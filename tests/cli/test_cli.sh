@@ -35,6 +35,22 @@ check "tokenize without a tokenizer" expect_fail_with "model PATH or --tokenizer
 check "tokenize --model and --tokenizer" expect_fail_with "excludes" "$ATOM" tokenize -m "$MODEL" --tokenizer x.json
 check "--gpu-memory-gb on the cpu" expect_fail_with "gpu-memory-gb" "$ATOM" bench serve -m "$MODEL" --gpu-memory-gb 24
 
+check "unknown command named" expect_fail_with "unknown command 'bogus'" "$ATOM" bogus
+# Bounds are named plainly (not as the largest double, 309 digits).
+top_k=$("$ATOM" generate -m "$MODEL" -p hi --top-k -5 2>&1)
+check "--top-k -5 names the bound" grep -q "must be >= 0, got -5" <<<"$top_k"
+check "--top-k message is short" test "${#top_k}" -lt 300
+mkdir -p "$TMP/adir"
+check "--text directory named as such" expect_fail_with "is a directory" "$ATOM" eval ppl -m "$MODEL" --text "$TMP/adir"
+check "--calib directory named as such" expect_fail_with "is a directory" "$ATOM" quantize -m "$MODEL" --calib "$TMP/adir" --out "$TMP/q-unused"
+# A model that cannot load ends `atom serve` (it used to hang waiting for a listener that never started).
+serve_ok=1
+for i in 1 2 3 4 5 6; do
+  out=$(timeout 20 "$ATOM" serve --model /nonexistent.gguf --port 0 2>&1); rc=$?
+  if [[ $rc -eq 124 || $rc -eq 0 ]] || ! grep -q "/nonexistent.gguf" <<<"$out"; then serve_ok=0; echo "  run $i: rc $rc: $out"; fi
+done
+check "serve with a missing model exits with an error" test $serve_ok -eq 1
+
 if [[ ! -s $MODEL ]]; then
   if [[ ${ATOM_SKIP_MODEL_TESTS:-0} == 1 ]]; then echo "model absent: skipping model checks"; exit $((failures ? 1 : 77)); fi
   echo "FAIL: $MODEL is missing; run scripts/fetch_model.sh"; exit 1
@@ -76,5 +92,19 @@ check "tokenize --ids names a bad id" expect_fail_with "id 1 is 99999999, outsid
 check "tokenize --ids names a non-integer" expect_fail_with "id 2 is 'x7', not an integer" \
   bash -c "echo '1,2,x7' | '$ATOM' tokenize -m '$MODEL' --ids"
 check "tokenize names a missing file" expect_fail_with "/nonexistent.txt" "$ATOM" tokenize -m "$MODEL" --file /nonexistent.txt
+
+# Trailing slash and --force: the output is replaced, not deleted (the staging directory is a sibling).
+check "convert OUT/ --force replaces" "$ATOM" convert "$MODEL" "$TMP/smollm2-hf/" --force --dtype f16
+check "convert OUT/ --force left a model" test -s "$TMP/smollm2-hf/model.safetensors"
+check "convert OUT/ --force left no staging directory" test -z "$(ls -d "$TMP"/smollm2-hf.* 2>/dev/null)"
+check "convert into a new OUT/" "$ATOM" convert "$MODEL" "$TMP/fresh-hf/" --dtype f16
+check "convert into a new OUT/ wrote" test -s "$TMP/fresh-hf/config.json"
+mkdir -p "$TMP/other.tmp-convert" && echo precious > "$TMP/other.tmp-convert/keep"
+check "convert keeps a pre-existing OUT.tmp-convert" bash -c "'$ATOM' convert '$MODEL' '$TMP/other' --dtype f16 >/dev/null 2>&1 && test -s '$TMP/other.tmp-convert/keep'"
+
+# One line of bad UTF-8 in `atom chat` is reported and dropped; the chat goes on.
+chat_out=$(printf 'caf\xe9\nSay hi.\n' | "$ATOM" chat -m "$MODEL" --temperature 0 --max-tokens 4 2>&1); rc=$?
+check "chat survives a non-UTF-8 line" test $rc -eq 0
+check "chat names the bad line" grep -q "not valid UTF-8" <<<"$chat_out"
 
 [[ $failures -eq 0 ]] || { echo "$failures check(s) failed"; exit 1; }

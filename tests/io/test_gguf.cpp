@@ -1016,6 +1016,9 @@ TEST(GgufConfig, Errors) {
                   "general.architecture 'falcon' is not supported");
   EXPECT_CONTAINS(config_error([](GgufBuilder& b) { b.kvs[9].second = scalar<std::uint32_t>(2); }),
                   "partial rotary embeddings are not supported");
+  // A hidden size the heads do not divide is named as such (not as "head dimension is 0").
+  EXPECT_CONTAINS(config_error([](GgufBuilder& b) { b.kvs[2].second = scalar<std::uint32_t>(9); }),
+                  "llama.embedding_length 9 is not divisible by llama.attention.head_count 2");
   EXPECT_CONTAINS(config_error([](GgufBuilder& b) { b.kv("llama.rope.scaling.type", str("yarn")); }),
                   "'yarn' is not supported");
   EXPECT_CONTAINS(config_error([](GgufBuilder& b) {

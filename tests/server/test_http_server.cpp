@@ -3,6 +3,12 @@
 
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <thread>
 
@@ -30,6 +36,8 @@ class ServerTest : public ::testing::Test {
     options.port = 0;
     options.api_key = api_key;
     options.model_names = {"fake-model", "/models/fake.gguf"};
+    if (http_threads) options.http_threads = http_threads;
+    if (request_timeout.count()) options.request_timeout = request_timeout;
     server = std::make_unique<OpenAIServer>(options, metrics);
     port = server->bind();
     thread = std::thread([this] { server->listen(); });
@@ -39,7 +47,7 @@ class ServerTest : public ::testing::Test {
     EngineConfig config;
     config.limits.max_batch = max_batch;
     config.limits.max_batched_tokens = 64;
-    config.num_kv_blocks = 128;
+    config.num_kv_blocks = kv_blocks;
     auto owned = std::make_unique<FakeRunner>(kContext);
     runner = owned.get();
     engine = std::make_unique<Engine>(std::move(owned), codec, config, &metrics);
@@ -98,7 +106,52 @@ class ServerTest : public ::testing::Test {
   std::unique_ptr<OpenAIServer> server;
   std::thread thread;
   int port = 0;
+  int kv_blocks = 128;
+  int http_threads = 0;  // 0: the default
+  std::chrono::milliseconds request_timeout{0};
 };
+
+// A raw loopback connection, for what httplib's client cannot send (pipelining, bad framing, slow bytes).
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~RawConnection() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  bool send(const std::string& bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
+  }
+  // Everything received until the peer closes or `timeout` passes.
+  std::string receive_all(std::chrono::milliseconds timeout) {
+    std::string out;
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      char buf[4096];
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out;
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+int count_of(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
 
 json completion_body(const std::string& prompt, int max_tokens, bool stream = false) {
   return {{"model", "fake-model"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0},
@@ -337,6 +390,202 @@ TEST_F(ServerTest, ManyConcurrentStreamsAllComplete) {
                            "atom_prompt_tokens_total", "atom_generation_tokens_total"}) {
     EXPECT_NE(text.find(name), std::string::npos) << name;
   }
+}
+
+}  // namespace
+}  // namespace atom
+
+namespace atom {
+namespace {
+
+TEST_F(ServerTest, PipelinedRequestsOnOneConnectionAreAllAnswered) {
+  start();
+  RawConnection c(port);
+  ASSERT_TRUE(c.connected());
+  const std::string body = completion_body("hi", 2).dump();
+  ASSERT_TRUE(
+      c.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+             "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: " +
+             std::to_string(body.size()) + "\r\n\r\n" + body +
+             "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+  const std::string answers = c.receive_all(std::chrono::seconds(10));
+  EXPECT_EQ(count_of(answers, "HTTP/1.1 200"), 3) << answers;
+  EXPECT_NE(answers.find("text_completion"), std::string::npos);
+  EXPECT_NE(answers.find("\"object\":\"list\""), std::string::npos);
+}
+
+TEST_F(ServerTest, AmbiguousBodyFramingIsRefused) {
+  start();
+  for (const char* headers : {"Content-Length: 5\r\nContent-Length: 6\r\n", "Content-Length: 5, 6\r\n",
+                              "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"}) {
+    RawConnection c(port);
+    ASSERT_TRUE(c.send(std::string("POST /v1/completions HTTP/1.1\r\nHost: x\r\n") + headers + "\r\n{}    "));
+    const std::string answer = c.receive_all(std::chrono::seconds(5));
+    EXPECT_EQ(answer.rfind("HTTP/1.1 400", 0), 0u) << headers << " -> " << answer;
+  }
+  // A body over the limit is refused from its headers (413), before it is sent.
+  RawConnection big(port);
+  ASSERT_TRUE(big.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n{"));
+  const std::string too_large = big.receive_all(std::chrono::seconds(5));
+  EXPECT_EQ(too_large.rfind("HTTP/1.1 413", 0), 0u) << too_large;
+  EXPECT_NE(too_large.find("\"error\""), std::string::npos) << too_large;
+  // Repeating the same length is harmless.
+  RawConnection same(port);
+  const std::string body = completion_body("hi", 2).dump();
+  ASSERT_TRUE(same.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " +
+                        std::to_string(body.size()) + "\r\nContent-Length: " + std::to_string(body.size()) +
+                        "\r\n\r\n" + body));
+  EXPECT_EQ(same.receive_all(std::chrono::seconds(5)).rfind("HTTP/1.1 200", 0), 0u);
+}
+
+TEST_F(ServerTest, BearerSchemeIsCaseInsensitiveButTheKeyIsNot) {
+  start("sekret");
+  for (const char* auth : {"Bearer sekret", "bearer sekret", "BEARER sekret", "Bearer  sekret"}) {
+    EXPECT_EQ(post("/v1/completions", completion_body("x", 2), {{"Authorization", auth}})->status, 200)
+        << auth;
+  }
+  for (const char* auth : {"Bearer Sekret", "Basic sekret", "Bearer", "Bearer ", "Bearersekret", "sekret"}) {
+    EXPECT_EQ(post("/v1/completions", completion_body("x", 2), {{"Authorization", auth}})->status, 401)
+        << auth;
+  }
+}
+
+TEST_F(ServerTest, SlowClientsHoldNoWorkerAndTimeOut) {
+  http_threads = 4;
+  request_timeout = std::chrono::milliseconds(1500);
+  start();
+  // Three times as many slow clients as workers, each sending one byte of its headers every 300 ms.
+  std::vector<std::unique_ptr<RawConnection>> slow;
+  for (int i = 0; i < 12; ++i) slow.push_back(std::make_unique<RawConnection>(port));
+  const std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\n";
+  std::atomic<bool> done{false};
+  std::thread trickle([&] {
+    for (std::size_t i = 0; i < request.size() && !done; ++i) {
+      for (auto& c : slow) c->send(request.substr(i, 1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  for (int i = 0; i < 5; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    auto c = client();
+    c.set_read_timeout(2, 0);
+    auto health = c.Get("/health");
+    ASSERT_TRUE(health) << "/health got no answer while slow clients are connected";
+    EXPECT_EQ(health->status, 200);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(1000));
+  }
+  // Past the request deadline the slow clients get 408 and are closed.
+  const std::string answer = slow[0]->receive_all(std::chrono::seconds(4));
+  EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
+  done = true;
+  trickle.join();
+}
+
+TEST_F(ServerTest, ANonStreamingClientLeavingCancelsItsRequest) {
+  start();
+  runner->set_step_delay_ms(20);  // 240 tokens would take 5 s
+  {
+    auto c = client();
+    c.set_read_timeout(0, 300000);  // gives up after 0.3 s and closes the connection
+    auto res = c.Post("/v1/completions", completion_body("go on", 240).dump(), "application/json");
+    EXPECT_FALSE(res);
+  }
+  const auto start_time = std::chrono::steady_clock::now();
+  while (metric("atom_requests_finished_total{finished_reason=\"cancelled\"}") < 1) {
+    ASSERT_LT(std::chrono::steady_clock::now() - start_time, std::chrono::seconds(3))
+        << "request still running";
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(server->wait_until_idle(std::chrono::seconds(2)));
+  EXPECT_EQ(engine->stats().running, 0);
+  EXPECT_LT(metric("atom_generation_tokens_total"), 120);
+}
+
+TEST_F(ServerTest, StopBeforeListenDoesNotHang) {
+  for (int i = 0; i < 20; ++i) {
+    ServerOptions options;
+    options.port = 0;
+    OpenAIServer s(options, metrics);
+    s.bind();
+    std::thread listening([&] { s.listen(); });
+    if (i % 2) std::this_thread::sleep_for(std::chrono::milliseconds(i));
+    s.stop();  // before or after the thread got to listen
+    listening.join();
+  }
+  ServerOptions options;
+  options.port = 0;
+  OpenAIServer never(options, metrics);
+  never.bind();
+  never.stop();
+  never.listen();  // returns at once
+}
+
+TEST_F(ServerTest, DefaultMaxTokensFitTheKvPool) {
+  kv_blocks = 4;  // 64 tokens of 16-token blocks, well below the context of 256
+  start();
+  auto chat = post("/v1/chat/completions", {{"model", "fake-model"},
+                                            {"messages", {{{"role", "user"}, {"content", "hello"}}}},
+                                            {"temperature", 0},
+                                            {"ignore_eos", true}});
+  ASSERT_EQ(chat->status, 200) << chat->body;
+  const json usage = json::parse(chat->body)["usage"];
+  EXPECT_EQ(usage["total_tokens"].get<int>(), 64);
+  EXPECT_EQ(json::parse(chat->body)["choices"][0]["finish_reason"], "length");
+  // A given max_tokens beyond the pool is still refused, with a 400.
+  EXPECT_EQ(post("/v1/completions", completion_body("hello", 100))->status, 400);
+  // A prompt filling the whole pool leaves no room.
+  auto full = post("/v1/completions", {{"model", "fake-model"}, {"prompt", std::string(70, 'a')}});
+  EXPECT_EQ(full->status, 400) << full->body;
+}
+
+TEST_F(ServerTest, OutOfRangeNumbersAndDeepNestingAre400) {
+  start();
+  const std::string head = R"({"model": "fake-model", "prompt": "x", )";
+  for (const std::string tail :
+       {R"("max_tokens": 1e999})", R"("max_tokens": -1e999})", R"("temperature": 1e999})",
+        R"("seed": 1e999})", R"("seed": 1e300})", R"("max_tokens": 1e300})", R"("top_k": 1e30})",
+        R"("seed": 18446744073709551616})"}) {
+    auto res = client().Post("/v1/completions", head + tail, "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << tail << " -> " << res->body;
+    EXPECT_EQ(json::parse(res->body)["error"]["type"], "invalid_request_error");
+  }
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  for (const std::string& body : {deep, head + R"("stop": )" + deep + "}"}) {
+    auto res = client().Post("/v1/completions", body, "application/json");
+    ASSERT_TRUE(res) << "no answer to a deeply nested body";
+    EXPECT_EQ(res->status, 400);
+    EXPECT_NE(res->body.find("nested deeper"), std::string::npos) << res->body.substr(0, 300);
+  }
+  EXPECT_EQ(client().Get("/health")->status, 200);
+}
+
+TEST_F(ServerTest, AStreamCutShortByShutdownEndsWithAnErrorNotAbort) {
+  start();
+  runner->set_step_delay_ms(20);
+  std::vector<std::string> events;
+  std::thread streaming(
+      [&] { events = stream_events("/v1/completions", completion_body("keep going", 200, true)); });
+  while (engine->stats().running == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  server->start_draining();
+  engine->shutdown();  // what `atom serve` does when the drain times out
+  streaming.join();
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  bool error_event = false;
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    if (e.contains("error")) {
+      error_event = true;
+      continue;
+    }
+    const json& finish = e["choices"][0]["finish_reason"];
+    EXPECT_TRUE(finish.is_null() || finish == "stop" || finish == "length") << events[i];
+  }
+  EXPECT_TRUE(error_event);
 }
 
 }  // namespace

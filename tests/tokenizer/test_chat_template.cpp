@@ -69,6 +69,28 @@ TEST(ChatTemplate, DetectsTheFormat) {
   }
 }
 
+// Found by fuzz_chat_template: content ending in a truncated UTF-8 sequence was read past its end while the
+// template stripped it (heap-buffer-overflow). Every style now refuses text that is not UTF-8, naming it.
+TEST(ChatTemplate, RefusesInvalidUtf8InsteadOfReadingPastIt) {
+  const json& refs = test::reference("chat_refs.json");
+  for (const char* name : {"smollm2", "qwen3", "llama3", "llama2", "mistral"}) {
+    const ChatTemplate t =
+        ChatTemplate::detect(refs["templates"][name]["template"].get<std::string>(), "<s>", "</s>");
+    for (const std::string bad :
+         {std::string("caf\xe9"), std::string("\xf0\x9f"), std::string("a\xc3"), std::string("\xff x")}) {
+      const std::vector<ChatMessage> messages{{"system", "be brief"}, {"user", " " + bad}};
+      try {
+        t.apply(messages, true);
+        ADD_FAILURE() << name << ": accepted invalid UTF-8";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("chat message 1 (user): the content is not valid UTF-8"),
+                  std::string::npos)
+            << e.what();
+      }
+    }
+  }
+}
+
 TEST(ChatTemplate, EndOfTurnMarker) {
   EXPECT_EQ(ChatTemplate::end_of_turn_marker(""), "<|im_end|>");
   EXPECT_EQ(ChatTemplate::end_of_turn_marker("x<|start_header_id|>y"), "<|eot_id|>");

@@ -176,10 +176,7 @@ class HfReference : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     const std::string base = GetParam().substr(0, GetParam().find('_'));
-    if (!std::filesystem::exists(test::fixture_dir(base))) {
-      FAIL() << "tokenizer fixture " << test::fixture_dir(base)
-             << " is missing (../shared beside the checkout)";
-    }
+    ATOM_REQUIRE_FIXTURE(base);
   }
   const Tokenizer& tok() const { return tokenizer_named(GetParam()); }
   const json& refs() const { return reference("refs_" + GetParam() + ".json"); }
@@ -202,6 +199,7 @@ INSTANTIATE_TEST_SUITE_P(Variants, HfReference,
                          [](const auto& info) { return info.param; });
 
 TEST(HfFixtures, ConfigTokensAndTemplates) {
+  for (const char* name : {"spm32k", "llama3", "qwen3"}) ATOM_REQUIRE_FIXTURE(name);
   const Tokenizer& spm = tokenizer_named("spm32k");
   EXPECT_EQ(spm.bos_id(), 1);
   EXPECT_EQ(spm.eos_ids(), std::vector<std::int32_t>{2});
@@ -231,6 +229,7 @@ TEST(HfFixtures, ConfigTokensAndTemplates) {
 // The fast paths of BpeModel::tokenize (word cache, long words cut where no merge can join) give what
 // the plain whole-word algorithm gives, on long texts and on every word of them.
 TEST(BpeFastPaths, MatchWholeWordMerging) {
+  for (const char* name : {"spm32k", "llama3"}) ATOM_REQUIRE_FIXTURE(name);
   for (const char* name : {"spm32k", "llama3"}) {
     SCOPED_TRACE(name);
     const json tok = test::fixture_json(name);
@@ -373,6 +372,7 @@ GgufTokenizerData spm32k_as_gguf() {
 }
 
 TEST(GgufTokenizer, SentencePieceFromScoresMatchesTokenizerJson) {
+  ATOM_REQUIRE_FIXTURE("spm32k");
   const Tokenizer tok = Tokenizer::from_gguf(spm32k_as_gguf(), "spm32k as GGUF");
   const json& refs = reference("refs_spm32k.json");
   expect_encodings(tok, refs, "spm32k-gguf");

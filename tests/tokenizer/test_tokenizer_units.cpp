@@ -158,6 +158,38 @@ TEST(TokenizerJson, MinimalTokenizerWorks) {
   std::filesystem::remove(path);
 }
 
+TEST(TokenizerJson, TokenIdsOutOfRangeFailClearly) {
+  // An id sizes the id -> token table: a huge one must be an error, not std::bad_alloc; one above 2^32
+  // must not be truncated (4294967299 would alias id 3).
+  for (const char* id :
+       {"2147483647", "1000000000", "4294967299", "-1", "1e9", "3.5", "18446744073709551615"}) {
+    json t = minimal_tokenizer();
+    t["model"]["vocab"]["b"] = json::parse(id);
+    expect_error(t, "vocab");
+  }
+  json t = minimal_tokenizer();
+  t["post_processor"] = json::parse(R"({"type": "TemplateProcessing", "single": "<s> $A",
+      "special_tokens": {"<s>": {"id": "<s>", "ids": [4294967299]}}})");
+  expect_error(t, "outside");
+}
+
+TEST(TokenizerJson, DeepNestingFailsClearly) {
+  const std::string path = testing::TempDir() + "/atom_deep_tokenizer.json";
+  std::ofstream(path) << std::string(100000, '[') << std::string(100000, ']');
+  try {
+    Tokenizer::from_hf_files(path);
+    ADD_FAILURE() << "accepted a deeply nested tokenizer.json";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+  }
+  // A deep value inside a valid-looking file: the error message must not render all of it.
+  std::ofstream(path) << R"({"version": "1.0", "model": )" << std::string(120, '[') << std::string(120, ']')
+                      << "}";
+  EXPECT_THROW(Tokenizer::from_hf_files(path), Error);
+  std::filesystem::remove(path);
+}
+
 TEST(TokenizerJson, MalformedFilesFailClearly) {
   json t = minimal_tokenizer();
   t.erase("model");

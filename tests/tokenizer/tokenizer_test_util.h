@@ -37,6 +37,15 @@ inline std::string smollm2_gguf_path() {
     }                                                                                           \
   } while (0)
 
+// GTEST_SKIP when a shared tokenizer fixture is absent (a clone without ../shared beside it), saying so.
+#define ATOM_REQUIRE_FIXTURE(name)                                                                       \
+  do {                                                                                                   \
+    if (!std::filesystem::exists(::atom::test::fixture_dir(name))) {                                     \
+      GTEST_SKIP() << "tokenizer fixture " << ::atom::test::fixture_dir(name)                            \
+                   << " is missing: these tests need ../shared/fixtures/tokenizers beside the checkout"; \
+    }                                                                                                    \
+  } while (0)
+
 inline const nlohmann::json& reference(const std::string& file) {
   static std::mutex mutex;
   static std::map<std::string, nlohmann::json> cache;

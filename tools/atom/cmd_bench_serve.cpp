@@ -274,23 +274,25 @@ void add_bench_serve_command(CLI::App& bench) {
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--num-requests", opt->num_requests, "Requests per run (overrides --requests-per-batch)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--trace", opt->trace, "JSONL trace: {\"prompt\": text | \"prompt_length\": n, \"output_length\": m}");
   cmd->add_option("--seed", opt->seed, "Seed of the synthetic workload (and of trace prompt_length ids)")
       ->capture_default_str();
-  cmd->add_option("--prompt-length", opt->prompt_length, "Fixed prompt length (0: ShareGPT-like distribution)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--output-length", opt->output_length, "Fixed output length (0: ShareGPT-like distribution)")
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--prompt-length", opt->prompt_length,
+                  "Fixed prompt length (0: ShareGPT-like distribution)")
+      ->check(non_negative_number());
+  cmd->add_option("--output-length", opt->output_length,
+                  "Fixed output length (0: ShareGPT-like distribution)")
+      ->check(non_negative_number());
   cmd->add_option("--max-prompt-length", opt->max_prompt_length, "Clamp of prompt lengths")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--max-output-length", opt->max_output_length, "Clamp of output lengths")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_flag("--ignore-eos", opt->ignore_eos, "Generate exactly each request's output length (fixed-length outputs)");
   cmd->add_option("--max-batched-tokens", opt->max_batched_tokens, "Token budget of one engine step")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   add_backend_options(cmd, opt->backend);
   cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")->check(CLI::Range(1, 1024))->capture_default_str();
@@ -300,7 +302,7 @@ void add_bench_serve_command(CLI::App& bench) {
   cmd->add_flag("--enable-prefix-caching,!--no-prefix-caching", opt->prefix_caching,
                 "Reuse the KV blocks of prompt prefixes computed before (default: on)");
   cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size (default: room for the whole batch)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--json", opt->json_path, "Write the results as JSON (scripts/dev/plot_serve.py plots them)");
   cmd->add_option("--save-workload", opt->save_workload,
                   "Write the first run's requests as JSONL {prompt_ids, output_length} (scripts/bench/hf_reference.py)");

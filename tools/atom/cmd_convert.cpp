@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "common/progress.h"
+#include "common/staged_dir.h"
 #include "io/checkpoint.h"
 #include "io/hf_config.h"
 #include "io/safetensors.h"
@@ -36,17 +37,13 @@ void write_json(const fs::path& path, const nlohmann::json& json) {
 
 void run_convert(const ConvertOptions& opt) {
   const DType out_dtype = opt.dtype == "f32" ? DType::F32 : opt.dtype == "f16" ? DType::F16 : DType::BF16;
-  const fs::path out_dir(opt.output);
-  if (fs::exists(out_dir) && !opt.force)
-    fail("output '{}' already exists; pass --force to replace it", opt.output);
+  // Refuses an existing output without --force ("OUT/" is "OUT"). Everything goes to a fresh sibling
+  // staging directory first, so a failure leaves the output as it was.
+  StagedDir staged(opt.output, opt.force, "convert");
+  const fs::path& tmp_dir = staged.staging();
 
   const Checkpoint ckpt = open_checkpoint(opt.input);
   const Tokenizer tokenizer = load_tokenizer(ckpt);
-
-  // Everything goes to a sibling temporary directory first, so a failure leaves nothing half-written.
-  const fs::path tmp_dir = out_dir.string() + ".tmp-convert";
-  fs::remove_all(tmp_dir);
-  fs::create_directories(tmp_dir);
 
   const auto names = ckpt.tensors->names();
   std::vector<std::vector<std::uint8_t>> buffers;
@@ -79,8 +76,7 @@ void run_convert(const ConvertOptions& opt) {
   write_json(tmp_dir / "tokenizer.json", tokenizer.to_hf_tokenizer_json());
   write_json(tmp_dir / "tokenizer_config.json", tokenizer.to_hf_tokenizer_config_json());
 
-  if (fs::exists(out_dir)) fs::remove_all(out_dir);  // only reached with --force
-  fs::rename(tmp_dir, out_dir);
+  staged.commit();
   fmt::print("wrote {} ({} tensors, {})\n", opt.output, names.size(), opt.dtype);
 }
 

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "eval/perplexity.h"
 #include "io/checkpoint.h"
+#include "text_file.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {
@@ -25,17 +26,8 @@ struct PplOptions {
   bool json = false;
 };
 
-std::string read_text_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open text file '{}'", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 void run_ppl(const PplOptions& opt) {
-  const std::string text = read_text_file(opt.text);
-  if (text.empty()) fail("text file '{}' is empty", opt.text);
+  const std::string text = read_text_file(opt.text, "text file");
   const Checkpoint ckpt = open_checkpoint(opt.model);
   const Tokenizer tokenizer = load_tokenizer(ckpt);
   const std::unique_ptr<cpu::LlamaModel> model = cpu::load_cpu_model(ckpt);
@@ -71,8 +63,10 @@ CLI::App* add_eval_command(CLI::App& app) {
   ppl->add_option("--text", opt->text, "UTF-8 text file, scored as one document")->required();
   ppl->add_option("--ctx", opt->ctx, "Tokens per window (capped by the model's context)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
-  ppl->add_option("--stride", opt->stride, "Advance between windows (default: ctx)")->check(CLI::NonNegativeNumber);
-  ppl->add_option("--max-windows", opt->max_windows, "Stop after N windows (0: all)")->check(CLI::NonNegativeNumber);
+  ppl->add_option("--stride", opt->stride, "Advance between windows (default: ctx)")
+      ->check(non_negative_number());
+  ppl->add_option("--max-windows", opt->max_windows, "Stop after N windows (0: all)")
+      ->check(non_negative_number());
   ppl->add_flag("--json", opt->json, "Print one JSON object as the last stdout line");
   ppl->callback([opt] { run_ppl(*opt); });
   return eval;

@@ -19,6 +19,7 @@
 #include "eval/ablation.h"
 #include "io/checkpoint.h"
 #include "model/weights.h"
+#include "text_file.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {
@@ -32,15 +33,6 @@ struct AblationCliOptions {
   std::uint64_t seed = 0;
   bool json = false, outlier_table = false, attribution = false, quiet = false;
 };
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open text file '{}'", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().empty()) fail("text file '{}' is empty", path);
-  return ss.str();
-}
 
 std::string machine_description() {
   std::string cpu = "unknown CPU";
@@ -60,8 +52,9 @@ void run_ablation_command(const AblationCliOptions& opt) {
   const Checkpoint ckpt = open_checkpoint(opt.model);
   const Tokenizer tokenizer = load_tokenizer(ckpt);
   // Both texts are encoded as `atom eval ppl` encodes its text; calibration windows come from --calib only.
-  const std::vector<std::int32_t> calib_tokens = tokenizer.encode(read_text(opt.calib), true);
-  const std::vector<std::int32_t> eval_tokens = tokenizer.encode(read_text(opt.text), true);
+  const std::vector<std::int32_t> calib_tokens =
+      tokenizer.encode(read_text_file(opt.calib, "calibration text"), true);
+  const std::vector<std::int32_t> eval_tokens = tokenizer.encode(read_text_file(opt.text, "text file"), true);
 
   quant::QuantRecipe settings;
   settings.calib_windows = opt.calib_windows;
@@ -211,18 +204,19 @@ void add_eval_ablation_command(CLI::App* eval) {
   cmd->add_option("--calib", opt->calib, "Calibration text (a training split)")->required();
   cmd->add_option("--text", opt->text, "Evaluation text (the matching test split)")->required();
   cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows per row (default 16)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--calib-len", opt->calib_len, "Tokens per calibration window (default 256)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--seed", opt->seed, "Seed of the calibration windows");
   cmd->add_option("--group-size", opt->group, "Group size of the grouped rows (default 128)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--ctx", opt->ctx, "Evaluation window (default 512, capped by the model's context)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--stride", opt->stride, "Advance between evaluation windows (default: ctx)")
-      ->check(CLI::NonNegativeNumber);
-  cmd->add_option("--max-windows", opt->max_windows, "Evaluate the first N windows (default 8; 0: the whole text)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
+  cmd->add_option("--max-windows", opt->max_windows,
+                  "Evaluate the first N windows (default 8; 0: the whole text)")
+      ->check(non_negative_number());
   cmd->add_option("--rows", opt->rows,
                   "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
                   "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "

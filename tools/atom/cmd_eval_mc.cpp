@@ -57,7 +57,7 @@ void add_eval_mc_command(CLI::App* eval) {
   cmd->add_option("--tasks", opt->tasks, "jsonl task file(s); the layout is recognized from the keys")
       ->required();
   cmd->add_option("--limit", opt->limit, "Score the first N documents of each file (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_flag("--json", opt->json, "Print one JSON object (with every score) as the last stdout line");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bars");
   cmd->callback([opt] { run_mc(*opt); });

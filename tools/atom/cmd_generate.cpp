@@ -131,12 +131,19 @@ void run_chat(const GenerateOptions& opt) {
       continue;
     }
     messages.push_back({"user", line});
-    // Re-encode the whole conversation: templates may render earlier turns differently once a turn follows.
-    const std::vector<std::int32_t> ids =
-        m.tokenizer.encode(chat_template.apply(messages, true), /*add_special_tokens=*/false);
-    cpu::KvCache cache = m.model->new_cache();
-    const auto reply_ids = stream_completion(m, cache, ids, opt);
-    messages.push_back({"assistant", m.tokenizer.decode(reply_ids, /*skip_special_tokens=*/true)});
+    // A turn that cannot be answered (text that is not UTF-8, a conversation longer than the context) is
+    // reported and dropped; the conversation goes on without it.
+    try {
+      // Re-encode the whole conversation: templates may render earlier turns differently once a turn follows.
+      const std::vector<std::int32_t> ids =
+          m.tokenizer.encode(chat_template.apply(messages, true), /*add_special_tokens=*/false);
+      cpu::KvCache cache = m.model->new_cache();
+      const auto reply_ids = stream_completion(m, cache, ids, opt);
+      messages.push_back({"assistant", m.tokenizer.decode(reply_ids, /*skip_special_tokens=*/true)});
+    } catch (const Error& e) {
+      messages.pop_back();
+      fmt::print(stderr, "atom chat: {} (this line was dropped; type another, or /reset)\n", e.what());
+    }
   }
 }
 
@@ -144,7 +151,8 @@ void add_sampling_options(CLI::App* cmd, GenerateOptions& opt) {
   cmd->add_option("--model,-m", opt.model, "GGUF file or Hugging Face model directory")->required();
   cmd->add_option("--max-tokens,-n", opt.max_tokens, "Most tokens to generate")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--temperature,-t", opt.temperature, "0 = greedy")->check(CLI::Range(0.0f, 100.0f));
-  cmd->add_option("--top-k", opt.top_k, "Keep the k most likely tokens (0 = off)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--top-k", opt.top_k, "Keep the k most likely tokens (0 = off)")
+      ->check(non_negative_number());
   cmd->add_option("--top-p", opt.top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(0.0f, 1.0f));
   cmd->add_option("--seed", opt.seed, "Random seed");
   cmd->add_option("--system", opt.system, "System prompt (chat)");

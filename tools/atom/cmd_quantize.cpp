@@ -16,6 +16,7 @@
 #include "format/recipe.h"
 #include "io/checkpoint.h"
 #include "quant/quantizer.h"
+#include "text_file.h"
 #include "tokenizer/checkpoint_tokenizer.h"
 
 namespace atom::cli {
@@ -31,14 +32,6 @@ struct QuantizeOptions {
   std::optional<std::uint64_t> seed;
   bool search_clip = false, no_gptq = false, force = false, quiet = false;
 };
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open text file '{}'", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 quant::NumberFormat int_format(int bits, const char* option) {
   switch (bits) {
@@ -91,8 +84,7 @@ void run_quantize(const QuantizeOptions& opt) {
   const Tokenizer tokenizer = load_tokenizer(ckpt);
   std::vector<std::int32_t> calib_tokens;
   if (recipe.needs_calibration()) {
-    const std::string text = read_text(opt.calib);
-    if (text.empty()) fail("calibration text '{}' is empty", opt.calib);
+    const std::string text = read_text_file(opt.calib, "calibration text");
     calib_tokens = tokenizer.encode(text, /*add_special_tokens=*/true);
   }
   const std::int64_t window = std::min<std::int64_t>(recipe.calib_len, ckpt.config.max_position_embeddings);
@@ -168,7 +160,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--abits", opt->abits, "Activation bits (3, 4, 8; 16 = weight-only)")
       ->check(CLI::IsMember({3, 4, 8, 16}));
   cmd->add_option("--group-size", opt->group, "Group size along K (0: one group per row)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--outliers", opt->outliers,
                   "Outlier channels per linear input (-1: default rule, 0: none)")
       ->check(CLI::Range(std::int64_t{-1}, std::int64_t{1} << 20));
@@ -180,7 +172,7 @@ void add_quantize_command(CLI::App& app) {
                   "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
       ->check(CLI::IsMember({4, 8, 16}));
   cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows (default 128)")
-      ->check(CLI::PositiveNumber);
+      ->check(positive_number());
   cmd->add_option("--calib-len", opt->calib_len,
                   "Tokens per calibration window (default 2048, capped by the context)")
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));

@@ -44,6 +44,9 @@ struct ServeOptions {
 // SIGTERM / SIGINT: the handler writes the signal number to a pipe (async-signal-safe; works whichever thread
 // the kernel picks, including the BLAS and OpenMP threads that exist before main), a thread reads it.
 int g_signal_pipe[2] = {-1, -1};
+// Until the engine serves there is nothing to drain: a signal then ends the process at once (loading a
+// large checkpoint can take minutes, and nothing would read the signal before it is done).
+std::atomic<bool> g_serving{false};
 
 extern "C" void on_shutdown_signal(int signal) {
   const unsigned char byte = static_cast<unsigned char>(signal);
@@ -63,6 +66,11 @@ class ShutdownSignal {
     std::thread([state = state_] {
       unsigned char byte = 0;
       while (read(g_signal_pipe[0], &byte, 1) != 1) {
+      }
+      if (!g_serving) {
+        const char message[] = "atom serve: signal received while loading: exiting\n";
+        [[maybe_unused]] const ssize_t n = write(STDERR_FILENO, message, sizeof message - 1);
+        _exit(128 + byte);
       }
       // A second signal ends the process at once (no second drain).
       signal(SIGTERM, SIG_DFL);
@@ -138,6 +146,7 @@ void run_serve(const ServeOptions& opt) {
                     engine->runner().describe(), opt.max_batch, opt.max_batched_tokens, engine->max_context(),
                     opt.prefix_caching ? "on" : "off"));
     server.set_engine(engine.get());
+    g_serving = true;
   } catch (...) {
     stop_http();
     throw;
@@ -172,14 +181,14 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--max-context", opt->max_context, "Most positions per request (0: the model's)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   add_backend_options(cmd, opt->backend);
   cmd->add_option("--kv-cache-mb", opt->kv_cache_mb, "KV cache size in MiB")
-      ->check(CLI::PositiveNumber)
+      ->check(positive_number())
       ->capture_default_str();
   cmd->add_option("--kv-blocks", opt->kv_blocks, "KV cache size in blocks (overrides --kv-cache-mb)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_number());
   cmd->add_option("--block-size", opt->block_size, "Tokens per KV block")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();
@@ -191,7 +200,7 @@ void add_serve_command(CLI::App& app) {
       ->check(CLI::Range(4, 4096))
       ->capture_default_str();
   cmd->add_option("--drain-timeout", opt->drain_timeout_s, "Seconds SIGTERM waits for running requests")
-      ->check(CLI::NonNegativeNumber)
+      ->check(non_negative_number())
       ->capture_default_str();
   cmd->add_flag("--quiet,-q", opt->quiet, "No per-request log lines");
   cmd->callback([opt] { run_serve(*opt); });

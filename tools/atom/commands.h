@@ -1,8 +1,33 @@
 #pragma once
 // Each `atom` subcommand registers itself on the CLI11 app; its callback does the work.
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace atom::cli {
+
+// Number checks whose messages name the bound only (CLI11's NonNegativeNumber / PositiveNumber print the
+// largest double, 309 digits, as the upper bound).
+inline CLI::Validator non_negative_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return "'" + text + "' is not a number";
+        if (!(value >= 0)) return "must be >= 0, got " + text;
+        return "";
+      },
+      "NUMBER >= 0", "NONNEGATIVE");
+}
+inline CLI::Validator positive_number() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        double value = 0;
+        if (!CLI::detail::lexical_cast(text, value)) return "'" + text + "' is not a number";
+        if (!(value > 0)) return "must be > 0, got " + text;
+        return "";
+      },
+      "NUMBER > 0", "POSITIVE");
+}
 
 void add_info_command(CLI::App& app);
 void add_generate_commands(CLI::App& app);  // generate, chat

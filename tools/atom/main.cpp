@@ -1,6 +1,7 @@
 // atom: command-line front end. Each subcommand lives in its own file (tools/atom/cmd_*.cpp).
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "commands.h"
 #include "common/error.h"
@@ -21,6 +22,20 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks (serve: offline serving throughput)");
   bench->require_subcommand(1);
   atom::cli::add_bench_serve_command(*bench);
+  // CLI11 calls an unknown first word an "extra argument"; name it and the commands instead.
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string commands;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+      known = known || sub->check_name(argv[1]);
+      commands += (commands.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "atom: unknown command '%s' (commands: %s; see atom --help)\n", argv[1],
+                   commands.c_str());
+      return 109;  // CLI11's exit code for unexpected arguments
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

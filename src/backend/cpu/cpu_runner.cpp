@@ -1,9 +1,13 @@
 #include "backend/cpu/cpu_runner.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include <fmt/format.h>
 
+#include "backend/cpu/atom_model_loader.h"
+#include "backend/cpu/kernels.h"
 #include "common/error.h"
 
 namespace atom {
@@ -11,6 +15,11 @@ namespace atom {
 CpuModelRunner::CpuModelRunner(std::shared_ptr<const cpu::LlamaModel> model, KvCacheDType kv_dtype)
     : model_(std::move(model)), kv_dtype_(kv_dtype) {
   ATOM_CHECK(model_ != nullptr);
+  // Serving batches requests together and cuts prompts into chunks by what else runs: a request's tokens
+  // must not depend on that (greedy output of a request alone == the same request in any batch).
+  // ATOM_CPU_BATCH_INVARIANT=0 trades that for the faster BLAS paths (for measurements).
+  const char* invariant = std::getenv("ATOM_CPU_BATCH_INVARIANT");
+  cpu::set_batch_invariant(!(invariant && std::string(invariant) == "0"));
 }
 
 std::size_t CpuModelRunner::kv_block_bytes(int block_size) const {

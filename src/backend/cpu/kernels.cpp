@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <numbers>
 
@@ -262,6 +263,13 @@ constexpr std::int64_t kGemmMinRows = 16;
 
 }  // namespace
 
+namespace {
+std::atomic<bool> g_batch_invariant{false};
+}  // namespace
+
+void set_batch_invariant(bool on) { g_batch_invariant = on; }
+bool batch_invariant() { return g_batch_invariant; }
+
 void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& shape) {
   ATOM_CHECK(shape.num_heads > 0 && shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0);
   const int d = shape.head_dim;
@@ -280,7 +288,9 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     const AttentionJob& job = jobs[j];
     max_keys = std::max(max_keys, job.start + job.n);
-    const std::int64_t block = job.n >= 2 * kGemmMinRows ? kGemmBlock : kRowBlock;
+    // Batch-invariant: row blocks only (each query row on its own, in one fixed order), never sgemm blocks,
+    // whose use depends on how many of the sequence's rows this step carries.
+    const std::int64_t block = job.n >= 2 * kGemmMinRows && !batch_invariant() ? kGemmBlock : kRowBlock;
     for (int h = 0; h < shape.num_heads; ++h) {
       for (std::int64_t r = 0; r < job.n; r += block) {
         items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + block)});
@@ -304,7 +314,7 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
       const float* k = job.k + kv_offset;
       const float* v = job.v + kv_offset;
       const std::int64_t rows = item.row_end - item.row_begin;
-      if (rows < kGemmMinRows) {
+      if (rows < kGemmMinRows || batch_invariant()) {
         scores.resize(static_cast<std::size_t>(max_keys));
         for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
           const std::int64_t pos = job.start + r;

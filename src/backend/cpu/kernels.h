@@ -59,4 +59,11 @@ struct AttentionJob {
 // Runs all jobs (one per sequence of a batch), parallel over sequences, heads and query blocks.
 void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& shape);
 
+// Batch-invariant mode (process-wide; the serving runner turns it on): every kernel computes a row's result
+// with one fixed sequence of floating-point operations, whatever the other rows of its batch and however a
+// prompt is cut into chunks. Off, faster paths are picked by the number of rows (BLAS sgemm for blocks of
+// attention queries, dense products and many-row weight-only products), whose last bits depend on the batch.
+void set_batch_invariant(bool on);
+bool batch_invariant();
+
 }  // namespace atom::cpu

@@ -1,12 +1,15 @@
 #include "backend/cpu/linear.h"
 
 #include <cblas.h>
+#include <immintrin.h>
 #include <omp.h>
 
 #include <mutex>
 
 #include <algorithm>
+#include <cmath>
 
+#include "backend/cpu/kernels.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -24,8 +27,65 @@ void use_single_threaded_blas() {
   std::call_once(once, [] { openblas_set_num_threads(1); });
 }
 
+namespace {
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// y[r, n] = x[r, :] . w[n, :] with one fixed order of operations per output, whatever m (batch-invariant):
+// 8-lane FMA partial sums over k, a fixed horizontal sum, then the k % 8 tail in order. Tiles of 4 rows x 2
+// outputs share loads; every output still has its own accumulator and sequence.
+void dense_fixed_order(const float* x, std::int64_t m, const float* w, std::int64_t N, std::int64_t K,
+                       float* y) {
+  const std::int64_t k8 = K / 8 * 8;
+  // Blocks of 64 rows stay in L2 while every output sweeps them (an output's order of operations does not
+  // depend on the blocking).
+  constexpr std::int64_t kRowBlock = 64;
+  for (std::int64_t rb = 0; rb < m; rb += kRowBlock) {
+    const std::int64_t rb_end = std::min(m, rb + kRowBlock);
+#pragma omp parallel for schedule(static)
+    for (std::int64_t n0 = 0; n0 < N; n0 += 2) {
+      const std::int64_t outs = std::min<std::int64_t>(2, N - n0);
+      const float* wr[2] = {w + n0 * K, w + (n0 + outs - 1) * K};
+      for (std::int64_t r0 = rb; r0 < rb_end; r0 += 4) {
+        const std::int64_t rows = std::min<std::int64_t>(4, rb_end - r0);
+        const float* xr[4];
+        for (std::int64_t r = 0; r < 4; ++r) xr[r] = x + std::min(r0 + r, rb_end - 1) * K;
+        __m256 acc[4][2];
+        for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
+        for (std::int64_t k = 0; k < k8; k += 8) {
+          const __m256 w0 = _mm256_loadu_ps(wr[0] + k), w1 = _mm256_loadu_ps(wr[1] + k);
+          for (int r = 0; r < 4; ++r) {
+            const __m256 xv = _mm256_loadu_ps(xr[r] + k);
+            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+          }
+        }
+        for (std::int64_t r = 0; r < rows; ++r) {
+          for (std::int64_t o = 0; o < outs; ++o) {
+            float sum = hsum8(acc[r][o]);
+            for (std::int64_t k = k8; k < K; ++k) sum = std::fma(xr[r][k], wr[o][k], sum);
+            y[(r0 + r) * N + n0 + o] = sum;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void DenseLinear::forward(const float* x, std::int64_t m, float* y) const {
   if (m <= 0) return;
+  if (batch_invariant()) {
+    dense_fixed_order(x, m, weight_->data(), out_, in_, y);
+    add_bias_rows(y, m);
+    return;
+  }
   use_single_threaded_blas();
   const std::int64_t work = m * out_ * in_;
   // Each OpenMP thread multiplies by its own block of weight rows (output features).
@@ -37,7 +97,8 @@ void DenseLinear::forward(const float* x, std::int64_t m, float* y) const {
     const std::int64_t n0 = std::min(out_, blocks * t / threads * kAlign);
     const std::int64_t n1 = std::min(out_, blocks * (t + 1) / threads * kAlign);
     if (n1 > n0) {
-      const auto M = static_cast<blasint>(m), N = static_cast<blasint>(n1 - n0), K = static_cast<blasint>(in_);
+      const auto M = static_cast<blasint>(m), N = static_cast<blasint>(n1 - n0),
+                 K = static_cast<blasint>(in_);
       const float* w = weight_->data() + n0 * in_;
       if (m == 1) {
         cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, 1.0f, w, K, x, 1, 0.0f, y + n0, 1);
@@ -47,11 +108,14 @@ void DenseLinear::forward(const float* x, std::int64_t m, float* y) const {
       }
     }
   }
-  if (!bias_.empty()) {
-    for (std::int64_t i = 0; i < m; ++i) {
-      float* row = y + i * out_;
-      for (std::int64_t j = 0; j < out_; ++j) row[j] += bias_[static_cast<std::size_t>(j)];
-    }
+  add_bias_rows(y, m);
+}
+
+void DenseLinear::add_bias_rows(float* y, std::int64_t m) const {
+  if (bias_.empty()) return;
+  for (std::int64_t i = 0; i < m; ++i) {
+    float* row = y + i * out_;
+    for (std::int64_t j = 0; j < out_; ++j) row[j] += bias_[static_cast<std::size_t>(j)];
   }
 }
 

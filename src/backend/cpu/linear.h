@@ -23,8 +23,8 @@ class LinearOp {
 // OpenBLAS's own pthreads spin between calls and starve OpenMP's threads on a small machine.
 void use_single_threaded_blas();
 
-// fp32 weight [out, in] (HF layout), product through OpenBLAS sgemm, the output features split over the
-// OpenMP threads. The weight may be shared (tied
+// fp32 weight [out, in] (HF layout), product through OpenBLAS sgemm (or, in batch-invariant mode, a
+// fixed-order AVX2 kernel), the output features split over the OpenMP threads. The weight may be shared (tied
 // embeddings: lm_head and embed_tokens are one buffer).
 class DenseLinear final : public LinearOp {
  public:
@@ -40,6 +40,8 @@ class DenseLinear final : public LinearOp {
   const std::vector<float>& bias() const { return bias_; }  // empty: none
 
  private:
+  void add_bias_rows(float* y, std::int64_t m) const;
+
   std::shared_ptr<const std::vector<float>> weight_;
   std::int64_t out_, in_;
   std::vector<float> bias_;

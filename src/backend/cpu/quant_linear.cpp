@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "backend/cpu/kernels.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -109,7 +110,8 @@ void WeightOnlyLinear::forward(const float* x, std::int64_t m, float* y) const {
   for (std::int64_t r = 0; r < m; ++r) {
     for (std::int64_t p = 0; p < width; ++p) xr[r * width + p] = gather_[p] >= 0 ? x[r * K + gather_[p]] : 0.0f;
   }
-  if (m < kFusedMaxRows) forward_fused(xr.data(), m, y);
+  if (m < kFusedMaxRows || batch_invariant())
+    forward_fused(xr.data(), m, y);
   else forward_blocked(xr.data(), m, y);
   add_bias(bias_, m, q_.n, y);
 }
