@@ -7,6 +7,7 @@
 #include <map>
 
 #include "common/error.h"
+#include "quant/rotation.h"
 
 namespace atom {
 
@@ -72,6 +73,25 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   r = with_calibration(quant::preset_recipe("w4a16"));
   r.group = 32;
   rows.push_back({"w4a16-g32-gptq", "W4A16 GPTQ g32", r});
+  // Rotations (QuaRot / SpinQuant placement, quant/rotation.h) and the KV cache alone.
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.qk_hadamard = true;
+  r.preset = "ablation";
+  rows.push_back({"atom-qk", "Atom W4A4-KV4 + Q/K Hadamard", r});
+  rows.push_back({"quarot-w4a4", "QuaRot W4A4-KV4 (per-channel GPTQ, rotated)",
+                  with_calibration(quant::preset_recipe("quarot-w4a4"))});
+  rows.push_back({"atom-rot-w4a4", "Atom W4A4-KV4 on the rotated model",
+                  with_calibration(quant::preset_recipe("atom-rot-w4a4"))});
+  r = with_calibration(quant::preset_recipe("atom-rot-w4a4"));
+  r.kv_bits = 16;
+  r.preset = "ablation";
+  rows.push_back({"atom-rot-kvfp", "Atom W4A4 on the rotated model, KV fp32", r});
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.preset = "kv-only";
+  r.kv_bits = 4;
+  rows.push_back({"kv4-only", "INT4 KV cache only (fp weights, activations)", r, true});
+  r.qk_hadamard = true;
+  rows.push_back({"kv4-qk-only", "INT4 KV cache only, Q/K Hadamard", r, true});
   return rows;
 }
 
@@ -92,6 +112,15 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         m = model.fp_model();
         result.execution = "fp32";
         result.description = "fp32 weights, activations and KV cache";
+      } else if (row.kv_only) {
+        m = model.fp_model();
+        m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits));
+        if (row.recipe->qk_hadamard) {
+          m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
+        }
+        result.execution = "fp32";
+        result.description = fmt::format("fp32 weights and activations, KV{}{}", row.recipe->kv_bits,
+                                         row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "");
       } else {
         const quant::QuantRecipe& recipe = *row.recipe;
         quant::QuantizeOptions qopt;
@@ -186,7 +215,16 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
   qopt.activation_budget_bytes = options.activation_budget_bytes;
   quant::QuantizeReport report;
   const quant::QuantizedModel qm = quant::quantize_model(model.source(), calib_tokens, recipe, qopt, &report);
-  const std::unique_ptr<cpu::LlamaModel> fp = model.fp_model();
+  // The fp model the partial rows take unquantized parts from: the rotated one for a rotated recipe.
+  std::unique_ptr<cpu::LlamaModel> fp;
+  if (recipe.has_rotation()) {
+    fp = std::make_unique<cpu::LlamaModel>(
+        quant::materialize(quant::rotate_model_source(model.source(), recipe)));
+    quant::apply_online_transforms(*fp, recipe);
+  } else {
+    fp = model.fp_model();
+  }
+  const auto down_transform = quant::down_transform(qm.config, recipe);
 
   struct Variant {
     std::string id, name;
@@ -227,7 +265,12 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
         const cpu::DecoderLayer& f = fp->layer(li);
         cpu::DecoderLayer& l = m->layer(li);
         const auto reordered = cpu::InputOrder::kReordered, original = cpu::InputOrder::kOriginal;
-        const std::span<const std::int32_t> none, down_order(ql.down_proj.weights.perm);
+        // Under R4 down_proj reads the original order through its Hadamard; gate/up rows stay as they are.
+        const std::span<const std::int32_t> none,
+            down_order = down_transform ? none : std::span<const std::int32_t>(ql.down_proj.weights.perm);
+        const cpu::LinearOp& f_down =
+            down_transform ? dynamic_cast<const quant::HadamardInputLinear&>(*f.down_proj).inner()
+                           : *f.down_proj;
         const auto name = [li](const char* linear) { return quant::linear_name(li, linear); };
         l.q_proj = partial_op(ql.q_proj, *f.q_proj, recipe, v.weights, act("attn_in"), reordered, none,
                               name("q_proj"));
@@ -241,8 +284,11 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
                                  down_order, name("gate_proj"));
         l.up_proj = partial_op(ql.up_proj, *f.up_proj, recipe, v.weights, act("mlp_in"), reordered,
                                down_order, name("up_proj"));
-        l.down_proj = partial_op(ql.down_proj, *f.down_proj, recipe, v.weights, act("down_proj_in"),
-                                 reordered, none, name("down_proj"));
+        l.down_proj = partial_op(ql.down_proj, f_down, recipe, v.weights, act("down_proj_in"),
+                                 down_transform ? original : reordered, none, name("down_proj"));
+        if (down_transform) {
+          l.down_proj = std::make_unique<quant::HadamardInputLinear>(down_transform, std::move(l.down_proj));
+        }
       }
       m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16));
       result.quantize_seconds = report.seconds;

@@ -1,7 +1,9 @@
 #pragma once
 // The accuracy evidence of the quantizer: perplexity of one model under the Atom paper's ablation ladder
 // (FP; W4A4 RTN; + outliers kept in FP16; + outliers INT8; + group 128; + clipping; + GPTQ; + KV4) and
-// the other recipes of the same tool (Atom W3A3 and FP4, W8A8 SmoothQuant, W4A16 GPTQ and RTN), each with
+// the other recipes of the same tool (Atom W3A3 and FP4, W8A8 SmoothQuant, W4A16 GPTQ and RTN), the rotated
+// recipes (QuaRot-style, Atom on the rotated model) and KV-cache-only rows (INT4 KV with and without the Q/K
+// Hadamard on the fp model), each with
 // its quantization time and stored bits per weight. Every row quantizes from the same fp weights with the
 // same calibration windows (from the calibration text only) and is scored on the same evaluation text.
 #include <cstdint>
@@ -26,6 +28,8 @@ struct AblationRow {
   std::string id;                            // short, for --rows: "fp", "w4a4-rtn", "outliers-fp16", ...
   std::string name;                          // as printed: "+ outliers INT8"
   std::optional<quant::QuantRecipe> recipe;  // nullopt: the unquantized model
+  // KV-cache-only row: the fp32 model with only the recipe's KV store (kv_bits) and online Q/K Hadamard.
+  bool kv_only = false;
 };
 
 // The ladder and the baselines. From `settings`: the calibration windows, length and seed of every recipe,
@@ -74,7 +78,8 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
 // in some places only (fp32 elsewhere): everything but the KV cache; the weights only; the activations only;
 // the activations of one kind of linear input only (attn_in = q/k/v, o_proj_in, mlp_in = gate/up,
 // down_proj_in); the KV cache only. Rows carry delta_percent against the fp model (the first row). Not for
-// SmoothQuant recipes (their fp model is the smoothed one).
+// SmoothQuant recipes (their fp model is the smoothed one). A rotated recipe's partial rows run the rotated
+// fp model (the same function as the fp model) with its online transforms.
 std::vector<AblationResult> attribute_error(const AblationModel& model,
                                             std::span<const std::int32_t> calib_tokens,
                                             std::span<const std::int32_t> eval_tokens,

@@ -237,7 +237,7 @@ bool is_atom_checkpoint(const Checkpoint& checkpoint) {
   return false;
 }
 
-QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
+QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint, bool runs_online_transforms) {
   const fs::path dir(checkpoint.path);
   const std::string config_path = (dir / "config.json").string();
   if (checkpoint.format != CheckpointFormat::HfDirectory) {
@@ -277,6 +277,12 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint) {
           meta["recipe"], fmt::format("'{}' metadata '{}' recipe", weights_path, kAtomMetadataKey));
       check_agreement(m.recipe, quant, weights_path);
     }
+  }
+  if (m.recipe.has_online_transform() && !runs_online_transforms) {
+    fail(
+        "Atom checkpoint '{}': its recipe applies online Hadamard transforms (qk_hadamard {}, "
+        "down_hadamard {}) that this runtime does not implement",
+        checkpoint.path, m.recipe.qk_hadamard, m.recipe.down_hadamard);
   }
   if (!m.recipe.has_integer_form()) {
     fail("Atom checkpoint '{}': {} outliers have no stored form", checkpoint.path,

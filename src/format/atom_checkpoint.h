@@ -43,6 +43,9 @@ bool is_atom_checkpoint(const Checkpoint& checkpoint);
 // (they must agree), every linear's presence, dtypes and shapes against the model config, permutations
 // (q/k/v share one, gate/up share one), biases as the config says, norms, embeddings, and no unknown tensors.
 // Throws atom::Error naming the file, tensor or field and the value at fault.
-QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint);
+// A checkpoint whose recipe has online transforms (the Q/K or down_proj Hadamard, quant/rotation.h) is
+// refused unless the caller says its runtime applies them (`runs_online_transforms`): without them it
+// computes garbage.
+QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint, bool runs_online_transforms = false);
 
 }  // namespace atom::quant

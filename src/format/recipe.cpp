@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <set>
+
 #include "common/error.h"
 #include "io/json_file.h"
 
@@ -72,6 +74,12 @@ void QuantRecipe::validate() const {
     if (search_clip)
       fail("quantization recipe: fp16 outliers exist for the RTN ablation only; no clip search");
   }
+  if (rotate_residual && !fold_norms) {
+    fail(
+        "quantization recipe: rotate_residual (R1) needs fold_norms (a norm weight does not commute with "
+        "R1)");
+  }
+  if (smoothquant && has_rotation()) fail("quantization recipe: rotations do not combine with SmoothQuant");
   if (!quantize_activations && smoothquant) {
     fail("quantization recipe: SmoothQuant migrates activation outliers; it needs quantized activations");
   }
@@ -104,30 +112,50 @@ std::string QuantRecipe::describe() const {
   text += gptq ? ", GPTQ" : ", RTN";
   if (smoothquant) text += fmt::format(", SmoothQuant alpha {}", smooth_alpha);
   text += kv_bits == 16 ? ", KV fp" : fmt::format(", KV{}", kv_bits);
+  if (has_rotation()) {
+    std::string parts;
+    const auto add = [&](bool on, const char* what) {
+      if (on) parts += (parts.empty() ? "" : "+") + std::string(what);
+    };
+    add(fold_norms, "norms folded");
+    add(rotate_residual, "R1");
+    add(rotate_values, "R2");
+    add(qk_hadamard, "Q/K Hadamard");
+    add(down_hadamard, "R4");
+    text += fmt::format(", rotations {} (seed {})", parts, rotation_seed);
+  }
   return text;
 }
 
 nlohmann::json QuantRecipe::to_json() const {
-  return {{"preset", preset},
-          {"weight_format", format_name(weight_format)},
-          {"quantize_activations", quantize_activations},
-          {"act_format", format_name(act_format)},
-          {"group", group},
-          {"outliers", outliers},
-          {"outlier_rule_group", outlier_rule_group},
-          {"outlier_precision", outlier_precision_name(outlier_precision)},
-          {"a_clip", a_clip},
-          {"w_clip", w_clip},
-          {"search_clip", search_clip},
-          {"gptq", gptq},
-          {"percdamp", percdamp},
-          {"gptq_block", gptq_block},
-          {"kv_bits", kv_bits},
-          {"smoothquant", smoothquant},
-          {"smooth_alpha", smooth_alpha},
-          {"calib_windows", calib_windows},
-          {"calib_len", calib_len},
-          {"calib_seed", calib_seed}};
+  nlohmann::json j = {{"preset", preset},
+                      {"weight_format", format_name(weight_format)},
+                      {"quantize_activations", quantize_activations},
+                      {"act_format", format_name(act_format)},
+                      {"group", group},
+                      {"outliers", outliers},
+                      {"outlier_rule_group", outlier_rule_group},
+                      {"outlier_precision", outlier_precision_name(outlier_precision)},
+                      {"a_clip", a_clip},
+                      {"w_clip", w_clip},
+                      {"search_clip", search_clip},
+                      {"gptq", gptq},
+                      {"percdamp", percdamp},
+                      {"gptq_block", gptq_block},
+                      {"kv_bits", kv_bits},
+                      {"smoothquant", smoothquant},
+                      {"smooth_alpha", smooth_alpha},
+                      {"calib_windows", calib_windows},
+                      {"calib_len", calib_len},
+                      {"calib_seed", calib_seed}};
+  // Only rotated recipes carry the field: an older reader refuses it (unknown field) instead of running the
+  // model without its online transforms.
+  if (has_rotation()) {
+    j["rotation"] = {{"fold_norms", fold_norms},       {"rotate_residual", rotate_residual},
+                     {"rotate_values", rotate_values}, {"seed", rotation_seed},
+                     {"qk_hadamard", qk_hadamard},     {"down_hadamard", down_hadamard}};
+  }
+  return j;
 }
 
 QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& what) {
@@ -160,7 +188,8 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     return v.get<double>();
   };
   for (const auto& [key, value] : j.items()) {
-    if (!QuantRecipe{}.to_json().contains(key)) fail("{}: unknown quantization recipe field '{}'", what, key);
+    if (!QuantRecipe{}.to_json().contains(key) && key != "rotation")
+      fail("{}: unknown quantization recipe field '{}'", what, key);
   }
   QuantRecipe r;
   r.preset = get_string("preset");
@@ -187,6 +216,31 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     fail("{}: recipe field 'calib_seed' must be a non-negative integer, found {}", what, json_snippet(seed));
   }
   r.calib_seed = seed.get<std::uint64_t>();
+  if (const auto rot = j.find("rotation"); rot != j.end()) {  // absent: no rotation (older checkpoints)
+    if (!rot->is_object()) fail("{}: recipe field 'rotation' must be an object, found {}", what, rot->dump());
+    const std::set<std::string> keys = {"fold_norms", "rotate_residual", "rotate_values",
+                                        "seed",       "qk_hadamard",     "down_hadamard"};
+    for (const auto& [key, value] : rot->items()) {
+      if (keys.count(key) == 0) fail("{}: unknown recipe rotation field '{}'", what, key);
+    }
+    const auto flag = [&](const char* key) {
+      const auto it = rot->find(key);
+      if (it == rot->end()) fail("{}: recipe rotation has no field '{}'", what, key);
+      if (!it->is_boolean())
+        fail("{}: recipe rotation field '{}' must be true or false, found {}", what, key, it->dump());
+      return it->get<bool>();
+    };
+    r.fold_norms = flag("fold_norms");
+    r.rotate_residual = flag("rotate_residual");
+    r.rotate_values = flag("rotate_values");
+    r.qk_hadamard = flag("qk_hadamard");
+    r.down_hadamard = flag("down_hadamard");
+    const auto it = rot->find("seed");
+    if (it == rot->end() ||
+        !(it->is_number_unsigned() || (it->is_number_integer() && it->get<std::int64_t>() >= 0)))
+      fail("{}: recipe rotation field 'seed' must be a non-negative integer", what);
+    r.rotation_seed = it->get<std::uint64_t>();
+  }
   try {
     r.validate();
   } catch (const Error& e) {
@@ -196,8 +250,8 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
 }
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"atom-w4a4",        "atom-w3a3", "atom-fp4",
-                                                 "w8a8-smoothquant", "w4a16",     "rtn-w4a4"};
+  static const std::vector<std::string> names = {"atom-w4a4", "atom-w3a3", "atom-fp4",    "w8a8-smoothquant",
+                                                 "w4a16",     "rtn-w4a4",  "quarot-w4a4", "atom-rot-w4a4"};
   return names;
 }
 
@@ -237,6 +291,20 @@ QuantRecipe preset_recipe(std::string_view name) {
     r.a_clip = r.w_clip = 1.0f;
     r.gptq = false;
     r.kv_bits = 16;
+    return r;
+  }
+  const auto rotate = [](QuantRecipe& q) {
+    q.fold_norms = q.rotate_residual = q.rotate_values = q.qk_hadamard = q.down_hadamard = true;
+  };
+  if (name == "quarot-w4a4") {  // QuaRot: per-channel GPTQ weights, per-token activations (clip 0.9)
+    r.group = 0;
+    r.outliers = 0;
+    r.w_clip = 1.0f;
+    rotate(r);
+    return r;
+  }
+  if (name == "atom-rot-w4a4") {  // Atom's g128 + INT8 outlier channels on the rotated model
+    rotate(r);
     return r;
   }
   std::string list;

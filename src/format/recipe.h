@@ -44,12 +44,27 @@ struct QuantRecipe {
   bool smoothquant = false;   // migrate activation scale into the weights before quantizing (W8A8 baseline)
   float smooth_alpha = 0.5f;  // SmoothQuant migration strength
 
+  // Rotations (QuaRot / SpinQuant-style, quant/rotation.h). The offline ones only change the weights the
+  // quantizer starts from; the online ones (qk_hadamard, down_hadamard) are applied at run time by every
+  // runtime of the checkpoint, which records them here (docs/FORMAT.md).
+  bool fold_norms = false;       // RMSNorm weights folded into the following linears (norms become 1)
+  bool rotate_residual = false;  // R1: random orthogonal Hadamard on the residual stream (needs fold_norms)
+  bool rotate_values = false;    // R2: random orthogonal Hadamard per head on V's output and O's input
+  std::uint64_t rotation_seed = 0;  // sign seeds: R1 rotation_seed, R2 rotation_seed + 1
+  bool qk_hadamard = false;    // online: Hadamard of head_dim on Q and K after RoPE (before the KV cache)
+  bool down_hadamard = false;  // R4, online: Hadamard on down_proj's input, its inverse folded into W_down
+
   std::int64_t calib_windows = 128;  // random windows of the calibration text
   std::int64_t calib_len = 2048;     // tokens per window (capped by the model's context)
   std::uint64_t calib_seed = 0;
 
   // Throws atom::Error naming the field when values are out of range or contradict each other.
   void validate() const;
+  bool has_offline_rotation() const {
+    return fold_norms || rotate_residual || rotate_values || down_hadamard;
+  }
+  bool has_online_transform() const { return qk_hadamard || down_hadamard; }
+  bool has_rotation() const { return has_offline_rotation() || qk_hadamard; }
   // Whether quantizing needs calibration activations at all (RTN without outliers, smoothing or clip search
   // does not).
   bool needs_calibration() const { return gptq || outliers != 0 || smoothquant || search_clip; }
@@ -68,7 +83,9 @@ struct QuantRecipe {
   static QuantRecipe from_json(const nlohmann::json& j, const std::string& what);
 };
 
-// Presets: atom-w4a4, atom-w3a3, atom-fp4, w8a8-smoothquant, w4a16, rtn-w4a4.
+// Presets: atom-w4a4, atom-w3a3, atom-fp4, w8a8-smoothquant, w4a16, rtn-w4a4, and the rotated ones:
+// quarot-w4a4 (per-channel INT4 GPTQ weights, per-token INT4 activations, all rotations, KV4 with the Q/K
+// Hadamard), atom-rot-w4a4 (Atom's groups and INT8 outliers on the rotated model, KV4 with the Q/K Hadamard).
 const std::vector<std::string>& preset_names();
 // Throws atom::Error listing the presets when `name` is not one.
 QuantRecipe preset_recipe(std::string_view name);

@@ -91,6 +91,10 @@ void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_p
   v_proj.forward(normed, n, v.data());
   cpu::apply_rope(q.data(), n, q_dim, heads, head_dim, cos_.data(), sin_.data());
   cpu::apply_rope(k.data(), n, kv_dim, kv_heads, head_dim, cos_.data(), sin_.data());
+  if (qk_transform_) {
+    qk_transform_(q.data(), n * heads);
+    qk_transform_(k.data(), n * kv_heads);
+  }
   // Through the cache's storage, as LlamaModel::forward does: attention sees what a quantized cache holds.
   for (std::vector<float>* rows : {&k, &v}) {
     std::unique_ptr<cpu::KvRowStore> store = kv(kv_dim, head_dim);

@@ -12,6 +12,7 @@
 
 #include "backend/cpu/kv_cache.h"
 #include "backend/cpu/linear.h"
+#include "backend/cpu/llama_model.h"
 #include "io/model_config.h"
 
 namespace atom::quant {
@@ -53,6 +54,8 @@ class CalibrationWindows {
   void attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
                  const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
                  KvErrorStats* kv_stats = nullptr) const;
+  // The online Q/K rotation attention() applies after RoPE (as LlamaModel::set_qk_transform); empty: none.
+  void set_qk_transform(cpu::HeadTransform transform) { qk_transform_ = std::move(transform); }
   // SiLU(gate(normed)) * up(normed): out [length, intermediate] is the input of down_proj.
   void mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj, const cpu::LinearOp& up_proj,
                   float* out) const;
@@ -64,6 +67,7 @@ class CalibrationWindows {
   std::int64_t windows_, length_;
   std::vector<float> hidden_;
   std::vector<float> cos_, sin_;  // RoPE tables of positions 0 .. length-1
+  cpu::HeadTransform qk_transform_;
 };
 
 }  // namespace atom::quant

@@ -16,6 +16,7 @@
 #include "quant/calibration.h"
 #include "quant/channels.h"
 #include "quant/gptq.h"
+#include "quant/rotation.h"
 
 namespace atom::quant {
 
@@ -149,7 +150,9 @@ class Quantizer {
                                                         recipe.calib_windows, length, recipe.calib_seed);
       report_.window_length = length;
       windows_.emplace(c, *source_.embed_tokens, calib_tokens, report_.window_starts, length);
+      windows_->set_qk_transform(head_transform(qk_transform(c, recipe)));
     }
+    down_transform_ = down_transform(c, recipe);
   }
 
   QuantizedModel run() {
@@ -461,6 +464,7 @@ class Quantizer {
       std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
       cw->rms_norm(wi, ql.post_attention_norm, normed.data());
       cw->mlp_hidden(normed.data(), *gate_op, *up_op, out);
+      if (down_transform_) down_transform_->apply(out, rows());  // R4: down_proj reads M4 x
     });
     const InputPlan plan = plan_input(in, li, "down_proj_in", {});
     const std::string name = linear_name(li, "mlp.down_proj");
@@ -477,6 +481,7 @@ class Quantizer {
   QuantizeReport& report_;
   bool calibrate_ = false;
   std::optional<CalibrationWindows> windows_;
+  std::shared_ptr<const HadamardTransform> down_transform_;  // R4, null when off
 };
 
 }  // namespace
@@ -491,6 +496,7 @@ QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> 
   QuantizeReport local;
   QuantizeReport& rep = report ? *report : local;
   rep = QuantizeReport{};
+  if (recipe.has_offline_rotation()) source = rotate_model_source(std::move(source), recipe);
   QuantizedModel m = Quantizer(std::move(source), calib_tokens, recipe, options, rep).run();
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return m;

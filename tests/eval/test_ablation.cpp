@@ -104,10 +104,38 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   const std::vector<AblationRow> rows = default_ablation_rows(tiny_settings(), tiny_config());
   std::vector<std::string> ids;
   for (const AblationRow& r : rows) ids.push_back(r.id);
-  EXPECT_EQ(ids, (std::vector<std::string>{"fp", "w4a4-rtn", "outliers-fp16", "outliers-int8", "group",
-                                           "clip", "gptq", "kv4", "atom-w3a3", "atom-fp4", "w8a8-smoothquant",
-                                           "w4a16-gptq", "w4a16-rtn", "w8a16-rtn", "w4a16-g32-gptq"}));
+  EXPECT_EQ(ids, (std::vector<std::string>{"fp",
+                                           "w4a4-rtn",
+                                           "outliers-fp16",
+                                           "outliers-int8",
+                                           "group",
+                                           "clip",
+                                           "gptq",
+                                           "kv4",
+                                           "atom-w3a3",
+                                           "atom-fp4",
+                                           "w8a8-smoothquant",
+                                           "w4a16-gptq",
+                                           "w4a16-rtn",
+                                           "w8a16-rtn",
+                                           "w4a16-g32-gptq",
+                                           "atom-qk",
+                                           "quarot-w4a4",
+                                           "atom-rot-w4a4",
+                                           "atom-rot-kvfp",
+                                           "kv4-only",
+                                           "kv4-qk-only"}));
   EXPECT_FALSE(rows[0].recipe);
+  // The KV-only rows differ only by the Q/K Hadamard; the rotated rows rotate everything.
+  EXPECT_TRUE(rows[19].kv_only && rows[20].kv_only);
+  EXPECT_FALSE(rows[19].recipe->qk_hadamard);
+  EXPECT_TRUE(rows[20].recipe->qk_hadamard);
+  EXPECT_EQ(rows[20].recipe->kv_bits, 4);
+  EXPECT_TRUE(rows[15].recipe->qk_hadamard && !rows[15].recipe->rotate_residual);
+  EXPECT_TRUE(rows[16].recipe->rotate_residual && rows[16].recipe->down_hadamard &&
+              rows[16].recipe->group == 0);
+  EXPECT_TRUE(rows[17].recipe->rotate_residual && rows[17].recipe->group == 32);
+  EXPECT_EQ(rows[18].recipe->kv_bits, 16);
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
   const quant::QuantRecipe &group = *rows[4].recipe, &clip = *rows[5].recipe, &gptq = *rows[6].recipe;
@@ -176,6 +204,11 @@ TEST(Ablation, RunsEveryRowOnATinyModel) {
     EXPECT_GT(r.ppl.perplexity, 1.0) << r.row.id;
     EXPECT_EQ(r.ppl.tokens_scored, fp.tokens_scored) << r.row.id;
     EXPECT_NEAR(r.delta_percent, 100.0 * (r.ppl.perplexity / fp.perplexity - 1.0), 1e-9) << r.row.id;
+    if (r.row.kv_only) {
+      EXPECT_EQ(r.execution, "fp32") << r.row.id;
+      EXPECT_NE(r.ppl.perplexity, fp.perplexity) << r.row.id;
+      continue;
+    }
     EXPECT_EQ(r.execution, "fake-quant") << r.row.id;
     EXPECT_GT(r.effective_bits, 4.0) << r.row.id;
     EXPECT_LT(r.effective_bits, 9.0) << r.row.id;
@@ -255,6 +288,12 @@ TEST(Ablation, ErrorAttribution) {
   EXPECT_NEAR(a16[1].ppl.perplexity, ladder[1].ppl.perplexity, 1e-9 * ladder[1].ppl.perplexity);
   EXPECT_THROW(attribute_error(tiny_model(), calib, text, *rows[10].recipe, tiny_options()),
                Error);  // SmoothQuant
+  // A rotated recipe: its "w+a" row with an fp KV cache is the rotated row of the ladder with KV fp32.
+  const auto rot = attribute_error(tiny_model(), calib, text, *rows[18].recipe, tiny_options());
+  ASSERT_EQ(rot.size(), 8u);
+  const auto rot_row =
+      run_ablation(tiny_model(), calib, text, std::vector<AblationRow>{rows[18]}, tiny_options());
+  EXPECT_NEAR(rot[1].ppl.perplexity, rot_row[0].ppl.perplexity, 1e-9 * rot_row[0].ppl.perplexity);
 }
 
 TEST(Ablation, BadOptions) {

@@ -27,7 +27,8 @@ namespace atom::cli {
 namespace {
 
 struct AblationCliOptions {
-  std::string model, calib, text, out, rows, exec = "fake";
+  std::string model, calib, text, out, rows, exec = "fake", attribution_preset = "atom-w4a4",
+                                             outlier_rows = "kv4";
   // Defaults: every row in about 25 minutes on 2 shared cores (a report states the settings of its run).
   std::int64_t calib_windows = 16, calib_len = 256, group = 128, ctx = 512, stride = 0, max_windows = 8;
   std::uint64_t seed = 0;
@@ -117,15 +118,22 @@ void run_ablation_command(const AblationCliOptions& opt) {
   fmt::print("\n{}", ablation_table(results, false));
   fmt::print("total {:.1f}s ({:.1f} min); {} tokens scored per row\n", total, total / 60.0,
              results.front().ppl.tokens_scored);
-  const AblationResult* atom_row = nullptr;
-  for (const AblationResult& r : results) {
-    if (r.row.id == "kv4") atom_row = &r;
+  std::vector<const AblationResult*> stat_rows;
+  {
+    std::set<std::string> wanted;
+    std::stringstream list(opt.outlier_rows);
+    for (std::string id; std::getline(list, id, ',');) wanted.insert(id);
+    for (const AblationResult& r : results) {
+      if (wanted.count(r.row.id) != 0 && !r.report.inputs.empty()) stat_rows.push_back(&r);
+    }
   }
-  if (opt.outlier_table && atom_row)
-    fmt::print("\nchannel statistics (Atom W4A4 row):\n{}", outlier_table(*atom_row, false));
+  if (opt.outlier_table) {
+    for (const AblationResult* r : stat_rows)
+      fmt::print("\nchannel statistics ({} row):\n{}", r->row.name, outlier_table(*r, false));
+  }
   std::vector<AblationResult> attribution;
   if (opt.attribution) {
-    quant::QuantRecipe atom = quant::preset_recipe("atom-w4a4");
+    quant::QuantRecipe atom = quant::preset_recipe(opt.attribution_preset);
     atom.calib_windows = settings.calib_windows;
     atom.calib_len = settings.calib_len;
     atom.calib_seed = settings.calib_seed;
@@ -170,21 +178,21 @@ void run_ablation_command(const AblationCliOptions& opt) {
       out << "Settings: " << settings_text << "\n\n" << ablation_table(results, true);
       out << fmt::format("\nTotal {:.1f} min.\n", total / 60.0);
       if (opt.attribution) {
-        out << "\nError attribution of Atom W4A4 (one quantization; quantization switched on only where the "
-               "row "
-               "says, fp32 elsewhere):\n\n"
+        out << "\nError attribution of " << opt.attribution_preset
+            << " (one quantization; quantization switched on only where the row says, fp32 elsewhere):\n\n"
             << ablation_table(attribution, true)
             << fmt::format("\nTotal with the attribution {:.1f} min.\n", total_with_attribution / 60.0);
       }
-      if (atom_row) {
-        out << "\nChannel statistics of the Atom W4A4 row on the calibration tokens: per linear input, the "
+      for (const AblationResult* stat_row : stat_rows) {
+        out << "\nChannel statistics of the " << stat_row->row.name
+            << " row on the calibration tokens: per linear input, the "
                "largest "
                "channel RMS over the median one and the share of the activation energy the outlier channels "
                "hold; "
                "the relative error the INT4 KV cache puts on keys and values, and the largest key channel "
                "RMS "
                "over the median one:\n\n"
-            << outlier_table(*atom_row, true);
+            << outlier_table(*stat_row, true);
       }
     }
     out.close();
@@ -220,14 +228,19 @@ void add_eval_ablation_command(CLI::App* eval) {
   cmd->add_option("--rows", opt->rows,
                   "Comma-separated row ids (default: all): fp, w4a4-rtn, outliers-fp16, "
                   "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
-                  "w4a16-gptq, w4a16-rtn, w8a16-rtn, w4a16-g32-gptq");
+                  "w4a16-gptq, w4a16-rtn, w8a16-rtn, w4a16-g32-gptq, atom-qk, quarot-w4a4, atom-rot-w4a4, "
+                  "atom-rot-kvfp, kv4-only, kv4-qk-only");
   cmd->add_option("--exec", opt->exec,
                   "fake (quantize-dequantize, products summed in fp64), integer (the integer kernels; "
                   "every row must have them) or auto")
       ->check(CLI::IsMember({"fake", "integer", "auto"}));
   cmd->add_flag("--outlier-table", opt->outlier_table, "Print per-layer channel statistics of the Atom row");
+  cmd->add_option("--outlier-rows", opt->outlier_rows,
+                  "Comma-separated row ids whose channel statistics --outlier-table shows (default kv4)");
   cmd->add_flag("--attribution", opt->attribution,
                 "Also attribute Atom W4A4's error: weights only, activations only (per input kind), KV only");
+  cmd->add_option("--attribution-preset", opt->attribution_preset,
+                  "Preset whose error --attribution breaks down (default atom-w4a4)");
   cmd->add_option("--out", opt->out, "Save the report: markdown, or JSON when FILE ends in .json");
   cmd->add_flag("--json", opt->json, "Print one JSON object as the last stdout line");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bars");

@@ -29,8 +29,8 @@ struct QuantizeOptions {
   std::optional<int> wbits, abits, kv_bits;
   std::optional<std::int64_t> group, outliers, calib_windows, calib_len;
   std::optional<float> a_clip, w_clip, smooth_alpha;
-  std::optional<std::uint64_t> seed;
-  bool search_clip = false, no_gptq = false, force = false, quiet = false;
+  std::optional<std::uint64_t> seed, rotation_seed;
+  bool search_clip = false, no_gptq = false, force = false, quiet = false, qk_hadamard = false;
 };
 
 quant::NumberFormat int_format(int bits, const char* option) {
@@ -62,6 +62,8 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
   if (o.calib_windows) r.calib_windows = *o.calib_windows;
   if (o.calib_len) r.calib_len = *o.calib_len;
   if (o.seed) r.calib_seed = *o.seed;
+  if (o.qk_hadamard) r.qk_hadamard = true;
+  if (o.rotation_seed) r.rotation_seed = *o.rotation_seed;
   if (o.smooth_alpha) {
     r.smoothquant = true;
     r.smooth_alpha = *o.smooth_alpha;
@@ -168,6 +170,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--w-clip", opt->w_clip, "Weight clip ratio in (0, 1]");
   cmd->add_flag("--search-clip", opt->search_clip, "Grid-search the weight clip ratio per linear layer");
   cmd->add_flag("--no-gptq", opt->no_gptq, "Round to nearest instead of GPTQ");
+  cmd->add_flag("--qk-hadamard", opt->qk_hadamard,
+                "Online Hadamard on Q and K after RoPE (any preset; what makes an INT4 KV cache cheap)");
+  cmd->add_option("--rotation-seed", opt->rotation_seed, "Seed of the random R1/R2 rotations (default 0)");
   cmd->add_option("--kv-bits", opt->kv_bits,
                   "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
       ->check(CLI::IsMember({4, 8, 16}));

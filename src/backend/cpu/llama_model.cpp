@@ -249,6 +249,10 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     l.v_proj->forward(normed.data(), T, v.data());
     apply_rope(q.data(), T, q_dim, heads, head_dim, cos.data(), sin.data());
     apply_rope(k.data(), T, kv_dim, kv_heads, head_dim, cos.data(), sin.data());
+    if (qk_transform_) {  // the online Q/K rotation: scores unchanged, the cache holds rotated keys
+      qk_transform_(q.data(), T * heads);
+      qk_transform_(k.data(), T * kv_heads);
+    }
 
     for (std::size_t s = 0; s < batch.size(); ++s) {
       KvCache& cache = *batch[s].cache;

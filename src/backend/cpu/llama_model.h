@@ -49,6 +49,9 @@ struct SequenceInput {
   bool all_logits = false;               // false: logits of the last token only
 };
 
+// Transforms `count` contiguous vectors of head_dim values in place.
+using HeadTransform = std::function<void(float* x, std::int64_t count)>;
+
 // Receives logits rows [first_row, first_row + rows) of a forward (vocab floats each), in order.
 using LogitsSink = std::function<void(std::int64_t first_row, std::int64_t rows, const float* logits)>;
 
@@ -78,6 +81,10 @@ class LlamaModel {
   KvCache new_cache(const KvRowStoreFactory& factory) const;
   void set_kv_store_factory(KvRowStoreFactory factory);
   void set_linear_observer(LinearObserver observer) { observer_ = std::move(observer); }
+  // An orthogonal transform applied in place to every head vector of Q and K after RoPE, before K enters the
+  // KV cache (a rotated checkpoint's online Q/K Hadamard; attention scores are unchanged). Empty: none.
+  void set_qk_transform(HeadTransform transform) { qk_transform_ = std::move(transform); }
+  const HeadTransform& qk_transform() const { return qk_transform_; }
 
   // One forward over a batch. Logits rows, for each sequence in batch order: one per token if all_logits,
   // else one (its last token); logits_rows() says how many. Throws atom::Error for empty token lists, token
@@ -103,6 +110,7 @@ class LlamaModel {
   std::unique_ptr<LinearOp> lm_head_;
   std::vector<float> inv_freq_;
   LinearObserver observer_;
+  HeadTransform qk_transform_;
   KvRowStoreFactory kv_factory_ = make_f32_kv_row_store;
 };
 

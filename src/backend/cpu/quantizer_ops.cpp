@@ -9,6 +9,7 @@
 #include "backend/cpu/quant_linear.h"
 #include "common/error.h"
 #include "common/half.h"
+#include "backend/cpu/online_transforms.h"
 
 namespace atom::quant {
 
@@ -250,14 +251,17 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
     l.k_proj = make_linear_op(ql.k_proj, recipe, execution, reordered, linear_name(li, "self_attn.k_proj"));
     l.v_proj = make_linear_op(ql.v_proj, recipe, execution, reordered, linear_name(li, "self_attn.v_proj"));
     l.o_proj = make_linear_op(ql.o_proj, recipe, execution, original, linear_name(li, "self_attn.o_proj"));
-    // gate/up output rows in down_proj's input order: SiLU(gate) * up arrives at down_proj reordered.
+    // gate/up output rows in down_proj's input order: SiLU(gate) * up arrives at down_proj reordered. Not
+    // under R4: the Hadamard needs the original order, so down_proj then reorders its input at run time.
     QuantizedLinear gate = ql.gate_proj, up = ql.up_proj;
-    permute_output_rows(gate, ql.down_proj.weights.perm);
-    permute_output_rows(up, ql.down_proj.weights.perm);
+    if (!recipe.down_hadamard) {
+      permute_output_rows(gate, ql.down_proj.weights.perm);
+      permute_output_rows(up, ql.down_proj.weights.perm);
+    }
     l.gate_proj = make_linear_op(gate, recipe, execution, reordered, linear_name(li, "mlp.gate_proj"));
     l.up_proj = make_linear_op(up, recipe, execution, reordered, linear_name(li, "mlp.up_proj"));
-    l.down_proj =
-        make_linear_op(ql.down_proj, recipe, execution, reordered, linear_name(li, "mlp.down_proj"));
+    l.down_proj = make_linear_op(ql.down_proj, recipe, execution, recipe.down_hadamard ? original : reordered,
+                                 linear_name(li, "mlp.down_proj"));
     layers.push_back(std::move(l));
   }
   std::unique_ptr<cpu::LinearOp> lm_head;
@@ -268,6 +272,7 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
   auto m = std::make_unique<cpu::LlamaModel>(model.config, model.embed_tokens, std::move(layers),
                                              model.final_norm, std::move(lm_head));
   m->set_kv_store_factory(kv_store_factory(recipe.kv_bits));
+  apply_online_transforms(*m, recipe);
   return m;
 }
 
