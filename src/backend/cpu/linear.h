@@ -47,4 +47,24 @@ class DenseLinear final : public LinearOp {
   std::vector<float> bias_;
 };
 
+// fp16 weight [out, in] converted once from fp32 (round to nearest even), fp32 activations and accumulation:
+// the lm_head of the integer path (SmolLM2's tied 49152 x 576 one is 113 MB in fp32, read whole every decode
+// step; fp16 halves that). AVX2/F16C; one fixed order of operations per output whatever m (batch-invariant):
+// 8-lane FMA partial sums over k, a fixed horizontal sum, then the k % 8 tail in order. Output features split
+// over the OpenMP threads.
+class HalfLinear final : public LinearOp {
+ public:
+  HalfLinear(const std::vector<float>& weight, std::int64_t out_features, std::int64_t in_features);
+  std::int64_t in_features() const override { return in_; }
+  std::int64_t out_features() const override { return out_; }
+  void forward(const float* x, std::int64_t m, float* y) const override;
+  std::string describe() const override;
+
+  const std::vector<std::uint16_t>& weight() const { return weight_; }  // [out, in], IEEE binary16 bits
+
+ private:
+  std::vector<std::uint16_t> weight_;
+  std::int64_t out_, in_;
+};
+
 }  // namespace atom::cpu

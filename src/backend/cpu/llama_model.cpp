@@ -12,7 +12,8 @@ namespace atom::cpu {
 
 namespace {
 
-std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::int64_t in, std::vector<float>&& bias = {}) {
+std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::int64_t in,
+                                std::vector<float>&& bias = {}) {
   return std::make_unique<DenseLinear>(std::make_shared<const std::vector<float>>(std::move(w)), out, in,
                                        std::move(bias));
 }
@@ -24,8 +25,8 @@ void add_in_place(float* x, const float* y, std::int64_t n) {
 
 void check_op(const LinearOp& op, std::int64_t out, std::int64_t in, int layer, const char* name) {
   if (op.out_features() != out || op.in_features() != in) {
-    fail("layer {} {}: linear op {} has shape [{} x {}], the model needs [{} x {}]", layer, name, op.describe(),
-         op.out_features(), op.in_features(), out, in);
+    fail("layer {} {}: linear op {} has shape [{} x {}], the model needs [{} x {}]", layer, name,
+         op.describe(), op.out_features(), op.in_features(), out, in);
   }
 }
 
@@ -39,7 +40,8 @@ LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
   if (static_cast<int>(weights.layers.size()) != config_.num_layers) {
     fail("model weights have {} layers, the config says {}", weights.layers.size(), config_.num_layers);
   }
-  ATOM_CHECK(static_cast<std::int64_t>(weights.embed_tokens.size()) == std::int64_t{config_.vocab_size} * hidden);
+  ATOM_CHECK(static_cast<std::int64_t>(weights.embed_tokens.size()) ==
+             std::int64_t{config_.vocab_size} * hidden);
   embed_tokens_ = std::make_shared<const std::vector<float>>(std::move(weights.embed_tokens));
   for (LayerWeights& w : weights.layers) {
     DecoderLayer l;
@@ -69,7 +71,9 @@ LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
 LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
                        std::vector<DecoderLayer> layers, std::vector<float> final_norm,
                        std::unique_ptr<LinearOp> lm_head)
-    : config_(config), embed_tokens_(std::move(embed_tokens)), layers_(std::move(layers)),
+    : config_(config),
+      embed_tokens_(std::move(embed_tokens)),
+      layers_(std::move(layers)),
       final_norm_(std::move(final_norm)) {
   config_.validate("model config");
   const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size;
@@ -99,8 +103,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vec
            l.mlp_perm.size(), hidden);
     }
     const std::pair<const std::unique_ptr<LinearOp>*, const char*> ops[] = {
-        {&l.q_proj, "q_proj"},       {&l.k_proj, "k_proj"}, {&l.v_proj, "v_proj"},       {&l.o_proj, "o_proj"},
-        {&l.gate_proj, "gate_proj"}, {&l.up_proj, "up_proj"}, {&l.down_proj, "down_proj"}};
+        {&l.q_proj, "q_proj"},      {&l.k_proj, "k_proj"},       {&l.v_proj, "v_proj"},
+        {&l.o_proj, "o_proj"},      {&l.gate_proj, "gate_proj"}, {&l.up_proj, "up_proj"},
+        {&l.down_proj, "down_proj"}};
     for (const auto& [op, name] : ops) {
       if (!*op) fail("layer {}: {} is missing", i, name);
     }
@@ -121,17 +126,20 @@ LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vec
   inv_freq_ = cpu::rope_inv_freq(config_);
 }
 
-void LlamaModel::set_lm_head(std::unique_ptr<LinearOp> op) {
+std::unique_ptr<LinearOp> LlamaModel::set_lm_head(std::unique_ptr<LinearOp> op) {
   ATOM_CHECK(op != nullptr);
   check_op(*op, config_.vocab_size, config_.hidden_size, -1, "lm_head");
-  lm_head_ = std::move(op);
+  std::swap(lm_head_, op);
+  return op;
 }
 
 KvCacheShape LlamaModel::cache_shape() const {
   return KvCacheShape{config_.num_layers, config_.num_kv_heads, config_.head_dim};
 }
 
-KvCache LlamaModel::new_cache(const KvRowStoreFactory& factory) const { return KvCache(cache_shape(), factory); }
+KvCache LlamaModel::new_cache(const KvRowStoreFactory& factory) const {
+  return KvCache(cache_shape(), factory);
+}
 
 void LlamaModel::set_kv_store_factory(KvRowStoreFactory factory) {
   ATOM_CHECK(factory != nullptr);
@@ -144,7 +152,8 @@ std::int64_t LlamaModel::logits_rows(std::span<const SequenceInput> batch) {
   return rows;
 }
 
-std::vector<float> LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache, bool all_logits) const {
+std::vector<float> LlamaModel::forward(std::span<const std::int32_t> tokens, KvCache& cache,
+                                       bool all_logits) const {
   const SequenceInput input{tokens, &cache, all_logits};
   std::vector<float> logits;
   forward(std::span<const SequenceInput>(&input, 1), logits);
@@ -159,8 +168,10 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, std::vector<float
   });
 }
 
-void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink& sink, std::int64_t chunk_rows) const {
-  const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size, vocab = config_.vocab_size;
+void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink& sink,
+                         std::int64_t chunk_rows) const {
+  const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size,
+                     vocab = config_.vocab_size;
   const int heads = config_.num_heads, kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
   const std::int64_t q_dim = std::int64_t{heads} * head_dim, kv_dim = std::int64_t{kv_heads} * head_dim;
   if (batch.empty()) fail("forward: empty batch");
@@ -176,12 +187,17 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     if (in.tokens.empty()) fail("forward: sequence {} of the batch has no tokens", s);
     if (in.cache == nullptr) fail("forward: sequence {} of the batch has no KV cache", s);
     const KvCacheShape& cs = in.cache->shape();
-    if (cs.num_layers != shape.num_layers || cs.num_kv_heads != shape.num_kv_heads || cs.head_dim != shape.head_dim) {
-      fail("forward: sequence {}: KV cache shape ({} layers, {} kv heads, head_dim {}) does not match the model "
-           "({}, {}, {})", s, cs.num_layers, cs.num_kv_heads, cs.head_dim, shape.num_layers, shape.num_kv_heads,
-           shape.head_dim);
+    if (cs.num_layers != shape.num_layers || cs.num_kv_heads != shape.num_kv_heads ||
+        cs.head_dim != shape.head_dim) {
+      fail(
+          "forward: sequence {}: KV cache shape ({} layers, {} kv heads, head_dim {}) does not match the "
+          "model "
+          "({}, {}, {})",
+          s, cs.num_layers, cs.num_kv_heads, cs.head_dim, shape.num_layers, shape.num_kv_heads,
+          shape.head_dim);
     }
-    if (!caches.insert(in.cache).second) fail("forward: sequence {} shares its KV cache with another sequence", s);
+    if (!caches.insert(in.cache).second)
+      fail("forward: sequence {} shares its KV cache with another sequence", s);
     const std::int64_t length = in.cache->length();
     for (int l = 0; l < shape.num_layers; ++l) {
       if (in.cache->keys(l).rows() != length || in.cache->values(l).rows() != length) {
@@ -190,7 +206,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     }
     for (std::size_t i = 0; i < in.tokens.size(); ++i) {
       const std::int32_t t = in.tokens[i];
-      if (t < 0 || t >= vocab) fail("forward: sequence {} token {} is {}, outside the vocabulary [0, {})", s, i, t, vocab);
+      if (t < 0 || t >= vocab)
+        fail("forward: sequence {} token {} is {}, outside the vocabulary [0, {})", s, i, t, vocab);
     }
     row_offset.push_back(total);
     start.push_back(length);
@@ -213,7 +230,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   const auto T = total;
   auto buffer = [](std::int64_t n) { return std::vector<float>(static_cast<std::size_t>(n)); };
   std::vector<float> x = buffer(T * hidden), normed = buffer(T * hidden), tmp = buffer(T * hidden);
-  std::vector<float> q = buffer(T * q_dim), k = buffer(T * kv_dim), v = buffer(T * kv_dim), attn = buffer(T * q_dim);
+  std::vector<float> q = buffer(T * q_dim), k = buffer(T * kv_dim), v = buffer(T * kv_dim),
+                     attn = buffer(T * q_dim);
   std::vector<float> gate = buffer(T * inter), up = buffer(T * inter);
   std::vector<std::int64_t> positions(static_cast<std::size_t>(T));
   for (std::size_t s = 0; s < batch.size(); ++s) {
@@ -269,7 +287,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
       const std::int64_t keys = start[s] + n;
       // A quantized store is read back (dequantized) whole: attention then sees what the cache holds,
       // the new tokens included.
-      for (auto [store, scratch, ptr] : {std::tuple{&ks, &dequantized_k[s], &job.k}, std::tuple{&vs, &dequantized_v[s], &job.v}}) {
+      for (auto [store, scratch, ptr] :
+           {std::tuple{&ks, &dequantized_k[s], &job.k}, std::tuple{&vs, &dequantized_v[s], &job.v}}) {
         if (const float* direct = store->f32_rows()) {
           *ptr = direct;
         } else {
@@ -285,7 +304,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     l.o_proj->forward(attn.data(), T, tmp.data());
     add_in_place(x.data(), tmp.data(), T * hidden);
 
-    rms_norm(x.data(), T, hidden, l.post_attention_norm.data(), config_.rms_norm_eps, l.mlp_perm, normed.data());
+    rms_norm(x.data(), T, hidden, l.post_attention_norm.data(), config_.rms_norm_eps, l.mlp_perm,
+             normed.data());
     observe(li, "gate_proj", normed.data(), T, hidden);
     l.gate_proj->forward(normed.data(), T, gate.data());
     observe(li, "up_proj", normed.data(), T, hidden);

@@ -61,7 +61,8 @@ class LlamaModel {
   // A model assembled from built parts (a quantized checkpoint: its layers' LinearOps are already made).
   // lm_head null: tied to embed_tokens. Throws atom::Error when a size or an op's shape does not fit config.
   LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
-             std::vector<DecoderLayer> layers, std::vector<float> final_norm, std::unique_ptr<LinearOp> lm_head);
+             std::vector<DecoderLayer> layers, std::vector<float> final_norm,
+             std::unique_ptr<LinearOp> lm_head);
 
   const ModelConfig& config() const { return config_; }
   int num_layers() const { return static_cast<int>(layers_.size()); }
@@ -69,7 +70,7 @@ class LlamaModel {
   DecoderLayer& layer(int i) { return layers_.at(static_cast<std::size_t>(i)); }
   const DecoderLayer& layer(int i) const { return layers_.at(static_cast<std::size_t>(i)); }
   LinearOp& lm_head() { return *lm_head_; }
-  void set_lm_head(std::unique_ptr<LinearOp> op);
+  std::unique_ptr<LinearOp> set_lm_head(std::unique_ptr<LinearOp> op);       // returns the previous one
   const std::vector<float>& embed_tokens() const { return *embed_tokens_; }  // [vocab, hidden]
   const std::vector<float>& final_norm() const { return final_norm_; }
   const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
@@ -92,9 +93,11 @@ class LlamaModel {
   void forward(std::span<const SequenceInput> batch, std::vector<float>& logits) const;
   // Same, handing logits to `sink` in chunks of at most `chunk_rows` rows (long windows need not
   // materialize [tokens, vocab]).
-  void forward(std::span<const SequenceInput> batch, const LogitsSink& sink, std::int64_t chunk_rows = 256) const;
+  void forward(std::span<const SequenceInput> batch, const LogitsSink& sink,
+               std::int64_t chunk_rows = 256) const;
   // Single sequence: returns [n, vocab] (all_logits) or [vocab].
-  std::vector<float> forward(std::span<const std::int32_t> tokens, KvCache& cache, bool all_logits = false) const;
+  std::vector<float> forward(std::span<const std::int32_t> tokens, KvCache& cache,
+                             bool all_logits = false) const;
 
   static std::int64_t logits_rows(std::span<const SequenceInput> batch);
 
