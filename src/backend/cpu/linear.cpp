@@ -36,12 +36,38 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Rows [r0, r0 + rows) x outputs [n0, n0 + outs) of dense_fixed_order; kRows >= rows (surplus lanes repeat
+// the last row and are not stored: one row, a decode step, multiplies only that row).
+template <std::int64_t kRows>
+inline void dense_tile(const float* x, std::int64_t r0, std::int64_t rows, const float* const wr[2],
+                       std::int64_t outs, std::int64_t n0, std::int64_t N, std::int64_t K, float* y) {
+  const std::int64_t k8 = K / 8 * 8;
+  const float* xr[kRows];
+  for (std::int64_t r = 0; r < kRows; ++r) xr[r] = x + (r0 + std::min(r, rows - 1)) * K;
+  __m256 acc[kRows][2];
+  for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < k8; k += 8) {
+    const __m256 w0 = _mm256_loadu_ps(wr[0] + k), w1 = _mm256_loadu_ps(wr[1] + k);
+    for (std::int64_t r = 0; r < kRows; ++r) {
+      const __m256 xv = _mm256_loadu_ps(xr[r] + k);
+      acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
+    }
+  }
+  for (std::int64_t r = 0; r < rows; ++r) {
+    for (std::int64_t o = 0; o < outs; ++o) {
+      float sum = hsum8(acc[r][o]);
+      for (std::int64_t k = k8; k < K; ++k) sum = std::fma(xr[r][k], wr[o][k], sum);
+      y[(r0 + r) * N + n0 + o] = sum;
+    }
+  }
+}
+
 // y[r, n] = x[r, :] . w[n, :] with one fixed order of operations per output, whatever m (batch-invariant):
-// 8-lane FMA partial sums over k, a fixed horizontal sum, then the k % 8 tail in order. Tiles of 4 rows x 2
-// outputs share loads; every output still has its own accumulator and sequence.
+// 8-lane FMA partial sums over k, a fixed horizontal sum, then the k % 8 tail in order. Tiles of up to 4 rows
+// x 2 outputs share loads; every output still has its own accumulator and sequence.
 void dense_fixed_order(const float* x, std::int64_t m, const float* w, std::int64_t N, std::int64_t K,
                        float* y) {
-  const std::int64_t k8 = K / 8 * 8;
   // Blocks of 64 rows stay in L2 while every output sweeps them (an output's order of operations does not
   // depend on the blocking).
   constexpr std::int64_t kRowBlock = 64;
@@ -50,27 +76,13 @@ void dense_fixed_order(const float* x, std::int64_t m, const float* w, std::int6
 #pragma omp parallel for schedule(static)
     for (std::int64_t n0 = 0; n0 < N; n0 += 2) {
       const std::int64_t outs = std::min<std::int64_t>(2, N - n0);
-      const float* wr[2] = {w + n0 * K, w + (n0 + outs - 1) * K};
+      const float* const wr[2] = {w + n0 * K, w + (n0 + outs - 1) * K};
       for (std::int64_t r0 = rb; r0 < rb_end; r0 += 4) {
         const std::int64_t rows = std::min<std::int64_t>(4, rb_end - r0);
-        const float* xr[4];
-        for (std::int64_t r = 0; r < 4; ++r) xr[r] = x + std::min(r0 + r, rb_end - 1) * K;
-        __m256 acc[4][2];
-        for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
-        for (std::int64_t k = 0; k < k8; k += 8) {
-          const __m256 w0 = _mm256_loadu_ps(wr[0] + k), w1 = _mm256_loadu_ps(wr[1] + k);
-          for (int r = 0; r < 4; ++r) {
-            const __m256 xv = _mm256_loadu_ps(xr[r] + k);
-            acc[r][0] = _mm256_fmadd_ps(xv, w0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(xv, w1, acc[r][1]);
-          }
-        }
-        for (std::int64_t r = 0; r < rows; ++r) {
-          for (std::int64_t o = 0; o < outs; ++o) {
-            float sum = hsum8(acc[r][o]);
-            for (std::int64_t k = k8; k < K; ++k) sum = std::fma(xr[r][k], wr[o][k], sum);
-            y[(r0 + r) * N + n0 + o] = sum;
-          }
+        if (rows == 1) {
+          dense_tile<1>(x, r0, rows, wr, outs, n0, N, K, y);
+        } else {
+          dense_tile<4>(x, r0, rows, wr, outs, n0, N, K, y);
         }
       }
     }
