@@ -13,19 +13,22 @@ using quant::NumberFormat;
 
 namespace {
 
-constexpr std::int64_t kTileOutputs = 8;     // one ymm of fp32 results per tile (MT x NT = 8)
-constexpr std::int64_t kSegment = 1024;      // int16 partial sums are widened at least this often
-constexpr std::int64_t kOutlierAlign = 32;   // outlier rows padded with zeros to this multiple
-constexpr std::int64_t kRowBlock = 64;       // activation rows kept hot while sweeping the weights
+constexpr std::int64_t kTileOutputs = 8;    // one ymm of fp32 results per tile (MT x NT = 8)
+constexpr std::int64_t kSegment = 1024;     // int16 partial sums are widened at least this often
+constexpr std::int64_t kOutlierAlign = 32;  // outlier rows padded with zeros to this multiple
+constexpr std::int64_t kRowBlock = 64;      // activation rows kept hot while sweeping the weights
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
 std::int32_t activation_offset(NumberFormat f) {
   switch (f) {
     case NumberFormat::kInt3:
-    case NumberFormat::kInt4: return 8;
-    case NumberFormat::kFp4: return 12;  // doubled codes span [-12, 12]
-    case NumberFormat::kInt8: return 0;
+    case NumberFormat::kInt4:
+      return 8;
+    case NumberFormat::kFp4:
+      return 12;  // doubled codes span [-12, 12]
+    case NumberFormat::kInt8:
+      return 0;
   }
   return 0;
 }
@@ -35,32 +38,39 @@ inline __m256i reduce8(const __m256i v[8]) {
   const __m256i h0 = _mm256_hadd_epi32(v[0], v[1]), h1 = _mm256_hadd_epi32(v[2], v[3]);
   const __m256i h2 = _mm256_hadd_epi32(v[4], v[5]), h3 = _mm256_hadd_epi32(v[6], v[7]);
   const __m256i h01 = _mm256_hadd_epi32(h0, h1), h23 = _mm256_hadd_epi32(h2, h3);
-  return _mm256_add_epi32(_mm256_permute2x128_si256(h01, h23, 0x20), _mm256_permute2x128_si256(h01, h23, 0x31));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h01, h23, 0x20),
+                          _mm256_permute2x128_si256(h01, h23, 0x31));
 }
 
 // Lane (mt * NT + nt) takes per-output value p[nt].
 template <int MT, int NT>
 inline __m256 output_lanes(const float* p) {
-  if constexpr (NT == 8) return _mm256_loadu_ps(p);
-  else return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
+  if constexpr (NT == 8)
+    return _mm256_loadu_ps(p);
+  else
+    return _mm256_broadcast_ps(reinterpret_cast<const __m128*>(p));
 }
 template <int MT, int NT>
 inline __m256i output_lanes(const std::int32_t* p) {
-  if constexpr (NT == 8) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  else return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  if constexpr (NT == 8)
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  else
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 // Lane (mt * NT + nt) takes per-row value v[mt].
 template <int MT>
 inline __m256 row_lanes(const float v[MT]) {
-  if constexpr (MT == 1) return _mm256_set1_ps(v[0]);
-  else return _mm256_set_m128(_mm_set1_ps(v[1]), _mm_set1_ps(v[0]));
+  if constexpr (MT == 1)
+    return _mm256_set1_ps(v[0]);
+  else
+    return _mm256_set_m128(_mm_set1_ps(v[1]), _mm_set1_ps(v[0]));
 }
 
 // int32 partial sums (8 lanes each, not yet reduced) over [begin, end) of split-layout activation bytes times
 // the packed nibble weights (decoded by `lut`) of NP outputs, added to acc32[mt * NT + nt0 + np].
 template <int MT, int NP, int NT, int C>
-inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* const w[NP], std::int64_t begin,
-                           std::int64_t end, __m256i lut, int nt0, __m256i* acc32) {
+inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* const w[NP],
+                           std::int64_t begin, std::int64_t end, __m256i lut, int nt0, __m256i* acc32) {
   const __m256i low_nibbles = _mm256_set1_epi8(0x0F);
   const __m256i ones = _mm256_set1_epi16(1);
   for (std::int64_t seg = begin; seg < end; seg += kSegment) {
@@ -77,15 +87,18 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
         for (int np = 0; np < NP; ++np) {
           const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + k / 2));
           const __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(wb, low_nibbles));
-          const __m256i wh = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(wb, 4), low_nibbles));
+          const __m256i wh =
+              _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(wb, 4), low_nibbles));
           for (int mt = 0; mt < MT; ++mt) {
-            const __m256i s = _mm256_add_epi16(_mm256_maddubs_epi16(even[mt], wl), _mm256_maddubs_epi16(odd[mt], wh));
+            const __m256i s =
+                _mm256_add_epi16(_mm256_maddubs_epi16(even[mt], wl), _mm256_maddubs_epi16(odd[mt], wh));
             acc16[mt * NP + np] = _mm256_add_epi16(acc16[mt * NP + np], s);
           }
         }
       } else {
         __m256i act[MT];
-        for (int mt = 0; mt < MT; ++mt) act[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
+        for (int mt = 0; mt < MT; ++mt)
+          act[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
         for (int np = 0; np < NP; ++np) {
           const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + k / 2));
           const __m256i both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wb, 4), wb), low_nibbles);
@@ -108,8 +121,8 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
 // Lane sums over [begin, end) of split-layout activations times packed weights, for all MT x NT outputs.
 // The outputs are swept in passes of NT/2 (4 int16 accumulators live at a time: no register spills).
 template <int MT, int NT, int C>
-inline __m256i packed_dot(const std::uint8_t* const a[MT], const std::uint8_t* const w[NT], std::int64_t begin,
-                          std::int64_t end, __m256i lut) {
+inline __m256i packed_dot(const std::uint8_t* const a[MT], const std::uint8_t* const w[NT],
+                          std::int64_t begin, std::int64_t end, __m256i lut) {
   constexpr int NP = NT / 2;
   __m256i acc32[MT * NT];
   for (auto& v : acc32) v = _mm256_setzero_si256();
@@ -206,9 +219,13 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
 template <int C>
 void gemm(const GemmArgs& args) {
   const std::int64_t M = args.a.m, n_tiles = args.w.n_pad / kTileOutputs;
+  // A decode step's small products (SmolLM2's q/k/v/o: <= 576 x 576) take about as long as waking the other
+  // threads: they run on the calling thread. Tiles are independent, so the result is the same either way.
+  constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 19;
+  const bool parallel = M * args.w.n_pad * args.w.q.k() >= kParallelMinWork;
   for (std::int64_t mb = 0; mb < M; mb += kRowBlock) {
     const std::int64_t mb_end = std::min(M, mb + kRowBlock);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (parallel)
     for (std::int64_t t = 0; t < n_tiles; ++t) {
       const std::int64_t n0 = t * kTileOutputs;
       std::int64_t m = mb;
@@ -229,7 +246,8 @@ inline float max_abs(const float* buf, std::int64_t len) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   __m256 acc = _mm256_setzero_ps();
   // max_ps returns its second operand when either is NaN: NaN elements are ignored (fmaxf semantics).
-  for (std::int64_t i = 0; i < len; i += 8) acc = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(buf + i), abs_mask), acc);
+  for (std::int64_t i = 0; i < len; i += 8)
+    acc = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(buf + i), abs_mask), acc);
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
@@ -248,7 +266,8 @@ void quantize_block(const float* buf, std::int64_t len, float scale, CodeKind ki
   for (std::int64_t i = 0; i < len; i += 32) {
     __m256i q[4];
     for (int j = 0; j < 4; ++j) {
-      const __m256 v = _mm256_div_ps(_mm256_loadu_ps(buf + i + 8 * j), s);  // IEEE division, as the format says
+      const __m256 v =
+          _mm256_div_ps(_mm256_loadu_ps(buf + i + 8 * j), s);  // IEEE division, as the format says
       if (kind == CodeKind::kOffsetFp4) {
         const __m256 a = _mm256_and_ps(v, abs_mask);
         __m256i m = _mm256_setzero_si256();
@@ -270,14 +289,15 @@ void quantize_block(const float* buf, std::int64_t len, float scale, CodeKind ki
       }
     }
     const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i bytes = kind == CodeKind::kInt8 ? _mm256_packs_epi16(p01, p23) : _mm256_packus_epi16(p01, p23);
+    const __m256i bytes =
+        kind == CodeKind::kInt8 ? _mm256_packs_epi16(p01, p23) : _mm256_packus_epi16(p01, p23);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(bytes, order));
   }
 }
 
 // Quantizes buf[0, len) (len a multiple of 32) in one group; returns the fp16 scale as fp32.
-float quantize_group(const float* buf, std::int64_t len, float clip, CodeKind kind, float qmax, std::int32_t offset,
-                     std::uint8_t* out) {
+float quantize_group(const float* buf, std::int64_t len, float clip, CodeKind kind, float qmax,
+                     std::int32_t offset, std::uint8_t* out) {
   const float scale = fp16_to_fp32(fp32_to_fp16(clip * max_abs(buf, len) / qmax));
   if (scale == 0.0f) {
     std::memset(out, offset, static_cast<std::size_t>(len));
@@ -291,13 +311,16 @@ float quantize_group(const float* buf, std::int64_t len, float clip, CodeKind ki
 
 std::int64_t split_layout_channel(std::int64_t p, std::int64_t chunk) {
   if (chunk == 0) return p;
-  const std::int64_t base = p / chunk * chunk, offset = p - base, half = chunk / 2;  // even half, then odd half
+  const std::int64_t base = p / chunk * chunk, offset = p - base,
+                     half = chunk / 2;  // even half, then odd half
   return offset < half ? base + 2 * offset : base + 2 * (offset - half) + 1;
 }
 
-AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what, InputOrder order) {
+AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const char* what,
+                                         InputOrder order) {
   quant::validate(q, what);
-  if (q.group % 32 != 0) fail("{}: group size {} is not a multiple of 32 (CPU integer kernels)", what, q.group);
+  if (q.group % 32 != 0)
+    fail("{}: group size {} is not a multiple of 32 (CPU integer kernels)", what, q.group);
   AtomPreparedWeights p;
   const std::int64_t N = q.n, groups = q.k_normal / q.group;
   p.n_pad = round_up(std::max<std::int64_t>(N, 1), kTileOutputs);
@@ -308,8 +331,8 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
   p.offset_wsum_t.assign(p.scales_t.size(), 0);
   const std::int64_t row_bytes = quant::format_row_bytes(q.format, q.k_normal);
   for (std::int64_t n = 0; n < N; ++n) {
-    const auto codes = quant::normal_row_integers({q.packed.data() + n * row_bytes, static_cast<std::size_t>(row_bytes)},
-                                                  q.k_normal, q.format);
+    const auto codes = quant::normal_row_integers(
+        {q.packed.data() + n * row_bytes, static_cast<std::size_t>(row_bytes)}, q.k_normal, q.format);
     for (std::int64_t g = 0; g < groups; ++g) {
       std::int32_t sum = 0;
       for (std::int64_t k = g * q.group; k < (g + 1) * q.group; ++k) sum += codes[k];
@@ -328,8 +351,10 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
   const auto source = [&](std::int64_t j) -> std::int32_t {
     return order == InputOrder::kOriginal ? q.perm[j] : static_cast<std::int32_t>(j);
   };
-  for (std::int64_t pos = 0; pos < q.k_normal; ++pos) p.gather[pos] = source(split_layout_channel(pos, p.chunk));
-  for (std::int64_t o = 0; o < p.n_out_pad; ++o) p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
+  for (std::int64_t pos = 0; pos < q.k_normal; ++pos)
+    p.gather[pos] = source(split_layout_channel(pos, p.chunk));
+  for (std::int64_t o = 0; o < p.n_out_pad; ++o)
+    p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
   p.q = std::move(q);
   return p;
 }
@@ -366,8 +391,9 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
       if (n_out_pad > 0) {
         const std::int32_t* idx = w.gather.data() + q.k_normal;
         for (std::int64_t o = 0; o < n_out_pad; ++o) buf[o] = idx[o] >= 0 ? row[idx[o]] : 0.0f;
-        a.outlier_scales[r] = quantize_group(buf.data(), n_out_pad, 1.0f, CodeKind::kInt8, 127.0f, 0,
-                                             reinterpret_cast<std::uint8_t*>(a.outliers.data() + r * n_out_pad));
+        a.outlier_scales[r] =
+            quantize_group(buf.data(), n_out_pad, 1.0f, CodeKind::kInt8, 127.0f, 0,
+                           reinterpret_cast<std::uint8_t*>(a.outliers.data() + r * n_out_pad));
       }
     }
   }
@@ -384,13 +410,20 @@ void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, floa
   alignas(32) std::int8_t lut_bytes[32];
   for (int i = 0; i < 32; ++i) {
     const auto nibble = static_cast<std::uint8_t>(i & 15);
-    lut_bytes[i] = q.format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
+    lut_bytes[i] =
+        q.format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
   }
   const GemmArgs args{a, w, y, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes))};
   switch (w.chunk) {
-    case 64: gemm<64>(args); break;
-    case 32: gemm<32>(args); break;
-    default: gemm<0>(args); break;
+    case 64:
+      gemm<64>(args);
+      break;
+    case 32:
+      gemm<32>(args);
+      break;
+    default:
+      gemm<0>(args);
+      break;
   }
 }
 
@@ -429,7 +462,8 @@ quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPre
                   static_cast<std::size_t>(q.n_outliers));
     }
     c.outlier_scales.resize(a.outlier_scales.size());
-    for (std::size_t i = 0; i < a.outlier_scales.size(); ++i) c.outlier_scales[i] = fp32_to_fp16(a.outlier_scales[i]);
+    for (std::size_t i = 0; i < a.outlier_scales.size(); ++i)
+      c.outlier_scales[i] = fp32_to_fp16(a.outlier_scales[i]);
   }
   return c;
 }
