@@ -482,7 +482,7 @@ int main(int argc, char** argv) {
         row.kernel = w4a4_kernel_name(w4a4_auto_kernel(M, N));
         row.ours = row.packed_auto = timer.median_us(ours(W4A4Kernel::kAuto));
         // The serving-size kernel on int8 activations (converted from the same codes): validated, every tile
-        // timed; the row reports the layout the model runner uses at this M (w4a4_prefers_s8_activations).
+        // timed; the row reports what the model runner runs at this M with --serving-gemm.
         Check cs8;
         std::string tile_times;
         if (w4a4_swapab_available()) {
@@ -518,9 +518,9 @@ int main(int argc, char** argv) {
                           w4a4_swapab_tile_name(tile) + std::strlen("gemm_w4a4o8_swapab_sm90"), us);
             tile_times += buf;
           }
-          if (w4a4_prefers_s8_activations(M, N, K)) {
+          if (w4a4_prefers_s8_activations(M)) {
             row.ours = row.swapab_auto;
-            row.kernel = w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N, K));
+            row.kernel = w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N));
           }
         }
         if (variants && M >= 64) {
@@ -582,8 +582,8 @@ int main(int argc, char** argv) {
         ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
         Check c8 = validate_w4a4(w8, a8, y_ours, rng);
         row.w8a8 = timer.median_us(w8a8);
-        if (w4a4_swapab_available() && M <= 512) {
-          // The model runner's W8A8 at serving sizes: the serving-size kernel on the plain int8 layouts
+        if (w4a4_prefers_s8_activations(M)) {
+          // W8A8 as the model runner runs it with --serving-gemm: the serving-size kernel on the plain int8 layouts
           // (weights as cuBLASLt reads them: the canonical outlier codes; validated against the same reference).
           std::vector<float> ws_host(N);
           const auto wos = w8.outlier_scales.download();

@@ -1,4 +1,5 @@
 // Host side of the W4A4 GEMM: shape checks, the host prepack and the kernel dispatch.
+#include <algorithm>
 #include <cstring>
 
 #include "backend/cuda/common/cuda_check.h"
@@ -108,15 +109,21 @@ struct DeviceCaps {
   int sm = 0;
   int num_sms = 0;
 };
+// Per device, queried once: the dispatchers ask on every launch.
 DeviceCaps device_caps() {
   int dev = 0;
   ATOM_CUDA_CHECK(cudaGetDevice(&dev));
+  static thread_local int cached_device = -1;
+  static thread_local DeviceCaps cached;
+  if (dev == cached_device) return cached;
   DeviceCaps c;
   int major = 0, minor = 0;
   ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
   ATOM_CUDA_CHECK(cudaDeviceGetAttribute(&c.num_sms, cudaDevAttrMultiProcessorCount, dev));
   c.sm = major * 10 + minor;
+  cached_device = dev;
+  cached = c;
   return c;
 }
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
@@ -210,21 +217,15 @@ bool w4a4_swapab_available() {
   return caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled();
 }
 
-bool w4a4_prefers_s8_activations(int m, int n, int k) {
-  (void)n;
-  (void)k;
-  return m > 16 && m <= 512 && w4a4_swapab_available();
-}
+bool w4a4_prefers_s8_activations(int m) { return m > 16 && m <= kW4A4S8MaxRows && w4a4_swapab_available(); }
 
-W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n, int k) {
-  (void)k;
-  // Token tile: the smallest that holds the batch up to 64 tokens; channel tile 128 (two consumer warpgroups
+W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
+  // Token tile: the smallest that holds the batch, at most 64 tokens; channel tile 128 (two consumer warpgroups
   // share the activation stages) when that still gives every SM a CTA, else 64.
   const int sms = device_caps().num_sms;
   auto ctas = [&](int bt, int c) { return (long)layout::ceil_div(m, bt) * layout::ceil_div(n, c); };
   if (m <= 16) return W4A4SwapAbTile::kT16C64;
   if (m <= 32) return ctas(32, 128) >= sms ? W4A4SwapAbTile::kT32C128 : W4A4SwapAbTile::kT32C64;
-  if (m <= 64) return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
   return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
 }
 
@@ -246,7 +247,7 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
   if (!w4a4_swapab_available())
     fail("gemm_w4a4_o8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
          device_caps().sm);
-  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(a.m, w.n, w.k_normal + w.n_outliers);
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(a.m, w.n);
   detail::launch_w4a4_swapab_sm90(args, tile, stream);
 }
 
@@ -263,7 +264,7 @@ void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile 
   if (!w4a4_swapab_available())
     fail("gemm_w8a8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
          device_caps().sm);
-  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(args.m, args.n, args.k);
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(args.m, args.n);
   detail::launch_w8a8_swapab_sm90(args, tile, stream);
 }
 
@@ -296,19 +297,13 @@ void convert_w4a4_activations_s8_host(const W4A4Activations& src, int k_normal, 
   for (int m = 0; m < src.m; ++m) {
     std::int8_t* row = dst.codes + m * row_bytes;
     for (int g = 0; g < groups; ++g) {
-      const std::uint8_t* in = src.packed + (std::size_t)m * (k_normal / 2) + g * 64;
-      for (int e = 0; e < kW4A4Group; ++e) {
-        const int nib = (e & 1) ? (in[e >> 1] >> 4) : (in[e >> 1] & 15);
-        row[g * 128 + layout::s8_group_position(e)] = static_cast<std::int8_t>(nib >= 8 ? nib - 16 : nib);
-      }
+      layout::s8_block_from_group(src.packed + (std::size_t)m * (k_normal / 2) + g * 64, row + g * 128);
       dst.scales[(std::size_t)g * src.m + m] = src.scales[(std::size_t)m * groups + g];
     }
     for (int c = 0; c < chunks; ++c)
-      for (int e = 0; e < kW4A4OutlierChunk; ++e) {
-        const int ch = c * kW4A4OutlierChunk + e;
-        row[k_normal + c * 128 + layout::s8_outlier_position(e)] =
-            ch < n_outliers ? src.outliers[(std::size_t)m * n_outliers + ch] : 0;
-      }
+      layout::s8_block_from_outliers(src.outliers + (std::size_t)m * n_outliers + c * kW4A4OutlierChunk,
+                                     std::min(kW4A4OutlierChunk, n_outliers - c * kW4A4OutlierChunk),
+                                     row + k_normal + c * 128);
     if (n_outliers > 0) dst.outlier_scales[m] = src.outlier_scales[m];
   }
 }

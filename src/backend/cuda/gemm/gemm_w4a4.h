@@ -143,13 +143,15 @@ struct GemmW4A4S8Args {
 };
 // y = A x W^T with int8 activations. Needs an sm_90 device and a build with 90a. Asynchronous on `stream`.
 void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
-// The tile kAuto picks for this shape (the measured dispatch table, docs/notes/gemm.md).
-W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n, int k);
+// The tile kAuto picks for this shape (a rule of thumb until the tile sweep is measured, docs/notes/gemm.md).
+W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n);
 // Whether the serving-size kernel runs on the current device (sm_90 with sm_90a code in this binary).
 bool w4a4_swapab_available();
-// The activation layout the model runner should quantize into for an M x N x K product: true = int8
-// (gemm_w4a4_o8_s8), false = packed (gemm_w4a4_o8). From the measured dispatch table (docs/notes/gemm.md).
-bool w4a4_prefers_s8_activations(int m, int n, int k);
+// Products of more rows than this always read packed activations.
+constexpr int kW4A4S8MaxRows = 512;
+// Whether a product of m rows takes the serving-size kernel (int8 activation rows, gemm_w4a4_o8_s8 /
+// gemm_w8a8_s8) rather than the packed layout (gemm_w4a4_o8): 16 < m <= kW4A4S8MaxRows on a device that runs it.
+bool w4a4_prefers_s8_activations(int m);
 
 // W8A8 (per-token x per-channel INT8) on the same kernel, reading the plain layouts cuBLASLt reads: for serving
 // sizes, where cuBLASLt plus a separate scaling pass is slower. out = round(float(x.w) * sx * sw [+ residual]),

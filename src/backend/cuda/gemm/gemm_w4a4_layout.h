@@ -43,6 +43,18 @@ __host__ __device__ constexpr int s8_outlier_position(int e) {
   return 32 * j + 16 * h + 4 * t + b;
 }
 
+// One 128-wide block of an int8 activation row from the canonical layout: an INT4 group (64 packed bytes,
+// element 2i in the low nibble of byte i), or an outlier chunk (`count` <= 128 INT8 codes, zero past them).
+__host__ __device__ inline void s8_block_from_group(const std::uint8_t* packed, std::int8_t* out) {
+  for (int e = 0; e < 128; ++e) {
+    const int nib = (e & 1) ? (packed[e >> 1] >> 4) : (packed[e >> 1] & 15);
+    out[s8_group_position(e)] = static_cast<std::int8_t>(nib >= 8 ? nib - 16 : nib);
+  }
+}
+__host__ __device__ inline void s8_block_from_outliers(const std::int8_t* outliers, int count, std::int8_t* out) {
+  for (int e = 0; e < 128; ++e) out[s8_outlier_position(e)] = e < count ? outliers[e] : 0;
+}
+
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
 }  // namespace atom::cuda::layout

@@ -30,8 +30,6 @@ void check_blas(cublasStatus_t s, const char* what) {
 }
 
 constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
-// Products of more rows than this always take the packed activation layout (gemm_w4a4_o8).
-constexpr std::size_t kMaxS8Rows = 512;
 
 // W4A16 default of CudaRunnerOptions::w4a16_dense_rows: gemm_w4a16 reads each weight once per 16 rows of
 // activations and loses to the fp16 product from ~32 rows on (H200: 10.9 vs 7.3 ms per Llama-2-7B step at 64
@@ -98,9 +96,8 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::uint8_t> q_packed;
   DeviceBuffer<std::uint16_t> q_scales, q_outlier_scales;
   DeviceBuffer<std::int8_t> q_outliers;
-  // Int8 rows for the serving-size W4A4 GEMM (gemm_w4a4_o8_s8), used for products of up to s8_rows rows.
+  // Int8 rows for the serving-size W4A4 GEMM (gemm_w4a4_o8_s8), for products of up to kW4A4S8MaxRows rows.
   DeviceBuffer<std::int8_t> q_codes_s8;
-  int s8_rows = 0, s8_row_bytes = 0;
   DeviceBuffer<std::int32_t> identity_perm;
   DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
   std::unique_ptr<GemmBaselines> int8_gemm;   // W8A8: cuBLASLt int8 x int8 -> int32
@@ -218,11 +215,11 @@ struct CudaModelRunner::Impl {
       q_outliers.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(nout)));
       q_outlier_scales.allocate(t);
       if (opt.serving_gemm && w->precision == Precision::kW4A4 && w4a4_swapab_available()) {
+        std::size_t row_bytes = 0;
         for (const DeviceLayer& l : w->layers)
           for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down})
-            s8_row_bytes = std::max(s8_row_bytes, w4a4_s8_row_bytes(lin->k_normal, lin->n_outliers));
-        s8_rows = static_cast<int>(std::min<std::size_t>(t, kMaxS8Rows));
-        q_codes_s8.allocate(std::max<std::size_t>(16, static_cast<std::size_t>(s8_rows) * s8_row_bytes));
+            row_bytes = std::max<std::size_t>(row_bytes, w4a4_s8_row_bytes(lin->k_normal, lin->n_outliers));
+        q_codes_s8.allocate(std::max<std::size_t>(16, std::min<std::size_t>(t, kW4A4S8MaxRows) * row_bytes));
       }
       const int kmax = std::max({cfg.hidden_size, cfg.intermediate_size, attn_width});
       std::vector<std::int32_t> id(static_cast<std::size_t>(kmax));
@@ -357,15 +354,13 @@ struct CudaModelRunner::Impl {
 
   // ---- Pieces of the forward.
 
-  // Whether the product of `l` over m rows reads int8 activation rows (the serving-size GEMM).
-  bool s8_acts(const DeviceLinear& l, int m) const {
-    return m <= s8_rows && w4a4_prefers_s8_activations(m, l.n, l.k);
-  }
+  // Whether a product of m rows runs on the serving-size GEMM (W4A4: its quantizer then writes int8 rows).
+  bool serving_gemm_rows(int m) const { return opt.serving_gemm && w4a4_prefers_s8_activations(m); }
 
   // Where the quantizer feeding `l` writes its m rows: the layout l's GEMM reads at this m.
   QuantizedActOut quant_out(const DeviceLinear& l, int m) {
     QuantizedActOut o;
-    if (s8_acts(l, m)) {
+    if (serving_gemm_rows(m) && w->precision == Precision::kW4A4) {
       o.codes_s8 = q_codes_s8.get();
       o.codes_s8_stride = w4a4_s8_row_bytes(l.k_normal, l.n_outliers);
       o.scales = q_scales.get();
@@ -421,7 +416,7 @@ struct CudaModelRunner::Impl {
         break;
       }
       case Precision::kW8A8:
-        if (opt.serving_gemm && m > 16 && static_cast<std::size_t>(m) <= kMaxS8Rows && w4a4_swapab_available()) {
+        if (serving_gemm_rows(m)) {
           // Serving sizes: our kernel reads the same int8 layouts and scales in its epilogue (one pass, fp16 out).
           GemmW8A8Args a;
           a.x = q_outliers.get();
@@ -440,7 +435,7 @@ struct CudaModelRunner::Impl {
                             stream);
         break;
       case Precision::kW4A4: {
-        if (s8_acts(l, m)) {
+        if (serving_gemm_rows(m)) {
           GemmW4A4S8Args a;
           a.a = {q_codes_s8.get(), q_scales.get(), q_outlier_scales.get(), m};
           a.w = l.packed_view();

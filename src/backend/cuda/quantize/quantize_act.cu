@@ -19,6 +19,7 @@
 
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/common/fp16_vec.cuh"
+#include "backend/cuda/gemm/gemm_w4a4_layout.h"
 #include "backend/cuda/quantize/quantize_act.h"
 
 namespace atom::cuda {
@@ -107,15 +108,12 @@ __device__ __forceinline__ std::uint32_t quantize_group8(const float (&v)[8], in
 // 32 (c % 4) + 4 (c / 4), codes 1, 3, 5, 7 to the 4 bytes 16 further, sign-extended to int8.
 __device__ __forceinline__ void store_codes_s8(std::int8_t* group_row, int c, std::uint32_t word) {
   const std::uint32_t even = word & 0x0F0F0F0Fu, odd = (word >> 4) & 0x0F0F0F0Fu;
-  const int base = 32 * (c & 3) + 4 * (c >> 2);
+  const int base = layout::s8_group_position(8 * c);  // even codes at base + i/2, odd codes 16 further
   *reinterpret_cast<std::uint32_t*>(group_row + base) = __vsub4(even ^ 0x08080808u, 0x08080808u);
   *reinterpret_cast<std::uint32_t*>(group_row + base + 16) = __vsub4(odd ^ 0x08080808u, 0x08080808u);
 }
 // Byte position of outlier o of a row in the int8 layout: chunk o / 128, layout::s8_outlier_position inside.
-__device__ __forceinline__ int outlier_position_s8(int o) {
-  const int e = o & 127, t = e >> 5, j = (e >> 3) & 3, h = (e >> 2) & 1, b = e & 3;
-  return (o & ~127) + 32 * j + 16 * h + 4 * t + b;
-}
+__device__ __forceinline__ int outlier_position_s8(int o) { return (o & ~127) + layout::s8_outlier_position(o & 127); }
 
 
 // Steps 2 and 3 for one token, by warp `rank` of a team of `team` warps. Source::get8(j, v) gives the

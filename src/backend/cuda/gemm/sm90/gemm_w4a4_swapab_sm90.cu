@@ -371,8 +371,16 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 #endif  // ATOM_SM90A_DEVICE
 }
 
+// The row-major int8 matrices a launch reads by TMA: the activation rows, and for W8A8 the weight rows (both
+// `row_bytes` wide).
+struct SwapAbOperands {
+  const void* x = nullptr;
+  const void* w8 = nullptr;
+  int row_bytes = 0;
+};
+
 template <typename OutT, int BT, int WGC, int WGT, bool kW8>
-void launch_typed(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, cudaStream_t stream) {
+void launch_typed(SwapAbParams p, const SwapAbOperands& ops, cudaStream_t stream) {
   using T = SwapAbTile<BT, WGC, WGT>;
   const auto kernel = gemm_w4a4o8_swapab_sm90<OutT, BT, WGC, WGT, kW8>;
   static bool configured = [&] {
@@ -380,54 +388,37 @@ void launch_typed(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, cudaStream
     return true;
   }();
   (void)configured;
-  const W4A4PackedWeights& w = args.w;
-  SwapAbParams p{};
-  p.a_scales = args.a.scales;
-  p.a_outlier_scales = args.a.outlier_scales;
-  p.w_packed = w.packed;
-  p.w_outliers = w.outliers;
-  p.w_scales = w.scales;
-  p.out = args.out;
-  p.residual = args.residual;
-  p.m = args.a.m;
-  p.n = w.n;
-  p.groups = w.k_normal / kW4A4Group;
-  p.chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
   p.m_tiles = layout::ceil_div(p.m, BT);
-  CUtensorMap tmap_x{}, tmap_w8{};
-  if constexpr (kW8) {
-    p.m = w8->m;
-    p.n = w8->n;
-    p.groups = 0;
-    p.chunks = layout::ceil_div(w8->k, 128);
-    p.m_tiles = layout::ceil_div(p.m, BT);
-    p.a_outlier_scales = w8->x_scales;
-    p.w8_scales = w8->w_scales;
-    p.out = w8->out;
-    p.residual = w8->residual;
-    tmap_x = detail::make_u8_tensor_map(w8->x, w8->k, w8->m, 128, BT, /*swizzle_128b=*/true);
-    tmap_w8 = detail::make_u8_tensor_map(w8->w, w8->k, w8->n, 128, T::kChannels, /*swizzle_128b=*/true);
-  } else {
-    tmap_x = detail::make_u8_tensor_map(args.a.codes, w4a4_s8_row_bytes(w.k_normal, w.n_outliers), p.m, 128, BT,
-                                        /*swizzle_128b=*/true);
-  }
+  const CUtensorMap tmap_x = detail::make_u8_tensor_map(ops.x, ops.row_bytes, p.m, 128, BT, /*swizzle_128b=*/true);
+  CUtensorMap tmap_w8{};
+  if constexpr (kW8)
+    tmap_w8 = detail::make_u8_tensor_map(ops.w8, ops.row_bytes, p.n, 128, T::kChannels, /*swizzle_128b=*/true);
   const unsigned blocks = static_cast<unsigned>(p.m_tiles) * layout::ceil_div(p.n, T::kChannels);
   kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, tmap_w8, p);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 template <typename OutT, bool kW8>
-void launch_tile(const GemmW4A4S8Args& args, const GemmW8A8Args* w8, W4A4SwapAbTile tile, cudaStream_t stream) {
+void launch_tile(const SwapAbParams& p, const SwapAbOperands& ops, W4A4SwapAbTile tile, cudaStream_t stream) {
   switch (tile) {
-    case W4A4SwapAbTile::kT16C64: launch_typed<OutT, 16, 1, 1, kW8>(args, w8, stream); return;
-    case W4A4SwapAbTile::kT32C64: launch_typed<OutT, 32, 1, 1, kW8>(args, w8, stream); return;
-    case W4A4SwapAbTile::kT32C128: launch_typed<OutT, 32, 2, 1, kW8>(args, w8, stream); return;
-    case W4A4SwapAbTile::kT64C64: launch_typed<OutT, 64, 1, 1, kW8>(args, w8, stream); return;
-    case W4A4SwapAbTile::kT64C128: launch_typed<OutT, 64, 2, 1, kW8>(args, w8, stream); return;
-    case W4A4SwapAbTile::kT128C64: launch_typed<OutT, 128, 1, 2, kW8>(args, w8, stream); return;
+    case W4A4SwapAbTile::kT16C64: launch_typed<OutT, 16, 1, 1, kW8>(p, ops, stream); return;
+    case W4A4SwapAbTile::kT32C64: launch_typed<OutT, 32, 1, 1, kW8>(p, ops, stream); return;
+    case W4A4SwapAbTile::kT32C128: launch_typed<OutT, 32, 2, 1, kW8>(p, ops, stream); return;
+    case W4A4SwapAbTile::kT64C64: launch_typed<OutT, 64, 1, 1, kW8>(p, ops, stream); return;
+    case W4A4SwapAbTile::kT64C128: launch_typed<OutT, 64, 2, 1, kW8>(p, ops, stream); return;
+    case W4A4SwapAbTile::kT128C64: launch_typed<OutT, 128, 1, 2, kW8>(p, ops, stream); return;
     case W4A4SwapAbTile::kAuto: break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_w4a4_swapab_sm90: tile kAuto must be resolved", __FILE__, __LINE__);
+}
+
+template <bool kW8>
+void launch_out_type(const SwapAbParams& p, const SwapAbOperands& ops, GemmOutType out_type, W4A4SwapAbTile tile,
+                     cudaStream_t stream) {
+  if (out_type == GemmOutType::kBF16)
+    launch_tile<__nv_bfloat16, kW8>(p, ops, tile, stream);
+  else
+    launch_tile<__half, kW8>(p, ops, tile, stream);
 }
 
 // ---- canonical activations -> int8 rows in the tensor-core order (one thread per token and 128-wide block).
@@ -442,21 +433,12 @@ __global__ void convert_activations_s8_kernel(const W4A4Activations src, int k_n
   std::int8_t* out = dst.codes + (std::size_t)m * row_bytes + (std::size_t)blk * 128;
   alignas(16) std::int8_t v[128];
   if (blk < groups) {
-    const std::uint8_t* in = src.packed + (std::size_t)m * (k_normal / 2) + (std::size_t)blk * 64;
-#pragma unroll 8
-    for (int e = 0; e < 128; ++e) {
-      const int byte = in[e >> 1];
-      const int nib = (e & 1) ? (byte >> 4) : (byte & 15);
-      v[layout::s8_group_position(e)] = static_cast<std::int8_t>(nib >= 8 ? nib - 16 : nib);
-    }
+    layout::s8_block_from_group(src.packed + (std::size_t)m * (k_normal / 2) + (std::size_t)blk * 64, v);
     dst.scales[(std::size_t)blk * src.m + m] = src.scales[(std::size_t)m * groups + blk];
   } else {
     const int c = blk - groups;
-#pragma unroll 8
-    for (int e = 0; e < 128; ++e) {
-      const int ch = c * kW4A4OutlierChunk + e;
-      v[layout::s8_outlier_position(e)] = ch < n_outliers ? src.outliers[(std::size_t)m * n_outliers + ch] : 0;
-    }
+    layout::s8_block_from_outliers(src.outliers + (std::size_t)m * n_outliers + c * kW4A4OutlierChunk,
+                                   min(kW4A4OutlierChunk, n_outliers - c * kW4A4OutlierChunk), v);
     if (c == 0) dst.outlier_scales[m] = src.outlier_scales[m];
   }
 #pragma unroll
@@ -468,18 +450,33 @@ __global__ void convert_activations_s8_kernel(const W4A4Activations src, int k_n
 namespace detail {
 
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
-  if (args.out_type == GemmOutType::kBF16)
-    launch_tile<__nv_bfloat16, false>(args, nullptr, tile, stream);
-  else
-    launch_tile<__half, false>(args, nullptr, tile, stream);
+  const W4A4PackedWeights& w = args.w;
+  SwapAbParams p{};
+  p.a_scales = args.a.scales;
+  p.a_outlier_scales = args.a.outlier_scales;
+  p.w_packed = w.packed;
+  p.w_outliers = w.outliers;
+  p.w_scales = w.scales;
+  p.out = args.out;
+  p.residual = args.residual;
+  p.m = args.a.m;
+  p.n = w.n;
+  p.groups = w.k_normal / kW4A4Group;
+  p.chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
+  const SwapAbOperands ops{args.a.codes, nullptr, w4a4_s8_row_bytes(w.k_normal, w.n_outliers)};
+  launch_out_type<false>(p, ops, args.out_type, tile, stream);
 }
 
 void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
-  const GemmW4A4S8Args unused{};
-  if (args.out_type == GemmOutType::kBF16)
-    launch_tile<__nv_bfloat16, true>(unused, &args, tile, stream);
-  else
-    launch_tile<__half, true>(unused, &args, tile, stream);
+  SwapAbParams p{};  // every 128-wide block an "outlier chunk" (groups = 0)
+  p.a_outlier_scales = args.x_scales;
+  p.w8_scales = args.w_scales;
+  p.out = args.out;
+  p.residual = args.residual;
+  p.m = args.m;
+  p.n = args.n;
+  p.chunks = layout::ceil_div(args.k, 128);
+  launch_out_type<true>(p, SwapAbOperands{args.x, args.w, args.k}, args.out_type, tile, stream);
 }
 
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
