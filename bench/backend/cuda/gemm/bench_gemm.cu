@@ -246,6 +246,7 @@ struct Row {
   double bn128 = 0, bn64 = 0, mma = 0;
   double packed_auto = 0, swapab_auto = 0;  // the two activation layouts' kAuto kernels (0: not run)
   double bytes = 0;
+  std::string tiles;  // the serving-size kernel's time per tile, "name us; ..." (the dispatch table's input)
   std::string valid;
 };
 
@@ -511,12 +512,16 @@ int main(int argc, char** argv) {
           ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
           cs8 = validate_w4a4(w4, a4, y_ours, rng);
           row.swapab_auto = timer.median_us(swapab(W4A4SwapAbTile::kAuto));
+          // Every tile up to twice the range the runner uses it for (the crossover with the packed-layout kernels).
           for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
+            if (M > 2 * kW4A4S8MaxRows) break;
             const double us = timer.median_us(swapab(tile));
             char buf[96];
             std::snprintf(buf, sizeof buf, "%s%s %.2f", tile_times.empty() ? "" : ", ",
                           w4a4_swapab_tile_name(tile) + std::strlen("gemm_w4a4o8_swapab_sm90"), us);
             tile_times += buf;
+            std::snprintf(buf, sizeof buf, "%s%s %.3f", row.tiles.empty() ? "" : "; ", w4a4_swapab_tile_name(tile), us);
+            row.tiles += buf;
           }
           if (w4a4_prefers_s8_activations(M)) {
             row.ours = row.swapab_auto;
@@ -676,11 +681,11 @@ int main(int argc, char** argv) {
       FILE* f = std::fopen(csv_path, "w");
       if (f) {
         std::fprintf(f, "n,k,m,kernel,ours_us,f16_us,i8_us,fp8_us,w8a8_us,w4a16_us,bn128_us,bn64_us,mma_us,"
-                        "packed_auto_us,s8_auto_us,bytes,valid\n");
+                        "packed_auto_us,s8_auto_us,bytes,tiles,valid\n");
         for (const Row& r : rows)
-          std::fprintf(f, "%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\"\n", r.n, r.k,
-                       r.m, r.kernel.c_str(), r.ours, r.f16, r.i8, r.fp8, r.w8a8, r.w4a16, r.bn128, r.bn64, r.mma,
-                       r.packed_auto, r.swapab_auto, r.bytes, r.valid.c_str());
+          std::fprintf(f, "%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\",\"%s\"\n",
+                       r.n, r.k, r.m, r.kernel.c_str(), r.ours, r.f16, r.i8, r.fp8, r.w8a8, r.w4a16, r.bn128, r.bn64,
+                       r.mma, r.packed_auto, r.swapab_auto, r.bytes, r.tiles.c_str(), r.valid.c_str());
         std::fclose(f);
       }
     }
