@@ -2,7 +2,7 @@
 # On the GPU machine, from binaries staged by scripts/gpu/stage_all.sh: the serving-size W4A4 GEMM and the
 # int8-layout quantizers (tests, compute-sanitizer memcheck + racecheck), bench_gemm, and an A/B of the serving
 # benchmark with and without the serving-size GEMM. Logs and the CSV go to $OUT.
-#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | tests | quick | full | serve-ab
+#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=.devbuild/all
@@ -27,6 +27,13 @@ for stage in "$@"; do
           --gtest_filter='GemmW4A4SwapAb.BitExactAcrossTilesAndShapes' > "$OUT/$tool.log" 2>&1
         echo "$tool exit $? ($(grep -c 'ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards' "$OUT/$tool.log") clean summaries)"
       done ;;
+    rotated)
+      # Online transforms of rotated checkpoints: the down Hadamard, the Q/K Hadamard in kv_cache_append and
+      # the runner against the CPU model of a rotated checkpoint.
+      timeout 200 "$STAGE/test_backend_cuda" --gtest_filter='CudaHadamard*:CudaKvAppend*:Presets/CudaQuantizedRunner*' \
+        > "$OUT/test_rotated.log" 2>&1
+      r=$?; [ $r -ne 0 ] && rc=1
+      grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|Expected|Which is|variant|worst" "$OUT/test_rotated.log" | head -60 ;;
     tests)
       timeout 240 "$STAGE/test_backend_cuda" > "$OUT/test_backend_cuda.log" 2>&1
       r=$?; [ $r -ne 0 ] && rc=1

@@ -46,6 +46,8 @@ class HadamardTransform {
   std::int64_t size() const { return n_; }
   std::int64_t base_size() const { return k_; }  // K
   bool randomized() const { return !signs_.empty(); }
+  const std::vector<std::int8_t>& base_matrix() const { return base_; }  // H_K, row-major K x K
+  const std::vector<std::int8_t>& signs() const { return signs_; }       // d_i; empty: D = I
 
   // x <- M x for `count` contiguous vectors of size() values (fp32 arithmetic; the online transforms).
   void apply(float* x, std::int64_t count) const;

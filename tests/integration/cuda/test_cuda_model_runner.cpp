@@ -242,6 +242,9 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(QuantCase{"atom_w4a4", "atom-w4a4", KvDtype::kU4},
                     QuantCase{"atom_w4a4_kv8", "atom-w4a4", KvDtype::kU8, 8},
                     QuantCase{"atom_w3a3", "atom-w3a3", KvDtype::kU4},
+                    // Rotated: offline R1/R2 + the online Q/K Hadamard and down Hadamard (intermediate 640
+                    // = 20 x 32: the Paley base and the mixing GEMM).
+                    QuantCase{"atom_rot_w4a4", "atom-rot-w4a4", KvDtype::kU4},
                     QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 16, 0},
                     QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
                     QuantCase{"w4a16", "w4a16", KvDtype::kF16},

@@ -15,6 +15,32 @@ namespace {
 constexpr int kWarpsPerBlock = 4;
 constexpr unsigned kFullMask = 0xffffffffu;
 
+// x <- W_D x / sqrt(D) for the head vector a warp holds (element lane * kPer + e in x[e]): the butterflies of
+// backend/cpu/hadamard.cpp's fwht in its order (h = 1, 2, 4, ...: first inside a lane, then across lanes),
+// then the scale, so the fp32 result equals the CPU transform's.
+template <int kPer>
+__device__ __forceinline__ void walsh_hadamard_lanes(float (&x)[kPer], int lane) {
+#pragma unroll
+  for (int h = 1; h < kPer; h <<= 1)
+#pragma unroll
+    for (int e = 0; e < kPer; ++e)
+      if ((e & h) == 0) {
+        const float a = x[e], b = x[e + h];
+        x[e] = a + b;
+        x[e + h] = a - b;
+      }
+#pragma unroll
+  for (int s = 1; s < 32; s <<= 1)
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) {
+      const float partner = __shfl_xor_sync(kFullMask, x[e], s);
+      x[e] = (lane & s) != 0 ? partner - x[e] : x[e] + partner;
+    }
+  const float scale = static_cast<float>(1.0 / (kPer == 2 ? 8.0 : 11.313708498984761));  // 1 / sqrt(32 kPer)
+#pragma unroll
+  for (int e = 0; e < kPer; ++e) x[e] *= scale;
+}
+
 template <int D, KvDtype kDtype>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppendParams p) {
   constexpr int kPer = D / 32;  // elements per lane
@@ -70,6 +96,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppend
         x[i] = first_half ? x[i] * c - partner * s : x[i] * c + partner * s;
       }
     }
+  }
+  if (kind != kV && p.qk_hadamard) walsh_hadamard_lanes<kPer>(x, lane);
+  if (kind != kV && (p.rope_inv_freq != nullptr || p.qk_hadamard)) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i) x[i] = __half2float(__float2half_rn(x[i]));
   }

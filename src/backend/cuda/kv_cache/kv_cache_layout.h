@@ -61,6 +61,10 @@ struct KvAppendParams {
   const std::int32_t* slots = nullptr;      // [T]
   const float* rope_inv_freq = nullptr;     // [D/2]
   bool rope_interleaved = false;
+  // Rotated checkpoints' online Q/K transform (docs/FORMAT.md): after RoPE, every Q and K head vector becomes
+  // W_D x / sqrt(D) (natural-order Walsh-Hadamard, fp32, the CPU transform's operations in its order) before
+  // the fp16 rounding and K's quantization. V is untouched.
+  bool qk_hadamard = false;
 };
 void kv_cache_append(const KvAppendParams& p, cudaStream_t stream);
 

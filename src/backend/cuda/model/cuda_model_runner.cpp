@@ -20,6 +20,7 @@
 #include "backend/cuda/model/argmax.h"
 #include "backend/cuda/model/w8a8_epilogue.h"
 #include "backend/cuda/quantize/quantize_act.h"
+#include "backend/cuda/transform/hadamard.h"
 #include "common/error.h"
 
 namespace atom::cuda {
@@ -102,6 +103,7 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::uint16_t> dense_scratch;  // W4A16: one layer's weights in fp16 for large products
   std::unique_ptr<GemmBaselines> int8_gemm;   // W8A8: cuBLASLt int8 x int8 -> int32
   DeviceBuffer<std::int32_t> int32_scratch;   // W8A8: the exact products before scaling
+  DeviceBuffer<std::uint8_t> hadamard_scratch;  // rotated checkpoints: the down Hadamard's mixing GEMM
   DeviceBuffer<float> logits_dev;
   PinnedBuffer<float> logits_host;
   DeviceBuffer<std::int32_t> argmax_dev;
@@ -247,6 +249,7 @@ struct CudaModelRunner::Impl {
       int8_gemm = std::make_unique<GemmBaselines>(stream);
       int32_scratch.allocate(t * static_cast<std::size_t>(widest));
     }
+    if (w->down_hadamard.n > 0) hadamard_scratch.allocate(hadamard_scratch_bytes(w->down_hadamard));
     max_logit_rows = std::max(opt.max_sequences, graph_bucket(opt.max_sequences));
     final_normed.allocate(static_cast<std::size_t>(max_logit_rows) * h);
     logits_dev.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
@@ -259,7 +262,7 @@ struct CudaModelRunner::Impl {
     return blas_workspace.bytes() + decode_workspace.bytes() + dev_ints.bytes() + tmp.bytes() +
            hidden.bytes() + normed.bytes() + qkv.bytes() + attn.bytes() + gate_up.bytes() + act.bytes() +
            final_normed.bytes() + q_packed.bytes() + q_scales.bytes() + q_outlier_scales.bytes() +
-           q_outliers.bytes() + q_codes_s8.bytes() + identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() +
+           q_outliers.bytes() + q_codes_s8.bytes() + identity_perm.bytes() + dense_scratch.bytes() + int32_scratch.bytes() + hadamard_scratch.bytes() +
            logits_dev.bytes() + (int8_gemm ? std::size_t{64} << 20 : 0);  // cuBLASLt's workspace
   }
 
@@ -536,6 +539,7 @@ struct CudaModelRunner::Impl {
       a.slots = dev(layout.slots);
       a.rope_inv_freq = w->rope_inv_freq.get();
       a.rope_interleaved = false;
+      a.qk_hadamard = w->qk_hadamard;
       kv_cache_append(a, stream);
       mark("rope_kv_append");
 
@@ -585,7 +589,33 @@ struct CudaModelRunner::Impl {
       mark("norm");
       linear(L.gate_up, normed.get(), m, gate_up.get());
       mark("gate_up_gemm");
-      if (quantized_acts()) {
+      if (w->down_hadamard.n > 0) {
+        // Rotated checkpoint: SiLU * up is transformed in the original channel order, then down_proj's
+        // input is gathered by its permutation and quantized (as o_proj's). Quantized activations transform
+        // in place in the gate half of gate_up.
+        SiluMulHadamardParams hp;
+        hp.num_tokens = m;
+        hp.transform = w->down_hadamard;
+        hp.gate = gate_up.get();
+        hp.gate_stride = 2 * inter;
+        hp.up = gate_up.get() + inter;
+        hp.up_stride = 2 * inter;
+        hp.out = quantized_acts() ? gate_up.get() : act.get();
+        hp.out_stride = quantized_acts() ? 2 * inter : inter;
+        hp.scratch = hadamard_scratch.get();
+        hp.blas = blas;
+        silu_mul_hadamard_f16(hp, stream);
+        if (quantized_acts()) {
+          ReorderQuantParams r;
+          r.num_tokens = m;
+          r.layout = L.down.act;
+          r.input = gate_up.get();
+          r.input_stride = 2 * inter;
+          r.perm = perm_or_identity(L.down.perm);
+          r.out = quant_out(L.down, m);
+          reorder_quantize(r, stream);
+        }
+      } else if (quantized_acts()) {
         SiluMulQuantParams q;
         q.num_tokens = m;
         q.layout = L.down.act;

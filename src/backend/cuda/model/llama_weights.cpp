@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/online_transforms.h"
 #include "backend/cuda/elementwise/elementwise.h"
 #include "common/error.h"
 #include "common/half.h"
@@ -42,7 +43,8 @@ Precision parse_precision(std::string_view name) {
 }
 
 std::size_t CudaLlamaWeights::bytes() const {
-  std::size_t total = embed_tokens.bytes() + lm_head.bytes() + final_norm.bytes() + rope_inv_freq.bytes();
+  std::size_t total = embed_tokens.bytes() + lm_head.bytes() + final_norm.bytes() + rope_inv_freq.bytes() +
+                      down_hadamard_base.bytes() + down_hadamard_signs.bytes();
   for (const DeviceLayer& l : layers) {
     total += l.input_norm.bytes() + l.post_attention_norm.bytes() + l.attn_perm.bytes() + l.mlp_perm.bytes() +
              l.qkv.bytes() + l.o_proj.bytes() + l.gate_up.bytes() + l.down.bytes();
@@ -345,22 +347,52 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
            lname("o_proj"));
     }
 
-    // SiLU(gate) * up must come out in down_proj's input order: gate/up rows follow down_proj's permutation.
+    // SiLU(gate) * up must come out in down_proj's input order: gate/up rows follow down_proj's permutation,
+    // unless the down Hadamard mixes the channels first (then down_proj gathers its input at run time).
     quant::QuantizedLinear gate = ql.gate_proj, up = ql.up_proj;
     const std::vector<std::int32_t>& down_perm = ql.down_proj.weights.perm;
-    quant::permute_output_rows(gate, down_perm);
-    quant::permute_output_rows(up, down_perm);
+    if (!model.recipe.down_hadamard) {
+      quant::permute_output_rows(gate, down_perm);
+      quant::permute_output_rows(up, down_perm);
+    }
     CanonicalHost gate_up = canonical_of(gate.weights, precision, lname("gate_proj"));
     stack_rows(gate_up, canonical_of(up.weights, precision, lname("up_proj")), lname("up_proj"));
     d.gate_up = upload_canonical(gate_up, precision, clip, lname("gate_up"));
     d.down = upload_canonical(canonical_of(ql.down_proj.weights, precision, lname("down_proj")), precision,
                               clip, lname("down_proj"));
-    d.down.perm.reset();  // applied through the gate/up rows
+    if (!model.recipe.down_hadamard) {
+      d.down.perm.reset();  // applied through the gate/up rows
+    } else if (precision == Precision::kW4A16 && !d.down.perm.empty()) {
+      fail("{}: a w4a16 down_proj with a channel permutation (the CUDA w4a16 path reads its input in order)",
+           lname("down_proj"));
+    }
 
     // q/k/v's and gate/up's permutations are applied by the RMSNorm kernels.
     d.attn_perm = std::move(d.qkv.perm);
     d.mlp_perm = std::move(d.gate_up.perm);
     w->layers.push_back(std::move(d));
+  }
+  w->qk_hadamard = model.recipe.qk_hadamard;
+  if (const auto down = quant::down_transform(model.config, model.recipe)) {
+    const HadamardHost h = hadamard_host(*down);
+    if (h.n > kMaxHadamardWidth)
+      fail("{}: intermediate_size {} exceeds the widest online Hadamard the CUDA backend runs ({})", name, h.n,
+           kMaxHadamardWidth);
+    w->down_hadamard_base.upload(std::span<const std::uint16_t>(h.base));
+    w->down_hadamard_signs.upload(std::span<const std::uint32_t>(h.sign_bits));
+    w->down_hadamard = HadamardView{h.n, h.k, h.p, h.scale, h.base.empty() ? nullptr : w->down_hadamard_base.get(),
+                                    h.sign_bits.empty() ? nullptr : w->down_hadamard_signs.get()};
+  }
+  w->qk_hadamard = model.recipe.qk_hadamard;
+  if (const auto down = quant::down_transform(model.config, model.recipe)) {
+    const HadamardHost h = hadamard_host(*down);
+    if (h.n > kMaxHadamardWidth)
+      fail("{}: intermediate_size {} exceeds the widest online Hadamard the CUDA backend runs ({})", name, h.n,
+           kMaxHadamardWidth);
+    w->down_hadamard_base.upload(std::span<const std::uint16_t>(h.base));
+    w->down_hadamard_signs.upload(std::span<const std::uint32_t>(h.sign_bits));
+    w->down_hadamard = HadamardView{h.n, h.k, h.p, h.scale, h.base.empty() ? nullptr : w->down_hadamard_base.get(),
+                                    h.sign_bits.empty() ? nullptr : w->down_hadamard_signs.get()};
   }
   if (progress) progress("embeddings", static_cast<double>(layers) / (layers + 1));
   std::span<const float> lm_head;
@@ -373,7 +405,7 @@ std::unique_ptr<CudaLlamaWeights> load_cuda_weights(const std::string& path, con
   const Checkpoint checkpoint = open_checkpoint(path);
   if (quant::is_atom_checkpoint(checkpoint)) {
     if (progress) progress("reading the Atom checkpoint", 0.0);
-    const quant::QuantizedModel model = quant::load_atom_checkpoint(checkpoint);
+    const quant::QuantizedModel model = quant::load_atom_checkpoint(checkpoint, /*runs_online_transforms=*/true);
     return upload_quantized(model, path, progress);
   }
   return upload_fp16(model_source(checkpoint), path, progress);

@@ -12,7 +12,8 @@
 //              fused kernels of quantize_act.h
 // Linears that read one input are stacked: q/k/v -> qkv, gate/up -> gate_up (gate rows first). For the
 // quantized precisions the channel permutations live where FORMAT.md puts them: q/k/v's and gate/up's are
-// applied by the RMSNorm kernel, o_proj's at run time, down_proj's is baked into the gate/up output rows.
+// applied by the RMSNorm kernel, o_proj's at run time, down_proj's is baked into the gate/up output rows
+// (gathered at run time instead when a rotated checkpoint's Hadamard mixes down_proj's input channels).
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -24,6 +25,7 @@
 #include "backend/cuda/kv_cache/kv_cache_layout.h"
 #include "backend/cuda/model/device_buffer.h"
 #include "backend/cuda/quantize/quantize_act.h"
+#include "backend/cuda/transform/hadamard.h"
 #include "io/model_config.h"
 #include "model/weights.h"
 
@@ -86,6 +88,13 @@ struct CudaLlamaWeights {
   DeviceBuffer<float> rope_inv_freq;         // [head_dim / 2]
   std::vector<DeviceLayer> layers;
 
+  // Online transforms of a rotated checkpoint (docs/FORMAT.md): the Q/K head Hadamard (in kv_cache_append)
+  // and the Hadamard on down_proj's input (silu_mul_hadamard_f16; its constants below, n == 0: off).
+  bool qk_hadamard = false;
+  HadamardView down_hadamard;
+  DeviceBuffer<std::uint16_t> down_hadamard_base;
+  DeviceBuffer<std::uint32_t> down_hadamard_signs;
+
   const std::uint16_t* output_weight() const { return lm_head.empty() ? embed_tokens.get() : lm_head.get(); }
   std::size_t bytes() const;
   std::string describe() const;  // e.g. "atom-w4a4 llama 30 layers, 0.07 GiB"
@@ -108,8 +117,9 @@ std::unique_ptr<CudaLlamaWeights> upload_fp16(ModelSource source, const std::str
 std::unique_ptr<CudaLlamaWeights> upload_fp16(const LlamaWeights& weights, const std::string& name);
 
 // A quantized model (an Atom checkpoint's content): atom -> kW4A4, w8a8-smoothquant -> kW8A8, w4a16 ->
-// kW4A16. Throws atom::Error for what the GPU kernels do not run (groups other than 128, FP4, per-row RTN
-// W4A4, outlier counts not a multiple of 16), naming the linear and the value.
+// kW4A16, with its online transforms (rotated recipes). Throws atom::Error for what the GPU kernels do not run
+// (groups other than 128, FP4, per-row RTN W4A4, outlier counts not a multiple of 16), naming the linear and
+// the value.
 std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model,
                                                    const std::string& name,
                                                    const UploadProgress& progress = {});

@@ -1,7 +1,8 @@
 // kv_cache_append vs the scalar reference: without RoPE the cache rows are bit-exact with
 // quant::quantize_asymmetric_groups (fp16 rows: exact copies); with RoPE, Q and K are compared with an
 // fp64 rotation (one fp16 ulp) and the quantized K rows with the format's error bound. Rows of the pool
-// that no token targets must keep their poison.
+// that no token targets must keep their poison. With the Q/K Hadamard of rotated checkpoints, the fp64
+// reference applies backend/cpu/hadamard.h's transform after the rotation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "../common/device_array.cuh"
+#include "backend/cpu/hadamard.h"
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/kv_cache/kv_cache_layout.h"
 #include "common/half.h"
@@ -31,18 +33,25 @@ struct Setup {
   KvDtype dtype;
   int head_dim, num_qo_heads, num_kv_heads;
   Rope rope;
+  bool qk_hadamard = false;
 };
 
 std::string describe(const Setup& s, unsigned seed) {
   return std::string("dtype=") + kv_dtype_name(s.dtype) + " D=" + std::to_string(s.head_dim) +
          " Hq=" + std::to_string(s.num_qo_heads) + " Hkv=" + std::to_string(s.num_kv_heads) +
-         " rope=" + std::to_string(static_cast<int>(s.rope)) + " seed=" + std::to_string(seed);
+         " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) + " seed=" + std::to_string(seed);
 }
 
 // fp64 rotation of one head vector using the kernel's fp32 angle.
-std::vector<double> rotate(const std::vector<float>& x, int pos, const std::vector<float>& inv_freq, Rope rope) {
+std::vector<double> rotate(const std::vector<float>& x, int pos, const std::vector<float>& inv_freq, Rope rope,
+                           bool hadamard) {
   const int d = static_cast<int>(x.size());
   std::vector<double> out(x.begin(), x.end());
+  if (hadamard) {
+    std::vector<double> rotated = rotate(x, pos, inv_freq, rope, false);
+    quant::HadamardTransform(d).apply(rotated.data(), 1);
+    return rotated;
+  }
   if (rope == Rope::kNone) return out;
   for (int i = 0; i < d / 2; ++i) {
     const int a = rope == Rope::kHalf ? i : 2 * i, b = rope == Rope::kHalf ? i + d / 2 : 2 * i + 1;
@@ -117,6 +126,7 @@ void run_append(const Setup& s) {
   p.slots = d_slots.get();
   p.rope_inv_freq = s.rope == Rope::kNone ? nullptr : d_inv_freq.get();
   p.rope_interleaved = s.rope == Rope::kInterleaved;
+  p.qk_hadamard = s.qk_hadamard;
   kv_cache_append(p, nullptr);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -137,7 +147,7 @@ void run_append(const Setup& s) {
   for (int t = 0; t < num_tokens; ++t) {
     for (int h = 0; h < hq; ++h) {
       const auto x = head_of(t, h);
-      const auto want = rotate(x, positions[t], inv_freq, s.rope);
+      const auto want = rotate(x, positions[t], inv_freq, s.rope, s.qk_hadamard);
       for (int i = 0; i < d; ++i) {
         const double got = fp16_to_fp32(q_out[(static_cast<std::size_t>(t) * hq + h) * d + i]);
         bad_q += !within_rounding(got, want[i], 8.0);
@@ -157,7 +167,7 @@ void run_append(const Setup& s) {
         const auto x = head_of(t, hq + which * hkv + h);
         const auto& codes = which == 0 ? kc : vc;
         const std::uint8_t* got = codes.data() + row * row_bytes;
-        const bool exact_expected = which == 1 || s.rope == Rope::kNone;
+        const bool exact_expected = which == 1 || (s.rope == Rope::kNone && !s.qk_hadamard);
         if (exact_expected) {
           if (!quantized) {
             for (int i = 0; i < d; ++i) bad_exact += std::memcmp(got + 2 * i, &qkv[(static_cast<std::size_t>(t) * heads + hq + which * hkv + h) * d + i], 2) != 0;
@@ -172,7 +182,7 @@ void run_append(const Setup& s) {
           continue;
         }
         // K after RoPE: decoded row vs the fp64 rotation.
-        const auto want = rotate(x, positions[t], inv_freq, s.rope);
+        const auto want = rotate(x, positions[t], inv_freq, s.rope, s.qk_hadamard);
         if (!quantized) {
           for (int i = 0; i < d; ++i) {
             std::uint16_t h16;
@@ -226,6 +236,15 @@ TEST(CudaKvAppend, RopeRotateHalf) {
     run_append({dtype, 128, 4, 4, Rope::kHalf});
     run_append({dtype, 64, 9, 3, Rope::kHalf});
   }
+}
+
+TEST(CudaKvAppend, RopeThenQkHadamard) {
+  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
+    run_append({dtype, 128, 8, 2, Rope::kHalf, true});
+    run_append({dtype, 64, 9, 3, Rope::kHalf, true});
+  }
+  run_append({KvDtype::kU4, 128, 4, 4, Rope::kInterleaved, true});
+  run_append({KvDtype::kF16, 64, 4, 2, Rope::kNone, true});
 }
 
 TEST(CudaKvAppend, RopeInterleaved) {
