@@ -2,7 +2,7 @@
 # On the GPU machine, from binaries staged by scripts/gpu/stage_all.sh: the serving-size W4A4 GEMM and the
 # int8-layout quantizers (tests, compute-sanitizer memcheck + racecheck), bench_gemm, and an A/B of the serving
 # benchmark with and without the serving-size GEMM. Logs and the CSV go to $OUT.
-#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab
+#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab | serve-rot
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=.devbuild/all
@@ -55,6 +55,15 @@ for stage in "$@"; do
             --max-output-length 512 --ignore-eos $sg --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
           echo "$name exit $?"; tail -12 "$OUT/$name.log"
         done
+      done ;;
+    serve-rot)
+      # What a rotated checkpoint's online transforms cost end to end (same workload, atom-w4a4).
+      for extra in "" --online-transforms; do
+        name="serve_atom-w4a4_rot${extra:+_on}"
+        timeout 200 "$STAGE/atom" bench serve --device cuda --model synthetic:llama-2-7b --precision atom-w4a4 \
+          --gpu-memory-gb 24 --batch-sizes ${SERVE_BATCHES:-256,128,64,32} --requests-per-batch 1 \
+          --max-output-length 512 --ignore-eos ${SERVE_ARGS:-} $extra --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+        echo "$name exit $?"; tail -12 "$OUT/$name.log"
       done ;;
     *) echo "unknown stage $stage"; rc=2 ;;
   esac

@@ -86,13 +86,15 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
   cuda::require_cuda_device();
   std::shared_ptr<const cuda::CudaLlamaWeights> weights;
   ServingBackend b;
+  if (opt.online_transforms && !is_synthetic(model))
+    fail("--online-transforms applies to synthetic models (a rotated checkpoint says what it needs)");
   if (is_synthetic(model)) {
     const std::string shape = model.substr(std::string(kSyntheticPrefix).size());
     if (opt.precision == "auto")
       fail("synthetic model '{}': give --precision (fp16, w8a8, w4a16, atom-w4a4)", model);
     if (progress) progress(fmt::format("generating random {} weights", opt.precision), 0.0);
-    weights = cuda::make_synthetic_weights(cuda::synthetic_config(shape),
-                                           cuda::parse_precision(opt.precision), model);
+    weights = cuda::make_synthetic_weights(cuda::synthetic_config(shape), cuda::parse_precision(opt.precision),
+                                           model, /*seed=*/0, opt.online_transforms);
     b.codec = std::make_shared<TokenIdCodec>(weights->config.vocab_size, model);
     b.name = model;
   } else {
@@ -185,6 +187,9 @@ void add_backend_options(CLI::App* cmd, BackendOptions& o) {
   cmd->add_flag("!--no-cuda-graphs", o.cuda_graphs, "Run decode steps without CUDA graphs");
   cmd->add_flag("--serving-gemm", o.serving_gemm,
                 "W4A4/W8A8 products of 17-512 rows on the serving-size GEMM (int8 activation rows; sm_90a)");
+  cmd->add_flag("--online-transforms", o.online_transforms,
+                "Synthetic models: run the online transforms of a rotated checkpoint (the Q/K Hadamard and the "
+                "Hadamard on down_proj's input), to measure what they cost");
   cmd->add_option(
          "--gpu-memory-gb", o.gpu_memory_gib,
          "GPU memory budget in GiB for weights, buffers and KV cache (the KV cache gets what is left)")

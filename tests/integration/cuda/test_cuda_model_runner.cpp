@@ -254,8 +254,12 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
   ModelConfig c = small_config();
   c.vocab_size = 1000;
-  for (Precision p : {Precision::kF16, Precision::kW8A8, Precision::kW4A16, Precision::kW4A4}) {
-    std::shared_ptr<const CudaLlamaWeights> w = make_synthetic_weights(c, p, "synthetic", 1);
+  // The last two: a rotated checkpoint's online transforms (synthetic --online-transforms).
+  const std::pair<Precision, bool> runs[] = {{Precision::kF16, false}, {Precision::kW8A8, false},
+                                             {Precision::kW4A16, false}, {Precision::kW4A4, false},
+                                             {Precision::kW4A4, true}, {Precision::kW8A8, true}};
+  for (const auto& [p, rotated] : runs) {
+    std::shared_ptr<const CudaLlamaWeights> w = make_synthetic_weights(c, p, "synthetic", 1, rotated);
     EXPECT_TRUE(w->random_weights);
     CudaModelRunner runner(w, options(w->default_kv, true));
     runner.allocate_kv_cache({16, 16});

@@ -301,6 +301,21 @@ std::unique_ptr<CudaLlamaWeights> upload_fp16(const LlamaWeights& weights, const
   return w;
 }
 
+// The online transforms of a rotated recipe (docs/FORMAT.md): the Q/K flag and the down Hadamard's constants.
+static void set_online_transforms(CudaLlamaWeights& w, const quant::QuantRecipe& recipe, const std::string& name) {
+  w.qk_hadamard = recipe.qk_hadamard;
+  if (const auto down = quant::down_transform(w.config, recipe)) {
+    const HadamardHost h = hadamard_host(*down);
+    if (h.n > kMaxHadamardWidth)
+      fail("{}: intermediate_size {} exceeds the widest online Hadamard the CUDA backend runs ({})", name, h.n,
+           kMaxHadamardWidth);
+    w.down_hadamard_base.upload(std::span<const std::uint16_t>(h.base));
+    w.down_hadamard_signs.upload(std::span<const std::uint32_t>(h.sign_bits));
+    w.down_hadamard = HadamardView{h.n, h.k, h.p, h.scale, h.base.empty() ? nullptr : w.down_hadamard_base.get(),
+                                   h.sign_bits.empty() ? nullptr : w.down_hadamard_signs.get()};
+  }
+}
+
 std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& model,
                                                    const std::string& name, const UploadProgress& progress) {
   check_cuda_supported(model.config, name);
@@ -372,28 +387,7 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     d.mlp_perm = std::move(d.gate_up.perm);
     w->layers.push_back(std::move(d));
   }
-  w->qk_hadamard = model.recipe.qk_hadamard;
-  if (const auto down = quant::down_transform(model.config, model.recipe)) {
-    const HadamardHost h = hadamard_host(*down);
-    if (h.n > kMaxHadamardWidth)
-      fail("{}: intermediate_size {} exceeds the widest online Hadamard the CUDA backend runs ({})", name, h.n,
-           kMaxHadamardWidth);
-    w->down_hadamard_base.upload(std::span<const std::uint16_t>(h.base));
-    w->down_hadamard_signs.upload(std::span<const std::uint32_t>(h.sign_bits));
-    w->down_hadamard = HadamardView{h.n, h.k, h.p, h.scale, h.base.empty() ? nullptr : w->down_hadamard_base.get(),
-                                    h.sign_bits.empty() ? nullptr : w->down_hadamard_signs.get()};
-  }
-  w->qk_hadamard = model.recipe.qk_hadamard;
-  if (const auto down = quant::down_transform(model.config, model.recipe)) {
-    const HadamardHost h = hadamard_host(*down);
-    if (h.n > kMaxHadamardWidth)
-      fail("{}: intermediate_size {} exceeds the widest online Hadamard the CUDA backend runs ({})", name, h.n,
-           kMaxHadamardWidth);
-    w->down_hadamard_base.upload(std::span<const std::uint16_t>(h.base));
-    w->down_hadamard_signs.upload(std::span<const std::uint32_t>(h.sign_bits));
-    w->down_hadamard = HadamardView{h.n, h.k, h.p, h.scale, h.base.empty() ? nullptr : w->down_hadamard_base.get(),
-                                    h.sign_bits.empty() ? nullptr : w->down_hadamard_signs.get()};
-  }
+  set_online_transforms(*w, model.recipe, name);
   if (progress) progress("embeddings", static_cast<double>(layers) / (layers + 1));
   std::span<const float> lm_head;
   if (model.lm_head) lm_head = *model.lm_head;
@@ -519,7 +513,8 @@ DeviceLinear random_linear(int n, int k, Precision precision, std::uint64_t seed
 }  // namespace
 
 std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& config, Precision precision,
-                                                         const std::string& name, std::uint64_t seed) {
+                                                         const std::string& name, std::uint64_t seed,
+                                                         bool online_transforms) {
   check_cuda_supported(config, name);
   auto w = std::make_unique<CudaLlamaWeights>();
   w->config = config;
@@ -544,7 +539,10 @@ std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& conf
       d.attn_perm.upload(random_permutation(c.hidden_size, s + 40));
       d.mlp_perm.upload(random_permutation(c.hidden_size, s + 41));
       d.o_proj.perm.upload(random_permutation(c.num_heads * c.head_dim, s + 42));
+      if (online_transforms) d.down.perm.upload(random_permutation(c.intermediate_size, s + 43));
     }
+    if (online_transforms && precision == Precision::kW4A16)
+      fail("{}: --online-transforms with w4a16 (its down_proj would need a permutation it cannot read)", name);
     w->layers.push_back(std::move(d));
   }
   w->embed_tokens = random_f16(static_cast<std::size_t>(c.vocab_size) * c.hidden_size, seed + 7, -1.0f, 1.0f);
@@ -553,6 +551,11 @@ std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& conf
   w->final_norm = random_f16(static_cast<std::size_t>(c.hidden_size), seed + 11, 0.8f, 1.2f);
   const std::vector<float> inv_freq = cpu::rope_inv_freq(c);
   w->rope_inv_freq.upload(inv_freq);
+  if (online_transforms) {
+    quant::QuantRecipe rotated;
+    rotated.qk_hadamard = rotated.down_hadamard = true;
+    set_online_transforms(*w, rotated, name);
+  }
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
   return w;
 }

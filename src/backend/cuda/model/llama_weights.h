@@ -135,7 +135,9 @@ const std::vector<std::string>& synthetic_shape_names();
 // Random weights of `precision` generated on the GPU (deterministic for a seed): values of realistic
 // magnitude, random channel permutations and 128 outliers per input for atom-w4a4. For speed measurements
 // only.
+// online_transforms: with a rotated checkpoint's Q/K and down Hadamards (their cost, not their accuracy).
 std::unique_ptr<CudaLlamaWeights> make_synthetic_weights(const ModelConfig& config, Precision precision,
-                                                         const std::string& name, std::uint64_t seed = 0);
+                                                         const std::string& name, std::uint64_t seed = 0,
+                                                         bool online_transforms = false);
 
 }  // namespace atom::cuda
