@@ -20,6 +20,13 @@ struct SequenceChunk {
   bool wants_logits = false;                // the chunk ends at the sequence's last token: sample from it
 };
 
+// How one chunk with wants_logits is sampled: the request's parameters and its token history (penalties;
+// history->num_generated() is the index of the draw, the RNG's counter). Both outlive the call.
+struct SamplingRow {
+  const SamplingParams* params = nullptr;
+  const TokenCounts* history = nullptr;
+};
+
 // KV cache geometry: the engine sizes the pool, the runner owns the storage.
 struct KvCacheSpec {
   int num_blocks = 0;
@@ -43,6 +50,13 @@ class ModelRunner {
   // (the engine then uses it for steps whose sampled requests are all greedy); the default runs execute().
   virtual bool samples_greedy_on_device() const { return false; }
   virtual void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens);
+  // Runs the batch and samples every chunk with wants_logits with its row's parameters (rows and `out` in
+  // batch order of those chunks), as sample_token() does (model/sampler.h): the same distribution, the
+  // same Philox uniform. Runners that do it on the device (no logits to the host) say so; the engine then
+  // uses it for every step. The default runs execute() and samples on the host.
+  virtual bool samples_on_device() const { return false; }
+  virtual void execute_sample(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                              std::span<SampledToken> out);
   // The sequence finished, was cancelled or preempted: drop whatever the runner keeps for it besides the
   // blocks (which the engine hands out again).
   virtual void release(std::int64_t sequence_id) {}
@@ -56,6 +70,19 @@ inline void ModelRunner::execute_greedy(std::span<const SequenceChunk> batch, st
   execute(batch, logits);
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     tokens[i] = argmax(std::span<const float>(logits).subspan(i * vocab, vocab));
+  }
+}
+
+inline void ModelRunner::execute_sample(std::span<const SequenceChunk> batch,
+                                        std::span<const SamplingRow> rows, std::span<SampledToken> out) {
+  const std::size_t vocab = static_cast<std::size_t>(vocab_size());
+  std::vector<float> logits(rows.size() * vocab);
+  execute(batch, logits);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const SamplingRow& row = rows[i];
+    const std::uint64_t step = row.history ? static_cast<std::uint64_t>(row.history->num_generated()) : 0;
+    out[i] = sample_token(std::span<const float>(logits).subspan(i * vocab, vocab), *row.params, row.history,
+                          step);
   }
 }
 
