@@ -4,6 +4,7 @@
 // token), their positions and its KV block table; the runner writes the new tokens' K/V into the paged
 // cache and returns the logits of each sequence's last new token when asked for them.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -76,13 +77,14 @@ inline void ModelRunner::execute_greedy(std::span<const SequenceChunk> batch, st
 inline void ModelRunner::execute_sample(std::span<const SequenceChunk> batch,
                                         std::span<const SamplingRow> rows, std::span<SampledToken> out) {
   const std::size_t vocab = static_cast<std::size_t>(vocab_size());
-  std::vector<float> logits(rows.size() * vocab);
+  const std::size_t n = rows.size() * vocab;
+  const std::unique_ptr<float[]> storage = std::make_unique_for_overwrite<float[]>(n);  // execute() fills it
+  const std::span<float> logits(storage.get(), n);
   execute(batch, logits);
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const SamplingRow& row = rows[i];
     const std::uint64_t step = row.history ? static_cast<std::uint64_t>(row.history->num_generated()) : 0;
-    out[i] = sample_token(std::span<const float>(logits).subspan(i * vocab, vocab), *row.params, row.history,
-                          step);
+    out[i] = sample_token(logits.subspan(i * vocab, vocab), *row.params, row.history, step);
   }
 }
 

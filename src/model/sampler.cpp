@@ -59,7 +59,8 @@ void apply_penalties(std::span<float> logits, const SamplingParams& params, cons
     if (params.repetition_penalty != 1.0f) {
       logit = logit > 0.0f ? logit / params.repetition_penalty : logit * params.repetition_penalty;
     }
-    logit -= params.frequency_penalty * static_cast<float>(entry.generated);
+    // One fused multiply-add, spelled out: the compiler may not contract it differently here than on the GPU.
+    logit = std::fma(-params.frequency_penalty, static_cast<float>(entry.generated), logit);
     if (entry.generated > 0) logit -= params.presence_penalty;
   }
 }

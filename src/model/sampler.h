@@ -2,7 +2,8 @@
 // Next-token sampling with vLLM's semantics, in vLLM's order:
 //   1. penalties on the raw logits (fp32): repetition_penalty on every token of the prompt or the output
 //      (a positive logit divided by it, a negative one multiplied), then OpenAI's frequency_penalty
-//      (minus penalty x times the token was generated) and presence_penalty (minus penalty once generated);
+//      (minus penalty x times the token was generated, one fused multiply-add) and presence_penalty (minus
+//      penalty once generated);
 //   2. temperature (0: greedy, the argmax of the penalized logits), in fp32 as HF's TemperatureLogitsWarper;
 //   3. top-k (ties with the k-th value kept, as HF), top-p over what top-k kept (HF's TopPLogitsWarper),
 //      min-p (drops tokens whose probability is below min_p x the most likely token's);
