@@ -17,6 +17,7 @@ void RequestStream::push(RequestOutput output) {
     std::lock_guard lock(mutex_);
     total_.text += output.text;
     total_.token_ids.insert(total_.token_ids.end(), output.token_ids.begin(), output.token_ids.end());
+    total_.logprobs.insert(total_.logprobs.end(), output.logprobs.begin(), output.logprobs.end());
     total_.finished = output.finished;
     total_.finish_reason = output.finish_reason;
     total_.error = output.error;
@@ -37,6 +38,8 @@ std::optional<RequestOutput> RequestStream::next(std::chrono::milliseconds timeo
     RequestOutput& more = pending_.front();
     merged.text += more.text;
     merged.token_ids.insert(merged.token_ids.end(), more.token_ids.begin(), more.token_ids.end());
+    merged.logprobs.insert(merged.logprobs.end(), std::make_move_iterator(more.logprobs.begin()),
+                           std::make_move_iterator(more.logprobs.end()));
     merged.finished = more.finished;
     merged.finish_reason = more.finish_reason;
     merged.error = std::move(more.error);
@@ -59,7 +62,8 @@ RequestOutput RequestStream::wait() {
 struct Engine::Request {
   Sequence sequence;
   GenerationParams params;
-  std::unique_ptr<Sampler> sampler;  // made on the engine thread (the seed may come from its source)
+  SamplingParams sampling;  // set on the engine thread (the seed may come from its source)
+  TokenCounts history;      // prompt tokens and generated counts, for penalties; the draw index
   std::unique_ptr<IncrementalDecoder> decoder;
   std::unique_ptr<StopStringFilter> stop_filter;
   std::shared_ptr<RequestStream> stream;
@@ -188,6 +192,7 @@ std::shared_ptr<RequestStream> Engine::submit(GenerationRequest generation) {
   auto request = std::make_unique<Request>();
   request->params = std::move(generation.params);
   request->sequence.prompt_length = static_cast<int>(generation.prompt.size());
+  request->history = TokenCounts(generation.prompt);
   request->sequence.tokens = std::move(generation.prompt);
   request->decoder = codec_->new_decoder();
   request->stop_filter = std::make_unique<StopStringFilter>(request->params.stop);
@@ -233,12 +238,8 @@ void Engine::absorb_inbox() {
   }
   if (reset_cache) blocks_.clear_cache();
   for (auto& request : incoming) {
-    SamplingParams sampling;
-    sampling.temperature = request->params.temperature;
-    sampling.top_k = request->params.top_k;
-    sampling.top_p = request->params.top_p;
-    sampling.seed = request->params.seed ? *request->params.seed : seed_source_();
-    request->sampler = std::make_unique<Sampler>(sampling);
+    request->sampling =
+        request->params.sampling(request->params.seed ? *request->params.seed : seed_source_());
     scheduler_.add(&request->sequence);
     const std::int64_t id = request->sequence.id;
     requests_.emplace(id, std::move(request));
@@ -285,9 +286,11 @@ void Engine::finish(Request& request, FinishReason reason, RequestOutput output,
   requests_.erase(request.sequence.id);  // destroys `request`
 }
 
-void Engine::on_token(Request& request, std::int32_t token, Clock::time_point now) {
+void Engine::on_token(Request& request, SampledToken sampled, Clock::time_point now) {
   Sequence& sequence = request.sequence;
+  const std::int32_t token = sampled.token;
   sequence.tokens.push_back(token);
+  request.history.add_generated(token);
   instruments_->generation_tokens.inc();
   if (sequence.generated() == 1) {
     request.first_token = now;
@@ -299,6 +302,7 @@ void Engine::on_token(Request& request, std::int32_t token, Clock::time_point no
 
   RequestOutput output;
   output.token_ids = {token};
+  if (request.sampling.logprobs >= 0) output.logprobs.push_back(std::move(sampled));
   output.prompt_tokens = sequence.prompt_length;
   output.completion_tokens = sequence.generated();
   const auto& stop_ids = request.params.stop_token_ids;
@@ -349,6 +353,7 @@ bool Engine::step() {
   std::vector<SequenceChunk> batch;
   batch.reserve(plan.chunks.size());
   std::vector<Request*> sampled;
+  std::vector<SamplingRow> rows;
   for (const ScheduledChunk& chunk : plan.chunks) {
     Sequence& sequence = *chunk.sequence;
     Request& request = *requests_.at(sequence.id);
@@ -364,20 +369,25 @@ bool Engine::step() {
     item.block_table = sequence.block_table;
     item.wants_logits = chunk.samples;
     batch.push_back(item);
-    if (chunk.samples) sampled.push_back(&request);
+    if (chunk.samples) {
+      sampled.push_back(&request);
+      rows.push_back({&request.sampling, &request.history});
+    }
   }
-  const std::size_t vocab = static_cast<std::size_t>(runner_->vocab_size());
-  // All-greedy steps on a runner that samples on the device bring back token ids instead of logits.
-  const bool device_greedy = runner_->samples_greedy_on_device() && !sampled.empty() &&
+  // A runner that samples on the device does every step; one that only takes argmaxes there does the steps
+  // whose requests are all plain greedy; otherwise the runner's default brings the logits to the host.
+  const bool device_greedy = !runner_->samples_on_device() && runner_->samples_greedy_on_device() &&
+                             !sampled.empty() &&
                              std::all_of(sampled.begin(), sampled.end(),
-                                         [](const Request* r) { return r->sampler->params().greedy(); });
+                                         [](const Request* r) { return r->sampling.plain_greedy(); });
+  sampled_tokens_.assign(sampled.size(), SampledToken{});
   try {
     if (device_greedy) {
       greedy_tokens_.resize(sampled.size());
       runner_->execute_greedy(batch, greedy_tokens_);
+      for (std::size_t i = 0; i < sampled.size(); ++i) sampled_tokens_[i].token = greedy_tokens_[i];
     } else {
-      logits_.resize(sampled.size() * vocab);
-      runner_->execute(batch, logits_);
+      runner_->execute_sample(batch, rows, sampled_tokens_);
     }
   } catch (const std::exception& e) {
     // A failed step ends the requests in it; the engine carries on with the others.
@@ -399,11 +409,7 @@ bool Engine::step() {
   }
   const Clock::time_point now = Clock::now();
   for (std::size_t i = 0; i < sampled.size(); ++i) {
-    Request& request = *sampled[i];
-    const std::int32_t token = device_greedy
-                                   ? greedy_tokens_[i]
-                                   : request.sampler->sample(std::span<const float>(logits_).subspan(i * vocab, vocab));
-    on_token(request, token, now);  // may finish (and destroy) the request
+    on_token(*sampled[i], std::move(sampled_tokens_[i]), now);  // may finish (and destroy) the request
   }
   ++steps_;
   scheduled_sequences_ += static_cast<std::int64_t>(plan.chunks.size());

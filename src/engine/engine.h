@@ -135,7 +135,7 @@ class Engine {
   void validate(const GenerationRequest& request) const;
   void absorb_inbox();
   void finish(Request& request, FinishReason reason, RequestOutput output, const std::string& error = "");
-  void on_token(Request& request, std::int32_t token, Clock::time_point now);
+  void on_token(Request& request, SampledToken sampled, Clock::time_point now);
   void update_gauges();
   void run_loop();
 
@@ -148,8 +148,8 @@ class Engine {
   std::unique_ptr<Instruments> instruments_;
   std::unordered_map<std::int64_t, std::unique_ptr<Request>> requests_;  // engine thread only
   std::mt19937_64 seed_source_;
-  std::vector<float> logits_;
   std::vector<std::int32_t> greedy_tokens_;
+  std::vector<SampledToken> sampled_tokens_;
   std::int64_t steps_ = 0, preemptions_ = 0, scheduled_sequences_ = 0, scheduled_tokens_ = 0;
   std::int64_t prefix_queried_ = 0, prefix_hits_ = 0, evictions_reported_ = 0;
 

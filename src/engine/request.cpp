@@ -1,18 +1,26 @@
 #include "engine/request.h"
 
-#include <cmath>
-
 #include "common/error.h"
 
 namespace atom {
 
 void GenerationParams::validate() const {
-  if (!std::isfinite(temperature) || temperature < 0.0f) {
-    fail("temperature must be a finite number >= 0, got {}", temperature);
-  }
-  if (top_k < 0) fail("top_k must be >= 0 (0 = off), got {}", top_k);
-  if (!(top_p > 0.0f && top_p <= 1.0f)) fail("top_p must be in (0, 1], got {}", top_p);
+  sampling(0).validate();
   if (max_tokens < 1) fail("max_tokens must be at least 1, got {}", max_tokens);
+}
+
+SamplingParams GenerationParams::sampling(std::uint64_t seed_value) const {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = top_k;
+  p.top_p = top_p;
+  p.seed = seed_value;
+  p.min_p = min_p;
+  p.repetition_penalty = repetition_penalty;
+  p.presence_penalty = presence_penalty;
+  p.frequency_penalty = frequency_penalty;
+  p.logprobs = logprobs;
+  return p;
 }
 
 const char* finish_reason_name(FinishReason reason) {

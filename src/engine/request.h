@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "model/sampler.h"
+
 namespace atom {
 
 // How the next token is chosen and when generation stops.
@@ -12,6 +14,11 @@ struct GenerationParams {
   float temperature = 1.0f;  // 0: greedy (argmax)
   int top_k = 0;             // 0: no top-k cut
   float top_p = 1.0f;        // 1: no nucleus cut
+  float min_p = 0.0f;        // 0: no min-p cut
+  float repetition_penalty = 1.0f;  // 1: off (prompt and output tokens)
+  float presence_penalty = 0.0f;    // 0: off (output tokens)
+  float frequency_penalty = 0.0f;   // 0: off (output tokens)
+  int logprobs = -1;  // -1: none; n: each generated token's logprob and the n most likely (model/sampler.h)
   std::optional<std::uint64_t> seed;  // none: a seed drawn from the engine's random device
   int max_tokens = 16;                // generated tokens at most (>= 1)
   std::vector<std::string> stop;      // stop strings, matched on the decoded text, never part of the output
@@ -20,6 +27,8 @@ struct GenerationParams {
 
   // Throws atom::Error naming the field when a value is out of range.
   void validate() const;
+  // The sampler's view of these parameters, with the seed the request runs with.
+  SamplingParams sampling(std::uint64_t seed_value) const;
 };
 
 struct GenerationRequest {
@@ -35,6 +44,8 @@ const char* finish_reason_name(FinishReason reason);  // "length", "stop", ... (
 struct RequestOutput {
   std::string text;
   std::vector<std::int32_t> token_ids;  // tokens generated since the previous increment
+  // One per token of token_ids when the request asked for logprobs (params.logprobs >= 0), else empty.
+  std::vector<SampledToken> logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::none;
   std::string error;          // set when finish_reason is error

@@ -4,6 +4,7 @@
 // token), their positions and its KV block table; the runner writes the new tokens' K/V into the paged
 // cache and returns the logits of each sequence's last new token when asked for them.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -18,6 +19,13 @@ struct SequenceChunk {
   std::int32_t start_position = 0;          // position of tokens[0]; earlier positions are in the cache
   std::span<const std::int32_t> block_table;  // physical block of positions [i*block_size, (i+1)*block_size)
   bool wants_logits = false;                // the chunk ends at the sequence's last token: sample from it
+};
+
+// How one chunk with wants_logits is sampled: the request's parameters and its token history (penalties;
+// history->num_generated() is the index of the draw, the RNG's counter). Both outlive the call.
+struct SamplingRow {
+  const SamplingParams* params = nullptr;
+  const TokenCounts* history = nullptr;
 };
 
 // KV cache geometry: the engine sizes the pool, the runner owns the storage.
@@ -43,6 +51,13 @@ class ModelRunner {
   // (the engine then uses it for steps whose sampled requests are all greedy); the default runs execute().
   virtual bool samples_greedy_on_device() const { return false; }
   virtual void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens);
+  // Runs the batch and samples every chunk with wants_logits with its row's parameters (rows and `out` in
+  // batch order of those chunks), as sample_token() does (model/sampler.h): the same distribution, the
+  // same Philox uniform. Runners that do it on the device (no logits to the host) say so; the engine then
+  // uses it for every step. The default runs execute() and samples on the host.
+  virtual bool samples_on_device() const { return false; }
+  virtual void execute_sample(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                              std::span<SampledToken> out);
   // The sequence finished, was cancelled or preempted: drop whatever the runner keeps for it besides the
   // blocks (which the engine hands out again).
   virtual void release(std::int64_t sequence_id) {}
@@ -56,6 +71,20 @@ inline void ModelRunner::execute_greedy(std::span<const SequenceChunk> batch, st
   execute(batch, logits);
   for (std::size_t i = 0; i < tokens.size(); ++i) {
     tokens[i] = argmax(std::span<const float>(logits).subspan(i * vocab, vocab));
+  }
+}
+
+inline void ModelRunner::execute_sample(std::span<const SequenceChunk> batch,
+                                        std::span<const SamplingRow> rows, std::span<SampledToken> out) {
+  const std::size_t vocab = static_cast<std::size_t>(vocab_size());
+  const std::size_t n = rows.size() * vocab;
+  const std::unique_ptr<float[]> storage = std::make_unique_for_overwrite<float[]>(n);  // execute() fills it
+  const std::span<float> logits(storage.get(), n);
+  execute(batch, logits);
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const SamplingRow& row = rows[i];
+    const std::uint64_t step = row.history ? static_cast<std::uint64_t>(row.history->num_generated()) : 0;
+    out[i] = sample_token(logits.subspan(i * vocab, vocab), *row.params, row.history, step);
   }
 }
 

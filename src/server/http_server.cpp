@@ -268,6 +268,7 @@ struct StreamState {
   ApiEndpoint endpoint = ApiEndpoint::completions;
   ResponseMeta meta;
   bool include_usage = false;
+  std::size_t text_offset = 0;  // completions logprobs: characters of the tokens sent so far
   bool role_sent = false;
   bool finished = false;
   Clock::time_point last_write = Clock::now();
@@ -364,9 +365,12 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
       if (output.finish_reason == FinishReason::cancelled) {
         throw ApiError(503, "the request was cancelled: the server is shutting down", "service_unavailable");
       }
+      std::size_t text_offset = 0;
       send_json(res, 200,
-                endpoint == ApiEndpoint::completions ? completion_response(meta, output)
-                                                     : chat_completion_response(meta, output));
+                endpoint == ApiEndpoint::completions
+                    ? completion_response(meta, output,
+                                          completion_logprobs(output.logprobs, e->codec(), text_offset))
+                    : chat_completion_response(meta, output, chat_logprobs(output.logprobs, e->codec())));
       return;
     }
 
@@ -400,15 +404,21 @@ void OpenAIServer::Impl::handle_generate(ApiEndpoint endpoint, const httplib::Re
                                             "service_unavailable")
                                        .body());
             }
-            if (cut_short && !out->text.empty()) {
-              payload += sse_event(state->endpoint == ApiEndpoint::completions
-                                       ? completion_chunk(state->meta, out->text, FinishReason::none)
-                                       : chat_chunk(state->meta, out->text, FinishReason::none));
-            } else if (!cut_short && (!out->text.empty() || out->finished)) {
-              const FinishReason finish = out->finished ? out->finish_reason : FinishReason::none;
-              payload += sse_event(state->endpoint == ApiEndpoint::completions
-                                       ? completion_chunk(state->meta, out->text, finish)
-                                       : chat_chunk(state->meta, out->text, finish));
+            // A token whose text is held back (a possible stop string, half a character) still brings its
+            // logprobs in the increment it arrived with.
+            const bool has_content = !out->text.empty() || !out->logprobs.empty();
+            auto chunk = [&](FinishReason finish) {
+              const TextCodec& codec = state->engine->codec();
+              return state->endpoint == ApiEndpoint::completions
+                         ? completion_chunk(state->meta, out->text, finish,
+                                            completion_logprobs(out->logprobs, codec, state->text_offset))
+                         : chat_chunk(state->meta, out->text, finish, false,
+                                      chat_logprobs(out->logprobs, codec));
+            };
+            if (cut_short && has_content) {
+              payload += sse_event(chunk(FinishReason::none));
+            } else if (!cut_short && (has_content || out->finished)) {
+              payload += sse_event(chunk(out->finished ? out->finish_reason : FinishReason::none));
             }
             if (out->finished) {
               if (state->include_usage) {

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "io/json_file.h"
+#include "tokenizer/unicode.h"
 
 namespace atom {
 
@@ -175,6 +176,30 @@ void parse_messages(const json& body, ApiRequest& request) {
   }
 }
 
+// completions: "logprobs": n (top tokens besides the sampled one); chat: "logprobs": true and
+// "top_logprobs": n. Both at most kMaxLogprobs (OpenAI: 20 for chat, 5 for completions; vLLM: 20 for both).
+void parse_logprobs(const json& body, ApiEndpoint endpoint, GenerationParams& p) {
+  if (endpoint == ApiEndpoint::completions) {
+    if (const auto n = integer(body, "logprobs")) {
+      if (*n < 0 || *n > kMaxLogprobs) {
+        bad("logprobs", fmt::format("'logprobs' must be between 0 and {}, got {}", kMaxLogprobs, *n));
+      }
+      p.logprobs = static_cast<int>(*n);
+    }
+    return;
+  }
+  const bool wanted = boolean(body, "logprobs").value_or(false);
+  if (const auto n = integer(body, "top_logprobs")) {
+    if (*n < 0 || *n > kMaxLogprobs) {
+      bad("top_logprobs", fmt::format("'top_logprobs' must be between 0 and {}, got {}", kMaxLogprobs, *n));
+    }
+    if (!wanted) bad("top_logprobs", "'top_logprobs' needs 'logprobs' set to true");
+    p.logprobs = static_cast<int>(*n);
+  } else if (wanted) {
+    p.logprobs = 0;
+  }
+}
+
 void refuse_unsupported(const json& body, ApiEndpoint endpoint) {
   if (const auto n = integer(body, "n")) {
     if (*n != 1) unsupported("n", fmt::format("n = {} is not supported: this server returns exactly one choice per request (n = 1)", *n));
@@ -182,24 +207,16 @@ void refuse_unsupported(const json& body, ApiEndpoint endpoint) {
   if (const auto best_of = integer(body, "best_of")) {
     if (*best_of != 1) unsupported("best_of", "best_of > 1 is not supported");
   }
-  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    if (const auto p = number(body, penalty)) {
-      if (*p != 0.0) unsupported(penalty, fmt::format("{} is not supported (only 0)", penalty));
-    }
-  }
   if (const json* bias = field(body, "logit_bias")) {
     if (!bias->is_object()) wrong_type("logit_bias", "an object", *bias);
     if (!bias->empty()) unsupported("logit_bias", "logit_bias is not supported");
   }
   if (endpoint == ApiEndpoint::completions) {
-    if (field(body, "logprobs")) unsupported("logprobs", "logprobs are not supported");
     if (boolean(body, "echo").value_or(false)) unsupported("echo", "echo is not supported");
     if (const auto suffix = string(body, "suffix")) {
       if (!suffix->empty()) unsupported("suffix", "suffix is not supported");
     }
   } else {
-    if (boolean(body, "logprobs").value_or(false)) unsupported("logprobs", "logprobs are not supported");
-    if (field(body, "top_logprobs")) unsupported("top_logprobs", "top_logprobs are not supported");
     for (const char* tools : {"tools", "functions"}) {
       if (const json* t = field(body, tools)) {
         if (!t->is_array()) wrong_type(tools, "a list", *t);
@@ -264,6 +281,28 @@ ApiRequest parse_api_request(ApiEndpoint endpoint, const json& body) {
     }
     p.top_k = *top_k < 0 ? 0 : static_cast<int>(*top_k);
   }
+  if (const auto min_p = number(body, "min_p")) {  // vLLM's extension
+    if (!(*min_p >= 0.0 && *min_p <= 1.0))
+      bad("min_p", fmt::format("'min_p' must be in [0, 1], got {}", *min_p));
+    p.min_p = static_cast<float>(*min_p);
+  }
+  if (const auto penalty = number(body, "repetition_penalty")) {  // vLLM's extension
+    if (!(*penalty > 0.0 && *penalty <= 1e6)) {
+      bad("repetition_penalty", fmt::format("'repetition_penalty' must be > 0 (1 = off), got {}", *penalty));
+    }
+    p.repetition_penalty = static_cast<float>(*penalty);
+  }
+  auto openai_penalty = [&](const char* name, float& out) {
+    if (const auto penalty = number(body, name)) {
+      if (!(*penalty >= -2.0 && *penalty <= 2.0)) {
+        bad(name, fmt::format("'{}' must be between -2 and 2, got {}", name, *penalty));
+      }
+      out = static_cast<float>(*penalty);
+    }
+  };
+  openai_penalty("presence_penalty", p.presence_penalty);
+  openai_penalty("frequency_penalty", p.frequency_penalty);
+  parse_logprobs(body, endpoint, p);
   if (const auto seed = integer(body, "seed"))
     p.seed = static_cast<std::uint64_t>(*seed);  // negative: two's complement
   if (const json* stop = field(body, "stop")) {
@@ -336,34 +375,102 @@ json envelope(const ResponseMeta& meta, const char* object) {
 
 }  // namespace
 
-json completion_response(const ResponseMeta& meta, const RequestOutput& output) {
+namespace {
+
+// JSON has no -inf: vLLM's floor for a logprob.
+double logprob_value(float logprob) { return std::isfinite(logprob) ? logprob : -9999.0; }
+
+json utf8_bytes(const std::string& text) {
+  json bytes = json::array();
+  for (char c : text) bytes.push_back(static_cast<unsigned char>(c));
+  return bytes;
+}
+
+std::size_t code_points(const std::string& text) {
+  std::size_t n = 0;
+  for (char c : text) n += (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  return n;
+}
+
+}  // namespace
+
+std::string token_text(const TextCodec& codec, std::int32_t token) {
+  // One token may hold part of a UTF-8 character: its text then has U+FFFD there (as vLLM's).
+  return utf8_lossy(codec.decode(std::span<const std::int32_t>(&token, 1), /*skip_special_tokens=*/false));
+}
+
+json chat_logprobs(const std::vector<SampledToken>& tokens, const TextCodec& codec) {
+  if (tokens.empty()) return nullptr;
+  auto entry = [&](std::int32_t token, float logprob) {
+    const std::string text = token_text(codec, token);
+    return json{{"token", text}, {"logprob", logprob_value(logprob)}, {"bytes", utf8_bytes(text)}};
+  };
+  json content = json::array();
+  for (const SampledToken& t : tokens) {
+    json item = entry(t.token, t.logprob);
+    json top = json::array();
+    for (const TokenLogprob& alt : t.top_logprobs) top.push_back(entry(alt.token, alt.logprob));
+    item["top_logprobs"] = std::move(top);
+    content.push_back(std::move(item));
+  }
+  return json{{"content", std::move(content)}};
+}
+
+json completion_logprobs(const std::vector<SampledToken>& tokens, const TextCodec& codec,
+                         std::size_t& text_offset) {
+  if (tokens.empty()) return nullptr;
+  json texts = json::array(), logprobs = json::array(), tops = json::array(), offsets = json::array();
+  for (const SampledToken& t : tokens) {
+    const std::string text = token_text(codec, t.token);
+    texts.push_back(text);
+    logprobs.push_back(logprob_value(t.logprob));
+    // The sampled token is always in its entry, so it holds up to logprobs + 1 tokens (OpenAI's shape).
+    json top = json::object();
+    for (const TokenLogprob& alt : t.top_logprobs)
+      top[token_text(codec, alt.token)] = logprob_value(alt.logprob);
+    top[text] = logprob_value(t.logprob);
+    tops.push_back(std::move(top));
+    offsets.push_back(text_offset);
+    text_offset += code_points(text);
+  }
+  return json{{"tokens", std::move(texts)},
+              {"token_logprobs", std::move(logprobs)},
+              {"top_logprobs", std::move(tops)},
+              {"text_offset", std::move(offsets)}};
+}
+
+json completion_response(const ResponseMeta& meta, const RequestOutput& output, const json& logprobs) {
   json body = envelope(meta, "text_completion");
   body["choices"] = json::array({{{"index", 0},
                                   {"text", output.text},
-                                  {"logprobs", nullptr},
+                                  {"logprobs", logprobs},
                                   {"finish_reason", finish_reason_json(output.finish_reason)}}});
   body["usage"] = usage_json(output.prompt_tokens, output.completion_tokens);
   return body;
 }
 
-json chat_completion_response(const ResponseMeta& meta, const RequestOutput& output) {
+json chat_completion_response(const ResponseMeta& meta, const RequestOutput& output, const json& logprobs) {
   json body = envelope(meta, "chat.completion");
   body["choices"] = json::array({{{"index", 0},
                                   {"message", {{"role", "assistant"}, {"content", output.text}}},
-                                  {"logprobs", nullptr},
+                                  {"logprobs", logprobs},
                                   {"finish_reason", finish_reason_json(output.finish_reason)}}});
   body["usage"] = usage_json(output.prompt_tokens, output.completion_tokens);
   return body;
 }
 
-json completion_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish) {
+json completion_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish,
+                      const json& logprobs) {
   json body = envelope(meta, "text_completion");
-  body["choices"] = json::array(
-      {{{"index", 0}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason_json(finish)}}});
+  body["choices"] = json::array({{{"index", 0},
+                                  {"text", text},
+                                  {"logprobs", logprobs},
+                                  {"finish_reason", finish_reason_json(finish)}}});
   return body;
 }
 
-json chat_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish, bool role_chunk) {
+json chat_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish, bool role_chunk,
+                const json& logprobs) {
   json body = envelope(meta, "chat.completion.chunk");
   json delta = json::object();
   if (role_chunk) {
@@ -371,8 +478,10 @@ json chat_chunk(const ResponseMeta& meta, const std::string& text, FinishReason 
   } else if (!text.empty()) {
     delta = {{"content", text}};
   }
-  body["choices"] = json::array(
-      {{{"index", 0}, {"delta", delta}, {"logprobs", nullptr}, {"finish_reason", finish_reason_json(finish)}}});
+  body["choices"] = json::array({{{"index", 0},
+                                  {"delta", delta},
+                                  {"logprobs", logprobs},
+                                  {"finish_reason", finish_reason_json(finish)}}});
   return body;
 }
 

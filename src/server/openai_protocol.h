@@ -62,14 +62,29 @@ struct ResponseMeta {
 };
 
 nlohmann::json usage_json(int prompt_tokens, int completion_tokens);
-// Whole (non-streaming) response bodies.
-nlohmann::json completion_response(const ResponseMeta& meta, const RequestOutput& output);
-nlohmann::json chat_completion_response(const ResponseMeta& meta, const RequestOutput& output);
+
+// Logprobs of generated tokens (RequestOutput::logprobs; null when empty) in OpenAI's shapes. Chat:
+// {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}. Completions:
+// {tokens, token_logprobs, top_logprobs: [{token: logprob}] (the sampled token included), text_offset};
+// `text_offset` is the offset (in characters) of the first token in the completion's text, advanced past
+// these tokens (a stream carries it from chunk to chunk). A token's text is its decode with special tokens
+// kept, bytes its UTF-8 bytes.
+std::string token_text(const TextCodec& codec, std::int32_t token);
+nlohmann::json chat_logprobs(const std::vector<SampledToken>& tokens, const TextCodec& codec);
+nlohmann::json completion_logprobs(const std::vector<SampledToken>& tokens, const TextCodec& codec,
+                                   std::size_t& text_offset);
+
+// Whole (non-streaming) response bodies; `logprobs` from the functions above.
+nlohmann::json completion_response(const ResponseMeta& meta, const RequestOutput& output,
+                                   const nlohmann::json& logprobs = nullptr);
+nlohmann::json chat_completion_response(const ResponseMeta& meta, const RequestOutput& output,
+                                        const nlohmann::json& logprobs = nullptr);
 // Stream chunks: text increments (finish_reason null until the last), the chat stream's first chunk
 // (role only), and the usage chunk (empty choices) sent when stream_options.include_usage is set.
-nlohmann::json completion_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish);
+nlohmann::json completion_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish,
+                                const nlohmann::json& logprobs = nullptr);
 nlohmann::json chat_chunk(const ResponseMeta& meta, const std::string& text, FinishReason finish,
-                          bool role_chunk = false);
+                          bool role_chunk = false, const nlohmann::json& logprobs = nullptr);
 nlohmann::json usage_chunk(const ResponseMeta& meta, ApiEndpoint endpoint, int prompt_tokens,
                            int completion_tokens);
 // One server-sent event: "data: <json>\n\n".

@@ -8,6 +8,7 @@
 // (contiguous positions, block table long enough, one chunk per sequence).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -53,6 +54,16 @@ inline std::int32_t reference_next(const std::vector<std::int32_t>& prefix) {
   h ^= h >> 29;
   if (h % 23 == 0) return kFakeEos;
   return static_cast<std::int32_t>(1 + (h >> 7) % (kFakeVocab - 1));
+}
+
+// The fake model's logits after `prefix`: peaked at reference_next() but not one-hot, so seeded sampling
+// has something to choose from.
+inline std::vector<float> fake_logits(const std::vector<std::int32_t>& prefix) {
+  const std::int32_t next = reference_next(prefix);
+  std::vector<float> row(kFakeVocab);
+  for (int t = 0; t < kFakeVocab; ++t) row[t] = -0.5f * std::abs(t - next);
+  row[next] += 4.0f;
+  return row;
 }
 
 // Greedy continuation of `prompt` by the fake model, ignoring EOS.
@@ -117,11 +128,8 @@ class FakeRunner final : public ModelRunner {
       if (!chunk.wants_logits) continue;
       std::vector<std::int32_t> prefix(end);
       for (std::int64_t p = 0; p < end; ++p) prefix[p] = slot(chunk, p);
-      const std::int32_t next = reference_next(prefix);
-      float* row = logits.data() + out * kFakeVocab;
-      // A peaked but not one-hot distribution, so seeded sampling has something to choose from.
-      for (int t = 0; t < kFakeVocab; ++t) row[t] = -0.5f * std::abs(t - next);
-      row[next] += 4.0f;
+      const std::vector<float> row = fake_logits(prefix);
+      std::copy(row.begin(), row.end(), logits.begin() + static_cast<std::ptrdiff_t>(out * kFakeVocab));
       ++out;
     }
     EXPECT_EQ(out * kFakeVocab, logits.size());
@@ -150,6 +158,22 @@ class FakeRunner final : public ModelRunner {
   }
   int greedy_calls() const { std::lock_guard lock(mutex_); return greedy_calls_; }
 
+  // Sampling on the "device" (as the CUDA runner does): the engine then calls execute_sample() every step.
+  void set_device_sampling(bool on) { device_sampling_ = on; }
+  bool samples_on_device() const override { return device_sampling_; }
+  void execute_sample(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                      std::span<SampledToken> out) override {
+    {
+      std::lock_guard lock(mutex_);
+      ++sample_calls_;
+    }
+    ModelRunner::execute_sample(batch, rows, out);  // execute() + sample_token() of each row
+  }
+  int sample_calls() const {
+    std::lock_guard lock(mutex_);
+    return sample_calls_;
+  }
+
   int calls() const { std::lock_guard lock(mutex_); return calls_; }
   // Positions of new sequences that came from cached blocks (prefix caching), summed.
   std::int64_t adopted_tokens() const {
@@ -173,10 +197,12 @@ class FakeRunner final : public ModelRunner {
   std::vector<std::int32_t> slots_;
   std::map<std::int64_t, std::int64_t> written_;
   mutable std::mutex mutex_;
-  int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0, greedy_calls_ = 0;
+  int calls_ = 0, max_batch_seen_ = 0, max_tokens_seen_ = 0, releases_ = 0, greedy_calls_ = 0,
+      sample_calls_ = 0;
   std::int64_t adopted_tokens_ = 0;
   bool fail_next_ = false;
   bool device_greedy_ = false;
+  bool device_sampling_ = false;
   std::atomic<int> delay_ms_{0};
 };
 

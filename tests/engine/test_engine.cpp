@@ -101,6 +101,92 @@ TEST(Engine, AllGreedyStepsTakeTokenIdsFromARunnerThatSamplesOnTheDevice) {
   EXPECT_GT(h.runner->calls(), calls_before);
 }
 
+// The engine's history (prompt + generated tokens) reaches the sampler: a greedy request with penalties
+// follows a re-run of the fake model with the same penalties applied to its logits.
+TEST(Engine, PenaltiesSeeThePromptAndTheGeneratedTokens) {
+  for (bool device_sampling : {false, true}) {
+    Harness h(small_config());
+    h.runner->set_device_greedy(true);  // a penalized request is not plain greedy: never execute_greedy()
+    h.runner->set_device_sampling(device_sampling);
+    const std::vector<std::int32_t> prompt = {7, 8, 9, 7, 52, 4};
+    GenerationRequest r = greedy(prompt, 25);
+    r.params.repetition_penalty = 10.0f;  // the fake model's favourite (+4) falls below its neighbours
+    r.params.frequency_penalty = 0.7f;
+    r.params.presence_penalty = 0.4f;
+    auto stream = h.engine->submit(r);
+    h.run_until_idle();
+    const auto got = stream->wait().token_ids;
+
+    const SamplingParams params = r.params.sampling(0);
+    std::vector<std::int32_t> prefix = prompt;
+    TokenCounts history(prompt);
+    std::vector<std::int32_t> want;
+    for (int i = 0; i < 25; ++i) {
+      std::vector<float> logits = testing::fake_logits(prefix);
+      apply_penalties(logits, params, history);
+      const std::int32_t t = argmax(logits);
+      want.push_back(t);
+      prefix.push_back(t);
+      history.add_generated(t);
+    }
+    EXPECT_EQ(got, want) << "device sampling " << device_sampling;
+    EXPECT_NE(got, reference_generate(prompt, 25)) << "the penalties should change the greedy path";
+    EXPECT_EQ(h.runner->sample_calls(), h.runner->calls());
+    EXPECT_EQ(h.runner->greedy_calls(), 0);
+  }
+}
+
+TEST(Engine, LogprobsComeWithEveryGeneratedToken) {
+  Harness h(small_config());
+  const std::vector<std::int32_t> prompt = {3, 1, 4, 1, 5};
+  GenerationRequest r = greedy(prompt, 12);
+  r.params.logprobs = 3;
+  auto stream = h.engine->submit(r);
+  GenerationRequest plain = greedy({2, 7}, 5);
+  auto without = h.engine->submit(plain);
+  h.run_until_idle();
+  const RequestOutput out = stream->wait();
+  ASSERT_EQ(out.logprobs.size(), out.token_ids.size());
+  std::vector<std::int32_t> prefix = prompt;
+  for (std::size_t i = 0; i < out.token_ids.size(); ++i) {
+    const std::vector<double> lp = log_softmax(testing::fake_logits(prefix));
+    const SampledToken& s = out.logprobs[i];
+    EXPECT_EQ(s.token, out.token_ids[i]);
+    EXPECT_NEAR(s.logprob, lp[s.token], 1e-6);
+    ASSERT_EQ(s.top_logprobs.size(), 3u);
+    EXPECT_EQ(s.top_logprobs[0].token, s.token);  // greedy: the most likely token
+    EXPECT_GE(s.top_logprobs[0].logprob, s.top_logprobs[1].logprob);
+    EXPECT_GE(s.top_logprobs[1].logprob, s.top_logprobs[2].logprob);
+    prefix.push_back(out.token_ids[i]);
+  }
+  EXPECT_TRUE(without->wait().logprobs.empty());
+}
+
+TEST(Engine, SeededDrawsDoNotDependOnTheRunnersSamplingPath) {
+  auto run = [](bool device_sampling) {
+    Harness h(small_config());
+    h.runner->set_device_sampling(device_sampling);
+    GenerationRequest r = greedy({11, 12, 13}, 30);
+    r.params.temperature = 1.2f;
+    r.params.min_p = 0.02f;
+    r.params.seed = 99;
+    auto stream = h.engine->submit(r);
+    h.run_until_idle();
+    return stream->wait().token_ids;
+  };
+  EXPECT_EQ(run(false), run(true));
+}
+
+TEST(Engine, RejectsBadSamplingParameters) {
+  Harness h(small_config());
+  GenerationRequest r = greedy({1, 2}, 4);
+  r.params.min_p = -0.1f;
+  EXPECT_THROW(h.engine->submit(r), Error);
+  r.params.min_p = 0.0f;
+  r.params.logprobs = 50;
+  EXPECT_THROW(h.engine->submit(r), Error);
+}
+
 TEST(ModelRunner, DefaultExecuteGreedyIsTheArgmaxOfTheLogits) {
   FakeRunner runner;
   runner.allocate_kv_cache({8, 16});

@@ -4,7 +4,7 @@
 Run by CTest (label cpu):
     python3 tests/integration/test_openai_server.py --atom build/atom --model .cache/models/SmolLM2-...gguf
 Checks chat and completions, streaming and not, 32 concurrent streams against single-request greedy
-outputs, stop strings, malformed requests (OpenAI's error shape and status), the API key, a client
+outputs, stop strings, logprobs (chat and completions shapes, streamed too), penalties and seeded sampling, malformed requests (OpenAI's error shape and status), the API key, a client
 hanging up mid-stream (its request is cancelled), /tokenize and /detokenize, the prefix cache counters, and
 SIGTERM (running streams finish, exit status 0).
 ATOM_SKIP_MODEL_TESTS=1 skips it; a missing model or `openai` package is a failure that says what to do.
@@ -276,6 +276,55 @@ class OpenAIServerTest(unittest.TestCase):
             error = json.loads(text)["error"]
             self.assertEqual(set(error), {"message", "type", "param", "code"})
             self.assertEqual(error["param"], param, body)
+
+    def test_06b_logprobs_and_penalties(self):
+        import math
+        import openai
+        # Chat: logprobs of every token, in OpenAI's shape, through the official client's models.
+        whole = self.chat(QUESTIONS[0], max_tokens=12, logprobs=True, top_logprobs=3)
+        content = whole.choices[0].logprobs.content
+        self.assertEqual(len(content), whole.usage.completion_tokens)
+        for item in content:
+            self.assertLessEqual(item.logprob, 0.0)
+            self.assertEqual(len(item.top_logprobs), 3)
+            self.assertEqual(bytes(item.bytes).decode("utf-8", errors="replace"), item.token)
+            # Greedy: the sampled token is the most likely one.
+            self.assertEqual(item.top_logprobs[0].token, item.token)
+            self.assertAlmostEqual(item.top_logprobs[0].logprob, item.logprob, places=5)
+            self.assertGreaterEqual(item.top_logprobs[1].logprob, item.top_logprobs[2].logprob)
+            self.assertLessEqual(sum(math.exp(t.logprob) for t in item.top_logprobs), 1.0 + 1e-4)
+        # Streamed: the same tokens and logprobs, spread over the chunks.
+        chunks = list(self.api.chat.completions.create(
+            model=MODEL_NAME, messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=12, temperature=0,
+            stream=True, logprobs=True, top_logprobs=3))
+        streamed = [item for c in chunks if c.choices and c.choices[0].logprobs for item in c.choices[0].logprobs.content]
+        self.assertEqual([(i.token, round(i.logprob, 4)) for i in streamed],
+                         [(i.token, round(i.logprob, 4)) for i in content])
+        # Completions: tokens, token_logprobs, top_logprobs (the sampled token always in it), text_offset.
+        done = self.complete(PROMPTS[0], max_tokens=8, logprobs=2, extra_body={"ignore_eos": True})
+        lp = done.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), 8)
+        self.assertEqual(lp.text_offset[0], 0)
+        for i, token in enumerate(lp.tokens):
+            self.assertIn(token, lp.top_logprobs[i])
+            self.assertAlmostEqual(lp.top_logprobs[i][token], lp.token_logprobs[i], places=5)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.chat(QUESTIONS[0], max_tokens=2, logprobs=True, top_logprobs=21)
+        self.assertEqual(e.exception.body["param"], "top_logprobs")
+        # Penalties: a strong frequency penalty leaves the greedy path of a repetitive prompt; a seeded
+        # sample with every setting is reproducible.
+        plain = self.complete(PROMPTS[7], max_tokens=16, extra_body={"ignore_eos": True}).choices[0].text
+        penalized = self.complete(PROMPTS[7], max_tokens=16, frequency_penalty=2.0, presence_penalty=1.0,
+                                  extra_body={"ignore_eos": True, "repetition_penalty": 1.5}).choices[0].text
+        self.assertNotEqual(plain, penalized)
+        kw = dict(max_tokens=16, temperature=0.9, top_p=0.9, seed=7, presence_penalty=0.5,
+                  extra_body={"ignore_eos": True, "top_k": 40, "min_p": 0.02, "repetition_penalty": 1.1})
+        first = self.api.completions.create(model=MODEL_NAME, prompt=PROMPTS[1], **kw).choices[0].text
+        second = self.api.completions.create(model=MODEL_NAME, prompt=PROMPTS[1], **kw).choices[0].text
+        self.assertEqual(first, second)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.complete("x", max_tokens=2, presence_penalty=3)
+        self.assertEqual(e.exception.body["param"], "presence_penalty")
 
     def test_07_client_disconnect_cancels(self):
         cancelled_before = self.server.metric('atom_requests_finished_total{finished_reason="cancelled"}')

@@ -258,6 +258,69 @@ TEST_F(ServerTest, StreamsServerSentEventsEndingWithDone) {
   EXPECT_EQ(chat_events.back(), "[DONE]");
 }
 
+TEST_F(ServerTest, LogprobsComeBackInOpenAIsShapesStreamingToo) {
+  start();
+  json body = completion_body("hello", 8);
+  body["logprobs"] = 2;
+  auto res = post("/v1/completions", body);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json choice = json::parse(res->body)["choices"][0];
+  const json& lp = choice["logprobs"];
+  ASSERT_EQ(lp["tokens"].size(), 8u) << lp.dump();
+  std::string joined;
+  for (std::size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ(lp["text_offset"][i], joined.size());
+    joined += lp["tokens"][i].get<std::string>();
+    EXPECT_LE(lp["token_logprobs"][i].get<double>(), 0.0);
+    EXPECT_GE(lp["top_logprobs"][i].size(),
+              2u);  // the two most likely and the sampled token (greedy: one of them)
+    EXPECT_EQ(lp["top_logprobs"][i][lp["tokens"][i].get<std::string>()], lp["token_logprobs"][i]);
+  }
+  EXPECT_EQ(joined, choice["text"]);
+
+  const json chat = {{"model", "fake-model"},
+                     {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                     {"max_tokens", 6},
+                     {"temperature", 0.7},
+                     {"seed", 5},
+                     {"ignore_eos", true},
+                     {"logprobs", true},
+                     {"top_logprobs", 3},
+                     {"presence_penalty", 0.5},
+                     {"repetition_penalty", 1.2}};
+  res = post("/v1/chat/completions", chat);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const json whole = json::parse(res->body)["choices"][0];
+  ASSERT_EQ(whole["logprobs"]["content"].size(), 6u);
+  std::string content_text;
+  for (const json& item : whole["logprobs"]["content"]) {
+    EXPECT_EQ(item["top_logprobs"].size(), 3u);
+    EXPECT_GE(item["top_logprobs"][0]["logprob"].get<double>(),
+              item["top_logprobs"][2]["logprob"].get<double>());
+    content_text += item["token"].get<std::string>();
+  }
+  EXPECT_EQ(content_text, whole["message"]["content"]);
+
+  // The same request streamed: the same tokens (same seed), their logprobs spread over the chunks.
+  json streamed = chat;
+  streamed["stream"] = true;
+  const auto events = stream_events("/v1/chat/completions", streamed);
+  json items = json::array();
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    const json chunk = json::parse(events[i]);
+    const json& chunk_lp = chunk["choices"][0]["logprobs"];
+    if (!chunk_lp.is_null())
+      for (const json& item : chunk_lp["content"]) items.push_back(item);
+  }
+  EXPECT_EQ(items, whole["logprobs"]["content"]);
+
+  json bad = chat;
+  bad["top_logprobs"] = 21;
+  res = post("/v1/chat/completions", bad);
+  EXPECT_EQ(res->status, 400);
+  EXPECT_EQ(json::parse(res->body)["error"]["param"], "top_logprobs");
+}
+
 TEST_F(ServerTest, AnswersErrorsInOpenAIsShapeWithTheRightStatus) {
   start();
   auto check = [&](httplib::Result res, int status, const std::string& param, const std::string& code) {

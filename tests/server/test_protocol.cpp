@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <limits>
+
+#include "../engine/fake_model.h"
 #include "server/openai_protocol.h"
 
 namespace atom {
@@ -159,15 +162,14 @@ TEST(Protocol, SaysWhatIsNotSupported) {
   EXPECT_EQ(n.code(), "unsupported_parameter");
   EXPECT_NE(std::string(n.what()).find("n = 2 is not supported"), std::string::npos) << n.what();
   for (const auto& [key, value] : std::vector<std::pair<const char*, json>>{
-           {"best_of", 3}, {"logprobs", 2}, {"echo", true}, {"suffix", "end"}, {"presence_penalty", 0.5},
-           {"frequency_penalty", 1}, {"logit_bias", {{"5", 10}}}}) {
+           {"best_of", 3}, {"echo", true}, {"suffix", "end"}, {"logit_bias", {{"5", 10}}}}) {
     const ApiError e = error_of(ApiEndpoint::completions, with(key, value));
     EXPECT_EQ(e.param(), key);
     EXPECT_EQ(e.code(), "unsupported_parameter") << key;
   }
   const json chat_base = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "x"}}}}};
   for (const auto& [key, value] : std::vector<std::pair<const char*, json>>{
-           {"logprobs", true}, {"tools", {{{"type", "function"}}}}, {"response_format", {{"type", "json_object"}}}}) {
+           {"tools", {{{"type", "function"}}}}, {"response_format", {{"type", "json_object"}}}}) {
     json b = chat_base;
     b[key] = value;
     EXPECT_EQ(error_of(ApiEndpoint::chat_completions, b).code(), "unsupported_parameter") << key;
@@ -177,6 +179,90 @@ TEST(Protocol, SaysWhatIsNotSupported) {
   fine["tools"] = json::array();
   fine["response_format"] = {{"type", "text"}};
   EXPECT_NO_THROW(chat(fine));
+}
+
+TEST(Protocol, ParsesPenaltiesMinPAndLogprobs) {
+  const json base = {{"model", "m"}, {"prompt", "x"}};
+  auto with = [&](json extra) {
+    json b = base;
+    b.update(extra);
+    return b;
+  };
+  const ApiRequest r = completion(with({{"presence_penalty", 0.5},
+                                        {"frequency_penalty", -1.25},
+                                        {"repetition_penalty", 1.3},
+                                        {"min_p", 0.05},
+                                        {"logprobs", 3}}));
+  EXPECT_FLOAT_EQ(r.params.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.params.frequency_penalty, -1.25f);
+  EXPECT_FLOAT_EQ(r.params.repetition_penalty, 1.3f);
+  EXPECT_FLOAT_EQ(r.params.min_p, 0.05f);
+  EXPECT_EQ(r.params.logprobs, 3);
+  EXPECT_EQ(completion(base).params.logprobs, -1);
+  EXPECT_EQ(completion(with({{"logprobs", 0}})).params.logprobs, 0);
+  const auto c = ApiEndpoint::completions;
+  expect_bad(c, with({{"presence_penalty", 2.5}}), "presence_penalty", "between -2 and 2, got 2.5");
+  expect_bad(c, with({{"frequency_penalty", -3}}), "frequency_penalty", "between -2 and 2");
+  expect_bad(c, with({{"repetition_penalty", 0}}), "repetition_penalty", "must be > 0");
+  expect_bad(c, with({{"min_p", 1.5}}), "min_p", "in [0, 1], got 1.5");
+  expect_bad(c, with({{"logprobs", 21}}), "logprobs", "between 0 and 20, got 21");
+  expect_bad(c, with({{"logprobs", true}}), "logprobs", "must be an integer");
+
+  const json chat_base = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "x"}}}}};
+  auto chat_with = [&](json extra) {
+    json b = chat_base;
+    b.update(extra);
+    return b;
+  };
+  EXPECT_EQ(chat(chat_base).params.logprobs, -1);
+  EXPECT_EQ(chat(chat_with({{"logprobs", false}})).params.logprobs, -1);
+  EXPECT_EQ(chat(chat_with({{"logprobs", true}})).params.logprobs, 0);
+  EXPECT_EQ(chat(chat_with({{"logprobs", true}, {"top_logprobs", 5}})).params.logprobs, 5);
+  const auto h = ApiEndpoint::chat_completions;
+  expect_bad(h, chat_with({{"top_logprobs", 2}}), "top_logprobs", "needs 'logprobs' set to true");
+  expect_bad(h, chat_with({{"logprobs", true}, {"top_logprobs", 30}}), "top_logprobs", "between 0 and 20");
+  expect_bad(h, chat_with({{"logprobs", 2}}), "logprobs", "must be a boolean");
+}
+
+TEST(Protocol, LogprobsInOpenAIsShapes) {
+  const testing::FakeCodec codec;
+  // Tokens 8 "h", 9 "i" and 30 (the first byte of "é": alone, not a character).
+  std::vector<SampledToken> tokens(3);
+  tokens[0] = {8, -0.25f, {{8, -0.25f}, {9, -1.5f}}};
+  tokens[1] = {9, -0.5f, {{1, -0.375f}, {9, -0.5f}}};
+  tokens[2] = {30, -std::numeric_limits<float>::infinity(), {}};
+  const json chat_lp = chat_logprobs(tokens, codec);
+  EXPECT_EQ(chat_lp, json::parse(R"({"content": [
+      {"token": "h", "logprob": -0.25, "bytes": [104],
+       "top_logprobs": [{"token": "h", "logprob": -0.25, "bytes": [104]},
+                        {"token": "i", "logprob": -1.5, "bytes": [105]}]},
+      {"token": "i", "logprob": -0.5, "bytes": [105],
+       "top_logprobs": [{"token": "a", "logprob": -0.375, "bytes": [97]},
+                        {"token": "i", "logprob": -0.5, "bytes": [105]}]},
+      {"token": "�", "logprob": -9999.0, "bytes": [239, 191, 189], "top_logprobs": []}]})"));
+  std::size_t offset = 0;
+  const json first =
+      completion_logprobs(std::vector<SampledToken>(tokens.begin(), tokens.begin() + 2), codec, offset);
+  EXPECT_EQ(first, json::parse(R"({"tokens": ["h", "i"], "token_logprobs": [-0.25, -0.5],
+                                    "top_logprobs": [{"h": -0.25, "i": -1.5}, {"a": -0.375, "i": -0.5}],
+                                    "text_offset": [0, 1]})"));
+  // A stream's next chunk carries on from the offset where the last one ended.
+  const json second =
+      completion_logprobs(std::vector<SampledToken>(tokens.begin() + 2, tokens.end()), codec, offset);
+  EXPECT_EQ(second["text_offset"], json::parse("[2]"));
+  EXPECT_EQ(offset, 3u);
+  EXPECT_TRUE(chat_logprobs({}, codec).is_null());
+
+  const ResponseMeta meta{"cmpl-1", 1700000000, "m"};
+  RequestOutput out;
+  out.text = "hi";
+  out.finished = true;
+  out.finish_reason = FinishReason::length;
+  EXPECT_EQ(chat_completion_response(meta, out, chat_lp)["choices"][0]["logprobs"], chat_lp);
+  EXPECT_EQ(completion_response(meta, out, first)["choices"][0]["logprobs"], first);
+  EXPECT_EQ(chat_chunk(meta, "hi", FinishReason::none, false, chat_lp)["choices"][0]["logprobs"], chat_lp);
+  EXPECT_EQ(completion_chunk(meta, "hi", FinishReason::none, first)["choices"][0]["logprobs"], first);
+  EXPECT_TRUE(completion_response(meta, out)["choices"][0]["logprobs"].is_null());
 }
 
 TEST(Protocol, BadJsonAndNonObjectBodies) {

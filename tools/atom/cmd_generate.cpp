@@ -30,6 +30,10 @@ struct GenerateOptions {
   float temperature = 0.7f;
   int top_k = 0;
   float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   std::uint64_t seed = 0;
   bool stats = false;
 };
@@ -62,8 +66,12 @@ std::vector<std::int32_t> stream_completion(const LoadedModel& m, cpu::KvCache& 
   params.temperature = opt.temperature;
   params.top_k = opt.top_k;
   params.top_p = opt.top_p;
+  params.min_p = opt.min_p;
+  params.repetition_penalty = opt.repetition_penalty;
+  params.presence_penalty = opt.presence_penalty;
+  params.frequency_penalty = opt.frequency_penalty;
   params.seed = opt.seed;
-  Sampler sampler(params);
+  Sampler sampler(params, prompt_ids);  // the repetition penalty counts the prompt's tokens
   const int context = m.model->config().max_position_embeddings;
   if (static_cast<int>(cache.length() + prompt_ids.size()) >= context)
     fail("the prompt ({} tokens) does not fit the model's context of {} tokens", cache.length() + prompt_ids.size(),
@@ -154,6 +162,16 @@ void add_sampling_options(CLI::App* cmd, GenerateOptions& opt) {
   cmd->add_option("--top-k", opt.top_k, "Keep the k most likely tokens (0 = off)")
       ->check(non_negative_number());
   cmd->add_option("--top-p", opt.top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--min-p", opt.min_p, "Drop tokens less likely than min_p x the most likely (0 = off)")
+      ->check(CLI::Range(0.0f, 1.0f));
+  cmd->add_option("--repetition-penalty", opt.repetition_penalty,
+                  "Divide positive (multiply negative) logits of prompt and output tokens by it (1 = off)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--presence-penalty", opt.presence_penalty, "Subtract from the logits of generated tokens")
+      ->check(CLI::Range(-2.0f, 2.0f));
+  cmd->add_option("--frequency-penalty", opt.frequency_penalty,
+                  "Subtract this x the times a token was generated from its logit")
+      ->check(CLI::Range(-2.0f, 2.0f));
   cmd->add_option("--seed", opt.seed, "Random seed");
   cmd->add_option("--system", opt.system, "System prompt (chat)");
   cmd->add_flag("--stats", opt.stats, "Print prompt and generation speed on stderr");

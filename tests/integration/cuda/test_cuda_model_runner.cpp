@@ -1,7 +1,8 @@
 // The CUDA model runner vs the CPU model (the reference) on small random Llamas, in every precision: the same
 // weights (fp32 -> fp16 for the fp16 path; one QuantizedModel for both backends in the quantized ones), the
 // same schedule of mixed prefill chunks and decode steps over a shuffled paged KV cache, logits compared by
-// normalized error per step. Also: graphs vs eager, synthetic benchmark models, bad input.
+// normalized error per step. Also: graphs vs eager, synthetic benchmark models, sampling on the device, bad
+// input.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -284,6 +285,77 @@ TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
     SequenceChunk step{0, std::span<const std::int32_t>(&next, 1), 30, table, true};
     runner.execute(std::span<const SequenceChunk>(&step, 1), logits);
     for (float x : logits) ASSERT_TRUE(std::isfinite(x)) << precision_name(p) << " decode";
+  }
+}
+
+// execute_sample() draws on the GPU what the host sampler draws from the same step's logits (execute() of
+// the same step first: the KV rows it writes are the same), for three sequences with different settings in
+// one batch, in graphs and eagerly; the penalty slots follow the generated tokens step by step.
+TEST(CudaModelRunner, ExecuteSampleMatchesTheHostSamplerOfTheLogits) {
+  ModelConfig c = small_config();
+  c.vocab_size = 1000;
+  std::shared_ptr<const CudaLlamaWeights> w = make_synthetic_weights(c, Precision::kF16, "synthetic", 3);
+  for (bool graphs : {false, true}) {
+    CudaModelRunner runner(w, options(KvDtype::kF16, graphs));
+    runner.allocate_kv_cache({32, 16});
+    std::vector<SamplingParams> params(3);
+    params[0].temperature = 0.8f;
+    params[0].top_k = 40;
+    params[0].logprobs = 5;
+    params[0].seed = 1;
+    params[1].temperature = 0.0f;  // greedy with penalties
+    params[1].repetition_penalty = 1.4f;
+    params[1].frequency_penalty = 0.6f;
+    params[2].temperature = 1.1f;
+    params[2].top_p = 0.9f;
+    params[2].min_p = 0.01f;
+    params[2].presence_penalty = 0.7f;
+    params[2].seed = 2;
+    std::vector<std::vector<std::int32_t>> tokens, tables;
+    std::vector<TokenCounts> history;
+    for (int s = 0; s < 3; ++s) {
+      tokens.push_back(quant::test::tiny_tokens(10 + 5 * s, 0, c.vocab_size, 7 + s));
+      tables.push_back({s * 4, s * 4 + 1, s * 4 + 2, s * 4 + 3});
+      history.emplace_back(tokens.back());
+    }
+    std::vector<int> computed(3, 0);
+    int agree = 0, draws = 0;
+    for (int step = 0; step < 12; ++step) {
+      std::vector<SequenceChunk> batch;
+      std::vector<SamplingRow> rows;
+      for (int s = 0; s < 3; ++s) {
+        const int n = static_cast<int>(tokens[s].size()) - computed[s];
+        batch.push_back({s, std::span<const std::int32_t>(tokens[s]).subspan(computed[s], n), computed[s],
+                         tables[s], true});
+        rows.push_back({&params[s], &history[s]});
+      }
+      std::vector<float> logits(3 * static_cast<std::size_t>(c.vocab_size));
+      runner.execute(batch, logits);
+      std::vector<SampledToken> out(3);
+      runner.execute_sample(batch, rows, out);
+      for (int s = 0; s < 3; ++s) {
+        const std::span<const float> row =
+            std::span<const float>(logits).subspan(s * static_cast<std::size_t>(c.vocab_size), c.vocab_size);
+        const SampledToken host =
+            sample_token(row, params[s], &history[s], static_cast<std::uint64_t>(history[s].num_generated()));
+        agree += out[s].token == host.token;
+        ++draws;
+        if (params[s].logprobs >= 0) {
+          const std::vector<double> lp = log_softmax(row);
+          EXPECT_NEAR(out[s].logprob, lp[out[s].token], 1e-4);
+          ASSERT_EQ(out[s].top_logprobs.size(), host.top_logprobs.size());
+          for (std::size_t j = 0; j < host.top_logprobs.size(); ++j) {
+            EXPECT_EQ(out[s].top_logprobs[j].token, host.top_logprobs[j].token);
+            EXPECT_NEAR(out[s].top_logprobs[j].logprob, host.top_logprobs[j].logprob, 1e-4);
+          }
+        }
+        computed[s] = static_cast<int>(tokens[s].size());
+        tokens[s].push_back(out[s].token);
+        history[s].add_generated(out[s].token);
+      }
+    }
+    EXPECT_GE(agree, draws - 1) << "graphs " << graphs;
+    for (int s = 0; s < 3; ++s) runner.release(s);
   }
 }
 

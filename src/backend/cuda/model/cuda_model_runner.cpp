@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <numeric>
+#include <unordered_map>
 #include <vector>
 
 #include <cublas_v2.h>
@@ -20,6 +21,7 @@
 #include "backend/cuda/model/argmax.h"
 #include "backend/cuda/model/w8a8_epilogue.h"
 #include "backend/cuda/quantize/quantize_act.h"
+#include "backend/cuda/sampling/sample_rows.h"
 #include "backend/cuda/transform/hadamard.h"
 #include "common/error.h"
 
@@ -109,6 +111,28 @@ struct CudaModelRunner::Impl {
   DeviceBuffer<std::int32_t> argmax_dev;
   PinnedBuffer<std::int32_t> argmax_host;
   int max_logit_rows = 0;
+
+  // Sampling on the device (sampling/sample_rows.h): per-row parameters in, tokens and logprobs out.
+  PinnedBuffer<SampleRow> sample_rows_host;
+  DeviceBuffer<SampleRow> sample_rows_dev;
+  DeviceBuffer<std::int32_t> sampled_tokens_dev, top_tokens_dev;
+  DeviceBuffer<float> sampled_logprobs_dev, top_logprobs_dev;
+  PinnedBuffer<std::int32_t> sampled_tokens_host, top_tokens_host;
+  PinnedBuffer<float> sampled_logprobs_host, top_logprobs_host;
+  // The token-count buffer of the penalties: one slot (vocab counts + vocab prompt flags) per sequence with
+  // a penalty, loaded from its history when the sequence first samples (or after the slot went stale) and
+  // then kept current by the sampling kernel, which counts each sampled token.
+  struct PenaltySlot {
+    int slot = 0;
+    std::int64_t counted = 0;  // generated tokens the slot's counts hold
+  };
+  std::unordered_map<std::int64_t, PenaltySlot> penalty_slots;  // by sequence id
+  std::vector<int> free_slots;
+  int slot_capacity = 0;
+  DeviceBuffer<std::int32_t> output_counts;
+  DeviceBuffer<std::uint8_t> prompt_mask;
+  std::vector<TokenCountEntry> count_entries;
+  DeviceBuffer<TokenCountEntry> count_entries_dev;
 
   std::map<int, cudaGraphExec_t> graphs;
   GpuTime gpu_time;
@@ -256,6 +280,110 @@ struct CudaModelRunner::Impl {
     logits_host.allocate(static_cast<std::size_t>(max_logit_rows) * static_cast<std::size_t>(cfg.vocab_size));
     argmax_dev.allocate(static_cast<std::size_t>(max_logit_rows));
     argmax_host.allocate(static_cast<std::size_t>(max_logit_rows));
+    const std::size_t rows = static_cast<std::size_t>(max_logit_rows);
+    sample_rows_host.allocate(rows);
+    sample_rows_dev.allocate(rows);
+    sampled_tokens_dev.allocate(rows);
+    sampled_tokens_host.allocate(rows);
+    sampled_logprobs_dev.allocate(rows);
+    sampled_logprobs_host.allocate(rows);
+    top_tokens_dev.allocate(rows * kMaxTopLogprobs);
+    top_tokens_host.allocate(rows * kMaxTopLogprobs);
+    top_logprobs_dev.allocate(rows * kMaxTopLogprobs);
+    top_logprobs_host.allocate(rows * kMaxTopLogprobs);
+  }
+
+  // A free slot of the token-count buffer, growing it (twice the slots, contents kept) when none is left.
+  int take_penalty_slot() {
+    if (free_slots.empty()) {
+      const int grown = std::max(8, 2 * slot_capacity);
+      const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
+      DeviceBuffer<std::int32_t> counts(static_cast<std::size_t>(grown) * vocab);
+      DeviceBuffer<std::uint8_t> mask(static_cast<std::size_t>(grown) * vocab);
+      if (slot_capacity > 0) {
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(counts.get(), output_counts.get(), output_counts.bytes(),
+                                        cudaMemcpyDeviceToDevice, stream));
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(mask.get(), prompt_mask.get(), prompt_mask.bytes(),
+                                        cudaMemcpyDeviceToDevice, stream));
+        ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));  // before the old buffers go
+      }
+      output_counts = std::move(counts);
+      prompt_mask = std::move(mask);
+      for (int slot = grown - 1; slot >= slot_capacity; --slot) free_slots.push_back(slot);
+      slot_capacity = grown;
+    }
+    const int slot = free_slots.back();
+    free_slots.pop_back();
+    return slot;
+  }
+
+  void release_penalty_slot(std::int64_t sequence_id) {
+    const auto it = penalty_slots.find(sequence_id);
+    if (it == penalty_slots.end()) return;
+    free_slots.push_back(it->second.slot);
+    penalty_slots.erase(it);
+  }
+
+  // The rows' parameters for sample_rows (row k of the sampled chunks reads logit row logit_rows[k]), with
+  // the slots of sequences with penalties loaded where they are new or stale.
+  void prepare_sample_rows(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                           std::span<const int> logit_rows) {
+    std::vector<std::int32_t> clear;
+    count_entries.clear();
+    std::size_t k = 0;
+    for (const SequenceChunk& chunk : batch) {
+      if (!chunk.wants_logits) continue;
+      const SamplingRow& in = rows[k];
+      if (!in.params) fail("CUDA runner: sampling row {} has no parameters", k);
+      const SamplingParams& sp = *in.params;
+      SampleRow& out = sample_rows_host[k];
+      out = SampleRow{};
+      out.logit_row = logit_rows[k];
+      out.temperature = sp.temperature;
+      out.top_k = sp.top_k;
+      out.top_p = sp.top_p;
+      out.min_p = sp.min_p;
+      out.repetition_penalty = sp.repetition_penalty;
+      out.presence_penalty = sp.presence_penalty;
+      out.frequency_penalty = sp.frequency_penalty;
+      out.logprobs = std::min(sp.logprobs, kMaxTopLogprobs);
+      out.seed = sp.seed;
+      out.step = in.history ? static_cast<std::uint64_t>(in.history->num_generated()) : 0;
+      if (sp.has_penalties()) {
+        if (!in.history) fail("CUDA runner: sampling row {} has penalties but no token history", k);
+        auto it = penalty_slots.find(chunk.sequence_id);
+        if (it == penalty_slots.end()) {
+          it = penalty_slots.emplace(chunk.sequence_id, PenaltySlot{take_penalty_slot(), -1}).first;
+        }
+        if (it->second.counted != in.history->num_generated()) {
+          clear.push_back(it->second.slot);
+          for (const auto& [token, entry] : in.history->entries()) {
+            count_entries.push_back({it->second.slot, token, entry.generated, entry.in_prompt ? 1 : 0});
+          }
+        }
+        out.counts_slot = it->second.slot;
+        it->second.counted = in.history->num_generated() + 1;  // the kernel counts the token it samples
+      }
+      ++k;
+    }
+    if (!clear.empty()) {
+      if (count_entries_dev.size() < count_entries.size())
+        count_entries_dev.allocate(count_entries.size() * 2);
+      if (!count_entries.empty()) {
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(count_entries_dev.get(), count_entries.data(),
+                                        count_entries.size() * sizeof(TokenCountEntry),
+                                        cudaMemcpyHostToDevice, stream));
+      }
+      LoadTokenCountsParams load;
+      load.output_counts = output_counts.get();
+      load.prompt_mask = prompt_mask.get();
+      load.vocab = cfg.vocab_size;
+      load.num_slots = slot_capacity;
+      load.clear_slots = clear;
+      load.entries = count_entries_dev.get();
+      load.num_entries = static_cast<int>(count_entries.size());
+      load_token_counts(load, stream);
+    }
   }
 
   std::size_t workspace_bytes() const {
@@ -708,14 +836,18 @@ struct CudaModelRunner::Impl {
     return exec;
   }
 
-  // Runs the batch; fills logits_out (greedy == false) or tokens_out with each sampling chunk's argmax.
+  enum class Output { kLogits, kArgmax, kSample };
+
+  // Runs the batch; fills logits_out (kLogits), tokens_out with each sampling chunk's argmax (kArgmax), or
+  // sampled_out with each sampling chunk's draw (kSample, with sample_in's parameters).
   // No per-sequence state: every step takes positions, K/V slots and attention lengths from each chunk's
   // start_position and block table alone. So a sequence's first chunk may start past 0 (prefix caching:
   // the blocks before start_position were filled by an earlier request and are only read, through the
   // table, by the same paged attention that serves later chunks of a chunked prefill), and a one-token
   // first chunk runs as a decode.
   void execute(std::span<const SequenceChunk> batch, std::span<float> logits_out,
-               std::span<std::int32_t> tokens_out, bool greedy) {
+               std::span<std::int32_t> tokens_out, Output mode, std::span<const SamplingRow> sample_in = {},
+               std::span<SampledToken> sampled_out = {}) {
     if (caches.empty()) fail("CUDA runner: execute() before allocate_kv_cache()");
     if (batch.empty()) return;
     if (static_cast<int>(batch.size()) > opt.max_sequences) {
@@ -757,12 +889,17 @@ struct CudaModelRunner::Impl {
     if (total > opt.max_batch_tokens) {
       fail("CUDA runner: {} tokens in one step (max_batch_tokens {})", total, opt.max_batch_tokens);
     }
-    if (!greedy &&
+    if (mode == Output::kLogits &&
         logits_out.size() < static_cast<std::size_t>(wants) * static_cast<std::size_t>(cfg.vocab_size)) {
       fail("CUDA runner: logits span of {} floats for {} rows", logits_out.size(), wants);
     }
-    if (greedy && tokens_out.size() < static_cast<std::size_t>(wants)) {
+    if (mode == Output::kArgmax && tokens_out.size() < static_cast<std::size_t>(wants)) {
       fail("CUDA runner: token span of {} for {} rows", tokens_out.size(), wants);
+    }
+    if (mode == Output::kSample && (sample_in.size() < static_cast<std::size_t>(wants) ||
+                                    sampled_out.size() < static_cast<std::size_t>(wants))) {
+      fail("CUDA runner: {} sampling rows and {} outputs for {} rows", sample_in.size(), sampled_out.size(),
+           wants);
     }
 
     const bool use_graph = opt.cuda_graphs && decode == static_cast<int>(batch.size());
@@ -841,12 +978,52 @@ struct CudaModelRunner::Impl {
     }
     ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
     const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
-    if (s.logits > 0 && greedy) {
+    // Logit row of the k-th chunk that samples: graphs compute every (padded) row, in batch order.
+    std::vector<int> logit_rows;
+    logit_rows.reserve(static_cast<std::size_t>(wants));
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (batch[i].wants_logits)
+        logit_rows.push_back(use_graph ? static_cast<int>(i) : static_cast<int>(logit_rows.size()));
+    }
+    bool any_logprobs = false;
+    if (s.logits > 0 && mode == Output::kSample) {
+      prepare_sample_rows(batch, sample_in, logit_rows);
+      const std::size_t n = static_cast<std::size_t>(wants);
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(sample_rows_dev.get(), sample_rows_host.get(), n * sizeof(SampleRow),
+                                      cudaMemcpyHostToDevice, stream));
+      SampleRowsParams sp;
+      sp.logits = logits_dev.get();
+      sp.logits_stride = static_cast<std::int64_t>(vocab);
+      sp.vocab = cfg.vocab_size;
+      sp.rows = sample_rows_dev.get();
+      sp.num_rows = wants;
+      sp.output_counts = output_counts.get();
+      sp.prompt_mask = prompt_mask.get();
+      sp.num_slots = slot_capacity;
+      sp.count_sampled = true;
+      sp.tokens = sampled_tokens_dev.get();
+      sp.logprobs = sampled_logprobs_dev.get();
+      sp.top_tokens = top_tokens_dev.get();
+      sp.top_logprobs = top_logprobs_dev.get();
+      sample_rows(sp, stream);
+      ATOM_CUDA_CHECK(cudaMemcpyAsync(sampled_tokens_host.get(), sampled_tokens_dev.get(),
+                                      n * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
+      for (std::size_t k = 0; k < n; ++k) any_logprobs = any_logprobs || sample_rows_host[k].logprobs >= 0;
+      if (any_logprobs) {
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(sampled_logprobs_host.get(), sampled_logprobs_dev.get(),
+                                        n * sizeof(float), cudaMemcpyDeviceToHost, stream));
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(top_tokens_host.get(), top_tokens_dev.get(),
+                                        n * kMaxTopLogprobs * sizeof(std::int32_t), cudaMemcpyDeviceToHost,
+                                        stream));
+        ATOM_CUDA_CHECK(cudaMemcpyAsync(top_logprobs_host.get(), top_logprobs_dev.get(),
+                                        n * kMaxTopLogprobs * sizeof(float), cudaMemcpyDeviceToHost, stream));
+      }
+    } else if (s.logits > 0 && mode == Output::kArgmax) {
       argmax_rows(logits_dev.get(), s.logits, cfg.vocab_size, argmax_dev.get(), stream);
       ATOM_CUDA_CHECK(cudaMemcpyAsync(argmax_host.get(), argmax_dev.get(),
                                       static_cast<std::size_t>(s.logits) * sizeof(std::int32_t),
                                       cudaMemcpyDeviceToHost, stream));
-    } else if (s.logits > 0) {
+    } else if (s.logits > 0 && mode == Output::kLogits) {
       ATOM_CUDA_CHECK(cudaMemcpyAsync(logits_host.get(), logits_dev.get(),
                                       static_cast<std::size_t>(s.logits) * vocab * sizeof(float),
                                       cudaMemcpyDeviceToHost, stream));
@@ -862,12 +1039,26 @@ struct CudaModelRunner::Impl {
       ++gpu_time.mixed_steps;
     }
 
-    // Logits in batch order of the chunks that want them.
+    // Results in batch order of the chunks that want them.
     int k = 0;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       if (!batch[i].wants_logits) continue;
       const std::size_t src_row = use_graph ? i : static_cast<std::size_t>(k);
-      if (greedy) {
+      if (mode == Output::kSample) {
+        const std::size_t r = static_cast<std::size_t>(k);
+        SampledToken& out = sampled_out[r];
+        out = SampledToken{};
+        out.token = sampled_tokens_host[r];
+        if (sample_rows_host[r].logprobs >= 0) {
+          out.logprob = sampled_logprobs_host[r];
+          const int n = std::min(sample_rows_host[r].logprobs, cfg.vocab_size);
+          for (int j = 0; j < n; ++j) {
+            out.top_logprobs.push_back(
+                {top_tokens_host[r * kMaxTopLogprobs + static_cast<std::size_t>(j)],
+                 top_logprobs_host[r * kMaxTopLogprobs + static_cast<std::size_t>(j)]});
+          }
+        }
+      } else if (mode == Output::kArgmax) {
         tokens_out[static_cast<std::size_t>(k)] = argmax_host[src_row];
       } else {
         std::memcpy(logits_out.data() + static_cast<std::size_t>(k) * vocab,
@@ -887,11 +1078,25 @@ int CudaModelRunner::max_context() const { return impl_->max_ctx; }
 std::size_t CudaModelRunner::kv_block_bytes(int block_size) const { return impl_->block_bytes(block_size); }
 void CudaModelRunner::allocate_kv_cache(const KvCacheSpec& spec) { impl_->allocate_kv(spec); }
 void CudaModelRunner::execute(std::span<const SequenceChunk> batch, std::span<float> logits) {
-  impl_->execute(batch, logits, {}, false);
+  impl_->execute(batch, logits, {}, Impl::Output::kLogits);
 }
 void CudaModelRunner::execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) {
-  impl_->execute(batch, {}, tokens, true);
+  impl_->execute(batch, {}, tokens, Impl::Output::kArgmax);
 }
+void CudaModelRunner::execute_sample(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                                     std::span<SampledToken> out) {
+  // Plain greedy rows only: the argmax kernel is all it takes.
+  const bool plain_greedy = std::all_of(
+      rows.begin(), rows.end(), [](const SamplingRow& r) { return r.params && r.params->plain_greedy(); });
+  if (!plain_greedy) {
+    impl_->execute(batch, {}, {}, Impl::Output::kSample, rows, out);
+    return;
+  }
+  std::vector<std::int32_t> tokens(rows.size());
+  impl_->execute(batch, {}, tokens, Impl::Output::kArgmax);
+  for (std::size_t i = 0; i < rows.size(); ++i) out[i] = SampledToken{tokens[i], 0.0f, {}};
+}
+void CudaModelRunner::release(std::int64_t sequence_id) { impl_->release_penalty_slot(sequence_id); }
 std::string CudaModelRunner::describe() const {
   const DeviceInfo info = current_device_info();
   return fmt::format("cuda ({}), {}, kv {}, graphs {}", info.name, impl_->w->describe(),

@@ -8,8 +8,9 @@
 //   ->  [fused residual add + RMSNorm (+ reorder + quantize)]  ->  gate_up GEMM  ->  SiLU * up [+ quantize]
 //   ->  down GEMM
 // and at the end the last layer's residual add + the final RMSNorm on the rows that want logits, and the fp16
-// lm_head (cuBLAS, fp32 logits). The residual stream is fp16. Decode-only steps are captured in CUDA graphs,
-// one per padded batch size, and replayed (launch overhead is most of a small decode step).
+// lm_head (cuBLAS, fp32 logits), sampled on the device (argmax, or sampling/sample_rows.h). The residual
+// stream is fp16. Decode-only steps are captured in CUDA graphs, one per padded batch size, and replayed
+// (launch overhead is most of a small decode step).
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -49,6 +50,12 @@ class CudaModelRunner final : public ModelRunner {
   // Argmax on the GPU: only token ids cross to the host.
   bool samples_greedy_on_device() const override { return true; }
   void execute_greedy(std::span<const SequenceChunk> batch, std::span<std::int32_t> tokens) override;
+  // Every request setting on the GPU (sampling/sample_rows.h): only token ids and the requested logprobs
+  // cross to the host; penalties read a device-side token-count buffer that the sampler keeps current.
+  bool samples_on_device() const override { return true; }
+  void execute_sample(std::span<const SequenceChunk> batch, std::span<const SamplingRow> rows,
+                      std::span<SampledToken> out) override;
+  void release(std::int64_t sequence_id) override;
   std::string describe() const override;
 
   // Device memory the runner holds besides the weights and the KV cache (activations, workspaces).
