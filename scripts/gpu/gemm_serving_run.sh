@@ -23,14 +23,14 @@ for stage in "$@"; do
       grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran|Failure|got |Expected|Which is" "$OUT/test_swapab.log" | head -40
       [ $r -ne 0 ] && { echo "serving GEMM tests failed (rc $r): stopping"; exit 1; }
       for tool in memcheck racecheck; do
-        timeout 100 compute-sanitizer --tool $tool --error-exitcode 3 "$STAGE/test_backend_cuda" \
+        timeout 75 compute-sanitizer --tool $tool --error-exitcode 3 "$STAGE/test_backend_cuda" \
           --gtest_filter='GemmW4A4SwapAb.BitExactAcrossTilesAndShapes' > "$OUT/$tool.log" 2>&1
         echo "$tool exit $? ($(grep -c 'ERROR SUMMARY: 0 errors\|RACECHECK SUMMARY: 0 hazards' "$OUT/$tool.log") clean summaries)"
       done ;;
     rotated)
       # Online transforms of rotated checkpoints: the down Hadamard, the Q/K Hadamard in kv_cache_append and
       # the runner against the CPU model of a rotated checkpoint.
-      timeout 200 "$STAGE/test_backend_cuda" --gtest_filter='CudaHadamard*:CudaKvAppend*:Presets/CudaQuantizedRunner*' \
+      timeout 200 "$STAGE/test_backend_cuda" --gtest_filter='CudaHadamard*:CudaKvAppend*:SampleRows*:CudaModelRunner*:Presets/CudaQuantizedRunner*' \
         > "$OUT/test_rotated.log" 2>&1
       r=$?; [ $r -ne 0 ] && rc=1
       grep -E "^\[  (PASSED|FAILED) |FAILED|Failure|Expected|Which is|variant|worst" "$OUT/test_rotated.log" | head -60 ;;
