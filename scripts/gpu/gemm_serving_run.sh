@@ -21,7 +21,7 @@ for stage in "$@"; do
       timeout 120 "$STAGE/test_backend_cuda" --gtest_filter='GemmW4A4SwapAb*:CudaQuantizeAct*' > "$OUT/test_swapab.log" 2>&1
       r=$?
       grep -E "^\[  (PASSED|FAILED) |FAILED|tests ran|Failure|got |Expected|Which is" "$OUT/test_swapab.log" | head -40
-      [ $r -ne 0 ] && { echo "serving GEMM tests failed (rc $r): stopping"; exit 1; }
+      [ $r -ne 0 ] && { echo "serving GEMM tests failed (rc $r)"; rc=1; }
       for tool in memcheck racecheck; do
         timeout 75 compute-sanitizer --tool $tool --error-exitcode 3 "$STAGE/test_backend_cuda" \
           --gtest_filter='GemmW4A4SwapAb.BitExactAcrossTilesAndShapes' > "$OUT/$tool.log" 2>&1
