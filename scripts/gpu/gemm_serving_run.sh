@@ -47,7 +47,7 @@ for stage in "$@"; do
       grep -E "^# |^N |    packed" "$OUT/bench_gemm_$stage.log" | cut -c1-230 ;;
     serve-ab)
       # Llama-2-7B shapes at 24 GiB, the RESULTS workload: packed-layout kernels vs --serving-gemm.
-      for p in atom-w4a4 w8a8; do
+      for p in ${SERVE_PRECISIONS:-atom-w4a4 w8a8}; do
         for sg in "" --serving-gemm; do
           name="serve_${p}${sg:+_sg}"
           timeout 200 "$STAGE/atom" bench serve --device cuda --model synthetic:llama-2-7b --precision $p \

@@ -486,12 +486,18 @@ struct CudaModelRunner::Impl {
   // ---- Pieces of the forward.
 
   // Whether a product of m rows runs on the serving-size GEMM (W4A4: its quantizer then writes int8 rows).
-  bool serving_gemm_rows(int m) const { return opt.serving_gemm && w4a4_prefers_s8_activations(m); }
+  // Whether linear l's product of m rows runs on the serving-size kernel (int8 activation rows): W8A8, or W4A4
+  // with INT4 groups of 128 (the kernel's format; INT3 / other groups keep the packed layout).
+  bool serving_gemm_rows(const DeviceLinear& l, int m) const {
+    if (!opt.serving_gemm || !w4a4_prefers_s8_activations(m)) return false;
+    if (w->precision == Precision::kW8A8) return true;
+    return w->precision == Precision::kW4A4 && l.act.format == ActFormat::kInt4 && l.act.group_size == kW4A4Group;
+  }
 
   // Where the quantizer feeding `l` writes its m rows: the layout l's GEMM reads at this m.
   QuantizedActOut quant_out(const DeviceLinear& l, int m) {
     QuantizedActOut o;
-    if (serving_gemm_rows(m) && w->precision == Precision::kW4A4) {
+    if (serving_gemm_rows(l, m) && w->precision == Precision::kW4A4) {
       o.codes_s8 = q_codes_s8.get();
       o.codes_s8_stride = w4a4_s8_row_bytes(l.k_normal, l.n_outliers);
       o.scales = q_scales.get();
@@ -547,7 +553,7 @@ struct CudaModelRunner::Impl {
         break;
       }
       case Precision::kW8A8:
-        if (serving_gemm_rows(m)) {
+        if (serving_gemm_rows(l, m)) {
           // Serving sizes: our kernel reads the same int8 layouts and scales in its epilogue (one pass, fp16 out).
           GemmW8A8Args a;
           a.x = q_outliers.get();
@@ -566,7 +572,7 @@ struct CudaModelRunner::Impl {
                             stream);
         break;
       case Precision::kW4A4: {
-        if (serving_gemm_rows(m)) {
+        if (serving_gemm_rows(l, m)) {
           GemmW4A4S8Args a;
           a.a = {q_codes_s8.get(), q_scales.get(), q_outlier_scales.get(), m};
           a.w = l.packed_view();

@@ -150,60 +150,82 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     if constexpr (WGS > 1) ptx::setmaxnreg_dec<40>();
     if (ltid < 32) {
       const int lane = ltid;
-      for (int it = 0; it < total; ++it) {
-        const int s = it % S;
-        if (it >= S) ptx::mbar_wait(&empty[s], ((it / S) - 1) & 1);
-        const bool outlier = it >= G;
-        // Activation scales of the block, as the consumers use them: groups (sa/16, -magic*sa/16), since the
-        // int32 sums carry the weights' x16; outliers (sa, 0). Rows past m get 0.
-        for (int tok = lane; tok < BT; tok += 32) {
-          const int m = m0 + tok;
-          float2 v = make_float2(0.0f, 0.0f);
-          if (m < p.m) {
-            if (!outlier) {
-              const float sa = fp16_bits_to_float(p.a_scales[(std::size_t)it * p.m + m]) * (1.0f / 16.0f);
-              v = make_float2(sa, -ptx::kMagicF * sa);
-            } else {
-              v.x = fp16_bits_to_float(p.a_outlier_scales[m]);
-            }
-          }
-          x_scale[s * BT + tok] = v;
-        }
-        if (lane == 0) {
-          std::uint8_t* w_dst = w_buf + s * T::kW;
-          if constexpr (kW8) {
-            const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
-            ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
-            ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
-            ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
-            ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
-            continue;
-          }
-          const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
-          ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
-          ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
-          if (!outlier) {
-            // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
-            const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
-            if constexpr (C == kW4A4TileRows) {
-              ptx::bulk_copy_g2s(w_dst, src, C * 64, &full[s]);
-            } else {
+      // The activation scales travel through registers: each lane loads its tokens' scales kScaleAhead stages
+      // ahead, so that a stage's copies are issued without waiting for a global load (a load per stage in
+      // line made the producer, not the ring, set the pace: one stage per L2 round trip).
+      constexpr int kTokPerLane = (BT + 31) / 32;
+      constexpr int kScaleAhead = BT >= 128 ? 4 : 8;
+      float ahead[kScaleAhead][kTokPerLane];
+      auto fetch_scales = [&](int it, float (&v)[kTokPerLane]) {
 #pragma unroll
-              for (int j = 0; j < 4; ++j)
-                ptx::bulk_copy_g2s(w_dst + j * C * 16, src + (j * kW4A4TileRows + w_row0) * 16, C * 16, &full[s]);
+        for (int t = 0; t < kTokPerLane; ++t) {
+          const int tok = lane + 32 * t, m = m0 + tok;
+          v[t] = 0.0f;
+          if (it < total && tok < BT && m < p.m)
+            v[t] = fp16_bits_to_float(it >= G ? p.a_outlier_scales[m] : p.a_scales[(std::size_t)it * p.m + m]);
+        }
+      };
+#pragma unroll
+      for (int d = 0; d < kScaleAhead; ++d) fetch_scales(d, ahead[d]);
+      for (int it0 = 0; it0 < total; it0 += kScaleAhead) {
+#pragma unroll
+        for (int d = 0; d < kScaleAhead; ++d) {
+          const int it = it0 + d;
+          if (it >= total) break;
+          const int s = it % S;
+          if (it >= S) ptx::mbar_wait(&empty[s], ((it / S) - 1) & 1);
+          const bool outlier = it >= G;
+          // Activation scales of the block, as the consumers use them: groups (sa/16, -magic*sa/16), since the
+          // int32 sums carry the weights' x16; outliers (sa, 0). Rows past m hold 0. Written before this lane's
+          // arrival on the full barrier (lane 0's is its arrive_expect_tx), which releases them.
+#pragma unroll
+          for (int t = 0; t < kTokPerLane; ++t) {
+            const int tok = lane + 32 * t;
+            if (tok >= BT) break;
+            float2 v = make_float2(ahead[d][t], 0.0f);
+            if (!outlier) {
+              v.x *= 1.0f / 16.0f;
+              v.y = -ptx::kMagicF * v.x;
             }
-          } else {
-            const int c = it - G;
-            const std::int8_t* src =
-                p.w_outliers + (((std::size_t)w_tile * p.chunks + c) * kW4A4TileRows + w_row0) * kW4A4OutlierChunk;
-            ptx::bulk_copy_g2s(w_dst, src, C * 128, &full[s]);
+            x_scale[s * BT + tok] = v;
           }
-          const int entry = outlier ? G : it;
-          ptx::bulk_copy_g2s(w_scale + s * C,
-                             p.w_scales + ((std::size_t)w_tile * (G + 1) + entry) * kW4A4TileRows + w_row0,
-                             T::kWScale, &full[s]);
-        } else {
-          ptx::mbar_arrive(&full[s]);
+          if (lane == 0) {
+            std::uint8_t* w_dst = w_buf + s * T::kW;
+            if constexpr (kW8) {
+              const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
+              ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
+              ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+              ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
+              ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
+            } else {
+              const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
+              ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
+              ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+              if (!outlier) {
+                // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
+                const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
+                if constexpr (C == kW4A4TileRows) {
+                  ptx::bulk_copy_g2s(w_dst, src, C * 64, &full[s]);
+                } else {
+#pragma unroll
+                  for (int j = 0; j < 4; ++j)
+                    ptx::bulk_copy_g2s(w_dst + j * C * 16, src + (j * kW4A4TileRows + w_row0) * 16, C * 16,
+                                       &full[s]);
+                }
+              } else {
+                const int c = it - G;
+                const std::int8_t* src = p.w_outliers +
+                                         (((std::size_t)w_tile * p.chunks + c) * kW4A4TileRows + w_row0) * kW4A4OutlierChunk;
+                ptx::bulk_copy_g2s(w_dst, src, C * 128, &full[s]);
+              }
+              const int entry = outlier ? G : it;
+              ptx::bulk_copy_g2s(w_scale + s * C,
+                                 p.w_scales + ((std::size_t)w_tile * (G + 1) + entry) * kW4A4TileRows + w_row0,
+                                 T::kWScale, &full[s]);
+            }
+          }
+          if (lane != 0) ptx::mbar_arrive(&full[s]);
+          fetch_scales(it + kScaleAhead, ahead[d]);
         }
       }
     }
