@@ -6,12 +6,16 @@ tile rule those winners imply (by M bucket, over all shapes: the tile with the l
   python3 scripts/dev/gemm_dispatch.py docs/data/gemm/bench_gemm.csv
 """
 import csv
+import io
+import re
 import sys
 from collections import defaultdict
 
 
 def main(path):
-    rows = list(csv.DictReader(open(path)))
+    # Tile names ("<t32,c64>") were written unquoted by bench_gemm before 2026-12-07 13:00: make them comma-free.
+    text = re.sub(r"<t(\d+),c(\d+)>", r"<t\1xc\2>", open(path).read())
+    rows = list(csv.DictReader(io.StringIO(text)))
     by_bucket = defaultdict(lambda: defaultdict(float))  # M -> tile -> summed us over shapes
     packed_sum = defaultdict(float)
     print("| N x K | M | packed auto us | best tile | best us | packed / best | tiles |")

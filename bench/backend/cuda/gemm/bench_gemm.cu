@@ -683,7 +683,7 @@ int main(int argc, char** argv) {
         std::fprintf(f, "n,k,m,kernel,ours_us,f16_us,i8_us,fp8_us,w8a8_us,w4a16_us,bn128_us,bn64_us,mma_us,"
                         "packed_auto_us,s8_auto_us,bytes,tiles,valid\n");
         for (const Row& r : rows)
-          std::fprintf(f, "%d,%d,%d,%s,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\",\"%s\"\n",
+          std::fprintf(f, "%d,%d,%d,\"%s\",%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.0f,\"%s\",\"%s\"\n",
                        r.n, r.k, r.m, r.kernel.c_str(), r.ours, r.f16, r.i8, r.fp8, r.w8a8, r.w4a16, r.bn128, r.bn64,
                        r.mma, r.packed_auto, r.swapab_auto, r.bytes, r.tiles.c_str(), r.valid.c_str());
         std::fclose(f);
