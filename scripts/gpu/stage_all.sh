@@ -9,7 +9,8 @@ cd "$(dirname "$0")/../.."
 BUILD=${1:-build}
 STAGE=.devbuild/all
 rm -rf "$STAGE" && mkdir -p "$STAGE/lib"
-bins=("$BUILD/tests/test_backend_cuda" "$BUILD/atom" "$BUILD/bench/bench_gemm" "$BUILD/bench/bench_attention" "$BUILD/bench/bench_quantize")
+bins=("$BUILD/tests/test_backend_cuda" "$BUILD/atom" "$BUILD/bench/bench_gemm" "$BUILD/bench/bench_attention" "$BUILD/bench/bench_quantize"
+      "$BUILD/bench/bench_sample_rows")
 present=()
 for b in "${bins[@]}"; do
   if [[ -f $b ]]; then present+=("$b"); else echo "not built, not staged: $b"; fi

@@ -12,9 +12,10 @@ rc=0
 [[ ${PIPESTATUS[0]} -eq 0 ]] || rc=1
 if command -v compute-sanitizer >/dev/null; then
   compute-sanitizer --tool memcheck --error-exitcode 3 "$STAGE/test_backend_cuda" \
-    --gtest_filter='CudaAttentionDecode.*:CudaQuantizeAct.*:GemmW4A4*' > "$OUT/memcheck.log" 2>&1
+    --gtest_filter='CudaAttentionDecode.*:CudaQuantizeAct.*:GemmW4A4*:SampleRows.Greedy*:SampleRows.Penalties*:SampleRows.Logprobs*' > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit $? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/memcheck.log") clean summaries)"
 fi
 "$STAGE/bench_attention" --headline 2>&1 | tee "$OUT/bench_attention.log" | tail -12
 "$STAGE/bench_gemm" --quick 2>&1 | tee "$OUT/bench_gemm.log" | tail -25
+"$STAGE/bench_sample_rows" 2>&1 | tee "$OUT/bench_sample_rows.log" | tail -66
 exit $rc

@@ -192,7 +192,8 @@ std::shared_ptr<RequestStream> Engine::submit(GenerationRequest generation) {
   auto request = std::make_unique<Request>();
   request->params = std::move(generation.params);
   request->sequence.prompt_length = static_cast<int>(generation.prompt.size());
-  request->history = TokenCounts(generation.prompt);
+  // Token counts only where a penalty reads them; every request counts its draws (the sampler's counter).
+  request->history = TokenCounts(generation.prompt, request->params.sampling(0).has_penalties());
   request->sequence.tokens = std::move(generation.prompt);
   request->decoder = codec_->new_decoder();
   request->stop_filter = std::make_unique<StopStringFilter>(request->params.stop);

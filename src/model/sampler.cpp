@@ -31,12 +31,14 @@ void SamplingParams::validate() const {
   }
 }
 
-TokenCounts::TokenCounts(std::span<const std::int32_t> prompt) {
+TokenCounts::TokenCounts(std::span<const std::int32_t> prompt, bool track_tokens)
+    : track_tokens_(track_tokens) {
+  if (!track_tokens_) return;
   for (std::int32_t token : prompt) entries_[token].in_prompt = true;
 }
 
 void TokenCounts::add_generated(std::int32_t token) {
-  ++entries_[token].generated;
+  if (track_tokens_) ++entries_[token].generated;
   ++num_generated_;
 }
 

@@ -53,7 +53,8 @@ class TokenCounts {
     std::int32_t generated = 0;
   };
   TokenCounts() = default;
-  explicit TokenCounts(std::span<const std::int32_t> prompt);
+  // track_tokens false: only the number of generated tokens is kept (a request without penalties).
+  explicit TokenCounts(std::span<const std::int32_t> prompt, bool track_tokens = true);
   void add_generated(std::int32_t token);
   // Tokens generated so far (the index of the next draw).
   std::int64_t num_generated() const { return num_generated_; }
@@ -63,6 +64,7 @@ class TokenCounts {
  private:
   std::unordered_map<std::int32_t, Entry> entries_;
   std::int64_t num_generated_ = 0;
+  bool track_tokens_ = true;
 };
 
 // Index of the largest logit (the first one on ties, as torch.argmax). Throws on an empty span.

@@ -316,6 +316,41 @@ TEST(Engine, ConcurrentRequestsUnderPreemptionMatchTheReference) {
   EXPECT_EQ(h.runner->max_tokens_seen(), 32) << "the token budget is filled by mixed batches";
 }
 
+// Seeded sampling with every setting, under preemption by recompute: each request draws what it draws alone
+// (the uniform is keyed by the token's index, the penalties' counts live in the request).
+TEST(Engine, SeededPenalizedSamplingUnderPreemptionMatchesTheRequestAlone) {
+  auto request = [](std::mt19937& rng, int i) {
+    GenerationRequest r = greedy(random_prompt(rng, 5 + static_cast<int>(rng() % 50)), 20 + i % 20);
+    r.params.temperature = 0.9f;
+    r.params.top_k = 20;
+    r.params.top_p = 0.95f;
+    r.params.min_p = 0.01f;
+    r.params.repetition_penalty = 1.2f;
+    r.params.presence_penalty = 0.3f;
+    r.params.frequency_penalty = 0.2f;
+    r.params.seed = 100 + i;
+    return r;
+  };
+  std::mt19937 rng(8);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 16; ++i) requests.push_back(request(rng, i));
+  std::vector<std::vector<std::int32_t>> alone;
+  for (const GenerationRequest& r : requests) {
+    Harness h(small_config());
+    auto stream = h.engine->submit(r);
+    h.run_until_idle();
+    alone.push_back(stream->wait().token_ids);
+  }
+  EngineConfig tight = small_config(/*max_batch=*/8, /*max_tokens=*/32, /*num_blocks=*/16);
+  Harness h(tight);
+  h.runner->set_device_sampling(true);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const GenerationRequest& r : requests) streams.push_back(h.engine->submit(r));
+  h.run_until_idle();
+  for (std::size_t i = 0; i < requests.size(); ++i) EXPECT_EQ(streams[i]->wait().token_ids, alone[i]) << i;
+  EXPECT_GT(h.engine->stats().preemptions, 0) << "the pool was meant to run dry";
+}
+
 TEST(Engine, CancellationFreesBlocksAtTheNextStep) {
   Harness h(small_config());
   auto keep = h.engine->submit(greedy({1, 2, 3}, 60));

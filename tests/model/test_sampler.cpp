@@ -290,6 +290,26 @@ TEST(Sampler, PenaltiesFollowVllmAndOpenAI) {
   EXPECT_THROW(sampling_distribution(logits, p, nullptr), Error);  // penalties need the history
 }
 
+TEST(TokenCounts, CountsPromptAndGeneratedTokensOrOnlyTheDrawsWhenNotTracking) {
+  const std::vector<std::int32_t> prompt = {4, 4, 9};
+  TokenCounts tracked(prompt);
+  tracked.add_generated(9);
+  tracked.add_generated(2);
+  tracked.add_generated(2);
+  EXPECT_EQ(tracked.num_generated(), 3);
+  ASSERT_EQ(tracked.entries().size(), 3u);
+  EXPECT_TRUE(tracked.entries().at(4).in_prompt);
+  EXPECT_EQ(tracked.entries().at(4).generated, 0);
+  EXPECT_TRUE(tracked.entries().at(9).in_prompt);
+  EXPECT_EQ(tracked.entries().at(9).generated, 1);
+  EXPECT_FALSE(tracked.entries().at(2).in_prompt);
+  EXPECT_EQ(tracked.entries().at(2).generated, 2);
+  TokenCounts untracked(prompt, /*track_tokens=*/false);
+  untracked.add_generated(9);
+  EXPECT_EQ(untracked.num_generated(), 1);
+  EXPECT_TRUE(untracked.entries().empty());
+}
+
 TEST(Philox, KnownAnswersOfRandom123) {
   // Random123's kat_vectors for philox4x32_10.
   const Philox4x32 zero = philox4x32_10({{0, 0, 0, 0}}, 0, 0);

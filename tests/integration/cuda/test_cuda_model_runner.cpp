@@ -290,7 +290,8 @@ TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
 
 // execute_sample() draws on the GPU what the host sampler draws from the same step's logits (execute() of
 // the same step first: the KV rows it writes are the same), for three sequences with different settings in
-// one batch, in graphs and eagerly; the penalty slots follow the generated tokens step by step.
+// one batch, in graphs and eagerly; the penalty slots follow the generated tokens step by step, and are
+// reloaded from the history after a release.
 TEST(CudaModelRunner, ExecuteSampleMatchesTheHostSamplerOfTheLogits) {
   ModelConfig c = small_config();
   c.vocab_size = 1000;
@@ -321,6 +322,8 @@ TEST(CudaModelRunner, ExecuteSampleMatchesTheHostSamplerOfTheLogits) {
     std::vector<int> computed(3, 0);
     int agree = 0, draws = 0;
     for (int step = 0; step < 12; ++step) {
+      // As after a preemption: the runner drops sequence 1's penalty slot and reloads it from the history.
+      if (step == 6) runner.release(1);
       std::vector<SequenceChunk> batch;
       std::vector<SamplingRow> rows;
       for (int s = 0; s < 3; ++s) {

@@ -19,9 +19,10 @@ constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr float kFixedOne = 1099511627776.0f;  // 2^40: the fixed-point weight of the most likely token
 
-// Orders floats as unsigned integers (NaN must be gone: it counts as -inf).
+// Orders floats as unsigned integers (NaN must be gone: it counts as -inf). -0 and +0 get one key: they
+// compare equal on the host.
 __device__ __forceinline__ std::uint32_t order_key(float v) {
-  const std::uint32_t bits = __float_as_uint(v);
+  const std::uint32_t bits = v == 0.0f ? 0u : __float_as_uint(v);
   return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
 }
 

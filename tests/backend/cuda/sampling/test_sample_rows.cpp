@@ -354,7 +354,8 @@ TEST(SampleRows, RealVocabulariesMatchTheHostSampler) {
       const Case& c = cases[which[r]];
       same += out.tokens[r] == sample_token(logits, c.params, &c.history, steps[r]).token;
     }
-    EXPECT_GE(same, static_cast<int>(which.size()) - 2) << "vocab " << vocab;
+    // A mismatch needs the uniform within fp32 rounding of a token's edge: far below 1 in 100 draws.
+    EXPECT_GE(same, static_cast<int>(which.size()) * 99 / 100) << "vocab " << vocab;
   }
 }
 
