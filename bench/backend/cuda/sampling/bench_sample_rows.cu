@@ -126,7 +126,7 @@ int main() {
           row.frequency_penalty = p.frequency_penalty;
           row.logprobs = p.logprobs;
           row.counts_slot = p.has_penalties() ? r : -1;
-          row.seed = 7;
+          row.seed = p.seed;  // the host reference draws with the same seed
           row.step = static_cast<std::uint64_t>(r);
         }
         rows_dev.upload(host_rows);
