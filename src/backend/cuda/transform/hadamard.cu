@@ -26,8 +26,9 @@ struct PrepareArgs {
   std::int64_t up_stride;
   __half* out;  // K = 1: the result
   std::int64_t out_stride;
-  __half* hi;  // K > 1: [rows][n] fp16 parts of the butterflied row
+  __half* hi;  // K > 1: column-major [(row, b)][c] fp16 parts of the butterflied rows (ld rows * P)
   __half* lo;
+  int rows;  // rows of this pass (the leading dimension's row count)
 };
 
 // One CTA per row: load (SiLU product, signs), W_P butterflies on every P-wide block, then either the
@@ -65,25 +66,30 @@ __global__ void __launch_bounds__(kThreads) hadamard_prepare_kernel(PrepareArgs 
     for (int i = threadIdx.x; i < n; i += kThreads) o[i] = __float2half_rn(row[i] * a.t.scale);
     return;
   }
-  __half* hi = a.hi + r * n;
-  __half* lo = a.lo + r * n;
+  // Element c * P + b of row r goes to (r * P + b, c) of the column-major M x K operands, M = rows * P.
+  const long ld = static_cast<long>(a.rows) * p;
   for (int i = threadIdx.x; i < n; i += kThreads) {
+    const int c = i / p, b = i % p;
+    const long at = c * ld + r * p + b;
     const __half h = __float2half_rn(row[i]);
-    hi[i] = h;
-    lo[i] = __float2half_rn(row[i] - __half2float(h));
+    a.hi[at] = h;
+    a.lo[at] = __float2half_rn(row[i] - __half2float(h));
   }
 }
 
-__global__ void hadamard_finish_kernel(const float* mixed, int rows, int n, float scale, __half* out,
+// mixed is column-major [(r, b)][a] (ld rows * P); y[r][a P + b] = fp16(mixed * scale), 4 values of b a thread.
+__global__ void hadamard_finish_kernel(const float* mixed, int rows, int n, int p, float scale, __half* out,
                                        std::int64_t out_stride) {
-  const long item = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;  // 4 values each
+  const long item = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (item >= static_cast<long>(rows) * (n / 4)) return;
   const long r = item / (n / 4);
-  const int c = static_cast<int>(item % (n / 4)) * 4;
-  const float4 v = *reinterpret_cast<const float4*>(mixed + r * n + c);
-  __half2* o = reinterpret_cast<__half2*>(out + r * out_stride + c);
-  o[0] = __floats2half2_rn(v.x * scale, v.y * scale);
-  o[1] = __floats2half2_rn(v.z * scale, v.w * scale);
+  const int o = static_cast<int>(item % (n / 4)) * 4;  // output element: a * P + b, b a multiple of 4
+  const int a_idx = o / p, b = o % p;
+  const float4 v =
+      *reinterpret_cast<const float4*>(mixed + static_cast<long>(a_idx) * rows * p + r * p + b);
+  __half2* o2 = reinterpret_cast<__half2*>(out + r * out_stride + o);
+  o2[0] = __floats2half2_rn(v.x * scale, v.y * scale);
+  o2[1] = __floats2half2_rn(v.z * scale, v.w * scale);
 }
 
 }  // namespace
@@ -95,8 +101,13 @@ HadamardHost hadamard_host(const quant::HadamardTransform& t) {
   h.p = h.n / h.k;
   h.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(t.size())));
   if (h.k > 1) {
-    h.base.reserve(t.base_matrix().size());
-    for (const std::int8_t v : t.base_matrix()) h.base.push_back(fp32_to_fp16(static_cast<float>(v)));
+    // Column a of the 2K x K operand: row a of H_K, twice (for the hi and the lo columns of the rows).
+    const std::vector<std::int8_t>& hk = t.base_matrix();
+    h.base.resize(static_cast<std::size_t>(2 * h.k) * h.k);
+    for (int a = 0; a < h.k; ++a)
+      for (int c = 0; c < 2 * h.k; ++c)
+        h.base[static_cast<std::size_t>(a) * 2 * h.k + c] =
+            fp32_to_fp16(static_cast<float>(hk[static_cast<std::size_t>(a) * h.k + c % h.k]));
   }
   if (t.randomized()) {
     h.sign_bits.assign(static_cast<std::size_t>((h.n + 31) / 32), 0u);
@@ -125,8 +136,7 @@ void silu_mul_hadamard_f16(const SiluMulHadamardParams& p, cudaStream_t stream) 
   const std::size_t smem = static_cast<std::size_t>(t.n) * sizeof(float);
   auto* scratch = static_cast<std::uint8_t*>(p.scratch);
   __half* hi = reinterpret_cast<__half*>(scratch);
-  __half* lo = hi + static_cast<std::size_t>(kHadamardChunkRows) * t.n;
-  float* mixed = reinterpret_cast<float*>(lo + static_cast<std::size_t>(kHadamardChunkRows) * t.n);
+  float* mixed = reinterpret_cast<float*>(hi + 2 * static_cast<std::size_t>(kHadamardChunkRows) * t.n);
   if (t.k > 1) check_cublas_status(cublasSetStream(p.blas, stream), "cublasSetStream");
   // A pass at a time through the scratch (out may alias gate/up: each row is read before it is written).
   for (int r0 = 0; r0 < p.num_tokens; r0 += kHadamardChunkRows) {
@@ -141,24 +151,21 @@ void silu_mul_hadamard_f16(const SiluMulHadamardParams& p, cudaStream_t stream) 
     a.out = reinterpret_cast<__half*>(p.out) + static_cast<std::int64_t>(r0) * p.out_stride;
     a.out_stride = p.out_stride;
     a.hi = hi;
-    a.lo = lo;
+    a.lo = hi + static_cast<std::size_t>(rows) * t.n;  // right after hi: [hi | lo] is one M x 2K operand
+    a.rows = rows;
     hadamard_prepare_kernel<<<static_cast<unsigned>(rows), kThreads, smem, stream>>>(a);
     ATOM_CUDA_CHECK_LAUNCH();
     if (t.k == 1) continue;
-    // Row-major [K][P] per row is column-major P x K: mixed^T (P x K) = part^T (P x K) * H^T, and H^T in
-    // column-major is H row-major. Two products into one fp32 sum: hi, then lo (beta 1).
+    // mixed (M x K) = [hi | lo] (M x 2K) * [H_K^T ; H_K^T] (2K x K), M = rows * P, all column-major.
     const float one = 1.0f, zero = 0.0f;
-    const long long stride = static_cast<long long>(t.n);
-    for (int part = 0; part < 2; ++part) {
-      check_cublas_status(cublasGemmStridedBatchedEx(p.blas, CUBLAS_OP_N, CUBLAS_OP_N, t.p, t.k, t.k, &one,
-                                            part == 0 ? hi : lo, CUDA_R_16F, t.p, stride, t.base, CUDA_R_16F, t.k,
-                                            0, part == 0 ? &zero : &one, mixed, CUDA_R_32F, t.p, stride, rows,
-                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmStridedBatchedEx");
-    }
+    const int m_rows = rows * t.p;
+    check_cublas_status(cublasGemmEx(p.blas, CUBLAS_OP_N, CUBLAS_OP_N, m_rows, t.k, 2 * t.k, &one, hi, CUDA_R_16F,
+                                     m_rows, t.base, CUDA_R_16F, 2 * t.k, &zero, mixed, CUDA_R_32F, m_rows,
+                                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                        "cublasGemmEx");
     const long items = static_cast<long>(rows) * (t.n / 4);
     hadamard_finish_kernel<<<static_cast<unsigned>((items + 255) / 256), 256, 0, stream>>>(
-        mixed, rows, t.n, t.scale, reinterpret_cast<__half*>(a.out), p.out_stride);
+        mixed, rows, t.n, t.p, t.scale, reinterpret_cast<__half*>(a.out), p.out_stride);
     ATOM_CUDA_CHECK_LAUNCH();
   }
 }

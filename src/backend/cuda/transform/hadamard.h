@@ -6,10 +6,11 @@
 //
 // How: one kernel per row does SiLU(gate) * up, the signs D and the Walsh-Hadamard butterflies of every
 // P-wide block in shared memory (fp32). For K = 1 it writes y directly. Otherwise the K x K mixing
-// y[a P + b] = sum_c H_K[a][c] t[c P + b] is a batched GEMM (one K x P matrix per row) on the tensor cores:
-// t is split into fp16 hi + lo parts (t = hi + lo to ~2^-22), H_K is +-1 (exact in fp16), and the two
-// products accumulate in fp32 (cuBLAS, strided batched), so the result keeps fp32 accuracy; a last kernel
-// scales by 1/sqrt(n) and rounds to fp16.
+// y[a P + b] = sum_c H_K[a][c] t[c P + b] runs on the tensor cores as ONE GEMM over all rows of a pass:
+// t is split into fp16 hi + lo parts (t = hi + lo to ~2^-22) written column-major with the (row, b) pairs as
+// the M dimension and [hi | lo] as 2K columns, times [H_K^T ; H_K^T] (+-1, exact in fp16), accumulated in
+// fp32 (cuBLAS): M = rows * P, N = K, K' = 2K, so the result keeps fp32 accuracy; a last kernel scales by
+// 1/sqrt(n), rounds to fp16 and puts the values back in row order.
 #include <cstdint>
 #include <vector>
 
@@ -26,7 +27,8 @@ namespace atom::cuda {
 struct HadamardView {
   int n = 0, k = 0, p = 0;                  // n = k * p, p a power of two
   float scale = 0.0f;                       // float(1 / sqrt(n)), as the CPU transform
-  const std::uint16_t* base = nullptr;      // H_K as fp16 +-1, row-major k x k; null when k == 1
+  // [H_K^T ; H_K^T] as fp16 +-1, column-major 2k x k (column a: row a of H_K twice); null when k == 1
+  const std::uint16_t* base = nullptr;
   const std::uint32_t* sign_bits = nullptr;  // bit i set where d_i = -1 (ceil(n / 32) words); null: D = I
 };
 
@@ -34,7 +36,7 @@ struct HadamardView {
 struct HadamardHost {
   int n = 0, k = 0, p = 0;
   float scale = 0.0f;
-  std::vector<std::uint16_t> base;       // empty when k == 1
+  std::vector<std::uint16_t> base;       // as HadamardView::base; empty when k == 1
   std::vector<std::uint32_t> sign_bits;  // empty: D = I
 };
 HadamardHost hadamard_host(const quant::HadamardTransform& t);
