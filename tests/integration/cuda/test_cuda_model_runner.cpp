@@ -222,7 +222,8 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
     const bool graphs = variant > 0;
     CudaRunnerOptions o = options(gpu_weights->default_kv, graphs);
     if (qc.dense_w4a16) o.w4a16_dense_rows = 0;
-    o.serving_gemm = variant == 2;
+    o.serving_gemm =
+        variant == 2 ? CudaRunnerOptions::ServingGemm::kAlways : CudaRunnerOptions::ServingGemm::kOff;
     CudaModelRunner runner(gpu_weights, o);
     const ScheduleResult r = run_schedule(*cpu_model, runner, 4, 7, perturbed.get());
     // The GPU keeps fp16 residuals and quantizer inputs: fp16-level changes, which on 4-bit activations move

@@ -523,7 +523,7 @@ int main(int argc, char** argv) {
             std::snprintf(buf, sizeof buf, "%s%s %.3f", row.tiles.empty() ? "" : "; ", w4a4_swapab_tile_name(tile), us);
             row.tiles += buf;
           }
-          if (w4a4_prefers_s8_activations(M)) {
+          if (w4a4_prefers_s8_activations(M, N)) {
             row.ours = row.swapab_auto;
             row.kernel = w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N));
           }
@@ -587,7 +587,7 @@ int main(int argc, char** argv) {
         ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
         Check c8 = validate_w4a4(w8, a8, y_ours, rng);
         row.w8a8 = timer.median_us(w8a8);
-        if (w4a4_prefers_s8_activations(M)) {
+        if (w4a4_prefers_s8_activations(M, N)) {
           // W8A8 as the model runner runs it with --serving-gemm: the serving-size kernel on the plain int8 layouts
           // (weights as cuBLASLt reads them: the canonical outlier codes; validated against the same reference).
           std::vector<float> ws_host(N);

@@ -217,16 +217,19 @@ bool w4a4_swapab_available() {
   return caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled();
 }
 
-bool w4a4_prefers_s8_activations(int m) { return m > 16 && m <= kW4A4S8MaxRows && w4a4_swapab_available(); }
+// Both rules are read off the H100 tile sweep (docs/data/gemm/bench_gemm_h100_2026-12-07_scales_ahead.csv and
+// bench_gemm_h100_2026-12-07.csv; docs/notes/gemm.md): the serving-size kernel beats the packed-layout kernels
+// only on wide products (gate/up: N >= 16384) at 17-64 rows (22016 x 4096: 39.7 vs 54.0 us at M = 32, 50.0 vs
+// 60.8 at M = 64; 28672 x 4096 at M = 32: 44.7 vs 49.9); everywhere else it is 0.6-1.0x of them.
+bool w4a4_prefers_s8_activations(int m, int n) {
+  return m > 16 && m <= 64 && n >= 16384 && w4a4_swapab_available();
+}
 
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
-  // Token tile: the smallest that holds the batch, at most 64 tokens; channel tile 128 (two consumer warpgroups
-  // share the activation stages) when that still gives every SM a CTA, else 64.
-  const int sms = device_caps().num_sms;
-  auto ctas = [&](int bt, int c) { return (long)layout::ceil_div(m, bt) * layout::ceil_div(n, c); };
-  if (m <= 16) return W4A4SwapAbTile::kT16C64;
-  if (m <= 32) return ctas(32, 128) >= sms ? W4A4SwapAbTile::kT32C128 : W4A4SwapAbTile::kT32C64;
-  return ctas(64, 128) >= sms ? W4A4SwapAbTile::kT64C128 : W4A4SwapAbTile::kT64C64;
+  // Fastest measured tile: two channel warpgroups sharing 32-token stages up to 32 rows (and up to 128 rows of
+  // narrow products), 64-token stages above.
+  if (m <= 32 || (n < 16384 && m <= 128)) return W4A4SwapAbTile::kT32C128;
+  return W4A4SwapAbTile::kT64C128;
 }
 
 void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {

@@ -143,15 +143,16 @@ struct GemmW4A4S8Args {
 };
 // y = A x W^T with int8 activations. Needs an sm_90 device and a build with 90a. Asynchronous on `stream`.
 void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
-// The tile kAuto picks for this shape (a rule of thumb until the tile sweep is measured, docs/notes/gemm.md).
+// The tile kAuto picks for this shape (the fastest in the measured tile sweep, docs/notes/gemm.md).
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n);
 // Whether the serving-size kernel runs on the current device (sm_90 with sm_90a code in this binary).
 bool w4a4_swapab_available();
-// Products of more rows than this always read packed activations.
+// Products of more rows than this always read packed activations (the runner's int8-row buffer size).
 constexpr int kW4A4S8MaxRows = 512;
-// Whether a product of m rows takes the serving-size kernel (int8 activation rows, gemm_w4a4_o8_s8 /
-// gemm_w8a8_s8) rather than the packed layout (gemm_w4a4_o8): 16 < m <= kW4A4S8MaxRows on a device that runs it.
-bool w4a4_prefers_s8_activations(int m);
+// Whether a product of m rows and n output channels is faster on the serving-size kernel (int8 activation
+// rows, gemm_w4a4_o8_s8 / gemm_w8a8_s8) than on the packed layout (gemm_w4a4_o8), by the H100 measurements:
+// 16 < m <= 64 with n >= 16384, on a device that runs it.
+bool w4a4_prefers_s8_activations(int m, int n);
 
 // W8A8 (per-token x per-channel INT8) on the same kernel, reading the plain layouts cuBLASLt reads: for serving
 // sizes, where cuBLASLt plus a separate scaling pass is slower. out = round(float(x.w) * sx * sw [+ residual]),

@@ -240,7 +240,8 @@ struct CudaModelRunner::Impl {
       q_scales.allocate(std::max<std::size_t>(8, t * static_cast<std::size_t>(kn) / kW4A4Group));
       q_outliers.allocate(std::max<std::size_t>(16, t * static_cast<std::size_t>(nout)));
       q_outlier_scales.allocate(t);
-      if (opt.serving_gemm && w->precision == Precision::kW4A4 && w4a4_swapab_available()) {
+      if (opt.serving_gemm != CudaRunnerOptions::ServingGemm::kOff && w->precision == Precision::kW4A4 &&
+          w4a4_swapab_available()) {
         std::size_t row_bytes = 0;
         for (const DeviceLayer& l : w->layers)
           for (const DeviceLinear* lin : {&l.qkv, &l.o_proj, &l.gate_up, &l.down})
@@ -489,7 +490,9 @@ struct CudaModelRunner::Impl {
   // Whether linear l's product of m rows runs on the serving-size kernel (int8 activation rows): W8A8, or W4A4
   // with INT4 groups of 128 (the kernel's format; INT3 / other groups keep the packed layout).
   bool serving_gemm_rows(const DeviceLinear& l, int m) const {
-    if (!opt.serving_gemm || !w4a4_prefers_s8_activations(m)) return false;
+    using SG = CudaRunnerOptions::ServingGemm;
+    if (opt.serving_gemm == SG::kOff || !w4a4_swapab_available() || m <= 16 || m > kW4A4S8MaxRows) return false;
+    if (opt.serving_gemm == SG::kMeasured && !w4a4_prefers_s8_activations(m, l.n)) return false;
     if (w->precision == Precision::kW8A8) return true;
     return w->precision == Precision::kW4A4 && l.act.format == ActFormat::kInt4 && l.act.group_size == kW4A4Group;
   }

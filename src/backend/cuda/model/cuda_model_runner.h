@@ -31,10 +31,12 @@ struct CudaRunnerOptions {
   // W4A16 products of more token rows than this dequantize the layer to fp16 and run cuBLAS (prefill sizes),
   // fewer use gemm_w4a16 (decode sizes).
   int w4a16_dense_rows = 64;
-  // Products of 16 < m <= 512 rows (W4A4 and W8A8) on the serving-size GEMM (gemm_w4a4_o8_s8 / gemm_w8a8_s8,
-  // int8 activation rows written by the quantizers). Bit-exact on an H100 like the other kernels; off by
-  // default until its speed has been measured against the packed-layout kernels (docs/notes/gemm.md).
-  bool serving_gemm = false;
+  // W4A4 / W8A8 products on the serving-size kernel (gemm_w4a4_o8_s8 / gemm_w8a8_s8 on int8 activation rows
+  // written by the quantizers): kOff; kMeasured, where the H100 measurements say it is faster than the
+  // packed-layout kernels (w4a4_prefers_s8_activations: 17-64 rows of products with >= 16384 outputs);
+  // kAlways, every product of 17-512 rows (tests: the path on small models). Bit-exact either way.
+  enum class ServingGemm : std::uint8_t { kOff, kMeasured, kAlways };
+  ServingGemm serving_gemm = ServingGemm::kOff;
 };
 
 class CudaModelRunner final : public ModelRunner {
