@@ -2,9 +2,10 @@
 // (load_cpu_model: fp32 for a GGUF / HF checkpoint, integer kernels for an Atom one), each LinearOp wrapped
 // in a timer; the rest of the step (attention with the KV cache read, norms, RoPE, residual adds, embedding
 // lookup) is the step's time minus the linears'; sampling is a greedy argmax over the logits.
-//   decode_profile [model] [--context 128] [--steps 64] [--batch-invariant 0|1] [--f32-lm-head]
-// --f32-lm-head replaces the model's lm_head with the dense fp32 one (an Atom checkpoint's integer path reads
-// it as fp16 otherwise), for before/after comparisons.
+//   decode_profile [model] [--context 128] [--steps 64] [--batch-invariant 0|1] [--lm-head f32|f16|int8]
+// --lm-head reads a tied lm_head (the embeddings) in that precision instead of the loader's (an Atom
+// checkpoint's integer path: int8, or ATOM_CPU_LM_HEAD), for before/after comparisons; --f32-lm-head is
+// --lm-head f32.
 // Default model: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (run from the repository root). Threads:
 // OMP_NUM_THREADS. Batch-invariant kernels by default, as the serving runner uses them.
 #include <omp.h>
@@ -58,7 +59,7 @@ class TimedLinear final : public atom::cpu::LinearOp {
 int main(int argc, char** argv) try {
   std::string path = ".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf";
   int context = 128, steps = 64, invariant = 1;
-  bool f32_lm_head = false;
+  std::string lm_head_precision;
   for (int i = 1; i < argc; ++i) {
     auto next_int = [&](const char* flag) {
       if (i + 1 >= argc) atom::fail("{} needs a value", flag);
@@ -71,7 +72,9 @@ int main(int argc, char** argv) try {
     else if (!std::strcmp(argv[i], "--batch-invariant"))
       invariant = next_int("--batch-invariant");
     else if (!std::strcmp(argv[i], "--f32-lm-head"))
-      f32_lm_head = true;
+      lm_head_precision = "f32";
+    else if (!std::strcmp(argv[i], "--lm-head") && i + 1 < argc)
+      lm_head_precision = argv[++i];
     else if (argv[i][0] == '-')
       atom::fail("unknown option '{}'", argv[i]);
     else
@@ -84,9 +87,10 @@ int main(int argc, char** argv) try {
   std::unique_ptr<atom::cpu::LlamaModel> model = atom::cpu::load_cpu_model(checkpoint);
   const auto& c = model->config();
 
-  if (f32_lm_head && c.tie_word_embeddings) {
+  if (!lm_head_precision.empty() && c.tie_word_embeddings) {
     model->set_lm_head(std::make_unique<atom::cpu::DenseLinear>(
         std::make_shared<const std::vector<float>>(model->embed_tokens()), c.vocab_size, c.hidden_size));
+    atom::cpu::use_lm_head_precision(*model, atom::cpu::parse_lm_head_precision(lm_head_precision));
   }
   // Buckets, in the order printed.
   const std::vector<std::string> names = {"q/k/v_proj", "o_proj", "gate/up_proj", "down_proj", "lm_head"};

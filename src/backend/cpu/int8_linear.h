@@ -1,0 +1,56 @@
+#pragma once
+// INT8 x INT8 linear layer: the lm_head of the integer path (SmolLM2's tied 49152 x 576 one is 28 MB in int8
+// against 56 MB in fp16 and 113 MB in fp32, read whole every decode step).
+//  - weights: symmetric int8 per output row, scale = max|w_row| / 127, codes round-to-nearest-even(w / scale)
+//    (IEEE division), converted once at load;
+//  - activations: symmetric int8 per input row, the same rule, quantized once per forward;
+//  - y[r, n] = (float(sum_k xq[r, k] * wq[n, k]) * x_scale[r]) * w_scale[n].
+// The dot product is exact in int32 (|sum| <= K * 127^2), so every kernel (AVX2, AVX-512 VNNI) and every
+// tiling gives the same bits, and a row's result never depends on the other rows of its batch.
+#include <cstdint>
+#include <vector>
+
+#include "backend/cpu/linear.h"
+
+namespace atom::cpu {
+
+enum class Int8Kernel : std::uint8_t { kAvx2, kAvx512Vnni };
+
+// Whether this CPU runs `kernel` (kAvx2 always: the build requires AVX2).
+bool int8_kernel_supported(Int8Kernel kernel);
+// The fastest supported kernel, chosen once from the CPU's features (cpuid).
+Int8Kernel best_int8_kernel();
+const char* int8_kernel_name(Int8Kernel kernel);
+
+// Symmetric int8 codes of `len` values: returns the scale (max|v| / 127; 0 for an all-zero or empty input,
+// whose codes are 0). NaNs count as 0 for the scale and code 0.
+float quantize_int8_symmetric(const float* v, std::int64_t len, std::int8_t* codes);
+
+class Int8Linear final : public LinearOp {
+ public:
+  Int8Linear(const std::vector<float>& weight, std::int64_t out_features, std::int64_t in_features);
+  std::int64_t in_features() const override { return in_; }
+  std::int64_t out_features() const override { return out_; }
+  void forward(const float* x, std::int64_t m, float* y) const override;
+  // Same with a chosen kernel (tests compare kernels); throws if the CPU lacks it.
+  void forward(const float* x, std::int64_t m, float* y, Int8Kernel kernel) const;
+  std::string describe() const override;
+
+  std::int64_t padded_in() const { return in_pad_; }                // row stride of the codes
+  const std::vector<std::int8_t>& codes() const { return codes_; }  // [out, padded_in], zero padded
+  const std::vector<float>& scales() const { return scales_; }      // [out]
+
+ private:
+  std::int64_t out_, in_, in_pad_;
+  std::vector<std::int8_t> codes_;
+  std::vector<float> scales_;
+  std::vector<std::int32_t> code_sums_;  // [out]: sum of a row's codes (VNNI's unsigned-activation offset)
+  struct Activations {
+    std::vector<std::int8_t> codes;    // [m, padded_in]
+    std::vector<std::uint8_t> biased;  // codes + 128, for the unsigned x signed VNNI product
+    std::vector<float> scales;         // [m]
+  };
+  mutable Activations scratch_;  // forward is called from one thread at a time
+};
+
+}  // namespace atom::cpu
