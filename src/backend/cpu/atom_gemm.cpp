@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <span>
 
 #include "common/error.h"
 
@@ -216,24 +218,66 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   }
 }
 
+// Rows [mb, mb_end) of the 8 outputs of tile `t` (any m: pairs of rows, then a lone one).
 template <int C>
-void gemm(const GemmArgs& args) {
-  const std::int64_t M = args.a.m, n_tiles = args.w.n_pad / kTileOutputs;
-  // A decode step's small products (SmolLM2's q/k/v/o: <= 576 x 576) take about as long as waking the other
-  // threads: they run on the calling thread. Tiles are independent, so the result is the same either way.
-  constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 19;
-  const bool parallel = M * args.w.n_pad * args.w.q.k() >= kParallelMinWork;
+void gemm_tile_rows(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, std::int64_t t) {
+  const std::int64_t n0 = t * kTileOutputs;
+  std::int64_t m = mb;
+  for (; m + 2 <= mb_end; m += 2) {
+    gemm_tile<2, 4, C>(args, m, n0);
+    gemm_tile<2, 4, C>(args, m, n0 + 4);
+  }
+  if (m < mb_end) gemm_tile<1, 8, C>(args, m, n0);
+}
+
+void gemm_tile_rows_any(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, std::int64_t t) {
+  switch (args.w.chunk) {
+    case 64:
+      return gemm_tile_rows<64>(args, mb, mb_end, t);
+    case 32:
+      return gemm_tile_rows<32>(args, mb, mb_end, t);
+    default:
+      return gemm_tile_rows<0>(args, mb, mb_end, t);
+  }
+}
+
+__m256i code_lut(NumberFormat format) {
+  alignas(32) std::int8_t lut_bytes[32];
+  for (int i = 0; i < 32; ++i) {
+    const auto nibble = static_cast<std::uint8_t>(i & 15);
+    lut_bytes[i] =
+        format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
+  }
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
+}
+
+// Products of one set of activations with several weights, all tiles in one OpenMP loop (q/k/v, gate/up: one
+// fork and join instead of one per product). Tiles are independent: the same bits as one product at a time.
+void gemm_all(const AtomActivations& a, std::span<const AtomPreparedWeights* const> ws,
+              std::span<float* const> ys) {
+  // No heap: this runs for every linear of every decode step.
+  const std::size_t count = ws.size();
+  std::optional<GemmArgs> args[kMaxSharedProducts];
+  std::int64_t first_tile[kMaxSharedProducts + 1] = {
+      0};  // tiles of product i: [first_tile[i], first_tile[i + 1])
+  std::int64_t work = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    args[i].emplace(GemmArgs{a, *ws[i], ys[i], code_lut(ws[i]->q.format)});
+    first_tile[i + 1] = first_tile[i] + (ws[i]->q.n > 0 ? ws[i]->n_pad / kTileOutputs : 0);
+    work += a.m * ws[i]->n_pad * ws[i]->q.k();
+  }
+  const std::int64_t tiles = first_tile[count], M = a.m;
+  // Below ~0.8M multiply-adds (~40 us on one core: a decode step's q/k/v and o on SmolLM2) waking the other
+  // threads costs about what they would save: such products run on the calling thread.
+  constexpr std::int64_t kParallelMinWork = std::int64_t{3} << 18;
+  const bool parallel = work >= kParallelMinWork;
   for (std::int64_t mb = 0; mb < M; mb += kRowBlock) {
     const std::int64_t mb_end = std::min(M, mb + kRowBlock);
 #pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t t = 0; t < n_tiles; ++t) {
-      const std::int64_t n0 = t * kTileOutputs;
-      std::int64_t m = mb;
-      for (; m + 2 <= mb_end; m += 2) {
-        gemm_tile<2, 4, C>(args, m, n0);
-        gemm_tile<2, 4, C>(args, m, n0 + 4);
-      }
-      if (m < mb_end) gemm_tile<1, 8, C>(args, m, n0);
+    for (std::int64_t t = 0; t < tiles; ++t) {
+      std::size_t i = 0;
+      while (t >= first_tile[i + 1]) ++i;
+      gemm_tile_rows_any(*args[i], mb, mb_end, t - first_tile[i]);
     }
   }
 }
@@ -400,31 +444,32 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
 }
 
 void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, float* y) {
-  const auto& q = w.q;
-  if (a.codes.size() != static_cast<std::size_t>(a.m * q.k_normal) ||
-      a.outliers.size() != static_cast<std::size_t>(a.m * w.n_out_pad)) {
-    fail("atom_gemm_avx2: activations of {} rows do not match the layer (k_normal {}, outliers {})", a.m,
-         q.k_normal, q.n_outliers);
+  const AtomPreparedWeights* ws[] = {&w};
+  float* ys[] = {y};
+  atom_gemm_avx2(a, ws, ys);
+}
+
+void atom_gemm_avx2(const AtomActivations& a, std::span<const AtomPreparedWeights* const> ws,
+                    std::span<float* const> ys) {
+  if (ws.size() != ys.size() || ws.empty() || ws.size() > kMaxSharedProducts)
+    fail("atom_gemm_avx2: {} weights for {} outputs (1 to {})", ws.size(), ys.size(), kMaxSharedProducts);
+  for (const AtomPreparedWeights* w : ws) {
+    const auto& q = w->q;
+    if (a.codes.size() != static_cast<std::size_t>(a.m * q.k_normal) ||
+        a.outliers.size() != static_cast<std::size_t>(a.m * w->n_out_pad) ||
+        !same_activation_layout(*w, *ws[0])) {
+      fail("atom_gemm_avx2: activations of {} rows do not match the layer (k_normal {}, outliers {})", a.m,
+           q.k_normal, q.n_outliers);
+    }
   }
-  if (a.m == 0 || q.n == 0) return;
-  alignas(32) std::int8_t lut_bytes[32];
-  for (int i = 0; i < 32; ++i) {
-    const auto nibble = static_cast<std::uint8_t>(i & 15);
-    lut_bytes[i] =
-        q.format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
-  }
-  const GemmArgs args{a, w, y, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes))};
-  switch (w.chunk) {
-    case 64:
-      gemm<64>(args);
-      break;
-    case 32:
-      gemm<32>(args);
-      break;
-    default:
-      gemm<0>(args);
-      break;
-  }
+  if (a.m == 0) return;
+  gemm_all(a, ws, ys);
+}
+
+bool same_activation_layout(const AtomPreparedWeights& a, const AtomPreparedWeights& b) {
+  return a.q.format == b.q.format && a.q.group == b.q.group && a.q.k_normal == b.q.k_normal &&
+         a.n_out_pad == b.n_out_pad && a.chunk == b.chunk && a.act_offset == b.act_offset &&
+         a.gather == b.gather;
 }
 
 quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPreparedWeights& w) {

@@ -13,6 +13,7 @@
 // offset * sum(w) per group, which is subtracted (prepared per weight row and group).
 // INT8 normal parts (W8A8) and the outliers are plain int8 rows multiplied after widening to int16.
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "format/format.h"
@@ -62,6 +63,15 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
 
 // y [m, N] = the Atom product of a and w. OpenMP over output-channel tiles.
 void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, float* y);
+// ys[i] = the product of a with ws[i] (at most kMaxSharedProducts of them), for weights that quantize their
+// input alike (same_activation_layout): one activation quantization and one OpenMP loop over all their tiles.
+// Each y has the bits its product alone gives.
+inline constexpr std::size_t kMaxSharedProducts = 4;
+void atom_gemm_avx2(const AtomActivations& a, std::span<const AtomPreparedWeights* const> ws,
+                    std::span<float* const> ys);
+
+// Whether activations quantized for `a` are also those of `b` (format, group, channel gather, outliers).
+bool same_activation_layout(const AtomPreparedWeights& a, const AtomPreparedWeights& b);
 
 // The canonical (FORMAT.md) form of kernel-layout activations, for bit-exact comparison with
 // quant::quantize_activations.

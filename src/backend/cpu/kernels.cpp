@@ -298,10 +298,15 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     }
   }
   const auto count = static_cast<std::int64_t>(items.size());
+  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
+  // finishes on one thread in about the time the others take to wake up.
+  std::int64_t pairs = 0;
+  for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
+  constexpr std::int64_t kParallelMinPairs = 4096;
   auto first_key = [&](std::int64_t pos) {
     return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
   };
-#pragma omp parallel if (count > 1)
+#pragma omp parallel if (count > 1 && pairs >= kParallelMinPairs)
   {
     std::vector<float> scores;
     std::vector<float> inv_sums(static_cast<std::size_t>(kGemmBlock));

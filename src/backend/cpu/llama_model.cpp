@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "backend/cpu/quant_linear.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
 
@@ -260,11 +261,13 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     const DecoderLayer& l = layers_[static_cast<std::size_t>(li)];
     rms_norm(x.data(), T, hidden, l.input_norm.data(), config_.rms_norm_eps, l.attn_perm, normed.data());
     observe(li, "q_proj", normed.data(), T, hidden);
-    l.q_proj->forward(normed.data(), T, q.data());
     observe(li, "k_proj", normed.data(), T, hidden);
-    l.k_proj->forward(normed.data(), T, k.data());
     observe(li, "v_proj", normed.data(), T, hidden);
-    l.v_proj->forward(normed.data(), T, v.data());
+    {
+      const LinearOp* ops[] = {l.q_proj.get(), l.k_proj.get(), l.v_proj.get()};
+      float* outs[] = {q.data(), k.data(), v.data()};
+      forward_shared_input(ops, normed.data(), T, outs);  // quantized ops: one activation quantization
+    }
     apply_rope(q.data(), T, q_dim, heads, head_dim, cos.data(), sin.data());
     apply_rope(k.data(), T, kv_dim, kv_heads, head_dim, cos.data(), sin.data());
     if (qk_transform_) {  // the online Q/K rotation: scores unchanged, the cache holds rotated keys
@@ -307,9 +310,12 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     rms_norm(x.data(), T, hidden, l.post_attention_norm.data(), config_.rms_norm_eps, l.mlp_perm,
              normed.data());
     observe(li, "gate_proj", normed.data(), T, hidden);
-    l.gate_proj->forward(normed.data(), T, gate.data());
     observe(li, "up_proj", normed.data(), T, hidden);
-    l.up_proj->forward(normed.data(), T, up.data());
+    {
+      const LinearOp* ops[] = {l.gate_proj.get(), l.up_proj.get()};
+      float* outs[] = {gate.data(), up.data()};
+      forward_shared_input(ops, normed.data(), T, outs);
+    }
     silu_mul(gate.data(), up.data(), T * inter, gate.data());
     observe(li, "down_proj", gate.data(), T, inter);
     l.down_proj->forward(gate.data(), T, tmp.data());
