@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 
+#include "backend/cpu/cpu_features.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -21,6 +22,15 @@ constexpr std::int64_t kOutlierAlign = 32;  // outlier rows padded with zeros to
 constexpr std::int64_t kRowBlock = 64;      // activation rows kept hot while sweeping the weights
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+// The split-layout chunk of the AVX-512 VNNI tiles (one 64-byte load of packed weights).
+constexpr std::int64_t kVnniChunk = 128;
+
+// Whether q runs on the VNNI tiles: signed 4-bit integer codes (FP4's need a table), groups of 128k.
+bool vnni_layout_fits(const quant::QuantizedLinearWeights& q) {
+  return avx512_vnni_enabled() && (q.format == NumberFormat::kInt4 || q.format == NumberFormat::kInt3) &&
+         q.group % kVnniChunk == 0;
+}
 
 std::int32_t activation_offset(NumberFormat f) {
   switch (f) {
@@ -230,8 +240,113 @@ void gemm_tile_rows(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, 
   if (m < mb_end) gemm_tile<1, 8, C>(args, m, n0);
 }
 
+// ---- AVX-512 VNNI tiles (INT4 / INT3 weights, groups of 128k)
+//
+// VPDPBUSD multiplies unsigned by signed bytes. The weight nibbles, XOR 8, are code + 8 in [0, 15]
+// (unsigned); the activations are signed codes in the split layout with chunk 128, so one 64-byte load of a
+// packed weight row covers 128 channels: low nibbles <-> the chunk's 64 even channels, high nibbles <-> its
+// 64 odd ones. sum((w + 8) a) - 8 sum(a) = sum(w a): the group's exact integer dot product, then the same
+// fp32 epilogue as the AVX2 tile (same bits).
+
+#define ATOM_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// Lane i of the result: the sum of the 16 lanes of v[i], for 8 vectors.
+ATOM_VNNI_TARGET inline __m256i reduce8_512(const __m512i v[8]) {
+  __m256i halves[8];
+  for (int i = 0; i < 8; ++i) {  // zero-masked extracts: GCC 12's cast intrinsics trip -Wuninitialized
+    halves[i] = _mm256_add_epi32(_mm512_maskz_extracti64x4_epi64(0xF, v[i], 0),
+                                 _mm512_maskz_extracti64x4_epi64(0xF, v[i], 1));
+  }
+  return reduce8(halves);
+}
+
+template <int MT, int NT>
+ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
+  static_assert(MT * NT == kTileOutputs);
+  const auto& q = args.w.q;
+  const std::int64_t M = args.a.m, N = q.n, groups = args.w.groups(), G = q.group, n_pad = args.w.n_pad;
+  const std::int64_t row_bytes = quant::format_row_bytes(q.format, q.k_normal);
+  std::int64_t rows[MT];
+  for (int mt = 0; mt < MT; ++mt) rows[mt] = std::min(m0 + mt, M - 1);
+  const std::int8_t* a_rows[MT];
+  const std::uint8_t* w_rows[NT];
+  for (int mt = 0; mt < MT; ++mt)
+    a_rows[mt] = reinterpret_cast<const std::int8_t*>(args.a.codes.data()) + rows[mt] * q.k_normal;
+  for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F), sign_flip = _mm512_set1_epi8(static_cast<char>(0x88));
+
+  __m256 acc = _mm256_setzero_ps();
+  for (std::int64_t g = 0; g < groups; ++g) {
+    __m512i acc32[kTileOutputs];
+    for (auto& v : acc32) v = _mm512_setzero_si512();
+    for (std::int64_t k = g * G; k < (g + 1) * G; k += kVnniChunk) {
+      __m512i even[MT], odd[MT];
+      for (int mt = 0; mt < MT; ++mt) {
+        even[mt] = _mm512_loadu_si512(a_rows[mt] + k);
+        odd[mt] = _mm512_loadu_si512(a_rows[mt] + k + 64);
+      }
+      for (int nt = 0; nt < NT; ++nt) {
+        const __m512i wb = _mm512_xor_si512(_mm512_loadu_si512(w_rows[nt] + k / 2), sign_flip);
+        const __m512i wl = _mm512_and_si512(wb, low_nibbles);
+        const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low_nibbles);
+        for (int mt = 0; mt < MT; ++mt) {
+          __m512i& dst = acc32[mt * NT + nt];
+          dst = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(dst, wl, even[mt]), wh, odd[mt]);
+        }
+      }
+    }
+    std::int32_t bias[MT];
+    float sa[MT];
+    for (int mt = 0; mt < MT; ++mt) {
+      bias[mt] = 8 * args.a.group_sums[rows[mt] * groups + g];
+      sa[mt] = args.a.scales[rows[mt] * groups + g];
+    }
+    const __m256i bias_lanes = MT == 1
+                                   ? _mm256_set1_epi32(bias[0])
+                                   : _mm256_set_m128i(_mm_set1_epi32(bias[MT - 1]), _mm_set1_epi32(bias[0]));
+    const __m256i isum = _mm256_sub_epi32(reduce8_512(acc32), bias_lanes);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.scales_t.data() + g * n_pad + n0), acc);
+  }
+  const std::int64_t n_out_pad = args.w.n_out_pad;
+  if (n_out_pad > 0) {
+    const std::int8_t* ao[MT];
+    const std::int8_t* wo[NT];
+    float sa[MT];
+    for (int mt = 0; mt < MT; ++mt) {
+      ao[mt] = args.a.outliers.data() + rows[mt] * n_out_pad;
+      sa[mt] = args.a.outlier_scales[rows[mt]];
+    }
+    for (int nt = 0; nt < NT; ++nt) wo[nt] = args.w.outliers.data() + (n0 + nt) * n_out_pad;
+    const __m256i isum = int8_dot<MT, NT>(ao, wo, 0, n_out_pad);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.outlier_scales.data() + n0), acc);
+  }
+  alignas(32) float out[kTileOutputs];
+  _mm256_store_ps(out, acc);
+  for (int mt = 0; mt < MT; ++mt) {
+    if (m0 + mt >= M) break;
+    for (int nt = 0; nt < NT; ++nt) {
+      if (n0 + nt < N) args.y[(m0 + mt) * N + n0 + nt] = out[mt * NT + nt];
+    }
+  }
+}
+
+ATOM_VNNI_TARGET void gemm_tile_rows_vnni(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end,
+                                          std::int64_t t) {
+  const std::int64_t n0 = t * kTileOutputs;
+  std::int64_t m = mb;
+  for (; m + 2 <= mb_end; m += 2) {
+    gemm_tile_vnni<2, 4>(args, m, n0);
+    gemm_tile_vnni<2, 4>(args, m, n0 + 4);
+  }
+  if (m < mb_end) gemm_tile_vnni<1, 8>(args, m, n0);
+}
+
 void gemm_tile_rows_any(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, std::int64_t t) {
   switch (args.w.chunk) {
+    case kVnniChunk:
+      return gemm_tile_rows_vnni(args, mb, mb_end, t);
     case 64:
       return gemm_tile_rows<64>(args, mb, mb_end, t);
     case 32:
@@ -333,8 +448,9 @@ void quantize_block(const float* buf, std::int64_t len, float scale, CodeKind ki
       }
     }
     const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i bytes =
-        kind == CodeKind::kInt8 ? _mm256_packs_epi16(p01, p23) : _mm256_packus_epi16(p01, p23);
+    // Signed saturation: offset codes lie in [0, 24], the VNNI layout's signed ones in [-8, 7], int8 in
+    // [-128, 127]; all pack to the bytes they are.
+    const __m256i bytes = _mm256_packs_epi16(p01, p23);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(bytes, order));
   }
 }
@@ -368,9 +484,13 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
   AtomPreparedWeights p;
   const std::int64_t N = q.n, groups = q.k_normal / q.group;
   p.n_pad = round_up(std::max<std::int64_t>(N, 1), kTileOutputs);
-  p.chunk = quant::format_is_packed(q.format) ? (q.group % 64 == 0 ? 64 : 32) : 0;
+  if (vnni_layout_fits(q)) {
+    p.chunk = kVnniChunk;  // signed activation codes, act_offset 0
+  } else {
+    p.chunk = quant::format_is_packed(q.format) ? (q.group % 64 == 0 ? 64 : 32) : 0;
+  }
   p.n_out_pad = round_up(q.n_outliers, kOutlierAlign);
-  p.act_offset = activation_offset(q.format);
+  p.act_offset = p.chunk == kVnniChunk ? 0 : activation_offset(q.format);
   p.scales_t.assign(static_cast<std::size_t>(groups * p.n_pad), 0.0f);
   p.offset_wsum_t.assign(p.scales_t.size(), 0);
   const std::int64_t row_bytes = quant::format_row_bytes(q.format, q.k_normal);
@@ -417,9 +537,12 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
   a.scales.resize(static_cast<std::size_t>(m * groups));
   a.outliers.resize(static_cast<std::size_t>(m * n_out_pad));
   a.outlier_scales.resize(static_cast<std::size_t>(n_out_pad > 0 ? m : 0));
+  const bool vnni = w.chunk == kVnniChunk;
+  a.group_sums.resize(static_cast<std::size_t>(vnni ? m * groups : 0));
 #pragma omp parallel if (m > 1)
   {
-    std::vector<float> buf(static_cast<std::size_t>(std::max(G, n_out_pad)));
+    thread_local std::vector<float> buf;  // no allocation per token once grown
+    buf.resize(static_cast<std::size_t>(std::max(G, n_out_pad)));
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < m; ++r) {
       const float* row = x + r * K;
@@ -429,8 +552,13 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
           const __m256i vi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
           _mm256_storeu_ps(buf.data() + i, _mm256_i32gather_ps(row, vi, 4));
         }
-        a.scales[r * groups + g] = quantize_group(buf.data(), G, clip, kind, qmax, w.act_offset,
-                                                  a.codes.data() + r * q.k_normal + g * G);
+        std::uint8_t* codes = a.codes.data() + r * q.k_normal + g * G;
+        a.scales[r * groups + g] = quantize_group(buf.data(), G, clip, kind, qmax, w.act_offset, codes);
+        if (vnni) {
+          std::int32_t sum = 0;
+          for (std::int64_t i = 0; i < G; ++i) sum += static_cast<std::int8_t>(codes[i]);
+          a.group_sums[r * groups + g] = sum;
+        }
       }
       if (n_out_pad > 0) {
         const std::int32_t* idx = w.gather.data() + q.k_normal;
@@ -485,7 +613,7 @@ quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPre
     for (std::int64_t pos = 0; pos < q.k_normal; ++pos) {
       const std::int64_t j = split_layout_channel(pos, w.chunk);
       const std::uint8_t byte = a.codes[r * q.k_normal + pos];
-      std::int32_t v = q.format == NumberFormat::kInt8 ? static_cast<std::int8_t>(byte) : byte - w.act_offset;
+      std::int32_t v = w.act_offset == 0 ? static_cast<std::int8_t>(byte) : byte - w.act_offset;
       if (q.format == NumberFormat::kFp4) {  // doubled value -> E2M1 nibble
         std::uint8_t code = 0;
         for (std::uint8_t cand = 0; cand < 16; ++cand) {

@@ -54,6 +54,7 @@ struct AtomActivations {
   std::vector<float> scales;             // [m, groups] (fp16 values)
   std::vector<std::int8_t> outliers;     // [m, n_out_pad]
   std::vector<float> outlier_scales;     // [m]
+  std::vector<std::int32_t> group_sums;  // [m, groups]: sum of each group's codes (VNNI layout only)
 };
 
 // x [m, K] in the original channel order -> a (per token: normal groups with clip ratio `clip`, outliers

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/cpu/cpu_features.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -29,62 +30,74 @@ inline std::int32_t hsum_epi32(__m256i v) {
 struct TileArgs {
   const std::int8_t* x;      // [m, kp] signed codes
   const std::uint8_t* xu;    // [m, kp] codes + 128
-  const std::int8_t* w;      // [n, kp]
-  const std::int32_t* wsum;  // [n]
+  const std::int8_t* w;      // tiled codes (Int8Linear::codes_)
+  const std::int32_t* wsum;  // [n_pad]
   std::int64_t kp;
 };
 
-// Integer dot products of rows x[rows[0..MR)] with weight rows w[outs[0..NR)]: AVX2 has no signed x signed
-// byte product, so |x| (unsigned) times w carrying x's sign; pairs sum to at most 2 * 127^2 (no int16
+// The 64 codes at columns [k, k + 64) of row o of a tile (k a multiple of 64): tiles store their rows
+// interleaved by 64 columns, so a tile reads its weights in one sequential sweep (rows read side by side at
+// their own strides run at half the memory bandwidth).
+template <typename Code>
+inline Code* tile_codes(Code* tile, std::int64_t k, std::int64_t o) {
+  return tile + (k / kCodeAlign * kOuts + o) * kCodeAlign;
+}
+
+// Integer dot products of rows x[rows[0..MR)] with the kOuts weight rows of `tile`: AVX2 has no signed x
+// signed byte product, so |x| (unsigned) times w carrying x's sign; pairs sum to at most 2 * 127^2 (no int16
 // saturation: codes never reach -128).
-template <int MR, int NR>
-inline void dots_avx2(const TileArgs& a, const std::int64_t rows[MR], const std::int64_t outs[NR],
-                      std::int32_t out[MR][NR]) {
+template <int MR>
+inline void dots_avx2(const TileArgs& a, const std::int64_t rows[MR], const std::int8_t* tile,
+                      std::int32_t out[MR][kOuts]) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i acc[MR][NR];
+  __m256i acc[MR][kOuts];
   for (auto& row : acc)
     for (auto& v : row) v = _mm256_setzero_si256();
-  for (std::int64_t k = 0; k < a.kp; k += 32) {
-    __m256i xs[MR], xa[MR];
-    for (int r = 0; r < MR; ++r) {
-      xs[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.x + rows[r] * a.kp + k));
-      xa[r] = _mm256_sign_epi8(xs[r], xs[r]);
-    }
-    for (int o = 0; o < NR; ++o) {
-      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w + outs[o] * a.kp + k));
+  for (std::int64_t k = 0; k < a.kp; k += kCodeAlign) {
+    for (std::int64_t half = 0; half < kCodeAlign; half += 32) {
+      __m256i xs[MR], xa[MR];
       for (int r = 0; r < MR; ++r) {
-        const __m256i p = _mm256_maddubs_epi16(xa[r], _mm256_sign_epi8(wv, xs[r]));
-        acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_madd_epi16(p, ones));
+        xs[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.x + rows[r] * a.kp + k + half));
+        xa[r] = _mm256_sign_epi8(xs[r], xs[r]);
+      }
+      for (int o = 0; o < kOuts; ++o) {
+        const __m256i wv =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile_codes(tile, k, o) + half));
+        for (int r = 0; r < MR; ++r) {
+          const __m256i p = _mm256_maddubs_epi16(xa[r], _mm256_sign_epi8(wv, xs[r]));
+          acc[r][o] = _mm256_add_epi32(acc[r][o], _mm256_madd_epi16(p, ones));
+        }
       }
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int o = 0; o < NR; ++o) out[r][o] = hsum_epi32(acc[r][o]);
+    for (int o = 0; o < kOuts; ++o) out[r][o] = hsum_epi32(acc[r][o]);
 }
 
 // Same with VPDPBUSD (unsigned x signed bytes into int32): (x + 128) . w - 128 * sum(w) = x . w.
-template <int MR, int NR>
+template <int MR>
 ATOM_VNNI_TARGET inline void dots_vnni(const TileArgs& a, const std::int64_t rows[MR],
-                                       const std::int64_t outs[NR], std::int32_t out[MR][NR]) {
-  __m512i acc[MR][NR];
+                                       const std::int8_t* tile, const std::int32_t* wsum,
+                                       std::int32_t out[MR][kOuts]) {
+  __m512i acc[MR][kOuts];
   for (auto& row : acc)
     for (auto& v : row) v = _mm512_setzero_si512();
-  for (std::int64_t k = 0; k < a.kp; k += 64) {
+  for (std::int64_t k = 0; k < a.kp; k += kCodeAlign) {
     __m512i xu[MR];
     for (int r = 0; r < MR; ++r) xu[r] = _mm512_loadu_si512(a.xu + rows[r] * a.kp + k);
-    for (int o = 0; o < NR; ++o) {
-      const __m512i wv = _mm512_loadu_si512(a.w + outs[o] * a.kp + k);
+    for (int o = 0; o < kOuts; ++o) {
+      const __m512i wv = _mm512_loadu_si512(tile_codes(tile, k, o));
       for (int r = 0; r < MR; ++r) acc[r][o] = _mm512_dpbusd_epi32(acc[r][o], xu[r], wv);
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int o = 0; o < NR; ++o) {
+    for (int o = 0; o < kOuts; ++o) {
       // Halves by zero-masked extracts: GCC 12's reduce / cast intrinsics trip -Wuninitialized (an undefined
       // operand inside them).
       const __m512i v = acc[r][o];
       const __m256i half = _mm256_add_epi32(_mm512_maskz_extracti64x4_epi64(0xF, v, 0),
                                             _mm512_maskz_extracti64x4_epi64(0xF, v, 1));
-      out[r][o] = hsum_epi32(half) - 128 * a.wsum[outs[o]];
+      out[r][o] = hsum_epi32(half) - 128 * wsum[o];
     }
 }
 
@@ -96,19 +109,20 @@ struct Problem {
   float* y;
 };
 
-// One tile: rows [r0, r0 + MR) x outputs [n0, n0 + NR), indices past the end clamped (computed, not stored).
-template <int MR, int NR, bool kVnni>
+// One tile: rows [r0, r0 + MR) (indices past r_end clamped: computed, not stored) x the kOuts outputs from
+// n0.
+template <int MR, bool kVnni>
 inline void tile(const Problem& p, std::int64_t r0, std::int64_t r_end, std::int64_t n0) {
-  std::int64_t rows[MR], outs[NR];
+  std::int64_t rows[MR];
   for (int r = 0; r < MR; ++r) rows[r] = std::min(r0 + r, r_end - 1);
-  for (int o = 0; o < NR; ++o) outs[o] = std::min(n0 + o, p.n - 1);
-  std::int32_t dots[MR][NR];
+  const std::int8_t* codes = p.args.w + n0 * p.args.kp;  // tiles of kOuts rows are contiguous
+  std::int32_t dots[MR][kOuts];
   if constexpr (kVnni)
-    dots_vnni<MR, NR>(p.args, rows, outs, dots);
+    dots_vnni<MR>(p.args, rows, codes, p.args.wsum + n0, dots);
   else
-    dots_avx2<MR, NR>(p.args, rows, outs, dots);
+    dots_avx2<MR>(p.args, rows, codes, dots);
   for (int r = 0; r < MR && r0 + r < r_end; ++r) {
-    for (int o = 0; o < NR && n0 + o < p.n; ++o) {
+    for (int o = 0; o < kOuts && n0 + o < p.n; ++o) {
       // The documented order: (dot * x_scale) * w_scale.
       const float scaled = static_cast<float>(dots[r][o]) * p.x_scales[r0 + r];
       p.y[(r0 + r) * p.n + n0 + o] = scaled * p.w_scales[n0 + o];
@@ -128,8 +142,8 @@ void run(const Problem& p) {
     for (std::int64_t t = 0; t < tiles; ++t) {
       const std::int64_t n0 = t * kOuts;
       std::int64_t r0 = rb;
-      for (; r0 + kRows <= rb_end; r0 += kRows) tile<kRows, kOuts, kVnni>(p, r0, rb_end, n0);
-      for (; r0 < rb_end; ++r0) tile<1, kOuts, kVnni>(p, r0, r0 + 1, n0);
+      for (; r0 + kRows <= rb_end; r0 += kRows) tile<kRows, kVnni>(p, r0, rb_end, n0);
+      for (; r0 < rb_end; ++r0) tile<1, kVnni>(p, r0, r0 + 1, n0);
     }
   }
 }
@@ -141,17 +155,12 @@ bool int8_kernel_supported(Int8Kernel kernel) {
     case Int8Kernel::kAvx2:
       return true;
     case Int8Kernel::kAvx512Vnni:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+      return cpu_has_avx512_vnni();
   }
   return false;
 }
 
-Int8Kernel best_int8_kernel() {
-  static const Int8Kernel best =
-      int8_kernel_supported(Int8Kernel::kAvx512Vnni) ? Int8Kernel::kAvx512Vnni : Int8Kernel::kAvx2;
-  return best;
-}
+Int8Kernel best_int8_kernel() { return avx512_vnni_enabled() ? Int8Kernel::kAvx512Vnni : Int8Kernel::kAvx2; }
 
 const char* int8_kernel_name(Int8Kernel kernel) {
   return kernel == Int8Kernel::kAvx512Vnni ? "avx512-vnni" : "avx2";
@@ -173,17 +182,31 @@ Int8Linear::Int8Linear(const std::vector<float>& weight, std::int64_t out_featur
     : out_(out_features), in_(in_features), in_pad_(round_up(in_features, kCodeAlign)) {
   ATOM_CHECK(out_ > 0 && in_ > 0);
   ATOM_CHECK(static_cast<std::int64_t>(weight.size()) == out_ * in_);
-  codes_.assign(static_cast<std::size_t>(out_ * in_pad_), 0);
-  scales_.resize(static_cast<std::size_t>(out_));
-  code_sums_.resize(static_cast<std::size_t>(out_));
-#pragma omp parallel for schedule(static)
-  for (std::int64_t n = 0; n < out_; ++n) {
-    std::int8_t* row = codes_.data() + n * in_pad_;
-    scales_[n] = quantize_int8_symmetric(weight.data() + n * in_, in_, row);
-    std::int32_t sum = 0;
-    for (std::int64_t k = 0; k < in_; ++k) sum += row[k];
-    code_sums_[n] = sum;
+  const std::int64_t out_pad = round_up(out_, kOuts);
+  codes_.assign(static_cast<std::size_t>(out_pad * in_pad_), 0);
+  scales_.assign(static_cast<std::size_t>(out_pad), 0.0f);
+  code_sums_.assign(static_cast<std::size_t>(out_pad), 0);
+#pragma omp parallel
+  {
+    std::vector<std::int8_t> row(static_cast<std::size_t>(in_pad_), 0);
+#pragma omp for schedule(static)
+    for (std::int64_t n = 0; n < out_; ++n) {
+      scales_[n] = quantize_int8_symmetric(weight.data() + n * in_, in_, row.data());
+      std::int32_t sum = 0;
+      for (std::int64_t k = 0; k < in_; ++k) sum += row[k];
+      code_sums_[n] = sum;
+      const std::int8_t* src = row.data();
+      std::int8_t* tile = codes_.data() + n / kOuts * kOuts * in_pad_;
+      for (std::int64_t k = 0; k < in_pad_; k += kCodeAlign)
+        std::copy(src + k, src + k + kCodeAlign, tile_codes(tile, k, n % kOuts));
+    }
   }
+}
+
+std::int8_t Int8Linear::code(std::int64_t n, std::int64_t k) const {
+  ATOM_CHECK(n >= 0 && n < out_ && k >= 0 && k < in_pad_);
+  return tile_codes(codes_.data() + n / kOuts * kOuts * in_pad_, k / kCodeAlign * kCodeAlign,
+                    n % kOuts)[k % kCodeAlign];
 }
 
 void Int8Linear::forward(const float* x, std::int64_t m, float* y) const {

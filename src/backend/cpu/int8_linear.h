@@ -18,7 +18,7 @@ enum class Int8Kernel : std::uint8_t { kAvx2, kAvx512Vnni };
 
 // Whether this CPU runs `kernel` (kAvx2 always: the build requires AVX2).
 bool int8_kernel_supported(Int8Kernel kernel);
-// The fastest supported kernel, chosen once from the CPU's features (cpuid).
+// The kernel forward uses: AVX-512 VNNI where enabled (cpu_features.h), else AVX2.
 Int8Kernel best_int8_kernel();
 const char* int8_kernel_name(Int8Kernel kernel);
 
@@ -36,15 +36,19 @@ class Int8Linear final : public LinearOp {
   void forward(const float* x, std::int64_t m, float* y, Int8Kernel kernel) const;
   std::string describe() const override;
 
-  std::int64_t padded_in() const { return in_pad_; }                // row stride of the codes
-  const std::vector<std::int8_t>& codes() const { return codes_; }  // [out, padded_in], zero padded
-  const std::vector<float>& scales() const { return scales_; }      // [out]
+  std::int64_t padded_in() const { return in_pad_; }       // columns of the codes (zero padded)
+  std::int8_t code(std::int64_t n, std::int64_t k) const;  // weight code of output n, column k < padded_in
+  const std::vector<float>& scales() const { return scales_; }  // [out rounded up to the tile], zero padded
 
  private:
   std::int64_t out_, in_, in_pad_;
+  // Tiles of 4 output rows (the last zero padded), each stored interleaved by 64 columns: [tile][k /
+  // 64][row][64]. Tiles of 4 output rows (the last zero padded), each stored interleaved by 64 columns:
+  // [tile][k / 64][row][64].
   std::vector<std::int8_t> codes_;
   std::vector<float> scales_;
-  std::vector<std::int32_t> code_sums_;  // [out]: sum of a row's codes (VNNI's unsigned-activation offset)
+  std::vector<std::int32_t>
+      code_sums_;  // [out padded]: sum of a row's codes (VNNI's unsigned-activation offset)
   struct Activations {
     std::vector<std::int8_t> codes;    // [m, padded_in]
     std::vector<std::uint8_t> biased;  // codes + 128, for the unsigned x signed VNNI product

@@ -87,7 +87,7 @@ TEST(Int8Linear, EveryKernelMatchesTheIntegerReferenceAndTheFp64ProductWithinQua
       ASSERT_EQ(op.scales()[n], reference_scale(row, K));
       for (std::int64_t k = 0; k < op.padded_in(); ++k) {
         const std::int8_t want = k < K ? reference_code(row[k], op.scales()[n]) : 0;
-        ASSERT_EQ(op.codes()[n * op.padded_in() + k], want) << n << "," << k;
+        ASSERT_EQ(op.code(n, k), want) << n << "," << k;
       }
     }
     for (std::int64_t m : {1, 2, 3, 5, 70}) {
@@ -103,7 +103,7 @@ TEST(Int8Linear, EveryKernelMatchesTheIntegerReferenceAndTheFp64ProductWithinQua
             std::int64_t dot = 0;
             double exact = 0, bound = 0;
             for (std::int64_t k = 0; k < K; ++k) {
-              const std::int64_t qx = reference_code(xr[k], sx), qw = op.codes()[n * op.padded_in() + k];
+              const std::int64_t qx = reference_code(xr[k], sx), qw = op.code(n, k);
               dot += qx * qw;
               const double wv = w[static_cast<std::size_t>(n * K + k)];
               exact += xr[k] * wv;
