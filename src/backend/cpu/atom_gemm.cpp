@@ -264,15 +264,18 @@ template <int MT, int NT>
 ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   static_assert(MT * NT == kTileOutputs);
   const auto& q = args.w.q;
-  const std::int64_t M = args.a.m, N = q.n, groups = args.w.groups(), G = q.group, n_pad = args.w.n_pad;
-  const std::int64_t row_bytes = quant::format_row_bytes(q.format, q.k_normal);
+  const std::int64_t M = args.a.m, N = q.n, groups = args.w.groups(), G = q.group;
   std::int64_t rows[MT];
   for (int mt = 0; mt < MT; ++mt) rows[mt] = std::min(m0 + mt, M - 1);
   const std::int8_t* a_rows[MT];
-  const std::uint8_t* w_rows[NT];
   for (int mt = 0; mt < MT; ++mt)
     a_rows[mt] = reinterpret_cast<const std::int8_t*>(args.a.codes.data()) + rows[mt] * q.k_normal;
-  for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  // This tile's outputs in the tile-interleaved copies (padding rows hold code 0 and scale 0).
+  const std::int64_t tile = n0 / kTileOutputs, first = n0 % kTileOutputs;
+  constexpr std::int64_t kChunkBytes = kVnniChunk / 2;
+  const std::uint8_t* codes =
+      args.w.tiled_codes.data() + tile * (q.k_normal / kVnniChunk) * kTileOutputs * kChunkBytes;
+  const float* scales = args.w.tiled_scales.data() + tile * groups * kTileOutputs + first;
   const __m512i low_nibbles = _mm512_set1_epi8(0x0F), sign_flip = _mm512_set1_epi8(static_cast<char>(0x88));
 
   __m256 acc = _mm256_setzero_ps();
@@ -286,7 +289,8 @@ ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std:
         odd[mt] = _mm512_loadu_si512(a_rows[mt] + k + 64);
       }
       for (int nt = 0; nt < NT; ++nt) {
-        const __m512i wb = _mm512_xor_si512(_mm512_loadu_si512(w_rows[nt] + k / 2), sign_flip);
+        const std::uint8_t* w = codes + ((k / kVnniChunk) * kTileOutputs + first + nt) * kChunkBytes;
+        const __m512i wb = _mm512_xor_si512(_mm512_loadu_si512(w), sign_flip);
         const __m512i wl = _mm512_and_si512(wb, low_nibbles);
         const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low_nibbles);
         for (int mt = 0; mt < MT; ++mt) {
@@ -306,7 +310,7 @@ ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std:
                                    : _mm256_set_m128i(_mm_set1_epi32(bias[MT - 1]), _mm_set1_epi32(bias[0]));
     const __m256i isum = _mm256_sub_epi32(reduce8_512(acc32), bias_lanes);
     const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
-    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.scales_t.data() + g * n_pad + n0), acc);
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(scales + g * kTileOutputs), acc);
   }
   const std::int64_t n_out_pad = args.w.n_out_pad;
   if (n_out_pad > 0) {
@@ -519,6 +523,25 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
     p.gather[pos] = source(split_layout_channel(pos, p.chunk));
   for (std::int64_t o = 0; o < p.n_out_pad; ++o)
     p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
+  if (p.chunk == kVnniChunk) {
+    // Tile-interleaved copies for the VNNI tiles; the canonical codes go (the tiles are all that reads them).
+    const std::int64_t chunks = q.k_normal / kVnniChunk, tiles = p.n_pad / kTileOutputs;
+    constexpr std::int64_t kChunkBytes = kVnniChunk / 2;
+    p.tiled_codes.assign(static_cast<std::size_t>(tiles * chunks * kTileOutputs * kChunkBytes), 0);
+    p.tiled_scales.assign(static_cast<std::size_t>(tiles * groups * kTileOutputs), 0.0f);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t t = n / kTileOutputs, o = n % kTileOutputs;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        std::memcpy(p.tiled_codes.data() + ((t * chunks + c) * kTileOutputs + o) * kChunkBytes,
+                    q.packed.data() + n * row_bytes + c * kChunkBytes, static_cast<std::size_t>(kChunkBytes));
+      }
+      for (std::int64_t g = 0; g < groups; ++g)
+        p.tiled_scales[(t * groups + g) * kTileOutputs + o] = p.scales_t[g * p.n_pad + n];
+    }
+    std::vector<std::uint8_t>().swap(q.packed);
+    std::vector<float>().swap(p.scales_t);
+    std::vector<std::int32_t>().swap(p.offset_wsum_t);
+  }
   p.q = std::move(q);
   return p;
 }

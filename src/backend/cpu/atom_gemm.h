@@ -21,7 +21,7 @@
 namespace atom::cpu {
 
 struct AtomPreparedWeights {
-  quant::QuantizedLinearWeights q;    // canonical tensors; q.packed rows are read as is
+  quant::QuantizedLinearWeights q;    // canonical tensors (but q.packed in the VNNI layout, below)
   std::int64_t n_pad = 0;             // N rounded up to the tile width (8)
   std::int64_t chunk = 0;             // split-layout chunk (64 or 32) for packed formats; 0 for INT8
   std::int64_t n_out_pad = 0;         // outliers padded with zeros to a multiple of 32
@@ -30,6 +30,12 @@ struct AtomPreparedWeights {
   std::vector<std::int32_t> offset_wsum_t;  // [groups, n_pad] act_offset * sum of the group's weight codes
   std::vector<std::int8_t> outliers;        // [n_pad, n_out_pad]
   std::vector<float> outlier_scales;        // [n_pad]
+  // The VNNI layout (chunk 128) instead: for each tile of 8 outputs, their 64-byte pieces of packed codes
+  // interleaved, [tile][k_normal / 128][8][64], and their scales, [tile][groups][8]: a tile reads its weights
+  // in one sequential sweep (rows read side by side at their own strides get half the memory bandwidth).
+  // q.packed, scales_t and offset_wsum_t are then empty.
+  std::vector<std::uint8_t> tiled_codes;
+  std::vector<float> tiled_scales;
   std::vector<std::int32_t> gather;   // [k_normal + n_out_pad]: input channel read at each layout position
                                       // (-1: zero padding of the outliers)
   std::int64_t groups() const { return q.k_normal / q.group; }

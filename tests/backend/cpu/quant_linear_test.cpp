@@ -101,6 +101,7 @@ TEST(AtomLinear, ProductsSharingAnInputMatchTheReference) {
   for (std::int64_t m : {1, 3, 70}) {
     const Data d = make_data(m, 230, k, 24);
     std::vector<AtomLinear> ops;
+    std::vector<quant::QuantizedLinearWeights> qs;
     std::vector<std::vector<float>> want;
     const auto a = quant::quantize_activations(d.x, m, d.perm, n_out, group, NumberFormat::kInt4, 0.9f);
     for (std::size_t i = 0; i < 3; ++i) {
@@ -110,6 +111,7 @@ TEST(AtomLinear, ProductsSharingAnInputMatchTheReference) {
       const std::vector<float> bias(d.bias.begin(), d.bias.begin() + n);
       const auto q = quant::quantize_weights_rtn(w, n, d.perm, n_out, group, NumberFormat::kInt4, 0.85f);
       ops.emplace_back(q, 0.9f, "shared", InputOrder::kOriginal, bias);
+      qs.push_back(q);
       want.push_back(quant::atom_linear_reference(a, q));
       for (std::int64_t r = 0; r < m; ++r)
         for (std::int64_t j = 0; j < n; ++j) want.back()[r * n + j] += bias[j];
@@ -124,7 +126,7 @@ TEST(AtomLinear, ProductsSharingAnInputMatchTheReference) {
       expect_bit_equal(got[i], want[i], "shared product " + std::to_string(i));
 
     // Another clip ratio quantizes the input differently: no sharing, still each op's own result.
-    const AtomLinear other_clip(ops[1].weights(), 1.0f, "other clip");
+    const AtomLinear other_clip(qs[1], 1.0f, "other clip");
     EXPECT_FALSE(ops[0].shares_activations_with(other_clip));
     std::vector<float> alone(static_cast<std::size_t>(m * widths[1])), mixed(alone.size());
     other_clip.forward(d.x.data(), m, alone.data());
