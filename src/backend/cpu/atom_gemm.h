@@ -12,6 +12,11 @@
 // _mm256_maddubs_epi16(unsigned activation, signed weight) multiplies matching channels. The offset adds
 // offset * sum(w) per group, which is subtracted (prepared per weight row and group).
 // INT8 normal parts (W8A8) and the outliers are plain int8 rows multiplied after widening to int16.
+//
+// With AVX-512 VNNI (cpu_features.h), INT4 / INT3 weights in groups of 128k use chunk 128 and signed
+// activation codes (offset 0) instead, and their codes are stored tile-interleaved (AtomPreparedWeights):
+// VPDPBUSD multiplies the weight nibbles XOR 8 (code + 8, unsigned) by the activations, and 8 x the group's
+// activation sum is subtracted. Both paths give the same int32 group sums and so the same bits.
 #include <cstdint>
 #include <span>
 #include <vector>
