@@ -78,6 +78,13 @@ inline __m256 row_lanes(const float v[MT]) {
     return _mm256_set_m128(_mm_set1_ps(v[1]), _mm_set1_ps(v[0]));
 }
 
+// Byte offset of channel k's chunk (k a multiple of C) from a row's first chunk in the tile-interleaved
+// codes: the tile's 8 rows take C / 2 bytes each per chunk.
+template <int C>
+constexpr std::int64_t tiled_offset(std::int64_t k) {
+  return k / C * kTileOutputs * (C / 2);
+}
+
 // int32 partial sums (8 lanes each, not yet reduced) over [begin, end) of split-layout activation bytes times
 // the packed nibble weights (decoded by `lut`) of NP outputs, added to acc32[mt * NT + nt0 + np].
 template <int MT, int NP, int NT, int C>
@@ -97,7 +104,7 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
           odd[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k + 32));
         }
         for (int np = 0; np < NP; ++np) {
-          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + k / 2));
+          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + tiled_offset<C>(k)));
           const __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(wb, low_nibbles));
           const __m256i wh =
               _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(wb, 4), low_nibbles));
@@ -112,7 +119,7 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
         for (int mt = 0; mt < MT; ++mt)
           act[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
         for (int np = 0; np < NP; ++np) {
-          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + k / 2));
+          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + tiled_offset<C>(k)));
           const __m256i both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wb, 4), wb), low_nibbles);
           const __m256i wv = _mm256_shuffle_epi8(lut, both);
           for (int mt = 0; mt < MT; ++mt) {
@@ -184,7 +191,14 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   const std::uint8_t* a_rows[MT];
   const std::uint8_t* w_rows[NT];
   for (int mt = 0; mt < MT; ++mt) a_rows[mt] = args.a.codes.data() + rows[mt] * q.k_normal;
-  for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  if constexpr (C == 0) {  // INT8: canonical rows
+    for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  } else {  // the row's first chunk in the tile-interleaved codes (padding rows hold code 0)
+    const std::int64_t tile = n0 / kTileOutputs, first = n0 % kTileOutputs;
+    for (int nt = 0; nt < NT; ++nt)
+      w_rows[nt] =
+          args.w.tiled_codes.data() + (tile * (q.k_normal / C) * kTileOutputs + first + nt) * (C / 2);
+  }
   const float fp4_unit = q.format == NumberFormat::kFp4 ? 0.25f : 1.0f;  // doubled codes: products are 4x
 
   __m256 acc = _mm256_setzero_ps();
@@ -523,22 +537,29 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
     p.gather[pos] = source(split_layout_channel(pos, p.chunk));
   for (std::int64_t o = 0; o < p.n_out_pad; ++o)
     p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
-  if (p.chunk == kVnniChunk) {
-    // Tile-interleaved copies for the VNNI tiles; the canonical codes go (the tiles are all that reads them).
-    const std::int64_t chunks = q.k_normal / kVnniChunk, tiles = p.n_pad / kTileOutputs;
-    constexpr std::int64_t kChunkBytes = kVnniChunk / 2;
-    p.tiled_codes.assign(static_cast<std::size_t>(tiles * chunks * kTileOutputs * kChunkBytes), 0);
-    p.tiled_scales.assign(static_cast<std::size_t>(tiles * groups * kTileOutputs), 0.0f);
+  if (p.chunk != 0) {
+    // Tile-interleaved codes for the packed formats; the canonical ones go (the tiles are all that reads
+    // them).
+    const std::int64_t chunks = q.k_normal / p.chunk, tiles = p.n_pad / kTileOutputs,
+                       chunk_bytes = p.chunk / 2;
+    p.tiled_codes.assign(static_cast<std::size_t>(tiles * chunks * kTileOutputs * chunk_bytes), 0);
     for (std::int64_t n = 0; n < N; ++n) {
       const std::int64_t t = n / kTileOutputs, o = n % kTileOutputs;
       for (std::int64_t c = 0; c < chunks; ++c) {
-        std::memcpy(p.tiled_codes.data() + ((t * chunks + c) * kTileOutputs + o) * kChunkBytes,
-                    q.packed.data() + n * row_bytes + c * kChunkBytes, static_cast<std::size_t>(kChunkBytes));
+        std::memcpy(p.tiled_codes.data() + ((t * chunks + c) * kTileOutputs + o) * chunk_bytes,
+                    q.packed.data() + n * row_bytes + c * chunk_bytes, static_cast<std::size_t>(chunk_bytes));
       }
+    }
+    std::vector<std::uint8_t>().swap(q.packed);
+  }
+  if (p.chunk == kVnniChunk) {  // the VNNI tiles read their scales tile-interleaved too, and no offset sums
+    const std::int64_t tiles = p.n_pad / kTileOutputs;
+    p.tiled_scales.assign(static_cast<std::size_t>(tiles * groups * kTileOutputs), 0.0f);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t t = n / kTileOutputs, o = n % kTileOutputs;
       for (std::int64_t g = 0; g < groups; ++g)
         p.tiled_scales[(t * groups + g) * kTileOutputs + o] = p.scales_t[g * p.n_pad + n];
     }
-    std::vector<std::uint8_t>().swap(q.packed);
     std::vector<float>().swap(p.scales_t);
     std::vector<std::int32_t>().swap(p.offset_wsum_t);
   }

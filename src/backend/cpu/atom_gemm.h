@@ -26,7 +26,7 @@
 namespace atom::cpu {
 
 struct AtomPreparedWeights {
-  quant::QuantizedLinearWeights q;    // canonical tensors (but q.packed in the VNNI layout, below)
+  quant::QuantizedLinearWeights q;    // canonical tensors (but q.packed of packed formats: tiled_codes)
   std::int64_t n_pad = 0;             // N rounded up to the tile width (8)
   std::int64_t chunk = 0;             // split-layout chunk (64 or 32) for packed formats; 0 for INT8
   std::int64_t n_out_pad = 0;         // outliers padded with zeros to a multiple of 32
@@ -35,10 +35,11 @@ struct AtomPreparedWeights {
   std::vector<std::int32_t> offset_wsum_t;  // [groups, n_pad] act_offset * sum of the group's weight codes
   std::vector<std::int8_t> outliers;        // [n_pad, n_out_pad]
   std::vector<float> outlier_scales;        // [n_pad]
-  // The VNNI layout (chunk 128) instead: for each tile of 8 outputs, their 64-byte pieces of packed codes
-  // interleaved, [tile][k_normal / 128][8][64], and their scales, [tile][groups][8]: a tile reads its weights
-  // in one sequential sweep (rows read side by side at their own strides get half the memory bandwidth).
-  // q.packed, scales_t and offset_wsum_t are then empty.
+  // Packed formats keep their codes tile-interleaved instead of q.packed (then empty): for each tile of 8
+  // outputs, their chunk / 2 byte pieces one after the other, [tile][k_normal / chunk][8][chunk / 2]; the
+  // VNNI layout (chunk 128) keeps its scales so too, [tile][groups][8], instead of scales_t (and no offset
+  // sums). A tile then reads its weights in one sequential sweep: rows read side by side at their own strides
+  // got half the memory bandwidth.
   std::vector<std::uint8_t> tiled_codes;
   std::vector<float> tiled_scales;
   std::vector<std::int32_t> gather;   // [k_normal + n_out_pad]: input channel read at each layout position

@@ -26,7 +26,7 @@ class AtomLinear final : public LinearOp {
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
 
-  // The layer's tensors, but for packed codes the AVX-512 VNNI layout keeps only in its own order (empty
+  // The layer's tensors, but packed 4-bit codes are kept only in the kernels' tile-interleaved order (empty
   // q.packed then: AtomPreparedWeights).
   const quant::QuantizedLinearWeights& weights() const { return w_.q; }
   float act_clip() const { return act_clip_; }
