@@ -8,8 +8,9 @@ Each round runs, back to back and in alternating order: llama.cpp's `llama-bench
 (prefill of 512 tokens, decode of 64 tokens, one sequence), and Atom's `build/bench/cpu_forward` on the Atom
 checkpoint made from that GGUF (prefill of 512 tokens, single-sequence decode of 64 steps, 8 x 128-token
 prompts then batch-8 decode) and on the GGUF itself (fp32). Both with the same thread count; Atom with
-OMP_WAIT_POLICY=passive as the README recommends (llama.cpp spins). `uptime`'s load average is printed
-beside every round: on a shared machine the figures mean little without it.
+OMP_WAIT_POLICY=passive as the README recommends for shared machines (--atom-wait-policy default leaves
+libgomp's bounded spinning on, as llama.cpp spins; only sensible on a quiet machine). `uptime`'s load average
+is printed beside every round: on a shared machine the figures mean little without it.
 
 The Atom checkpoint is made if missing (`atom quantize --preset atom-w4a4 --calib-windows 4 --calib-len 128`
 on the KJV train split, as docs/RESULTS.md's CPU decode section). llama.cpp is not part of this repository:
@@ -56,9 +57,12 @@ def llama_bench(binary, gguf, threads):
     return prefill, decode
 
 
-def atom_forward(binary, model, threads):
+def atom_forward(binary, model, threads, wait_policy):
     """{'prefill', 'decode', 'batch_decode'} tok/s (wall) from cpu_forward."""
-    env = dict(os.environ, OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
+    env.pop("OMP_WAIT_POLICY", None)
+    if wait_policy != "default":
+        env["OMP_WAIT_POLICY"] = wait_policy
     out = run([binary, model, "--prompt", "512", "--decode", "64", "--batch", "8", "--batch-prompt", "128"], env)
     rate = {}
     for line in out.splitlines():
@@ -98,12 +102,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-gguf", action="store_true", help="do not time Atom's fp32 path on the GGUF")
+    ap.add_argument("--atom-wait-policy", choices=["passive", "active", "default"], default="passive",
+                    help="Atom's OMP_WAIT_POLICY (default: libgomp's own, bounded spinning)")
     args = ap.parse_args()
 
     build = Path(args.build)
     ensure_checkpoint(str(build / "atom"), args.gguf, args.atom_checkpoint)
     forward = str(build / "bench/cpu_forward")
-    print(f"threads {args.threads}; llama.cpp: {args.llama_bench}; Atom: {forward} (OMP_WAIT_POLICY=passive)")
+    print(f"threads {args.threads}; llama.cpp: {args.llama_bench}; Atom: {forward} "
+          f"(OMP_WAIT_POLICY={args.atom_wait_policy})")
     print(f"{'round':>5} {'load average':>16} | {'llama.cpp pp512':>15} {'tg64':>7} | {'Atom ckpt prefill':>17} "
           f"{'decode':>7} {'batch-8':>8} | {'Atom GGUF decode':>16}")
     results = []
@@ -114,9 +121,9 @@ def main():
             if step == "llama":
                 row["llama_prefill"], row["llama_decode"] = llama_bench(args.llama_bench, args.gguf, args.threads)
             else:
-                row["atom"] = atom_forward(forward, args.atom_checkpoint, args.threads)
+                row["atom"] = atom_forward(forward, args.atom_checkpoint, args.threads, args.atom_wait_policy)
         if not args.skip_gguf:
-            row["gguf"] = atom_forward(forward, args.gguf, args.threads)
+            row["gguf"] = atom_forward(forward, args.gguf, args.threads, args.atom_wait_policy)
         row["load_after"] = load_average()
         results.append(row)
         gguf = f"{row['gguf']['decode']:16.1f}" if "gguf" in row else f"{'-':>16}"
