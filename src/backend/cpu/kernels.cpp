@@ -283,7 +283,11 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     std::int32_t job, head;
     std::int64_t row_begin, row_end;
   };
-  std::vector<Item> items;
+  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the OpenMP
+  // threads below share (naming the thread_local there would give each thread its own, empty one).
+  thread_local std::vector<Item> kept_items;
+  std::vector<Item>& items = kept_items;
+  items.clear();
   std::int64_t max_keys = 0;
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     const AttentionJob& job = jobs[j];
@@ -308,8 +312,8 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   };
 #pragma omp parallel if (count > 1 && pairs >= kParallelMinPairs)
   {
-    std::vector<float> scores;
-    std::vector<float> inv_sums(static_cast<std::size_t>(kGemmBlock));
+    thread_local std::vector<float> scores, inv_sums;  // per OpenMP thread, kept between calls
+    inv_sums.resize(static_cast<std::size_t>(kGemmBlock));
 #pragma omp for schedule(dynamic)
     for (std::int64_t it = 0; it < count; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];
