@@ -3,10 +3,14 @@
 // against 56 MB in fp16 and 113 MB in fp32, read whole every decode step).
 //  - weights: symmetric int8 per output row, scale = max|w_row| / 127, codes round-to-nearest-even(w / scale)
 //    (IEEE division), converted once at load;
-//  - activations: symmetric int8 per input row, the same rule, quantized once per forward;
-//  - y[r, n] = (float(sum_k xq[r, k] * wq[n, k]) * x_scale[r]) * w_scale[n].
-// The dot product is exact in int32 (|sum| <= K * 127^2), so every kernel (AVX2, AVX-512 VNNI) and every
-// tiling gives the same bits, and a row's result never depends on the other rows of its batch.
+//  - activations: symmetric int8 per block of 64 columns of each input row (an outlier channel costs only its
+//    block precision), the same rule, quantized once per forward;
+//  - y[r, n] = w_scale[n] * (the sum over blocks b of float(exact int32 dot product of block b) * x_scale[r,
+//  b]),
+//    accumulated in 8 fp32 lanes in one fixed order (lane l of a block: columns 4l..4l+3 and 32+4l..32+4l+3;
+//    one FMA per lane and block; then ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))).
+// Every kernel (AVX2, AVX-512 VNNI) and every tiling follows that order: the same bits, and a row's result
+// never depends on the other rows of its batch.
 #include <cstdint>
 #include <vector>
 
@@ -47,12 +51,11 @@ class Int8Linear final : public LinearOp {
   // [tile][k / 64][row][64].
   std::vector<std::int8_t> codes_;
   std::vector<float> scales_;
-  std::vector<std::int32_t>
-      code_sums_;  // [out padded]: sum of a row's codes (VNNI's unsigned-activation offset)
   struct Activations {
-    std::vector<std::int8_t> codes;    // [m, padded_in]
-    std::vector<std::uint8_t> biased;  // codes + 128, for the unsigned x signed VNNI product
-    std::vector<float> scales;         // [m]
+    std::vector<std::int8_t> codes;       // [m, padded_in]
+    std::vector<std::uint8_t> magnitude;  // |codes|, the unsigned operand of the byte products
+    std::vector<std::uint64_t> negative;  // [m, padded_in / 64]: bit i set where code i of the block is < 0
+    std::vector<float> scales;            // [m, padded_in / 64]
   };
   mutable Activations scratch_;  // forward is called from one thread at a time
 };
