@@ -253,7 +253,8 @@ void Int8Linear::forward(const float* x, std::int64_t m, float* y, Int8Kernel ke
 }
 
 std::string Int8Linear::describe() const {
-  return fmt::format("int8 x int8 per-row [{} x {}] ({})", out_, in_, int8_kernel_name(best_int8_kernel()));
+  return fmt::format("int8 (weights per row, activations per 64 columns) [{} x {}] ({})", out_, in_,
+                     int8_kernel_name(best_int8_kernel()));
 }
 
 }  // namespace atom::cpu

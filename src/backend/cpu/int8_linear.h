@@ -46,9 +46,7 @@ class Int8Linear final : public LinearOp {
 
  private:
   std::int64_t out_, in_, in_pad_;
-  // Tiles of 4 output rows (the last zero padded), each stored interleaved by 64 columns: [tile][k /
-  // 64][row][64]. Tiles of 4 output rows (the last zero padded), each stored interleaved by 64 columns:
-  // [tile][k / 64][row][64].
+  // Tiles of 4 output rows (the last zero padded), stored interleaved by 64 columns: [tile][k / 64][row][64].
   std::vector<std::int8_t> codes_;
   std::vector<float> scales_;
   struct Activations {
