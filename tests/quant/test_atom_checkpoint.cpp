@@ -88,9 +88,9 @@ TEST_P(RoundTrip, LoadedModelGivesTheSameLogits) {
   EXPECT_EQ(back.recipe.to_json(), m.recipe.to_json());
   const auto loaded = cpu::load_cpu_model(ckpt);
   const auto built = build_cpu_model(m, Execution::kInteger);
-  cpu::use_fp16_lm_head(*built);  // as load_cpu_model does
+  cpu::use_lm_head_precision(*built, cpu::lm_head_precision_from_env());  // as load_cpu_model does
   EXPECT_EQ(logits(*loaded), logits(*built)) << preset;
-  EXPECT_NE(loaded->lm_head().describe().find("f16"), std::string::npos);
+  EXPECT_NE(loaded->lm_head().describe().find("int8"), std::string::npos);
   EXPECT_EQ(loaded->new_cache().dtype(), m.recipe.kv_bits == 4 ? cpu::KvDType::U4 : cpu::KvDType::F32);
   EXPECT_NE(loaded->layer(0).q_proj->describe().find(m.recipe.quantize_activations ? "atom" : "weight-only"),
             std::string::npos);
@@ -127,7 +127,7 @@ TEST(AtomModelCheckpoint, LoadsFromQuantizationConfigAloneWithoutTheRecipeMetada
   }
   const auto loaded = cpu::load_cpu_model(open_checkpoint(dir.string()));
   const auto built = build_cpu_model(m, Execution::kInteger);
-  cpu::use_fp16_lm_head(*built);  // as load_cpu_model does
+  cpu::use_lm_head_precision(*built, cpu::lm_head_precision_from_env());  // as load_cpu_model does
   EXPECT_EQ(logits(*loaded), logits(*built));
 }
 

@@ -176,9 +176,10 @@ TEST_P(RotatedPreset, QuantizesRunsAndRoundTrips) {
   EXPECT_FALSE(ckpt.config.tie_word_embeddings);
   const QuantizedModel back = load_atom_checkpoint(ckpt, true);
   EXPECT_EQ(back.recipe.to_json(), m.recipe.to_json());
-  const auto integer_fp16_head = build_cpu_model(m, Execution::kInteger);
-  cpu::use_fp16_lm_head(*integer_fp16_head);  // as load_cpu_model does
-  EXPECT_EQ(all_logits(*cpu::load_cpu_model(ckpt), tokens), all_logits(*integer_fp16_head, tokens));
+  const auto integer_loaded_head = build_cpu_model(m, Execution::kInteger);
+  cpu::use_lm_head_precision(*integer_loaded_head,
+                             cpu::lm_head_precision_from_env());  // as load_cpu_model does
+  EXPECT_EQ(all_logits(*cpu::load_cpu_model(ckpt), tokens), all_logits(*integer_loaded_head, tokens));
   try {
     load_atom_checkpoint(ckpt);  // a runtime without the online transforms
     FAIL() << "no error";

@@ -1,6 +1,8 @@
-// fp32 CPU decoder throughput: prefill tokens/s (one long prompt, matrix-matrix), decode tokens/s for one
-// sequence and for a batch of sequences (one token each per step, each with its own KV cache).
-//   cpu_forward [model.gguf | hf_dir] [--prompt 512] [--decode 32] [--batch 8] [--batch-prompt 128]
+// CPU decoder throughput: prefill tokens/s (one long prompt, matrix-matrix), decode tokens/s for one
+// sequence and for a batch of sequences (one token each per step, each with its own KV cache). The model as
+// load_cpu_model gives it: fp32 for a GGUF / HF checkpoint, the integer kernels for an Atom checkpoint.
+//   cpu_forward [model.gguf | hf_dir | atom_dir] [--prompt 512] [--decode 32] [--batch 8] [--batch-prompt
+//   128]
 // Default model: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (run from the repository root).
 #include <cblas.h>
 #include <omp.h>
@@ -11,13 +13,16 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <utility>
+#include <memory>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "backend/cpu/atom_model_loader.h"
 #include "backend/cpu/llama_model.h"
 #include "common/error.h"
+#include "io/checkpoint.h"
 #include "model/sampler.h"
 #include "model/weights.h"
 
@@ -61,12 +66,15 @@ int main(int argc, char** argv) try {
   if (prompt < 1 || decode < 1 || batch < 1 || batch_prompt < 1) atom::fail("sizes must be positive");
 
   const double t0 = now();
-  const atom::cpu::LlamaModel model = atom::cpu::load_llama_model(path);
+  const std::unique_ptr<atom::cpu::LlamaModel> loaded =
+      atom::cpu::load_cpu_model(atom::open_checkpoint(path));
+  const atom::cpu::LlamaModel& model = *loaded;
   const double load_s = now() - t0;
   const auto& c = model.config();
-  std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d; loaded to fp32 in %.2f s\n",
+  std::printf("model %s: %s, %d layers, hidden %d, heads %d/%d, vocab %d; %s, lm_head %s; loaded in %.2f s\n",
               path.c_str(), c.architecture.c_str(), c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads,
-              c.vocab_size, load_s);
+              c.vocab_size, model.layer(0).q_proj->describe().c_str(), loaded->lm_head().describe().c_str(),
+              load_s);
   atom::cpu::use_single_threaded_blas();
   const char* wait_policy = std::getenv("OMP_WAIT_POLICY");
   std::printf("threads: OpenMP %d (OMP_WAIT_POLICY=%s), OpenBLAS %d; machine load average: see uptime\n",

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <span>
 
+#include "backend/cpu/cpu_features.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -19,6 +22,15 @@ constexpr std::int64_t kOutlierAlign = 32;  // outlier rows padded with zeros to
 constexpr std::int64_t kRowBlock = 64;      // activation rows kept hot while sweeping the weights
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+
+// The split-layout chunk of the AVX-512 VNNI tiles (one 64-byte load of packed weights).
+constexpr std::int64_t kVnniChunk = 128;
+
+// Whether q runs on the VNNI tiles: signed 4-bit integer codes (FP4's need a table), groups of 128k.
+bool vnni_layout_fits(const quant::QuantizedLinearWeights& q) {
+  return avx512_vnni_enabled() && (q.format == NumberFormat::kInt4 || q.format == NumberFormat::kInt3) &&
+         q.group % kVnniChunk == 0;
+}
 
 std::int32_t activation_offset(NumberFormat f) {
   switch (f) {
@@ -66,6 +78,13 @@ inline __m256 row_lanes(const float v[MT]) {
     return _mm256_set_m128(_mm_set1_ps(v[1]), _mm_set1_ps(v[0]));
 }
 
+// Byte offset of channel k's chunk (k a multiple of C) from a row's first chunk in the tile-interleaved
+// codes: the tile's 8 rows take C / 2 bytes each per chunk.
+template <int C>
+constexpr std::int64_t tiled_offset(std::int64_t k) {
+  return k / C * kTileOutputs * (C / 2);
+}
+
 // int32 partial sums (8 lanes each, not yet reduced) over [begin, end) of split-layout activation bytes times
 // the packed nibble weights (decoded by `lut`) of NP outputs, added to acc32[mt * NT + nt0 + np].
 template <int MT, int NP, int NT, int C>
@@ -85,7 +104,7 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
           odd[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k + 32));
         }
         for (int np = 0; np < NP; ++np) {
-          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + k / 2));
+          const __m256i wb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[np] + tiled_offset<C>(k)));
           const __m256i wl = _mm256_shuffle_epi8(lut, _mm256_and_si256(wb, low_nibbles));
           const __m256i wh =
               _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(wb, 4), low_nibbles));
@@ -100,7 +119,7 @@ inline void packed_partial(const std::uint8_t* const a[MT], const std::uint8_t* 
         for (int mt = 0; mt < MT; ++mt)
           act[mt] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[mt] + k));
         for (int np = 0; np < NP; ++np) {
-          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + k / 2));
+          const __m128i wb = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w[np] + tiled_offset<C>(k)));
           const __m256i both = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(wb, 4), wb), low_nibbles);
           const __m256i wv = _mm256_shuffle_epi8(lut, both);
           for (int mt = 0; mt < MT; ++mt) {
@@ -172,7 +191,14 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   const std::uint8_t* a_rows[MT];
   const std::uint8_t* w_rows[NT];
   for (int mt = 0; mt < MT; ++mt) a_rows[mt] = args.a.codes.data() + rows[mt] * q.k_normal;
-  for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  if constexpr (C == 0) {  // INT8: canonical rows
+    for (int nt = 0; nt < NT; ++nt) w_rows[nt] = q.packed.data() + std::min(n0 + nt, N - 1) * row_bytes;
+  } else {  // the row's first chunk in the tile-interleaved codes (padding rows hold code 0)
+    const std::int64_t tile = n0 / kTileOutputs, first = n0 % kTileOutputs;
+    for (int nt = 0; nt < NT; ++nt)
+      w_rows[nt] =
+          args.w.tiled_codes.data() + (tile * (q.k_normal / C) * kTileOutputs + first + nt) * (C / 2);
+  }
   const float fp4_unit = q.format == NumberFormat::kFp4 ? 0.25f : 1.0f;  // doubled codes: products are 4x
 
   __m256 acc = _mm256_setzero_ps();
@@ -216,24 +242,175 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   }
 }
 
+// Rows [mb, mb_end) of the 8 outputs of tile `t` (any m: pairs of rows, then a lone one).
 template <int C>
-void gemm(const GemmArgs& args) {
-  const std::int64_t M = args.a.m, n_tiles = args.w.n_pad / kTileOutputs;
-  // A decode step's small products (SmolLM2's q/k/v/o: <= 576 x 576) take about as long as waking the other
-  // threads: they run on the calling thread. Tiles are independent, so the result is the same either way.
-  constexpr std::int64_t kParallelMinWork = std::int64_t{1} << 19;
-  const bool parallel = M * args.w.n_pad * args.w.q.k() >= kParallelMinWork;
+void gemm_tile_rows(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, std::int64_t t) {
+  const std::int64_t n0 = t * kTileOutputs;
+  std::int64_t m = mb;
+  for (; m + 2 <= mb_end; m += 2) {
+    gemm_tile<2, 4, C>(args, m, n0);
+    gemm_tile<2, 4, C>(args, m, n0 + 4);
+  }
+  if (m < mb_end) gemm_tile<1, 8, C>(args, m, n0);
+}
+
+// ---- AVX-512 VNNI tiles (INT4 / INT3 weights, groups of 128k)
+//
+// VPDPBUSD multiplies unsigned by signed bytes. The weight nibbles, XOR 8, are code + 8 in [0, 15]
+// (unsigned); the activations are signed codes in the split layout with chunk 128, so one 64-byte load of a
+// packed weight row covers 128 channels: low nibbles <-> the chunk's 64 even channels, high nibbles <-> its
+// 64 odd ones. sum((w + 8) a) - 8 sum(a) = sum(w a): the group's exact integer dot product, then the same
+// fp32 epilogue as the AVX2 tile (same bits).
+
+#define ATOM_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+// Lane i of the result: the sum of the 16 lanes of v[i], for 8 vectors.
+ATOM_VNNI_TARGET inline __m256i reduce8_512(const __m512i v[8]) {
+  __m256i halves[8];
+  for (int i = 0; i < 8; ++i) {  // zero-masked extracts: GCC 12's cast intrinsics trip -Wuninitialized
+    halves[i] = _mm256_add_epi32(_mm512_maskz_extracti64x4_epi64(0xF, v[i], 0),
+                                 _mm512_maskz_extracti64x4_epi64(0xF, v[i], 1));
+  }
+  return reduce8(halves);
+}
+
+template <int MT, int NT>
+ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
+  static_assert(MT * NT == kTileOutputs);
+  const auto& q = args.w.q;
+  const std::int64_t M = args.a.m, N = q.n, groups = args.w.groups(), G = q.group;
+  std::int64_t rows[MT];
+  for (int mt = 0; mt < MT; ++mt) rows[mt] = std::min(m0 + mt, M - 1);
+  const std::int8_t* a_rows[MT];
+  for (int mt = 0; mt < MT; ++mt)
+    a_rows[mt] = reinterpret_cast<const std::int8_t*>(args.a.codes.data()) + rows[mt] * q.k_normal;
+  // This tile's outputs in the tile-interleaved copies (padding rows hold code 0 and scale 0).
+  const std::int64_t tile = n0 / kTileOutputs, first = n0 % kTileOutputs;
+  constexpr std::int64_t kChunkBytes = kVnniChunk / 2;
+  const std::uint8_t* codes =
+      args.w.tiled_codes.data() + tile * (q.k_normal / kVnniChunk) * kTileOutputs * kChunkBytes;
+  const float* scales = args.w.tiled_scales.data() + tile * groups * kTileOutputs + first;
+  const __m512i low_nibbles = _mm512_set1_epi8(0x0F), sign_flip = _mm512_set1_epi8(static_cast<char>(0x88));
+
+  __m256 acc = _mm256_setzero_ps();
+  for (std::int64_t g = 0; g < groups; ++g) {
+    __m512i acc32[kTileOutputs];
+    for (auto& v : acc32) v = _mm512_setzero_si512();
+    for (std::int64_t k = g * G; k < (g + 1) * G; k += kVnniChunk) {
+      __m512i even[MT], odd[MT];
+      for (int mt = 0; mt < MT; ++mt) {
+        even[mt] = _mm512_loadu_si512(a_rows[mt] + k);
+        odd[mt] = _mm512_loadu_si512(a_rows[mt] + k + 64);
+      }
+      for (int nt = 0; nt < NT; ++nt) {
+        const std::uint8_t* w = codes + ((k / kVnniChunk) * kTileOutputs + first + nt) * kChunkBytes;
+        const __m512i wb = _mm512_xor_si512(_mm512_loadu_si512(w), sign_flip);
+        const __m512i wl = _mm512_and_si512(wb, low_nibbles);
+        const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(wb, 4), low_nibbles);
+        for (int mt = 0; mt < MT; ++mt) {
+          __m512i& dst = acc32[mt * NT + nt];
+          dst = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(dst, wl, even[mt]), wh, odd[mt]);
+        }
+      }
+    }
+    std::int32_t bias[MT];
+    float sa[MT];
+    for (int mt = 0; mt < MT; ++mt) {
+      bias[mt] = 8 * args.a.group_sums[rows[mt] * groups + g];
+      sa[mt] = args.a.scales[rows[mt] * groups + g];
+    }
+    const __m256i bias_lanes = MT == 1
+                                   ? _mm256_set1_epi32(bias[0])
+                                   : _mm256_set_m128i(_mm_set1_epi32(bias[MT - 1]), _mm_set1_epi32(bias[0]));
+    const __m256i isum = _mm256_sub_epi32(reduce8_512(acc32), bias_lanes);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(scales + g * kTileOutputs), acc);
+  }
+  const std::int64_t n_out_pad = args.w.n_out_pad;
+  if (n_out_pad > 0) {
+    const std::int8_t* ao[MT];
+    const std::int8_t* wo[NT];
+    float sa[MT];
+    for (int mt = 0; mt < MT; ++mt) {
+      ao[mt] = args.a.outliers.data() + rows[mt] * n_out_pad;
+      sa[mt] = args.a.outlier_scales[rows[mt]];
+    }
+    for (int nt = 0; nt < NT; ++nt) wo[nt] = args.w.outliers.data() + (n0 + nt) * n_out_pad;
+    const __m256i isum = int8_dot<MT, NT>(ao, wo, 0, n_out_pad);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.outlier_scales.data() + n0), acc);
+  }
+  alignas(32) float out[kTileOutputs];
+  _mm256_store_ps(out, acc);
+  for (int mt = 0; mt < MT; ++mt) {
+    if (m0 + mt >= M) break;
+    for (int nt = 0; nt < NT; ++nt) {
+      if (n0 + nt < N) args.y[(m0 + mt) * N + n0 + nt] = out[mt * NT + nt];
+    }
+  }
+}
+
+ATOM_VNNI_TARGET void gemm_tile_rows_vnni(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end,
+                                          std::int64_t t) {
+  const std::int64_t n0 = t * kTileOutputs;
+  std::int64_t m = mb;
+  for (; m + 2 <= mb_end; m += 2) {
+    gemm_tile_vnni<2, 4>(args, m, n0);
+    gemm_tile_vnni<2, 4>(args, m, n0 + 4);
+  }
+  if (m < mb_end) gemm_tile_vnni<1, 8>(args, m, n0);
+}
+
+void gemm_tile_rows_any(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end, std::int64_t t) {
+  switch (args.w.chunk) {
+    case kVnniChunk:
+      return gemm_tile_rows_vnni(args, mb, mb_end, t);
+    case 64:
+      return gemm_tile_rows<64>(args, mb, mb_end, t);
+    case 32:
+      return gemm_tile_rows<32>(args, mb, mb_end, t);
+    default:
+      return gemm_tile_rows<0>(args, mb, mb_end, t);
+  }
+}
+
+__m256i code_lut(NumberFormat format) {
+  alignas(32) std::int8_t lut_bytes[32];
+  for (int i = 0; i < 32; ++i) {
+    const auto nibble = static_cast<std::uint8_t>(i & 15);
+    lut_bytes[i] =
+        format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
+  }
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes));
+}
+
+// Products of one set of activations with several weights, all tiles in one OpenMP loop (q/k/v, gate/up: one
+// fork and join instead of one per product). Tiles are independent: the same bits as one product at a time.
+void gemm_all(const AtomActivations& a, std::span<const AtomPreparedWeights* const> ws,
+              std::span<float* const> ys) {
+  // No heap: this runs for every linear of every decode step.
+  const std::size_t count = ws.size();
+  std::optional<GemmArgs> args[kMaxSharedProducts];
+  std::int64_t first_tile[kMaxSharedProducts + 1] = {
+      0};  // tiles of product i: [first_tile[i], first_tile[i + 1])
+  std::int64_t work = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    args[i].emplace(GemmArgs{a, *ws[i], ys[i], code_lut(ws[i]->q.format)});
+    first_tile[i + 1] = first_tile[i] + (ws[i]->q.n > 0 ? ws[i]->n_pad / kTileOutputs : 0);
+    work += a.m * ws[i]->n_pad * ws[i]->q.k();
+  }
+  const std::int64_t tiles = first_tile[count], M = a.m;
+  // Below ~0.8M multiply-adds (~40 us on one core: a decode step's q/k/v and o on SmolLM2) waking the other
+  // threads costs about what they would save: such products run on the calling thread.
+  constexpr std::int64_t kParallelMinWork = std::int64_t{3} << 18;
+  const bool parallel = work >= kParallelMinWork;
   for (std::int64_t mb = 0; mb < M; mb += kRowBlock) {
     const std::int64_t mb_end = std::min(M, mb + kRowBlock);
 #pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t t = 0; t < n_tiles; ++t) {
-      const std::int64_t n0 = t * kTileOutputs;
-      std::int64_t m = mb;
-      for (; m + 2 <= mb_end; m += 2) {
-        gemm_tile<2, 4, C>(args, m, n0);
-        gemm_tile<2, 4, C>(args, m, n0 + 4);
-      }
-      if (m < mb_end) gemm_tile<1, 8, C>(args, m, n0);
+    for (std::int64_t t = 0; t < tiles; ++t) {
+      std::size_t i = 0;
+      while (t >= first_tile[i + 1]) ++i;
+      gemm_tile_rows_any(*args[i], mb, mb_end, t - first_tile[i]);
     }
   }
 }
@@ -289,8 +466,9 @@ void quantize_block(const float* buf, std::int64_t len, float scale, CodeKind ki
       }
     }
     const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
-    const __m256i bytes =
-        kind == CodeKind::kInt8 ? _mm256_packs_epi16(p01, p23) : _mm256_packus_epi16(p01, p23);
+    // Signed saturation: offset codes lie in [0, 24], the VNNI layout's signed ones in [-8, 7], int8 in
+    // [-128, 127]; all pack to the bytes they are.
+    const __m256i bytes = _mm256_packs_epi16(p01, p23);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_permutevar8x32_epi32(bytes, order));
   }
 }
@@ -324,9 +502,13 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
   AtomPreparedWeights p;
   const std::int64_t N = q.n, groups = q.k_normal / q.group;
   p.n_pad = round_up(std::max<std::int64_t>(N, 1), kTileOutputs);
-  p.chunk = quant::format_is_packed(q.format) ? (q.group % 64 == 0 ? 64 : 32) : 0;
+  if (vnni_layout_fits(q)) {
+    p.chunk = kVnniChunk;  // signed activation codes, act_offset 0
+  } else {
+    p.chunk = quant::format_is_packed(q.format) ? (q.group % 64 == 0 ? 64 : 32) : 0;
+  }
   p.n_out_pad = round_up(q.n_outliers, kOutlierAlign);
-  p.act_offset = activation_offset(q.format);
+  p.act_offset = p.chunk == kVnniChunk ? 0 : activation_offset(q.format);
   p.scales_t.assign(static_cast<std::size_t>(groups * p.n_pad), 0.0f);
   p.offset_wsum_t.assign(p.scales_t.size(), 0);
   const std::int64_t row_bytes = quant::format_row_bytes(q.format, q.k_normal);
@@ -355,6 +537,32 @@ AtomPreparedWeights prepare_atom_weights(quant::QuantizedLinearWeights q, const 
     p.gather[pos] = source(split_layout_channel(pos, p.chunk));
   for (std::int64_t o = 0; o < p.n_out_pad; ++o)
     p.gather[q.k_normal + o] = o < q.n_outliers ? source(q.k_normal + o) : -1;
+  if (p.chunk != 0) {
+    // Tile-interleaved codes for the packed formats; the canonical ones go (the tiles are all that reads
+    // them).
+    const std::int64_t chunks = q.k_normal / p.chunk, tiles = p.n_pad / kTileOutputs,
+                       chunk_bytes = p.chunk / 2;
+    p.tiled_codes.assign(static_cast<std::size_t>(tiles * chunks * kTileOutputs * chunk_bytes), 0);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t t = n / kTileOutputs, o = n % kTileOutputs;
+      for (std::int64_t c = 0; c < chunks; ++c) {
+        std::memcpy(p.tiled_codes.data() + ((t * chunks + c) * kTileOutputs + o) * chunk_bytes,
+                    q.packed.data() + n * row_bytes + c * chunk_bytes, static_cast<std::size_t>(chunk_bytes));
+      }
+    }
+    std::vector<std::uint8_t>().swap(q.packed);
+  }
+  if (p.chunk == kVnniChunk) {  // the VNNI tiles read their scales tile-interleaved too, and no offset sums
+    const std::int64_t tiles = p.n_pad / kTileOutputs;
+    p.tiled_scales.assign(static_cast<std::size_t>(tiles * groups * kTileOutputs), 0.0f);
+    for (std::int64_t n = 0; n < N; ++n) {
+      const std::int64_t t = n / kTileOutputs, o = n % kTileOutputs;
+      for (std::int64_t g = 0; g < groups; ++g)
+        p.tiled_scales[(t * groups + g) * kTileOutputs + o] = p.scales_t[g * p.n_pad + n];
+    }
+    std::vector<float>().swap(p.scales_t);
+    std::vector<std::int32_t>().swap(p.offset_wsum_t);
+  }
   p.q = std::move(q);
   return p;
 }
@@ -373,9 +581,12 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
   a.scales.resize(static_cast<std::size_t>(m * groups));
   a.outliers.resize(static_cast<std::size_t>(m * n_out_pad));
   a.outlier_scales.resize(static_cast<std::size_t>(n_out_pad > 0 ? m : 0));
+  const bool vnni = w.chunk == kVnniChunk;
+  a.group_sums.resize(static_cast<std::size_t>(vnni ? m * groups : 0));
 #pragma omp parallel if (m > 1)
   {
-    std::vector<float> buf(static_cast<std::size_t>(std::max(G, n_out_pad)));
+    thread_local std::vector<float> buf;  // no allocation per token once grown
+    buf.resize(static_cast<std::size_t>(std::max(G, n_out_pad)));
 #pragma omp for schedule(static)
     for (std::int64_t r = 0; r < m; ++r) {
       const float* row = x + r * K;
@@ -385,8 +596,13 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
           const __m256i vi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + i));
           _mm256_storeu_ps(buf.data() + i, _mm256_i32gather_ps(row, vi, 4));
         }
-        a.scales[r * groups + g] = quantize_group(buf.data(), G, clip, kind, qmax, w.act_offset,
-                                                  a.codes.data() + r * q.k_normal + g * G);
+        std::uint8_t* codes = a.codes.data() + r * q.k_normal + g * G;
+        a.scales[r * groups + g] = quantize_group(buf.data(), G, clip, kind, qmax, w.act_offset, codes);
+        if (vnni) {
+          std::int32_t sum = 0;
+          for (std::int64_t i = 0; i < G; ++i) sum += static_cast<std::int8_t>(codes[i]);
+          a.group_sums[r * groups + g] = sum;
+        }
       }
       if (n_out_pad > 0) {
         const std::int32_t* idx = w.gather.data() + q.k_normal;
@@ -400,31 +616,32 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
 }
 
 void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, float* y) {
-  const auto& q = w.q;
-  if (a.codes.size() != static_cast<std::size_t>(a.m * q.k_normal) ||
-      a.outliers.size() != static_cast<std::size_t>(a.m * w.n_out_pad)) {
-    fail("atom_gemm_avx2: activations of {} rows do not match the layer (k_normal {}, outliers {})", a.m,
-         q.k_normal, q.n_outliers);
+  const AtomPreparedWeights* ws[] = {&w};
+  float* ys[] = {y};
+  atom_gemm_avx2(a, ws, ys);
+}
+
+void atom_gemm_avx2(const AtomActivations& a, std::span<const AtomPreparedWeights* const> ws,
+                    std::span<float* const> ys) {
+  if (ws.size() != ys.size() || ws.empty() || ws.size() > kMaxSharedProducts)
+    fail("atom_gemm_avx2: {} weights for {} outputs (1 to {})", ws.size(), ys.size(), kMaxSharedProducts);
+  for (const AtomPreparedWeights* w : ws) {
+    const auto& q = w->q;
+    if (a.codes.size() != static_cast<std::size_t>(a.m * q.k_normal) ||
+        a.outliers.size() != static_cast<std::size_t>(a.m * w->n_out_pad) ||
+        !same_activation_layout(*w, *ws[0])) {
+      fail("atom_gemm_avx2: activations of {} rows do not match the layer (k_normal {}, outliers {})", a.m,
+           q.k_normal, q.n_outliers);
+    }
   }
-  if (a.m == 0 || q.n == 0) return;
-  alignas(32) std::int8_t lut_bytes[32];
-  for (int i = 0; i < 32; ++i) {
-    const auto nibble = static_cast<std::uint8_t>(i & 15);
-    lut_bytes[i] =
-        q.format == NumberFormat::kFp4 ? quant::fp4_decode_doubled(nibble) : quant::nibble_to_int4(nibble);
-  }
-  const GemmArgs args{a, w, y, _mm256_load_si256(reinterpret_cast<const __m256i*>(lut_bytes))};
-  switch (w.chunk) {
-    case 64:
-      gemm<64>(args);
-      break;
-    case 32:
-      gemm<32>(args);
-      break;
-    default:
-      gemm<0>(args);
-      break;
-  }
+  if (a.m == 0) return;
+  gemm_all(a, ws, ys);
+}
+
+bool same_activation_layout(const AtomPreparedWeights& a, const AtomPreparedWeights& b) {
+  return a.q.format == b.q.format && a.q.group == b.q.group && a.q.k_normal == b.q.k_normal &&
+         a.n_out_pad == b.n_out_pad && a.chunk == b.chunk && a.act_offset == b.act_offset &&
+         a.gather == b.gather;
 }
 
 quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPreparedWeights& w) {
@@ -440,7 +657,7 @@ quant::QuantizedActivations to_canonical(const AtomActivations& a, const AtomPre
     for (std::int64_t pos = 0; pos < q.k_normal; ++pos) {
       const std::int64_t j = split_layout_channel(pos, w.chunk);
       const std::uint8_t byte = a.codes[r * q.k_normal + pos];
-      std::int32_t v = q.format == NumberFormat::kInt8 ? static_cast<std::int8_t>(byte) : byte - w.act_offset;
+      std::int32_t v = w.act_offset == 0 ? static_cast<std::int8_t>(byte) : byte - w.act_offset;
       if (q.format == NumberFormat::kFp4) {  // doubled value -> E2M1 nibble
         std::uint8_t code = 0;
         for (std::uint8_t cand = 0; cand < 16; ++cand) {

@@ -283,7 +283,11 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     std::int32_t job, head;
     std::int64_t row_begin, row_end;
   };
-  std::vector<Item> items;
+  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the OpenMP
+  // threads below share (naming the thread_local there would give each thread its own, empty one).
+  thread_local std::vector<Item> kept_items;
+  std::vector<Item>& items = kept_items;
+  items.clear();
   std::int64_t max_keys = 0;
   for (std::size_t j = 0; j < jobs.size(); ++j) {
     const AttentionJob& job = jobs[j];
@@ -298,13 +302,18 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     }
   }
   const auto count = static_cast<std::int64_t>(items.size());
+  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
+  // finishes on one thread in about the time the others take to wake up.
+  std::int64_t pairs = 0;
+  for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
+  constexpr std::int64_t kParallelMinPairs = 4096;
   auto first_key = [&](std::int64_t pos) {
     return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
   };
-#pragma omp parallel if (count > 1)
+#pragma omp parallel if (count > 1 && pairs >= kParallelMinPairs)
   {
-    std::vector<float> scores;
-    std::vector<float> inv_sums(static_cast<std::size_t>(kGemmBlock));
+    thread_local std::vector<float> scores, inv_sums;  // per OpenMP thread, kept between calls
+    inv_sums.resize(static_cast<std::size_t>(kGemmBlock));
 #pragma omp for schedule(dynamic)
     for (std::int64_t it = 0; it < count; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];

@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "backend/cpu/quant_linear.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
 
@@ -228,12 +229,23 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
 
   // ---- embeddings, RoPE tables
   const auto T = total;
-  auto buffer = [](std::int64_t n) { return std::vector<float>(static_cast<std::size_t>(n)); };
-  std::vector<float> x = buffer(T * hidden), normed = buffer(T * hidden), tmp = buffer(T * hidden);
-  std::vector<float> q = buffer(T * q_dim), k = buffer(T * kv_dim), v = buffer(T * kv_dim),
-                     attn = buffer(T * q_dim);
-  std::vector<float> gate = buffer(T * inter), up = buffer(T * inter);
-  std::vector<std::int64_t> positions(static_cast<std::size_t>(T));
+  // Every buffer is written before it is read; kept between calls, a decode step allocates none of them.
+  Workspace& w = work_;
+  auto buffer = [](std::vector<float>& b, std::int64_t n) -> std::vector<float>& {
+    b.resize(static_cast<std::size_t>(n));
+    return b;
+  };
+  std::vector<float>& x = buffer(w.x, T * hidden);
+  std::vector<float>& normed = buffer(w.normed, T * hidden);
+  std::vector<float>& tmp = buffer(w.tmp, T * hidden);
+  std::vector<float>& q = buffer(w.q, T * q_dim);
+  std::vector<float>& k = buffer(w.k, T * kv_dim);
+  std::vector<float>& v = buffer(w.v, T * kv_dim);
+  std::vector<float>& attn = buffer(w.attn, T * q_dim);
+  std::vector<float>& gate = buffer(w.gate, T * inter);
+  std::vector<float>& up = buffer(w.up, T * inter);
+  std::vector<std::int64_t>& positions = w.positions;
+  positions.resize(static_cast<std::size_t>(T));
   for (std::size_t s = 0; s < batch.size(); ++s) {
     for (std::size_t i = 0; i < batch[s].tokens.size(); ++i) {
       const std::int64_t row = row_offset[s] + static_cast<std::int64_t>(i);
@@ -243,7 +255,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     }
   }
   const auto half = static_cast<std::int64_t>(inv_freq_.size());
-  std::vector<float> cos = buffer(T * half), sin = buffer(T * half);
+  std::vector<float>& cos = buffer(w.cos, T * half);
+  std::vector<float>& sin = buffer(w.sin, T * half);
   rope_cos_sin(inv_freq_, positions.data(), T, cos.data(), sin.data());
 
   AttentionShape attention_shape;
@@ -252,19 +265,27 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   attention_shape.head_dim = head_dim;
   attention_shape.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   attention_shape.sliding_window = config_.sliding_window;
-  std::vector<AttentionJob> jobs(batch.size());
-  std::vector<std::vector<float>> dequantized_k(batch.size()), dequantized_v(batch.size());
+  std::vector<AttentionJob>& jobs = w.jobs;
+  jobs.assign(batch.size(), AttentionJob{});
+  std::vector<std::vector<float>>& dequantized_k = w.dequantized_k;
+  std::vector<std::vector<float>>& dequantized_v = w.dequantized_v;
+  if (dequantized_k.size() < batch.size()) {
+    dequantized_k.resize(batch.size());
+    dequantized_v.resize(batch.size());
+  }
 
   // ---- decoder layers
   for (int li = 0; li < num_layers(); ++li) {
     const DecoderLayer& l = layers_[static_cast<std::size_t>(li)];
     rms_norm(x.data(), T, hidden, l.input_norm.data(), config_.rms_norm_eps, l.attn_perm, normed.data());
     observe(li, "q_proj", normed.data(), T, hidden);
-    l.q_proj->forward(normed.data(), T, q.data());
     observe(li, "k_proj", normed.data(), T, hidden);
-    l.k_proj->forward(normed.data(), T, k.data());
     observe(li, "v_proj", normed.data(), T, hidden);
-    l.v_proj->forward(normed.data(), T, v.data());
+    {
+      const LinearOp* ops[] = {l.q_proj.get(), l.k_proj.get(), l.v_proj.get()};
+      float* outs[] = {q.data(), k.data(), v.data()};
+      forward_shared_input(ops, normed.data(), T, outs);  // quantized ops: one activation quantization
+    }
     apply_rope(q.data(), T, q_dim, heads, head_dim, cos.data(), sin.data());
     apply_rope(k.data(), T, kv_dim, kv_heads, head_dim, cos.data(), sin.data());
     if (qk_transform_) {  // the online Q/K rotation: scores unchanged, the cache holds rotated keys
@@ -307,9 +328,12 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     rms_norm(x.data(), T, hidden, l.post_attention_norm.data(), config_.rms_norm_eps, l.mlp_perm,
              normed.data());
     observe(li, "gate_proj", normed.data(), T, hidden);
-    l.gate_proj->forward(normed.data(), T, gate.data());
     observe(li, "up_proj", normed.data(), T, hidden);
-    l.up_proj->forward(normed.data(), T, up.data());
+    {
+      const LinearOp* ops[] = {l.gate_proj.get(), l.up_proj.get()};
+      float* outs[] = {gate.data(), up.data()};
+      forward_shared_input(ops, normed.data(), T, outs);
+    }
     silu_mul(gate.data(), up.data(), T * inter, gate.data());
     observe(li, "down_proj", gate.data(), T, inter);
     l.down_proj->forward(gate.data(), T, tmp.data());
@@ -328,7 +352,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   }
   const auto R = static_cast<std::int64_t>(out_rows.size());
   const std::int64_t chunk = std::min(chunk_rows, R);
-  std::vector<float> gathered = buffer(chunk * hidden), chunk_logits = buffer(chunk * vocab);
+  std::vector<float>& gathered = buffer(w.gathered, chunk * hidden);
+  std::vector<float>& chunk_logits = buffer(w.logits, chunk * vocab);
   for (std::int64_t first = 0; first < R; first += chunk) {
     const std::int64_t rows = std::min(chunk, R - first);
     for (std::int64_t r = 0; r < rows; ++r) {

@@ -106,6 +106,16 @@ class LlamaModel {
     if (observer_) observer_(layer, name, x, m, k);
   }
 
+  // forward's buffers, kept between calls so that a decode step allocates none of them. forward runs on one
+  // thread at a time (the quantized LinearOps keep scratch too).
+  struct Workspace {
+    std::vector<float> x, normed, tmp, q, k, v, attn, gate, up, cos, sin, gathered, logits;
+    std::vector<std::int64_t> positions;
+    std::vector<AttentionJob> jobs;
+    std::vector<std::vector<float>> dequantized_k,
+        dequantized_v;  // per sequence: a quantized cache read back
+  };
+
   ModelConfig config_;
   std::shared_ptr<const std::vector<float>> embed_tokens_;
   std::vector<DecoderLayer> layers_;
@@ -115,6 +125,7 @@ class LlamaModel {
   LinearObserver observer_;
   HeadTransform qk_transform_;
   KvRowStoreFactory kv_factory_ = make_f32_kv_row_store;
+  mutable Workspace work_;
 };
 
 // Opens a checkpoint (GGUF file or Hugging Face directory, io/checkpoint.h) and loads it as an fp32 model.

@@ -65,6 +65,32 @@ void AtomLinear::forward(const float* x, std::int64_t m, float* y) const {
   add_bias(bias_, m, w_.q.n, y);
 }
 
+bool AtomLinear::shares_activations_with(const AtomLinear& other) const {
+  return act_clip_ == other.act_clip_ && same_activation_layout(w_, other.w_);
+}
+
+void forward_shared_input(std::span<const LinearOp* const> ops, const float* x, std::int64_t m,
+                          std::span<float* const> ys) {
+  ATOM_CHECK(ops.size() == ys.size());
+  if (m <= 0 || ops.empty()) return;
+  const AtomLinear* atom_ops[kMaxSharedProducts];
+  bool shared = ops.size() <= kMaxSharedProducts;
+  for (std::size_t i = 0; shared && i < ops.size(); ++i) {
+    atom_ops[i] = dynamic_cast<const AtomLinear*>(ops[i]);
+    shared = atom_ops[i] != nullptr && atom_ops[0]->shares_activations_with(*atom_ops[i]);
+  }
+  if (!shared) {
+    for (std::size_t i = 0; i < ops.size(); ++i) ops[i]->forward(x, m, ys[i]);
+    return;
+  }
+  const AtomLinear& first = *atom_ops[0];
+  quantize_activations_avx2(x, m, first.w_, first.act_clip_, first.scratch_);
+  const AtomPreparedWeights* weights[kMaxSharedProducts];
+  for (std::size_t i = 0; i < ops.size(); ++i) weights[i] = &atom_ops[i]->w_;
+  atom_gemm_avx2(first.scratch_, std::span(weights, ops.size()), ys);
+  for (std::size_t i = 0; i < ops.size(); ++i) add_bias(atom_ops[i]->bias_, m, atom_ops[i]->w_.q.n, ys[i]);
+}
+
 std::string AtomLinear::describe() const {
   return fmt::format("atom {} (a_clip {}) [{} x {}]{}", layout_text(w_.q), act_clip_, w_.q.n, w_.q.k(),
                      bias_.empty() ? "" : " + bias");

@@ -6,6 +6,7 @@
 //    plain RTN W4A4 baseline (per-channel weights, per-token activations).
 //  - WeightOnlyLinear: W4A16 (weights INT4/INT3/FP4 in groups, fp32 activations).
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,16 +26,28 @@ class AtomLinear final : public LinearOp {
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
 
+  // The layer's tensors, but packed 4-bit codes are kept only in the kernels' tile-interleaved order (empty
+  // q.packed then: AtomPreparedWeights).
   const quant::QuantizedLinearWeights& weights() const { return w_.q; }
   float act_clip() const { return act_clip_; }
+  // Whether `other` quantizes its input exactly as this op does (then one quantization serves both).
+  bool shares_activations_with(const AtomLinear& other) const;
 
  private:
+  friend void forward_shared_input(std::span<const LinearOp* const>, const float*, std::int64_t,
+                                   std::span<float* const>);
   AtomPreparedWeights w_;
   float act_clip_;
   std::string name_;
   std::vector<float> bias_;
   mutable AtomActivations scratch_;  // forward is called from one thread at a time
 };
+
+// ys[i][m, ops[i]->out_features()] = x ops[i]^T for ops of one input (q/k/v; gate/up). When every op is an
+// AtomLinear quantizing its input alike (at most kMaxSharedProducts), x is quantized once and all products
+// run in one OpenMP loop; otherwise each op runs its own forward. The results are the same either way.
+void forward_shared_input(std::span<const LinearOp* const> ops, const float* x, std::int64_t m,
+                          std::span<float* const> ys);
 
 class WeightOnlyLinear final : public LinearOp {
  public:

@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "backend/cpu/atom_gemm.h"
+#include "backend/cpu/cpu_features.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -93,25 +96,73 @@ void check_shape(const Shape& s, unsigned seed, float a_clip = 0.9f, float w_cli
   EXPECT_EQ(mismatches, 0) << describe(s);
 }
 
-TEST(AtomGemm, BitExactAcrossFormatsAndShapes) {
-  unsigned seed = 100;
-  for (auto format : {NumberFormat::kInt4, NumberFormat::kInt3, NumberFormat::kFp4, NumberFormat::kInt8}) {
-    check_shape({format, 1, 37, 128, 0, 128}, seed++);          // decode row, one group, no outliers
-    check_shape({format, 3, 13, 256, 128, 128}, seed++);        // odd M, N not a multiple of any tile
-    check_shape({format, 5, 9, 64, 5, 64}, seed++);             // odd outlier count (padded)
-    check_shape({format, 7, 21, 96, 32, 32}, seed++);           // 32-wide groups (split chunk of 32)
-    check_shape({format, 66, 19, 192, 64, 64}, seed++);         // crosses the 64-row block
-    check_shape({format, 2, 8, 2048, 16, 2048}, seed++);        // one group longer than an int16 segment
+void check_special_values();
+
+// Runs `body` with the AVX2 kernels, then with the AVX-512 VNNI ones where this CPU has them (the kernels are
+// chosen when weights are prepared), and restores the default.
+template <typename Body>
+void for_each_isa(Body body) {
+  const bool default_on = avx512_vnni_enabled();
+  for (bool vnni : {false, true}) {
+    if (vnni && !cpu_has_avx512_vnni()) {
+      std::printf("note: this CPU has no AVX-512 VNNI; its kernels are not tested here\n");
+      continue;
+    }
+    set_avx512_vnni_enabled(vnni);
+    SCOPED_TRACE(vnni ? "avx512-vnni" : "avx2");
+    body();
   }
+  set_avx512_vnni_enabled(default_on);
+}
+
+TEST(AtomGemm, BitExactAcrossFormatsAndShapes) {
+  for_each_isa([] {
+    unsigned seed = 100;
+    for (auto format : {NumberFormat::kInt4, NumberFormat::kInt3, NumberFormat::kFp4, NumberFormat::kInt8}) {
+      check_shape({format, 1, 37, 128, 0, 128}, seed++);    // decode row, one group, no outliers
+      check_shape({format, 3, 13, 256, 128, 128}, seed++);  // odd M, N not a multiple of any tile
+      check_shape({format, 5, 9, 64, 5, 64}, seed++);       // odd outlier count (padded)
+      check_shape({format, 7, 21, 96, 32, 32}, seed++);     // 32-wide groups (split chunk of 32)
+      check_shape({format, 66, 19, 192, 64, 64}, seed++);   // crosses the 64-row block
+      check_shape({format, 2, 8, 2048, 16, 2048}, seed++);  // one group longer than an int16 segment
+      check_shape({format, 1, 70, 640, 64, 128}, seed++);   // SmolLM2's decode shape, several groups
+      check_shape({format, 5, 17, 768, 64, 256}, seed++);   // 256-wide groups (two VNNI chunks each)
+    }
+  });
+}
+
+TEST(AtomGemm, VnniLayoutIsUsedWhereItFits) {
+  if (!cpu_has_avx512_vnni()) GTEST_SKIP() << "no AVX-512 VNNI on this CPU";
+  std::vector<float> w(8 * 256, 0.5f);
+  std::vector<std::int32_t> perm(256);
+  std::iota(perm.begin(), perm.end(), 0);
+  for_each_isa([&] {
+    for (auto [format, group, want_vnni] : {std::tuple{NumberFormat::kInt4, 128, true},
+                                            {NumberFormat::kInt3, 256, true},
+                                            {NumberFormat::kInt4, 64, false},
+                                            {NumberFormat::kFp4, 128, false},
+                                            {NumberFormat::kInt8, 128, false}}) {
+      const auto q = quant::quantize_weights_rtn(w, 8, perm, 0, group, format, 1.0f);
+      const AtomPreparedWeights p = prepare_atom_weights(q, "test");
+      EXPECT_EQ(p.chunk == 128, want_vnni && avx512_vnni_enabled()) << quant::format_name(format) << group;
+    }
+  });
 }
 
 TEST(AtomGemm, PerChannelBaselinesAreBitExact) {
   // W8A8 (SmoothQuant layout) and plain RTN W4A4: one group per row, no outliers.
-  check_shape({NumberFormat::kInt8, 4, 29, 576, 0, 576}, 7, 1.0f, 1.0f);
-  check_shape({NumberFormat::kInt4, 3, 11, 576, 0, 576}, 8, 1.0f, 1.0f);
+  for_each_isa([] {
+    check_shape({NumberFormat::kInt8, 4, 29, 576, 0, 576}, 7, 1.0f, 1.0f);
+    check_shape({NumberFormat::kInt4, 3, 11, 576, 0, 576}, 8, 1.0f, 1.0f);
+    check_shape({NumberFormat::kInt4, 3, 11, 640, 0, 640}, 9, 1.0f, 1.0f);
+  });
 }
 
 TEST(AtomGemm, ActivationQuantizationHandlesSpecialValues) {
+  for_each_isa([] { check_special_values(); });
+}
+
+void check_special_values() {
   for (auto format : {NumberFormat::kInt4, NumberFormat::kInt3, NumberFormat::kFp4, NumberFormat::kInt8}) {
     for (std::int64_t group : {32, 64, 128}) {
       const Shape s{format, 3, 1, 2 * group, 16, group};

@@ -92,6 +92,52 @@ TEST(AtomLinear, W8A8AndRtnW4A4Baselines) {
   }
 }
 
+// q/k/v and gate/up share their input: one activation quantization and one OpenMP loop over all products must
+// give each product the format reference's bits (with its bias); ops that quantize differently, or are not
+// AtomLinears, each run alone, with the same results.
+TEST(AtomLinear, ProductsSharingAnInputMatchTheReference) {
+  const std::int64_t k = 384, n_out = 128, group = 128;
+  const std::int64_t widths[] = {40, 9, 200};  // the last one large enough for the parallel loop
+  for (std::int64_t m : {1, 3, 70}) {
+    const Data d = make_data(m, 230, k, 24);
+    std::vector<AtomLinear> ops;
+    std::vector<quant::QuantizedLinearWeights> qs;
+    std::vector<std::vector<float>> want;
+    const auto a = quant::quantize_activations(d.x, m, d.perm, n_out, group, NumberFormat::kInt4, 0.9f);
+    for (std::size_t i = 0; i < 3; ++i) {
+      const std::int64_t n = widths[i];
+      const std::vector<float> w(d.w.begin() + static_cast<std::ptrdiff_t>(i * 7 * k),
+                                 d.w.begin() + static_cast<std::ptrdiff_t>((i * 7 + n) * k));
+      const std::vector<float> bias(d.bias.begin(), d.bias.begin() + n);
+      const auto q = quant::quantize_weights_rtn(w, n, d.perm, n_out, group, NumberFormat::kInt4, 0.85f);
+      ops.emplace_back(q, 0.9f, "shared", InputOrder::kOriginal, bias);
+      qs.push_back(q);
+      want.push_back(quant::atom_linear_reference(a, q));
+      for (std::int64_t r = 0; r < m; ++r)
+        for (std::int64_t j = 0; j < n; ++j) want.back()[r * n + j] += bias[j];
+    }
+    std::vector<std::vector<float>> got(3);
+    for (std::size_t i = 0; i < 3; ++i) got[i].assign(static_cast<std::size_t>(m * widths[i]), 0.0f);
+    const LinearOp* shared[] = {&ops[0], &ops[1], &ops[2]};
+    float* outs[] = {got[0].data(), got[1].data(), got[2].data()};
+    EXPECT_TRUE(ops[0].shares_activations_with(ops[2]));
+    forward_shared_input(shared, d.x.data(), m, outs);
+    for (std::size_t i = 0; i < 3; ++i)
+      expect_bit_equal(got[i], want[i], "shared product " + std::to_string(i));
+
+    // Another clip ratio quantizes the input differently: no sharing, still each op's own result.
+    const AtomLinear other_clip(qs[1], 1.0f, "other clip");
+    EXPECT_FALSE(ops[0].shares_activations_with(other_clip));
+    std::vector<float> alone(static_cast<std::size_t>(m * widths[1])), mixed(alone.size());
+    other_clip.forward(d.x.data(), m, alone.data());
+    const LinearOp* mixed_ops[] = {&ops[0], &other_clip};
+    float* mixed_outs[] = {got[0].data(), mixed.data()};
+    forward_shared_input(mixed_ops, d.x.data(), m, mixed_outs);
+    expect_bit_equal(got[0], want[0], "mixed, first");
+    expect_bit_equal(mixed, alone, "mixed, second");
+  }
+}
+
 TEST(AtomLinear, RejectsBadConfiguration) {
   const Data d = make_data(1, 4, 64, 23);
   const auto q = quant::quantize_weights_rtn(d.w, 4, d.perm, 0, 64, NumberFormat::kInt4, 1.0f);
