@@ -180,6 +180,36 @@ struct GemmArgs {
 
 // One tile of MT rows x NT outputs starting at (m0, n0); rows/outputs past the end are computed on
 // clamped indices and not stored.
+// The end of every tile kernel: the INT8 outlier chunk's int32 sum, scaled last (the reference's order), then
+// the tile's outputs that exist stored.
+template <int MT, int NT>
+inline void finish_tile(const GemmArgs& args, const std::int64_t (&rows)[MT], std::int64_t m0, std::int64_t n0,
+                        __m256 acc) {
+  const std::int64_t M = args.a.m, N = args.w.q.n;
+  const std::int64_t n_out_pad = args.w.n_out_pad;
+  if (n_out_pad > 0) {
+    const std::int8_t* ao[MT];
+    const std::int8_t* wo[NT];
+    float sa[MT];
+    for (int mt = 0; mt < MT; ++mt) {
+      ao[mt] = args.a.outliers.data() + rows[mt] * n_out_pad;
+      sa[mt] = args.a.outlier_scales[rows[mt]];
+    }
+    for (int nt = 0; nt < NT; ++nt) wo[nt] = args.w.outliers.data() + (n0 + nt) * n_out_pad;
+    const __m256i isum = int8_dot<MT, NT>(ao, wo, 0, n_out_pad);
+    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
+    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.outlier_scales.data() + n0), acc);
+  }
+  alignas(32) float out[kTileOutputs];
+  _mm256_store_ps(out, acc);
+  for (int mt = 0; mt < MT; ++mt) {
+    if (m0 + mt >= M) break;
+    for (int nt = 0; nt < NT; ++nt) {
+      if (n0 + nt < N) args.y[(m0 + mt) * N + n0 + nt] = out[mt * NT + nt];
+    }
+  }
+}
+
 template <int MT, int NT, int C>
 void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   static_assert(MT * NT == kTileOutputs);
@@ -218,28 +248,7 @@ void gemm_tile(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
     const __m256 t = _mm256_mul_ps(dot, row_lanes<MT>(sa));
     acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.scales_t.data() + g * n_pad + n0), acc);
   }
-  const std::int64_t n_out_pad = args.w.n_out_pad;
-  if (n_out_pad > 0) {
-    const std::int8_t* ao[MT];
-    const std::int8_t* wo[NT];
-    float sa[MT];
-    for (int mt = 0; mt < MT; ++mt) {
-      ao[mt] = args.a.outliers.data() + rows[mt] * n_out_pad;
-      sa[mt] = args.a.outlier_scales[rows[mt]];
-    }
-    for (int nt = 0; nt < NT; ++nt) wo[nt] = args.w.outliers.data() + (n0 + nt) * n_out_pad;
-    const __m256i isum = int8_dot<MT, NT>(ao, wo, 0, n_out_pad);
-    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
-    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.outlier_scales.data() + n0), acc);
-  }
-  alignas(32) float out[kTileOutputs];
-  _mm256_store_ps(out, acc);
-  for (int mt = 0; mt < MT; ++mt) {
-    if (m0 + mt >= M) break;
-    for (int nt = 0; nt < NT; ++nt) {
-      if (n0 + nt < N) args.y[(m0 + mt) * N + n0 + nt] = out[mt * NT + nt];
-    }
-  }
+  finish_tile<MT, NT>(args, rows, m0, n0, acc);
 }
 
 // Rows [mb, mb_end) of the 8 outputs of tile `t` (any m: pairs of rows, then a lone one).
@@ -278,7 +287,7 @@ template <int MT, int NT>
 ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std::int64_t n0) {
   static_assert(MT * NT == kTileOutputs);
   const auto& q = args.w.q;
-  const std::int64_t M = args.a.m, N = q.n, groups = args.w.groups(), G = q.group;
+  const std::int64_t M = args.a.m, groups = args.w.groups(), G = q.group;
   std::int64_t rows[MT];
   for (int mt = 0; mt < MT; ++mt) rows[mt] = std::min(m0 + mt, M - 1);
   const std::int8_t* a_rows[MT];
@@ -326,28 +335,7 @@ ATOM_VNNI_TARGET void gemm_tile_vnni(const GemmArgs& args, std::int64_t m0, std:
     const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
     acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(scales + g * kTileOutputs), acc);
   }
-  const std::int64_t n_out_pad = args.w.n_out_pad;
-  if (n_out_pad > 0) {
-    const std::int8_t* ao[MT];
-    const std::int8_t* wo[NT];
-    float sa[MT];
-    for (int mt = 0; mt < MT; ++mt) {
-      ao[mt] = args.a.outliers.data() + rows[mt] * n_out_pad;
-      sa[mt] = args.a.outlier_scales[rows[mt]];
-    }
-    for (int nt = 0; nt < NT; ++nt) wo[nt] = args.w.outliers.data() + (n0 + nt) * n_out_pad;
-    const __m256i isum = int8_dot<MT, NT>(ao, wo, 0, n_out_pad);
-    const __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(isum), row_lanes<MT>(sa));
-    acc = _mm256_fmadd_ps(t, output_lanes<MT, NT>(args.w.outlier_scales.data() + n0), acc);
-  }
-  alignas(32) float out[kTileOutputs];
-  _mm256_store_ps(out, acc);
-  for (int mt = 0; mt < MT; ++mt) {
-    if (m0 + mt >= M) break;
-    for (int nt = 0; nt < NT; ++nt) {
-      if (n0 + nt < N) args.y[(m0 + mt) * N + n0 + nt] = out[mt * NT + nt];
-    }
-  }
+  finish_tile<MT, NT>(args, rows, m0, n0, acc);
 }
 
 ATOM_VNNI_TARGET void gemm_tile_rows_vnni(const GemmArgs& args, std::int64_t mb, std::int64_t mb_end,
