@@ -114,20 +114,8 @@ int main() {
       for (const Setting& setting : settings()) {
         std::vector<SampleRow> host_rows(rows);
         for (int r = 0; r < rows; ++r) {
-          const SamplingParams& p = setting.params;
-          SampleRow& row = host_rows[r];
-          row.logit_row = r;
-          row.temperature = p.temperature;
-          row.top_k = p.top_k;
-          row.top_p = p.top_p;
-          row.min_p = p.min_p;
-          row.repetition_penalty = p.repetition_penalty;
-          row.presence_penalty = p.presence_penalty;
-          row.frequency_penalty = p.frequency_penalty;
-          row.logprobs = p.logprobs;
-          row.counts_slot = p.has_penalties() ? r : -1;
-          row.seed = p.seed;  // the host reference draws with the same seed
-          row.step = static_cast<std::uint64_t>(r);
+          const SamplingParams& p = setting.params;  // the host reference draws with the same seed
+          host_rows[r] = sample_row_of(p, r, p.has_penalties() ? r : -1, static_cast<std::uint64_t>(r));
         }
         rows_dev.upload(host_rows);
         SampleRowsParams sp;

@@ -338,18 +338,8 @@ struct CudaModelRunner::Impl {
       if (!in.params) fail("CUDA runner: sampling row {} has no parameters", k);
       const SamplingParams& sp = *in.params;
       SampleRow& out = sample_rows_host[k];
-      out = SampleRow{};
-      out.logit_row = logit_rows[k];
-      out.temperature = sp.temperature;
-      out.top_k = sp.top_k;
-      out.top_p = sp.top_p;
-      out.min_p = sp.min_p;
-      out.repetition_penalty = sp.repetition_penalty;
-      out.presence_penalty = sp.presence_penalty;
-      out.frequency_penalty = sp.frequency_penalty;
-      out.logprobs = std::min(sp.logprobs, kMaxTopLogprobs);
-      out.seed = sp.seed;
-      out.step = in.history ? static_cast<std::uint64_t>(in.history->num_generated()) : 0;
+      out = sample_row_of(sp, logit_rows[k], /*counts_slot=*/-1,
+                          in.history ? static_cast<std::uint64_t>(in.history->num_generated()) : 0);
       if (sp.has_penalties()) {
         if (!in.history) fail("CUDA runner: sampling row {} has penalties but no token history", k);
         auto it = penalty_slots.find(chunk.sequence_id);

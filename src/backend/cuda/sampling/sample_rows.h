@@ -26,6 +26,10 @@
 
 #include <cuda_runtime.h>
 
+namespace atom {
+struct SamplingParams;
+}  // namespace atom
+
 namespace atom::cuda {
 
 inline constexpr int kMaxTopLogprobs = 20;
@@ -45,6 +49,10 @@ struct SampleRow {
   std::uint64_t seed = 0;
   std::uint64_t step = 0;  // index of the generated token: Philox's counter
 };
+
+// A request's settings as a SampleRow (host; logprobs capped at kMaxTopLogprobs). counts_slot: the row's slot
+// of the token-count buffer, -1 when it has no penalties; step: the index of the token it generates.
+SampleRow sample_row_of(const SamplingParams& params, int logit_row, int counts_slot, std::uint64_t step);
 
 struct SampleRowsParams {
   const float* logits = nullptr;   // device, rows of `vocab` floats

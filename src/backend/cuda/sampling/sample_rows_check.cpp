@@ -1,6 +1,7 @@
 // Argument checks of the sampling kernels: every bad field becomes an atom::Error naming it.
 #include "backend/cuda/sampling/sample_rows.h"
 #include "common/error.h"
+#include "model/sampler.h"
 
 namespace atom::cuda {
 
@@ -33,6 +34,23 @@ void check_params(const LoadTokenCountsParams& p) {
   for (std::int32_t slot : p.clear_slots) {
     if (slot < 0 || slot >= p.num_slots) fail("{}: clear_slots names slot {} of {}", what, slot, p.num_slots);
   }
+}
+
+SampleRow sample_row_of(const SamplingParams& params, int logit_row, int counts_slot, std::uint64_t step) {
+  SampleRow row;
+  row.logit_row = logit_row;
+  row.temperature = params.temperature;
+  row.top_k = params.top_k;
+  row.top_p = params.top_p;
+  row.min_p = params.min_p;
+  row.repetition_penalty = params.repetition_penalty;
+  row.presence_penalty = params.presence_penalty;
+  row.frequency_penalty = params.frequency_penalty;
+  row.logprobs = params.logprobs < kMaxTopLogprobs ? params.logprobs : kMaxTopLogprobs;
+  row.counts_slot = counts_slot;
+  row.seed = params.seed;
+  row.step = step;
+  return row;
 }
 
 }  // namespace atom::cuda

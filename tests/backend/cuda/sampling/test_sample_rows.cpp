@@ -126,19 +126,7 @@ Launch launch(const std::vector<float>& logits, int vocab, const std::vector<Cas
   std::vector<SampleRow> host_rows(rows);
   for (int r = 0; r < rows; ++r) {
     const SamplingParams& p = cases[which[r]].params;
-    SampleRow& row = host_rows[r];
-    row.logit_row = logit_row[r];
-    row.temperature = p.temperature;
-    row.top_k = p.top_k;
-    row.top_p = p.top_p;
-    row.min_p = p.min_p;
-    row.repetition_penalty = p.repetition_penalty;
-    row.presence_penalty = p.presence_penalty;
-    row.frequency_penalty = p.frequency_penalty;
-    row.logprobs = p.logprobs;
-    row.counts_slot = p.has_penalties() ? which[r] : -1;
-    row.seed = p.seed;
-    row.step = steps[r];
+    host_rows[r] = sample_row_of(p, logit_row[r], p.has_penalties() ? which[r] : -1, steps[r]);
   }
   DeviceArray<SampleRow> rows_dev(host_rows);
   DeviceArray<std::int32_t> tokens(rows), top_tokens(static_cast<std::size_t>(rows) * kMaxTopLogprobs);
