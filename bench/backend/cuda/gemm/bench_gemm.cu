@@ -497,14 +497,14 @@ int main(int argc, char** argv) {
             convert_w4a4_activations_s8(a4.get(c), k_normal, n_out,
                                         W4A4ActivationsS8{codes[c].p, scales[c].p, oscales[c].p, M}, stream);
           }
-          auto swapab = [&](W4A4SwapAbTile tile) {
-            return [&, tile](int i) {
+          auto swapab = [&](W4A4SwapAbTile tile, int k_splits = 0) {
+            return [&, tile, k_splits](int i) {
               const int c = i % static_cast<int>(codes.size());
               GemmW4A4S8Args args;
               args.a = W4A4ActivationsS8{codes[c].p, scales[c].p, oscales[c].p, M};
               args.w = w4.get(i);
               args.out = y_ours.p;
-              gemm_w4a4_o8_s8(args, stream, tile);
+              gemm_w4a4_o8_s8(args, stream, tile, k_splits);
             };
           };
           ATOM_CUDA_CHECK(cudaMemsetAsync(y_ours.p, 0xFF, y_ours.bytes(), stream));
@@ -512,20 +512,27 @@ int main(int argc, char** argv) {
           ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
           cs8 = validate_w4a4(w4, a4, y_ours, rng);
           row.swapab_auto = timer.median_us(swapab(W4A4SwapAbTile::kAuto));
-          // Every tile up to twice the range the runner uses it for (the crossover with the packed-layout kernels).
+          // Every tile and split-K count up to twice the range the runner uses it for (the crossover with the
+          // packed-layout kernels); "/sN" is N CTAs per output tile.
+          const int units = k_normal / kW4A4Group + (n_out > 0 ? 1 : 0);
           for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
             if (M > 2 * kW4A4S8MaxRows) break;
-            const double us = timer.median_us(swapab(tile));
-            char buf[96];
-            std::snprintf(buf, sizeof buf, "%s%s %.2f", tile_times.empty() ? "" : ", ",
-                          w4a4_swapab_tile_name(tile) + std::strlen("gemm_w4a4o8_swapab_sm90"), us);
-            tile_times += buf;
-            std::snprintf(buf, sizeof buf, "%s%s %.3f", row.tiles.empty() ? "" : "; ", w4a4_swapab_tile_name(tile), us);
-            row.tiles += buf;
+            for (const int k_splits : {1, 2, 4, 8}) {
+              if (k_splits > 1 && units / k_splits < kW4A4MinUnitsPerSplit) break;
+              const double us = timer.median_us(swapab(tile, k_splits));
+              char buf[112];
+              std::snprintf(buf, sizeof buf, "%s%s/s%d %.2f", tile_times.empty() ? "" : ", ",
+                            w4a4_swapab_tile_name(tile) + std::strlen("gemm_w4a4o8_swapab_sm90"), k_splits, us);
+              tile_times += buf;
+              std::snprintf(buf, sizeof buf, "%s%s/s%d %.3f", row.tiles.empty() ? "" : "; ", w4a4_swapab_tile_name(tile),
+                            k_splits, us);
+              row.tiles += buf;
+            }
           }
           if (w4a4_prefers_s8_activations(M, N)) {
             row.ours = row.swapab_auto;
-            row.kernel = w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N));
+            row.kernel = std::string(w4a4_swapab_tile_name(w4a4_swapab_auto_tile(M, N))) + "/s" +
+                         std::to_string(w4a4_swapab_auto_splits(M, N, k_normal, n_out, W4A4SwapAbTile::kAuto));
           }
         }
         if (variants && M >= 64) {

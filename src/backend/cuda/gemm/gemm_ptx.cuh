@@ -192,6 +192,26 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
+// ---- Thread-block clusters (sm_90): every thread of every CTA of the cluster arrives; the release/acquire
+// pair makes shared-memory writes before the barrier visible to the peers' reads after it.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\n\tbarrier.cluster.wait.acquire;" ::: "memory");
+}
+// The shared::cluster address of the same shared-memory location in CTA `rank` of the cluster.
+__device__ __forceinline__ std::uint32_t map_cluster_rank(std::uint32_t smem_addr, int rank) {
+  std::uint32_t out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(smem_addr), "r"(rank));
+  return out;
+}
+__device__ __forceinline__ float4 ld_cluster_f4(std::uint32_t cluster_addr) {
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(cluster_addr)
+               : "memory");
+  return v;
+}
+
 // D (int32, 64 x 16) (+)= A (s8 registers, 64 x 32) * B (s8 shared-memory descriptor, 16 rows x 32, K-major).
 // accumulate == 0 overwrites D.
 __device__ __forceinline__ void wgmma_m64n16k32_s8_rs(int (&d)[8], const std::uint32_t (&a)[4], std::uint64_t desc_b,

@@ -232,11 +232,51 @@ W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
   return W4A4SwapAbTile::kT64C128;
 }
 
-void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
+namespace {
+struct SwapAbTileShape {
+  int tokens, channels;
+};
+SwapAbTileShape swapab_tile_shape(W4A4SwapAbTile tile) {
+  switch (tile) {
+    case W4A4SwapAbTile::kT16C64: return {16, 64};
+    case W4A4SwapAbTile::kT32C64: return {32, 64};
+    case W4A4SwapAbTile::kT32C128: return {32, 128};
+    case W4A4SwapAbTile::kT64C64: return {64, 64};
+    case W4A4SwapAbTile::kT64C128: return {64, 128};
+    case W4A4SwapAbTile::kT128C64: return {128, 64};
+    case W4A4SwapAbTile::kAuto: break;
+  }
+  fail("swapab_tile_shape: tile kAuto has no shape");
+}
+}  // namespace
+
+// A CTA's walk over K costs about the same per unit whatever the tile holds (latency-bound, docs/notes/gemm.md),
+// so the time goes as waves x units per CTA: split K while that product shrinks, counting one unit for the
+// cluster's reduction.
+int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile) {
+  if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(m, n);
+  const SwapAbTileShape shape = swapab_tile_shape(tile);
+  const int units = k_normal / kW4A4Group + (n_outliers > 0 ? 1 : 0);
+  const int ctas = layout::ceil_div(std::max(m, 1), shape.tokens) * layout::ceil_div(n, shape.channels);
+  const int sms = std::max(device_caps().num_sms, 1);
+  int best = 1;
+  long best_cost = (long)layout::ceil_div(ctas, sms) * units;
+  for (int s = 2; s <= kW4A4MaxSplits && units / s >= kW4A4MinUnitsPerSplit; ++s) {
+    const long cost = (long)layout::ceil_div(ctas * s, sms) * (layout::ceil_div(units, s) + 1);
+    if (cost < best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile, int k_splits) {
   const W4A4PackedWeights& w = args.w;
   validate_w4a4_shape(w.n, w.k_normal, w.n_outliers, "gemm_w4a4_o8_s8 weights");
   const W4A4ActivationsS8& a = args.a;
   if (a.m < 0) fail("gemm_w4a4_o8_s8: m = {} is negative", a.m);
+  if (k_splits < 0) fail("gemm_w4a4_o8_s8: k_splits = {} is negative (0 picks the split count)", k_splits);
   if (a.m == 0) return;
   if (!args.out || !a.codes || !w.scales) fail("gemm_w4a4_o8_s8: output, activation codes or weight scales are null");
   if (w.k_normal > 0 && (!a.scales || !w.packed))
@@ -251,7 +291,10 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
     fail("gemm_w4a4_o8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
          device_caps().sm);
   if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(a.m, w.n);
-  detail::launch_w4a4_swapab_sm90(args, tile, stream);
+  if (k_splits == 0) k_splits = w4a4_swapab_auto_splits(a.m, w.n, w.k_normal, w.n_outliers, tile);
+  const int units = w.k_normal / kW4A4Group + (w.n_outliers > 0 ? 1 : 0);
+  k_splits = std::min({k_splits, units, kW4A4MaxSplits});
+  detail::launch_w4a4_swapab_sm90(args, tile, k_splits, stream);
 }
 
 void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {

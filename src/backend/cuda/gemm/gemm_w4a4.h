@@ -141,10 +141,21 @@ struct GemmW4A4S8Args {
   GemmOutType out_type = GemmOutType::kF16;
   const void* residual = nullptr;  // optional [m, w.n] of out_type, 16-byte aligned; may == out
 };
+// Split-K: with k_splits = S > 1 the K units (the 128-wide groups, then all outlier chunks as one unit) are
+// dealt to S CTAs in contiguous ranges; the S CTAs of an output tile form a thread-block cluster and add their
+// fp32 partial tiles through distributed shared memory in rank order. Deterministic, and independent of M for
+// a given (tile width, S), but not bit-identical to the reference: the fp32 sum is reassociated at S - 1
+// split points. k_splits = 1 is the bit-exact kernel; 0 picks w4a4_swapab_auto_splits. S is clamped to the
+// number of units and to kW4A4MaxSplits (the portable cluster size).
+constexpr int kW4A4MaxSplits = 8;
 // y = A x W^T with int8 activations. Needs an sm_90 device and a build with 90a. Asynchronous on `stream`.
-void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
+void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto,
+                     int k_splits = 0);
 // The tile kAuto picks for this shape (the fastest in the measured tile sweep, docs/notes/gemm.md).
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n);
+// The split count k_splits = 0 picks: enough CTAs to cover the SMs, each over at least kW4A4MinUnitsPerSplit units.
+int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile);
+constexpr int kW4A4MinUnitsPerSplit = 4;
 // Whether the serving-size kernel runs on the current device (sm_90 with sm_90a code in this binary).
 bool w4a4_swapab_available();
 // Products of more rows than this always read packed activations (the runner's int8-row buffer size).
@@ -194,7 +205,7 @@ struct W4A4StreamConfig {
 };
 void launch_w4a4_stream(const GemmW4A4Args& args, const W4A4StreamConfig& config, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
-void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
+void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream);
 void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
                                         const W4A4ActivationsS8& dst, cudaStream_t stream);

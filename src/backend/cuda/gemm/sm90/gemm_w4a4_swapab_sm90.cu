@@ -14,7 +14,7 @@
 // the threads rescale group g - 1 from the other (each stage ends with wait_group 0, and no register written
 // in a stage is touched by other instructions during it, so ptxas keeps the wgmmas asynchronous).
 //
-// Block: one producer warpgroup (warp 0 issues the TMA/bulk copies and stages the activation scales) and
+// Block: one producer warpgroup (warp 0 issues the TMA/bulk copies, warp 1 stages the activation scales) and
 // WGC x WGT consumer warpgroups of 64 output channels x BT/WGT tokens each; tile BT tokens x 64*WGC channels; kStages-deep ring with
 // two mbarriers per stage (full: copies landed and scales written; empty: consumers done). Epilogue: the
 // fp32 tile goes through shared memory so that the transposed output (and residual) moves in 16-byte rows.
@@ -40,7 +40,23 @@ struct SwapAbParams {
   void* out;
   const void* residual;
   int m, n, groups, chunks, m_tiles;
+  int splits;  // CTAs (one cluster) sharing an output tile, each over a contiguous range of K units
 };
+
+// Split-K: the K units (each 128-wide group, then all outlier chunks as one) are dealt to `splits` CTAs in
+// contiguous ranges; CTA `rank` covers units [u0, u1) and stages [it0, it1). The outlier unit stays whole.
+struct SplitRange {
+  int u0, u1, it0, it1;
+};
+__host__ __device__ inline SplitRange split_range(int groups, int chunks, int splits, int rank) {
+  const int units = groups + (chunks > 0 ? 1 : 0);
+  SplitRange r;
+  r.u0 = rank * units / splits;
+  r.u1 = (rank + 1) * units / splits;
+  r.it0 = r.u0;
+  r.it1 = r.u1 > groups ? groups + chunks : r.u1;
+  return r;
+}
 
 // BT tokens x 64*WGC channels per CTA; consumer warpgroup w covers channels 64*(w % WGC).. and tokens
 // (BT/WGT)*(w / WGC).. (wgmma N = BT/WGT); the WGT token warpgroups of a channel slice share its weight stages.
@@ -131,14 +147,18 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 
   const int tid = threadIdx.x;
   const int wg = tid / 128, ltid = tid % 128;
-  const int m_tile = blockIdx.x % p.m_tiles, n_tile = blockIdx.x / p.m_tiles;
+  // One cluster of p.splits CTAs per output tile (rank = K range); without split-K a cluster of one.
+  const int rank = blockIdx.x % p.splits, tile_index = blockIdx.x / p.splits;
+  const int m_tile = tile_index % p.m_tiles, n_tile = tile_index / p.m_tiles;
   const int m0 = m_tile * BT, n0 = n_tile * C;
-  const int G = p.groups, total = p.groups + p.chunks;
+  const int G = p.groups;
+  const SplitRange range = split_range(G, p.chunks, p.splits, rank);
+  const int it0 = range.it0, it1 = range.it1;
   const int w_tile = n0 / kW4A4TileRows, w_row0 = n0 % kW4A4TileRows;  // prepacked tile, first row used
 
   if (tid == 0) {
     for (int s = 0; s < S; ++s) {
-      ptx::mbar_init(&full[s], 32);
+      ptx::mbar_init(&full[s], 1 + 32);  // warp 0's copies (+ tx bytes), warp 1's scales
       ptx::mbar_init(&empty[s], 128 * WGS);
     }
     ptx::mbar_fence_init();
@@ -147,12 +167,52 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 
   if (wg == 0) {
     // ------------------------------------------------------------------ producer warpgroup
-    if constexpr (WGS > 1) ptx::setmaxnreg_dec<40>();
-    if (ltid < 32) {
-      const int lane = ltid;
-      // The activation scales travel through registers: each lane loads its tokens' scales kScaleAhead stages
-      // ahead, so that a stage's copies are issued without waiting for a global load (a load per stage in
-      // line made the producer, not the ring, set the pace: one stage per L2 round trip).
+    if constexpr (WGS > 1) ptx::setmaxnreg_dec<56>();  // 128 x 56 + 256 x 224 <= the 64K register file
+    if (ltid == 0) {
+      // Warp 0, lane 0: the copies of each stage (activation codes by TMA, weights and weight scales by bulk copy).
+      for (int it = it0; it < it1; ++it) {
+        const int rel = it - it0;  // ring position counts from the CTA's first stage
+        const int s = rel % S;
+        if (rel >= S) ptx::mbar_wait(&empty[s], ((rel / S) - 1) & 1);
+        const bool outlier = it >= G;
+        std::uint8_t* w_dst = w_buf + s * T::kW;
+        if constexpr (kW8) {
+          const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
+          ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
+          ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+          ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
+          ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
+        } else {
+          const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
+          ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
+          ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
+          if (!outlier) {
+            // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
+            const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
+            if constexpr (C == kW4A4TileRows) {
+              ptx::bulk_copy_g2s(w_dst, src, C * 64, &full[s]);
+            } else {
+#pragma unroll
+              for (int j = 0; j < 4; ++j)
+                ptx::bulk_copy_g2s(w_dst + j * C * 16, src + (j * kW4A4TileRows + w_row0) * 16, C * 16, &full[s]);
+            }
+          } else {
+            const int c = it - G;
+            const std::int8_t* src =
+                p.w_outliers + (((std::size_t)w_tile * p.chunks + c) * kW4A4TileRows + w_row0) * kW4A4OutlierChunk;
+            ptx::bulk_copy_g2s(w_dst, src, C * 128, &full[s]);
+          }
+          const int entry = outlier ? G : it;
+          ptx::bulk_copy_g2s(w_scale + s * C,
+                             p.w_scales + ((std::size_t)w_tile * (G + 1) + entry) * kW4A4TileRows + w_row0,
+                             T::kWScale, &full[s]);
+        }
+      }
+    } else if (ltid >= 32 && ltid < 64) {
+      // Warp 1: the activation scales, through registers: each lane loads its tokens' scales kScaleAhead stages
+      // ahead (loads in line would make this warp, not the ring, set the pace: one stage per L2 round trip), and
+      // its own warp keeps them from holding up the copies of warp 0.
+      const int lane = ltid - 32;
       constexpr int kTokPerLane = (BT + 31) / 32;
       constexpr int kScaleAhead = BT >= 128 ? 4 : 8;
       float ahead[kScaleAhead][kTokPerLane];
@@ -161,77 +221,44 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
         for (int t = 0; t < kTokPerLane; ++t) {
           const int tok = lane + 32 * t, m = m0 + tok;
           v[t] = 0.0f;
-          if (it < total && tok < BT && m < p.m)
+          if (it < it1 && tok < BT && m < p.m)
             v[t] = fp16_bits_to_float(it >= G ? p.a_outlier_scales[m] : p.a_scales[(std::size_t)it * p.m + m]);
         }
       };
 #pragma unroll
-      for (int d = 0; d < kScaleAhead; ++d) fetch_scales(d, ahead[d]);
-      for (int it0 = 0; it0 < total; it0 += kScaleAhead) {
+      for (int d = 0; d < kScaleAhead; ++d) fetch_scales(it0 + d, ahead[d]);
+      for (int base = it0; base < it1; base += kScaleAhead) {
 #pragma unroll
         for (int d = 0; d < kScaleAhead; ++d) {
-          const int it = it0 + d;
-          if (it >= total) break;
-          const int s = it % S;
-          if (it >= S) ptx::mbar_wait(&empty[s], ((it / S) - 1) & 1);
-          const bool outlier = it >= G;
-          // Activation scales of the block, as the consumers use them: groups (sa/16, -magic*sa/16), since the
-          // int32 sums carry the weights' x16; outliers (sa, 0). Rows past m hold 0. Written before this lane's
-          // arrival on the full barrier (lane 0's is its arrive_expect_tx), which releases them.
+          const int it = base + d, rel = it - it0;
+          if (it >= it1) break;
+          const int s = rel % S;
+          if (rel >= S) ptx::mbar_wait(&empty[s], ((rel / S) - 1) & 1);
+          // As the consumers use them: groups (sa/16, -magic*sa/16), since the int32 sums carry the weights'
+          // x16; outliers (sa, 0). Rows past m hold 0. Released by this lane's arrival on the full barrier.
 #pragma unroll
           for (int t = 0; t < kTokPerLane; ++t) {
             const int tok = lane + 32 * t;
             if (tok >= BT) break;
             float2 v = make_float2(ahead[d][t], 0.0f);
-            if (!outlier) {
+            if (it < G) {
               v.x *= 1.0f / 16.0f;
               v.y = -ptx::kMagicF * v.x;
             }
             x_scale[s * BT + tok] = v;
           }
-          if (lane == 0) {
-            std::uint8_t* w_dst = w_buf + s * T::kW;
-            if constexpr (kW8) {
-              const int valid = min(C, p.n - n0);  // scales past n are not read: copy only those that exist
-              ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + unsigned(C * 128) + unsigned(valid * 4));
-              ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
-              ptx::tma_load_2d(w_dst, &tmap_w8, it * 128, n0, &full[s]);
-              ptx::bulk_copy_g2s(w_scale + s * C, p.w8_scales + n0, valid * 4, &full[s]);
-            } else {
-              const unsigned w_bytes = outlier ? unsigned(C * 128) : unsigned(C * 64);
-              ptx::mbar_arrive_expect_tx(&full[s], unsigned(T::kX) + w_bytes + unsigned(T::kWScale));
-              ptx::tma_load_2d(x_buf + s * T::kX, &tmap_x, it * 128, m0, &full[s]);
-              if (!outlier) {
-                // Piece j (canonical words {j, 4+j, 8+j, 12+j}) of C rows: [4][C][16 bytes] in the stage.
-                const std::uint8_t* src = p.w_packed + ((std::size_t)w_tile * G + it) * 4 * kW4A4TileRows * 16;
-                if constexpr (C == kW4A4TileRows) {
-                  ptx::bulk_copy_g2s(w_dst, src, C * 64, &full[s]);
-                } else {
-#pragma unroll
-                  for (int j = 0; j < 4; ++j)
-                    ptx::bulk_copy_g2s(w_dst + j * C * 16, src + (j * kW4A4TileRows + w_row0) * 16, C * 16,
-                                       &full[s]);
-                }
-              } else {
-                const int c = it - G;
-                const std::int8_t* src = p.w_outliers +
-                                         (((std::size_t)w_tile * p.chunks + c) * kW4A4TileRows + w_row0) * kW4A4OutlierChunk;
-                ptx::bulk_copy_g2s(w_dst, src, C * 128, &full[s]);
-              }
-              const int entry = outlier ? G : it;
-              ptx::bulk_copy_g2s(w_scale + s * C,
-                                 p.w_scales + ((std::size_t)w_tile * (G + 1) + entry) * kW4A4TileRows + w_row0,
-                                 T::kWScale, &full[s]);
-            }
-          }
-          if (lane != 0) ptx::mbar_arrive(&full[s]);
+          ptx::mbar_arrive(&full[s]);
           fetch_scales(it + kScaleAhead, ahead[d]);
         }
       }
     }
+    if (p.splits > 1) {  // the consumers' two cluster barriers count every thread of the cluster
+      ptx::cluster_sync();
+      ptx::cluster_sync();
+    }
   } else {
     // ------------------------------------------------------------------ consumer warpgroups
-    if constexpr (WGS > 1) ptx::setmaxnreg_inc<232>();
+    if constexpr (WGS > 1) ptx::setmaxnreg_inc<224>();
     constexpr int NR = NT / 2;  // int32 / fp32 registers per thread for a 64 x NT tile
     const int consumer = wg - 1;
     const int tok0 = (consumer / WGC) * NT;  // this warpgroup's first token in the tile
@@ -241,7 +268,8 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     // Weight-scale slots of the two rows (the prepacked tile permutes channels inside its entry).
     const int sw_pos0 = kW8 ? lr : layout::scale_position_of_channel(w_row0 + lr) - w_row0;
     const int sw_pos1 = kW8 ? lr + 8 : layout::scale_position_of_channel(w_row0 + lr + 8) - w_row0;
-    const int units = G + (p.chunks > 0 ? 1 : 0);  // each group, then all outlier chunks as one unit
+    // This CTA's K range, counted from its first stage: Gl groups, then (if ours) all outlier chunks as one unit.
+    const int Gl = min(range.u1, G) - range.u0, units = range.u1 - range.u0;
 
     float acc[NR];
     int d0[NR], d1[NR];
@@ -257,7 +285,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       const int s = it % S;
       ptx::mbar_wait(&full[s], (it / S) & 1);
       const std::uint8_t* w = w_buf + s * T::kW;
-      if (it < G) {
+      if (it < Gl) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const std::uint32_t w0 = *reinterpret_cast<const std::uint32_t*>(w + (j * C + lr) * 16 + 4 * q);
@@ -297,9 +325,8 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     // acc (+)= unit u's int32 sums, scaled; then releases the unit's last stage.
     // D fragment: d[4i + 2v + e] is channel row lr + 8v, token 8i + 2q + e.
     auto rescale = [&](int u, int (&d)[NR]) {
-      const bool outlier = u >= G;
-      const int it = outlier ? total - 1 : u;
-      const int s = it % S;
+      const bool outlier = u >= Gl;
+      const int s = (outlier ? Gl + p.chunks - 1 : u) % S;
       const float sw0 = w_scale[s * C + sw_pos0], sw1 = w_scale[s * C + sw_pos1];
       const float2* xs = x_scale + s * BT + tok0;
 #pragma unroll
@@ -325,17 +352,17 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       for (int j = 0; j < 4; ++j)
 #pragma unroll
         for (int i = 0; i < 4; ++i) a_cur[j][i] = a_next[j][i];
-      if (u < G) {
+      if (u < Gl) {
         issue(u, a_cur, d_cur, 0);
       } else {
         // Outlier chunks accumulate into one int32 sum; chunks after the first (n_outliers > 128) wait in turn.
-        issue(G, a_cur, d_cur, 0);
+        issue(Gl, a_cur, d_cur, 0);
         for (int c = 1; c < p.chunks; ++c) {
           ptx::wgmma_wait<0>();
           pin(d_cur);
-          ptx::mbar_arrive(&empty[(G + c - 1) % S]);
-          load_frags(G + c, a_cur);
-          issue(G + c, a_cur, d_cur, 1);
+          ptx::mbar_arrive(&empty[(Gl + c - 1) % S]);
+          load_frags(Gl + c, a_cur);
+          issue(Gl + c, a_cur, d_cur, 1);
         }
       }
       if (u > 0) rescale(u - 1, d_prev);
@@ -361,7 +388,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 
     // ------------------------------------------------------------------ epilogue
     // Every stage has been consumed by every consumer once all consumers pass this barrier (no copy is in
-    // flight: the producer issues exactly `total` stages), so the ring holds the fp32 tile [BT][C].
+    // flight: the producer issues exactly this CTA's stages), so the ring holds the fp32 tile [BT][C].
     ptx::named_barrier_sync(1, 128 * WGS);
     float* tile = reinterpret_cast<float*>(smem);
     constexpr int LD = T::kEpilogueLd;
@@ -371,15 +398,26 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       for (int v = 0; v < 2; ++v)
 #pragma unroll
         for (int e = 0; e < 2; ++e) tile[(tok0 + 8 * i + 2 * q + e) * LD + lr + 8 * v] = acc[4 * i + 2 * v + e];
-    ptx::named_barrier_sync(1, 128 * WGS);
+    // Split-K: the cluster's partial tiles are summed in rank order (deterministic), each CTA storing a
+    // 1/splits share of the tile; a cluster of one reads its own tile (the bit-exact path).
+    if (p.splits > 1)
+      ptx::cluster_sync();
+    else
+      ptx::named_barrier_sync(1, 128 * WGS);
     const int rows = min(BT, p.m - m0), cols = min(C, p.n - n0);  // p.n is a multiple of 8
     const int ctid = tid - 128;
-    for (int idx = ctid; idx < BT * (C / 8); idx += 128 * WGS) {
+    const std::uint32_t tile_addr = ptx::smem_u32(tile);
+    for (int idx = int(blockIdx.x % p.splits) * 128 * WGS + ctid; idx < BT * (C / 8); idx += p.splits * 128 * WGS) {
       const int tok = idx / (C / 8), c8 = (idx % (C / 8)) * 8;
       if (tok >= rows || c8 >= cols) continue;
-      const float4 lo = *reinterpret_cast<const float4*>(tile + tok * LD + c8);
-      const float4 hi = *reinterpret_cast<const float4*>(tile + tok * LD + c8 + 4);
-      float y[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      float y[8];
+      for (int r = 0; r < p.splits; ++r) {
+        const std::uint32_t at = ptx::map_cluster_rank(tile_addr + unsigned(tok * LD + c8) * 4u, r);
+        const float4 lo = ptx::ld_cluster_f4(at), hi = ptx::ld_cluster_f4(at + 16);
+        const float part[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[i] = r == 0 ? part[i] : __fadd_rn(y[i], part[i]);
+      }
       const std::size_t off = (std::size_t)(m0 + tok) * p.n + n0 + c8;
       if (p.residual) {
         float r[8];
@@ -389,6 +427,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       }
       *reinterpret_cast<uint4*>(static_cast<OutT*>(p.out) + off) = pack8<OutT>(y);
     }
+    if (p.splits > 1) ptx::cluster_sync();  // peers may still read this CTA's tile
   }
 #endif  // ATOM_SM90A_DEVICE
 }
@@ -416,8 +455,24 @@ void launch_typed(SwapAbParams p, const SwapAbOperands& ops, cudaStream_t stream
   if constexpr (kW8)
     tmap_w8 = detail::make_u8_tensor_map(ops.w8, ops.row_bytes, p.n, 128, T::kChannels, /*swizzle_128b=*/true);
   const unsigned blocks = static_cast<unsigned>(p.m_tiles) * layout::ceil_div(p.n, T::kChannels);
-  kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, tmap_w8, p);
-  ATOM_CUDA_CHECK_LAUNCH();
+  if (p.splits == 1) {
+    kernel<<<blocks, T::kThreads, T::kSmemBytes, stream>>>(tmap_x, tmap_w8, p);
+    ATOM_CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // Split-K: the CTAs of an output tile form one cluster (consecutive blocks), reduced through shared memory.
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks * static_cast<unsigned>(p.splits));
+  config.blockDim = dim3(T::kThreads);
+  config.dynamicSmemBytes = T::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute cluster{};
+  cluster.id = cudaLaunchAttributeClusterDimension;
+  cluster.val.clusterDim.x = static_cast<unsigned>(p.splits);
+  cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  config.attrs = &cluster;
+  config.numAttrs = 1;
+  ATOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, tmap_x, tmap_w8, p));
 }
 
 template <typename OutT, bool kW8>
@@ -471,7 +526,7 @@ __global__ void convert_activations_s8_kernel(const W4A4Activations src, int k_n
 
 namespace detail {
 
-void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream) {
   const W4A4PackedWeights& w = args.w;
   SwapAbParams p{};
   p.a_scales = args.a.scales;
@@ -485,6 +540,7 @@ void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, cu
   p.n = w.n;
   p.groups = w.k_normal / kW4A4Group;
   p.chunks = layout::ceil_div(w.n_outliers, kW4A4OutlierChunk);
+  p.splits = k_splits;
   const SwapAbOperands ops{args.a.codes, nullptr, w4a4_s8_row_bytes(w.k_normal, w.n_outliers)};
   launch_out_type<false>(p, ops, args.out_type, tile, stream);
 }
@@ -498,6 +554,7 @@ void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cuda
   p.m = args.m;
   p.n = args.n;
   p.chunks = layout::ceil_div(args.k, 128);
+  p.splits = 1;  // one K unit (the int32 sum over all chunks)
   launch_out_type<true>(p, SwapAbOperands{args.x, args.w, args.k}, args.out_type, tile, stream);
 }
 
