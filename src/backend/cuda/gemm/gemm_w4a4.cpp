@@ -253,10 +253,10 @@ SwapAbTileShape swapab_tile_shape(W4A4SwapAbTile tile) {
 // A CTA's walk over K costs about the same per unit whatever the tile holds (latency-bound, docs/notes/gemm.md),
 // so the time goes as waves x units per CTA: split K while that product shrinks, counting one unit for the
 // cluster's reduction.
-int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile) {
+namespace {
+int swapab_auto_splits(int m, int n, int units, W4A4SwapAbTile tile) {
   if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(m, n);
   const SwapAbTileShape shape = swapab_tile_shape(tile);
-  const int units = k_normal / kW4A4Group + (n_outliers > 0 ? 1 : 0);
   const int ctas = layout::ceil_div(std::max(m, 1), shape.tokens) * layout::ceil_div(n, shape.channels);
   const int sms = std::max(device_caps().num_sms, 1);
   int best = 1;
@@ -269,6 +269,14 @@ int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4Swap
     }
   }
   return best;
+}
+}  // namespace
+
+int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile) {
+  return swapab_auto_splits(m, n, k_normal / kW4A4Group + (n_outliers > 0 ? 1 : 0), tile);
+}
+int w8a8_swapab_auto_splits(int m, int n, int k, W4A4SwapAbTile tile) {
+  return swapab_auto_splits(m, n, layout::ceil_div(k, 128), tile);
 }
 
 void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAbTile tile, int k_splits) {
@@ -297,10 +305,11 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
   detail::launch_w4a4_swapab_sm90(args, tile, k_splits, stream);
 }
 
-void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile) {
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile, int k_splits) {
   if (args.n <= 0 || args.n % 8 != 0 || args.k <= 0 || args.k % 16 != 0)
     fail("gemm_w8a8_s8: n = {} must be a positive multiple of 8 and k = {} of 16", args.n, args.k);
   if (args.m < 0) fail("gemm_w8a8_s8: m = {} is negative", args.m);
+  if (k_splits < 0) fail("gemm_w8a8_s8: k_splits = {} is negative (0 picks the split count)", k_splits);
   if (args.m == 0) return;
   if (!args.x || !args.x_scales || !args.w || !args.w_scales || !args.out)
     fail("gemm_w8a8_s8: a null activation, scale, weight or output pointer");
@@ -311,7 +320,9 @@ void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile 
     fail("gemm_w8a8_s8: needs an sm_90 device and a build with 90a in ATOM_CUDA_ARCHS (device sm_{})",
          device_caps().sm);
   if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(args.m, args.n);
-  detail::launch_w8a8_swapab_sm90(args, tile, stream);
+  if (k_splits == 0) k_splits = w8a8_swapab_auto_splits(args.m, args.n, args.k, tile);
+  k_splits = std::min({k_splits, layout::ceil_div(args.k, 128), kW4A4MaxSplits});
+  detail::launch_w8a8_swapab_sm90(args, tile, k_splits, stream);
 }
 
 namespace {

@@ -155,6 +155,7 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n);
 // The split count k_splits = 0 picks: enough CTAs to cover the SMs, each over at least kW4A4MinUnitsPerSplit units.
 int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile);
+int w8a8_swapab_auto_splits(int m, int n, int k, W4A4SwapAbTile tile);
 constexpr int kW4A4MinUnitsPerSplit = 4;
 // Whether the serving-size kernel runs on the current device (sm_90 with sm_90a code in this binary).
 bool w4a4_swapab_available();
@@ -179,7 +180,10 @@ struct GemmW8A8Args {
   GemmOutType out_type = GemmOutType::kF16;
   const void* residual = nullptr;  // optional, as GemmW4A4S8Args
 };
-void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto);
+// k_splits as gemm_w4a4_o8_s8, over the 128-wide chunks of K; the partial sums are int32, so every split
+// count is bit-identical to the reference.
+void gemm_w8a8_s8(const GemmW8A8Args& args, cudaStream_t stream, W4A4SwapAbTile tile = W4A4SwapAbTile::kAuto,
+                  int k_splits = 0);
 
 // Canonical activations -> the int8 layout (scales transposed to group-major). Device: src and dst in device
 // memory, asynchronous. Host: host memory.
@@ -206,7 +210,7 @@ struct W4A4StreamConfig {
 void launch_w4a4_stream(const GemmW4A4Args& args, const W4A4StreamConfig& config, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream);
-void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream);
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream);
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,
                                         const W4A4ActivationsS8& dst, cudaStream_t stream);
 // Whether this binary holds sm_90a code for the wgmma kernel (ATOM_CUDA_ARCHS contains 90a).

@@ -1,6 +1,6 @@
 // W4A4 (+INT8 outlier) GEMM kernels against the scalar reference of the format
-// (atom::quant::atom_linear_reference), on fresh random inputs with poisoned outputs. The in-order wgmma kernel
-// must match the reference bit for bit; the split-K kernels may differ by fp32 reassociation only.
+// (atom::quant::atom_linear_reference), on fresh random inputs with poisoned outputs. The in-order wgmma
+// kernel must match the reference bit for bit; the split-K kernels may differ by fp32 reassociation only.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -77,7 +77,8 @@ std::uint16_t random_scale(std::mt19937& rng) {
   return fp32_to_fp16(std::exp2(log2s(rng)));
 }
 
-GemmProblem make_problem(int m, int n, int k_normal, int n_out, std::mt19937& rng, Codes codes = Codes::kRandom) {
+GemmProblem make_problem(int m, int n, int k_normal, int n_out, std::mt19937& rng,
+                         Codes codes = Codes::kRandom) {
   GemmProblem p;
   auto fill = [&](auto& q, int rows) {
     q.k_normal = k_normal;
@@ -175,18 +176,19 @@ std::vector<double> reference_abs_terms(const GemmProblem& p) {
   std::vector<double> out((std::size_t)a.m * w.n, 0.0);
   std::vector<std::int8_t> wi((std::size_t)w.n * a.k_normal);
   for (int n = 0; n < w.n; ++n) {
-    const auto row = quant::unpack_int4({w.packed.data() + (std::size_t)n * a.k_normal / 2, (std::size_t)a.k_normal / 2},
-                                        a.k_normal);
+    const auto row = quant::unpack_int4(
+        {w.packed.data() + (std::size_t)n * a.k_normal / 2, (std::size_t)a.k_normal / 2}, a.k_normal);
     std::copy(row.begin(), row.end(), wi.begin() + (std::size_t)n * a.k_normal);
   }
   for (int m = 0; m < a.m; ++m) {
-    const auto ai = quant::unpack_int4({a.packed.data() + (std::size_t)m * a.k_normal / 2, (std::size_t)a.k_normal / 2},
-                                       a.k_normal);
+    const auto ai = quant::unpack_int4(
+        {a.packed.data() + (std::size_t)m * a.k_normal / 2, (std::size_t)a.k_normal / 2}, a.k_normal);
     for (int n = 0; n < w.n; ++n) {
       double s = 0.0;
       for (int g = 0; g < groups; ++g) {
         long d = 0;
-        for (int k = g * kW4A4Group; k < (g + 1) * kW4A4Group; ++k) d += ai[k] * wi[(std::size_t)n * a.k_normal + k];
+        for (int k = g * kW4A4Group; k < (g + 1) * kW4A4Group; ++k)
+          d += ai[k] * wi[(std::size_t)n * a.k_normal + k];
         s += std::fabs((double)d * fp16_to_fp32(a.scales[(std::size_t)m * groups + g]) *
                        fp16_to_fp32(w.scales[(std::size_t)n * groups + g]));
       }
@@ -202,8 +204,12 @@ std::vector<double> reference_abs_terms(const GemmProblem& p) {
   return out;
 }
 
-float out_to_float(std::uint16_t v, GemmOutType t) { return t == GemmOutType::kF16 ? fp16_to_fp32(v) : bf16_to_fp32(v); }
-std::uint16_t float_to_out(float v, GemmOutType t) { return t == GemmOutType::kF16 ? fp32_to_fp16(v) : fp32_to_bf16(v); }
+float out_to_float(std::uint16_t v, GemmOutType t) {
+  return t == GemmOutType::kF16 ? fp16_to_fp32(v) : bf16_to_fp32(v);
+}
+std::uint16_t float_to_out(float v, GemmOutType t) {
+  return t == GemmOutType::kF16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
+}
 // One unit in the last place of the output type at magnitude |v|.
 double out_ulp(double v, GemmOutType t) {
   const int mant = t == GemmOutType::kF16 ? 10 : 7;
@@ -218,16 +224,18 @@ struct RunOptions {
 
 // Runs `kernel` (or `stream_config`'s variant of the stream kernel) and compares with the reference.
 // exact: bitwise equal to round(ref [+ residual]).
-void check_kernel(const GemmProblem& p, const DeviceProblem& d, W4A4Kernel kernel, bool exact, const RunOptions& o,
-                  std::mt19937& rng, const std::vector<float>& ref, const std::vector<double>& abs_terms,
+void check_kernel(const GemmProblem& p, const DeviceProblem& d, W4A4Kernel kernel, bool exact,
+                  const RunOptions& o, std::mt19937& rng, const std::vector<float>& ref,
+                  const std::vector<double>& abs_terms,
                   const detail::W4A4StreamConfig* stream_config = nullptr) {
-  const std::string variant =
-      stream_config ? " stages=" + std::to_string(stream_config->stages) + " max_ctas=" +
-                          std::to_string(stream_config->max_ctas) + (stream_config->native_s4 ? " s4" : "")
-                    : "";
-  SCOPED_TRACE(std::string(w4a4_kernel_name(kernel)) + variant + " m=" + std::to_string(d.m) + " n=" + std::to_string(d.n) +
-               " k_normal=" + std::to_string(d.k_normal) + " n_out=" + std::to_string(d.n_out) +
-               (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") + (o.residual ? " +residual" : ""));
+  const std::string variant = stream_config ? " stages=" + std::to_string(stream_config->stages) +
+                                                  " max_ctas=" + std::to_string(stream_config->max_ctas) +
+                                                  (stream_config->native_s4 ? " s4" : "")
+                                            : "";
+  SCOPED_TRACE(std::string(w4a4_kernel_name(kernel)) + variant + " m=" + std::to_string(d.m) +
+               " n=" + std::to_string(d.n) + " k_normal=" + std::to_string(d.k_normal) +
+               " n_out=" + std::to_string(d.n_out) + (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") +
+               (o.residual ? " +residual" : ""));
   const std::size_t count = (std::size_t)d.m * d.n;
   std::vector<std::uint16_t> residual(o.residual ? count : 0);
   std::normal_distribution<float> normal(0.0f, 2.0f);
@@ -263,8 +271,9 @@ void check_kernel(const GemmProblem& p, const DeviceProblem& d, W4A4Kernel kerne
     }
     if (!ok) {
       ++bad;
-      ADD_FAILURE() << "row " << i / d.n << " col " << i % d.n << ": got " << g << " (0x" << std::hex << got[i]
-                    << std::dec << "), reference " << want_f << " (0x" << std::hex << want << std::dec << ")";
+      ADD_FAILURE() << "row " << i / d.n << " col " << i % d.n << ": got " << g << " (0x" << std::hex
+                    << got[i] << std::dec << "), reference " << want_f << " (0x" << std::hex << want
+                    << std::dec << ")";
     }
   }
 }
@@ -327,20 +336,22 @@ struct DeviceActivationsS8 {
 };
 
 // k_splits = 1: bitwise equal to round(ref [+ residual]); otherwise (split-K) within fp32 reassociation.
-std::vector<std::uint16_t> check_swapab(const GemmProblem& p, const DeviceProblem& d, const DeviceActivationsS8& a,
-                                        W4A4SwapAbTile tile, int k_splits, const RunOptions& o, std::mt19937& rng,
-                                        const std::vector<float>& ref, const std::vector<double>& abs_terms) {
+std::vector<std::uint16_t> check_swapab(const GemmProblem& p, const DeviceProblem& d,
+                                        const DeviceActivationsS8& a, W4A4SwapAbTile tile, int k_splits,
+                                        const RunOptions& o, std::mt19937& rng, const std::vector<float>& ref,
+                                        const std::vector<double>& abs_terms) {
   SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " k_splits=" + std::to_string(k_splits) + " m=" +
-               std::to_string(d.m) + " n=" + std::to_string(d.n) +
-               " k_normal=" + std::to_string(d.k_normal) + " n_out=" + std::to_string(d.n_out) +
-               (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") + (o.residual ? " +residual in place" : ""));
+               std::to_string(d.m) + " n=" + std::to_string(d.n) + " k_normal=" + std::to_string(d.k_normal) +
+               " n_out=" + std::to_string(d.n_out) + (o.out_type == GemmOutType::kBF16 ? " bf16" : " f16") +
+               (o.residual ? " +residual in place" : ""));
   const std::size_t count = (std::size_t)d.m * d.n;
   std::vector<std::uint16_t> residual(o.residual ? count : 0);
   std::normal_distribution<float> normal(0.0f, 2.0f);
   for (auto& r : residual) r = float_to_out(normal(rng), o.out_type);
   GemmDeviceBuffer<std::uint16_t> out(count);
   if (o.residual)
-    ATOM_CUDA_CHECK(cudaMemcpy(out.get(), residual.data(), count * 2, cudaMemcpyHostToDevice));  // out == residual
+    ATOM_CUDA_CHECK(
+        cudaMemcpy(out.get(), residual.data(), count * 2, cudaMemcpyHostToDevice));  // out == residual
   else
     out.fill_bytes(0xFF);  // NaN in both fp16 and bf16
   GemmW4A4S8Args args;
@@ -359,7 +370,8 @@ std::vector<std::uint16_t> check_swapab(const GemmProblem& p, const DeviceProble
     const std::uint16_t want = float_to_out(want_f, o.out_type);
     bool ok = got[i] == want;
     if (!ok && k_splits != 1) {
-      // At most kW4A4MaxSplits - 1 extra fp32 additions of partial sums, then one rounding to the output type.
+      // At most kW4A4MaxSplits - 1 extra fp32 additions of partial sums, then one rounding to the output
+      // type.
       const float g = out_to_float(got[i], o.out_type);
       const double slack = 32.0 * std::ldexp(abs_terms[i] + std::fabs(r_add), -24);
       ok = std::isfinite(g) && std::fabs((double)g - (double)want_f) <= out_ulp(want_f, o.out_type) + slack;
@@ -367,8 +379,8 @@ std::vector<std::uint16_t> check_swapab(const GemmProblem& p, const DeviceProble
     if (!ok) {
       ++bad;
       ADD_FAILURE() << "row " << i / d.n << " col " << i % d.n << ": got " << out_to_float(got[i], o.out_type)
-                    << " (0x" << std::hex << got[i] << std::dec << "), reference " << want_f << " (0x" << std::hex
-                    << want << std::dec << ")";
+                    << " (0x" << std::hex << got[i] << std::dec << "), reference " << want_f << " (0x"
+                    << std::hex << want << std::dec << ")";
     }
   }
   return got;
@@ -425,7 +437,8 @@ TEST(GemmW4A4SwapAb, SplitKRowsDoNotDependOnM) {
     for (const int splits : {1, 4}) {
       const RunOptions o{GemmOutType::kF16, false};
       const auto rows_big = check_swapab(big, d_big, a_big, tile, splits, o, rng, ref_big, abs_big);
-      const auto rows_small = check_swapab(small, d_small, a_small, tile, splits, o, rng, ref_small, abs_small);
+      const auto rows_small =
+          check_swapab(small, d_small, a_small, tile, splits, o, rng, ref_small, abs_small);
       EXPECT_TRUE(std::equal(rows_small.begin(), rows_small.end(), rows_big.begin()))
           << w4a4_swapab_tile_name(tile) << " k_splits=" << splits;
     }
@@ -443,7 +456,8 @@ TEST(GemmW4A4SwapAb, LayoutPositionsAreBijections) {
     EXPECT_EQ(seen_o[pos], 1) << pos;
   }
   // The outlier order is the prepacked weights' (unswizzled, row 0): both sides pair the same channel.
-  for (int e = 0; e < 128; ++e) EXPECT_EQ(layout::outlier_channel_of_byte(0, layout::s8_outlier_position(e)), e);
+  for (int e = 0; e < 128; ++e)
+    EXPECT_EQ(layout::outlier_channel_of_byte(0, layout::s8_outlier_position(e)), e);
 }
 
 TEST(GemmW4A4SwapAb, BitExactAcrossTilesAndShapes) {
@@ -468,7 +482,8 @@ TEST(GemmW4A4SwapAb, W8A8AndMostNegativeCodes) {
 TEST(GemmW4A4SwapAb, W8A8FromPlainLayouts) {
   ATOM_REQUIRE_GPU();
   if (!w4a4_swapab_available()) GTEST_SKIP() << "needs sm_90 and sm_90a code";
-  for (const Shape s : {Shape{5, 256, 0, 512}, Shape{131, 256, 0, 384}, Shape{40, 576, 0, 576}, Shape{300, 136, 0, 1024}}) {
+  for (const Shape s :
+       {Shape{5, 256, 0, 512}, Shape{131, 256, 0, 384}, Shape{40, 576, 0, 576}, Shape{300, 136, 0, 1024}}) {
     std::mt19937 rng(1300 + s.m);
     const GemmProblem p = make_problem(s.m, s.n, 0, s.n_out, rng);
     const std::vector<float> ref = quant::atom_linear_reference(p.a, p.w);
@@ -477,31 +492,35 @@ TEST(GemmW4A4SwapAb, W8A8FromPlainLayouts) {
     GemmDeviceBuffer<std::int8_t> x(p.a.outliers), w(p.w.outliers);
     GemmDeviceBuffer<std::uint16_t> xs(p.a.outlier_scales);
     GemmDeviceBuffer<float> ws(w_scales);
-    for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles) {
-      SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " m=" + std::to_string(s.m) + " n=" +
-                   std::to_string(s.n) + " k=" + std::to_string(s.n_out));
-      GemmDeviceBuffer<std::uint16_t> out((std::size_t)s.m * s.n);
-      out.fill_bytes(0xFF);
-      GemmW8A8Args args;
-      args.x = x.get();
-      args.x_scales = xs.get();
-      args.m = s.m;
-      args.w = w.get();
-      args.w_scales = ws.get();
-      args.n = s.n;
-      args.k = s.n_out;
-      args.out = out.get();
-      gemm_w8a8_s8(args, nullptr, tile);
-      ATOM_CUDA_CHECK(cudaDeviceSynchronize());
-      const auto got = out.download();
-      int bad = 0;
-      for (std::size_t i = 0; i < got.size() && bad < 8; ++i)
-        if (got[i] != fp32_to_fp16(ref[i])) {
-          ++bad;
-          ADD_FAILURE() << "row " << i / s.n << " col " << i % s.n << ": got " << fp16_to_fp32(got[i]) << ", reference "
-                        << ref[i];
-        }
-    }
+    // Split-K adds int32 partial sums: bit-exact at every split count (8 > the chunks of two shapes:
+    // clamped).
+    for (const W4A4SwapAbTile tile : kW4A4SwapAbTiles)
+      for (const int k_splits : {1, 2, 3, kW4A4MaxSplits}) {
+        SCOPED_TRACE(std::string(w4a4_swapab_tile_name(tile)) + " k_splits=" + std::to_string(k_splits) +
+                     " m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) +
+                     " k=" + std::to_string(s.n_out));
+        GemmDeviceBuffer<std::uint16_t> out((std::size_t)s.m * s.n);
+        out.fill_bytes(0xFF);
+        GemmW8A8Args args;
+        args.x = x.get();
+        args.x_scales = xs.get();
+        args.m = s.m;
+        args.w = w.get();
+        args.w_scales = ws.get();
+        args.n = s.n;
+        args.k = s.n_out;
+        args.out = out.get();
+        gemm_w8a8_s8(args, nullptr, tile, k_splits);
+        ATOM_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto got = out.download();
+        int bad = 0;
+        for (std::size_t i = 0; i < got.size() && bad < 8; ++i)
+          if (got[i] != fp32_to_fp16(ref[i])) {
+            ++bad;
+            ADD_FAILURE() << "row " << i / s.n << " col " << i % s.n << ": got " << fp16_to_fp32(got[i])
+                          << ", reference " << ref[i];
+          }
+      }
   }
 }
 
@@ -511,8 +530,9 @@ TEST(GemmW4A4SwapAb, BadArgumentsAreRejected) {
   args.w.k_normal = 128;
   EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr), std::runtime_error);
   args.w.n = 128;
-  EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr, W4A4SwapAbTile::kAuto, -1), std::runtime_error);  // even at m = 0
-  args.a.m = 4;  // null pointers
+  EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr, W4A4SwapAbTile::kAuto, -1),
+               std::runtime_error);  // even at m = 0
+  args.a.m = 4;                      // null pointers
   EXPECT_THROW(gemm_w4a4_o8_s8(args, nullptr), std::runtime_error);
   EXPECT_EQ(w4a4_s8_row_bytes(4096 - 128, 128), 4096);
   EXPECT_EQ(w4a4_s8_row_bytes(512, 16), 640);
@@ -580,7 +600,8 @@ TEST(GemmW4A4, StreamKernelWalksManySlabsPerBlock) {
     detail::W4A4StreamConfig s4;
     s4.native_s4 = true;
     s4.max_ctas = 2;
-    check_kernel(p, d, W4A4Kernel::kStreamS4, false, RunOptions{GemmOutType::kBF16, true}, rng, ref, abs_terms, &s4);
+    check_kernel(p, d, W4A4Kernel::kStreamS4, false, RunOptions{GemmOutType::kBF16, true}, rng, ref,
+                 abs_terms, &s4);
   }
 }
 
@@ -630,13 +651,16 @@ TEST(GemmW4A4, LayoutMapsAreBijections) {
     for (int p = 0; p < 128; ++p) ++seen[layout::outlier_channel_of_byte(r, p)];
     for (int c = 0; c < 128; ++c) ASSERT_EQ(seen[c], 1) << "row " << r << " channel " << c;
   }
-  for (int c = 0; c < 128; ++c) EXPECT_EQ(layout::scale_channel_of_position(layout::scale_position_of_channel(c)), c);
+  for (int c = 0; c < 128; ++c)
+    EXPECT_EQ(layout::scale_channel_of_position(layout::scale_position_of_channel(c)), c);
 }
 
 TEST(GemmW4A4, BadShapesAreRejected) {
-  EXPECT_THROW(validate_w4a4_shape(128, 100, 0, "test"), std::runtime_error);  // k_normal not a multiple of 128
-  EXPECT_THROW(validate_w4a4_shape(128, 128, 24, "test"), std::runtime_error);  // outliers not a multiple of 16
-  EXPECT_THROW(validate_w4a4_shape(100, 128, 0, "test"), std::runtime_error);   // n not a multiple of 8
+  EXPECT_THROW(validate_w4a4_shape(128, 100, 0, "test"),
+               std::runtime_error);  // k_normal not a multiple of 128
+  EXPECT_THROW(validate_w4a4_shape(128, 128, 24, "test"),
+               std::runtime_error);  // outliers not a multiple of 16
+  EXPECT_THROW(validate_w4a4_shape(100, 128, 0, "test"), std::runtime_error);  // n not a multiple of 8
   EXPECT_THROW(validate_w4a4_shape(128, 0, 0, "test"), std::runtime_error);
   try {
     validate_w4a4_shape(128, 130, 0, "layer.7.q_proj");
@@ -651,8 +675,10 @@ TEST(GemmW4A4, BadShapesAreRejected) {
 TEST(GemmW4A16, MatchesFp64Reference) {
   ATOM_REQUIRE_GPU();
   std::mt19937 rng(901);
-  for (const Shape s : {Shape{1, 128, 128, 0}, Shape{13, 200, 512, 0}, Shape{64, 256, 1024, 0}, Shape{100, 64, 256, 0}}) {
-    SCOPED_TRACE("m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) + " k=" + std::to_string(s.k_normal));
+  for (const Shape s :
+       {Shape{1, 128, 128, 0}, Shape{13, 200, 512, 0}, Shape{64, 256, 1024, 0}, Shape{100, 64, 256, 0}}) {
+    SCOPED_TRACE("m=" + std::to_string(s.m) + " n=" + std::to_string(s.n) +
+                 " k=" + std::to_string(s.k_normal));
     const GemmProblem p = make_problem(1, s.n, s.k_normal, 0, rng);
     const DeviceProblem d(p);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -671,8 +697,8 @@ TEST(GemmW4A16, MatchesFp64Reference) {
     const int groups = s.k_normal / kW4A4Group;
     int bad = 0;
     for (int n = 0; n < s.n; ++n) {
-      const auto q = quant::unpack_int4({p.w.packed.data() + (std::size_t)n * s.k_normal / 2, (std::size_t)s.k_normal / 2},
-                                        s.k_normal);
+      const auto q = quant::unpack_int4(
+          {p.w.packed.data() + (std::size_t)n * s.k_normal / 2, (std::size_t)s.k_normal / 2}, s.k_normal);
       for (int m = 0; m < s.m && bad < 8; ++m) {
         double y = 0.0, mag = 0.0;
         for (int g = 0; g < groups; ++g) {

@@ -44,13 +44,21 @@ struct SwapAbParams {
 };
 
 // Split-K: the K units (each 128-wide group, then all outlier chunks as one) are dealt to `splits` CTAs in
-// contiguous ranges; CTA `rank` covers units [u0, u1) and stages [it0, it1). The outlier unit stays whole.
+// contiguous ranges; CTA `rank` covers units [u0, u1) and stages [it0, it1). The outlier unit stays whole,
+// except for W8A8 (by_chunks), whose one unit is split by chunks: its int32 partial sums add exactly.
 struct SplitRange {
   int u0, u1, it0, it1;
 };
-__host__ __device__ inline SplitRange split_range(int groups, int chunks, int splits, int rank) {
-  const int units = groups + (chunks > 0 ? 1 : 0);
+__host__ __device__ inline SplitRange split_range(int groups, int chunks, int splits, int rank, bool by_chunks) {
   SplitRange r;
+  if (by_chunks) {
+    r.u0 = 0;
+    r.u1 = 1;
+    r.it0 = rank * chunks / splits;
+    r.it1 = (rank + 1) * chunks / splits;
+    return r;
+  }
+  const int units = groups + (chunks > 0 ? 1 : 0);
   r.u0 = rank * units / splits;
   r.u1 = (rank + 1) * units / splits;
   r.it0 = r.u0;
@@ -152,7 +160,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
   const int m_tile = tile_index % p.m_tiles, n_tile = tile_index / p.m_tiles;
   const int m0 = m_tile * BT, n0 = n_tile * C;
   const int G = p.groups;
-  const SplitRange range = split_range(G, p.chunks, p.splits, rank);
+  const SplitRange range = split_range(G, p.chunks, p.splits, rank, kW8);
   const int it0 = range.it0, it1 = range.it1;
   const int w_tile = n0 / kW4A4TileRows, w_row0 = n0 % kW4A4TileRows;  // prepacked tile, first row used
 
@@ -270,6 +278,9 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     const int sw_pos1 = kW8 ? lr + 8 : layout::scale_position_of_channel(w_row0 + lr + 8) - w_row0;
     // This CTA's K range, counted from its first stage: Gl groups, then (if ours) all outlier chunks as one unit.
     const int Gl = min(range.u1, G) - range.u0, units = range.u1 - range.u0;
+    const int chunks_l = range.it1 - max(range.it0, G);  // outlier chunks of this CTA (if it has the unit)
+    // W8A8 split by chunks: the partial tiles carry int32 sums (scaled once after the cluster adds them).
+    const bool int_partials = kW8 && p.splits > 1;
 
     float acc[NR];
     int d0[NR], d1[NR];
@@ -326,7 +337,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     // D fragment: d[4i + 2v + e] is channel row lr + 8v, token 8i + 2q + e.
     auto rescale = [&](int u, int (&d)[NR]) {
       const bool outlier = u >= Gl;
-      const int s = (outlier ? Gl + p.chunks - 1 : u) % S;
+      const int s = (outlier ? Gl + chunks_l - 1 : u) % S;
       const float sw0 = w_scale[s * C + sw_pos0], sw1 = w_scale[s * C + sw_pos1];
       const float2* xs = x_scale + s * BT + tok0;
 #pragma unroll
@@ -338,6 +349,10 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int idx = 4 * i + 2 * v + e;
+            if (int_partials) {
+              acc[idx] = __int_as_float(d[idx]);
+              continue;
+            }
             const float t = outlier ? __fmul_rn(__int2float_rn(d[idx]), sa[e])
                                     : __fmaf_rn(ptx::magic_i2f_biased(d[idx]), sa[e], bias[e]);
             acc[idx] = __fmaf_rn(t, v ? sw1 : sw0, acc[idx]);
@@ -357,7 +372,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       } else {
         // Outlier chunks accumulate into one int32 sum; chunks after the first (n_outliers > 128) wait in turn.
         issue(Gl, a_cur, d_cur, 0);
-        for (int c = 1; c < p.chunks; ++c) {
+        for (int c = 1; c < chunks_l; ++c) {
           ptx::wgmma_wait<0>();
           pin(d_cur);
           ptx::mbar_arrive(&empty[(Gl + c - 1) % S]);
@@ -411,12 +426,22 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
       const int tok = idx / (C / 8), c8 = (idx % (C / 8)) * 8;
       if (tok >= rows || c8 >= cols) continue;
       float y[8];
+      int isum[8];
       for (int r = 0; r < p.splits; ++r) {
         const std::uint32_t at = ptx::map_cluster_rank(tile_addr + unsigned(tok * LD + c8) * 4u, r);
         const float4 lo = ptx::ld_cluster_f4(at), hi = ptx::ld_cluster_f4(at + 16);
         const float part[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
-        for (int i = 0; i < 8; ++i) y[i] = r == 0 ? part[i] : __fadd_rn(y[i], part[i]);
+        for (int i = 0; i < 8; ++i) {
+          y[i] = r == 0 ? part[i] : __fadd_rn(y[i], part[i]);
+          isum[i] = (r == 0 ? 0 : isum[i]) + __float_as_int(part[i]);
+        }
+      }
+      if (kW8 && p.splits > 1) {  // the reference's operations on the whole int32 sum: (d * sa) * sw
+        const float sa = fp16_bits_to_float(p.a_outlier_scales[m0 + tok]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          y[i] = __fmaf_rn(__fmul_rn(__int2float_rn(isum[i]), sa), p.w8_scales[n0 + c8 + i], 0.0f);
       }
       const std::size_t off = (std::size_t)(m0 + tok) * p.n + n0 + c8;
       if (p.residual) {
@@ -545,7 +570,7 @@ void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, in
   launch_out_type<false>(p, ops, args.out_type, tile, stream);
 }
 
-void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cudaStream_t stream) {
+void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream) {
   SwapAbParams p{};  // every 128-wide block an "outlier chunk" (groups = 0)
   p.a_outlier_scales = args.x_scales;
   p.w8_scales = args.w_scales;
@@ -554,7 +579,7 @@ void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, cuda
   p.m = args.m;
   p.n = args.n;
   p.chunks = layout::ceil_div(args.k, 128);
-  p.splits = 1;  // one K unit (the int32 sum over all chunks)
+  p.splits = k_splits;
   launch_out_type<true>(p, SwapAbOperands{args.x, args.w, args.k}, args.out_type, tile, stream);
 }
 
