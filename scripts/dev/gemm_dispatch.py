@@ -18,8 +18,9 @@ def main(path):
     rows = list(csv.DictReader(io.StringIO(text)))
     by_bucket = defaultdict(lambda: defaultdict(float))  # M -> tile -> summed us over shapes
     packed_sum = defaultdict(float)
-    print("| N x K | M | packed auto us | best tile | best us | packed / best | tiles |")
-    print("|---|---|---|---|---|---|---|")
+    f16_sum = defaultdict(float)
+    print("| N x K | M | packed auto us | best tile | best us | packed / best | best vs cuBLAS FP16 | tiles |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         tiles = {}
         for part in filter(None, (r.get("tiles") or "").split("; ")):
@@ -33,14 +34,17 @@ def main(path):
         for t, us in tiles.items():
             by_bucket[m][t] += us
         packed_sum[m] += packed
+        f16 = float(r["f16_us"])
+        f16_sum[m] += f16
         print(f"| {r['n']}x{r['k']} | {m} | {packed:.2f} | {best} | {tiles[best]:.2f} | {packed / tiles[best]:.2f} | "
+              f"{f16 / tiles[best]:.2f} | "
               + ", ".join(f"{t} {us:.1f}" for t, us in tiles.items()) + " |")
     print("\nSummed over shapes, per M: packed layout vs each tile (us)")
     for m in sorted(by_bucket):
         tiles = by_bucket[m]
         best = min(tiles, key=tiles.get)
-        print(f"M {m:5d}: packed {packed_sum[m]:8.1f} | best {best} {tiles[best]:8.1f} "
-              f"({packed_sum[m] / tiles[best]:.2f}x) | " + ", ".join(f"{t} {us:.1f}" for t, us in sorted(tiles.items())))
+        print(f"M {m:5d}: cuBLAS FP16 {f16_sum[m]:8.1f} | packed {packed_sum[m]:8.1f} | best {best} {tiles[best]:8.1f} "
+              f"({packed_sum[m] / tiles[best]:.2f}x packed, {f16_sum[m] / tiles[best]:.2f}x FP16) | " + ", ".join(f"{t} {us:.1f}" for t, us in sorted(tiles.items())))
 
 
 if __name__ == "__main__":

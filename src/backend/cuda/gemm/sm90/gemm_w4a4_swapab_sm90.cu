@@ -18,6 +18,11 @@
 // WGC x WGT consumer warpgroups of 64 output channels x BT/WGT tokens each; tile BT tokens x 64*WGC channels; kStages-deep ring with
 // two mbarriers per stage (full: copies landed and scales written; empty: consumers done). Epilogue: the
 // fp32 tile goes through shared memory so that the transposed output (and residual) moves in 16-byte rows.
+//
+// Split-K (p.splits > 1): a CTA's walk over K is latency-bound (a fixed time per stage whatever the tile
+// holds), and at serving sizes there are fewer output tiles than SMs; so the K units are dealt to the
+// p.splits CTAs of a thread-block cluster, and after a cluster barrier each CTA sums a 1/splits share of the
+// tile from all the CTAs' shared memory (ld.shared::cluster), in rank order, and stores it.
 #include <cuda.h>
 
 #include "backend/cuda/common/cuda_check.h"
