@@ -2,7 +2,7 @@
 # On the GPU machine, from binaries staged by scripts/gpu/stage_all.sh: the serving-size W4A4 GEMM and the
 # int8-layout quantizers (tests, compute-sanitizer memcheck + racecheck), bench_gemm, and an A/B of the serving
 # benchmark with and without the serving-size GEMM. Logs and the CSV go to $OUT.
-#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab | serve-rot
+#   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab | profile | serve-rot
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 STAGE=.devbuild/all
@@ -57,6 +57,17 @@ for stage in "$@"; do
             --gpu-memory-gb 24 --batch-sizes ${SERVE_BATCHES:-256,128,64,32} --requests-per-batch 1 \
             --max-output-length 512 --ignore-eos $sg --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
           echo "$name exit $?"; tail -12 "$OUT/$name.log"
+        done
+      done ;;
+    profile)
+      # Where a decode step goes (ATOM_CUDA_PROFILE=1: eager steps, an event per stage) at batch limit 32.
+      for p in ${PROFILE_PRECISIONS:-w8a8 atom-w4a4}; do
+        for sg in "" --serving-gemm; do
+          name="profile_${p}${sg:+_sg}"
+          ATOM_CUDA_PROFILE=1 timeout 150 "$STAGE/atom" bench serve --device cuda --model synthetic:llama-2-7b \
+            --precision $p --gpu-memory-gb 24 --batch-sizes 32 --requests-per-batch 1 --max-output-length 128 \
+            --ignore-eos $sg > "$OUT/$name.log" 2>&1
+          echo "$name exit $?"; grep -A16 "ATOM_CUDA_PROFILE:" "$OUT/$name.log" | head -18
         done
       done ;;
     serve-rot)
