@@ -87,8 +87,19 @@ struct SwapAbTile {
   static constexpr int kEpilogueLd = kChannels + 4;      // fp32 row stride of the epilogue tile (bank spread)
   static constexpr int kSmemBytes = 1024 + kStages * kStage + 2 * kStages * 8;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // One consumer warpgroup of up to 32 tokens needs < 200 registers a thread, so two such CTAs share an SM:
+  // two independent walks over K per SM (each CTA's walk is latency-bound). The others hold an SM alone.
+  static constexpr int kCtasPerSm = (kConsumers == 1 && BT <= 32) ? 2 : 1;
+  // setmaxnreg split of a CTA's register share (multiples of 8): the producer warps need few, the consumers
+  // hold accumulators and fragments. 0: no redistribution (one consumer warpgroup alone on an SM: 255 each).
+  static constexpr int kProducerRegs = (kConsumers > 1 || kCtasPerSm > 1) ? 56 : 0;
+  static constexpr int kConsumerRegs =
+      kProducerRegs == 0 ? 0 : ((65536 / kCtasPerSm - 128 * kProducerRegs) / (128 * kConsumers)) / 8 * 8 > 224
+                                   ? 224
+                                   : ((65536 / kCtasPerSm - 128 * kProducerRegs) / (128 * kConsumers)) / 8 * 8;
   static_assert(kTokensPerWg % 16 == 0 && kTokensPerWg <= 64, "wgmma N per warpgroup: 16, 32 or 64");
   static_assert(kStages >= 3, "ring too shallow");
+  static_assert(kCtasPerSm * kSmemBytes <= 227 * 1024, "shared memory for the CTAs of an SM");
   static_assert(BT * kEpilogueLd * 4 <= kStages * (kX + kW), "epilogue tile must fit in the ring");
   static_assert(kX % 1024 == 0 && kW % 1024 == 0, "TMA 128-byte swizzle needs 1024-byte aligned boxes");
 };
@@ -139,7 +150,7 @@ __device__ __forceinline__ void unpack8(uint4 v, float (&y)[8]) {
 // kW8: W8A8 on the same pipeline: plain row-major int8 weights [n, k] (the cuBLASLt layout) read by TMA with
 // the same swizzle, plain int8 activations [m, k], every 128-wide block an "outlier chunk" in natural order.
 template <typename OutT, int BT, int WGC, int WGT, bool kW8>
-__global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
+__global__ void __launch_bounds__(SwapAbTile<BT, WGC, WGT>::kThreads, SwapAbTile<BT, WGC, WGT>::kCtasPerSm)
     gemm_w4a4o8_swapab_sm90(const __grid_constant__ CUtensorMap tmap_x, const __grid_constant__ CUtensorMap tmap_w8,
                             const SwapAbParams p) {
 #ifdef ATOM_SM90A_DEVICE
@@ -180,7 +191,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
 
   if (wg == 0) {
     // ------------------------------------------------------------------ producer warpgroup
-    if constexpr (WGS > 1) ptx::setmaxnreg_dec<56>();  // 128 x 56 + 256 x 224 <= the 64K register file
+    if constexpr (T::kProducerRegs > 0) ptx::setmaxnreg_dec<T::kProducerRegs>();
     if (ltid == 0) {
       // Warp 0, lane 0: the copies of each stage (activation codes by TMA, weights and weight scales by bulk copy).
       for (int it = it0; it < it1; ++it) {
@@ -271,7 +282,7 @@ __global__ void __launch_bounds__(128 * (1 + WGC * WGT), 1)
     }
   } else {
     // ------------------------------------------------------------------ consumer warpgroups
-    if constexpr (WGS > 1) ptx::setmaxnreg_inc<224>();
+    if constexpr (T::kProducerRegs > 0) ptx::setmaxnreg_inc<T::kConsumerRegs>();
     constexpr int NR = NT / 2;  // int32 / fp32 registers per thread for a 64 x NT tile
     const int consumer = wg - 1;
     const int tok0 = (consumer / WGC) * NT;  // this warpgroup's first token in the tile
