@@ -100,6 +100,7 @@ struct SwapAbTile {
   static_assert(kTokensPerWg % 16 == 0 && kTokensPerWg <= 64, "wgmma N per warpgroup: 16, 32 or 64");
   static_assert(kStages >= 3, "ring too shallow");
   static_assert(kCtasPerSm * kSmemBytes <= 227 * 1024, "shared memory for the CTAs of an SM");
+  static_assert(kProducerRegs == 0 || kConsumerRegs >= 192, "consumer warpgroups need their accumulators in registers");
   static_assert(BT * kEpilogueLd * 4 <= kStages * (kX + kW), "epilogue tile must fit in the ring");
   static_assert(kX % 1024 == 0 && kW % 1024 == 0, "TMA 128-byte swizzle needs 1024-byte aligned boxes");
 };
