@@ -217,58 +217,49 @@ bool w4a4_swapab_available() {
   return caps.sm >= 90 && caps.sm < 100 && detail::wgmma_sm90_compiled();
 }
 
-// Both rules are read off the H100 tile sweep (docs/data/gemm/bench_gemm_h100_2026-12-07_scales_ahead.csv and
-// bench_gemm_h100_2026-12-07.csv; docs/notes/gemm.md): the serving-size kernel beats the packed-layout kernels
-// only on wide products (gate/up: N >= 16384) at 17-64 rows (22016 x 4096: 39.7 vs 54.0 us at M = 32, 50.0 vs
-// 60.8 at M = 64; 28672 x 4096 at M = 32: 44.7 vs 49.9); everywhere else it is 0.6-1.0x of them.
+// The rules below are read off the H100 sweep of every tile and split count (bench_gemm, 2026-12-07 15:45 UTC,
+// docs/data/gemm/bench_gemm_h100_2026-12-07_splitk.csv; docs/notes/gemm.md). Summed over the Llama-2-7B shapes
+// the serving-size kernel beats the packed-layout kernels at 17-64 rows (M = 32: 91 vs 126 us, M = 64: 129 vs
+// 171) and loses at 16 rows and from 128 rows on.
 bool w4a4_prefers_s8_activations(int m, int n) {
-  return m > 16 && m <= 64 && n >= 16384 && w4a4_swapab_available();
+  (void)n;
+  return m > 16 && m <= 64 && w4a4_swapab_available();
 }
 
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
-  // Fastest measured tile: two channel warpgroups sharing 32-token stages up to 32 rows (and up to 128 rows of
-  // narrow products), 64-token stages above.
-  if (m <= 32 || (n < 16384 && m <= 128)) return W4A4SwapAbTile::kT32C128;
-  return W4A4SwapAbTile::kT64C128;
+  // Up to 64 rows: 32-token stages on one warpgroup, two CTAs per SM (fastest at M = 32 and 64 summed over the
+  // shapes). Above: 64-token stages on one warpgroup (t64 x c128 is faster there but not yet bit-exact with the
+  // current register split: kept for the sweep only).
+  (void)n;
+  return m <= 64 ? W4A4SwapAbTile::kT32C64 : W4A4SwapAbTile::kT64C64;
 }
 
 namespace {
 struct SwapAbTileShape {
-  int tokens, channels;
+  int tokens, channels, ctas_per_sm;
 };
 SwapAbTileShape swapab_tile_shape(W4A4SwapAbTile tile) {
   switch (tile) {
-    case W4A4SwapAbTile::kT16C64: return {16, 64};
-    case W4A4SwapAbTile::kT32C64: return {32, 64};
-    case W4A4SwapAbTile::kT32C128: return {32, 128};
-    case W4A4SwapAbTile::kT64C64: return {64, 64};
-    case W4A4SwapAbTile::kT64C128: return {64, 128};
-    case W4A4SwapAbTile::kT128C64: return {128, 64};
+    case W4A4SwapAbTile::kT16C64: return {16, 64, 2};
+    case W4A4SwapAbTile::kT32C64: return {32, 64, 2};
+    case W4A4SwapAbTile::kT32C128: return {32, 128, 1};
+    case W4A4SwapAbTile::kT64C64: return {64, 64, 1};
+    case W4A4SwapAbTile::kT64C128: return {64, 128, 1};
+    case W4A4SwapAbTile::kT128C64: return {128, 64, 1};
     case W4A4SwapAbTile::kAuto: break;
   }
   fail("swapab_tile_shape: tile kAuto has no shape");
 }
-}  // namespace
 
-// A CTA's walk over K costs about the same per unit whatever the tile holds (latency-bound, docs/notes/gemm.md),
-// so the time goes as waves x units per CTA: split K while that product shrinks, counting one unit for the
-// cluster's reduction.
-namespace {
+// Measured: two CTAs per output tile win while the doubled grid still fits one wave (4096 x 4096 at M = 32:
+// 10.5 us vs 15.7 unsplit); past a wave, or with 4 or 8 splits, the cluster's extra CTAs cost more than the
+// shorter walk over K saves (4 splits: 14.6 us, 8: 19.8).
 int swapab_auto_splits(int m, int n, int units, W4A4SwapAbTile tile) {
   if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(m, n);
   const SwapAbTileShape shape = swapab_tile_shape(tile);
-  const int ctas = layout::ceil_div(std::max(m, 1), shape.tokens) * layout::ceil_div(n, shape.channels);
-  const int sms = std::max(device_caps().num_sms, 1);
-  int best = 1;
-  long best_cost = (long)layout::ceil_div(ctas, sms) * units;
-  for (int s = 2; s <= kW4A4MaxSplits && units / s >= kW4A4MinUnitsPerSplit; ++s) {
-    const long cost = (long)layout::ceil_div(ctas * s, sms) * (layout::ceil_div(units, s) + 1);
-    if (cost < best_cost) {
-      best = s;
-      best_cost = cost;
-    }
-  }
-  return best;
+  const int tiles = layout::ceil_div(std::max(m, 1), shape.tokens) * layout::ceil_div(n, shape.channels);
+  const int slots = std::max(device_caps().num_sms, 1) * shape.ctas_per_sm;
+  return (2 * tiles <= slots && units / 2 >= kW4A4MinUnitsPerSplit) ? 2 : 1;
 }
 }  // namespace
 

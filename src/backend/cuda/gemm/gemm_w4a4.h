@@ -153,7 +153,8 @@ void gemm_w4a4_o8_s8(const GemmW4A4S8Args& args, cudaStream_t stream, W4A4SwapAb
                      int k_splits = 0);
 // The tile kAuto picks for this shape (the fastest in the measured tile sweep, docs/notes/gemm.md).
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n);
-// The split count k_splits = 0 picks: enough CTAs to cover the SMs, each over at least kW4A4MinUnitsPerSplit units.
+// The split count k_splits = 0 picks (measured): 2 while the doubled grid fits one wave of the tile's CTAs per
+// SM and each split keeps at least kW4A4MinUnitsPerSplit units, else 1.
 int w4a4_swapab_auto_splits(int m, int n, int k_normal, int n_outliers, W4A4SwapAbTile tile);
 int w8a8_swapab_auto_splits(int m, int n, int k, W4A4SwapAbTile tile);
 constexpr int kW4A4MinUnitsPerSplit = 4;
@@ -163,7 +164,7 @@ bool w4a4_swapab_available();
 constexpr int kW4A4S8MaxRows = 512;
 // Whether a product of m rows and n output channels is faster on the serving-size kernel (int8 activation
 // rows, gemm_w4a4_o8_s8 / gemm_w8a8_s8) than on the packed layout (gemm_w4a4_o8), by the H100 measurements:
-// 16 < m <= 64 with n >= 16384, on a device that runs it.
+// 16 < m <= 64, on a device that runs it.
 bool w4a4_prefers_s8_activations(int m, int n);
 
 // W8A8 (per-token x per-channel INT8) on the same kernel, reading the plain layouts cuBLASLt reads: for serving

@@ -92,14 +92,12 @@ struct SwapAbTile {
   static constexpr int kCtasPerSm = (kConsumers == 1 && BT <= 32) ? 2 : 1;
   // setmaxnreg split of a CTA's register share (multiples of 8): the producer warps need few, the consumers
   // hold accumulators and fragments. 0: no redistribution (one consumer warpgroup alone on an SM: 255 each).
-  static constexpr int kProducerRegs = (kConsumers > 1 || kCtasPerSm > 1) ? 56 : 0;
-  static constexpr int kConsumerRegs =
-      kProducerRegs == 0 ? 0 : ((65536 / kCtasPerSm - 128 * kProducerRegs) / (128 * kConsumers)) / 8 * 8 > 224
-                                   ? 224
-                                   : ((65536 / kCtasPerSm - 128 * kProducerRegs) / (128 * kConsumers)) / 8 * 8;
-  static_assert(kTokensPerWg % 16 == 0 && kTokensPerWg <= 64, "wgmma N per warpgroup: 16, 32 or 64");
-  static_assert(kStages >= 3, "ring too shallow");
-  static_assert(kCtasPerSm * kSmemBytes <= 227 * 1024, "shared memory for the CTAs of an SM");
+  // Two consumer warpgroups get 232 (producer 40: it spills a few scale registers to L1), the split that was
+  // bit-exact on an H100 for 64-token warpgroups; with 224 (producer 56) the t64 x c128 tile gave wrong sums
+  // although ptxas reported no spills (docs/notes/gemm.md).
+  static constexpr int kProducerRegs = kConsumers > 1 ? 40 : kCtasPerSm > 1 ? 56 : 0;
+  static constexpr int kConsumerRegs = kConsumers > 1 ? 232 : kCtasPerSm > 1 ? 200 : 0;
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536 / kCtasPerSm, "register file");
   static_assert(kProducerRegs == 0 || kConsumerRegs >= 192, "consumer warpgroups need their accumulators in registers");
   static_assert(BT * kEpilogueLd * 4 <= kStages * (kX + kW), "epilogue tile must fit in the ring");
   static_assert(kX % 1024 == 0 && kW % 1024 == 0, "TMA 128-byte swizzle needs 1024-byte aligned boxes");
