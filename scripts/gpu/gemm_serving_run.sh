@@ -49,10 +49,10 @@ for stage in "$@"; do
       echo "bench_gemm exit $?"
       grep -E "^# |^N |    packed" "$OUT/bench_gemm_$stage.log" | cut -c1-230 ;;
     serve-ab)
-      # Llama-2-7B shapes at 24 GiB, the RESULTS workload: packed-layout kernels vs --serving-gemm.
+      # Llama-2-7B shapes at 24 GiB, the RESULTS workload: packed-layout kernels only vs the serving-size GEMM.
       for p in ${SERVE_PRECISIONS:-atom-w4a4 w8a8}; do
-        for sg in "" --serving-gemm; do
-          name="serve_${p}${sg:+_sg}"
+        for sg in --no-serving-gemm ""; do
+          name="serve_${p}${sg:+_packed}"
           timeout 200 "$STAGE/atom" bench serve --device cuda --model synthetic:llama-2-7b --precision $p \
             --gpu-memory-gb 24 --batch-sizes ${SERVE_BATCHES:-256,128,64,32} --requests-per-batch 1 \
             --max-output-length 512 --ignore-eos $sg --json "$OUT/$name.json" > "$OUT/$name.log" 2>&1
@@ -62,8 +62,8 @@ for stage in "$@"; do
     profile)
       # Where a decode step goes (ATOM_CUDA_PROFILE=1: eager steps, an event per stage) at batch limit 32.
       for p in ${PROFILE_PRECISIONS:-w8a8 atom-w4a4}; do
-        for sg in "" --serving-gemm; do
-          name="profile_${p}${sg:+_sg}"
+        for sg in --no-serving-gemm ""; do
+          name="profile_${p}${sg:+_packed}"
           ATOM_CUDA_PROFILE=1 timeout 150 "$STAGE/atom" bench serve --device cuda --model synthetic:llama-2-7b \
             --precision $p --gpu-memory-gb 24 --batch-sizes 32 --requests-per-batch 1 --max-output-length 128 \
             --ignore-eos $sg > "$OUT/$name.log" 2>&1

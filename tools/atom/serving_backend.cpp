@@ -186,9 +186,9 @@ void add_backend_options(CLI::App* cmd, BackendOptions& o) {
       ->check(CLI::IsMember({"auto", "f32", "fp16", "int8", "int4"}))
       ->capture_default_str();
   cmd->add_flag("!--no-cuda-graphs", o.cuda_graphs, "Run decode steps without CUDA graphs");
-  cmd->add_flag("--serving-gemm", o.serving_gemm,
-                "W4A4/W8A8 products on the serving-size GEMM where measured faster (17-64 rows, >= 16384 outputs; "
-                "int8 activation rows; sm_90a)");
+  cmd->add_flag("--serving-gemm,!--no-serving-gemm", o.serving_gemm,
+                "W4A4/W8A8 products of 17-64 rows on the serving-size GEMM (int8 activation rows, split-K; sm_90a), "
+                "where it is measured faster (default on)");
   cmd->add_flag("--online-transforms", o.online_transforms,
                 "Synthetic models: run the online transforms of a rotated checkpoint (the Q/K Hadamard and the "
                 "Hadamard on down_proj's input), to measure what they cost");

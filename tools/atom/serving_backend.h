@@ -23,7 +23,7 @@ struct BackendOptions {
   std::string precision = "auto";  // synthetic models: fp16 | w8a8 | w4a16 | atom-w4a4
   std::string kv_dtype = "auto";   // auto (the checkpoint's) | f32 (cpu) | fp16 | int8 | int4
   bool cuda_graphs = true;
-  bool serving_gemm = false;  // --serving-gemm (CudaRunnerOptions::serving_gemm)
+  bool serving_gemm = true;  // --[no-]serving-gemm (CudaRunnerOptions::serving_gemm)
   bool online_transforms = false;  // synthetic models: run a rotated checkpoint's Q/K and down Hadamards
   double gpu_memory_gib =
       0;  // > 0: weights + runner buffers + KV cache fit in this (the KV cache gets the rest)
