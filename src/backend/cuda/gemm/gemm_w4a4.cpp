@@ -228,8 +228,7 @@ bool w4a4_prefers_s8_activations(int m, int n) {
 
 W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
   // Up to 64 rows: 32-token stages on one warpgroup, two CTAs per SM (fastest at M = 32 and 64 summed over the
-  // shapes). Above: 64-token stages on one warpgroup (t64 x c128 is faster there but not yet bit-exact with the
-  // current register split: kept for the sweep only).
+  // shapes). Above: 64-token stages on one warpgroup (t64 x c128 is faster there but not bit-exact now).
   (void)n;
   return m <= 64 ? W4A4SwapAbTile::kT32C64 : W4A4SwapAbTile::kT64C64;
 }
