@@ -7,4 +7,7 @@ bash "$ROOT/scripts/install_deps.sh"
 bash "$ROOT/scripts/build.sh"
 bash "$ROOT/scripts/fetch_model.sh" >/dev/null
 bash "$ROOT/scripts/build_corpora.sh" >/dev/null
+if [[ ! -d $ROOT/../shared/fixtures/tokenizers ]]; then
+  echo "note: $ROOT/../shared/fixtures/tokenizers is missing: the tests of the shared tokenizer fixtures skip" >&2
+fi
 ctest --test-dir "${ATOM_BUILD_DIR:-$ROOT/build}" -L cpu --output-on-failure -j "$(nproc)"
