@@ -234,28 +234,12 @@ W4A4SwapAbTile w4a4_swapab_auto_tile(int m, int n) {
 }
 
 namespace {
-struct SwapAbTileShape {
-  int tokens, channels, ctas_per_sm;
-};
-SwapAbTileShape swapab_tile_shape(W4A4SwapAbTile tile) {
-  switch (tile) {
-    case W4A4SwapAbTile::kT16C64: return {16, 64, 2};
-    case W4A4SwapAbTile::kT32C64: return {32, 64, 2};
-    case W4A4SwapAbTile::kT32C128: return {32, 128, 1};
-    case W4A4SwapAbTile::kT64C64: return {64, 64, 1};
-    case W4A4SwapAbTile::kT64C128: return {64, 128, 1};
-    case W4A4SwapAbTile::kT128C64: return {128, 64, 1};
-    case W4A4SwapAbTile::kAuto: break;
-  }
-  fail("swapab_tile_shape: tile kAuto has no shape");
-}
-
 // Measured: two CTAs per output tile win while the doubled grid still fits one wave (4096 x 4096 at M = 32:
 // 10.5 us vs 15.7 unsplit); past a wave, or with 4 or 8 splits, the cluster's extra CTAs cost more than the
 // shorter walk over K saves (4 splits: 14.6 us, 8: 19.8).
 int swapab_auto_splits(int m, int n, int units, W4A4SwapAbTile tile) {
   if (tile == W4A4SwapAbTile::kAuto) tile = w4a4_swapab_auto_tile(m, n);
-  const SwapAbTileShape shape = swapab_tile_shape(tile);
+  const detail::W4A4SwapAbTileShape shape = detail::w4a4_swapab_tile_shape(tile);
   const int tiles = layout::ceil_div(std::max(m, 1), shape.tokens) * layout::ceil_div(n, shape.channels);
   const int slots = std::max(device_caps().num_sms, 1) * shape.ctas_per_sm;
   return (2 * tiles <= slots && units / 2 >= kW4A4MinUnitsPerSplit) ? 2 : 1;

@@ -210,6 +210,11 @@ struct W4A4StreamConfig {
 };
 void launch_w4a4_stream(const GemmW4A4Args& args, const W4A4StreamConfig& config, cudaStream_t stream);
 void launch_w4a16_mma(const GemmW4A16Args& args, cudaStream_t stream);
+// A serving-size tile's tokens x channels per CTA and CTAs per SM, from the kernel's own tile constants.
+struct W4A4SwapAbTileShape {
+  int tokens, channels, ctas_per_sm;
+};
+W4A4SwapAbTileShape w4a4_swapab_tile_shape(W4A4SwapAbTile tile);
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream);
 void launch_w8a8_swapab_sm90(const GemmW8A8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream);
 void launch_convert_w4a4_activations_s8(const W4A4Activations& src, int k_normal, int n_outliers,

@@ -440,6 +440,7 @@ __global__ void __launch_bounds__(SwapAbTile<BT, WGC, WGT>::kThreads, SwapAbTile
     for (int idx = int(blockIdx.x % p.splits) * 128 * WGS + ctid; idx < BT * (C / 8); idx += p.splits * 128 * WGS) {
       const int tok = idx / (C / 8), c8 = (idx % (C / 8)) * 8;
       if (tok >= rows || c8 >= cols) continue;
+      // fp32 partial tiles are added; W8A8's int32 partials (int_partials) too, then scaled once.
       float y[8];
       int isum[8];
       for (int r = 0; r < p.splits; ++r) {
@@ -448,11 +449,13 @@ __global__ void __launch_bounds__(SwapAbTile<BT, WGC, WGT>::kThreads, SwapAbTile
         const float part[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-          y[i] = r == 0 ? part[i] : __fadd_rn(y[i], part[i]);
-          isum[i] = (r == 0 ? 0 : isum[i]) + __float_as_int(part[i]);
+          if (int_partials)
+            isum[i] = (r == 0 ? 0 : isum[i]) + __float_as_int(part[i]);
+          else
+            y[i] = r == 0 ? part[i] : __fadd_rn(y[i], part[i]);
         }
       }
-      if (kW8 && p.splits > 1) {  // the reference's operations on the whole int32 sum: (d * sa) * sw
+      if (int_partials) {  // the reference's operations on the whole int32 sum: (d * sa) * sw
         const float sa = fp16_bits_to_float(p.a_outlier_scales[m0 + tok]);
 #pragma unroll
         for (int i = 0; i < 8; ++i)
@@ -529,6 +532,12 @@ void launch_tile(const SwapAbParams& p, const SwapAbOperands& ops, W4A4SwapAbTil
   throw_cuda_error(cudaErrorInvalidValue, "launch_w4a4_swapab_sm90: tile kAuto must be resolved", __FILE__, __LINE__);
 }
 
+template <int BT, int WGC, int WGT>
+detail::W4A4SwapAbTileShape shape_of() {
+  using T = SwapAbTile<BT, WGC, WGT>;
+  return {BT, T::kChannels, T::kCtasPerSm};
+}
+
 template <bool kW8>
 void launch_out_type(const SwapAbParams& p, const SwapAbOperands& ops, GemmOutType out_type, W4A4SwapAbTile tile,
                      cudaStream_t stream) {
@@ -565,6 +574,19 @@ __global__ void convert_activations_s8_kernel(const W4A4Activations src, int k_n
 }  // namespace
 
 namespace detail {
+
+W4A4SwapAbTileShape w4a4_swapab_tile_shape(W4A4SwapAbTile tile) {
+  switch (tile) {
+    case W4A4SwapAbTile::kT16C64: return shape_of<16, 1, 1>();
+    case W4A4SwapAbTile::kT32C64: return shape_of<32, 1, 1>();
+    case W4A4SwapAbTile::kT32C128: return shape_of<32, 2, 1>();
+    case W4A4SwapAbTile::kT64C64: return shape_of<64, 1, 1>();
+    case W4A4SwapAbTile::kT64C128: return shape_of<64, 2, 1>();
+    case W4A4SwapAbTile::kT128C64: return shape_of<128, 1, 2>();
+    case W4A4SwapAbTile::kAuto: break;
+  }
+  throw_cuda_error(cudaErrorInvalidValue, "w4a4_swapab_tile_shape: tile kAuto has no shape", __FILE__, __LINE__);
+}
 
 void launch_w4a4_swapab_sm90(const GemmW4A4S8Args& args, W4A4SwapAbTile tile, int k_splits, cudaStream_t stream) {
   const W4A4PackedWeights& w = args.w;
