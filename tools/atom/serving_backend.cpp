@@ -117,9 +117,9 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
   b.weight_bytes = weights->bytes();
   b.vocab_size = weights->config.vocab_size;
   auto last = std::make_shared<cuda::CudaModelRunner*>(nullptr);
-  const bool graphs = opt.cuda_graphs, serving_gemm = opt.serving_gemm;
+  const bool graphs = opt.cuda_graphs, serving_gemm = opt.serving_gemm, invariant = opt.batch_invariant;
   const double budget_gib = opt.gpu_memory_gib;
-  b.make_runner = [weights, kv, graphs, serving_gemm, budget_gib,
+  b.make_runner = [weights, kv, graphs, serving_gemm, invariant, budget_gib,
                    last](EngineConfig& config) -> std::unique_ptr<ModelRunner> {
     cuda::CudaRunnerOptions ro;
     ro.kv_dtype = kv;
@@ -129,6 +129,7 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
     ro.cuda_graphs = graphs;
     ro.serving_gemm = serving_gemm ? cuda::CudaRunnerOptions::ServingGemm::kMeasured
                                    : cuda::CudaRunnerOptions::ServingGemm::kOff;
+    ro.batch_invariant = invariant;
     auto runner = std::make_unique<cuda::CudaModelRunner>(weights, ro);
     if (budget_gib > 0) {
       const double budget = budget_gib * static_cast<double>(1ULL << 30);
@@ -189,6 +190,9 @@ void add_backend_options(CLI::App* cmd, BackendOptions& o) {
   cmd->add_flag("--serving-gemm,!--no-serving-gemm", o.serving_gemm,
                 "W4A4/W8A8 products of 17-64 rows on the serving-size GEMM (int8 activation rows, split-K; sm_90a), "
                 "where it is measured faster (default on)");
+  cmd->add_flag("--batch-invariant", o.batch_invariant,
+                "CUDA, W4A4/W8A8: a sequence's tokens do not depend on the batch it is served in (bit-exact "
+                "kernels, fixed-order attention; costs throughput). The CPU backend always runs so");
   cmd->add_flag("--online-transforms", o.online_transforms,
                 "Synthetic models: run the online transforms of a rotated checkpoint (the Q/K Hadamard and the "
                 "Hadamard on down_proj's input), to measure what they cost");

@@ -24,6 +24,7 @@ struct BackendOptions {
   std::string kv_dtype = "auto";   // auto (the checkpoint's) | f32 (cpu) | fp16 | int8 | int4
   bool cuda_graphs = true;
   bool serving_gemm = true;  // --[no-]serving-gemm (CudaRunnerOptions::serving_gemm)
+  bool batch_invariant = false;  // --batch-invariant (CudaRunnerOptions::batch_invariant; the CPU always is)
   bool online_transforms = false;  // synthetic models: run a rotated checkpoint's Q/K and down Hadamards
   double gpu_memory_gib =
       0;  // > 0: weights + runner buffers + KV cache fit in this (the KV cache gets the rest)

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <memory>
 #include <numeric>
@@ -363,6 +364,116 @@ TEST(CudaModelRunner, ExecuteSampleMatchesTheHostSamplerOfTheLogits) {
   }
 }
 
+// Batch-invariant mode: a sequence's logits alone (its prompt in one chunk, then one token per step) equal,
+// bit for bit, its logits when it shares steps with other sequences, its prompt cut into random chunks and its
+// generated tokens sometimes fed back several at a time (as a recompute after preemption does), eagerly and
+// in decode graphs. The step sizes cover every W4A4 kernel regime: <= 16 rows, the serving-size kernel's
+// 17-64 and the wgmma kernel's larger products.
+void expect_batch_invariant(const char* preset) {
+  SCOPED_TRACE(preset);
+  const ModelConfig c = small_config();
+  quant::QuantRecipe recipe = quant::test::tiny_recipe(preset);
+  if (recipe.group != 0) recipe.group = 128;
+  recipe.gptq = false;
+  quant::QuantizeOptions qo;
+  qo.show_progress = false;
+  const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
+  const quant::QuantizedModel qm =
+      quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+  std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, preset);
+  const int vocab = c.vocab_size, block = 16, generated = 8;
+  const std::vector<int> prompt_lengths = {90, 45, 7, 1, 30};
+  const std::size_t num_seqs = prompt_lengths.size();
+  std::vector<std::vector<std::int32_t>> tokens(num_seqs), tables(num_seqs);
+  for (std::size_t i = 0; i < num_seqs; ++i) {
+    tokens[i] = quant::test::tiny_tokens(static_cast<std::size_t>(prompt_lengths[i]), 0, vocab, 40 + i);
+    for (int b = 0; b < 8; ++b) tables[i].push_back(static_cast<std::int32_t>(i * 8 + b));
+  }
+  CudaRunnerOptions o = options(gpu_weights->default_kv, true);
+  o.max_batch_tokens = 192;
+  o.batch_invariant = true;
+
+  // Alone: logits of positions prompt_len - 1 .. prompt_len + generated - 2, greedy continuation.
+  std::vector<std::vector<std::vector<float>>> alone(num_seqs);
+  for (std::size_t i = 0; i < num_seqs; ++i) {
+    CudaModelRunner runner(gpu_weights, o);
+    runner.allocate_kv_cache({64, block});
+    int computed = 0;
+    for (int g = 0; g < generated; ++g) {
+      const int n = static_cast<int>(tokens[i].size()) - computed;
+      const SequenceChunk chunk{static_cast<std::int64_t>(i),
+                                std::span<const std::int32_t>(tokens[i]).subspan(computed, n), computed, tables[i],
+                                true};
+      std::vector<float> logits(static_cast<std::size_t>(vocab));
+      runner.execute(std::span<const SequenceChunk>(&chunk, 1), logits);
+      computed += n;
+      tokens[i].push_back(argmax(logits));
+      alone[i].push_back(std::move(logits));
+    }
+  }
+
+  for (const bool graphs : {false, true}) {
+    for (const std::uint64_t seed : {1u, 2u}) {
+      SCOPED_TRACE(testing::Message() << "graphs " << graphs << " schedule " << seed);
+      o.cuda_graphs = graphs;
+      CudaModelRunner runner(gpu_weights, o);
+      runner.allocate_kv_cache({64, block});
+      std::mt19937_64 rng(seed);
+      std::vector<int> computed(num_seqs, 0);
+      int compared = 0, bad_rows = 0, decode_only_steps = 0;
+      for (int step = 0; step < 400; ++step) {
+        std::vector<SequenceChunk> batch;
+        for (std::size_t i = 0; i < num_seqs; ++i) {
+          const int total = static_cast<int>(tokens[i].size()) - 1;  // the last token has no logits alone
+          if (computed[i] >= total || static_cast<int>(i) > step) continue;  // done, or not yet arrived
+          const int prompt_left = prompt_lengths[i] - computed[i];
+          int n = prompt_left > 0 ? 1 + static_cast<int>(rng() % 36)
+                                  : (rng() % 4 == 0 ? 1 + static_cast<int>(rng() % 3) : 1);
+          n = std::min(n, total - computed[i]);
+          const int end = computed[i] + n;
+          batch.push_back({static_cast<std::int64_t>(i),
+                           std::span<const std::int32_t>(tokens[i]).subspan(computed[i], n), computed[i],
+                           tables[i], end >= prompt_lengths[i]});
+        }
+        if (batch.empty()) break;
+        int wants = 0;
+        bool decode_only = true;
+        for (const SequenceChunk& ch : batch) {
+          wants += ch.wants_logits ? 1 : 0;
+          decode_only = decode_only && ch.tokens.size() == 1;
+        }
+        decode_only_steps += decode_only ? 1 : 0;
+        std::vector<float> logits(static_cast<std::size_t>(wants) * vocab, std::nanf(""));
+        runner.execute(batch, logits);
+        int k = 0;
+        for (const SequenceChunk& ch : batch) {
+          const std::size_t i = static_cast<std::size_t>(ch.sequence_id);
+          computed[i] += static_cast<int>(ch.tokens.size());
+          if (!ch.wants_logits) continue;
+          const std::vector<float>& want = alone[i][static_cast<std::size_t>(computed[i] - prompt_lengths[i])];
+          const float* got = logits.data() + static_cast<std::size_t>(k++) * vocab;
+          int differing = 0;
+          for (int v = 0; v < vocab; ++v)
+            differing += std::bit_cast<std::uint32_t>(got[v]) != std::bit_cast<std::uint32_t>(want[v]);
+          if (differing > 0 && ++bad_rows <= 4) {
+            ADD_FAILURE() << "sequence " << i << " position " << computed[i] - 1 << ": " << differing
+                          << " of " << vocab << " logits differ from the sequence alone";
+          }
+          ++compared;
+        }
+      }
+      EXPECT_EQ(bad_rows, 0);
+      // Chunk ends only: generated tokens fed back several at a time skip some positions.
+      EXPECT_GE(compared, 3 * static_cast<int>(num_seqs));
+      EXPECT_GT(decode_only_steps, 0);
+    }
+  }
+}
+
+TEST(CudaModelRunner, BatchInvariantAtomW4A4) { expect_batch_invariant("atom-w4a4"); }
+TEST(CudaModelRunner, BatchInvariantRotatedW4A4) { expect_batch_invariant("atom-rot-w4a4"); }
+TEST(CudaModelRunner, BatchInvariantW8A8) { expect_batch_invariant("w8a8-smoothquant"); }
+
 TEST(CudaModelRunner, RefusesBadInput) {
   const ModelConfig c = small_config();
   std::shared_ptr<const CudaLlamaWeights> w = make_synthetic_weights(c, Precision::kF16, "synthetic", 2);
@@ -391,6 +502,9 @@ TEST(CudaModelRunner, RefusesBadInput) {
   odd.num_heads = 8;
   EXPECT_THROW(check_cuda_supported(odd, "odd"), Error);
   EXPECT_THROW(synthetic_config("llama-9"), Error);
+  CudaRunnerOptions invariant = options(KvDtype::kF16, false);
+  invariant.batch_invariant = true;  // fp16 linears run cuBLAS at the step's row count
+  EXPECT_THROW(CudaModelRunner(w, invariant), Error);
   EXPECT_EQ(synthetic_config("llama-2-7b").intermediate_size, 11008);
 }
 

@@ -186,6 +186,17 @@ struct CudaModelRunner::Impl {
       fail("CUDA runner: max_batch_tokens {} and max_sequences {} must be positive", opt.max_batch_tokens,
            opt.max_sequences);
     }
+    if (opt.batch_invariant) {
+      if (w->precision != Precision::kW4A4 && w->precision != Precision::kW8A8) {
+        fail("CUDA runner: batch-invariant mode covers the W4A4 and W8A8 precisions; {} linears run cuBLAS, "
+             "whose algorithm (and so a row's bits) changes with the number of rows",
+             precision_name(w->precision));
+      }
+      if (w->precision == Precision::kW4A4 && !w4a4_swapab_available()) {
+        fail("CUDA runner: batch-invariant mode needs the bit-exact W4A4 kernels of an sm_90a build on an sm_90 "
+             "device");
+      }
+    }
     qkv_width = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim;
     attn_width = cfg.num_heads * cfg.head_dim;
     ATOM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -571,7 +582,8 @@ struct CudaModelRunner::Impl {
           a.w = l.packed_view();
           a.out = out;
           a.out_type = GemmOutType::kF16;
-          gemm_w4a4_o8_s8(a, stream);
+          // k_splits 1: the bit-exact kernel (split-K reassociates the fp32 sum).
+          gemm_w4a4_o8_s8(a, stream, W4A4SwapAbTile::kAuto, opt.batch_invariant ? 1 : 0);
           break;
         }
         GemmW4A4Args a;
@@ -579,7 +591,8 @@ struct CudaModelRunner::Impl {
         a.w = l.packed_view();
         a.out = out;
         a.out_type = GemmOutType::kF16;
-        gemm_w4a4_o8(a, stream);
+        // The in-order wgmma kernel equals the reference at every m; the small-m kernels split K over warps.
+        gemm_w4a4_o8(a, stream, opt.batch_invariant ? W4A4Kernel::kWgmmaBn128 : W4A4Kernel::kAuto);
         break;
       }
     }
@@ -785,7 +798,9 @@ struct CudaModelRunner::Impl {
     if (s.logits > 0) {
       rmsnorm_f16(f, stream);
       mark("final_norm");
-      gemm_f16(final_normed.get(), w->output_weight(), logits_dev.get(), s.logits, cfg.vocab_size, h, true);
+      // Batch-invariant: one fixed shape (the rows past s.logits are stale and ignored).
+      gemm_f16(final_normed.get(), w->output_weight(), logits_dev.get(),
+               opt.batch_invariant ? max_logit_rows : s.logits, cfg.vocab_size, h, true);
       mark("lm_head");
     }
   }
@@ -902,9 +917,13 @@ struct CudaModelRunner::Impl {
     }
 
     const bool use_graph = opt.cuda_graphs && decode == static_cast<int>(batch.size());
+    // Sequences attended by the decode kernel (the first rows); the rest go through the prefill kernel. In
+    // batch-invariant mode every sequence does: the prefill kernel walks a row's keys in one fixed order of
+    // 64-key tiles from position 0, while the decode kernel's split plan follows the batch.
+    const int attn_decode = opt.batch_invariant ? 0 : decode;
     Shape s;
-    s.decode = decode;
-    s.prefill = static_cast<int>(batch.size()) - decode;
+    s.decode = attn_decode;
+    s.prefill = static_cast<int>(batch.size()) - attn_decode;
     std::int32_t* ints = host_ints.get();
     const std::size_t stride = static_cast<std::size_t>(table_stride);
     // Token rows: chunk order[j] occupies rows [row_of[j], row_of[j] + n).
@@ -922,15 +941,15 @@ struct CudaModelRunner::Impl {
       }
       const int kv_len = c.start_position + n;
       const int blocks = (kv_len + block_size - 1) / block_size;
-      if (j < decode) {
+      if (j < attn_decode) {
         ints[layout.dec_lens + j] = kv_len;
         std::copy_n(c.block_table.begin(), blocks,
                     ints + layout.dec_tables + static_cast<std::size_t>(j) * stride);
         max_kv = std::max(max_kv, kv_len);
       } else {
-        const int p = j - decode;
+        const int p = j - attn_decode;
         if (p == 0) ints[layout.pre_indptr] = 0;
-        ints[layout.pre_indptr + p + 1] = row + n - decode;
+        ints[layout.pre_indptr + p + 1] = row + n - attn_decode;
         ints[layout.pre_lens + p] = kv_len;
         std::copy_n(c.block_table.begin(), blocks,
                     ints + layout.pre_tables + static_cast<std::size_t>(p) * stride);
@@ -951,11 +970,22 @@ struct CudaModelRunner::Impl {
         ints[layout.tokens + j] = 0;
         ints[layout.positions + j] = 0;
         ints[layout.slots + j] = -1;
-        ints[layout.dec_lens + j] = 0;
+        if (opt.batch_invariant) {
+          ints[layout.pre_indptr + j + 1] = j + 1;  // one query row that sees no key
+          ints[layout.pre_lens + j] = 0;
+        } else {
+          ints[layout.dec_lens + j] = 0;
+        }
       }
       for (int j = 0; j < bucket; ++j) ints[layout.logit_rows + j] = j;
-      s.tokens = s.decode = s.logits = bucket;
-      s.max_kv_len = max_ctx;
+      s.tokens = s.logits = bucket;
+      if (opt.batch_invariant) {
+        s.prefill = bucket;
+        s.max_q_len = 1;
+      } else {
+        s.decode = bucket;
+        s.max_kv_len = max_ctx;
+      }
     } else {
       int k = 0;
       for (std::size_t i = 0; i < batch.size(); ++i) {
@@ -1098,8 +1128,9 @@ void CudaModelRunner::execute_sample(std::span<const SequenceChunk> batch, std::
 void CudaModelRunner::release(std::int64_t sequence_id) { impl_->release_penalty_slot(sequence_id); }
 std::string CudaModelRunner::describe() const {
   const DeviceInfo info = current_device_info();
-  return fmt::format("cuda ({}), {}, kv {}, graphs {}", info.name, impl_->w->describe(),
-                     kv_dtype_name(impl_->opt.kv_dtype), impl_->opt.cuda_graphs ? "on" : "off");
+  return fmt::format("cuda ({}), {}, kv {}, graphs {}{}", info.name, impl_->w->describe(),
+                     kv_dtype_name(impl_->opt.kv_dtype), impl_->opt.cuda_graphs ? "on" : "off",
+                     impl_->opt.batch_invariant ? ", batch-invariant" : "");
 }
 std::size_t CudaModelRunner::workspace_bytes() const { return impl_->workspace_bytes(); }
 std::size_t CudaModelRunner::kv_cache_bytes() const { return impl_->kv_storage.bytes(); }

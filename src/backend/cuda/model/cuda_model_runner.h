@@ -38,6 +38,15 @@ struct CudaRunnerOptions {
   // reassociates the fp32 sum once; W8A8 stays bit-exact (int32 partials).
   enum class ServingGemm : std::uint8_t { kOff, kMeasured, kAlways };
   ServingGemm serving_gemm = ServingGemm::kMeasured;
+  // Batch-invariant mode: a sequence's logits, to the last bit, do not depend on the other sequences of a step
+  // nor on how its prompt is cut into chunks (nor on a recompute after preemption), so a greedy request gets
+  // the same tokens alone and under any load. W4A4 products run only the kernels that equal the format's
+  // reference bit for bit (the in-order wgmma kernel, the serving-size kernel without split-K); attention of
+  // every row, decode rows too, runs the prefill kernel (one fixed KV-tile order from position 0; the decode
+  // kernel's split plan follows the batch); the lm_head runs at one fixed row count (cuBLAS picks its algorithm
+  // by shape). For the quantized-activation precisions (W4A4, W8A8) on sm_90a; fp16 and W4A16 linears run
+  // cuBLAS at the step's row count and are refused. Costs throughput (docs/RESULTS.md).
+  bool batch_invariant = false;
 };
 
 class CudaModelRunner final : public ModelRunner {

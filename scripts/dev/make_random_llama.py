@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Writes a small Llama with random fp16 weights as a Hugging Face directory (config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json with a ChatML chat template), for runs that need a servable checkpoint
+with a real tokenizer but no model download: e.g. the soak test on a GPU machine. numpy only.
+
+  python3 scripts/dev/make_random_llama.py --out DIR --tokenizer ../shared/fixtures/tokenizers/spm32k/tokenizer.json.gz
+"""
+import argparse
+import gzip
+import json
+import os
+import struct
+
+import numpy as np
+
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def write_safetensors(path, tensors):
+    header, offset, blobs = {}, 0, []
+    for name, array in tensors.items():
+        data = np.ascontiguousarray(array, dtype=np.float16).tobytes()
+        header[name] = {"dtype": "F16", "shape": list(array.shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+        blobs.append(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tokenizer", required=True, help="tokenizer.json or tokenizer.json.gz")
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--intermediate", type=int, default=1408)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--max-position", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    if os.path.exists(a.out):
+        raise SystemExit(f"{a.out} exists; not overwriting it")
+    opener = gzip.open if a.tokenizer.endswith(".gz") else open
+    with opener(a.tokenizer, "rb") as f:
+        tokenizer = f.read()
+    vocab = len(json.loads(tokenizer)["model"]["vocab"])
+    head_dim = a.hidden // a.heads
+    rng = np.random.default_rng(a.seed)
+
+    def linear(n, k):  # rows of unit-variance outputs for unit-variance inputs
+        return rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(k)
+
+    t = {"model.embed_tokens.weight": rng.standard_normal((vocab, a.hidden), dtype=np.float32),
+         "model.norm.weight": np.ones(a.hidden, np.float32),
+         "lm_head.weight": linear(vocab, a.hidden) * 4}
+    for i in range(a.layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = np.ones(a.hidden, np.float32)
+        t[p + "post_attention_layernorm.weight"] = np.ones(a.hidden, np.float32)
+        t[p + "self_attn.q_proj.weight"] = linear(a.heads * head_dim, a.hidden)
+        t[p + "self_attn.k_proj.weight"] = linear(a.kv_heads * head_dim, a.hidden)
+        t[p + "self_attn.v_proj.weight"] = linear(a.kv_heads * head_dim, a.hidden)
+        t[p + "self_attn.o_proj.weight"] = linear(a.hidden, a.heads * head_dim)
+        t[p + "mlp.gate_proj.weight"] = linear(a.intermediate, a.hidden)
+        t[p + "mlp.up_proj.weight"] = linear(a.intermediate, a.hidden)
+        t[p + "mlp.down_proj.weight"] = linear(a.hidden, a.intermediate)
+    os.makedirs(a.out)
+    write_safetensors(os.path.join(a.out, "model.safetensors"), t)
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+              "hidden_size": a.hidden, "intermediate_size": a.intermediate, "num_hidden_layers": a.layers,
+              "num_attention_heads": a.heads, "num_key_value_heads": a.kv_heads, "head_dim": head_dim,
+              "max_position_embeddings": a.max_position, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float16"}
+    with open(os.path.join(a.out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    with open(os.path.join(a.out, "tokenizer.json"), "wb") as f:
+        f.write(tokenizer)
+    with open(os.path.join(a.out, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, "chat_template": CHATML}, f)
+    print(f"{a.out}: vocab {vocab}, hidden {a.hidden}, {a.layers} layers, "
+          f"{sum(v.size for v in t.values()) / 1e6:.1f}M parameters")
+
+
+if __name__ == "__main__":
+    main()
