@@ -77,7 +77,7 @@ QuantRecipe recipe_of(const AtomQuantConfig& q) {
   r.w_clip = q.weight_clip;
   r.gptq = q.weight_algorithm == "gptq";
   r.kv_bits = kv_bits_of(q.kv_cache);
-  r.smoothquant = q.method == "w8a8-smoothquant";
+  r.smoothquant = q.smoothquant;
   r.smooth_alpha = r.smoothquant ? q.smoothquant_alpha : 0.5f;
   if (q.calibration_samples > 0) r.calib_windows = q.calibration_samples;
   if (q.calibration_seq_len > 1) r.calib_len = q.calibration_seq_len;
@@ -165,6 +165,7 @@ AtomQuantConfig atom_quant_config(const QuantRecipe& recipe, const std::string& 
   q.act_clip = recipe.a_clip;
   q.weight_clip = recipe.w_clip;
   q.kv_cache = kv_cache_name(recipe.kv_bits);
+  q.smoothquant = recipe.smoothquant;
   q.smoothquant_alpha = recipe.smoothquant ? recipe.smooth_alpha : 0.0f;
   if (recipe.needs_calibration()) {
     q.calibration_samples = recipe.calib_windows;

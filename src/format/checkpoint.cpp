@@ -106,6 +106,7 @@ nlohmann::json AtomQuantConfig::to_json() const {
       {"act_clip", json_float(act_clip)},
       {"weight_clip", json_float(weight_clip)},
       {"kv_cache", kv_cache},
+      {"smoothquant", smoothquant},
       {"smoothquant_alpha", json_float(smoothquant_alpha)},
       {"calibration", {{"samples", calibration_samples}, {"seq_len", calibration_seq_len}, {"data", calibration_data}}},
   };
@@ -136,6 +137,8 @@ AtomQuantConfig AtomQuantConfig::from_json(const nlohmann::json& j, const std::s
   c.weight_clip = get_field<float>(j, "weight_clip", source);
   c.kv_cache = get_field<std::string>(j, "kv_cache", source);
   c.smoothquant_alpha = get_field<float>(j, "smoothquant_alpha", source);
+  c.smoothquant = j.contains("smoothquant") ? get_field<bool>(j, "smoothquant", source)
+                                            : c.method == "w8a8-smoothquant";
   if (j.contains("calibration")) {
     const auto& cal = j.at("calibration");
     c.calibration_samples = get_field<std::int64_t>(cal, "samples", source);

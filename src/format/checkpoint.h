@@ -31,7 +31,10 @@ struct AtomQuantConfig {
   float act_clip = 0.9f;
   float weight_clip = 0.85f;
   std::string kv_cache = "u4";            // "f16" | "u8" | "u4"
-  float smoothquant_alpha = 0.0f;         // w8a8-smoothquant only (already folded into the weights)
+  // Whether SmoothQuant scales were folded into norms and weights (the int8 method with or without them;
+  // files without the field: true exactly for w8a8-smoothquant, which was then always smoothed).
+  bool smoothquant = false;
+  float smoothquant_alpha = 0.0f;         // with smoothquant (already folded into the weights)
   std::int64_t calibration_samples = 0;
   std::int64_t calibration_seq_len = 0;
   std::string calibration_data;           // where the calibration windows came from

@@ -102,6 +102,52 @@ INSTANTIATE_TEST_SUITE_P(Presets, RoundTrip,
                                            std::pair{"w8a8-smoothquant", true}, std::pair{"w4a16", false},
                                            std::pair{"rtn-w4a4", false}));
 
+// Recipes off the presets save checkpoints that load: INT8 without SmoothQuant (plain, and on the rotated
+// model) and an Atom W4A4 recipe with SmoothQuant; quantization_config says whether smoothing was folded in
+// (before it did, such checkpoints were written and then refused as disagreeing with their own metadata).
+TEST(AtomModelCheckpoint, SmoothQuantIsRecordedForEveryRecipe) {
+  const ModelConfig c = test::tiny_config();
+  QuantRecipe int8_plain = test::tiny_recipe("w8a8-smoothquant");
+  int8_plain.smoothquant = false;
+  QuantRecipe int8_rotated = test::tiny_recipe("quarot-w4a4");
+  int8_rotated.weight_format = int8_rotated.act_format = NumberFormat::kInt8;
+  int8_rotated.kv_bits = 16;
+  QuantRecipe atom_smoothed = test::tiny_recipe("atom-w4a4");
+  atom_smoothed.smoothquant = true;
+  atom_smoothed.smooth_alpha = 0.6f;
+  for (const QuantRecipe& recipe : {int8_plain, int8_rotated, atom_smoothed}) {
+    SCOPED_TRACE(recipe.describe());
+    QuantizeOptions o;
+    o.show_progress = false;
+    const QuantizedModel m = quantize_model(model_source(test::tiny_weights(c, 5)),
+                                            test::tiny_tokens(500, 0, c.vocab_size, 8), recipe, o);
+    TempDir tmp;
+    const fs::path dir = tmp.path / "model";
+    save_atom_checkpoint(dir.string(), m, AtomCheckpointFiles{});
+    const Checkpoint ckpt = open_checkpoint(dir.string());
+    EXPECT_EQ(load_atom_checkpoint(ckpt, /*runs_online_transforms=*/true).recipe.to_json(), m.recipe.to_json());
+    const auto built = build_cpu_model(m, Execution::kInteger);
+    cpu::use_lm_head_precision(*built, cpu::lm_head_precision_from_env());
+    EXPECT_EQ(logits(*cpu::load_cpu_model(ckpt)), logits(*built));
+  }
+}
+
+// A checkpoint written before quantization_config had "smoothquant": the method says it.
+TEST(AtomModelCheckpoint, SmoothQuantFieldMissingFollowsTheMethod) {
+  for (const bool int8 : {true, false}) {
+    AtomQuantConfig q;
+    q.method = int8 ? "w8a8-smoothquant" : "atom";
+    q.format = int8 ? NumberFormat::kInt8 : NumberFormat::kInt4;
+    q.smoothquant = int8;
+    q.smoothquant_alpha = int8 ? 0.5f : 0.0f;
+    nlohmann::json j = q.to_json();
+    j.erase("smoothquant");
+    EXPECT_EQ(AtomQuantConfig::from_json(j, "old config.json").smoothquant, int8);
+    j["smoothquant"] = "yes";
+    EXPECT_THROW(AtomQuantConfig::from_json(j, "bad config.json"), Error);
+  }
+}
+
 TEST(AtomModelCheckpoint, PlainCheckpointsLoadAsFp32) {
   const std::string dir = std::string(ATOM_TEST_DATA_DIR) + "/model/tiny_llama_gqa";
   const Checkpoint ckpt = open_checkpoint(dir);
