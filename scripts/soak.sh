@@ -3,7 +3,7 @@
 # of load by SOAK_CLIENTS (default 200) clients, at most SOAK_MAX_REQUESTS (default 100000) requests.
 # Extra `atom serve` arguments follow the model, e.g. on a GPU machine:
 #   scripts/soak.sh [MODEL] --device cuda
-# The default pool is small (--kv-blocks 16 of 8 tokens) so that preemption happens; later arguments override it.
+# The default pool is small (SOAK_KV_BLOCKS=16 blocks of SOAK_BLOCK_SIZE=8 tokens) so that preemption happens.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODEL=${1:-$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
@@ -14,4 +14,4 @@ ATOM=${ATOM_BIN:-${ATOM_BUILD_DIR:-$ROOT/build}/atom}
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 exec python3 "$ROOT/scripts/soak.py" --atom "$ATOM" --model "$MODEL" --duration "${SOAK_SECONDS:-120}" \
   --clients "${SOAK_CLIENTS:-200}" --max-requests "${SOAK_MAX_REQUESTS:-100000}" ${SOAK_JSON:+--json "$SOAK_JSON"} \
-  -- --kv-blocks 16 --block-size 8 --max-batch 32 --http-threads 512 --max-context 512 "$@"
+  -- --kv-blocks "${SOAK_KV_BLOCKS:-16}" --block-size "${SOAK_BLOCK_SIZE:-8}" --max-batch 32 --http-threads 512 --max-context 512 "$@"

@@ -29,8 +29,8 @@ for stage in "$@"; do
         "$STAGE/atom" quantize -m "$model" --calib /tmp/soak-calib.txt -o "$model-w4a4" --preset atom-w4a4 \
           --calib-windows 8 --calib-len 256 2>&1 | tail -2
       # The CPU soak's pool (16 blocks of 8 tokens) forces preemption; 16-token blocks as the GPU kernels like.
-      ATOM_BIN=$STAGE/atom SOAK_SECONDS=${SOAK_SECONDS:-120} SOAK_JSON=$OUT/soak_cuda.json timeout 420 \
-        bash scripts/soak.sh "$model-w4a4" --device cuda --batch-invariant --kv-blocks 12 --block-size 16 \
+      ATOM_BIN=$STAGE/atom SOAK_SECONDS=${SOAK_SECONDS:-120} SOAK_JSON=$OUT/soak_cuda.json SOAK_KV_BLOCKS=12 \
+        SOAK_BLOCK_SIZE=16 timeout 420 bash scripts/soak.sh "$model-w4a4" --device cuda --batch-invariant \
         > "$OUT/soak_cuda.log" 2>&1
       r=$?; echo "soak exit $r"; [ $r -ne 0 ] && rc=1
       tail -40 "$OUT/soak_cuda.log" ;;
