@@ -82,6 +82,8 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
                   with_calibration(quant::preset_recipe("quarot-w4a4"))});
   rows.push_back({"atom-rot-w4a4", "Atom W4A4-KV4 on the rotated model",
                   with_calibration(quant::preset_recipe("atom-rot-w4a4"))});
+  rows.push_back({"quarot-w8a8", "W8A8 on the rotated model (per-channel GPTQ)",
+                  with_calibration(quant::preset_recipe("quarot-w8a8"))});
   r = with_calibration(quant::preset_recipe("atom-rot-w4a4"));
   r.kv_bits = 16;
   r.preset = "ablation";

@@ -250,8 +250,9 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
 }
 
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names = {"atom-w4a4", "atom-w3a3", "atom-fp4",    "w8a8-smoothquant",
-                                                 "w4a16",     "rtn-w4a4",  "quarot-w4a4", "atom-rot-w4a4"};
+  static const std::vector<std::string> names = {"atom-w4a4", "atom-w3a3",   "atom-fp4",      "w8a8-smoothquant",
+                                                 "w4a16",     "rtn-w4a4",    "quarot-w4a4",   "atom-rot-w4a4",
+                                                 "quarot-w8a8"};
   return names;
 }
 
@@ -305,6 +306,16 @@ QuantRecipe preset_recipe(std::string_view name) {
   }
   if (name == "atom-rot-w4a4") {  // Atom's g128 + INT8 outlier channels on the rotated model
     rotate(r);
+    return r;
+  }
+  if (name == "quarot-w8a8") {  // W8A8 on the rotated model: per-channel GPTQ INT8 weights, per-token INT8
+    r.weight_format = r.act_format = NumberFormat::kInt8;  // activations, no clipping, fp16 KV (so no Q/K
+    r.group = 0;                                           // Hadamard; --kv-bits 4 --qk-hadamard adds both)
+    r.outliers = 0;
+    r.a_clip = r.w_clip = 1.0f;
+    r.kv_bits = 16;
+    rotate(r);
+    r.qk_hadamard = false;
     return r;
   }
   std::string list;

@@ -122,20 +122,23 @@ TEST(Ablation, RowsFollowThePaperLadder) {
                                            "atom-qk",
                                            "quarot-w4a4",
                                            "atom-rot-w4a4",
+                                           "quarot-w8a8",
                                            "atom-rot-kvfp",
                                            "kv4-only",
                                            "kv4-qk-only"}));
   EXPECT_FALSE(rows[0].recipe);
   // The KV-only rows differ only by the Q/K Hadamard; the rotated rows rotate everything.
-  EXPECT_TRUE(rows[19].kv_only && rows[20].kv_only);
-  EXPECT_FALSE(rows[19].recipe->qk_hadamard);
-  EXPECT_TRUE(rows[20].recipe->qk_hadamard);
-  EXPECT_EQ(rows[20].recipe->kv_bits, 4);
+  EXPECT_TRUE(rows[20].kv_only && rows[21].kv_only);
+  EXPECT_FALSE(rows[20].recipe->qk_hadamard);
+  EXPECT_TRUE(rows[21].recipe->qk_hadamard);
+  EXPECT_EQ(rows[21].recipe->kv_bits, 4);
   EXPECT_TRUE(rows[15].recipe->qk_hadamard && !rows[15].recipe->rotate_residual);
   EXPECT_TRUE(rows[16].recipe->rotate_residual && rows[16].recipe->down_hadamard &&
               rows[16].recipe->group == 0);
   EXPECT_TRUE(rows[17].recipe->rotate_residual && rows[17].recipe->group == 32);
-  EXPECT_EQ(rows[18].recipe->kv_bits, 16);
+  EXPECT_TRUE(rows[18].recipe->rotate_residual && rows[18].recipe->down_hadamard &&
+              rows[18].recipe->weight_format == quant::NumberFormat::kInt8 && rows[18].recipe->kv_bits == 16);
+  EXPECT_EQ(rows[19].recipe->kv_bits, 16);
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
   const quant::QuantRecipe &group = *rows[4].recipe, &clip = *rows[5].recipe, &gptq = *rows[6].recipe;

@@ -188,7 +188,7 @@ TEST_P(RotatedPreset, QuantizesRunsAndRoundTrips) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, RotatedPreset, ::testing::Values("quarot-w4a4", "atom-rot-w4a4"));
+INSTANTIATE_TEST_SUITE_P(Presets, RotatedPreset, ::testing::Values("quarot-w4a4", "atom-rot-w4a4", "quarot-w8a8"));
 
 }  // namespace
 }  // namespace atom::quant

@@ -250,6 +250,7 @@ INSTANTIATE_TEST_SUITE_P(
                     QuantCase{"atom_rot_w4a4", "atom-rot-w4a4", KvDtype::kU4},
                     QuantCase{"w4a4_g128_no_outliers", "atom-w4a4", KvDtype::kF16, 16, 0},
                     QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
+                    QuantCase{"quarot_w8a8", "quarot-w8a8", KvDtype::kF16},  // rotated, down Hadamard
                     QuantCase{"w4a16", "w4a16", KvDtype::kF16},
                     QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true}),
     [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
