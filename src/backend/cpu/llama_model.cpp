@@ -272,6 +272,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   if (dequantized_k.size() < batch.size()) {
     dequantized_k.resize(batch.size());
     dequantized_v.resize(batch.size());
+    w.quant_k.resize(batch.size());
+    w.quant_v.resize(batch.size());
   }
 
   // ---- decoder layers
@@ -306,8 +308,16 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
       job.n = n;
       job.start = start[s];
       const std::int64_t keys = start[s] + n;
-      // A quantized store is read back (dequantized) whole: attention then sees what the cache holds,
-      // the new tokens included.
+      // Attention sees what the cache holds, the new tokens included: quantized rows are read in place, or,
+      // for a long prompt's sgemm blocks, dequantized whole.
+      job.k = job.v = nullptr;
+      job.quant_k = job.quant_v = nullptr;
+      if (attention_reads_codes(n) && !ks.f32_rows() && ks.quantized_rows(w.quant_k[s]) &&
+          vs.quantized_rows(w.quant_v[s]) && w.quant_k[s].bits == w.quant_v[s].bits) {
+        job.quant_k = &w.quant_k[s];
+        job.quant_v = &w.quant_v[s];
+        continue;
+      }
       for (auto [store, scratch, ptr] :
            {std::tuple{&ks, &dequantized_k[s], &job.k}, std::tuple{&vs, &dequantized_v[s], &job.v}}) {
         if (const float* direct = store->f32_rows()) {

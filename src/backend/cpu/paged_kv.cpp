@@ -169,6 +169,24 @@ void PagedKvPool::read(int region, const std::vector<std::int32_t>& table, std::
   }
 }
 
+void PagedKvPool::quantized_rows(int region, const std::vector<std::int32_t>& table, std::int64_t rows,
+                                 cpu::QuantKvRows& view) const {
+  ATOM_CHECK(dtype_ == KvCacheDType::int8 || dtype_ == KvCacheDType::int4);
+  if (rows < 0 || rows > static_cast<std::int64_t>(table.size()) * block_size_) {
+    fail("paged KV pool: {} rows with {} blocks", rows, table.size());
+  }
+  const std::int64_t code_bytes = dtype_ == KvCacheDType::int8 ? row_width_ : row_width_ / 2;
+  view.bits = dtype_ == KvCacheDType::int8 ? 8 : 4;
+  view.rows = rows;
+  view.run_rows = block_size_;
+  view.code_stride = view.param_stride = static_cast<std::int64_t>(row_bytes_);
+  view.runs.clear();
+  for (std::int64_t b = 0; b * block_size_ < rows; ++b) {
+    const std::uint8_t* first = row(region, table[static_cast<std::size_t>(b)], 0);
+    view.runs.push_back({first, first + code_bytes, first + code_bytes + 2 * heads_});
+  }
+}
+
 PagedKvRowStore::PagedKvRowStore(PagedKvPool& pool, int region, const std::vector<std::int32_t>& table)
     : pool_(pool), region_(region), table_(table) {}
 
@@ -188,6 +206,12 @@ void PagedKvRowStore::append(const float* rows, std::int64_t n) {
 void PagedKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) const {
   if (end > rows_) fail("paged KV store: read of rows [{}, {}) of {}", begin, end, rows_);
   pool_.read(region_, table_, begin, end, out);
+}
+
+bool PagedKvRowStore::quantized_rows(cpu::QuantKvRows& view) const {
+  if (pool_.dtype() != KvCacheDType::int8 && pool_.dtype() != KvCacheDType::int4) return false;
+  pool_.quantized_rows(region_, table_, rows_, view);
+  return true;
 }
 
 void PagedKvRowStore::truncate(std::int64_t rows) {

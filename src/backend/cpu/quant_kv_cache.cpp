@@ -79,6 +79,17 @@ void QuantKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) con
   }
 }
 
+bool QuantKvRowStore::quantized_rows(QuantKvRows& view) const {
+  view.bits = bits_;
+  view.rows = rows_;
+  view.run_rows = std::max<std::int64_t>(rows_, 1);
+  view.code_stride = row_bytes_;
+  view.param_stride = heads_ * static_cast<std::int64_t>(sizeof(std::uint16_t));
+  view.runs.assign(1, {codes_.data(), reinterpret_cast<const std::uint8_t*>(scales_.data()),
+                       reinterpret_cast<const std::uint8_t*>(mins_.data())});
+  return true;
+}
+
 void QuantKvRowStore::truncate(std::int64_t rows) {
   if (rows < 0 || rows > rows_) fail("KV cache: truncate to {} rows of {}", rows, rows_);
   rows_ = rows;

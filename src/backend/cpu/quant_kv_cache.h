@@ -18,6 +18,7 @@ class QuantKvRowStore final : public KvRowStore {
   std::int64_t rows() const override { return rows_; }
   void append(const float* rows, std::int64_t n) override;
   void read(std::int64_t begin, std::int64_t end, float* out) const override;
+  bool quantized_rows(QuantKvRows& view) const override;
   void truncate(std::int64_t rows) override;
   std::size_t bytes() const override;
 
