@@ -8,6 +8,7 @@
 #include <span>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -388,10 +389,9 @@ void gemm_all(const AtomActivations& a, std::span<const AtomPreparedWeights* con
     work += a.m * ws[i]->n_pad * ws[i]->q.k();
   }
   const std::int64_t tiles = first_tile[count], M = a.m;
-  // Below ~0.8M multiply-adds (~40 us on one core: a decode step's q/k/v and o on SmolLM2) waking the other
-  // threads costs about what they would save: such products run on the calling thread.
-  constexpr std::int64_t kParallelMinWork = std::int64_t{3} << 18;
-  const bool parallel = work >= kParallelMinWork;
+  // A decode step's products take 15-100 us on one core (SmolLM2): whether a parallel region pays depends on
+  // what it costs here (parallel.h).
+  const bool parallel = worth_parallel(static_cast<double>(work) / kIntMacsPerUs);
   for (std::int64_t mb = 0; mb < M; mb += kRowBlock) {
     const std::int64_t mb_end = std::min(M, mb + kRowBlock);
 #pragma omp parallel for schedule(static) if (parallel)
@@ -571,7 +571,7 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
   a.outlier_scales.resize(static_cast<std::size_t>(n_out_pad > 0 ? m : 0));
   const bool vnni = w.chunk == kVnniChunk;
   a.group_sums.resize(static_cast<std::size_t>(vnni ? m * groups : 0));
-#pragma omp parallel if (m > 1)
+#pragma omp parallel if (m > 1 && worth_parallel(static_cast<double>(m * K) / kRowElementsPerUs))
   {
     thread_local std::vector<float> buf;  // no allocation per token once grown
     buf.resize(static_cast<std::size_t>(std::max(G, n_out_pad)));

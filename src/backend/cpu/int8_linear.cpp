@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -140,7 +141,7 @@ void run(const Problem& p) {
   // Up to 4 rows share each weight load (AVX2: 2, its 16 registers); one row streams the weights (GEMV).
   constexpr int kRows = kVnni ? 4 : 2;
   const std::int64_t tiles = (p.n + kOuts - 1) / kOuts;
-  const bool parallel = p.m * p.n * p.args.kp >= (std::int64_t{1} << 16);
+  const bool parallel = worth_parallel(static_cast<double>(p.m * p.n * p.args.kp) / kIntMacsPerUs);
   for (std::int64_t rb = 0; rb < p.m; rb += kRowBlock) {
     const std::int64_t rb_end = std::min(p.m, rb + kRowBlock);
 #pragma omp parallel for schedule(static) if (parallel)
@@ -224,7 +225,7 @@ void Int8Linear::forward(const float* x, std::int64_t m, float* y, Int8Kernel ke
   a.magnitude.resize(cells);
   a.negative.resize(static_cast<std::size_t>(m * blocks));
   a.scales.resize(static_cast<std::size_t>(m * blocks));
-#pragma omp parallel for schedule(static) if (m > 1)
+#pragma omp parallel for schedule(static) if (m > 1 && worth_parallel(static_cast<double>(m * in_) / kRowElementsPerUs))
   for (std::int64_t r = 0; r < m; ++r) {
     std::int8_t* codes = a.codes.data() + r * in_pad_;
     for (std::int64_t b = 0; b < blocks; ++b) {

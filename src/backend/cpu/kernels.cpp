@@ -1,6 +1,7 @@
 #include "backend/cpu/kernels.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <numbers>
 
 #include "backend/cpu/linear.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -17,7 +19,7 @@ namespace atom::cpu {
 void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
               std::span<const std::int32_t> perm, float* y) {
   ATOM_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == dim);
-#pragma omp parallel for schedule(static) if (rows > 1)
+#pragma omp parallel for schedule(static) if (rows > 1 && worth_parallel(static_cast<double>(rows * dim) / kRowElementsPerUs))
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
@@ -86,7 +88,8 @@ void rope_cos_sin(std::span<const float> inv_freq, const std::int64_t* positions
 void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
                 const float* sin) {
   const int half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (rows > 1)
+#pragma omp parallel for schedule(static) \
+    if (rows > 1 && worth_parallel(static_cast<double>(rows * heads * head_dim) / kRowElementsPerUs))
   for (std::int64_t r = 0; r < rows; ++r) {
     const float* c = cos + r * half;
     const float* s = sin + r * half;
@@ -104,7 +107,7 @@ void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int
 
 void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
   const __m256 one = _mm256_set1_ps(1.0f);
-#pragma omp parallel for schedule(static) if (n > 16384)
+#pragma omp parallel for schedule(static) if (n > 1024 && worth_parallel(static_cast<double>(n) / kRowElementsPerUs))
   for (std::int64_t i0 = 0; i0 < n; i0 += 1024) {
     const std::int64_t i1 = std::min(n, i0 + 1024);
     std::int64_t i = i0;
@@ -507,9 +510,23 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   const int group = shape.num_heads / shape.num_kv_heads;
   use_single_threaded_blas();  // sgemm runs inside OpenMP threads
 
-  // Work items: (job, head, query block).
+  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
+  // finishes on one thread in about the time the others take to wake up.
+  std::int64_t pairs = 0, quant_jobs = 0;
+  for (const AttentionJob& job : jobs) {
+    pairs += job.n * (job.start + job.n) * shape.num_heads;
+    quant_jobs += job.k == nullptr ? 1 : 0;
+  }
+  const bool parallel = worth_parallel(static_cast<double>(pairs) / kAttentionPairsPerUs);
+  // Quantized rows: an item takes all query heads of one KV head (its codes read once), unless that leaves
+  // fewer than two items per thread (one decode step: SmolLM2 has 3 KV heads), then one query head each.
+  // A head's result is the same bits either way.
+  const int heads_per_quant_item =
+      parallel && quant_jobs * shape.num_kv_heads < 2 * omp_get_max_threads() ? 1 : group;
+
+  // Work items: (job, query heads [head, head + heads), query block).
   struct Item {
-    std::int32_t job, head;
+    std::int32_t job, head, heads;
     std::int64_t row_begin, row_end;
   };
   // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the OpenMP
@@ -524,34 +541,29 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     // Batch-invariant: row blocks only (each query row on its own, in one fixed order), never sgemm blocks,
     // whose use depends on how many of the sequence's rows this step carries.
     const std::int64_t block = job.n >= 2 * kGemmMinRows && !batch_invariant() ? kGemmBlock : kRowBlock;
-    if (job.k == nullptr) {  // quantized rows: one item per KV head and row block, for all its query heads
+    if (job.k == nullptr) {
       if (job.quant_k == nullptr || job.quant_v == nullptr || job.quant_k->bits != job.quant_v->bits ||
           !attention_reads_codes(job.n)) {
         fail("attention: job {} has neither fp32 rows nor quantized rows it may read in place", j);
       }
-      for (int h = 0; h < shape.num_kv_heads; ++h) {
+      for (int h = 0; h < shape.num_heads; h += heads_per_quant_item) {
         for (std::int64_t r = 0; r < job.n; r += kRowBlock) {
-          items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + kRowBlock)});
+          items.push_back({static_cast<std::int32_t>(j), h, heads_per_quant_item, r, std::min(job.n, r + kRowBlock)});
         }
       }
       continue;
     }
     for (int h = 0; h < shape.num_heads; ++h) {
       for (std::int64_t r = 0; r < job.n; r += block) {
-        items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + block)});
+        items.push_back({static_cast<std::int32_t>(j), h, 1, r, std::min(job.n, r + block)});
       }
     }
   }
   const auto count = static_cast<std::int64_t>(items.size());
-  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
-  // finishes on one thread in about the time the others take to wake up.
-  std::int64_t pairs = 0;
-  for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
-  constexpr std::int64_t kParallelMinPairs = 4096;
   auto first_key = [&](std::int64_t pos) {
     return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
   };
-#pragma omp parallel if (count > 1 && pairs >= kParallelMinPairs)
+#pragma omp parallel if (count > 1 && parallel)
   {
     thread_local std::vector<float> scores, inv_sums;  // per OpenMP thread, kept between calls
     thread_local QuantAttentionScratch quant_scratch;
@@ -560,16 +572,16 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     for (std::int64_t it = 0; it < count; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];
       const AttentionJob& job = jobs[static_cast<std::size_t>(item.job)];
-      if (job.k == nullptr) {  // item.head is a KV head
+      if (job.k == nullptr) {  // query heads of one KV head
+        const int kv_head = item.head / group, head_end = item.head + item.heads;
         for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
           const std::int64_t pos = job.start + r;
           const std::int64_t first = first_key(pos);
           const std::int64_t keys = pos + 1 - first;
-          gather_head_rows(*job.quant_k, item.head, d, first, keys, quant_scratch.keys);
-          gather_head_rows(*job.quant_v, item.head, d, first, keys, quant_scratch.values);
-          for (int h = item.head * group; h < (item.head + 1) * group; h += kMaxHeadGroup) {
-            quant_attention_row(job, shape, r, h, std::min(kMaxHeadGroup, (item.head + 1) * group - h), keys,
-                                quant_scratch);
+          gather_head_rows(*job.quant_k, kv_head, d, first, keys, quant_scratch.keys);
+          gather_head_rows(*job.quant_v, kv_head, d, first, keys, quant_scratch.values);
+          for (int h = item.head; h < head_end; h += kMaxHeadGroup) {
+            quant_attention_row(job, shape, r, h, std::min(kMaxHeadGroup, head_end - h), keys, quant_scratch);
           }
         }
         continue;

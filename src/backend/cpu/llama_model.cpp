@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "backend/cpu/parallel.h"
 #include "backend/cpu/quant_linear.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
@@ -20,7 +21,7 @@ std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::i
 }
 
 void add_in_place(float* x, const float* y, std::int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
+#pragma omp parallel for schedule(static) if (n > 1024 && worth_parallel(static_cast<double>(n) / kRowElementsPerUs))
   for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 

@@ -13,6 +13,7 @@
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/paged_kv.h"
+#include "backend/cpu/parallel.h"
 #include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
 #include "common/half.h"
@@ -205,7 +206,8 @@ TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatche
   }
 }
 
-// A row's result is the same bits alone or in a batch, and with one thread or several.
+// A row's result is the same bits alone or in a batch, and with one thread or several, whether the work is
+// split by KV head (all its query heads together) or by query head, in parallel regions or not.
 TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
   std::mt19937_64 rng(7);
   const int heads = 9, kv_heads = 3, d = 64;
@@ -223,7 +225,7 @@ TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
       stored.push_back(store_sequence(rng, pool, int(i), free_blocks, seqs[i].first + seqs[i].second, width, d, bits));
       qs.push_back(random_values(rng, seqs[i].first * heads * d, 0.0f, 2.0f));
     }
-    auto run = [&](const std::vector<std::size_t>& which, int threads) {
+    auto run = [&](const std::vector<std::size_t>& which, int threads, double region_cost_us) {
       std::vector<std::vector<float>> outs(seqs.size());
       std::vector<AttentionJob> jobs;
       for (std::size_t i : which) {
@@ -239,18 +241,26 @@ TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
       }
       const int before = omp_get_max_threads();
       omp_set_num_threads(threads);
+      set_parallel_region_cost_us(region_cost_us);
       causal_attention(jobs, shape);
+      set_parallel_region_cost_us(-1.0);
       omp_set_num_threads(before);
       return outs;
     };
-    const auto batch = run({0, 1, 2, 3}, 2);
-    const auto batch_one_thread = run({0, 1, 2, 3}, 1);
-    const auto batch_three_threads = run({0, 1, 2, 3}, 3);
+    // Cost 0: always a parallel region, and a lone decode step (3 KV heads < 2 items per thread) is split by
+    // query head; 1e9: never.
+    const auto batch = run({0, 1, 2, 3}, 2, 0.0);
+    const auto batch_serial = run({0, 1, 2, 3}, 2, 1e9);
+    const auto batch_one_thread = run({0, 1, 2, 3}, 1, 0.0);
+    const auto batch_three_threads = run({0, 1, 2, 3}, 3, 0.0);
     for (std::size_t i = 0; i < seqs.size(); ++i) {
-      const auto alone = run({i}, 2);
+      const auto alone = run({i}, 2, 0.0);
+      const auto alone_serial = run({i}, 2, 1e9);
       for (std::size_t e = 0; e < alone[i].size(); ++e) {
         const auto bits_of = [](float x) { return std::bit_cast<std::uint32_t>(x); };
         ASSERT_EQ(bits_of(alone[i][e]), bits_of(batch[i][e])) << bits << " bits, seq " << i << " element " << e;
+        ASSERT_EQ(bits_of(alone_serial[i][e]), bits_of(batch[i][e])) << i << " " << e;
+        ASSERT_EQ(bits_of(batch_serial[i][e]), bits_of(batch[i][e])) << i << " " << e;
         ASSERT_EQ(bits_of(batch_one_thread[i][e]), bits_of(batch[i][e])) << i << " " << e;
         ASSERT_EQ(bits_of(batch_three_threads[i][e]), bits_of(batch[i][e])) << i << " " << e;
       }
