@@ -25,6 +25,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/llama_model.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
 #include "model/sampler.h"
@@ -118,6 +119,8 @@ int main(int argc, char** argv) try {
     next = atom::argmax(logits);
   }
   const double served = now() - served0;
+  std::printf("parallel region cost (measured at the first forward): %.1f us\n",
+              atom::cpu::parallel_region_cost_us());
   std::printf("decode as served: %.1f tok/s (%.3f ms/token) at context %d..%d\n", steps / served,
               1e3 * served / steps, context + 4, context + 4 + steps);
 
