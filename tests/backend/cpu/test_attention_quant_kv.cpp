@@ -131,7 +131,7 @@ TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatche
   std::mt19937_64 rng(2026);
   std::vector<Case> cases;
   for (int bits : {4, 8}) {
-    for (auto [heads, kv_heads] : {std::pair{6, 2}, {8, 1}, {5, 5}, {12, 2}, {9, 3}}) {
+    for (auto [heads, kv_heads] : {std::pair{6, 2}, {8, 1}, {5, 5}, {12, 2}, {9, 3}, {8, 4}, {8, 2}}) {
       for (int d : {64, 128, 20}) {  // 20: the scalar kernel
         for (int window : {0, 7}) cases.push_back({heads, kv_heads, d, window, bits});
       }
