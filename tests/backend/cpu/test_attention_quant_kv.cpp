@@ -206,8 +206,8 @@ TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatche
   }
 }
 
-// A row's result is the same bits alone or in a batch, and with one thread or several, whether the work is
-// split by KV head (all its query heads together) or by query head, in parallel regions or not.
+// A row's result is the same bits alone or in a batch, and with one thread or several, in parallel regions or
+// not.
 TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
   std::mt19937_64 rng(7);
   const int heads = 9, kv_heads = 3, d = 64;
@@ -247,8 +247,7 @@ TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
       omp_set_num_threads(before);
       return outs;
     };
-    // Cost 0: always a parallel region, and a lone decode step (3 KV heads < 2 items per thread) is split by
-    // query head; 1e9: never.
+    // Region cost 0: always a parallel region; 1e9: never.
     const auto batch = run({0, 1, 2, 3}, 2, 0.0);
     const auto batch_serial = run({0, 1, 2, 3}, 2, 1e9);
     const auto batch_one_thread = run({0, 1, 2, 3}, 1, 0.0);
