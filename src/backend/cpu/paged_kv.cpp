@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "format/format.h"
@@ -95,7 +96,7 @@ void PagedKvPool::write(int region, const std::vector<std::int32_t>& table, std:
         const std::int64_t code_bytes = bits == 8 ? row_width_ : row_width_ / 2;
         for (std::int64_t h = 0; h < heads_; ++h) {
           std::uint16_t scale = 0, lo = 0;
-          quant::quantize_asymmetric_group(src + h * head_dim_, head_dim_, bits, codes.data(), scale, lo);
+          cpu::quantize_kv_group(src + h * head_dim_, head_dim_, bits, codes.data(), scale, lo);
           if (bits == 8) {
             std::memcpy(dst + h * head_dim_, codes.data(), static_cast<std::size_t>(head_dim_));
           } else {
