@@ -49,6 +49,7 @@ class TimedLinear final : public atom::cpu::LinearOp {
     *seconds_ += now() - t;
   }
   std::string describe() const override { return inner_->describe(); }
+  bool splits_through_parallel_for() const override { return inner_->splits_through_parallel_for(); }
 
  private:
   std::unique_ptr<atom::cpu::LinearOp> owned_;

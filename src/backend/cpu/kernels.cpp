@@ -18,8 +18,9 @@ namespace atom::cpu {
 void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
               std::span<const std::int32_t> perm, float* y) {
   ATOM_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == dim);
-#pragma omp parallel for schedule(static) if (rows > 1 && worth_parallel(static_cast<double>(rows * dim) / kRowElementsPerUs))
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, static_cast<double>(rows * dim) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
     double sum_sq = 0.0;
@@ -36,6 +37,7 @@ void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* 
       }
     }
   }
+  });
 }
 
 std::vector<float> rope_inv_freq(const ModelConfig& config) {
@@ -87,9 +89,9 @@ void rope_cos_sin(std::span<const float> inv_freq, const std::int64_t* positions
 void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
                 const float* sin) {
   const int half = head_dim / 2;
-#pragma omp parallel for schedule(static) \
-    if (rows > 1 && worth_parallel(static_cast<double>(rows * heads * head_dim) / kRowElementsPerUs))
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, static_cast<double>(rows * heads * head_dim) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; ++r) {
     const float* c = cos + r * half;
     const float* s = sin + r * half;
     for (int h = 0; h < heads; ++h) {
@@ -102,12 +104,14 @@ void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int
       }
     }
   }
+  });
 }
 
 void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
   const __m256 one = _mm256_set1_ps(1.0f);
-#pragma omp parallel for schedule(static) if (n > 1024 && worth_parallel(static_cast<double>(n) / kRowElementsPerUs))
-  for (std::int64_t i0 = 0; i0 < n; i0 += 1024) {
+  parallel_for((n + 1023) / 1024, static_cast<double>(n) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t b0, std::int64_t b1) {
+  for (std::int64_t i0 = b0 * 1024; i0 < std::min(n, b1 * 1024); i0 += 1024) {
     const std::int64_t i1 = std::min(n, i0 + 1024);
     std::int64_t i = i0;
     for (; i + 8 <= i1; i += 8) {
@@ -117,6 +121,7 @@ void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
     }
     for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
   }
+  });
 }
 
 namespace {
@@ -513,7 +518,6 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   // finishes on one thread in about the time the others take to wake up.
   std::int64_t pairs = 0;
   for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
-  const bool parallel = worth_parallel(static_cast<double>(pairs) / kAttentionPairsPerUs);
   // Quantized rows: an item takes all query heads of one KV head, whose codes it then reads once. Even for
   // one decode step on 2 threads (SmolLM2: 3 KV heads, one thread gets two) this beats one query head per
   // item, which reads and converts each KV head's codes 3 times (decode_profile at depth 512: the rest 1.5
@@ -559,13 +563,12 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   auto first_key = [&](std::int64_t pos) {
     return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
   };
-#pragma omp parallel if (count > 1 && parallel)
-  {
-    thread_local std::vector<float> scores, inv_sums;  // per OpenMP thread, kept between calls
+  parallel_for(count, static_cast<double>(pairs) / kAttentionPairsPerUs, Schedule::kDynamic,
+               [&](std::int64_t it_begin, std::int64_t it_end) {
+    thread_local std::vector<float> scores, inv_sums;  // per thread, kept between calls
     thread_local QuantAttentionScratch quant_scratch;
     inv_sums.resize(static_cast<std::size_t>(kGemmBlock));
-#pragma omp for schedule(dynamic)
-    for (std::int64_t it = 0; it < count; ++it) {
+    for (std::int64_t it = it_begin; it < it_end; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];
       const AttentionJob& job = jobs[static_cast<std::size_t>(item.job)];
       if (job.k == nullptr) {  // query heads of one KV head
@@ -626,7 +629,7 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
         for (int c = 0; c < d; ++c) out[i * q_stride + c] *= inv_sums[static_cast<std::size_t>(i)];
       }
     }
-  }
+  });
 }
 
 }  // namespace atom::cpu

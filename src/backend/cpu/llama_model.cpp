@@ -21,8 +21,10 @@ std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::i
 }
 
 void add_in_place(float* x, const float* y, std::int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 1024 && worth_parallel(static_cast<double>(n) / kRowElementsPerUs))
-  for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
+  parallel_for((n + 1023) / 1024, static_cast<double>(n) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t b0, std::int64_t b1) {
+                 for (std::int64_t i = b0 * 1024; i < std::min(n, b1 * 1024); ++i) x[i] += y[i];
+               });
 }
 
 void check_op(const LinearOp& op, std::int64_t out, std::int64_t in, int layer, const char* name) {
@@ -277,6 +279,18 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     w.quant_v.resize(batch.size());
   }
 
+  // A decode-sized step of a model whose ops all split through parallel_for runs with one team of threads
+  // for the whole forward (parallel.h): an op then hands out work for about a spinning wait's cost,
+  // whatever the OpenMP wait policy. Larger steps (prompts, the quantizer's calibration) open regions per op.
+  constexpr std::int64_t kTeamMaxRows = 64;
+  bool team = T <= kTeamMaxRows && !qk_transform_ && lm_head_->splits_through_parallel_for();
+  for (const DecoderLayer& l : layers_) {
+    for (const LinearOp* op : {l.q_proj.get(), l.k_proj.get(), l.v_proj.get(), l.o_proj.get(), l.gate_proj.get(),
+                               l.up_proj.get(), l.down_proj.get()}) {
+      team = team && op->splits_through_parallel_for();
+    }
+  }
+  const auto layers_and_head = [&] {
   // ---- decoder layers
   for (int li = 0; li < num_layers(); ++li) {
     const DecoderLayer& l = layers_[static_cast<std::size_t>(li)];
@@ -375,6 +389,12 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     observe(-1, "lm_head", gathered.data(), rows, hidden);
     lm_head_->forward(gathered.data(), rows, chunk_logits.data());
     sink(first, rows, chunk_logits.data());
+  }
+  };
+  if (team) {
+    run_with_forward_team(layers_and_head);
+  } else {
+    layers_and_head();
   }
 }
 
