@@ -45,75 +45,113 @@ std::mutex g_measure;
 // leader's wait on a counter): on the order of the spinning fork/join, ~1 us.
 std::atomic<double> g_team_hand_out_us{1.0};
 
-// The other threads of a forward's OpenMP region, waiting for the leader's jobs. One job at a time: the
-// leader publishes it by bumping `epoch` (release) and waits until `pending` drops to 0.
+// The other threads of a forward's OpenMP region, waiting for the leader's jobs. A job is cut into units
+// (static: one contiguous chunk per thread; dynamic: one index each) that any thread may claim, the leader
+// included: a worker the OS has not scheduled (an oversubscribed machine) never holds the leader up, the
+// leader then runs its units too. Claims carry the job's epoch (claim_ = epoch << 32 | next unit), so a
+// worker that wakes late cannot take a unit of a later job; the job's fields are atomics for the same reason
+// (a late worker may read them while the leader writes the next job's, and then fails its claim).
+// Between jobs a worker spins (pause) for up to kSpinUs, then sleeps on the epoch (futex) until the next job;
+// it sleeps at once after a job in which it got no unit: on an oversubscribed machine its spinning would
+// take CPU time from the leader, which then does the work anyway.
 class ForwardTeam {
  public:
   int threads() const { return threads_; }
-  // The region's actual thread count, set by the leader before its first job (the workers read it after
-  // that job's release).
+  // The region's actual thread count, set by the leader before its first job.
   void set_threads(int threads) { threads_ = threads; }
 
   void run(std::int64_t n, Schedule schedule, void (*call)(void*, std::int64_t, std::int64_t), void* body) {
-    n_ = n;
-    schedule_ = schedule;
-    call_ = call;
-    body_ = body;
-    next_.store(0, std::memory_order_relaxed);
-    pending_.store(threads_ - 1, std::memory_order_relaxed);
-    epoch_.fetch_add(1, std::memory_order_release);
-    work(0);
-    while (pending_.load(std::memory_order_acquire) != 0) _mm_pause();
+    const std::uint32_t e = epoch_.load(std::memory_order_relaxed) + 1;
+    const std::int64_t units = schedule == Schedule::kDynamic ? n : std::min<std::int64_t>(n, threads_);
+    n_.store(n, std::memory_order_relaxed);
+    units_.store(units, std::memory_order_relaxed);
+    dynamic_.store(schedule == Schedule::kDynamic, std::memory_order_relaxed);
+    call_.store(call, std::memory_order_relaxed);
+    body_.store(body, std::memory_order_relaxed);
+    done_.store(0, std::memory_order_relaxed);
+    claim_.store(std::uint64_t{e} << 32, std::memory_order_relaxed);
+    publish(e);
+    work(e);
+    for (int spins = 0; done_.load(std::memory_order_acquire) != units;) pause_or_yield(spins);
   }
 
   // Thread t (>= 1) of the region: jobs until stop().
-  void serve(int t) {
-    std::uint64_t seen = 0;
+  void serve() {
+    std::uint32_t seen = 0;
+    bool useful = true;  // got a unit of the last job
     for (;;) {
-      std::uint64_t e;
-      int spins = 0;
-      // Spin (pause) while the leader runs its serial parts, yielding the core now and then so that an
-      // oversubscribed machine's other threads still run.
-      while ((e = epoch_.load(std::memory_order_acquire)) == seen) {
+      std::uint32_t e;
+      const auto spin_end = std::chrono::steady_clock::now() + std::chrono::microseconds(useful ? kSpinUs : 0);
+      for (int spins = 0; (e = epoch_.load(std::memory_order_acquire)) == seen;) {
         _mm_pause();
-        if (++spins == kSpinsBeforeYield) {
-          spins = 0;
-          std::this_thread::yield();
+        if (++spins % 256 == 0 && std::chrono::steady_clock::now() >= spin_end) {
+          sleepers_.fetch_add(1, std::memory_order_seq_cst);
+          epoch_.wait(seen, std::memory_order_seq_cst);  // returns at once if the epoch moved meanwhile
+          sleepers_.fetch_sub(1, std::memory_order_seq_cst);
         }
       }
       seen = e;
       if (stop_.load(std::memory_order_acquire)) return;
-      work(t);
-      pending_.fetch_sub(1, std::memory_order_release);
+      useful = work(e) > 0;
     }
   }
 
   void stop() {
-    stop_.store(true, std::memory_order_release);
-    epoch_.fetch_add(1, std::memory_order_release);
+    stop_.store(true, std::memory_order_relaxed);
+    publish(epoch_.load(std::memory_order_relaxed) + 1);
   }
 
  private:
-  static constexpr int kSpinsBeforeYield = 2000;  // ~10-20 us of pause
+  static constexpr int kSpinUs = 100;  // longer than the gaps between a decode step's parallel ops
 
-  void work(int t) {
-    if (schedule_ == Schedule::kDynamic) {
-      for (std::int64_t i; (i = next_.fetch_add(1, std::memory_order_relaxed)) < n_;) call_(body_, i, i + 1);
-      return;
+  void publish(std::uint32_t e) {
+    epoch_.store(e, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) epoch_.notify_all();
+  }
+
+  static void pause_or_yield(int& spins) {
+    _mm_pause();
+    if (++spins == 2000) {  // ~10-20 us of pause
+      spins = 0;
+      std::this_thread::yield();
     }
-    const std::int64_t chunk = (n_ + threads_ - 1) / threads_;
-    const std::int64_t begin = std::min(n_, t * chunk), end = std::min(n_, begin + chunk);
-    if (begin < end) call_(body_, begin, end);
+  }
+
+  // Claims and runs units of job e until none is left (or the job is no longer e); returns how many it ran.
+  int work(std::uint32_t e) {
+    int ran = 0;
+    const std::int64_t n = n_.load(std::memory_order_relaxed), units = units_.load(std::memory_order_relaxed);
+    const bool dynamic = dynamic_.load(std::memory_order_relaxed);
+    void (*call)(void*, std::int64_t, std::int64_t) = call_.load(std::memory_order_relaxed);
+    void* body = body_.load(std::memory_order_relaxed);
+    for (;;) {
+      std::uint64_t c = claim_.load(std::memory_order_acquire);
+      std::int64_t unit;
+      do {
+        unit = static_cast<std::int64_t>(c & 0xFFFFFFFFu);
+        if ((c >> 32) != e || unit >= units) return ran;
+      } while (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      if (dynamic) {
+        call(body, unit, unit + 1);
+      } else {
+        const std::int64_t chunk = (n + units - 1) / units;
+        const std::int64_t begin = std::min(n, unit * chunk), end = std::min(n, begin + chunk);
+        if (begin < end) call(body, begin, end);
+      }
+      done_.fetch_add(1, std::memory_order_release);
+      ++ran;
+    }
   }
 
   int threads_ = 1;
-  std::int64_t n_ = 0;
-  Schedule schedule_ = Schedule::kStatic;
-  void (*call_)(void*, std::int64_t, std::int64_t) = nullptr;
-  void* body_ = nullptr;
-  std::atomic<std::uint64_t> epoch_{0};
-  std::atomic<std::int64_t> next_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<std::int64_t> n_{0}, units_{0};
+  std::atomic<bool> dynamic_{false};
+  std::atomic<void (*)(void*, std::int64_t, std::int64_t)> call_{nullptr};
+  std::atomic<void*> body_{nullptr};
+  std::atomic<std::uint32_t> epoch_{0};
+  std::atomic<std::uint64_t> claim_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<std::int64_t> done_{0};
   std::atomic<bool> stop_{false};
 };
 
@@ -194,7 +232,7 @@ void run_with_forward_team(const std::function<void()>& body) {
       t_team = nullptr;
       team.stop();
     } else {
-      team.serve(omp_get_thread_num());
+      team.serve();
     }
   }
   if (error) std::rethrow_exception(error);
