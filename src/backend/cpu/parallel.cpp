@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -45,7 +46,13 @@ std::mutex g_measure;
 // leader's wait on a counter): on the order of the spinning fork/join, ~1 us.
 std::atomic<double> g_team_hand_out_us{1.0};
 
-// The other threads of a forward's OpenMP region, waiting for the leader's jobs. A job is cut into units
+thread_local bool t_in_unit = false;  // running a unit of a team's job: no nested splitting
+
+// The worker threads of forward teams (OpenMP's thread count less one), started on first use and kept for
+// the process: a forward's leader hands them jobs, and between forwards they sleep. (Not OpenMP's own
+// threads: a region's end would wait for every one of them, which on an oversubscribed machine means
+// waiting for the OS to schedule each, and with spinning waits the leader spins meanwhile.)
+// The workers wait for the leader's jobs. A job is cut into units
 // (static: one contiguous chunk per thread; dynamic: one index each) that any thread may claim, the leader
 // included: a worker the OS has not scheduled (an oversubscribed machine) never holds the leader up, the
 // leader then runs its units too. Claims carry the job's epoch (claim_ = epoch << 32 | next unit), so a
@@ -56,9 +63,16 @@ std::atomic<double> g_team_hand_out_us{1.0};
 // take CPU time from the leader, which then does the work anyway.
 class ForwardTeam {
  public:
+  explicit ForwardTeam(int threads) : threads_(threads) {
+    for (int t = 1; t < threads; ++t) workers_.emplace_back([this] { serve(); });
+  }
+  ~ForwardTeam() {
+    stop();
+    for (std::thread& w : workers_) w.join();
+  }
+  ForwardTeam(const ForwardTeam&) = delete;
+  ForwardTeam& operator=(const ForwardTeam&) = delete;
   int threads() const { return threads_; }
-  // The region's actual thread count, set by the leader before its first job.
-  void set_threads(int threads) { threads_ = threads; }
 
   void run(std::int64_t n, Schedule schedule, void (*call)(void*, std::int64_t, std::int64_t), void* body) {
     const std::uint32_t e = epoch_.load(std::memory_order_relaxed) + 1;
@@ -75,7 +89,13 @@ class ForwardTeam {
     for (int spins = 0; done_.load(std::memory_order_acquire) != units;) pause_or_yield(spins);
   }
 
-  // Thread t (>= 1) of the region: jobs until stop().
+  void stop() {
+    stop_.store(true, std::memory_order_relaxed);
+    publish(epoch_.load(std::memory_order_relaxed) + 1);
+  }
+
+ private:
+  // A worker: jobs until stop().
   void serve() {
     std::uint32_t seen = 0;
     bool useful = true;  // got a unit of the last job
@@ -96,12 +116,6 @@ class ForwardTeam {
     }
   }
 
-  void stop() {
-    stop_.store(true, std::memory_order_relaxed);
-    publish(epoch_.load(std::memory_order_relaxed) + 1);
-  }
-
- private:
   static constexpr int kSpinUs = 100;  // longer than the gaps between a decode step's parallel ops
 
   void publish(std::uint32_t e) {
@@ -131,6 +145,7 @@ class ForwardTeam {
         unit = static_cast<std::int64_t>(c & 0xFFFFFFFFu);
         if ((c >> 32) != e || unit >= units) return ran;
       } while (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      t_in_unit = true;
       if (dynamic) {
         call(body, unit, unit + 1);
       } else {
@@ -138,12 +153,14 @@ class ForwardTeam {
         const std::int64_t begin = std::min(n, unit * chunk), end = std::min(n, begin + chunk);
         if (begin < end) call(body, begin, end);
       }
+      t_in_unit = false;
       done_.fetch_add(1, std::memory_order_release);
       ++ran;
     }
   }
 
-  int threads_ = 1;
+  const int threads_;
+  std::vector<std::thread> workers_;
   std::atomic<std::int64_t> n_{0}, units_{0};
   std::atomic<bool> dynamic_{false};
   std::atomic<void (*)(void*, std::int64_t, std::int64_t)> call_{nullptr};
@@ -156,6 +173,9 @@ class ForwardTeam {
 };
 
 thread_local ForwardTeam* t_team = nullptr;  // set on the leader while it runs a forward's body
+
+std::mutex g_team_mutex;  // one forward on the team at a time
+std::unique_ptr<ForwardTeam> g_team;
 
 }  // namespace
 
@@ -186,6 +206,10 @@ bool forward_team_active() { return t_team != nullptr; }
 void parallel_for_impl(std::int64_t n, double serial_us, Schedule schedule,
                        void (*call)(void*, std::int64_t, std::int64_t), void* body) {
   if (n <= 0) return;
+  if (t_in_unit) {
+    call(body, 0, n);
+    return;
+  }
   if (ForwardTeam* team = t_team) {
     if (n > 1 && serial_us * (1.0 - 1.0 / team->threads()) > 2.0 * g_team_hand_out_us.load(std::memory_order_relaxed)) {
       team->run(n, schedule, call, body);
@@ -213,29 +237,28 @@ void parallel_for_impl(std::int64_t n, double serial_us, Schedule schedule,
 }
 
 void run_with_forward_team(const std::function<void()>& body) {
-  if (omp_get_max_threads() <= 1 || omp_in_parallel() || t_team != nullptr) {
+  const int threads = omp_get_max_threads();
+  if (threads <= 1 || omp_in_parallel() || t_team != nullptr || t_in_unit) {
     body();
     return;
   }
-  std::exception_ptr error;
-  ForwardTeam team;
-#pragma omp parallel
-  {
-    if (omp_get_thread_num() == 0) {
-      team.set_threads(omp_get_num_threads());
-      t_team = &team;
-      try {
-        body();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      t_team = nullptr;
-      team.stop();
-    } else {
-      team.serve();
-    }
+  std::unique_lock<std::mutex> lock(g_team_mutex, std::try_to_lock);
+  if (!lock.owns_lock()) {  // another thread's forward holds the team: this one splits in OpenMP regions
+    body();
+    return;
   }
-  if (error) std::rethrow_exception(error);
+  if (!g_team || g_team->threads() != threads) {
+    g_team.reset();
+    g_team = std::make_unique<ForwardTeam>(threads);
+  }
+  t_team = g_team.get();
+  try {
+    body();
+  } catch (...) {
+    t_team = nullptr;
+    throw;
+  }
+  t_team = nullptr;
 }
 
 }  // namespace atom::cpu

@@ -7,10 +7,11 @@
 // of a small model is mostly ops of 5-100 us. So:
 //  - outside a forward team, an op opens an OpenMP region only when splitting its estimated serial time saves
 //    more than twice a region's cost, measured on first use (worth_parallel);
-//  - a decode-sized forward of a model whose ops all split through parallel_for runs inside one OpenMP region
-//    (ForwardTeam): its other threads wait for work in a spin-then-yield loop of their own between ops, so
-//    an op hands out work for about what a spinning wait costs, whatever OMP_WAIT_POLICY says, and they go
-//    back to OpenMP's own waiting when the forward ends.
+//  - a decode-sized forward of a model whose ops all split through parallel_for runs on a team: worker
+//    threads of our own (OpenMP's thread count less one, kept for the process) that spin for up to 100 us
+//    after each job and then sleep until the next, so an op hands out work for about what a spinning wait
+//    costs, whatever OMP_WAIT_POLICY says, and an idle process sleeps. Any thread may take any unit of a
+//    job, the leader too: a worker the OS has not scheduled never holds the leader up.
 // Neither choice changes results: parallel ops split independent rows, tiles or items.
 #include <cstdint>
 #include <functional>
@@ -57,9 +58,9 @@ void parallel_for(std::int64_t n, double serial_us, Schedule schedule, Body&& bo
       const_cast<void*>(static_cast<const void*>(&body)));
 }
 
-// Runs `body` on the calling thread with the other OpenMP threads held as its team for the ops inside
-// (parallel_for); body's exceptions reach the caller. Runs body plainly with one thread, or when already
-// inside a parallel region.
+// Runs `body` on the calling thread with the team's workers taking the ops' units inside (parallel_for);
+// body's exceptions reach the caller. Runs body plainly with one thread, inside a parallel region or a
+// team's job, or while another thread's forward holds the team.
 void run_with_forward_team(const std::function<void()>& body);
 
 // Whether the calling thread leads a forward team now.

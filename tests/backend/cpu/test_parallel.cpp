@@ -62,7 +62,7 @@ void expect_covers_once(std::int64_t n, double serial_us, Schedule schedule, std
                         const std::string& what) {
   std::vector<std::atomic<int>> hits(static_cast<std::size_t>(n));
   std::mutex mutex;
-  std::set<int> threads_used;
+  std::set<std::thread::id> threads_used;
   parallel_for(n, serial_us, schedule, [&](std::int64_t begin, std::int64_t end) {
     ASSERT_LE(0, begin);
     ASSERT_LT(begin, end);
@@ -71,7 +71,7 @@ void expect_covers_once(std::int64_t n, double serial_us, Schedule schedule, std
     if (schedule == Schedule::kDynamic) ASSERT_TRUE(end == begin + 1 || (begin == 0 && end == n)) << begin << " " << end;
     for (std::int64_t i = begin; i < end; ++i) hits[static_cast<std::size_t>(i)].fetch_add(1);
     const std::lock_guard<std::mutex> lock(mutex);
-    threads_used.insert(omp_get_thread_num());
+    threads_used.insert(std::this_thread::get_id());
   });
   for (std::int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<std::size_t>(i)].load(), 1) << what << " index " << i;
   EXPECT_GE(threads_used.size(), min_threads_used) << what;
@@ -108,14 +108,17 @@ TEST_F(Parallel, ATeamsOtherThreadsTakeUnits) {
   for (Schedule schedule : {Schedule::kStatic, Schedule::kDynamic}) {
     omp_set_num_threads(2);
     set_team_hand_out_cost_us(0.0);
-    std::atomic<int> first_thread{-1};
+    std::mutex mutex;
+    std::set<std::thread::id> seen;
     std::atomic<bool> two_threads{false};
     run_with_forward_team([&] {
       parallel_for(2, 1e6, schedule, [&](std::int64_t begin, std::int64_t end) {
         for (std::int64_t i = begin; i < end; ++i) {
-          int expected = -1;
-          const int me = omp_get_thread_num();
-          if (!first_thread.compare_exchange_strong(expected, me) && expected != me) two_threads = true;
+          {
+            const std::lock_guard<std::mutex> lock(mutex);
+            seen.insert(std::this_thread::get_id());
+            if (seen.size() >= 2) two_threads = true;
+          }
           const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
           while (!two_threads && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
         }
