@@ -87,6 +87,12 @@ class ForwardTeam {
     publish(e);
     work(e);
     for (int spins = 0; done_.load(std::memory_order_acquire) != units;) pause_or_yield(spins);
+    std::exception_ptr error;
+    {
+      const std::lock_guard<std::mutex> lock(error_mutex_);
+      std::swap(error, error_);
+    }
+    if (error) std::rethrow_exception(error);  // every unit has ended: nothing refers to body any more
   }
 
   void stop() {
@@ -146,12 +152,17 @@ class ForwardTeam {
         if ((c >> 32) != e || unit >= units) return ran;
       } while (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire));
       t_in_unit = true;
-      if (dynamic) {
-        call(body, unit, unit + 1);
-      } else {
-        const std::int64_t chunk = (n + units - 1) / units;
-        const std::int64_t begin = std::min(n, unit * chunk), end = std::min(n, begin + chunk);
-        if (begin < end) call(body, begin, end);
+      try {
+        if (dynamic) {
+          call(body, unit, unit + 1);
+        } else {
+          const std::int64_t chunk = (n + units - 1) / units;
+          const std::int64_t begin = std::min(n, unit * chunk), end = std::min(n, begin + chunk);
+          if (begin < end) call(body, begin, end);
+        }
+      } catch (...) {  // kept for the leader, which rethrows it once the job's other units have ended
+        const std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
       }
       t_in_unit = false;
       done_.fetch_add(1, std::memory_order_release);
@@ -170,6 +181,8 @@ class ForwardTeam {
   std::atomic<int> sleepers_{0};
   std::atomic<std::int64_t> done_{0};
   std::atomic<bool> stop_{false};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;  // the first exception of the current job's units
 };
 
 thread_local ForwardTeam* t_team = nullptr;  // set on the leader while it runs a forward's body

@@ -45,7 +45,8 @@ enum class Schedule { kStatic, kDynamic };
 // Runs body(begin, end) over [0, n): kStatic in one contiguous chunk per thread, kDynamic one index at a time
 // to whichever thread is free. On the active forward team if the calling thread leads one (when the split
 // saves more than twice a hand-out's cost), else in an OpenMP region if worth_parallel(serial_us), else on
-// the calling thread as body(0, n).
+// the calling thread as body(0, n). On a team, an exception from body reaches the caller once every unit of
+// the job has ended (inside an OpenMP region it ends the process, as OpenMP has it).
 void parallel_for_impl(std::int64_t n, double serial_us, Schedule schedule,
                        void (*call)(void*, std::int64_t, std::int64_t), void* body);
 

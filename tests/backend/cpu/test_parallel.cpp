@@ -139,8 +139,25 @@ TEST_F(Parallel, ATeamPassesExceptionsOnAndEnds) {
                  Error);
     EXPECT_FALSE(forward_team_active());
   }
+  // Thrown inside units (any thread's): the job's other units end first, then the leader rethrows it.
+  for (Schedule schedule : {Schedule::kStatic, Schedule::kDynamic}) {
+    std::atomic<int> units_run{0};
+    EXPECT_THROW(run_with_forward_team([&] {
+                   parallel_for(8, 1e6, schedule, [&](std::int64_t begin, std::int64_t) {
+                     units_run.fetch_add(1);
+                     if (begin == 0) fail("planted error in a unit");
+                   });
+                 }),
+                 Error);
+    EXPECT_EQ(units_run.load(), schedule == Schedule::kStatic ? 2 : 8);
+  }
   int ran = 0;
-  run_with_forward_team([&] { ++ran; });  // the threads came back: a new team forms
+  run_with_forward_team([&] {
+    ++ran;
+    std::atomic<int> sum{0};
+    parallel_for(100, 1e6, Schedule::kDynamic, [&](std::int64_t begin, std::int64_t) { sum += int(begin); });
+    EXPECT_EQ(sum.load(), 4950);  // the team still works
+  });
   EXPECT_EQ(ran, 1);
 }
 
