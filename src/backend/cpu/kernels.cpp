@@ -514,14 +514,13 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   const int group = shape.num_heads / shape.num_kv_heads;
   use_single_threaded_blas();  // sgemm runs inside OpenMP threads
 
-  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
-  // finishes on one thread in about the time the others take to wake up.
+  // Query-key pairs of the whole call, the work estimate that decides whether to split it (parallel.h).
   std::int64_t pairs = 0;
   for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
   // Quantized rows: an item takes all query heads of one KV head, whose codes it then reads once. Even for
   // one decode step on 2 threads (SmolLM2: 3 KV heads, one thread gets two) this beats one query head per
   // item, which reads and converts each KV head's codes 3 times (decode_profile at depth 512: the rest 1.5
-  // against 1.8-2.1 ms per token).
+  // against 1.8-2.1 ms per token; docs/RESULTS.md).
   const int heads_per_quant_item = group;
 
   // Work items: (job, query heads [head, head + heads), query block).
@@ -529,7 +528,7 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     std::int32_t job, head, heads;
     std::int64_t row_begin, row_end;
   };
-  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the OpenMP
+  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the
   // threads below share (naming the thread_local there would give each thread its own, empty one).
   thread_local std::vector<Item> kept_items;
   std::vector<Item>& items = kept_items;
