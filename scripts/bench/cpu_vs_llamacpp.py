@@ -4,13 +4,19 @@
     python3 scripts/bench/cpu_vs_llamacpp.py --llama-bench /work/llamacpp/build/bin/llama-bench \
         [--gguf .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf] [--atom-checkpoint DIR] [--threads 2] [--rounds 3]
 
-Each round runs, back to back and in alternating order: llama.cpp's `llama-bench -p 512 -n 64` on the GGUF
-(prefill of 512 tokens, decode of 64 tokens, one sequence), and Atom's `build/bench/cpu_forward` on the Atom
-checkpoint made from that GGUF (prefill of 512 tokens, single-sequence decode of 64 steps, 8 x 128-token
-prompts then batch-8 decode) and on the GGUF itself (fp32). Both with the same thread count; Atom with
+Each round runs, back to back and in alternating order: llama.cpp's `llama-bench` on the GGUF, and Atom's
+`build/bench/cpu_forward` on the Atom checkpoint made from that GGUF (and on the GGUF itself, fp32), both
+decoding one sequence at the same two context depths:
+  - short context: llama-bench `-p 512 -n 64` (prefill of 512 tokens; tg64 decodes at depth 0..64) against
+    `cpu_forward --prompt 1 --decode 64 --batch 0` (decode at depth 1..65);
+  - deep context: llama-bench `-p 0 -n 64 -d 512` (tg64 after a 512-token context: depth 512..576) against
+    `cpu_forward --prompt 512 --decode 64` (prefill of 512 tokens, then decode at depth 512..576; then 8 x
+    128-token prompts and batch-8 decode).
+Both with the same thread count; Atom with
 OMP_WAIT_POLICY=passive as the README recommends for shared machines (--atom-wait-policy default leaves
-libgomp's bounded spinning on, as llama.cpp spins; only sensible on a quiet machine). `uptime`'s load average
-is printed beside every round: on a shared machine the figures mean little without it.
+libgomp's bounded spinning on, as llama.cpp spins; only sensible on a quiet machine). The load average
+(/proc/loadavg, 1-minute) just before each benchmark is printed beside its figure: on a shared machine the
+figures mean little without it.
 
 The Atom checkpoint is made if missing (`atom quantize --preset atom-w4a4 --calib-windows 4 --calib-len 128`
 on the KJV train split, as docs/RESULTS.md's CPU decode section). llama.cpp is not part of this repository:
@@ -21,8 +27,8 @@ build it from its public sources, e.g. the copy in PyPI's llama-cpp-python sdist
     cmake -B /work/llamacpp/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
     cmake --build /work/llamacpp/build -j2 --target llama-bench
 
-Prints one table row per round and the medians with the ratios the issue's targets name: Atom decode /
-llama.cpp decode, Atom prefill / llama.cpp prefill, Atom batch-8 decode / llama.cpp single-sequence decode.
+Prints one table row per round and the medians with the ratios the targets name: Atom decode / llama.cpp
+decode at each depth, Atom prefill / llama.cpp prefill, Atom batch-8 decode / llama.cpp single-sequence decode.
 """
 import argparse
 import json
@@ -48,22 +54,39 @@ def run(cmd, env=None):
     return result.stdout
 
 
-def llama_bench(binary, gguf, threads):
-    """(prefill tok/s, decode tok/s) of llama-bench's pp512 and tg64, 3 repetitions each."""
-    out = run([binary, "-m", gguf, "-p", "512", "-n", "64", "-t", str(threads), "-r", "3", "-o", "json"])
+def load1():
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def llama_bench(binary, gguf, threads, depth):
+    """depth 0: {'prefill': pp512, 'decode': tg64 from an empty context}; depth > 0: {'decode': tg64 after
+    `depth` tokens of context}. tok/s, 3 repetitions each; 'load': the 1-minute load average before."""
+    load = load1()
+    prompt = "512" if depth == 0 else "0"
+    out = run([binary, "-m", gguf, "-p", prompt, "-n", "64", "-d", str(depth), "-t", str(threads), "-r", "3",
+               "-o", "json"])
     rows = json.loads(out)
-    prefill = next(r["avg_ts"] for r in rows if r["n_prompt"] == 512 and r["n_gen"] == 0)
-    decode = next(r["avg_ts"] for r in rows if r["n_gen"] == 64 and r["n_prompt"] == 0)
-    return prefill, decode
+    rate = {"load": load}
+    rate["decode"] = next(r["avg_ts"] for r in rows if r["n_gen"] == 64 and r["n_prompt"] == 0)
+    if depth == 0:
+        rate["prefill"] = next(r["avg_ts"] for r in rows if r["n_prompt"] == 512 and r["n_gen"] == 0)
+    return rate
 
 
-def atom_forward(binary, model, threads, wait_policy):
-    """{'prefill', 'decode', 'batch_decode'} tok/s (wall) from cpu_forward."""
+def atom_forward(binary, model, threads, wait_policy, deep):
+    """deep: {'prefill', 'decode' (at depth 512..576), 'batch_decode'}; short: {'decode' (depth 1..65)}.
+    tok/s (wall) from cpu_forward; 'load': the 1-minute load average before."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS="1")
     env.pop("OMP_WAIT_POLICY", None)
     if wait_policy != "default":
         env["OMP_WAIT_POLICY"] = wait_policy
-    out = run([binary, model, "--prompt", "512", "--decode", "64", "--batch", "8", "--batch-prompt", "128"], env)
+    load = load1()
+    if deep:
+        args = ["--prompt", "512", "--decode", "64", "--batch", "8", "--batch-prompt", "128"]
+    else:
+        args = ["--prompt", "1", "--decode", "64", "--batch", "0"]
+    out = run([binary, model] + args, env)
     rate = {}
     for line in out.splitlines():
         m = re.match(r"(prefill|decode)\s+(?:(\d+) x \d+ tokens|batch (\d+), \d+ steps)\s+wall\s+\S+ s\s+(\S+) tokens/s",
@@ -77,8 +100,12 @@ def atom_forward(binary, model, threads, wait_policy):
             rate["decode"] = tps
         elif kind == "decode":
             rate["batch_decode"] = tps
-    if set(rate) != {"prefill", "decode", "batch_decode"}:
+    want = {"prefill", "decode", "batch_decode"} if deep else {"prefill", "decode"}
+    if set(rate) != want:
         sys.exit(f"cpu_vs_llamacpp: could not read cpu_forward's output:\n{out}")
+    if not deep:
+        del rate["prefill"]  # of one token
+    rate["load"] = load
     return rate
 
 
@@ -111,43 +138,61 @@ def main():
     forward = str(build / "bench/cpu_forward")
     print(f"threads {args.threads}; llama.cpp: {args.llama_bench}; Atom: {forward} "
           f"(OMP_WAIT_POLICY={args.atom_wait_policy})")
-    print(f"{'round':>5} {'load average':>16} | {'llama.cpp pp512':>15} {'tg64':>7} | {'Atom ckpt prefill':>17} "
-          f"{'decode':>7} {'batch-8':>8} | {'Atom GGUF decode':>16}")
+    print("tok/s, each with the 1-minute load average just before it in brackets; decode depths: short = "
+          "llama.cpp 0..64, Atom 1..65; deep = 512..576 for both")
+    print(f"{'round':>5} | {'llama pp512':>15} {'tg short':>15} {'tg deep':>15} | {'Atom prefill':>15} "
+          f"{'decode short':>15} {'decode deep':>15} {'batch-8':>8} | {'GGUF fp32 deep':>15}")
+
+    def fig(rate, key):
+        return f"{rate[key]:7.1f} ({rate['load']:4.2f})"
+
     results = []
     for r in range(args.rounds):
         row = {"load_before": load_average()}
         steps = ["llama", "atom"] if r % 2 == 0 else ["atom", "llama"]
         for step in steps:
             if step == "llama":
-                row["llama_prefill"], row["llama_decode"] = llama_bench(args.llama_bench, args.gguf, args.threads)
+                row["llama_short"] = llama_bench(args.llama_bench, args.gguf, args.threads, 0)
+                row["llama_deep"] = llama_bench(args.llama_bench, args.gguf, args.threads, 512)
             else:
-                row["atom"] = atom_forward(forward, args.atom_checkpoint, args.threads, args.atom_wait_policy)
+                row["atom_short"] = atom_forward(forward, args.atom_checkpoint, args.threads, args.atom_wait_policy,
+                                                 deep=False)
+                row["atom"] = atom_forward(forward, args.atom_checkpoint, args.threads, args.atom_wait_policy,
+                                           deep=True)
         if not args.skip_gguf:
-            row["gguf"] = atom_forward(forward, args.gguf, args.threads, args.atom_wait_policy)
+            row["gguf"] = atom_forward(forward, args.gguf, args.threads, args.atom_wait_policy, deep=True)
         row["load_after"] = load_average()
         results.append(row)
-        gguf = f"{row['gguf']['decode']:16.1f}" if "gguf" in row else f"{'-':>16}"
-        print(f"{r + 1:>5} {row['load_before']:>16} | {row['llama_prefill']:15.1f} {row['llama_decode']:7.1f} | "
-              f"{row['atom']['prefill']:17.1f} {row['atom']['decode']:7.1f} {row['atom']['batch_decode']:8.1f} | {gguf}",
-              flush=True)
+        gguf = fig(row["gguf"], "decode") if "gguf" in row else f"{'-':>15}"
+        print(f"{r + 1:>5} | {fig(row['llama_short'], 'prefill')} {fig(row['llama_short'], 'decode')} "
+              f"{fig(row['llama_deep'], 'decode')} | {fig(row['atom'], 'prefill')} {fig(row['atom_short'], 'decode')} "
+              f"{fig(row['atom'], 'decode')} {row['atom']['batch_decode']:8.1f} | {gguf}", flush=True)
 
     def median(f):
         return statistics.median(f(row) for row in results)
 
-    llama_pp, llama_tg = median(lambda r: r["llama_prefill"]), median(lambda r: r["llama_decode"])
-    atom_pp, atom_tg = median(lambda r: r["atom"]["prefill"]), median(lambda r: r["atom"]["decode"])
+    llama_pp = median(lambda r: r["llama_short"]["prefill"])
+    llama_short, llama_deep = median(lambda r: r["llama_short"]["decode"]), median(lambda r: r["llama_deep"]["decode"])
+    atom_pp = median(lambda r: r["atom"]["prefill"])
+    atom_short, atom_deep = median(lambda r: r["atom_short"]["decode"]), median(lambda r: r["atom"]["decode"])
     atom_b8 = median(lambda r: r["atom"]["batch_decode"])
+    loads = [rate["load"] for row in results for key, rate in row.items() if isinstance(rate, dict)]
     print(f"\nmedians over {len(results)} rounds, tokens/s (load average {results[0]['load_before']} at the start, "
-          f"{results[-1]['load_after']} at the end):")
-    print(f"  single-sequence decode: Atom checkpoint {atom_tg:.1f}, llama.cpp {llama_tg:.1f}: "
-          f"{atom_tg / llama_tg:.2f}x (target >= 1.0x)")
+          f"{results[-1]['load_after']} at the end; 1-minute load before the benchmarks {min(loads):.2f} to "
+          f"{max(loads):.2f}):")
+    print(f"  decode, short context:  Atom checkpoint {atom_short:.1f}, llama.cpp {llama_short:.1f}: "
+          f"{atom_short / llama_short:.2f}x (target >= 1.0x)")
+    print(f"  decode, depth 512..576: Atom checkpoint {atom_deep:.1f}, llama.cpp {llama_deep:.1f}: "
+          f"{atom_deep / llama_deep:.2f}x (target >= 1.0x)")
     print(f"  prefill of 512 tokens:  Atom checkpoint {atom_pp:.1f}, llama.cpp {llama_pp:.1f}: "
           f"{atom_pp / llama_pp:.2f}x (target >= 1.5x)")
-    print(f"  batch-8 decode:         Atom checkpoint {atom_b8:.1f} vs llama.cpp single-sequence {llama_tg:.1f}: "
-          f"{atom_b8 / llama_tg:.2f}x (target >= 2x)")
+    print(f"  batch-8 decode (depth 128..192): Atom checkpoint {atom_b8:.1f} vs llama.cpp single-sequence "
+          f"{llama_short:.1f} (short) / {llama_deep:.1f} (deep): {atom_b8 / llama_short:.2f}x / "
+          f"{atom_b8 / llama_deep:.2f}x (target >= 2x)")
     if not args.skip_gguf:
         gguf_tg = median(lambda r: r["gguf"]["decode"])
-        print(f"  Atom on the GGUF (fp32) decode: {gguf_tg:.1f}: {gguf_tg / llama_tg:.2f}x llama.cpp")
+        print(f"  Atom on the GGUF (fp32) decode at depth 512..576: {gguf_tg:.1f}: {gguf_tg / llama_deep:.2f}x "
+              f"llama.cpp")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 // CPU decoder throughput: prefill tokens/s (one long prompt, matrix-matrix), decode tokens/s for one
 // sequence and for a batch of sequences (one token each per step, each with its own KV cache). The model as
 // load_cpu_model gives it: fp32 for a GGUF / HF checkpoint, the integer kernels for an Atom checkpoint.
-//   cpu_forward [model.gguf | hf_dir | atom_dir] [--prompt 512] [--decode 32] [--batch 8] [--batch-prompt
-//   128]
+//   cpu_forward [model.gguf | hf_dir | atom_dir] [--prompt 512] [--decode 32] [--batch 8 (0: none)]
+//   [--batch-prompt 128]
 // Default model: .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf (run from the repository root).
 #include <cblas.h>
 #include <omp.h>
@@ -63,7 +63,7 @@ int main(int argc, char** argv) try {
     else if (argv[i][0] == '-') atom::fail("unknown option '{}'", argv[i]);
     else path = argv[i];
   }
-  if (prompt < 1 || decode < 1 || batch < 1 || batch_prompt < 1) atom::fail("sizes must be positive");
+  if (prompt < 1 || decode < 1 || batch < 0 || batch_prompt < 1) atom::fail("sizes must be positive (--batch 0: no batch)");
 
   const double t0 = now();
   const std::unique_ptr<atom::cpu::LlamaModel> loaded =
@@ -114,6 +114,7 @@ int main(int argc, char** argv) try {
   std::printf("decode   batch 1, %d steps      wall %7.2f s %8.1f tokens/s | cpu %7.2f s %8.1f tokens/cpu-s\n",
               decode, decode_s, decode / decode_s, decode_cpu, decode / decode_cpu);
 
+  if (batch == 0) return 0;
   // Decode, a batch of sequences: prompts prefilled together, then one token per sequence per step.
   std::vector<atom::cpu::KvCache> caches;
   std::vector<std::vector<std::int32_t>> prompts;

@@ -25,6 +25,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/llama_model.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
 #include "model/sampler.h"
@@ -48,6 +49,7 @@ class TimedLinear final : public atom::cpu::LinearOp {
     *seconds_ += now() - t;
   }
   std::string describe() const override { return inner_->describe(); }
+  bool splits_through_parallel_for() const override { return inner_->splits_through_parallel_for(); }
 
  private:
   std::unique_ptr<atom::cpu::LinearOp> owned_;
@@ -118,6 +120,8 @@ int main(int argc, char** argv) try {
     next = atom::argmax(logits);
   }
   const double served = now() - served0;
+  std::printf("parallel region cost (measured at the first forward): %.1f us\n",
+              atom::cpu::parallel_region_cost_us());
   std::printf("decode as served: %.1f tok/s (%.3f ms/token) at context %d..%d\n", steps / served,
               1e3 * served / steps, context + 4, context + 4 + steps);
 

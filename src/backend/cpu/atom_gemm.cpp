@@ -8,6 +8,7 @@
 #include <span>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -388,18 +389,18 @@ void gemm_all(const AtomActivations& a, std::span<const AtomPreparedWeights* con
     work += a.m * ws[i]->n_pad * ws[i]->q.k();
   }
   const std::int64_t tiles = first_tile[count], M = a.m;
-  // Below ~0.8M multiply-adds (~40 us on one core: a decode step's q/k/v and o on SmolLM2) waking the other
-  // threads costs about what they would save: such products run on the calling thread.
-  constexpr std::int64_t kParallelMinWork = std::int64_t{3} << 18;
-  const bool parallel = work >= kParallelMinWork;
+  // A decode step's products take 15-100 us on one core (SmolLM2): whether splitting pays depends on what a
+  // split costs here (parallel.h).
   for (std::int64_t mb = 0; mb < M; mb += kRowBlock) {
     const std::int64_t mb_end = std::min(M, mb + kRowBlock);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t t = 0; t < tiles; ++t) {
-      std::size_t i = 0;
-      while (t >= first_tile[i + 1]) ++i;
-      gemm_tile_rows_any(*args[i], mb, mb_end, t - first_tile[i]);
-    }
+    const double block_us = static_cast<double>(work) / kIntMacsPerUs * static_cast<double>(mb_end - mb) / M;
+    parallel_for(tiles, block_us, Schedule::kStatic, [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t t = t0; t < t1; ++t) {
+        std::size_t i = 0;
+        while (t >= first_tile[i + 1]) ++i;
+        gemm_tile_rows_any(*args[i], mb, mb_end, t - first_tile[i]);
+      }
+    });
   }
 }
 
@@ -571,12 +572,11 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
   a.outlier_scales.resize(static_cast<std::size_t>(n_out_pad > 0 ? m : 0));
   const bool vnni = w.chunk == kVnniChunk;
   a.group_sums.resize(static_cast<std::size_t>(vnni ? m * groups : 0));
-#pragma omp parallel if (m > 1)
-  {
+  parallel_for(m, static_cast<double>(m * K) / kRowElementsPerUs, Schedule::kStatic, [&](std::int64_t r0,
+                                                                                         std::int64_t r1) {
     thread_local std::vector<float> buf;  // no allocation per token once grown
     buf.resize(static_cast<std::size_t>(std::max(G, n_out_pad)));
-#pragma omp for schedule(static)
-    for (std::int64_t r = 0; r < m; ++r) {
+    for (std::int64_t r = r0; r < r1; ++r) {
       const float* row = x + r * K;
       for (std::int64_t g = 0; g < groups; ++g) {
         const std::int32_t* idx = w.gather.data() + g * G;
@@ -600,7 +600,7 @@ void quantize_activations_avx2(const float* x, std::int64_t m, const AtomPrepare
                            reinterpret_cast<std::uint8_t*>(a.outliers.data() + r * n_out_pad));
       }
     }
-  }
+  });
 }
 
 void atom_gemm_avx2(const AtomActivations& a, const AtomPreparedWeights& w, float* y) {

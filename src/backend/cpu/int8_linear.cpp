@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend/cpu/cpu_features.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -140,16 +141,17 @@ void run(const Problem& p) {
   // Up to 4 rows share each weight load (AVX2: 2, its 16 registers); one row streams the weights (GEMV).
   constexpr int kRows = kVnni ? 4 : 2;
   const std::int64_t tiles = (p.n + kOuts - 1) / kOuts;
-  const bool parallel = p.m * p.n * p.args.kp >= (std::int64_t{1} << 16);
   for (std::int64_t rb = 0; rb < p.m; rb += kRowBlock) {
     const std::int64_t rb_end = std::min(p.m, rb + kRowBlock);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (std::int64_t t = 0; t < tiles; ++t) {
+    const double block_us = static_cast<double>((rb_end - rb) * p.n * p.args.kp) / kIntMacsPerUs;
+    parallel_for(tiles, block_us, Schedule::kStatic, [&](std::int64_t t0, std::int64_t t1) {
+     for (std::int64_t t = t0; t < t1; ++t) {
       const std::int64_t n0 = t * kOuts;
       std::int64_t r0 = rb;
       for (; r0 + kRows <= rb_end; r0 += kRows) tile<kRows, kVnni>(p, r0, rb_end, n0);
       for (; r0 < rb_end; ++r0) tile<1, kVnni>(p, r0, r0 + 1, n0);
-    }
+     }
+    });
   }
 }
 
@@ -224,8 +226,9 @@ void Int8Linear::forward(const float* x, std::int64_t m, float* y, Int8Kernel ke
   a.magnitude.resize(cells);
   a.negative.resize(static_cast<std::size_t>(m * blocks));
   a.scales.resize(static_cast<std::size_t>(m * blocks));
-#pragma omp parallel for schedule(static) if (m > 1)
-  for (std::int64_t r = 0; r < m; ++r) {
+  parallel_for(m, static_cast<double>(m * in_) / kRowElementsPerUs, Schedule::kStatic, [&](std::int64_t r0,
+                                                                                         std::int64_t r1) {
+   for (std::int64_t r = r0; r < r1; ++r) {
     std::int8_t* codes = a.codes.data() + r * in_pad_;
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t k0 = b * kBlock, len = std::min(kBlock, in_ - k0);
@@ -239,7 +242,8 @@ void Int8Linear::forward(const float* x, std::int64_t m, float* y, Int8Kernel ke
       }
       a.negative[r * blocks + b] = negative;
     }
-  }
+   }
+  });
   const Problem p{
       {a.codes.data(), a.magnitude.data(), a.negative.data(), a.scales.data(), codes_.data(), in_pad_},
       scales_.data(),

@@ -39,6 +39,7 @@ class Int8Linear final : public LinearOp {
   // Same with a chosen kernel (tests compare kernels); throws if the CPU lacks it.
   void forward(const float* x, std::int64_t m, float* y, Int8Kernel kernel) const;
   std::string describe() const override;
+  bool splits_through_parallel_for() const override { return true; }
 
   std::int64_t padded_in() const { return in_pad_; }       // columns of the codes (zero padded)
   std::int8_t code(std::int64_t n, std::int64_t k) const;  // weight code of output n, column k < padded_in

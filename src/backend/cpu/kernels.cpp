@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include "backend/cpu/linear.h"
+#include "backend/cpu/parallel.h"
 #include "common/error.h"
 
 namespace atom::cpu {
@@ -16,8 +18,9 @@ namespace atom::cpu {
 void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* weight, float eps,
               std::span<const std::int32_t> perm, float* y) {
   ATOM_CHECK(perm.empty() || static_cast<std::int64_t>(perm.size()) == dim);
-#pragma omp parallel for schedule(static) if (rows > 1)
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, static_cast<double>(rows * dim) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * dim;
     float* yr = y + r * dim;
     double sum_sq = 0.0;
@@ -34,6 +37,7 @@ void rms_norm(const float* x, std::int64_t rows, std::int64_t dim, const float* 
       }
     }
   }
+  });
 }
 
 std::vector<float> rope_inv_freq(const ModelConfig& config) {
@@ -85,8 +89,9 @@ void rope_cos_sin(std::span<const float> inv_freq, const std::int64_t* positions
 void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
                 const float* sin) {
   const int half = head_dim / 2;
-#pragma omp parallel for schedule(static) if (rows > 1)
-  for (std::int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, static_cast<double>(rows * heads * head_dim) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t r0, std::int64_t r1) {
+  for (std::int64_t r = r0; r < r1; ++r) {
     const float* c = cos + r * half;
     const float* s = sin + r * half;
     for (int h = 0; h < heads; ++h) {
@@ -99,12 +104,14 @@ void apply_rope(float* x, std::int64_t rows, std::int64_t stride, int heads, int
       }
     }
   }
+  });
 }
 
 void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
   const __m256 one = _mm256_set1_ps(1.0f);
-#pragma omp parallel for schedule(static) if (n > 16384)
-  for (std::int64_t i0 = 0; i0 < n; i0 += 1024) {
+  parallel_for((n + 1023) / 1024, static_cast<double>(n) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t b0, std::int64_t b1) {
+  for (std::int64_t i0 = b0 * 1024; i0 < std::min(n, b1 * 1024); i0 += 1024) {
     const std::int64_t i1 = std::min(n, i0 + 1024);
     std::int64_t i = i0;
     for (; i + 8 <= i1; i += 8) {
@@ -114,6 +121,7 @@ void silu_mul(const float* gate, const float* up, std::int64_t n, float* out) {
     }
     for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
   }
+  });
 }
 
 namespace {
@@ -255,6 +263,232 @@ float scaled_softmax_numerators(float* s, std::int64_t n, float scale) {
   return sum;
 }
 
+// ---- attention on quantized KV rows, read in place
+
+// One KV head's rows [first, first + count) as gathered from the store's runs: code pointers (already at the
+// head) and fp32 scales and minimums, so that the kernels below index keys directly.
+struct HeadRows {
+  std::vector<const std::uint8_t*> codes;
+  std::vector<float> scales, mins;
+};
+
+inline float load_fp16(const std::uint8_t* p) {
+  std::uint16_t bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return _cvtsh_ss(bits);
+}
+
+void gather_head_rows(const QuantKvRows& view, int kv_head, int head_dim, std::int64_t first, std::int64_t count,
+                      HeadRows& out) {
+  ATOM_CHECK(first + count <= view.rows && view.run_rows > 0);
+  out.codes.resize(static_cast<std::size_t>(count));
+  out.scales.resize(static_cast<std::size_t>(count));
+  out.mins.resize(static_cast<std::size_t>(count));
+  const std::int64_t code_offset = std::int64_t{kv_head} * head_dim * view.bits / 8;
+  const std::int64_t param_offset = std::int64_t{kv_head} * 2;
+  std::int64_t j = 0;
+  while (j < count) {  // a run at a time
+    const std::int64_t row = first + j;
+    const QuantKvRows::Run& run = view.runs[static_cast<std::size_t>(row / view.run_rows)];
+    const std::int64_t slot = row % view.run_rows;
+    const std::int64_t n = std::min(count - j, view.run_rows - slot);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const auto k = static_cast<std::size_t>(j + i);
+      out.codes[k] = run.codes + (slot + i) * view.code_stride + code_offset;
+      out.scales[k] = load_fp16(run.scales + (slot + i) * view.param_stride + param_offset);
+      out.mins[k] = load_fp16(run.mins + (slot + i) * view.param_stride + param_offset);
+    }
+    j += n;
+  }
+}
+
+// Codes [i, i + 16) of one head as two vectors of fp32 (UINT4 low nibble first, or UINT8).
+template <int Bits>
+inline void unpack16(const std::uint8_t* codes, int i, __m256& c0, __m256& c1) {
+  __m128i b;
+  if constexpr (Bits == 4) {
+    const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i / 2));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    b = _mm_unpacklo_epi8(_mm_and_si128(packed, mask), _mm_and_si128(_mm_srli_epi16(packed, 4), mask));
+  } else {
+    b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i));
+  }
+  c0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b));
+  c1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(b, 8)));
+}
+
+inline float code_at(const std::uint8_t* codes, int bits, int i) {
+  return static_cast<float>(bits == 4 ? (codes[i / 2] >> (4 * (i & 1))) & 0x0F : codes[i]);
+}
+
+// Up to 4 query heads that share one KV head.
+constexpr int kMaxHeadGroup = 4;
+
+// scores[g][j] = q_g . k_j = scale_j * (q_g . codes_j) + min_j * sum(q_g), for keys j in [0, count);
+// head_dim a multiple of 16. Eight keys' sums are reduced together (hsum8); the tail one by one.
+template <int G, int Bits>
+void quant_scores(const float* const* q, const float* q_sums, const HeadRows& rows, std::int64_t count, int d,
+                  float* const* scores) {
+  __m256 partial[G][8];
+  __m256 q_sum[G];
+  for (int g = 0; g < G; ++g) q_sum[g] = _mm256_set1_ps(q_sums[g]);
+  std::int64_t j = 0;
+  for (; j < count; ++j) {
+    __m256 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+    const std::uint8_t* codes = rows.codes[static_cast<std::size_t>(j)];
+    for (int i = 0; i < d; i += 16) {
+      __m256 c0, c1;
+      unpack16<Bits>(codes, i, c0, c1);
+      for (int g = 0; g < G; ++g) {
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i), c0, acc[g]);
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i + 8), c1, acc[g]);
+      }
+    }
+    const int slot = static_cast<int>(j & 7);
+    for (int g = 0; g < G; ++g) partial[g][slot] = acc[g];
+    if (slot == 7) {
+      const __m256 scale = _mm256_loadu_ps(rows.scales.data() + j - 7);
+      const __m256 lo = _mm256_loadu_ps(rows.mins.data() + j - 7);
+      for (int g = 0; g < G; ++g) {
+        _mm256_storeu_ps(scores[g] + j - 7, _mm256_fmadd_ps(scale, hsum8(partial[g]), _mm256_mul_ps(lo, q_sum[g])));
+      }
+    }
+  }
+  for (std::int64_t t = count & ~std::int64_t{7}; t < count; ++t) {
+    const auto k = static_cast<std::size_t>(t);
+    for (int g = 0; g < G; ++g) {
+      scores[g][t] = std::fma(rows.scales[k], hsum(partial[g][t & 7]), rows.mins[k] * q_sums[g]);
+    }
+  }
+}
+
+// out[g][0, d) = sum_j p[g][j] * (scale_j * codes_j + min_j), with p[g] overwritten by p[g][j] * scale_j;
+// head_dim a multiple of 16. 16 columns at a time: 2 G accumulators, one pass over the keys each.
+template <int G, int Bits>
+void quant_weighted(float* const* p, const HeadRows& rows, std::int64_t count, int d, float* const* out) {
+  float offset[G];  // sum_j p[g][j] * min_j, added to every column
+  for (int g = 0; g < G; ++g) {
+    __m256 acc = _mm256_setzero_ps();
+    std::int64_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+      const __m256 pj = _mm256_loadu_ps(p[g] + j);
+      acc = _mm256_fmadd_ps(pj, _mm256_loadu_ps(rows.mins.data() + j), acc);
+      _mm256_storeu_ps(p[g] + j, _mm256_mul_ps(pj, _mm256_loadu_ps(rows.scales.data() + j)));
+    }
+    float sum = hsum(acc);
+    for (; j < count; ++j) {
+      sum += p[g][j] * rows.mins[static_cast<std::size_t>(j)];
+      p[g][j] *= rows.scales[static_cast<std::size_t>(j)];
+    }
+    offset[g] = sum;
+  }
+  for (int i = 0; i < d; i += 16) {
+    __m256 acc[G][2];
+    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+    for (std::int64_t j = 0; j < count; ++j) {
+      __m256 c0, c1;
+      unpack16<Bits>(rows.codes[static_cast<std::size_t>(j)], i, c0, c1);
+      for (int g = 0; g < G; ++g) {
+        const __m256 w = _mm256_set1_ps(p[g][j]);
+        acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
+        acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      const __m256 o = _mm256_set1_ps(offset[g]);
+      _mm256_storeu_ps(out[g] + i, _mm256_add_ps(acc[g][0], o));
+      _mm256_storeu_ps(out[g] + i + 8, _mm256_add_ps(acc[g][1], o));
+    }
+  }
+}
+
+// Any head_dim, any group size: the same sums one value at a time.
+void quant_scores_scalar(int heads, int bits, const float* const* q, const float* q_sums, const HeadRows& rows,
+                         std::int64_t count, int d, float* const* scores) {
+  for (std::int64_t j = 0; j < count; ++j) {
+    const auto k = static_cast<std::size_t>(j);
+    for (int g = 0; g < heads; ++g) {
+      float dot = 0.0f;
+      for (int i = 0; i < d; ++i) dot = std::fma(q[g][i], code_at(rows.codes[k], bits, i), dot);
+      scores[g][j] = std::fma(rows.scales[k], dot, rows.mins[k] * q_sums[g]);
+    }
+  }
+}
+
+void quant_weighted_scalar(int heads, int bits, float* const* p, const HeadRows& rows, std::int64_t count, int d,
+                           float* const* out) {
+  for (int g = 0; g < heads; ++g) {
+    float offset = 0.0f;
+    for (std::int64_t j = 0; j < count; ++j) {
+      offset = std::fma(p[g][j], rows.mins[static_cast<std::size_t>(j)], offset);
+      p[g][j] *= rows.scales[static_cast<std::size_t>(j)];
+    }
+    for (int i = 0; i < d; ++i) {
+      float acc = 0.0f;
+      for (std::int64_t j = 0; j < count; ++j) acc = std::fma(p[g][j], code_at(rows.codes[static_cast<std::size_t>(j)], bits, i), acc);
+      out[g][i] = acc + offset;
+    }
+  }
+}
+
+template <int G>
+void quant_scores_group(int bits, const float* const* q, const float* q_sums, const HeadRows& rows,
+                        std::int64_t count, int d, float* const* scores) {
+  if (bits == 4) quant_scores<G, 4>(q, q_sums, rows, count, d, scores);
+  else quant_scores<G, 8>(q, q_sums, rows, count, d, scores);
+}
+
+template <int G>
+void quant_weighted_group(int bits, float* const* p, const HeadRows& rows, std::int64_t count, int d,
+                          float* const* out) {
+  if (bits == 4) quant_weighted<G, 4>(p, rows, count, d, out);
+  else quant_weighted<G, 8>(p, rows, count, d, out);
+}
+
+// Per OpenMP thread: the gathered rows of one KV head and the scores of its query heads.
+struct QuantAttentionScratch {
+  HeadRows keys, values;
+  std::vector<float> scores;
+};
+
+// Query row r of `job` for the query heads [head_begin, head_begin + heads) (heads <= kMaxHeadGroup) of one
+// KV head, whose `keys` rows scratch.keys / scratch.values hold.
+void quant_attention_row(const AttentionJob& job, const AttentionShape& shape, std::int64_t r, int head_begin,
+                         int heads, std::int64_t keys, QuantAttentionScratch& scratch) {
+  const int d = shape.head_dim;
+  const std::int64_t q_stride = std::int64_t{shape.num_heads} * d;
+  const int bits = job.quant_k->bits;
+  const float* q[kMaxHeadGroup];
+  float* out[kMaxHeadGroup];
+  float* scores[kMaxHeadGroup];
+  float q_sums[kMaxHeadGroup];
+  scratch.scores.resize(static_cast<std::size_t>(kMaxHeadGroup * keys));
+  for (int g = 0; g < heads; ++g) {
+    q[g] = job.q + r * q_stride + std::int64_t{head_begin + g} * d;
+    out[g] = job.out + r * q_stride + std::int64_t{head_begin + g} * d;
+    scores[g] = scratch.scores.data() + g * keys;
+    q_sums[g] = 0.0f;
+    for (int i = 0; i < d; ++i) q_sums[g] += q[g][i];
+  }
+  const bool vector = d % 16 == 0;
+  if (!vector) quant_scores_scalar(heads, bits, q, q_sums, scratch.keys, keys, d, scores);
+  else if (heads == 1) quant_scores_group<1>(bits, q, q_sums, scratch.keys, keys, d, scores);
+  else if (heads == 2) quant_scores_group<2>(bits, q, q_sums, scratch.keys, keys, d, scores);
+  else if (heads == 3) quant_scores_group<3>(bits, q, q_sums, scratch.keys, keys, d, scores);
+  else quant_scores_group<4>(bits, q, q_sums, scratch.keys, keys, d, scores);
+  float inv_sums[kMaxHeadGroup];
+  for (int g = 0; g < heads; ++g) inv_sums[g] = 1.0f / scaled_softmax_numerators(scores[g], keys, shape.scale);
+  if (!vector) quant_weighted_scalar(heads, bits, scores, scratch.values, keys, d, out);
+  else if (heads == 1) quant_weighted_group<1>(bits, scores, scratch.values, keys, d, out);
+  else if (heads == 2) quant_weighted_group<2>(bits, scores, scratch.values, keys, d, out);
+  else if (heads == 3) quant_weighted_group<3>(bits, scores, scratch.values, keys, d, out);
+  else quant_weighted_group<4>(bits, scores, scratch.values, keys, d, out);
+  for (int g = 0; g < heads; ++g) {
+    for (int i = 0; i < d; ++i) out[g][i] *= inv_sums[g];
+  }
+}
+
 // Query rows per work item. Blocks of a long prompt run as two sgemm calls (Q K^T, then P V) over the keys
 // the block needs; short ones (decode) row by row with the AVX2 dot/axpy kernels.
 constexpr std::int64_t kRowBlock = 16;
@@ -270,6 +504,8 @@ std::atomic<bool> g_batch_invariant{false};
 void set_batch_invariant(bool on) { g_batch_invariant = on; }
 bool batch_invariant() { return g_batch_invariant; }
 
+bool attention_reads_codes(std::int64_t n) { return n < 2 * kGemmMinRows || batch_invariant(); }
+
 void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& shape) {
   ATOM_CHECK(shape.num_heads > 0 && shape.num_kv_heads > 0 && shape.num_heads % shape.num_kv_heads == 0);
   const int d = shape.head_dim;
@@ -278,12 +514,21 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
   const int group = shape.num_heads / shape.num_kv_heads;
   use_single_threaded_blas();  // sgemm runs inside OpenMP threads
 
-  // Work items: (job, head, query block).
+  // Query-key pairs of the whole call, the work estimate that decides whether to split it (parallel.h).
+  std::int64_t pairs = 0;
+  for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
+  // Quantized rows: an item takes all query heads of one KV head, whose codes it then reads once. Even for
+  // one decode step on 2 threads (SmolLM2: 3 KV heads, one thread gets two) this beats one query head per
+  // item, which reads and converts each KV head's codes 3 times (decode_profile at depth 512: the rest 1.5
+  // against 1.8-2.1 ms per token; docs/RESULTS.md).
+  const int heads_per_quant_item = group;
+
+  // Work items: (job, query heads [head, head + heads), query block).
   struct Item {
-    std::int32_t job, head;
+    std::int32_t job, head, heads;
     std::int64_t row_begin, row_end;
   };
-  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the OpenMP
+  // Kept between calls (a decode step allocates nothing here); `items`, a plain reference, is what the
   // threads below share (naming the thread_local there would give each thread its own, empty one).
   thread_local std::vector<Item> kept_items;
   std::vector<Item>& items = kept_items;
@@ -295,29 +540,50 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
     // Batch-invariant: row blocks only (each query row on its own, in one fixed order), never sgemm blocks,
     // whose use depends on how many of the sequence's rows this step carries.
     const std::int64_t block = job.n >= 2 * kGemmMinRows && !batch_invariant() ? kGemmBlock : kRowBlock;
+    if (job.k == nullptr) {
+      if (job.quant_k == nullptr || job.quant_v == nullptr || job.quant_k->bits != job.quant_v->bits ||
+          !attention_reads_codes(job.n)) {
+        fail("attention: job {} has neither fp32 rows nor quantized rows it may read in place", j);
+      }
+      for (int h = 0; h < shape.num_heads; h += heads_per_quant_item) {
+        for (std::int64_t r = 0; r < job.n; r += kRowBlock) {
+          items.push_back({static_cast<std::int32_t>(j), h, heads_per_quant_item, r, std::min(job.n, r + kRowBlock)});
+        }
+      }
+      continue;
+    }
     for (int h = 0; h < shape.num_heads; ++h) {
       for (std::int64_t r = 0; r < job.n; r += block) {
-        items.push_back({static_cast<std::int32_t>(j), h, r, std::min(job.n, r + block)});
+        items.push_back({static_cast<std::int32_t>(j), h, 1, r, std::min(job.n, r + block)});
       }
     }
   }
   const auto count = static_cast<std::int64_t>(items.size());
-  // Query-key pairs of the whole call; a decode step over a short context (SmolLM2: 9 heads x ~200 keys)
-  // finishes on one thread in about the time the others take to wake up.
-  std::int64_t pairs = 0;
-  for (const AttentionJob& job : jobs) pairs += job.n * (job.start + job.n) * shape.num_heads;
-  constexpr std::int64_t kParallelMinPairs = 4096;
   auto first_key = [&](std::int64_t pos) {
     return shape.sliding_window > 0 ? std::max<std::int64_t>(0, pos - shape.sliding_window + 1) : std::int64_t{0};
   };
-#pragma omp parallel if (count > 1 && pairs >= kParallelMinPairs)
-  {
-    thread_local std::vector<float> scores, inv_sums;  // per OpenMP thread, kept between calls
+  parallel_for(count, static_cast<double>(pairs) / kAttentionPairsPerUs, Schedule::kDynamic,
+               [&](std::int64_t it_begin, std::int64_t it_end) {
+    thread_local std::vector<float> scores, inv_sums;  // per thread, kept between calls
+    thread_local QuantAttentionScratch quant_scratch;
     inv_sums.resize(static_cast<std::size_t>(kGemmBlock));
-#pragma omp for schedule(dynamic)
-    for (std::int64_t it = 0; it < count; ++it) {
+    for (std::int64_t it = it_begin; it < it_end; ++it) {
       const Item& item = items[static_cast<std::size_t>(it)];
       const AttentionJob& job = jobs[static_cast<std::size_t>(item.job)];
+      if (job.k == nullptr) {  // query heads of one KV head
+        const int kv_head = item.head / group, head_end = item.head + item.heads;
+        for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
+          const std::int64_t pos = job.start + r;
+          const std::int64_t first = first_key(pos);
+          const std::int64_t keys = pos + 1 - first;
+          gather_head_rows(*job.quant_k, kv_head, d, first, keys, quant_scratch.keys);
+          gather_head_rows(*job.quant_v, kv_head, d, first, keys, quant_scratch.values);
+          for (int h = item.head; h < head_end; h += kMaxHeadGroup) {
+            quant_attention_row(job, shape, r, h, std::min(kMaxHeadGroup, head_end - h), keys, quant_scratch);
+          }
+        }
+        continue;
+      }
       const std::int64_t kv_offset = std::int64_t{item.head / group} * d;
       const std::int64_t head_offset = std::int64_t{item.head} * d;
       const float* k = job.k + kv_offset;
@@ -362,7 +628,7 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
         for (int c = 0; c < d; ++c) out[i * q_stride + c] *= inv_sums[static_cast<std::size_t>(i)];
       }
     }
-  }
+  });
 }
 
 }  // namespace atom::cpu

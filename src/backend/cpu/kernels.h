@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "backend/cpu/kv_cache.h"
 #include "io/model_config.h"
 
 namespace atom::cpu {
@@ -46,7 +47,8 @@ struct AttentionShape {
 };
 
 // Causal attention of one sequence's n new queries, at positions start .. start + n - 1, over its keys and
-// values at positions 0 .. start + n - 1.
+// values at positions 0 .. start + n - 1: fp32 rows (k, v), or, when k and v are null, quantized rows read in
+// place (quant_k, quant_v: UINT4 / UINT8 codes, both of one width; only where attention_reads_codes(n)).
 struct AttentionJob {
   const float* q = nullptr;  // [n, num_heads * head_dim]
   const float* k = nullptr;  // [start + n, num_kv_heads * head_dim]
@@ -54,10 +56,18 @@ struct AttentionJob {
   float* out = nullptr;      // [n, num_heads * head_dim]
   std::int64_t n = 0;
   std::int64_t start = 0;
+  const QuantKvRows* quant_k = nullptr;  // rows [0, start + n) at least
+  const QuantKvRows* quant_v = nullptr;
 };
 
 // Runs all jobs (one per sequence of a batch), parallel over sequences, heads and query blocks.
+// On quantized rows each query row is scored on the codes (q . k = scale * (q . codes) + minimum * sum(q), and
+// the values weighted likewise), one KV head's codes read once for all its query heads.
 void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& shape);
+
+// Whether a job of n new rows may read quantized rows in place (row by row); otherwise it needs them as fp32
+// (a long prompt's blocks run as sgemm). Always true in batch-invariant mode.
+bool attention_reads_codes(std::int64_t n);
 
 // Batch-invariant mode (process-wide; the serving runner turns it on): every kernel computes a row's result
 // with one fixed sequence of floating-point operations, whatever the other rows of its batch and however a

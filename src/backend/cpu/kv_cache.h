@@ -14,6 +14,24 @@ namespace atom::cpu {
 enum class KvDType : std::uint8_t { F32, U8, U4 };
 std::string_view kv_dtype_name(KvDType dtype);  // "f32" | "u8" | "u4"
 
+// Where a quantized store keeps its rows, for attention that reads the codes in place instead of a dequantized
+// copy: runs of consecutive rows (one run for a plain store, one per block for the paged pool); inside a run,
+// row r's codes start r * code_stride bytes after the run's first codes (UINT4 two per byte, low nibble
+// first, or UINT8; head h's at h * head_dim * bits / 8), its fp16 scales and fp16 minimums (one per head)
+// r * param_stride bytes after the run's first ones. Value = fma(code, scale, minimum).
+struct QuantKvRows {
+  struct Run {
+    const std::uint8_t* codes = nullptr;
+    const std::uint8_t* scales = nullptr;
+    const std::uint8_t* mins = nullptr;
+  };
+  int bits = 0;               // 4 or 8
+  std::int64_t rows = 0;      // rows [0, rows) are described
+  std::int64_t run_rows = 0;  // rows per run (the last run may hold fewer)
+  std::int64_t code_stride = 0, param_stride = 0;
+  std::vector<Run> runs;      // ceil(rows / run_rows) runs
+};
+
 // Rows of one layer's K (or V) for one sequence.
 class KvRowStore {
  public:
@@ -27,6 +45,9 @@ class KvRowStore {
   virtual void read(std::int64_t begin, std::int64_t end, float* out) const = 0;
   // Direct fp32 view of all rows when stored as fp32 (lets attention skip the copy); nullptr otherwise.
   virtual const float* f32_rows() const { return nullptr; }
+  // Fills `view` with where all rows are stored when stored as UINT4 / UINT8 codes (its vector's storage is
+  // reused); false otherwise.
+  virtual bool quantized_rows(QuantKvRows& view) const { return false; }
   virtual void truncate(std::int64_t rows) = 0;  // keeps the first `rows` rows
   virtual std::size_t bytes() const = 0;         // storage held, for memory accounting
 };

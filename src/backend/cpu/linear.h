@@ -17,6 +17,9 @@ class LinearOp {
   // OpenMP / BLAS threads inside. Must not be called with x and y overlapping.
   virtual void forward(const float* x, std::int64_t m, float* y) const = 0;
   virtual std::string describe() const = 0;  // e.g. "dense f32 [576 x 1536]"
+  // True when every parallel loop of forward goes through parallel_for (parallel.h), so that it can run
+  // inside a forward team; an op with OpenMP regions of its own would run them on one thread there.
+  virtual bool splits_through_parallel_for() const { return false; }
 };
 
 // Makes OpenBLAS single-threaded (process-wide, once): the CPU backend parallelizes with OpenMP only, since

@@ -5,6 +5,7 @@
 #include <set>
 #include <tuple>
 
+#include "backend/cpu/parallel.h"
 #include "backend/cpu/quant_linear.h"
 #include "common/error.h"
 #include "io/checkpoint.h"
@@ -20,8 +21,10 @@ std::unique_ptr<LinearOp> dense(std::vector<float>&& w, std::int64_t out, std::i
 }
 
 void add_in_place(float* x, const float* y, std::int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (std::int64_t i = 0; i < n; ++i) x[i] += y[i];
+  parallel_for((n + 1023) / 1024, static_cast<double>(n) / kRowElementsPerUs, Schedule::kStatic,
+               [&](std::int64_t b0, std::int64_t b1) {
+                 for (std::int64_t i = b0 * 1024; i < std::min(n, b1 * 1024); ++i) x[i] += y[i];
+               });
 }
 
 void check_op(const LinearOp& op, std::int64_t out, std::int64_t in, int layer, const char* name) {
@@ -272,8 +275,22 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   if (dequantized_k.size() < batch.size()) {
     dequantized_k.resize(batch.size());
     dequantized_v.resize(batch.size());
+    w.quant_k.resize(batch.size());
+    w.quant_v.resize(batch.size());
   }
 
+  // A decode-sized step of a model whose ops all split through parallel_for runs with one team of threads
+  // for the whole forward (parallel.h): an op then hands out work for about a spinning wait's cost,
+  // whatever the OpenMP wait policy. Larger steps (prompts, the quantizer's calibration) open regions per op.
+  constexpr std::int64_t kTeamMaxRows = 64;
+  bool team = T <= kTeamMaxRows && !qk_transform_ && lm_head_->splits_through_parallel_for();
+  for (const DecoderLayer& l : layers_) {
+    for (const LinearOp* op : {l.q_proj.get(), l.k_proj.get(), l.v_proj.get(), l.o_proj.get(), l.gate_proj.get(),
+                               l.up_proj.get(), l.down_proj.get()}) {
+      team = team && op->splits_through_parallel_for();
+    }
+  }
+  const auto layers_and_head = [&] {
   // ---- decoder layers
   for (int li = 0; li < num_layers(); ++li) {
     const DecoderLayer& l = layers_[static_cast<std::size_t>(li)];
@@ -306,8 +323,16 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
       job.n = n;
       job.start = start[s];
       const std::int64_t keys = start[s] + n;
-      // A quantized store is read back (dequantized) whole: attention then sees what the cache holds,
-      // the new tokens included.
+      // Attention sees what the cache holds, the new tokens included: quantized rows are read in place, or,
+      // for a long prompt's sgemm blocks, dequantized whole.
+      job.k = job.v = nullptr;
+      job.quant_k = job.quant_v = nullptr;
+      if (attention_reads_codes(n) && !ks.f32_rows() && ks.quantized_rows(w.quant_k[s]) &&
+          vs.quantized_rows(w.quant_v[s]) && w.quant_k[s].bits == w.quant_v[s].bits) {
+        job.quant_k = &w.quant_k[s];
+        job.quant_v = &w.quant_v[s];
+        continue;
+      }
       for (auto [store, scratch, ptr] :
            {std::tuple{&ks, &dequantized_k[s], &job.k}, std::tuple{&vs, &dequantized_v[s], &job.v}}) {
         if (const float* direct = store->f32_rows()) {
@@ -364,6 +389,12 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     observe(-1, "lm_head", gathered.data(), rows, hidden);
     lm_head_->forward(gathered.data(), rows, chunk_logits.data());
     sink(first, rows, chunk_logits.data());
+  }
+  };
+  if (team) {
+    run_with_forward_team(layers_and_head);
+  } else {
+    layers_and_head();
   }
 }
 

@@ -113,7 +113,8 @@ class LlamaModel {
     std::vector<std::int64_t> positions;
     std::vector<AttentionJob> jobs;
     std::vector<std::vector<float>> dequantized_k,
-        dequantized_v;  // per sequence: a quantized cache read back
+        dequantized_v;  // per sequence: a quantized cache read back (for sgemm attention blocks)
+    std::vector<QuantKvRows> quant_k, quant_v;  // per sequence: where a quantized cache's codes are
   };
 
   ModelConfig config_;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "backend/cpu/quant_kv_cache.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "format/format.h"
@@ -95,7 +96,7 @@ void PagedKvPool::write(int region, const std::vector<std::int32_t>& table, std:
         const std::int64_t code_bytes = bits == 8 ? row_width_ : row_width_ / 2;
         for (std::int64_t h = 0; h < heads_; ++h) {
           std::uint16_t scale = 0, lo = 0;
-          quant::quantize_asymmetric_group(src + h * head_dim_, head_dim_, bits, codes.data(), scale, lo);
+          cpu::quantize_kv_group(src + h * head_dim_, head_dim_, bits, codes.data(), scale, lo);
           if (bits == 8) {
             std::memcpy(dst + h * head_dim_, codes.data(), static_cast<std::size_t>(head_dim_));
           } else {
@@ -169,6 +170,24 @@ void PagedKvPool::read(int region, const std::vector<std::int32_t>& table, std::
   }
 }
 
+void PagedKvPool::quantized_rows(int region, const std::vector<std::int32_t>& table, std::int64_t rows,
+                                 cpu::QuantKvRows& view) const {
+  ATOM_CHECK(dtype_ == KvCacheDType::int8 || dtype_ == KvCacheDType::int4);
+  if (rows < 0 || rows > static_cast<std::int64_t>(table.size()) * block_size_) {
+    fail("paged KV pool: {} rows with {} blocks", rows, table.size());
+  }
+  const std::int64_t code_bytes = dtype_ == KvCacheDType::int8 ? row_width_ : row_width_ / 2;
+  view.bits = dtype_ == KvCacheDType::int8 ? 8 : 4;
+  view.rows = rows;
+  view.run_rows = block_size_;
+  view.code_stride = view.param_stride = static_cast<std::int64_t>(row_bytes_);
+  view.runs.clear();
+  for (std::int64_t b = 0; b * block_size_ < rows; ++b) {
+    const std::uint8_t* first = row(region, table[static_cast<std::size_t>(b)], 0);
+    view.runs.push_back({first, first + code_bytes, first + code_bytes + 2 * heads_});
+  }
+}
+
 PagedKvRowStore::PagedKvRowStore(PagedKvPool& pool, int region, const std::vector<std::int32_t>& table)
     : pool_(pool), region_(region), table_(table) {}
 
@@ -188,6 +207,12 @@ void PagedKvRowStore::append(const float* rows, std::int64_t n) {
 void PagedKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) const {
   if (end > rows_) fail("paged KV store: read of rows [{}, {}) of {}", begin, end, rows_);
   pool_.read(region_, table_, begin, end, out);
+}
+
+bool PagedKvRowStore::quantized_rows(cpu::QuantKvRows& view) const {
+  if (pool_.dtype() != KvCacheDType::int8 && pool_.dtype() != KvCacheDType::int4) return false;
+  pool_.quantized_rows(region_, table_, rows_, view);
+  return true;
 }
 
 void PagedKvRowStore::truncate(std::int64_t rows) {

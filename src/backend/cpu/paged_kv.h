@@ -42,6 +42,9 @@ class PagedKvPool {
   // Decodes positions [begin, end) to fp32 rows.
   void read(int region, const std::vector<std::int32_t>& table, std::int64_t begin, std::int64_t end,
             float* out) const;
+  // Where positions [0, rows) of the sequence with `table` are stored (int8 / int4 pools; one run per block).
+  void quantized_rows(int region, const std::vector<std::int32_t>& table, std::int64_t rows,
+                      cpu::QuantKvRows& view) const;
 
  private:
   std::uint8_t* row(int region, std::int32_t block, std::int64_t slot) const;
@@ -64,6 +67,7 @@ class PagedKvRowStore final : public cpu::KvRowStore {
   std::int64_t rows() const override { return rows_; }
   void append(const float* rows, std::int64_t n) override;
   void read(std::int64_t begin, std::int64_t end, float* out) const override;
+  bool quantized_rows(cpu::QuantKvRows& view) const override;
   void truncate(std::int64_t rows) override;
   std::size_t bytes() const override;
   // Takes the first `rows` rows as already written to the table's blocks (by another sequence: a cached

@@ -3,11 +3,72 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "common/error.h"
 #include "format/format.h"
 
 namespace atom::cpu {
+
+void quantize_kv_group(const float* x, std::int64_t n, int bits, std::uint8_t* codes, std::uint16_t& scale_bits,
+                       std::uint16_t& lo_bits) {
+  if (n < 8) {
+    quant::quantize_asymmetric_group(x, n, bits, codes, scale_bits, lo_bits);
+    return;
+  }
+  // Minimum and maximum; min/max order does not matter for finite values (a NaN or infinity goes scalar:
+  // fminf's NaN rule differs from min_ps's, and inf - inf would need it too).
+  __m256 lo_v = _mm256_loadu_ps(x), hi_v = lo_v, finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  const __m256 inf = _mm256_set1_ps(INFINITY);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    lo_v = _mm256_min_ps(v, lo_v);
+    hi_v = _mm256_max_ps(v, hi_v);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), inf, _CMP_LT_OQ));
+  }
+  alignas(32) float lo_lanes[8], hi_lanes[8];
+  _mm256_store_ps(lo_lanes, lo_v);
+  _mm256_store_ps(hi_lanes, hi_v);
+  float lo_x = lo_lanes[0], hi_x = hi_lanes[0];
+  for (int l = 1; l < 8; ++l) lo_x = std::min(lo_x, lo_lanes[l]), hi_x = std::max(hi_x, hi_lanes[l]);
+  bool all_finite = _mm256_movemask_ps(finite) == 0xFF;
+  for (; i < n; ++i) {
+    all_finite = all_finite && std::isfinite(x[i]);
+    lo_x = std::min(lo_x, x[i]);
+    hi_x = std::max(hi_x, x[i]);
+  }
+  // A zero extreme goes scalar too: fminf keeps the first of two zeros in element order, whose sign the lanes
+  // may not see first.
+  if (!all_finite || lo_x == 0.0f || hi_x == 0.0f) {
+    quant::quantize_asymmetric_group(x, n, bits, codes, scale_bits, lo_bits);
+    return;
+  }
+  // From here exactly the format's steps: fp16 minimum, fp16 scale of (max - minimum) / qmax, then per value
+  // nearbyint((x - lo) / scale) (round_ps in the default nearest-even mode, as nearbyint), clamped to [0, qmax].
+  const float qmax = static_cast<float>((1 << bits) - 1);
+  lo_bits = fp32_to_fp16(lo_x);
+  const float lo = fp16_to_fp32(lo_bits);
+  scale_bits = fp32_to_fp16((hi_x - lo) / qmax);
+  const float scale = fp16_to_fp32(scale_bits);
+  if (scale == 0.0f) {
+    std::fill(codes, codes + n, std::uint8_t{0});
+    return;
+  }
+  const __m256 lo8 = _mm256_set1_ps(lo), scale8 = _mm256_set1_ps(scale), qmax8 = _mm256_set1_ps(qmax);
+  i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 q = _mm256_round_ps(_mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), lo8), scale8),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256i c = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(q, _mm256_setzero_ps()), qmax8));
+    const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + i), _mm_packus_epi16(c16, c16));
+  }
+  for (; i < n; ++i) {
+    codes[i] = static_cast<std::uint8_t>(std::fmin(std::fmax(std::nearbyint((x[i] - lo) / scale), 0.0f), qmax));
+  }
+}
 
 QuantKvRowStore::QuantKvRowStore(std::int64_t row_width, std::int64_t head_dim, int bits)
     : width_(row_width), head_dim_(head_dim), heads_(0), row_bytes_(0), bits_(bits) {
@@ -28,8 +89,8 @@ void QuantKvRowStore::append(const float* rows, std::int64_t n) {
   for (std::int64_t r = 0; r < n; ++r) {
     const std::int64_t row = rows_ + r;
     for (std::int64_t h = 0; h < heads_; ++h) {
-      quant::quantize_asymmetric_group(rows + r * width_ + h * head_dim_, head_dim_, bits_, head_codes.data(),
-                                       scales_[row * heads_ + h], mins_[row * heads_ + h]);
+      quantize_kv_group(rows + r * width_ + h * head_dim_, head_dim_, bits_, head_codes.data(),
+                        scales_[row * heads_ + h], mins_[row * heads_ + h]);
       std::uint8_t* dst = codes_.data() + row * row_bytes_ + (bits_ == 4 ? h * head_dim_ / 2 : h * head_dim_);
       if (bits_ == 4) {
         for (std::int64_t i = 0; i < head_dim_; i += 2) {
@@ -77,6 +138,17 @@ void QuantKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) con
       }
     }
   }
+}
+
+bool QuantKvRowStore::quantized_rows(QuantKvRows& view) const {
+  view.bits = bits_;
+  view.rows = rows_;
+  view.run_rows = std::max<std::int64_t>(rows_, 1);
+  view.code_stride = row_bytes_;
+  view.param_stride = heads_ * static_cast<std::int64_t>(sizeof(std::uint16_t));
+  view.runs.assign(1, {codes_.data(), reinterpret_cast<const std::uint8_t*>(scales_.data()),
+                       reinterpret_cast<const std::uint8_t*>(mins_.data())});
+  return true;
 }
 
 void QuantKvRowStore::truncate(std::int64_t rows) {

@@ -18,6 +18,7 @@ class QuantKvRowStore final : public KvRowStore {
   std::int64_t rows() const override { return rows_; }
   void append(const float* rows, std::int64_t n) override;
   void read(std::int64_t begin, std::int64_t end, float* out) const override;
+  bool quantized_rows(QuantKvRows& view) const override;
   void truncate(std::int64_t rows) override;
   std::size_t bytes() const override;
 
@@ -33,6 +34,12 @@ class QuantKvRowStore final : public KvRowStore {
   std::vector<std::uint8_t> codes_;                 // [rows, row_bytes]
   std::vector<std::uint16_t> scales_, mins_;        // [rows, heads] fp16
 };
+
+// quant::quantize_asymmetric_group (the format's rule) on AVX2, bit for bit: one head of one KV row per call,
+// every token and layer. Groups holding a NaN or an infinity, or whose minimum or maximum is zero, take the
+// scalar rule.
+void quantize_kv_group(const float* x, std::int64_t n, int bits, std::uint8_t* codes, std::uint16_t& scale_bits,
+                       std::uint16_t& lo_bits);
 
 // Factories for KvCache (LlamaModel::new_cache).
 std::unique_ptr<KvRowStore> make_u8_kv_row_store(std::int64_t row_width, std::int64_t head_dim);

@@ -25,6 +25,7 @@ class AtomLinear final : public LinearOp {
   std::int64_t out_features() const override { return w_.q.n; }
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
+  bool splits_through_parallel_for() const override { return true; }
 
   // The layer's tensors, but packed 4-bit codes are kept only in the kernels' tile-interleaved order (empty
   // q.packed then: AtomPreparedWeights).

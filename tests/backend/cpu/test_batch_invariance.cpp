@@ -12,6 +12,7 @@
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/llama_model.h"
+#include "backend/cpu/quant_kv_cache.h"
 #include "backend/cpu/quant_linear.h"
 #include "reference_llama.h"
 
@@ -134,9 +135,12 @@ ModelConfig tiny_config() {
   return c;
 }
 
-TEST_F(BatchInvariance, ModelLogitsDoNotDependOnBatchOrChunks) {
+// With an fp32 KV cache, and with UINT8 / UINT4 caches, whose codes attention reads in place.
+void expect_model_logits_invariant(const KvRowStoreFactory& kv_factory, const std::string& what) {
+  SCOPED_TRACE(what);
   const ModelConfig c = tiny_config();
   LlamaModel model(test::random_llama_weights(c, 41));
+  model.set_kv_store_factory(kv_factory);
   std::mt19937_64 rng(42);
   std::vector<std::int32_t> prompt(40);
   for (auto& t : prompt) t = static_cast<std::int32_t>(rng() % c.vocab_size);
@@ -179,6 +183,12 @@ TEST_F(BatchInvariance, ModelLogitsDoNotDependOnBatchOrChunks) {
           << others << " others, decode step " << i;
     }
   }
+}
+
+TEST_F(BatchInvariance, ModelLogitsDoNotDependOnBatchOrChunks) {
+  expect_model_logits_invariant(make_f32_kv_row_store, "f32 KV cache");
+  expect_model_logits_invariant(make_u8_kv_row_store, "u8 KV cache");
+  expect_model_logits_invariant(make_u4_kv_row_store, "u4 KV cache");
 }
 
 }  // namespace
