@@ -77,13 +77,17 @@ class ForwardTeam {
   void run(std::int64_t n, Schedule schedule, void (*call)(void*, std::int64_t, std::int64_t), void* body) {
     const std::uint32_t e = epoch_.load(std::memory_order_relaxed) + 1;
     const std::int64_t units = schedule == Schedule::kDynamic ? n : std::min<std::int64_t>(n, threads_);
-    n_.store(n, std::memory_order_relaxed);
-    units_.store(units, std::memory_order_relaxed);
-    dynamic_.store(schedule == Schedule::kDynamic, std::memory_order_relaxed);
-    call_.store(call, std::memory_order_relaxed);
-    body_.store(body, std::memory_order_relaxed);
+    // Close the claim word to every late claim first (epoch e, no unit left), then rewrite the fields with
+    // release stores: a worker whose acquire load of any field sees this job's value then also sees the closed
+    // claim word, so its claim of an earlier job fails (work() reads the fields before claiming).
+    claim_.store((std::uint64_t{e} << 32) | kNoUnit, std::memory_order_relaxed);
+    n_.store(n, std::memory_order_release);
+    units_.store(units, std::memory_order_release);
+    dynamic_.store(schedule == Schedule::kDynamic, std::memory_order_release);
+    call_.store(call, std::memory_order_release);
+    body_.store(body, std::memory_order_release);
     done_.store(0, std::memory_order_relaxed);
-    claim_.store(std::uint64_t{e} << 32, std::memory_order_relaxed);
+    claim_.store(std::uint64_t{e} << 32, std::memory_order_release);
     publish(e);
     work(e);
     for (int spins = 0; done_.load(std::memory_order_acquire) != units;) pause_or_yield(spins);
@@ -123,6 +127,7 @@ class ForwardTeam {
   }
 
   static constexpr int kSpinUs = 100;  // longer than the gaps between a decode step's parallel ops
+  static constexpr std::uint64_t kNoUnit = 0xFFFFFFFFu;  // a claim word's unit while the job is being set up
 
   void publish(std::uint32_t e) {
     epoch_.store(e, std::memory_order_seq_cst);
@@ -140,17 +145,18 @@ class ForwardTeam {
   // Claims and runs units of job e until none is left (or the job is no longer e); returns how many it ran.
   int work(std::uint32_t e) {
     int ran = 0;
-    const std::int64_t n = n_.load(std::memory_order_relaxed), units = units_.load(std::memory_order_relaxed);
-    const bool dynamic = dynamic_.load(std::memory_order_relaxed);
-    void (*call)(void*, std::int64_t, std::int64_t) = call_.load(std::memory_order_relaxed);
-    void* body = body_.load(std::memory_order_relaxed);
     for (;;) {
       std::uint64_t c = claim_.load(std::memory_order_acquire);
-      std::int64_t unit;
-      do {
-        unit = static_cast<std::int64_t>(c & 0xFFFFFFFFu);
-        if ((c >> 32) != e || unit >= units) return ran;
-      } while (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      if ((c >> 32) != e) return ran;
+      // The job's fields, read after its open claim word and before claiming: if the leader has moved on to a
+      // later job meanwhile and any of these loads sees that job's value, the claim below fails (run()).
+      const std::int64_t n = n_.load(std::memory_order_acquire), units = units_.load(std::memory_order_acquire);
+      const bool dynamic = dynamic_.load(std::memory_order_acquire);
+      void (*call)(void*, std::int64_t, std::int64_t) = call_.load(std::memory_order_acquire);
+      void* body = body_.load(std::memory_order_acquire);
+      const std::int64_t unit = static_cast<std::int64_t>(c & 0xFFFFFFFFu);
+      if (unit >= units) return ran;
+      if (!claim_.compare_exchange_strong(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
       t_in_unit = true;
       try {
         if (dynamic) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <array>
 #include <atomic>
 #include <bit>
 #include <chrono>
@@ -126,6 +127,34 @@ TEST_F(Parallel, ATeamsOtherThreadsTakeUnits) {
     });
     EXPECT_TRUE(two_threads) << (schedule == Schedule::kStatic ? "static" : "dynamic");
   }
+}
+
+// Thousands of small jobs back to back on an oversubscribed team (4 threads on however few cores): a worker
+// that wakes late must never run a unit of a job it did not see opened (its body may be gone), nor a unit
+// twice. Each job's indices run exactly once, and no other job's body runs them.
+TEST_F(Parallel, BackToBackJobsOnAnOversubscribedTeamRunEachIndexOnce) {
+  omp_set_num_threads(4);
+  set_team_hand_out_cost_us(0.0);
+  std::mt19937 rng(5);
+  int bad = 0;
+  run_with_forward_team([&] {
+    ASSERT_TRUE(forward_team_active());
+    for (int job = 0; job < 20000 && bad == 0; ++job) {
+      const std::int64_t n = 1 + static_cast<std::int64_t>(rng() % 9);
+      const Schedule schedule = rng() % 2 ? Schedule::kStatic : Schedule::kDynamic;
+      std::array<std::atomic<int>, 9> hits{};
+      std::atomic<int> wrong_job{0};
+      const int this_job = job;
+      parallel_for(n, 1e6, schedule, [&hits, &wrong_job, this_job, job_ref = &job](std::int64_t begin, std::int64_t end) {
+        if (*job_ref != this_job) wrong_job.fetch_add(1);
+        for (std::int64_t i = begin; i < end; ++i) hits[static_cast<std::size_t>(i)].fetch_add(1);
+      });
+      for (std::int64_t i = 0; i < 9; ++i) bad += hits[static_cast<std::size_t>(i)].load() != (i < n ? 1 : 0);
+      bad += wrong_job.load();
+      if (bad > 0) ADD_FAILURE() << "job " << job << " (n " << n << ")";
+    }
+  });
+  EXPECT_EQ(bad, 0);
 }
 
 TEST_F(Parallel, ATeamPassesExceptionsOnAndEnds) {
