@@ -143,7 +143,10 @@ TEST_P(RotatedPreset, QuantizesRunsAndRoundTrips) {
   const ModelConfig c = test::tiny_config(true);
   QuantizeOptions o;
   o.show_progress = false;
-  QuantRecipe recipe = test::tiny_recipe(GetParam());
+  // "PRESET --down-hadamard": the preset plus the online down Hadamard alone (no rotated residual stream).
+  const std::string param = GetParam(), preset = param.substr(0, param.find(' '));
+  QuantRecipe recipe = test::tiny_recipe(preset);
+  if (param.find("--down-hadamard") != std::string::npos) recipe.down_hadamard = true;
   const QuantizedModel m = quantize_model(model_source(test::tiny_weights(c, 5)),
                                           test::tiny_tokens(500, 0, c.vocab_size, 8), recipe, o);
   EXPECT_FALSE(m.config.tie_word_embeddings);
@@ -188,7 +191,8 @@ TEST_P(RotatedPreset, QuantizesRunsAndRoundTrips) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Presets, RotatedPreset, ::testing::Values("quarot-w4a4", "atom-rot-w4a4", "quarot-w8a8"));
+INSTANTIATE_TEST_SUITE_P(Presets, RotatedPreset, ::testing::Values("quarot-w4a4", "atom-rot-w4a4", "quarot-w8a8",
+                                                            "atom-w4a4 --down-hadamard"));
 
 }  // namespace
 }  // namespace atom::quant

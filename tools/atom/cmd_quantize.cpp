@@ -30,7 +30,8 @@ struct QuantizeOptions {
   std::optional<std::int64_t> group, outliers, calib_windows, calib_len;
   std::optional<float> a_clip, w_clip, smooth_alpha;
   std::optional<std::uint64_t> seed, rotation_seed;
-  bool search_clip = false, no_gptq = false, force = false, quiet = false, qk_hadamard = false;
+  bool search_clip = false, no_gptq = false, force = false, quiet = false, qk_hadamard = false,
+       down_hadamard = false;
 };
 
 quant::NumberFormat int_format(int bits, const char* option) {
@@ -63,6 +64,7 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
   if (o.calib_len) r.calib_len = *o.calib_len;
   if (o.seed) r.calib_seed = *o.seed;
   if (o.qk_hadamard) r.qk_hadamard = true;
+  if (o.down_hadamard) r.down_hadamard = true;
   if (o.rotation_seed) r.rotation_seed = *o.rotation_seed;
   if (o.smooth_alpha) {
     r.smoothquant = true;
@@ -172,6 +174,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--no-gptq", opt->no_gptq, "Round to nearest instead of GPTQ");
   cmd->add_flag("--qk-hadamard", opt->qk_hadamard,
                 "Online Hadamard on Q and K after RoPE (any preset; what makes an INT4 KV cache cheap)");
+  cmd->add_flag("--down-hadamard", opt->down_hadamard,
+                "Online Hadamard on down_proj's input, its inverse folded into the weights (any preset; without "
+                "rotating the residual stream, whose outlier channels Atom keeps in INT8)");
   cmd->add_option("--rotation-seed", opt->rotation_seed, "Seed of the random R1/R2 rotations (default 0)");
   cmd->add_option("--kv-bits", opt->kv_bits,
                   "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
