@@ -272,6 +272,18 @@ struct HeadRows {
   std::vector<float> scales, mins;
 };
 
+// Keys [offset, offset + count) of gathered HeadRows, as the kernels index them (from 0).
+struct HeadRowsView {
+  const std::uint8_t* const* codes;
+  const float* scales;
+  const float* mins;
+};
+
+HeadRowsView view_from(const HeadRows& rows, std::int64_t offset) {
+  const auto o = static_cast<std::size_t>(offset);
+  return {rows.codes.data() + o, rows.scales.data() + o, rows.mins.data() + o};
+}
+
 inline float load_fp16(const std::uint8_t* p) {
   std::uint16_t bits;
   std::memcpy(&bits, p, sizeof bits);
@@ -327,7 +339,7 @@ constexpr int kMaxHeadGroup = 4;
 // scores[g][j] = q_g . k_j = scale_j * (q_g . codes_j) + min_j * sum(q_g), for keys j in [0, count);
 // head_dim a multiple of 16. Eight keys' sums are reduced together (hsum8); the tail one by one.
 template <int G, int Bits>
-void quant_scores(const float* const* q, const float* q_sums, const HeadRows& rows, std::int64_t count, int d,
+void quant_scores(const float* const* q, const float* q_sums, const HeadRowsView& rows, std::int64_t count, int d,
                   float* const* scores) {
   __m256 partial[G][8];
   __m256 q_sum[G];
@@ -348,8 +360,8 @@ void quant_scores(const float* const* q, const float* q_sums, const HeadRows& ro
     const int slot = static_cast<int>(j & 7);
     for (int g = 0; g < G; ++g) partial[g][slot] = acc[g];
     if (slot == 7) {
-      const __m256 scale = _mm256_loadu_ps(rows.scales.data() + j - 7);
-      const __m256 lo = _mm256_loadu_ps(rows.mins.data() + j - 7);
+      const __m256 scale = _mm256_loadu_ps(rows.scales + j - 7);
+      const __m256 lo = _mm256_loadu_ps(rows.mins + j - 7);
       for (int g = 0; g < G; ++g) {
         _mm256_storeu_ps(scores[g] + j - 7, _mm256_fmadd_ps(scale, hsum8(partial[g]), _mm256_mul_ps(lo, q_sum[g])));
       }
@@ -366,15 +378,15 @@ void quant_scores(const float* const* q, const float* q_sums, const HeadRows& ro
 // out[g][0, d) = sum_j p[g][j] * (scale_j * codes_j + min_j), with p[g] overwritten by p[g][j] * scale_j;
 // head_dim a multiple of 16. 16 columns at a time: 2 G accumulators, one pass over the keys each.
 template <int G, int Bits>
-void quant_weighted(float* const* p, const HeadRows& rows, std::int64_t count, int d, float* const* out) {
+void quant_weighted(float* const* p, const HeadRowsView& rows, std::int64_t count, int d, float* const* out) {
   float offset[G];  // sum_j p[g][j] * min_j, added to every column
   for (int g = 0; g < G; ++g) {
     __m256 acc = _mm256_setzero_ps();
     std::int64_t j = 0;
     for (; j + 8 <= count; j += 8) {
       const __m256 pj = _mm256_loadu_ps(p[g] + j);
-      acc = _mm256_fmadd_ps(pj, _mm256_loadu_ps(rows.mins.data() + j), acc);
-      _mm256_storeu_ps(p[g] + j, _mm256_mul_ps(pj, _mm256_loadu_ps(rows.scales.data() + j)));
+      acc = _mm256_fmadd_ps(pj, _mm256_loadu_ps(rows.mins + j), acc);
+      _mm256_storeu_ps(p[g] + j, _mm256_mul_ps(pj, _mm256_loadu_ps(rows.scales + j)));
     }
     float sum = hsum(acc);
     for (; j < count; ++j) {
@@ -404,7 +416,7 @@ void quant_weighted(float* const* p, const HeadRows& rows, std::int64_t count, i
 }
 
 // Any head_dim, any group size: the same sums one value at a time.
-void quant_scores_scalar(int heads, int bits, const float* const* q, const float* q_sums, const HeadRows& rows,
+void quant_scores_scalar(int heads, int bits, const float* const* q, const float* q_sums, const HeadRowsView& rows,
                          std::int64_t count, int d, float* const* scores) {
   for (std::int64_t j = 0; j < count; ++j) {
     const auto k = static_cast<std::size_t>(j);
@@ -416,7 +428,7 @@ void quant_scores_scalar(int heads, int bits, const float* const* q, const float
   }
 }
 
-void quant_weighted_scalar(int heads, int bits, float* const* p, const HeadRows& rows, std::int64_t count, int d,
+void quant_weighted_scalar(int heads, int bits, float* const* p, const HeadRowsView& rows, std::int64_t count, int d,
                            float* const* out) {
   for (int g = 0; g < heads; ++g) {
     float offset = 0.0f;
@@ -433,29 +445,29 @@ void quant_weighted_scalar(int heads, int bits, float* const* p, const HeadRows&
 }
 
 template <int G>
-void quant_scores_group(int bits, const float* const* q, const float* q_sums, const HeadRows& rows,
+void quant_scores_group(int bits, const float* const* q, const float* q_sums, const HeadRowsView& rows,
                         std::int64_t count, int d, float* const* scores) {
   if (bits == 4) quant_scores<G, 4>(q, q_sums, rows, count, d, scores);
   else quant_scores<G, 8>(q, q_sums, rows, count, d, scores);
 }
 
 template <int G>
-void quant_weighted_group(int bits, float* const* p, const HeadRows& rows, std::int64_t count, int d,
+void quant_weighted_group(int bits, float* const* p, const HeadRowsView& rows, std::int64_t count, int d,
                           float* const* out) {
   if (bits == 4) quant_weighted<G, 4>(p, rows, count, d, out);
   else quant_weighted<G, 8>(p, rows, count, d, out);
 }
 
-// Per OpenMP thread: the gathered rows of one KV head and the scores of its query heads.
+// Per thread: the gathered rows of one KV head and the scores of its query heads.
 struct QuantAttentionScratch {
   HeadRows keys, values;
   std::vector<float> scores;
 };
 
 // Query row r of `job` for the query heads [head_begin, head_begin + heads) (heads <= kMaxHeadGroup) of one
-// KV head, whose `keys` rows scratch.keys / scratch.values hold.
+// KV head, over its `keys` rows that start at `offset` in scratch.keys / scratch.values.
 void quant_attention_row(const AttentionJob& job, const AttentionShape& shape, std::int64_t r, int head_begin,
-                         int heads, std::int64_t keys, QuantAttentionScratch& scratch) {
+                         int heads, std::int64_t offset, std::int64_t keys, QuantAttentionScratch& scratch) {
   const int d = shape.head_dim;
   const std::int64_t q_stride = std::int64_t{shape.num_heads} * d;
   const int bits = job.quant_k->bits;
@@ -471,19 +483,20 @@ void quant_attention_row(const AttentionJob& job, const AttentionShape& shape, s
     q_sums[g] = 0.0f;
     for (int i = 0; i < d; ++i) q_sums[g] += q[g][i];
   }
+  const HeadRowsView key_rows = view_from(scratch.keys, offset), value_rows = view_from(scratch.values, offset);
   const bool vector = d % 16 == 0;
-  if (!vector) quant_scores_scalar(heads, bits, q, q_sums, scratch.keys, keys, d, scores);
-  else if (heads == 1) quant_scores_group<1>(bits, q, q_sums, scratch.keys, keys, d, scores);
-  else if (heads == 2) quant_scores_group<2>(bits, q, q_sums, scratch.keys, keys, d, scores);
-  else if (heads == 3) quant_scores_group<3>(bits, q, q_sums, scratch.keys, keys, d, scores);
-  else quant_scores_group<4>(bits, q, q_sums, scratch.keys, keys, d, scores);
+  if (!vector) quant_scores_scalar(heads, bits, q, q_sums, key_rows, keys, d, scores);
+  else if (heads == 1) quant_scores_group<1>(bits, q, q_sums, key_rows, keys, d, scores);
+  else if (heads == 2) quant_scores_group<2>(bits, q, q_sums, key_rows, keys, d, scores);
+  else if (heads == 3) quant_scores_group<3>(bits, q, q_sums, key_rows, keys, d, scores);
+  else quant_scores_group<4>(bits, q, q_sums, key_rows, keys, d, scores);
   float inv_sums[kMaxHeadGroup];
   for (int g = 0; g < heads; ++g) inv_sums[g] = 1.0f / scaled_softmax_numerators(scores[g], keys, shape.scale);
-  if (!vector) quant_weighted_scalar(heads, bits, scores, scratch.values, keys, d, out);
-  else if (heads == 1) quant_weighted_group<1>(bits, scores, scratch.values, keys, d, out);
-  else if (heads == 2) quant_weighted_group<2>(bits, scores, scratch.values, keys, d, out);
-  else if (heads == 3) quant_weighted_group<3>(bits, scores, scratch.values, keys, d, out);
-  else quant_weighted_group<4>(bits, scores, scratch.values, keys, d, out);
+  if (!vector) quant_weighted_scalar(heads, bits, scores, value_rows, keys, d, out);
+  else if (heads == 1) quant_weighted_group<1>(bits, scores, value_rows, keys, d, out);
+  else if (heads == 2) quant_weighted_group<2>(bits, scores, value_rows, keys, d, out);
+  else if (heads == 3) quant_weighted_group<3>(bits, scores, value_rows, keys, d, out);
+  else quant_weighted_group<4>(bits, scores, value_rows, keys, d, out);
   for (int g = 0; g < heads; ++g) {
     for (int i = 0; i < d; ++i) out[g][i] *= inv_sums[g];
   }
@@ -572,14 +585,18 @@ void causal_attention(std::span<const AttentionJob> jobs, const AttentionShape& 
       const AttentionJob& job = jobs[static_cast<std::size_t>(item.job)];
       if (job.k == nullptr) {  // query heads of one KV head
         const int kv_head = item.head / group, head_end = item.head + item.heads;
+        // The keys of all the item's rows, gathered once: row r's are a sub-range of them.
+        const std::int64_t item_first = first_key(job.start + item.row_begin);
+        const std::int64_t item_keys = job.start + item.row_end - item_first;
+        gather_head_rows(*job.quant_k, kv_head, d, item_first, item_keys, quant_scratch.keys);
+        gather_head_rows(*job.quant_v, kv_head, d, item_first, item_keys, quant_scratch.values);
         for (std::int64_t r = item.row_begin; r < item.row_end; ++r) {
           const std::int64_t pos = job.start + r;
           const std::int64_t first = first_key(pos);
           const std::int64_t keys = pos + 1 - first;
-          gather_head_rows(*job.quant_k, kv_head, d, first, keys, quant_scratch.keys);
-          gather_head_rows(*job.quant_v, kv_head, d, first, keys, quant_scratch.values);
           for (int h = item.head; h < head_end; h += kMaxHeadGroup) {
-            quant_attention_row(job, shape, r, h, std::min(kMaxHeadGroup, head_end - h), keys, quant_scratch);
+            quant_attention_row(job, shape, r, h, std::min(kMaxHeadGroup, head_end - h), first - item_first, keys,
+                                quant_scratch);
           }
         }
         continue;
