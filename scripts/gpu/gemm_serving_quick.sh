@@ -2,11 +2,8 @@
 # Short GPU check of the serving-size GEMM (for a lease with little time): its tests, the runner tests, then
 # bench_gemm on two shapes at serving M. Binaries staged by scripts/gpu/stage_all.sh; logs to $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-STAGE=.devbuild/all
-OUT=${OUT:-/tmp/gemm_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$STAGE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+DEFAULT_OUT=/tmp/gemm_out
+source "$(dirname "$0")/staged_env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 timeout 90 "$STAGE/test_backend_cuda" --gtest_filter='GemmW4A4SwapAb*:CudaQuantizeAct*:*Runner*' > "$OUT/tests.log" 2>&1
 echo "tests exit $?: $(grep -E '^\[  PASSED|^\[  FAILED' "$OUT/tests.log" | tr '\n' ' ')"

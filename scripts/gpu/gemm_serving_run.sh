@@ -4,11 +4,8 @@
 # benchmark with and without the serving-size GEMM. Logs and the CSV go to $OUT.
 #   scripts/gpu/gemm_serving_run.sh STAGE...   stages: validate | rotated | tests | quick | full | serve-ab | profile | serve-rot
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-STAGE=.devbuild/all
-OUT=${OUT:-/tmp/gemm_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$STAGE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+DEFAULT_OUT=/tmp/gemm_out
+source "$(dirname "$0")/staged_env.sh"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
 rc=0
 for stage in "$@"; do

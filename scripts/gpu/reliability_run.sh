@@ -7,11 +7,8 @@
 #               (scripts/dev/make_random_llama.py, the real tokenizer) quantized to atom-w4a4 here
 #   serve-inv   what batch-invariant mode costs: `atom bench serve` atom-w4a4 with and without it
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-STAGE=.devbuild/all
-OUT=${OUT:-/tmp/reliability_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$STAGE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+DEFAULT_OUT=/tmp/reliability_out
+source "$(dirname "$0")/staged_env.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 rc=0
 for stage in "$@"; do

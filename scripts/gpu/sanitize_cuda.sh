@@ -5,11 +5,8 @@
 # memcheck and synccheck run the whole suite; racecheck (slowest) runs the kernels that share data through
 # shared memory or a cluster (GEMMs, attention, quantizers, Hadamard, sampling) on their smaller tests.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-STAGE=.devbuild/all
-OUT=${OUT:-/tmp/sanitize_out}
-mkdir -p "$OUT"
-export LD_LIBRARY_PATH=$PWD/$STAGE/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+DEFAULT_OUT=/tmp/sanitize_out
+source "$(dirname "$0")/staged_env.sh"
 LIMIT=${SANITIZE_LIMIT_S:-240}
 rc=0
 for tool in "$@"; do
