@@ -94,7 +94,7 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
   }
   engine.reset_prefix_cache();  // the warm-up's prompts are the workload's: measure without them cached
   engine.step();
-  (void)backend.take_decode_time();
+  (void)backend.take_gpu_time();
   const EngineStats before = engine.stats();
 
   engine.record_timings(true);
@@ -127,7 +127,8 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
   const double steps = static_cast<double>(stats.steps - before.steps);
   const std::int64_t prefix_queried = stats.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens;
   const std::int64_t prefix_hits = stats.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens;
-  const auto [decode_gpu_ms, decode_steps] = backend.take_decode_time();
+  const ServingBackend::StepGpuTime gpu = backend.take_gpu_time();
+  const double gpu_ms = gpu.decode_ms + gpu.mixed_ms;
   nlohmann::json result = {
       {"max_batch", max_batch},
       {"requests", timings.size()},
@@ -155,8 +156,14 @@ nlohmann::json run_one(const ServingBackend& backend, const BenchServeOptions& o
       {"kv_blocks", stats.kv_blocks_total},
       {"kv_cache_gib",
        static_cast<double>(stats.kv_blocks_total) * static_cast<double>(block_bytes) / (1 << 30)},
-      {"decode_steps", decode_steps},
-      {"mean_decode_step_gpu_ms", decode_steps > 0 ? decode_gpu_ms / static_cast<double>(decode_steps) : 0.0},
+      {"decode_steps", gpu.decode_steps},
+      {"mean_decode_step_gpu_ms", gpu.decode_steps > 0 ? gpu.decode_ms / static_cast<double>(gpu.decode_steps) : 0.0},
+      {"mixed_steps", gpu.mixed_steps},
+      {"mean_mixed_step_gpu_ms", gpu.mixed_steps > 0 ? gpu.mixed_ms / static_cast<double>(gpu.mixed_steps) : 0.0},
+      // Share of the wall time the GPU spent inside steps (0 where the backend does not time them), and the
+      // rest per step: host work between steps that the GPU waits for.
+      {"gpu_busy_fraction", gpu_ms > 0 ? gpu_ms / (1e3 * wall) : 0.0},
+      {"mean_host_gap_ms", gpu_ms > 0 && steps > 0 ? (1e3 * wall - gpu_ms) / steps : 0.0},
   };
   return result;
 }
@@ -202,9 +209,9 @@ void run_bench_serve(const BenchServeOptions& opt) {
              opt.shared_prefix_tokens > 0
                  ? fmt::format(", every prompt starts with the same {} tokens", opt.shared_prefix_tokens)
                  : "");
-  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7} {:>9} {:>12} {:>9}\n", "max_batch",
-             "requests", "generated", "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch", "preempt",
-             "KV GiB", "step GPU ms", "prefix hit");
+  fmt::print("{:>9} {:>8} {:>10} {:>12} {:>10} {:>10} {:>11} {:>10} {:>7} {:>9} {:>12} {:>9} {:>9}\n",
+             "max_batch", "requests", "generated", "tokens/s", "TPOT ms", "TTFT ms", "prefill ms", "mean batch",
+             "preempt", "KV GiB", "step GPU ms", "GPU busy", "prefix hit");
   for (int max_batch : opt.batch_sizes) {
     const int n = opt.num_requests > 0 ? opt.num_requests : opt.requests_per_batch * max_batch;
     std::vector<WorkloadRequest> workload;
@@ -228,12 +235,13 @@ void run_bench_serve(const BenchServeOptions& opt) {
     const nlohmann::json r = run_one(backend, opt, max_batch, workload);
     fmt::print(
         "{:>9} {:>8} {:>10} {:>12.1f} {:>10.2f} {:>10.1f} {:>11.1f} {:>10.1f} {:>7} {:>9.2f} {:>12.2f} "
-        "{:>8.1f}%\n",
+        "{:>8.1f}% {:>8.1f}%\n",
         max_batch, r["requests"].get<int>(), r["generated_tokens"].get<std::int64_t>(),
         r["throughput_tokens_per_s"].get<double>(), r["mean_tpot_ms"].get<double>(),
         r["mean_ttft_ms"].get<double>(), r["mean_prefill_ms"].get<double>(), r["mean_batch"].get<double>(),
         r["preemptions"].get<std::int64_t>(), r["kv_cache_gib"].get<double>(),
-        r["mean_decode_step_gpu_ms"].get<double>(), 100.0 * r["prefix_cache_hit_rate"].get<double>());
+        r["mean_decode_step_gpu_ms"].get<double>(), 100.0 * r["gpu_busy_fraction"].get<double>(),
+        100.0 * r["prefix_cache_hit_rate"].get<double>());
     std::fflush(stdout);
     results.push_back(r);
   }

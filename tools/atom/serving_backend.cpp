@@ -49,7 +49,7 @@ ServingBackend cpu_backend(const std::string& model, const BackendOptions& opt,
   b.make_runner = [serving, kv](EngineConfig&) -> std::unique_ptr<ModelRunner> {
     return std::make_unique<CpuModelRunner>(serving->model, kv);
   };
-  b.take_decode_time = [] { return std::pair<double, long long>{0.0, 0}; };
+  b.take_gpu_time = [] { return ServingBackend::StepGpuTime{}; };
   return b;
 }
 
@@ -149,10 +149,10 @@ ServingBackend cuda_backend(const std::string& model, const BackendOptions& opt,
     *last = runner.get();
     return runner;
   };
-  b.take_decode_time = [last]() -> std::pair<double, long long> {
-    if (*last == nullptr) return {0.0, 0};
+  b.take_gpu_time = [last]() -> ServingBackend::StepGpuTime {
+    if (*last == nullptr) return {};
     const cuda::CudaModelRunner::GpuTime t = (*last)->take_gpu_time();
-    return {t.decode_ms, t.decode_steps};
+    return {t.decode_ms, t.mixed_ms, t.decode_steps, t.mixed_steps};
   };
   return b;
 }

@@ -43,9 +43,13 @@ struct ServingBackend {
   // config.kv_cache_bytes (and clears num_kv_blocks) to what the budget leaves; throws atom::Error when
   // nothing is left.
   std::function<std::unique_ptr<ModelRunner>(EngineConfig& config)> make_runner;
-  // GPU time of the last runner's decode-only steps since the previous call (cuda; {0, 0} on the cpu):
-  // {sum of ms, steps}.
-  std::function<std::pair<double, long long>()> take_decode_time;
+  // GPU time (forward and sampling, between two events on the stream) of the last runner's steps since the
+  // previous call, split into decode-only and mixed (prefill) steps; zeros on the cpu.
+  struct StepGpuTime {
+    double decode_ms = 0, mixed_ms = 0;
+    long long decode_steps = 0, mixed_steps = 0;
+  };
+  std::function<StepGpuTime()> take_gpu_time;
 };
 
 using BackendProgress = std::function<void(const std::string& stage, double fraction)>;

@@ -1005,7 +1005,7 @@ struct CudaModelRunner::Impl {
       if (profiling_step) collect_profile();
       profiling_step = false;
     }
-    ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
+    // ev_stop follows the step's last kernel (the forward, or the sampling after it): the GPU time of a step.
     const std::size_t vocab = static_cast<std::size_t>(cfg.vocab_size);
     // Logit row of the k-th chunk that samples: graphs compute every (padded) row, in batch order.
     std::vector<int> logit_rows;
@@ -1035,6 +1035,7 @@ struct CudaModelRunner::Impl {
       sp.top_tokens = top_tokens_dev.get();
       sp.top_logprobs = top_logprobs_dev.get();
       sample_rows(sp, stream);
+      ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
       ATOM_CUDA_CHECK(cudaMemcpyAsync(sampled_tokens_host.get(), sampled_tokens_dev.get(),
                                       n * sizeof(std::int32_t), cudaMemcpyDeviceToHost, stream));
       for (std::size_t k = 0; k < n; ++k) any_logprobs = any_logprobs || sample_rows_host[k].logprobs >= 0;
@@ -1049,13 +1050,17 @@ struct CudaModelRunner::Impl {
       }
     } else if (s.logits > 0 && mode == Output::kArgmax) {
       argmax_rows(logits_dev.get(), s.logits, cfg.vocab_size, argmax_dev.get(), stream);
+      ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
       ATOM_CUDA_CHECK(cudaMemcpyAsync(argmax_host.get(), argmax_dev.get(),
                                       static_cast<std::size_t>(s.logits) * sizeof(std::int32_t),
                                       cudaMemcpyDeviceToHost, stream));
     } else if (s.logits > 0 && mode == Output::kLogits) {
+      ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
       ATOM_CUDA_CHECK(cudaMemcpyAsync(logits_host.get(), logits_dev.get(),
                                       static_cast<std::size_t>(s.logits) * vocab * sizeof(float),
                                       cudaMemcpyDeviceToHost, stream));
+    } else {
+      ATOM_CUDA_CHECK(cudaEventRecord(ev_stop, stream));
     }
     ATOM_CUDA_CHECK(cudaStreamSynchronize(stream));
     float ms = 0.0f;
