@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/cpu/llama_model.h"
+#include "model/model_runner.h"
 
 namespace atom {
 
@@ -46,5 +47,12 @@ PerplexityResult perplexity(const WindowLogitsFn& run_window, std::int64_t vocab
 // Perplexity of the CPU decoder: every window runs on a fresh fp32 KV cache.
 PerplexityResult perplexity(const cpu::LlamaModel& model, std::span<const std::int32_t> tokens,
                             const PerplexityOptions& options);
+// Perplexity through a serving backend's runner, on the path generation takes: every window is fed one token
+// per step (decode steps over the runner's paged, possibly quantized, KV cache), `parallel_windows` windows
+// side by side as one batch. Allocates the runner's KV cache (parallel_windows x context positions in
+// blocks of 16): pass a runner no engine uses, made for at least that many sequences, batched tokens and
+// positions.
+PerplexityResult perplexity(ModelRunner& runner, std::span<const std::int32_t> tokens, const PerplexityOptions& options,
+                            int parallel_windows);
 
 }  // namespace atom

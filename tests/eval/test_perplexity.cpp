@@ -8,8 +8,10 @@
 #include <random>
 #include <set>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu/cpu_runner.h"
 #include "common/error.h"
 #include "eval/perplexity.h"
 #include "io/checkpoint.h"
@@ -165,6 +167,31 @@ TEST(Perplexity, CpuModelOverloadScoresItsOwnLogits) {
   EXPECT_EQ(windowed.windows, 3);
   EXPECT_EQ(windowed.tokens_scored, 39);
   EXPECT_GT(windowed.nll_sum, 0.0);
+}
+
+// Through a runner (decode steps over the paged KV cache, windows side by side): the same perplexity as the
+// decoder's window forwards, up to fp32 summation order, for any number of windows in flight.
+TEST(Perplexity, RunnerDecodeStepsMatchTheWindowForward) {
+  const std::string dir = std::string(ATOM_TEST_DATA_DIR) + "/model/tiny_llama_gqa";
+  const Checkpoint ckpt = open_checkpoint(dir);
+  const auto model = std::make_shared<const cpu::LlamaModel>(load_llama_weights(ckpt.config, *ckpt.tensors));
+  std::mt19937_64 rng(std::random_device{}());
+  std::vector<std::int32_t> tokens(150);
+  for (auto& t : tokens) t = std::int32_t(rng() % std::uint64_t(model->vocab_size()));
+  for (const PerplexityOptions& o : {options(40, 40), options(48, 20), options(33, 33, 2)}) {
+    const PerplexityResult want = perplexity(*model, tokens, o);
+    for (int parallel : {1, 3, 16}) {
+      SCOPED_TRACE(fmt::format("context {} stride {} parallel {}", o.context, o.stride, parallel));
+      CpuModelRunner runner(model, KvCacheDType::f32);
+      const PerplexityResult got = perplexity(runner, tokens, o, parallel);
+      EXPECT_EQ(got.windows, want.windows);
+      EXPECT_EQ(got.tokens_scored, want.tokens_scored);
+      EXPECT_NEAR(got.nll_sum, want.nll_sum, 1e-5 * want.nll_sum);
+    }
+  }
+  CpuModelRunner runner(model, KvCacheDType::f32);
+  EXPECT_THROW(perplexity(runner, tokens, options(40, 40), 0), Error);
+  EXPECT_THROW(perplexity(runner, tokens, options(model->config().max_position_embeddings + 1, 8), 1), Error);
 }
 
 TEST(Perplexity, SmolLM2MatchesTransformers) {
