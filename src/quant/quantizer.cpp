@@ -50,6 +50,7 @@ nlohmann::json to_json(const QuantizeReport& report) {
                   {"key_channel_max_over_median", r.key_channel_max_over_median}});
   }
   return {{"seconds", report.seconds},
+          {"backend_status", report.backend_status},
           {"kv", kv},
           {"effective_bits", report.effective_bits},
           {"quantized_weights", report.quantized_weights},
@@ -121,6 +122,7 @@ class Quantizer {
     Progress progress("quantize", std::int64_t{c.num_layers} * 4, options_.show_progress);
     for (int i = 0; i < c.num_layers; ++i) m.layers.push_back(quantize_layer(i, progress));
     progress.finish();
+    report_.backend_status = backend_->status();
     std::int64_t weights = 0;
     double bits = 0.0;
     for (const LinearReport& l : report_.linears) {

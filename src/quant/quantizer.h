@@ -71,6 +71,7 @@ struct QuantizeReport {
   std::vector<LinearReport> linears;
   std::vector<KvReport> kv;  // empty unless the KV cache is quantized
   double seconds = 0.0;
+  std::string backend_status;  // the backend's last word, e.g. "GPU peak 18.20 GiB" (empty on the CPU)
   double effective_bits = 0.0;  // stored bits per weight over all quantized linear layers
   std::int64_t quantized_weights = 0;
 };

@@ -67,6 +67,32 @@ std::vector<T> download(const StreamBuffer<T>& d, std::size_t offset, std::size_
 
 }  // namespace
 
+CudaHessianAccumulator::CudaHessianAccumulator(DeviceContext& ctx, std::int64_t k)
+    : ctx_(ctx), k_(k), sum_(static_cast<std::size_t>(k * k), ctx.stream()), chunk_(sum_.size(), ctx.stream()) {
+  if (k <= 0 || k > std::numeric_limits<int>::max()) fail("CudaHessianAccumulator: bad width {}", k);
+  sum_.zero();
+}
+
+void CudaHessianAccumulator::add(const float* x, std::int64_t m) {
+  if (m <= 0) return;
+  if (m > std::numeric_limits<int>::max()) fail("CudaHessianAccumulator: {} rows at once", m);
+  const float one = 1.0f, zero = 0.0f;
+  // Column-major: x is X^T (k x m, ld k), and SYRK's A A^T is X^T X.
+  check_cublas(cublasSsyrk(ctx_.blas(), CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(k_), static_cast<int>(m),
+                           &one, x, static_cast<int>(k_), &zero, chunk_.get(), static_cast<int>(k_)),
+               "cublasSsyrk (Hessian)");
+  cuda::calib::add_upper_triangle(chunk_.get(), k_, sum_.get(), ctx_.stream());
+  samples_ += m;
+}
+
+StreamBuffer<double> CudaHessianAccumulator::take_hessian() {
+  chunk_.reset();
+  if (samples_ > 0) {
+    cuda::calib::scale_and_symmetrize_upper(sum_.get(), k_, 2.0 / static_cast<double>(samples_), ctx_.stream());
+  }
+  return std::move(sum_);
+}
+
 QuantizedLinearWeights cuda_gptq_quantize(DeviceContext& ctx, std::span<const float> w, std::int64_t n,
                                           const double* hessian, std::span<const std::int32_t> perm,
                                           const WeightQuantSpec& spec, const GptqOptions& options, const char* what,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "backend/cpu/kernels.h"
 #include "backend/cpu/online_transforms.h"
@@ -466,18 +467,16 @@ std::unique_ptr<InputMoments> CudaCalibrationInput::moments(std::span<const std:
   auto out = std::make_unique<CudaMoments>();
   const StreamBuffer<std::int32_t> d_perm = upload(perm, s);
   const calib::ActQuantParams params = device_params(act);
-  StreamBuffer<float> quantized, chunk;
+  StreamBuffer<float> quantized;
+  std::optional<CudaHessianAccumulator> hessian;
   if (need_hessian) {
-    out->hessian.allocate(static_cast<std::size_t>(k * k), s);
-    out->hessian.zero();
+    hessian.emplace(ctx, k);
     quantized.allocate(static_cast<std::size_t>(rows * k), s);
-    chunk.allocate(static_cast<std::size_t>(k * k), s);
   }
   // The CPU's sample: every stride-th row of each window until kClipSampleRows rows.
   const std::int64_t per_window = std::max<std::int64_t>(1, (kClipSampleRows + windows - 1) / windows);
   const std::int64_t stride = std::max<std::int64_t>(1, rows / per_window);
   if (need_sample) out->sample.allocate(static_cast<std::size_t>(kClipSampleRows * k), s);
-  std::int64_t samples = 0;
   visit([&](std::int64_t, const float* x) {
     if (need_sample && out->sample_rows < kClipSampleRows) {
       const std::int64_t count = std::min((rows + stride - 1) / stride, kClipSampleRows - out->sample_rows);
@@ -487,19 +486,11 @@ std::unique_ptr<InputMoments> CudaCalibrationInput::moments(std::span<const std:
       out->sample_rows += count;
     }
     if (!need_hessian) return;
-    // The Hessian sees the input as the activation quantizer leaves it (original channel order): one fp32
-    // SYRK per window (column-major: X^T X with X^T = k x rows, ld k), joined in fp64.
+    // The Hessian sees the input as the activation quantizer leaves it (original channel order).
     calib::fake_quantize_to_original_f32(x, rows, k, d_perm.get(), params, quantized.get(), s);
-    const float one = 1.0f, zero = 0.0f;
-    check_cublas(cublasSsyrk(ctx.blas(), CUBLAS_FILL_MODE_UPPER, CUBLAS_OP_N, static_cast<int>(k),
-                             static_cast<int>(rows), &one, quantized.get(), static_cast<int>(k), &zero, chunk.get(),
-                             static_cast<int>(k)),
-                 "cublasSsyrk (Hessian)");
-    calib::add_upper_triangle(chunk.get(), k, out->hessian.get(), s);
-    samples += rows;
+    hessian->add(quantized.get(), rows);
   });
-  if (need_hessian && samples > 0)
-    calib::scale_and_symmetrize_upper(out->hessian.get(), k, 2.0 / static_cast<double>(samples), s);
+  if (hessian) out->hessian = hessian->take_hessian();
   ctx.synchronize();
   return out;
 }
