@@ -65,11 +65,16 @@ std::vector<T> download(const StreamBuffer<T>& d, std::size_t offset, std::size_
   return host;
 }
 
+std::int64_t checked_width(std::int64_t k) {
+  if (k <= 0 || k > cuda::calib::kMaxSquareSide) fail("CudaHessianAccumulator: bad width {}", k);
+  return k;
+}
+
 }  // namespace
 
 CudaHessianAccumulator::CudaHessianAccumulator(DeviceContext& ctx, std::int64_t k)
-    : ctx_(ctx), k_(k), sum_(static_cast<std::size_t>(k * k), ctx.stream()), chunk_(sum_.size(), ctx.stream()) {
-  if (k <= 0 || k > std::numeric_limits<int>::max()) fail("CudaHessianAccumulator: bad width {}", k);
+    : ctx_(ctx), k_(checked_width(k)), sum_(static_cast<std::size_t>(k * k), ctx.stream()),
+      chunk_(sum_.size(), ctx.stream()) {
   sum_.zero();
 }
 
@@ -99,8 +104,8 @@ QuantizedLinearWeights cuda_gptq_quantize(DeviceContext& ctx, std::span<const fl
                                           GptqReport* report) {
   const auto K = static_cast<std::int64_t>(perm.size());
   check_gptq_arguments(w, n, K * K, perm, spec, options, what);
-  if (K > std::numeric_limits<int>::max() || n > std::numeric_limits<int>::max())
-    fail("{}: [{} x {}] is too large for cuBLAS / cuSOLVER's 32-bit sizes", what, n, K);
+  if (K > cuda::calib::kMaxSquareSide || n > std::numeric_limits<int>::max())
+    fail("{}: [{} x {}] is too large for the GPU quantizer (at most {} inputs)", what, n, K, cuda::calib::kMaxSquareSide);
   const std::int64_t Kn = K - spec.n_outliers, G = spec.group, groups = Kn / G, B = options.block;
   cudaStream_t s = ctx.stream();
   GptqReport rep;

@@ -18,6 +18,11 @@ int blocks_for(std::int64_t count, int threads = kThreads) {
   return static_cast<int>(std::min<std::int64_t>((count + threads - 1) / threads, 1 << 20));
 }
 
+// k x k kernels: blockIdx.y the column, x over the rows (callers keep k <= kMaxSquareSide).
+dim3 square_grid(std::int64_t k) {
+  return dim3(static_cast<unsigned>((k + kThreads - 1) / kThreads), static_cast<unsigned>(k));
+}
+
 // ---- the format's scalar rules on the device (format/format.h; every operation rounded as there: explicit
 // _rn intrinsics, so that no contraction or fast-math flag changes a code)
 
@@ -297,36 +302,33 @@ __global__ void channel_stats_kernel(const float* x, std::int64_t rows, std::int
 }
 
 __global__ void add_upper_triangle_kernel(const float* chunk, std::int64_t k, double* acc) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = t % k, j = t / k;  // column-major (i, j)
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    const std::int64_t t = i + j * k;
     if (i <= j) acc[t] += chunk[t];
   }
 }
 
 __global__ void scale_upper_kernel(double* a, std::int64_t k, double factor) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    if (t % k <= t / k) a[t] *= factor;
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    const std::int64_t t = i + j * k;
+    if (i <= j) a[t] *= factor;
   }
 }
 
 __global__ void mirror_upper_to_lower_kernel(double* a, std::int64_t k) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = t % k, j = t / k;
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    const std::int64_t t = i + j * k;
     if (i > j) a[t] = a[j + i * k];
   }
 }
 
 __global__ void mirror_lower_to_upper_kernel(double* a, std::int64_t k) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = t % k, j = t / k;
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    const std::int64_t t = i + j * k;
     if (i < j) a[t] = a[j + i * k];
   }
 }
@@ -401,11 +403,10 @@ __global__ void gather_columns_kernel(const float* w, std::int64_t n, std::int64
 }
 
 __global__ void gather_symmetric_kernel(const double* h, std::int64_t k, const std::int32_t* perm, double* out) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = t / k, j = t % k;
-    out[t] = h[std::int64_t{perm[i]} * k + perm[j]];
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    const std::int64_t t = i + j * k;
+    out[t] = h[std::int64_t{perm[j]} * k + perm[i]];  // h and out symmetric: either order
   }
 }
 
@@ -417,11 +418,10 @@ __global__ void add_to_diagonal_kernel(double* a, std::int64_t k, double value) 
 }
 
 __global__ void upper_to_row_major_kernel(const double* a, std::int64_t k, float* u) {
-  const std::int64_t count = k * k;
-  for (std::int64_t t = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x; t < count;
-       t += std::int64_t{gridDim.x} * blockDim.x) {
-    const std::int64_t i = t / k, j = t % k;  // u row-major (i, j)
-    u[t] = j >= i ? static_cast<float>(a[i + j * k]) : 0.0f;
+  const std::int64_t j = blockIdx.y, i = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
+  if (i < k) {
+    // u row-major: u[j * k + i] = U(j, i) = a(j, i) for i >= j.
+    u[j * k + i] = i >= j ? static_cast<float>(a[j + i * k]) : 0.0f;
   }
 }
 
@@ -548,14 +548,14 @@ void channel_stats_accumulate(const float* x, std::int64_t rows, std::int64_t k,
 }
 
 void add_upper_triangle(const float* chunk, std::int64_t k, double* acc, cudaStream_t stream) {
-  add_upper_triangle_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(chunk, k, acc);
+  add_upper_triangle_kernel<<<square_grid(k), kThreads, 0, stream>>>(chunk, k, acc);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 void scale_and_symmetrize_upper(double* a, std::int64_t k, double factor, cudaStream_t stream) {
-  scale_upper_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(a, k, factor);
+  scale_upper_kernel<<<square_grid(k), kThreads, 0, stream>>>(a, k, factor);
   ATOM_CUDA_CHECK_LAUNCH();
-  mirror_upper_to_lower_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(a, k);
+  mirror_upper_to_lower_kernel<<<square_grid(k), kThreads, 0, stream>>>(a, k);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -589,7 +589,7 @@ void gather_columns(const float* w, std::int64_t n, std::int64_t k, const std::i
 }
 
 void gather_symmetric(const double* h, std::int64_t k, const std::int32_t* perm, double* out, cudaStream_t stream) {
-  gather_symmetric_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(h, k, perm, out);
+  gather_symmetric_kernel<<<square_grid(k), kThreads, 0, stream>>>(h, k, perm, out);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -599,23 +599,23 @@ void add_to_diagonal(double* a, std::int64_t k, double value, cudaStream_t strea
 }
 
 void mirror_lower_to_upper(double* a, std::int64_t k, cudaStream_t stream) {
-  mirror_lower_to_upper_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(a, k);
+  mirror_lower_to_upper_kernel<<<square_grid(k), kThreads, 0, stream>>>(a, k);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 void upper_to_row_major_f32(const double* a, std::int64_t k, float* u, cudaStream_t stream) {
-  upper_to_row_major_kernel<<<blocks_for(k * k), kThreads, 0, stream>>>(a, k, u);
+  upper_to_row_major_kernel<<<square_grid(k), kThreads, 0, stream>>>(a, k, u);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 void gptq_quantize_block(const GptqBlockArgs& a, cudaStream_t stream) {
-  constexpr int kRowsPerBlock = 128;
+  constexpr int kRowsPerBlock = 64;  // small blocks: a few thousand rows still fill the SMs
   gptq_block_kernel<<<blocks_for(a.n, kRowsPerBlock), kRowsPerBlock, 0, stream>>>(a);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 void gptq_group_scales(const GptqBlockArgs& a, std::int64_t k_normal, cudaStream_t stream) {
-  constexpr int kRowsPerBlock = 128;
+  constexpr int kRowsPerBlock = 64;  // small blocks: a few thousand rows still fill the SMs
   gptq_group_scales_kernel<<<blocks_for(a.n, kRowsPerBlock), kRowsPerBlock, 0, stream>>>(a, k_normal / a.group);
   ATOM_CUDA_CHECK_LAUNCH();
 }

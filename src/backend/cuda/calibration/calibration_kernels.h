@@ -12,6 +12,9 @@
 
 namespace atom::cuda::calib {
 
+// The largest k of the k x k kernels (Hessians, Cholesky factors): one grid row per column.
+constexpr std::int64_t kMaxSquareSide = 65535;
+
 // How a linear's input is quantized at run time (quant::ActivationQuant, for the device).
 struct ActQuantParams {
   bool enabled = true;  // false: the values pass through (weight-only recipes)

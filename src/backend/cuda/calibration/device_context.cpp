@@ -29,7 +29,7 @@ DeviceContext::DeviceContext(int device) : device_(device) {
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   check_cublas(cublasSetStream(blas_, stream_), "cublasSetStream");
   // fp32 products stay fp32 (no TF32): the calibration must compute what the CPU computes.
-  check_cublas(cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH), "cublasSetMathMode");
+  check_cublas(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   check_cusolver(cusolverDnCreate(&solver_), "cusolverDnCreate");
   check_cusolver(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream");
   ATOM_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool_, device));
