@@ -187,9 +187,9 @@ class CudaQuantizerBackend final : public QuantizerBackend {
       : ctx_(device), config_(setup.config), recipe_(setup.recipe),
         windows_(static_cast<std::int64_t>(setup.window_starts.size())), length_(setup.window_length) {
     cudaStream_t s = ctx_.stream();
+    if (windows_ == 0) return;
     qk_matrix_ = transform_matrix(qk_transform(config_, recipe_), s);
     down_matrix_ = transform_matrix(down_transform(config_, recipe_), s);
-    if (windows_ == 0) return;
     const std::int64_t hidden = config_.hidden_size;
     hidden_.allocate(static_cast<std::size_t>(windows_ * length_ * hidden), s);
     std::vector<float> window(static_cast<std::size_t>(length_ * hidden));
