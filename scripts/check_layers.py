@@ -103,6 +103,7 @@ def check_cmake(root):
         if len(args) >= 2:
             target_mod["atom_" + args[0]] = args[1]
     target_mod["atom_backend_cuda"] = "backend/cuda"
+    target_mod["atom_quant_cuda"] = "quant"  # src/quant/cuda: the quantizer's GPU backend
     links = [("atom_" + c.split()[0], c.split()[2:]) for c in calls if len(c.split()) >= 2]
     links += [(t, args.split()) for t, args in
               re.findall(r"target_link_libraries\((atom_\w+)\s+PUBLIC\s+([^)]*)\)", text)]

@@ -40,30 +40,43 @@ std::vector<std::int64_t> calibration_window_starts(std::int64_t n_tokens, std::
   return starts;
 }
 
-CalibrationWindows::CalibrationWindows(const ModelConfig& config, std::span<const float> embed_tokens,
-                                       std::span<const std::int32_t> tokens,
-                                       std::span<const std::int64_t> starts, std::int64_t length)
-    : config_(config), windows_(static_cast<std::int64_t>(starts.size())), length_(length) {
-  const std::int64_t width = config.hidden_size, vocab = config.vocab_size;
-  ATOM_CHECK(static_cast<std::int64_t>(embed_tokens.size()) == vocab * width);
+namespace {
+
+void check_window_length(const ModelConfig& config, std::int64_t length) {
   if (length <= 0 || length > config.max_position_embeddings) {
     fail("calibration: window length {} not in [1, {}] (the model's context)", length,
          config.max_position_embeddings);
   }
-  hidden_.resize(static_cast<std::size_t>(windows_ * length * width));
-  for (std::int64_t w = 0; w < windows_; ++w) {
-    const std::int64_t start = starts[static_cast<std::size_t>(w)];
-    if (start < 0 || start + length > static_cast<std::int64_t>(tokens.size())) {
-      fail("calibration: window {} [{}, {}) is outside the {} calibration tokens", w, start, start + length,
-           tokens.size());
-    }
-    for (std::int64_t i = 0; i < length; ++i) {
-      const std::int32_t t = tokens[static_cast<std::size_t>(start + i)];
-      if (t < 0 || t >= vocab)
-        fail("calibration: token {} is {}, outside the vocabulary [0, {})", start + i, t, vocab);
-      std::copy_n(embed_tokens.data() + std::int64_t{t} * width, width, hidden(w) + i * width);
-    }
+}
+
+}  // namespace
+
+void embed_window(const ModelConfig& config, std::span<const float> embed_tokens,
+                  std::span<const std::int32_t> tokens, std::int64_t w, std::int64_t start, std::int64_t length,
+                  float* out) {
+  const std::int64_t width = config.hidden_size, vocab = config.vocab_size;
+  ATOM_CHECK(static_cast<std::int64_t>(embed_tokens.size()) == vocab * width);
+  check_window_length(config, length);
+  if (start < 0 || start + length > static_cast<std::int64_t>(tokens.size())) {
+    fail("calibration: window {} [{}, {}) is outside the {} calibration tokens", w, start, start + length,
+         tokens.size());
   }
+  for (std::int64_t i = 0; i < length; ++i) {
+    const std::int32_t t = tokens[static_cast<std::size_t>(start + i)];
+    if (t < 0 || t >= vocab)
+      fail("calibration: token {} is {}, outside the vocabulary [0, {})", start + i, t, vocab);
+    std::copy_n(embed_tokens.data() + std::int64_t{t} * width, width, out + i * width);
+  }
+}
+
+CalibrationWindows::CalibrationWindows(const ModelConfig& config, std::span<const float> embed_tokens,
+                                       std::span<const std::int32_t> tokens,
+                                       std::span<const std::int64_t> starts, std::int64_t length)
+    : config_(config), windows_(static_cast<std::int64_t>(starts.size())), length_(length) {
+  check_window_length(config, length);
+  hidden_.resize(static_cast<std::size_t>(windows_ * length * config.hidden_size));
+  for (std::int64_t w = 0; w < windows_; ++w)
+    embed_window(config, embed_tokens, tokens, w, starts[static_cast<std::size_t>(w)], length, hidden(w));
   const std::vector<float> inv_freq = cpu::rope_inv_freq(config);
   std::vector<std::int64_t> positions(static_cast<std::size_t>(length));
   std::iota(positions.begin(), positions.end(), std::int64_t{0});

@@ -23,6 +23,12 @@ namespace atom::quant {
 std::vector<std::int64_t> calibration_window_starts(std::int64_t n_tokens, std::int64_t windows,
                                                     std::int64_t length, std::uint64_t seed);
 
+// Window w = tokens[start, start + length) embedded: out [length, hidden]. Throws atom::Error for a length
+// outside [1, the model's context], a window outside the tokens or a token outside the vocabulary.
+void embed_window(const ModelConfig& config, std::span<const float> embed_tokens,
+                  std::span<const std::int32_t> tokens, std::int64_t w, std::int64_t start, std::int64_t length,
+                  float* out);
+
 // What the KV store did to one layer's keys and values: sums over the calibration tokens.
 struct KvErrorStats {
   double key_sq = 0, key_err_sq = 0;      // sum k^2, sum (k - stored k)^2

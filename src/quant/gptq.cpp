@@ -109,19 +109,42 @@ std::vector<double> HessianAccumulator::diagonal_sum_of_squares() const {
 
 // ---- GPTQ
 
-QuantizedLinearWeights gptq_quantize(std::span<const float> w, std::int64_t n, std::span<const double> hessian,
-                                     std::span<const std::int32_t> perm, const WeightQuantSpec& spec,
-                                     const GptqOptions& options, const char* what, GptqReport* report) {
+void check_gptq_arguments(std::span<const float> w, std::int64_t n, std::int64_t hessian_size,
+                          std::span<const std::int32_t> perm, const WeightQuantSpec& spec, const GptqOptions& options,
+                          const char* what) {
   const auto K = static_cast<std::int64_t>(perm.size());
   check_spec(spec, K, what);
   validate_perm(perm, K, what);
   if (n <= 0 || static_cast<std::int64_t>(w.size()) != n * K) fail("{}: {} weights for [{}, {}]", what, w.size(), n, K);
-  if (static_cast<std::int64_t>(hessian.size()) != K * K) {
-    fail("{}: Hessian has {} entries, expected {} x {}", what, hessian.size(), K, K);
-  }
+  if (hessian_size != K * K) fail("{}: Hessian has {} entries, expected {} x {}", what, hessian_size, K, K);
   if (options.block <= 0 || !(options.percdamp > 0.0)) {
     fail("{}: bad GPTQ options (block {}, percdamp {})", what, options.block, options.percdamp);
   }
+}
+
+void fail_not_positive_definite(const char* what, double damp, const GptqOptions& options, int retries) {
+  fail("{}: Hessian is not positive definite even with damping {:.3g} (percdamp {} x 10^{}); the calibration "
+       "inputs of this layer are degenerate",
+       what, damp, options.percdamp, retries);
+}
+
+void set_outlier_codes(const float* columns, QuantizedLinearWeights& q) {
+  const std::int64_t n = q.n, n_out = q.n_outliers;
+  if (n_out == 0) return;
+  std::vector<float> rows(static_cast<std::size_t>(n * n_out));
+  for (std::int64_t r = 0; r < n; ++r) {
+    for (std::int64_t o = 0; o < n_out; ++o) rows[r * n_out + o] = columns[o * n + r];
+  }
+  SymmetricGroups oq = quantize_symmetric_groups(rows, n, n_out, n_out, NumberFormat::kInt8, 1.0f);
+  q.outliers = std::move(oq.codes);
+  q.outlier_scales = std::move(oq.scales);
+}
+
+QuantizedLinearWeights gptq_quantize(std::span<const float> w, std::int64_t n, std::span<const double> hessian,
+                                     std::span<const std::int32_t> perm, const WeightQuantSpec& spec,
+                                     const GptqOptions& options, const char* what, GptqReport* report) {
+  const auto K = static_cast<std::int64_t>(perm.size());
+  check_gptq_arguments(w, n, static_cast<std::int64_t>(hessian.size()), perm, spec, options, what);
   const std::int64_t Kn = K - spec.n_outliers, G = spec.group, groups = Kn / G, B = options.block;
   const float qmax = format_qmax(spec.format);
   GptqReport rep;
@@ -149,11 +172,7 @@ QuantizedLinearWeights gptq_quantize(std::span<const float> w, std::int64_t n, s
   double damp = options.percdamp * diag_sum / static_cast<double>(K);
   for (;;) {
     if (inverse_cholesky_upper(h, K, damp, u)) break;
-    if (rep.retries == options.damp_retries) {
-      fail("{}: Hessian is not positive definite even with damping {:.3g} (percdamp {} x 10^{}); the calibration "
-           "inputs of this layer are degenerate",
-           what, damp, options.percdamp, rep.retries);
-    }
+    if (rep.retries == options.damp_retries) fail_not_positive_definite(what, damp, options, rep.retries);
     ++rep.retries;
     damp *= 10.0;
   }
@@ -217,15 +236,7 @@ QuantizedLinearWeights gptq_quantize(std::span<const float> w, std::int64_t n, s
   q.format = spec.format;
   q.packed = format_is_packed(spec.format) ? pack_nibbles(codes) : std::vector<std::uint8_t>(codes.begin(), codes.end());
   q.scales = std::move(scales);
-  if (spec.n_outliers > 0) {  // the outlier columns, with all the error feedback, rounded to INT8 per row
-    std::vector<float> outl(static_cast<std::size_t>(n * spec.n_outliers));
-    for (std::int64_t r = 0; r < n; ++r) {
-      for (std::int64_t o = 0; o < spec.n_outliers; ++o) outl[r * spec.n_outliers + o] = wt[(Kn + o) * n + r];
-    }
-    SymmetricGroups oq = quantize_symmetric_groups(outl, n, spec.n_outliers, spec.n_outliers, NumberFormat::kInt8, 1.0f);
-    q.outliers = std::move(oq.codes);
-    q.outlier_scales = std::move(oq.scales);
-  }
+  set_outlier_codes(wt.data() + Kn * n, q);
   q.perm.assign(perm.begin(), perm.end());
   if (report) *report = rep;
   return q;

@@ -56,6 +56,16 @@ QuantizedLinearWeights gptq_quantize(std::span<const float> w, std::int64_t n, s
                                      std::span<const std::int32_t> perm, const WeightQuantSpec& spec,
                                      const GptqOptions& options, const char* what, GptqReport* report = nullptr);
 
+// The pieces of gptq_quantize that its GPU implementation (quant/cuda/cuda_gptq.h) shares:
+// its argument checks (throw atom::Error naming `what`), the error when damping cannot rescue the Hessian,
+// and the INT8 rounding of the outlier columns after every normal column's error feedback (columns
+// [q.n_outliers, q.n], column o at columns + o * q.n; q.n and q.n_outliers set).
+void check_gptq_arguments(std::span<const float> w, std::int64_t n, std::int64_t hessian_size,
+                          std::span<const std::int32_t> perm, const WeightQuantSpec& spec, const GptqOptions& options,
+                          const char* what);
+[[noreturn]] void fail_not_positive_definite(const char* what, double damp, const GptqOptions& options, int retries);
+void set_outlier_codes(const float* columns, QuantizedLinearWeights& q);
+
 // Round to nearest with the same spec (no calibration data).
 QuantizedLinearWeights rtn_quantize(std::span<const float> w, std::int64_t n, std::span<const std::int32_t> perm,
                                     const WeightQuantSpec& spec);

@@ -15,6 +15,7 @@
 #include "common/progress.h"
 #include "quant/calibration.h"
 #include "quant/channels.h"
+#include "quant/cpu_quantizer_backend.h"
 #include "quant/gptq.h"
 #include "quant/rotation.h"
 
@@ -49,6 +50,7 @@ nlohmann::json to_json(const QuantizeReport& report) {
                   {"key_channel_max_over_median", r.key_channel_max_over_median}});
   }
   return {{"seconds", report.seconds},
+          {"backend_status", report.backend_status},
           {"kv", kv},
           {"effective_bits", report.effective_bits},
           {"quantized_weights", report.quantized_weights},
@@ -61,55 +63,6 @@ nlohmann::json to_json(const QuantizeReport& report) {
 // ---- the sequential pipeline
 
 namespace {
-
-// Per-channel statistics of one linear input over the calibration tokens.
-struct ChannelStats {
-  std::vector<double> sum_sq;
-  std::vector<float> absmax;
-  explicit ChannelStats(std::int64_t k)
-      : sum_sq(static_cast<std::size_t>(k), 0.0), absmax(sum_sq.size(), 0.0f) {}
-  void add(const float* x, std::int64_t m) {
-    const auto k = static_cast<std::int64_t>(sum_sq.size());
-    for (std::int64_t r = 0; r < m; ++r) {
-      for (std::int64_t j = 0; j < k; ++j) {
-        const float v = x[r * k + j];
-        sum_sq[j] += static_cast<double>(v) * v;
-        absmax[j] = std::max(absmax[j], std::fabs(v));
-      }
-    }
-  }
-};
-
-// The input of one linear for every window: kept between visits when allowed, recomputed otherwise.
-class WindowInputs {
- public:
-  using Producer = std::function<void(std::int64_t w, float* out)>;
-  WindowInputs(std::int64_t windows, std::int64_t rows, std::int64_t width, bool keep, Producer produce)
-      : windows_(windows), rows_(rows), width_(width), keep_(keep), produce_(std::move(produce)) {}
-  std::int64_t width() const { return width_; }
-  void visit(const std::function<void(std::int64_t w, const float* x)>& f) {
-    const std::int64_t size = rows_ * width_;
-    if (keep_) {
-      if (kept_.empty()) {
-        kept_.resize(static_cast<std::size_t>(windows_ * size));
-        for (std::int64_t w = 0; w < windows_; ++w) produce_(w, kept_.data() + w * size);
-      }
-      for (std::int64_t w = 0; w < windows_; ++w) f(w, kept_.data() + w * size);
-      return;
-    }
-    std::vector<float> buffer(static_cast<std::size_t>(size));
-    for (std::int64_t w = 0; w < windows_; ++w) {
-      produce_(w, buffer.data());
-      f(w, buffer.data());
-    }
-  }
-
- private:
-  std::int64_t windows_, rows_, width_;
-  bool keep_;
-  Producer produce_;
-  std::vector<float> kept_;
-};
 
 // Output rows [first, first + n) of a quantized linear.
 QuantizedLinearWeights rows_of(const QuantizedLinearWeights& q, std::int64_t first, std::int64_t n) {
@@ -125,16 +78,12 @@ QuantizedLinearWeights rows_of(const QuantizedLinearWeights& q, std::int64_t fir
   return out;
 }
 
-constexpr std::int64_t kClipSampleRows =
-    2048;  // calibration rows a clip search evaluates the output error on
-
-// Channel order, outlier count, Hessian and error-evaluation sample of one linear input.
+// Channel order, outlier count, and the Hessian and clip-search sample (when the recipe asks) of one linear
+// input.
 struct InputPlan {
   std::vector<std::int32_t> perm;
   std::int64_t n_outliers = 0;
-  std::vector<double> hessian;  // original channel order; empty for RTN
-  std::vector<float> sample;    // [sample_rows, k] original order, for the clip search
-  std::int64_t sample_rows = 0;
+  std::unique_ptr<InputMoments> moments;  // null without calibration or when neither GPTQ nor clip search runs
 };
 
 class Quantizer {
@@ -149,10 +98,15 @@ class Quantizer {
       report_.window_starts = calibration_window_starts(static_cast<std::int64_t>(calib_tokens.size()),
                                                         recipe.calib_windows, length, recipe.calib_seed);
       report_.window_length = length;
-      windows_.emplace(c, *source_.embed_tokens, calib_tokens, report_.window_starts, length);
-      windows_->set_qk_transform(head_transform(qk_transform(c, recipe)));
     }
-    down_transform_ = down_transform(c, recipe);
+    CalibrationSetup setup;
+    setup.config = c;
+    setup.recipe = recipe;
+    setup.embed_tokens = *source_.embed_tokens;
+    setup.tokens = calib_tokens;
+    setup.window_starts = report_.window_starts;
+    setup.window_length = report_.window_length;
+    backend_ = options.backend ? options.backend(setup) : make_cpu_quantizer_backend(setup);
   }
 
   QuantizedModel run() {
@@ -168,6 +122,7 @@ class Quantizer {
     Progress progress("quantize", std::int64_t{c.num_layers} * 4, options_.show_progress);
     for (int i = 0; i < c.num_layers; ++i) m.layers.push_back(quantize_layer(i, progress));
     progress.finish();
+    report_.backend_status = backend_->status();
     std::int64_t weights = 0;
     double bits = 0.0;
     for (const LinearReport& l : report_.linears) {
@@ -181,61 +136,30 @@ class Quantizer {
   }
 
  private:
-  std::int64_t rows() const { return windows_ ? windows_->length() : 0; }
-  std::int64_t window_count() const { return windows_ ? windows_->windows() : 0; }
+  std::int64_t rows() const { return report_.window_length; }
+  std::int64_t window_count() const { return static_cast<std::int64_t>(report_.window_starts.size()); }
   bool keep(std::int64_t width) const {
     return window_count() * rows() * width * static_cast<std::int64_t>(sizeof(float)) <=
            options_.activation_budget_bytes;
   }
-  std::unique_ptr<cpu::LinearOp> op(const QuantizedLinear& l, const std::string& name) const {
-    return make_linear_op(l, recipe_, Execution::kFakeQuant, cpu::InputOrder::kOriginal, name);
-  }
 
   // smooth: called with the input's statistics before the channel order is chosen (SmoothQuant); it may
   // rescale the weights and the norm, and must rescale the statistics to match.
-  InputPlan plan_input(WindowInputs& inputs, int layer, const char* input_name,
+  InputPlan plan_input(CalibrationInput* input, std::int64_t k, int layer, const char* input_name,
                        const std::function<void(ChannelStats&)>& smooth) {
-    const std::int64_t k = inputs.width();
     InputPlan plan;
     plan.n_outliers = recipe_.outlier_count(k);
     plan.perm.resize(static_cast<std::size_t>(k));
     std::iota(plan.perm.begin(), plan.perm.end(), 0);
     if (!calibrate_) return plan;
-    ChannelStats stats(k);
-    inputs.visit([&](std::int64_t, const float* x) { stats.add(x, rows()); });
+    ATOM_CHECK(input != nullptr && input->width() == k);
+    ChannelStats stats = input->channel_stats();
     if (smooth) smooth(stats);
     if (plan.n_outliers > 0) plan.perm = reorder_by_sum_of_squares(stats.sum_sq);
     report_input(stats, plan, layer, input_name);
-
-    const bool need_hessian = recipe_.gptq, need_sample = recipe_.search_clip;
-    if (!need_hessian && !need_sample) return plan;
-    const std::int64_t k_normal = k - plan.n_outliers;
-    const ActivationQuant act = activation_quant(recipe_, k_normal, plan.n_outliers);
-    std::unique_ptr<HessianAccumulator> hessian;
-    if (need_hessian) hessian = std::make_unique<HessianAccumulator>(k);
-    const std::int64_t per_window =
-        std::max<std::int64_t>(1, (kClipSampleRows + window_count() - 1) / window_count());
-    const std::int64_t stride = std::max<std::int64_t>(1, rows() / per_window);
-    std::vector<float> reordered(static_cast<std::size_t>(rows() * k)), quantized(reordered.size());
-    inputs.visit([&](std::int64_t, const float* x) {
-      if (need_sample) {
-        for (std::int64_t r = 0; r < rows() && plan.sample_rows < kClipSampleRows; r += stride) {
-          plan.sample.insert(plan.sample.end(), x + r * k, x + (r + 1) * k);
-          ++plan.sample_rows;
-        }
-      }
-      if (!need_hessian) return;
-      // The Hessian sees the input as the activation quantizer leaves it (original channel order).
-      for (std::int64_t r = 0; r < rows(); ++r) {
-        for (std::int64_t j = 0; j < k; ++j) reordered[r * k + j] = x[r * k + plan.perm[j]];
-      }
-      fake_quantize_reordered(reordered.data(), rows(), k, act, reordered.data());
-      for (std::int64_t r = 0; r < rows(); ++r) {
-        for (std::int64_t j = 0; j < k; ++j) quantized[r * k + plan.perm[j]] = reordered[r * k + j];
-      }
-      hessian->add(quantized.data(), rows());
-    });
-    if (hessian) plan.hessian = hessian->hessian();
+    if (!recipe_.gptq && !recipe_.search_clip) return plan;
+    const ActivationQuant act = activation_quant(recipe_, k - plan.n_outliers, plan.n_outliers);
+    plan.moments = input->moments(plan.perm, act, recipe_.gptq, recipe_.search_clip);
     return plan;
   }
 
@@ -309,7 +233,7 @@ class Quantizer {
     gptq.block = recipe_.gptq_block;
     const auto quantize = [&](float clip, GptqReport* rep) {
       spec.clip = clip;
-      return recipe_.gptq ? gptq_quantize(w, n, plan.hessian, plan.perm, spec, gptq, name.c_str(), rep)
+      return recipe_.gptq ? backend_->gptq(w, n, *plan.moments, plan.perm, spec, gptq, name.c_str(), rep)
                           : rtn_quantize(w, n, plan.perm, spec);
     };
     float clip = recipe_.w_clip;
@@ -317,8 +241,8 @@ class Quantizer {
       const ActQuantSpec act{recipe_.act_format, recipe_.group_for(k_normal), plan.n_outliers,
                              recipe_.a_clip};
       const ClipSearchResult found = search_clip(default_clip_grid(), [&](float c) {
-        return linear_output_mse(plan.sample, plan.sample_rows, w, quantize(c, nullptr),
-                                 recipe_.quantize_activations ? &act : nullptr);
+        return backend_->output_mse(*plan.moments, w, quantize(c, nullptr),
+                                    recipe_.quantize_activations ? &act : nullptr);
       });
       clip = found.best_clip;
     }
@@ -382,14 +306,27 @@ class Quantizer {
     QuantizedLayer ql;
     ql.input_norm = std::move(w.input_norm);
     ql.post_attention_norm = std::move(w.post_attention_norm);
+    // Progress after each of the layer's 4 steps: throughput in calibration tokens through one layer per
+    // second, and the backend's status (GPU memory).
+    int steps_done = 0;
+    const auto step = [&](const char* what) {
+      ++steps_done;
+      std::string detail = fmt::format("layer {}/{} {}", li + 1, source_.config.num_layers, what);
+      const double seconds = progress.elapsed_seconds(), layers = li + steps_done / 4.0;
+      if (calibrate_ && seconds > 0.0)
+        detail += fmt::format(", {:.0f} tokens/s", static_cast<double>(window_count() * rows()) * layers / seconds);
+      const std::string status = backend_->status();
+      if (!status.empty()) detail += ", " + status;
+      progress.advance(1, detail);
+    };
     quantize_qkv(li, w, ql);
-    progress.advance(1, fmt::format("layer {} q/k/v", li));
+    step("q/k/v");
     quantize_o_proj(li, w, ql);
-    progress.advance(1, fmt::format("layer {} o_proj", li));
+    step("o_proj");
     quantize_gate_up(li, w, ql);
-    progress.advance(1, fmt::format("layer {} gate/up", li));
+    step("gate/up");
     quantize_down_proj(li, w, ql);
-    progress.advance(1, fmt::format("layer {} down_proj", li));
+    step("down_proj");
     return ql;
   }
 
@@ -397,15 +334,13 @@ class Quantizer {
   std::int64_t q_dim() const { return std::int64_t{source_.config.num_heads} * source_.config.head_dim; }
   std::int64_t kv_dim() const { return std::int64_t{source_.config.num_kv_heads} * source_.config.head_dim; }
   std::int64_t inter() const { return source_.config.intermediate_size; }
-  CalibrationWindows* windows() { return windows_ ? &*windows_ : nullptr; }
 
   // q/k/v read input_layernorm's output (recomputed on each visit: cheap).
   void quantize_qkv(int li, LayerWeights& w, QuantizedLayer& ql) {
-    CalibrationWindows* cw = windows();
-    WindowInputs in(window_count(), rows(), hidden(), false,
-                    [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.input_norm, out); });
-    const InputPlan plan =
-        plan_input(in, li, "attn_in", smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden()));
+    std::unique_ptr<CalibrationInput> in;
+    if (calibrate_) in = backend_->normed_input(ql.input_norm);
+    const InputPlan plan = plan_input(in.get(), hidden(), li, "attn_in",
+                                      smoothing(ql.input_norm, {&w.q_proj, &w.k_proj, &w.v_proj}, hidden()));
     std::vector<QuantizedLinear> qkv =
         quantize_linears({{&w.q_proj, q_dim(), std::move(w.q_bias), linear_name(li, "self_attn.q_proj")},
                           {&w.k_proj, kv_dim(), std::move(w.k_bias), linear_name(li, "self_attn.k_proj")},
@@ -419,34 +354,26 @@ class Quantizer {
   // o_proj reads the attention output, computed through the quantized q/k/v and the recipe's KV store; the
   // windows then take the quantized o_proj's residual branch.
   void quantize_o_proj(int li, LayerWeights& w, QuantizedLayer& ql) {
-    CalibrationWindows* cw = windows();
-    const auto q_op = op(ql.q_proj, linear_name(li, "self_attn.q_proj"));
-    const auto k_op = op(ql.k_proj, linear_name(li, "self_attn.k_proj"));
-    const auto v_op = op(ql.v_proj, linear_name(li, "self_attn.v_proj"));
-    const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
     KvErrorStats kv_stats;
-    WindowInputs in(window_count(), rows(), q_dim(), keep(q_dim()), [&](std::int64_t wi, float* out) {
-      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
-      cw->rms_norm(wi, ql.input_norm, normed.data());
-      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out, &kv_stats);
-    });
-    const InputPlan plan = plan_input(in, li, "o_proj_in", {});
+    std::unique_ptr<CalibrationInput> in;
+    if (calibrate_) {
+      in = backend_->attention_input(ql.input_norm, {&ql.q_proj, linear_name(li, "self_attn.q_proj")},
+                                     {&ql.k_proj, linear_name(li, "self_attn.k_proj")},
+                                     {&ql.v_proj, linear_name(li, "self_attn.v_proj")}, keep(q_dim()), &kv_stats);
+    }
+    const InputPlan plan = plan_input(in.get(), q_dim(), li, "o_proj_in", {});
     const std::string name = linear_name(li, "self_attn.o_proj");
     ql.o_proj = std::move(quantize_linears({{&w.o_proj, hidden(), std::move(w.o_bias), name}}, plan).front());
-    if (cw) {
-      const auto o_op = op(ql.o_proj, name);
-      in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
-    }
+    if (in) in->add_projection(ql.o_proj, name);
     if (kv_stats.key_sq > 0.0) report_kv(kv_stats, li);
   }
 
   // gate/up read post_attention_layernorm's output.
   void quantize_gate_up(int li, LayerWeights& w, QuantizedLayer& ql) {
-    CalibrationWindows* cw = windows();
-    WindowInputs in(window_count(), rows(), hidden(), false,
-                    [&](std::int64_t wi, float* out) { cw->rms_norm(wi, ql.post_attention_norm, out); });
-    const InputPlan plan =
-        plan_input(in, li, "mlp_in", smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden()));
+    std::unique_ptr<CalibrationInput> in;
+    if (calibrate_) in = backend_->normed_input(ql.post_attention_norm);
+    const InputPlan plan = plan_input(in.get(), hidden(), li, "mlp_in",
+                                      smoothing(ql.post_attention_norm, {&w.gate_proj, &w.up_proj}, hidden()));
     std::vector<QuantizedLinear> gate_up =
         quantize_linears({{&w.gate_proj, inter(), {}, linear_name(li, "mlp.gate_proj")},
                           {&w.up_proj, inter(), {}, linear_name(li, "mlp.up_proj")}},
@@ -457,22 +384,15 @@ class Quantizer {
 
   // down_proj reads SiLU(gate) * up through the quantized gate/up; the windows then take its residual branch.
   void quantize_down_proj(int li, LayerWeights& w, QuantizedLayer& ql) {
-    CalibrationWindows* cw = windows();
-    const auto gate_op = op(ql.gate_proj, linear_name(li, "mlp.gate_proj"));
-    const auto up_op = op(ql.up_proj, linear_name(li, "mlp.up_proj"));
-    WindowInputs in(window_count(), rows(), inter(), keep(inter()), [&](std::int64_t wi, float* out) {
-      std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
-      cw->rms_norm(wi, ql.post_attention_norm, normed.data());
-      cw->mlp_hidden(normed.data(), *gate_op, *up_op, out);
-      if (down_transform_) down_transform_->apply(out, rows());  // R4: down_proj reads M4 x
-    });
-    const InputPlan plan = plan_input(in, li, "down_proj_in", {});
+    std::unique_ptr<CalibrationInput> in;
+    if (calibrate_) {
+      in = backend_->down_proj_input(ql.post_attention_norm, {&ql.gate_proj, linear_name(li, "mlp.gate_proj")},
+                                     {&ql.up_proj, linear_name(li, "mlp.up_proj")}, keep(inter()));
+    }
+    const InputPlan plan = plan_input(in.get(), inter(), li, "down_proj_in", {});
     const std::string name = linear_name(li, "mlp.down_proj");
     ql.down_proj = std::move(quantize_linears({{&w.down_proj, hidden(), {}, name}}, plan).front());
-    if (cw) {
-      const auto down_op = op(ql.down_proj, name);
-      in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *down_op, x); });
-    }
+    if (in) in->add_projection(ql.down_proj, name);
   }
 
   ModelSource source_;
@@ -480,8 +400,7 @@ class Quantizer {
   QuantizeOptions options_;
   QuantizeReport& report_;
   bool calibrate_ = false;
-  std::optional<CalibrationWindows> windows_;
-  std::shared_ptr<const HadamardTransform> down_transform_;  // R4, null when off
+  std::unique_ptr<QuantizerBackend> backend_;
 };
 
 }  // namespace

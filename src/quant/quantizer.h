@@ -30,6 +30,7 @@
 #include "io/model_config.h"
 #include "model/model_source.h"
 #include "model/weights.h"
+#include "quant/quantizer_backend.h"
 
 namespace atom::quant {
 
@@ -70,6 +71,7 @@ struct QuantizeReport {
   std::vector<LinearReport> linears;
   std::vector<KvReport> kv;  // empty unless the KV cache is quantized
   double seconds = 0.0;
+  std::string backend_status;  // the backend's last word, e.g. "GPU peak 18.20 GiB" (empty on the CPU)
   double effective_bits = 0.0;  // stored bits per weight over all quantized linear layers
   std::int64_t quantized_weights = 0;
 };
@@ -79,9 +81,11 @@ nlohmann::json to_json(const QuantizeReport& report);
 
 struct QuantizeOptions {
   bool show_progress = true;
-  // The o_proj and down_proj inputs of all windows are kept between passes when they fit in this many bytes,
-  // recomputed from the layer's input otherwise.
+  // The o_proj and down_proj inputs of all windows are kept between passes when they fit in this many bytes
+  // (host memory on the CPU, GPU memory on a GPU), recomputed from the layer's input otherwise.
   std::int64_t activation_budget_bytes = std::int64_t{2} << 30;
+  // Where the work runs (quantizer_backend.h); empty: the CPU.
+  QuantizerBackendFactory backend;
 };
 
 // Quantizes every decoder layer. calib_tokens: the tokenized calibration text (windows come from it only).

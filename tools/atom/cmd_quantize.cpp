@@ -18,6 +18,9 @@
 #include "quant/quantizer.h"
 #include "text_file.h"
 #include "tokenizer/checkpoint_tokenizer.h"
+#ifdef ATOM_WITH_CUDA
+#include "quant/cuda/cuda_quantizer_backend.h"
+#endif
 
 namespace atom::cli {
 
@@ -25,7 +28,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct QuantizeOptions {
-  std::string model, calib, out, preset = "atom-w4a4", report;
+  std::string model, calib, out, preset = "atom-w4a4", report, device = "cpu";
   std::optional<int> wbits, abits, kv_bits;
   std::optional<std::int64_t> group, outliers, calib_windows, calib_len;
   std::optional<float> a_clip, w_clip, smooth_alpha;
@@ -74,9 +77,24 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
   return r;
 }
 
+// Where the quantizer runs: the CPU, or a GPU (checked before any loading, so a missing GPU fails at once).
+void choose_device(const std::string& device, quant::QuantizeOptions& qopt) {
+  if (device == "cpu") return;
+#ifdef ATOM_WITH_CUDA
+  qopt.activation_budget_bytes = quant::cuda_activation_budget_bytes();
+  qopt.backend = quant::cuda_quantizer_backend();
+#else
+  (void)qopt;
+  fail("--device {}: this atom was built without the CUDA backend (nvcc was not found at configure time)", device);
+#endif
+}
+
 void run_quantize(const QuantizeOptions& opt) {
   const auto start = std::chrono::steady_clock::now();
   const quant::QuantRecipe recipe = recipe_from(opt);
+  quant::QuantizeOptions qopt;
+  qopt.show_progress = !opt.quiet;
+  choose_device(opt.device, qopt);
   if (recipe.needs_calibration() && opt.calib.empty()) {
     fail("--calib FILE is required: this recipe ({}) calibrates on a text", recipe.describe());
   }
@@ -92,8 +110,8 @@ void run_quantize(const QuantizeOptions& opt) {
     calib_tokens = tokenizer.encode(text, /*add_special_tokens=*/true);
   }
   const std::int64_t window = std::min<std::int64_t>(recipe.calib_len, ckpt.config.max_position_embeddings);
-  fmt::print(stderr, "quantizing {} ({} layers) with {}: {}\n", opt.model, ckpt.config.num_layers,
-             recipe.preset, recipe.describe());
+  fmt::print(stderr, "quantizing {} ({} layers) with {} on the {}: {}\n", opt.model, ckpt.config.num_layers,
+             recipe.preset, opt.device == "cuda" ? "GPU" : "CPU", recipe.describe());
   if (recipe.needs_calibration()) {
     fmt::print(stderr, "calibration: {} windows x {} tokens from '{}' ({} tokens), seed {}\n",
                recipe.calib_windows, window, opt.calib, calib_tokens.size(), recipe.calib_seed);
@@ -101,8 +119,6 @@ void run_quantize(const QuantizeOptions& opt) {
     fmt::print(stderr, "no calibration needed (round to nearest, no outliers)\n");
   }
 
-  quant::QuantizeOptions qopt;
-  qopt.show_progress = !opt.quiet;
   quant::QuantizeReport report;
   const quant::QuantizedModel model =
       quant::quantize_model(quant::model_source(ckpt), calib_tokens, recipe, qopt, &report);
@@ -132,7 +148,8 @@ void run_quantize(const QuantizeOptions& opt) {
              storage.linear_weights, mb(double(storage.linear_bytes())), storage.bits_per_weight(),
              mb(double(storage.code_bytes)), mb(double(storage.scale_bytes)), mb(double(storage.outlier_bytes)),
              mb(double(storage.perm_bytes)), mb(double(storage.fp16_linear_bytes())));
-  fmt::print("quantized in {:.1f}s ({:.1f}s wall with loading, tokenizing and writing)\n", report.seconds, wall);
+  fmt::print("quantized in {:.1f}s ({:.1f}s wall with loading, tokenizing and writing){}\n", report.seconds, wall,
+             report.backend_status.empty() ? "" : "; " + report.backend_status);
   if (!opt.report.empty()) {
     nlohmann::json j = quant::to_json(report);
     j["recipe"] = recipe.to_json();
@@ -190,6 +207,8 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--smooth-alpha", opt->smooth_alpha, "SmoothQuant migration strength (turns smoothing on)");
   cmd->add_option("--report", opt->report,
                   "Write the quantization report (per-layer outliers, GPTQ loss) as JSON");
+  cmd->add_option("--device", opt->device, "Where the quantizer runs: cpu (default) or cuda (the first GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   cmd->add_flag("--force", opt->force, "Replace an existing output directory");
   cmd->add_flag("--quiet,-q", opt->quiet, "No progress bar");
   cmd->callback([opt] { run_quantize(*opt); });
