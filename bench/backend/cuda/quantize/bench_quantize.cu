@@ -1,5 +1,6 @@
 // Fused activation quantizers on Llama-2-7B / Llama-3-8B shapes (hidden 4096; intermediate 11008 /
-// 14336; 128 INT8 outliers, INT4 groups of 128, clip 0.9) at M = 1 .. 8192 tokens.
+// 14336) at M = 1 .. 8192 tokens: Atom rows (128 INT8 outliers, INT4 groups of 128, clip 0.9) and W8A8 rows
+// (every channel INT8, one scale per token).
 // Each shape is validated first (sampled rows bit-exact against quant::quantize_activations of the
 // values the kernel quantized), then timed: cudaEvent per launch, median of 30, inputs/outputs replicated
 // and rotated so that at least 512 MB are touched (nothing served from L2). Bandwidth = bytes read +
@@ -32,7 +33,7 @@ const char* kernel_name(Kernel k) {
   return k == Kernel::kRmsNormResidual ? "rmsnorm+residual" : k == Kernel::kReorder ? "reorder" : "silu*up";
 }
 
-constexpr int kOutliers = 128, kGroup = 128;
+constexpr int kAtomOutliers = 128, kGroup = 128;
 constexpr float kClip = 0.9f;
 
 struct Result {
@@ -40,7 +41,7 @@ struct Result {
   bool ok;
 };
 
-Result run(Kernel kernel, int m, int k, std::mt19937& rng) {
+Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
   const int kn = k - kOutliers, groups = kn / kGroup;
   const int in_cols = kernel == Kernel::kSiluMul ? 2 * k : k;  // silu: [gate | up] rows
   // Per-replica bytes actually moved.
@@ -179,28 +180,31 @@ int main(int argc, char** argv) {
               info.num_sms, runtime);
   const double copy_gbps = bench::copy_bandwidth_gbps();
   std::printf("device-to-device copy: %.0f GB/s (read + write)\n", copy_gbps);
-  std::printf("INT4 groups of %d (clip %.2f) + %d INT8 outliers; time us (GB/s, %% of copy)\n\n", kGroup,
-              kClip, kOutliers);
+  std::printf("atom: INT4 groups of %d (clip %.2f) + %d INT8 outliers; w8a8: all INT8; time us (GB/s, %% of copy)\n\n",
+              kGroup, kClip, kAtomOutliers);
   std::mt19937 rng(4321);
   const std::vector<int> ms =
-      profile ? std::vector<int>{8192} : std::vector<int>{1, 16, 64, 256, 1024, 4096, 8192};
+      profile ? std::vector<int>{8192} : std::vector<int>{1, 8, 16, 64, 256, 1024, 4096, 8192};
   struct Shape {
     const char* model;
     Kernel kernel;
     int k;
+    bool w8a8;
   };
-  const Shape shapes[] = {{"Llama-2-7B / Llama-3-8B", Kernel::kRmsNormResidual, 4096},
-                          {"Llama-2-7B / Llama-3-8B", Kernel::kReorder, 4096},
-                          {"Llama-2-7B", Kernel::kSiluMul, 11008},
-                          {"Llama-3-8B", Kernel::kSiluMul, 14336}};
+  const Shape shapes[] = {{"Llama-2-7B / Llama-3-8B", Kernel::kRmsNormResidual, 4096, false},
+                          {"Llama-2-7B / Llama-3-8B", Kernel::kReorder, 4096, false},
+                          {"Llama-2-7B", Kernel::kSiluMul, 11008, false},
+                          {"Llama-3-8B", Kernel::kSiluMul, 14336, false},
+                          {"Llama-2-7B / Llama-3-8B", Kernel::kRmsNormResidual, 4096, true},
+                          {"Llama-2-7B", Kernel::kSiluMul, 11008, true}};
   bool all_ok = true;
-  std::printf("%-17s %-24s %6s", "kernel", "model", "K");
+  std::printf("%-17s %-5s %-24s %6s", "kernel", "rows", "model", "K");
   for (int m : ms) std::printf(" | %21s", ("M=" + std::to_string(m)).c_str());
   std::printf("\n");
   for (const Shape& s : shapes) {
-    std::printf("%-17s %-24s %6d", kernel_name(s.kernel), s.model, s.k);
+    std::printf("%-17s %-5s %-24s %6d", kernel_name(s.kernel), s.w8a8 ? "w8a8" : "atom", s.model, s.k);
     for (int m : ms) {
-      const Result r = run(s.kernel, m, s.k, rng);
+      const Result r = run(s.kernel, m, s.k, s.w8a8 ? s.k : kAtomOutliers, rng);
       all_ok = all_ok && r.ok;
       std::printf(" | %7.1f (%5.0f, %3.0f%%)%s", r.us, r.gbps, 100.0 * r.gbps / copy_gbps, r.ok ? "" : "!");
       std::fflush(stdout);
