@@ -61,26 +61,11 @@ __device__ __forceinline__ void load_words(const std::uint8_t* p, std::uint32_t 
 }
 
 struct DecodeSplit {
-  int num_splits;  // blocks per (sequence, KV head)
-  int min_chunk;   // fewest tokens a split takes: a shorter sequence leaves the later splits empty
+  int num_splits;
+  int chunk;  // tokens per split (the last split takes the rest)
   float* partial_out;  // [batch * Hq * num_splits, D]
   float* partial_lse;  // [batch * Hq * num_splits] (log2 domain)
 };
-
-// Tokens [begin, end) of split `split` of a sequence of kv_len tokens: the sequence's own length is cut in
-// even whole 16-token tiles (not the batch's bound max_kv_len, which a captured graph sets to the whole
-// context: every sequence would then sit in its first split), in at most num_splits parts of at least
-// min_chunk tokens. Empty for the splits a short sequence does not need.
-struct SplitRange {
-  int begin, end;
-};
-__device__ __forceinline__ SplitRange split_range(const DecodeSplit& s, int kv_len, int split) {
-  const int used = max(1, min(s.num_splits, (kv_len + s.min_chunk - 1) / s.min_chunk));
-  if (split >= used) return {kv_len, kv_len};
-  const int chunk = ((kv_len + used - 1) / used + 15) / 16 * 16;
-  const int begin = min(kv_len, split * chunk);
-  return {begin, split == used - 1 ? kv_len : min(kv_len, begin + chunk)};
-}
 
 template <int D, KvDtype kDtype, int kGroup>
 __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, DecodeSplit split_args) {
@@ -95,8 +80,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
   const PagedKvCache& c = p.cache;
   const int group = p.num_qo_heads / c.num_kv_heads;
   const int kv_len = p.kv_lens[b];
-  const SplitRange range = split_range(split_args, kv_len, split);
-  const int begin = range.begin, end = range.end;
+  const int begin = split * split_args.chunk;
+  const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
 
   // This lane's slice of every query head of the group, pre-scaled into the log2 domain.
   const float q_scale = p.sm_scale * kLog2e;
@@ -372,8 +357,8 @@ __global__ void __launch_bounds__(kU4Warps * 32, kU4MinBlocks)
   const PagedKvCache& c = p.cache;
   const int group = p.num_qo_heads / c.num_kv_heads;
   const int kv_len = p.kv_lens[b];
-  const SplitRange range = split_range(split_args, kv_len, split);
-  const int begin = range.begin, end = range.end;  // begin: a multiple of 16 (or kv_len: nothing to do)
+  const int begin = split * split_args.chunk;  // a multiple of 16
+  const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
 
   // The warp's pipeline; after the loop, the same bytes hold its partial output for the block merge.
   __shared__ __align__(16) std::uint8_t s_tiles[kU4Warps][kU4Stages][Tile::kBytes];
@@ -639,24 +624,22 @@ int num_sms() {
 }
 
 struct Plan {
-  int num_splits, min_chunk;
+  int num_splits, chunk;
 };
 
 Plan make_plan(const DecodeParams& p) {
   const int max_len = std::max(p.max_kv_len, 1);
   int splits = p.num_splits;
-  int min_chunk = 16;  // forced splits (tests, tuning): as many as the sequence has tiles
   if (splits <= 0) {
-    // Aim for about 8 blocks per SM; no split shorter than 256 tokens.
-    constexpr int kMinChunk = 256;
+    // Aim for about 8 blocks per SM; no chunk shorter than 256 tokens.
     const long long base = static_cast<long long>(p.batch) * p.cache.num_kv_heads;
     const long long target = 8LL * num_sms();
     splits = base >= target ? 1 : static_cast<int>((target + base - 1) / base);
-    splits = std::min(splits, (max_len + kMinChunk - 1) / kMinChunk);
-    min_chunk = kMinChunk;
+    splits = std::min(splits, (max_len + 255) / 256);
   }
-  splits = std::clamp(splits, 1, std::min(kMaxSplits, (max_len + 15) / 16));
-  return {splits, min_chunk};
+  splits = std::clamp(splits, 1, std::min(kMaxSplits, max_len));
+  const int chunk = ((max_len + splits - 1) / splits + 15) / 16 * 16;  // whole 16-token tiles per split
+  return {(max_len + chunk - 1) / chunk, chunk};
 }
 
 template <int D, KvDtype kDtype, int kGroup>
@@ -706,7 +689,7 @@ void attention_decode(const DecodeParams& p, cudaStream_t stream) {
   check_params(p);
   if (p.batch == 0) return;
   const Plan plan = make_plan(p);
-  DecodeSplit s{plan.num_splits, plan.min_chunk, nullptr, nullptr};
+  DecodeSplit s{plan.num_splits, plan.chunk, nullptr, nullptr};
   if (plan.num_splits > 1) {
     const std::size_t need = decode_workspace_bytes(p);
     if (p.workspace == nullptr || p.workspace_bytes < need) throw_decode_workspace_error(need, p.workspace_bytes);

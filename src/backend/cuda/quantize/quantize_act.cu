@@ -13,7 +13,6 @@
 // IEEE division.
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -116,43 +115,28 @@ __device__ __forceinline__ void store_codes_s8(std::int8_t* group_row, int c, st
 __device__ __forceinline__ int outlier_position_s8(int o) { return (o & ~127) + layout::s8_outlier_position(o & 127); }
 
 
-// Which part of a token's row one block quantizes: normal groups [group_begin, group_end), and the
-// outliers if `outliers`. A decode-sized batch splits each row over several blocks (slices) so that a few
-// tokens still spread over the GPU; the whole row is one slice otherwise.
-struct RowSlice {
-  int group_begin, group_end;
-  bool outliers;
-};
-__device__ __forceinline__ RowSlice row_slice(const ActQuantLayout& layout, int slice, int slices) {
-  const int groups = (layout.k - layout.n_outliers) / layout.group_size;
-  const int per = (groups + slices - 1) / slices;
-  const int begin = min(groups, slice * per);
-  return {begin, min(groups, begin + per), slice == slices - 1};
-}
-
-// Steps 2 and 3 for one token's slice, by warp `rank` of a team of kTeam warps (kTeam > 1: the whole block,
-// which then meets at block barriers). Source::get8(j, v) gives the fp16-exact values (as floats) of
-// reordered channels j..j+7 (j a multiple of 8) and writes them to the debug output if any. Each group is
-// quantized by one warp and the outliers' max is order-free, so no split changes the arithmetic.
+// Steps 2 and 3 for one token, by warp `rank` of a team of kTeam warps (kTeam > 1: the whole block, which
+// then meets at block barriers). Source::get8(j, v) gives the fp16-exact values (as floats) of reordered
+// channels j..j+7 (j a multiple of 8) and writes them to the debug output if any. Each group is quantized
+// by one warp and the outliers' max is order-free, so the split changes no arithmetic.
 template <bool kFp4, int kTeam, class Source>
 __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout, const QuantizedActOut& out,
-                               RowSlice part, Source& src) {
+                               Source& src) {
   constexpr int team = kTeam;
   const int lane = threadIdx.x % 32;
   const int k_normal = layout.k - layout.n_outliers;
   const int group = layout.group_size;
   const int lanes = group / 8;
-  const int group_end = part.group_end;
+  const int groups = k_normal / group;
   const int groups_per_pass = 32 / lanes;
   const int slot = lane / lanes, lane_in_group = lane % lanes;
   const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
   std::int8_t* codes_row = out.codes_s8 ? out.codes_s8 + token * out.codes_s8_stride : nullptr;
-  for (int first = part.group_begin + rank * groups_per_pass; first < group_end;
-       first += team * groups_per_pass) {  // warp-uniform
+  for (int first = rank * groups_per_pass; first < groups; first += team * groups_per_pass) {  // warp-uniform
     const int g = first + slot;
-    const bool active = g < group_end;
+    const bool active = g < groups;
     const int j = g * group + lane_in_group * 8;
     float v[8];
     if (active) {
@@ -173,7 +157,7 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
         *reinterpret_cast<std::uint32_t*>(packed_row + j / 2) = word;
     }
   }
-  if (part.outliers && layout.n_outliers > 0) {
+  if (layout.n_outliers > 0) {
     // Outliers: 8 consecutive channels per lane, over all warps of the team (n_outliers is a multiple of 8:
     // K and K_n are). W8A8 rows are all outliers: one warp walking an 11008-channel row took ~85 us a token.
     // Two passes (the max, then the codes) read the values twice instead of keeping them in registers.
@@ -276,7 +260,6 @@ struct RowKernelArgs {
   QuantizedActOut out;
   __half* normed_out;
   std::int64_t normed_stride;
-  int slices;  // blocks per token (team mode; the grid is a multiple of it), 1 in warp mode
 };
 
 // perm (uint16) [+ gamma] for the block, one row per team.
@@ -301,51 +284,36 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
   std::uint16_t* perm_s = reinterpret_cast<std::uint16_t*>(smem_raw);
   __half* gamma_s = reinterpret_cast<__half*>(perm_s + k);
   __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp / kTeam) * k;  // 16-byte aligned: k % 8 == 0
-  // A block keeps one slice of every token it takes (team mode; the whole row in warp mode), so it stages
-  // perm and gamma for that slice's reordered channels only: [c0, c1) and the outliers [k_normal, k).
-  const int slice = kTeam > 1 ? static_cast<int>(blockIdx.x) % a.slices : 0;
-  const RowSlice part = row_slice(a.layout, slice, kTeam > 1 ? a.slices : 1);
-  const int k_normal = k - a.layout.n_outliers;
-  const int c0 = part.group_begin * a.layout.group_size, c1 = part.group_end * a.layout.group_size;
   // perm as 16-byte loads (8 in flight per thread), then the gamma gather from the staged indices: with
   // one dependent load chain per element this prologue alone took about 15 us.
-  for (int range = 0; range < 2; ++range) {
-    const int begin = range == 0 ? c0 : k_normal, end = range == 0 ? c1 : (part.outliers ? k : k_normal);
-    for (int base = begin + threadIdx.x * 4; base < end; base += kRowWarps * 32 * 4 * 8) {
-      int4 idx[8];
+  for (int base = threadIdx.x * 4; base < k; base += kRowWarps * 32 * 4 * 8) {
+    int4 idx[8];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int j = base + u * kRowWarps * 32 * 4;
-        if (j < end) idx[u] = *reinterpret_cast<const int4*>(a.perm + j);  // multiples of 8, perm 16-byte aligned
-      }
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j < k) idx[u] = *reinterpret_cast<const int4*>(a.perm + j);  // k % 8 == 0, perm 16-byte aligned
+    }
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int j = base + u * kRowWarps * 32 * 4;
-        if (j >= end) continue;
-        const int v[4] = {idx[u].x, idx[u].y, idx[u].z, idx[u].w};
+    for (int u = 0; u < 8; ++u) {
+      const int j = base + u * kRowWarps * 32 * 4;
+      if (j >= k) continue;
+      const int v[4] = {idx[u].x, idx[u].y, idx[u].z, idx[u].w};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {  // never out of bounds
-          perm_s[j + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
-        }
+      for (int e = 0; e < 4; ++e) {  // never out of bounds
+        perm_s[j + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
       }
     }
   }
   __syncthreads();
   if constexpr (kNorm) {
-    for (int range = 0; range < 2; ++range) {
-      const int begin = range == 0 ? c0 : k_normal, end = range == 0 ? c1 : (part.outliers ? k : k_normal);
 #pragma unroll 8
-      for (int j = begin + threadIdx.x; j < end; j += kRowWarps * 32) gamma_s[j] = a.weight[perm_s[j]];
-    }
+    for (int j = threadIdx.x; j < k; j += kRowWarps * 32) gamma_s[j] = a.weight[perm_s[j]];
     __syncthreads();
   }
-  const int blocks_per_slice = kTeam > 1 ? static_cast<int>(gridDim.x) / a.slices : static_cast<int>(gridDim.x);
-  const int block_in_slice = kTeam > 1 ? static_cast<int>(blockIdx.x) / a.slices : static_cast<int>(blockIdx.x);
-  for (int token = block_in_slice * kTeams + warp / kTeam; token < a.num_tokens; token += blocks_per_slice * kTeams) {
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
     const __half* in = a.input + token * a.input_stride;
     const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
-    // Every slice's block forms the whole row h (the sum of squares needs it); the first one writes it.
-    __half* res_out = a.residual_out && slice == 0 ? a.residual_out + token * a.residual_out_stride : nullptr;
+    __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
     constexpr int kUnroll = 4;  // 4 (8 with the residual) 16-byte loads in flight per lane
     // The sum of squares in one order for both team sizes (and rmsnorm_f16, elementwise.cu): chunk u of a
     // warp-per-token lane l is what lane l + 32u of the block-per-token mode loads, so it gets that lane's
@@ -405,7 +373,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
     team_sync();  // the row is read across lanes (and warps)
     GatherSource<kNorm> src{perm_s, gamma_s, row, inv_rms,
                             a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, part, src);
+    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, src);
     team_sync();  // the next token overwrites the row (and s_sumsq)
   }
 }
@@ -424,7 +392,6 @@ struct SiluKernelArgs {
   QuantizedActOut out;
   __half* act_out;
   std::int64_t act_stride;
-  int slices;  // blocks per token (team mode; the grid is a multiple of it), 1 in warp mode
 };
 
 // fp16( silu(g) * u ); the fp16 rounding is the definition, the fp32 inside need not be IEEE-exact.
@@ -453,13 +420,10 @@ __global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKern
   static_assert(kTeam == 1 || kTeam == kSiluWarps);
   constexpr int kTeams = kSiluWarps / kTeam;
   const int warp = threadIdx.x / 32;
-  const int slices = kTeam > 1 ? a.slices : 1;
-  const RowSlice part = row_slice(a.layout, static_cast<int>(blockIdx.x) % slices, slices);
-  const int blocks_per_slice = static_cast<int>(gridDim.x) / slices, block_in_slice = static_cast<int>(blockIdx.x) / slices;
-  for (int token = block_in_slice * kTeams + warp / kTeam; token < a.num_tokens; token += blocks_per_slice * kTeams) {
+  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
                    a.act_out ? a.act_out + token * a.act_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, part, src);
+    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, src);
   }
 }
 
@@ -481,38 +445,24 @@ long long resident_blocks(Kernel kernel, int threads, std::size_t smem) {
   return static_cast<long long>(per_sm < 1 ? 1 : per_sm) * num_sms();
 }
 
-// A block per token while the tokens fit on the GPU at once (all warps of the block share a token), else a
-// warp per token; persistent grid: never more blocks than fit at once or than the tokens need. A block per
-// token splits each row into slices of one pass of the team's warps over the INT4 groups, while the slices
-// of all tokens fit at once: a decode-sized batch then still spreads over the GPU (a whole 4096-channel row
-// per block took ~15 us at 1-64 tokens, latency-bound). Sets args.slices.
-template <class Kernel, class Args>
+// A block per token while the tokens fit on the GPU at once (all warps of the block share a token),
+// else a warp per token; persistent grid: never more blocks than fit at once or than the tokens need.
+template <class Kernel>
 void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t team_smem, std::size_t warp_smem,
-                  int num_tokens, cudaStream_t stream, Args args) {
+                  int num_tokens, cudaStream_t stream, const auto& args) {
   const int threads = warps * 32;
   for (auto [k, bytes] : {std::pair{team_kernel, team_smem}, std::pair{warp_kernel, warp_smem}}) {
     if (bytes > 48 * 1024) {  // (before the occupancy queries, which otherwise assume the 48 KB default)
       ATOM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
     }
   }
-  const long long team_fit = resident_blocks(team_kernel, threads, team_smem);
-  const bool teams = num_tokens <= team_fit;
-  int slices = 1;
-  if (teams) {
-    const ActQuantLayout& l = args.layout;
-    const int groups = (l.k - l.n_outliers) / l.group_size;
-    const int groups_per_pass = warps * (256 / l.group_size);  // 32 / (G / 8) groups per warp and pass
-    const long long fit_slices = team_fit / num_tokens;
-    slices = static_cast<int>(std::max<long long>(1, std::min<long long>((groups + groups_per_pass - 1) / groups_per_pass, fit_slices)));
-  }
-  args.slices = slices;
+  const bool teams = num_tokens <= resident_blocks(team_kernel, threads, team_smem);
   Kernel kernel = teams ? team_kernel : warp_kernel;
   const std::size_t smem = teams ? team_smem : warp_smem;
-  const long long fit = teams ? team_fit : resident_blocks(kernel, threads, smem);
+  const long long fit = resident_blocks(kernel, threads, smem);
   const int tokens_per_block = teams ? 1 : warps;
-  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block * slices;
-  const long long blocks = std::min(fit / slices * slices, need);  // a multiple of slices
-  kernel<<<static_cast<int>(blocks), threads, smem, stream>>>(args);
+  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block;
+  kernel<<<static_cast<int>(fit < need ? fit : need), threads, smem, stream>>>(args);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
@@ -547,8 +497,7 @@ void rmsnorm_quantize(const RmsNormQuantParams& p, cudaStream_t stream) {
                   p.perm,
                   p.out,
                   reinterpret_cast<__half*>(p.normed_out),
-                  p.normed_stride,
-                  1};
+                  p.normed_stride};
   dispatch_row<true>(a, stream);
 }
 
@@ -556,7 +505,7 @@ void reorder_quantize(const ReorderQuantParams& p, cudaStream_t stream) {
   check_params(p);
   RowKernelArgs a{p.num_tokens, p.layout, reinterpret_cast<const __half*>(p.input), p.input_stride, nullptr, 0,
                   nullptr,      0,        nullptr,                                  0.0f,           p.perm, p.out,
-                  nullptr,      0,        1};
+                  nullptr,      0};
   dispatch_row<false>(a, stream);
 }
 
@@ -571,8 +520,7 @@ void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
                    p.up_stride,
                    p.out,
                    reinterpret_cast<__half*>(p.act_out),
-                   p.act_stride,
-                   1};
+                   p.act_stride};
   if (p.layout.format == ActFormat::kFp4) {
     launch_teams(silu_quantize_kernel<true, kSiluWarps>, silu_quantize_kernel<true, 1>, kSiluWarps, 0, 0,
                  p.num_tokens, stream, a);

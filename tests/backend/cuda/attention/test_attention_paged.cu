@@ -213,10 +213,7 @@ std::vector<std::uint16_t> random_queries(std::mt19937& rng, std::size_t n) {
   return q;
 }
 
-// max_kv_len_bound: the host-known bound of the lengths (0: their maximum); a captured decode graph passes
-// the whole context.
-void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16,
-                int max_kv_len_bound = 0) {
+void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " splits=" +
@@ -239,7 +236,7 @@ void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens,
   p.kv_lens = cache.d_kv_lens.get();
   p.block_tables = cache.d_block_tables.get();
   p.block_table_stride = cache.block_table_stride;
-  p.max_kv_len = max_kv_len_bound > 0 ? max_kv_len_bound : *std::max_element(lens.begin(), lens.end());
+  p.max_kv_len = *std::max_element(lens.begin(), lens.end());
   p.sm_scale = 1.0f / std::sqrt(static_cast<float>(d));
   p.num_splits = num_splits;
   DeviceArray<std::uint8_t> workspace(std::max<std::size_t>(decode_workspace_bytes(p), 1));
@@ -286,15 +283,6 @@ TEST(CudaAttentionDecode, LongContextSplits) {
 
 // One block walks the whole sequence: long accumulations in one warp (the tensor-core UINT4 path lost
 // precision there when fed offset codes).
-// A graph's bound (the whole context) far above the lengths: each sequence splits its own length, and the
-// splits a short sequence does not need stay empty.
-TEST(CudaAttentionDecode, SplitsFollowEachSequenceUnderALooseBound) {
-  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU4}) {
-    run_decode(dtype, 128, Heads{4, 2}, {300, 17, 900, 1, 2500, 256, 257}, 0, 16, 4096);
-    run_decode(dtype, 64, Heads{9, 3}, {600, 5, 1200}, 0, 16, 8192);
-  }
-}
-
 TEST(CudaAttentionDecode, LongContextWithoutSplit) {
   for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
     run_decode(dtype, 128, Heads{2, 2}, {4096, 1500}, 1);

@@ -57,8 +57,6 @@ const std::vector<Case>& cases() {
       {2500, 264, 8, 256, ActFormat::kFp4, 0.95f, false, 0},    // more tokens than resident blocks:
                                                                  // a warp per token (the others: a block)
       {9, 1032, 8, 32, ActFormat::kFp4, 1.0f, true, 0},
-      {6, 11136, 128, 128, ActFormat::kInt4, 0.9f, true, 0},     // decode-sized: rows split over blocks
-      {3, 2176, 128, 32, ActFormat::kInt4, 1.0f, false, 0},      // (slices of 32 / 64 groups)
       {8, 11008, 11008, 128, ActFormat::kInt4, 0.9f, false, 0},  // W8A8: all INT8, a block per token
       {4000, 1040, 1040, 128, ActFormat::kInt4, 0.9f, false, 0},  // W8A8, a warp per token
   };
