@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 
 #include "common/error.h"
+#include "quant/kv_centering.h"
 #include "quant/rotation.h"
 
 namespace atom {
@@ -94,6 +96,24 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"kv4-only", "INT4 KV cache only (fp weights, activations)", r, true});
   r.qk_hadamard = true;
   rows.push_back({"kv4-qk-only", "INT4 KV cache only, Q/K Hadamard", r, true});
+  // KV centering (quant/kv_centering.h): the fp model's mean key / value rows on the calibration windows.
+  r.qk_hadamard = false;
+  r.kv_center_keys = true;
+  rows.push_back({"kv4-kc-only", "INT4 KV cache only, keys centered", r, true});
+  r.qk_hadamard = true;
+  rows.push_back({"kv4-qk-kc-only", "INT4 KV cache only, Q/K Hadamard, keys centered", r, true});
+  r.kv_center_values = true;
+  rows.push_back({"kv4-qk-kvc-only", "INT4 KV cache only, Q/K Hadamard, K and V centered", r, true});
+  // The best W4A4-KV4 recipe: Atom with the online Hadamards on Q/K and on down_proj's input, then with its KV
+  // cache centered.
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.preset = "ablation";
+  r.qk_hadamard = r.down_hadamard = true;
+  rows.push_back({"atom-qk-down", "Atom W4A4-KV4 + Q/K and down Hadamards", r});
+  r.kv_center_keys = true;
+  rows.push_back({"atom-qk-down-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, keys centered", r});
+  r.kv_center_values = true;
+  rows.push_back({"atom-qk-down-kvc", "Atom W4A4-KV4 + Q/K and down Hadamards, K and V centered", r});
   return rows;
 }
 
@@ -120,9 +140,18 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         if (row.recipe->qk_hadamard) {
           m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
         }
+        if (row.recipe->has_kv_centering()) {  // measured after the Q/K transform is set: it centers those keys
+          const auto start = std::chrono::steady_clock::now();
+          quant::set_kv_centers(*m, quant::measure_kv_centers(*m, calib_tokens, *row.recipe));
+          result.quantize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        }
         result.execution = "fp32";
-        result.description = fmt::format("fp32 weights and activations, KV{}{}", row.recipe->kv_bits,
-                                         row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "");
+        result.description = fmt::format(
+            "fp32 weights and activations, KV{}{}{}", row.recipe->kv_bits,
+            row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
+            !row.recipe->has_kv_centering() ? ""
+            : row.recipe->kv_center_values  ? (row.recipe->kv_center_keys ? ", keys and values centered" : ", values centered")
+                                            : ", keys centered");
       } else {
         const quant::QuantRecipe& recipe = *row.recipe;
         quant::QuantizeOptions qopt;
@@ -199,7 +228,8 @@ std::string bits_text(const AblationResult& r) {
 
 std::string kv_text(const AblationResult& r) {
   if (!r.row.recipe || r.row.recipe->kv_bits == 16) return "fp32";
-  return fmt::format("INT{}", r.row.recipe->kv_bits);
+  const quant::QuantRecipe& q = *r.row.recipe;
+  return fmt::format("INT{}{}", q.kv_bits, q.kv_center_keys && q.kv_center_values ? " KVc" : q.kv_center_keys ? " Kc" : q.kv_center_values ? " Vc" : "");
 }
 
 }  // namespace

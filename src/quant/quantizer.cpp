@@ -16,6 +16,7 @@
 #include "quant/calibration.h"
 #include "quant/channels.h"
 #include "quant/gptq.h"
+#include "quant/kv_centering.h"
 #include "quant/rotation.h"
 
 namespace atom::quant {
@@ -424,11 +425,12 @@ class Quantizer {
     const auto k_op = op(ql.k_proj, linear_name(li, "self_attn.k_proj"));
     const auto v_op = op(ql.v_proj, linear_name(li, "self_attn.v_proj"));
     const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
+    if (recipe_.has_kv_centering()) center_kv(*k_op, *v_op, ql);
     KvErrorStats kv_stats;
     WindowInputs in(window_count(), rows(), q_dim(), keep(q_dim()), [&](std::int64_t wi, float* out) {
       std::vector<float> normed(static_cast<std::size_t>(rows() * hidden()));
       cw->rms_norm(wi, ql.input_norm, normed.data());
-      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out, &kv_stats);
+      cw->attention(normed.data(), *q_op, *k_op, *v_op, kv, out, &kv_stats, ql.key_center, ql.value_center);
     });
     const InputPlan plan = plan_input(in, li, "o_proj_in", {});
     const std::string name = linear_name(li, "self_attn.o_proj");
@@ -438,6 +440,24 @@ class Quantizer {
       in.visit([&](std::int64_t wi, const float* x) { cw->add_projection(wi, *o_op, x); });
     }
     if (kv_stats.key_sq > 0.0) report_kv(kv_stats, li);
+  }
+
+  // KV centering: the mean key (after RoPE and the Q/K transform) and value rows of the calibration windows, as
+  // the quantized k_proj / v_proj compute them on this layer's input.
+  void center_kv(const cpu::LinearOp& k_op, const cpu::LinearOp& v_op, QuantizedLayer& ql) {
+    CalibrationWindows* cw = windows();
+    ATOM_CHECK(cw != nullptr);
+    RowMeanAccumulator keys(kv_dim()), values(kv_dim());
+    std::vector<float> normed(static_cast<std::size_t>(rows() * hidden())),
+        k(static_cast<std::size_t>(rows() * kv_dim())), v(k.size());
+    for (std::int64_t wi = 0; wi < window_count(); ++wi) {
+      cw->rms_norm(wi, ql.input_norm, normed.data());
+      cw->keys_values(normed.data(), k_op, v_op, k.data(), v.data());
+      keys.add(k.data(), rows());
+      values.add(v.data(), rows());
+    }
+    if (recipe_.kv_center_keys) ql.key_center = keys.mean();
+    if (recipe_.kv_center_values) ql.value_center = values.mean();
   }
 
   // gate/up read post_attention_layernorm's output.
