@@ -681,7 +681,6 @@ struct CudaModelRunner::Impl {
       a.rope_interleaved = false;
       a.qk_hadamard = w->qk_hadamard;
       a.k_center = L.k_center.empty() ? nullptr : L.k_center.get();
-      a.v_center = L.v_center.empty() ? nullptr : L.v_center.get();
       kv_cache_append(a, stream);
       mark("rope_kv_append");
 
