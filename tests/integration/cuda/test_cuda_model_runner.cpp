@@ -186,9 +186,11 @@ struct QuantCase {
   bool dense_w4a16 = false;  // W4A16 through dequantize + cuBLAS at every size
   bool kv_centered = false;  // KV centering of the keys (calibrated vectors; see below for exaggerated ones)
   bool qk_down_hadamard = false;  // the online Q/K and down Hadamards without offline rotations
-  // Added to the calibrated key vectors: a vector far from the keys' mean widens every cached key's range, so a
-  // GPU that skipped (or mis-indexed) the subtraction would cache other codes than the CPU and disagree by far
-  // more than fp16 rounding does.
+  // Added to the calibrated key vectors (N(0, offset) per channel): a vector far from the keys' mean widens every
+  // cached key's range, so a GPU that skipped (or mis-indexed) the subtraction would cache other codes than the CPU.
+  // On W4A16 with an INT4 cache and offset 2, dropping the centering moves the CPU's logits by 0.25 against 0.05 for
+  // fp16-rounded inputs (measured on the CPU), beyond the test's bound of 3x the latter; W4A4 is too sensitive to
+  // fp16-level changes for such a check (0.32 vs 0.28).
   float center_offset = 0.0f;
 };
 
@@ -271,8 +273,7 @@ INSTANTIATE_TEST_SUITE_P(
                     // KV centering (keys; kv_cache_append subtracts the layer's vector after RoPE and the Q/K
                     // Hadamard): calibrated, exaggerated, with the online Hadamards, on an INT8 cache.
                     QuantCase{"atom_w4a4_kv_centered", "atom-w4a4", KvDtype::kU4, 0, -2, false, true},
-                    QuantCase{"atom_w4a4_kv_center_offset", "atom-w4a4", KvDtype::kU4, 0, -2, false, true, false,
-                              4.0f},
+                    QuantCase{"w4a16_kv4_center_offset", "w4a16", KvDtype::kU4, 4, -2, false, true, false, 2.0f},
                     QuantCase{"atom_qk_down_kv_centered", "atom-w4a4", KvDtype::kU4, 0, -2, false, true, true},
                     QuantCase{"atom_w4a4_kv8_centered", "atom-w4a4", KvDtype::kU8, 8, -2, false, true}),
     [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
