@@ -104,6 +104,9 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"kv4-qk-kc-only", "INT4 KV cache only, Q/K Hadamard, keys centered", r, true});
   r.kv_center_values = true;
   rows.push_back({"kv4-qk-kvc-only", "INT4 KV cache only, Q/K Hadamard, K and V centered", r, true});
+  r.kv_center_values = false;
+  r.rotate_values = true;  // R2: a per-head Hadamard on V's output, its inverse in O's input (offline)
+  rows.push_back({"kv4-qk-r2-kc-only", "INT4 KV cache only, Q/K Hadamard, R2 on V/O, keys centered", r, true});
   // The best W4A4-KV4 recipe: Atom with the online Hadamards on Q/K and on down_proj's input, then with its KV
   // cache centered.
   r = with_calibration(quant::preset_recipe("atom-w4a4"));
@@ -114,6 +117,9 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"atom-qk-down-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, keys centered", r});
   r.kv_center_values = true;
   rows.push_back({"atom-qk-down-kvc", "Atom W4A4-KV4 + Q/K and down Hadamards, K and V centered", r});
+  r.kv_center_values = false;
+  r.rotate_values = true;
+  rows.push_back({"atom-qk-down-r2-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, R2 on V/O, keys centered", r});
   return rows;
 }
 
@@ -135,7 +141,10 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         result.execution = "fp32";
         result.description = "fp32 weights, activations and KV cache";
       } else if (row.kv_only) {
-        m = model.fp_model();
+        // Offline rotations (R2 on V/O) change which values the cache holds, not the function: the rotated fp model.
+        m = row.recipe->has_offline_rotation()
+                ? std::make_unique<cpu::LlamaModel>(quant::materialize(quant::rotate_model_source(model.source(), *row.recipe)))
+                : model.fp_model();
         m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits));
         if (row.recipe->qk_hadamard) {
           m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
@@ -147,8 +156,8 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         }
         result.execution = "fp32";
         result.description = fmt::format(
-            "fp32 weights and activations, KV{}{}{}", row.recipe->kv_bits,
-            row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
+            "fp32 weights and activations{}, KV{}{}{}", row.recipe->rotate_values ? " (V/O rotated per head)" : "",
+            row.recipe->kv_bits, row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
             !row.recipe->has_kv_centering() ? ""
             : row.recipe->kv_center_values  ? (row.recipe->kv_center_keys ? ", keys and values centered" : ", values centered")
                                             : ", keys centered");
