@@ -354,12 +354,14 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
 
 std::string ablation_table(std::span<const AblationResult> results, bool markdown) {
   std::string out;
+  std::size_t name_width = 42;  // the longest row name, so that the columns line up
+  for (const AblationResult& r : results) name_width = std::max(name_width, r.row.name.size());
   if (markdown) {
     out += "| row | PPL | vs first row | bits/weight | KV | quantize s | eval s | execution |\n";
     out += "|---|---:|---:|---:|---|---:|---:|---|\n";
   } else {
-    out += fmt::format("{:<42} {:>10} {:>9} {:>7} {:>5} {:>9} {:>8}  {}\n", "row", "PPL", "delta", "bits/w",
-                       "KV", "quant s", "eval s", "execution");
+    out += fmt::format("{:<{}} {:>10} {:>9} {:>7} {:>8} {:>9} {:>8}  {}\n", "row", name_width, "PPL", "delta",
+                       "bits/w", "KV", "quant s", "eval s", "execution");
   }
   for (std::size_t i = 0; i < results.size(); ++i) {
     const AblationResult& r = results[i];
@@ -369,7 +371,7 @@ std::string ablation_table(std::span<const AblationResult> results, bool markdow
           fmt::format("| {} | {:.3f} | {} | {} | {} | {:.1f} | {:.1f} | {} |\n", r.row.name, r.ppl.perplexity,
                       delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds, r.execution);
     } else {
-      out += fmt::format("{:<42} {:>10.3f} {:>9} {:>7} {:>5} {:>9.1f} {:>8.1f}  {}\n", r.row.name,
+      out += fmt::format("{:<{}} {:>10.3f} {:>9} {:>7} {:>8} {:>9.1f} {:>8.1f}  {}\n", r.row.name, name_width,
                          r.ppl.perplexity, delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds,
                          r.execution);
     }
