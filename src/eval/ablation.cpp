@@ -107,6 +107,13 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   r.kv_center_values = false;
   r.rotate_values = true;  // R2: a per-head Hadamard on V's output, its inverse in O's input (offline)
   rows.push_back({"kv4-qk-r2-kc-only", "INT4 KV cache only, Q/K Hadamard, R2 on V/O, keys centered", r, true});
+  // INT8: whether centering, on by default for any quantized cache, costs anything there.
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.preset = "kv-only";
+  r.kv_bits = 8;
+  rows.push_back({"kv8-only", "INT8 KV cache only", r, true});
+  r.kv_center_keys = true;
+  rows.push_back({"kv8-kc-only", "INT8 KV cache only, keys centered", r, true});
   // The best W4A4-KV4 recipe: Atom with the online Hadamards on Q/K and on down_proj's input, then with its KV
   // cache centered.
   r = with_calibration(quant::preset_recipe("atom-w4a4"));

@@ -130,6 +130,8 @@ TEST(Ablation, RowsFollowThePaperLadder) {
                                            "kv4-qk-kc-only",
                                            "kv4-qk-kvc-only",
                                            "kv4-qk-r2-kc-only",
+                                           "kv8-only",
+                                           "kv8-kc-only",
                                            "atom-qk-down",
                                            "atom-qk-down-kc",
                                            "atom-qk-down-kvc",
@@ -153,15 +155,20 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   EXPECT_TRUE(rows[23].recipe->qk_hadamard && !rows[23].recipe->kv_center_values);
   EXPECT_TRUE(rows[24].recipe->qk_hadamard && rows[24].recipe->kv_center_values);
   EXPECT_TRUE(rows[25].recipe->rotate_values && !rows[25].recipe->kv_center_values && !rows[25].recipe->fold_norms);
-  quant::QuantRecipe best = *rows[26].recipe;
-  EXPECT_TRUE(best.qk_hadamard && best.down_hadamard && !best.has_kv_centering() && !rows[26].kv_only);
+  EXPECT_TRUE(rows[26].kv_only && rows[26].recipe->kv_bits == 8 && !rows[26].recipe->has_kv_centering());
+  quant::QuantRecipe kv8 = *rows[26].recipe;
+  kv8.kv_center_keys = true;
+  EXPECT_TRUE(rows[27].kv_only);
+  EXPECT_EQ(kv8.to_json(), rows[27].recipe->to_json());
+  quant::QuantRecipe best = *rows[28].recipe;
+  EXPECT_TRUE(best.qk_hadamard && best.down_hadamard && !best.has_kv_centering() && !rows[28].kv_only);
   best.kv_center_keys = true;
-  EXPECT_EQ(best.to_json(), rows[27].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[29].recipe->to_json());
   best.kv_center_values = true;
-  EXPECT_EQ(best.to_json(), rows[28].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[30].recipe->to_json());
   best.kv_center_values = false;
   best.rotate_values = true;
-  EXPECT_EQ(best.to_json(), rows[29].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[31].recipe->to_json());
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
   const quant::QuantRecipe &group = *rows[4].recipe, &clip = *rows[5].recipe, &gptq = *rows[6].recipe;
