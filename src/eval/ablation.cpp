@@ -149,9 +149,12 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         result.description = "fp32 weights, activations and KV cache";
       } else if (row.kv_only) {
         // Offline rotations (R2 on V/O) change which values the cache holds, not the function: the rotated fp model.
-        m = row.recipe->has_offline_rotation()
-                ? std::make_unique<cpu::LlamaModel>(quant::materialize(quant::rotate_model_source(model.source(), *row.recipe)))
-                : model.fp_model();
+        if (row.recipe->has_offline_rotation()) {
+          m = std::make_unique<cpu::LlamaModel>(
+              quant::materialize(quant::rotate_model_source(model.source(), *row.recipe)));
+        } else {
+          m = model.fp_model();
+        }
         m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits));
         if (row.recipe->qk_hadamard) {
           m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
@@ -165,9 +168,7 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         result.description = fmt::format(
             "fp32 weights and activations{}, KV{}{}{}", row.recipe->rotate_values ? " (V/O rotated per head)" : "",
             row.recipe->kv_bits, row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
-            !row.recipe->has_kv_centering() ? ""
-            : row.recipe->kv_center_values  ? (row.recipe->kv_center_keys ? ", keys and values centered" : ", values centered")
-                                            : ", keys centered");
+            row.recipe->has_kv_centering() ? fmt::format(", {} centered", row.recipe->kv_centering_name()) : "");
       } else {
         const quant::QuantRecipe& recipe = *row.recipe;
         quant::QuantizeOptions qopt;
@@ -245,7 +246,8 @@ std::string bits_text(const AblationResult& r) {
 std::string kv_text(const AblationResult& r) {
   if (!r.row.recipe || r.row.recipe->kv_bits == 16) return "fp32";
   const quant::QuantRecipe& q = *r.row.recipe;
-  return fmt::format("INT{}{}", q.kv_bits, q.kv_center_keys && q.kv_center_values ? " KVc" : q.kv_center_keys ? " Kc" : q.kv_center_values ? " Vc" : "");
+  const char* centered = q.kv_center_keys ? (q.kv_center_values ? " KVc" : " Kc") : q.kv_center_values ? " Vc" : "";
+  return fmt::format("INT{}{}", q.kv_bits, centered);
 }
 
 }  // namespace

@@ -216,8 +216,9 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
       if (!q.bias.empty()) dense.push_back({name + ".bias", {q.weights.n}, q.bias, DType::F32});
     }
     const std::int64_t kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
-    for (const auto& [on, center, suffix] : {std::tuple{model.recipe.kv_center_keys, &l.key_center, kKeyCenter},
-                                             std::tuple{model.recipe.kv_center_values, &l.value_center, kValueCenter}}) {
+    for (const auto& [on, center, suffix] :
+         {std::tuple{model.recipe.kv_center_keys, &l.key_center, kKeyCenter},
+          std::tuple{model.recipe.kv_center_values, &l.value_center, kValueCenter}}) {
       const std::string name = layer_tensor_name(i, suffix);
       if (on != !center->empty() || (on && static_cast<std::int64_t>(center->size()) != kv_dim)) {
         fail("cannot save '{}': the recipe says KV centering {}, the model holds {} values (expected {})", name,

@@ -115,11 +115,7 @@ std::string QuantRecipe::describe() const {
   text += gptq ? ", GPTQ" : ", RTN";
   if (smoothquant) text += fmt::format(", SmoothQuant alpha {}", smooth_alpha);
   text += kv_bits == 16 ? ", KV fp" : fmt::format(", KV{}", kv_bits);
-  if (has_kv_centering()) {
-    text += kv_center_keys && kv_center_values ? " (keys and values centered)"
-            : kv_center_keys                   ? " (keys centered)"
-                                               : " (values centered)";
-  }
+  if (has_kv_centering()) text += fmt::format(" ({} centered)", kv_centering_name());
   if (has_rotation()) {
     std::string parts;
     const auto add = [&](bool on, const char* what) {

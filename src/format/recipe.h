@@ -75,6 +75,10 @@ struct QuantRecipe {
   // does not).
   bool needs_calibration() const { return gptq || outliers != 0 || smoothquant || search_clip || has_kv_centering(); }
   bool has_kv_centering() const { return kv_center_keys || kv_center_values; }
+  // What KV centering centers: "keys", "values", "keys and values" or "nothing".
+  const char* kv_centering_name() const {
+    return kv_center_keys ? (kv_center_values ? "keys and values" : "keys") : kv_center_values ? "values" : "nothing";
+  }
   // Outlier channels of a linear input of width k (resolves -1); throws when the count leaves no whole
   // groups.
   std::int64_t outlier_count(std::int64_t k) const;

@@ -95,7 +95,8 @@ void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_p
     if (center.empty()) continue;
     ATOM_CHECK(static_cast<std::int64_t>(center.size()) == kv_dim);
     for (std::int64_t r = 0; r < n; ++r) {
-      for (std::int64_t i = 0; i < kv_dim; ++i) (*rows)[static_cast<std::size_t>(r * kv_dim + i)] -= center[static_cast<std::size_t>(i)];
+      float* row = rows->data() + r * kv_dim;
+      for (std::int64_t i = 0; i < kv_dim; ++i) row[i] -= center[static_cast<std::size_t>(i)];
     }
   }
   // Through the cache's storage, as LlamaModel::forward does: attention sees what a quantized cache holds.

@@ -40,7 +40,8 @@ struct Setup {
 std::string describe(const Setup& s, unsigned seed) {
   return std::string("dtype=") + kv_dtype_name(s.dtype) + " D=" + std::to_string(s.head_dim) +
          " Hq=" + std::to_string(s.num_qo_heads) + " Hkv=" + std::to_string(s.num_kv_heads) +
-         " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) + " centered=" + std::to_string(s.centered) + " seed=" + std::to_string(seed);
+         " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) +
+         " centered=" + std::to_string(s.centered) + " seed=" + std::to_string(seed);
 }
 
 // fp64 rotation of one head vector using the kernel's fp32 angle.
