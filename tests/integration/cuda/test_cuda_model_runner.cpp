@@ -534,5 +534,37 @@ TEST(CudaModelRunner, RefusesBadInput) {
   EXPECT_EQ(synthetic_config("llama-2-7b").intermediate_size, 11008);
 }
 
+// Centering vectors the runner cannot use are refused at upload, naming the layer: value centering (not
+// implemented on the GPU) and a key vector of the wrong length.
+TEST(CudaModelRunner, RefusesValueCenteringAndMisshapenKeyCenters) {
+  const ModelConfig c = small_config();
+  quant::QuantRecipe recipe = quant::test::tiny_recipe("atom-w4a4");
+  recipe.group = 128;
+  recipe.gptq = false;
+  recipe.kv_center_keys = recipe.kv_center_values = true;
+  quant::QuantizeOptions qo;
+  qo.show_progress = false;
+  const quant::QuantizedModel qm = quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)),
+                                                         quant::test::tiny_tokens(400, 0, c.vocab_size, 5), recipe, qo);
+  const auto error_of = [](const quant::QuantizedModel& m) {
+    try {
+      upload_quantized(m, "centered");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  std::string error = error_of(qm);
+  EXPECT_NE(error.find("value centering"), std::string::npos) << error;
+  quant::QuantizedModel keys_only = qm;
+  keys_only.recipe.kv_center_values = false;
+  for (quant::QuantizedLayer& l : keys_only.layers) l.value_center.clear();
+  EXPECT_EQ(error_of(keys_only), "(no error)");
+  keys_only.layers[1].key_center.pop_back();
+  error = error_of(keys_only);
+  EXPECT_NE(error.find("layer 1"), std::string::npos) << error;
+  EXPECT_NE(error.find("127"), std::string::npos) << error;
+}
+
 }  // namespace
 }  // namespace atom::cuda
