@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <map>
 
 #include "common/error.h"
+#include "quant/kv_centering.h"
 #include "quant/rotation.h"
 
 namespace atom {
@@ -94,6 +96,37 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"kv4-only", "INT4 KV cache only (fp weights, activations)", r, true});
   r.qk_hadamard = true;
   rows.push_back({"kv4-qk-only", "INT4 KV cache only, Q/K Hadamard", r, true});
+  // KV centering (quant/kv_centering.h): the fp model's mean key / value rows on the calibration windows.
+  r.qk_hadamard = false;
+  r.kv_center_keys = true;
+  rows.push_back({"kv4-kc-only", "INT4 KV cache only, keys centered", r, true});
+  r.qk_hadamard = true;
+  rows.push_back({"kv4-qk-kc-only", "INT4 KV cache only, Q/K Hadamard, keys centered", r, true});
+  r.kv_center_values = true;
+  rows.push_back({"kv4-qk-kvc-only", "INT4 KV cache only, Q/K Hadamard, K and V centered", r, true});
+  r.kv_center_values = false;
+  r.rotate_values = true;  // R2: a per-head Hadamard on V's output, its inverse in O's input (offline)
+  rows.push_back({"kv4-qk-r2-kc-only", "INT4 KV cache only, Q/K Hadamard, R2 on V/O, keys centered", r, true});
+  // INT8: whether centering, on by default for any quantized cache, costs anything there.
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.preset = "kv-only";
+  r.kv_bits = 8;
+  rows.push_back({"kv8-only", "INT8 KV cache only", r, true});
+  r.kv_center_keys = true;
+  rows.push_back({"kv8-kc-only", "INT8 KV cache only, keys centered", r, true});
+  // The best W4A4-KV4 recipe: Atom with the online Hadamards on Q/K and on down_proj's input, then with its KV
+  // cache centered.
+  r = with_calibration(quant::preset_recipe("atom-w4a4"));
+  r.preset = "ablation";
+  r.qk_hadamard = r.down_hadamard = true;
+  rows.push_back({"atom-qk-down", "Atom W4A4-KV4 + Q/K and down Hadamards", r});
+  r.kv_center_keys = true;
+  rows.push_back({"atom-qk-down-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, keys centered", r});
+  r.kv_center_values = true;
+  rows.push_back({"atom-qk-down-kvc", "Atom W4A4-KV4 + Q/K and down Hadamards, K and V centered", r});
+  r.kv_center_values = false;
+  r.rotate_values = true;
+  rows.push_back({"atom-qk-down-r2-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, R2 on V/O, keys centered", r});
   return rows;
 }
 
@@ -115,14 +148,27 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         result.execution = "fp32";
         result.description = "fp32 weights, activations and KV cache";
       } else if (row.kv_only) {
-        m = model.fp_model();
+        // Offline rotations (R2 on V/O) change which values the cache holds, not the function: the rotated fp model.
+        if (row.recipe->has_offline_rotation()) {
+          m = std::make_unique<cpu::LlamaModel>(
+              quant::materialize(quant::rotate_model_source(model.source(), *row.recipe)));
+        } else {
+          m = model.fp_model();
+        }
         m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits));
         if (row.recipe->qk_hadamard) {
           m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
         }
+        if (row.recipe->has_kv_centering()) {  // measured after the Q/K transform is set: it centers those keys
+          const auto start = std::chrono::steady_clock::now();
+          quant::set_kv_centers(*m, quant::measure_kv_centers(*m, calib_tokens, *row.recipe));
+          result.quantize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        }
         result.execution = "fp32";
-        result.description = fmt::format("fp32 weights and activations, KV{}{}", row.recipe->kv_bits,
-                                         row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "");
+        result.description = fmt::format(
+            "fp32 weights and activations{}, KV{}{}{}", row.recipe->rotate_values ? " (V/O rotated per head)" : "",
+            row.recipe->kv_bits, row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
+            row.recipe->has_kv_centering() ? fmt::format(", {} centered", row.recipe->kv_centering_name()) : "");
       } else {
         const quant::QuantRecipe& recipe = *row.recipe;
         quant::QuantizeOptions qopt;
@@ -199,7 +245,9 @@ std::string bits_text(const AblationResult& r) {
 
 std::string kv_text(const AblationResult& r) {
   if (!r.row.recipe || r.row.recipe->kv_bits == 16) return "fp32";
-  return fmt::format("INT{}", r.row.recipe->kv_bits);
+  const quant::QuantRecipe& q = *r.row.recipe;
+  const char* centered = q.kv_center_keys ? (q.kv_center_values ? " KVc" : " Kc") : q.kv_center_values ? " Vc" : "";
+  return fmt::format("INT{}{}", q.kv_bits, centered);
 }
 
 }  // namespace
@@ -315,12 +363,14 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
 
 std::string ablation_table(std::span<const AblationResult> results, bool markdown) {
   std::string out;
+  std::size_t name_width = 42;  // the longest row name, so that the columns line up
+  for (const AblationResult& r : results) name_width = std::max(name_width, r.row.name.size());
   if (markdown) {
     out += "| row | PPL | vs first row | bits/weight | KV | quantize s | eval s | execution |\n";
     out += "|---|---:|---:|---:|---|---:|---:|---|\n";
   } else {
-    out += fmt::format("{:<42} {:>10} {:>9} {:>7} {:>5} {:>9} {:>8}  {}\n", "row", "PPL", "delta", "bits/w",
-                       "KV", "quant s", "eval s", "execution");
+    out += fmt::format("{:<{}} {:>10} {:>9} {:>7} {:>8} {:>9} {:>8}  {}\n", "row", name_width, "PPL", "delta",
+                       "bits/w", "KV", "quant s", "eval s", "execution");
   }
   for (std::size_t i = 0; i < results.size(); ++i) {
     const AblationResult& r = results[i];
@@ -330,7 +380,7 @@ std::string ablation_table(std::span<const AblationResult> results, bool markdow
           fmt::format("| {} | {:.3f} | {} | {} | {} | {:.1f} | {:.1f} | {} |\n", r.row.name, r.ppl.perplexity,
                       delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds, r.execution);
     } else {
-      out += fmt::format("{:<42} {:>10.3f} {:>9} {:>7} {:>5} {:>9.1f} {:>8.1f}  {}\n", r.row.name,
+      out += fmt::format("{:<{}} {:>10.3f} {:>9} {:>7} {:>8} {:>9.1f} {:>8.1f}  {}\n", r.row.name, name_width,
                          r.ppl.perplexity, delta, bits_text(r), kv_text(r), r.quantize_seconds, r.ppl.seconds,
                          r.execution);
     }

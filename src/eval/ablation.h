@@ -3,7 +3,7 @@
 // (FP; W4A4 RTN; + outliers kept in FP16; + outliers INT8; + group 128; + clipping; + GPTQ; + KV4) and
 // the other recipes of the same tool (Atom W3A3 and FP4, W8A8 SmoothQuant, W4A16 GPTQ and RTN), the rotated
 // recipes (QuaRot-style, Atom on the rotated model) and KV-cache-only rows (INT4 KV with and without the Q/K
-// Hadamard on the fp model), each with
+// Hadamard and KV centering on the fp model), each with
 // its quantization time and stored bits per weight. Every row quantizes from the same fp weights with the
 // same calibration windows (from the calibration text only) and is scored on the same evaluation text.
 #include <cstdint>
@@ -28,7 +28,8 @@ struct AblationRow {
   std::string id;                            // short, for --rows: "fp", "w4a4-rtn", "outliers-fp16", ...
   std::string name;                          // as printed: "+ outliers INT8"
   std::optional<quant::QuantRecipe> recipe;  // nullopt: the unquantized model
-  // KV-cache-only row: the fp32 model with only the recipe's KV store (kv_bits) and online Q/K Hadamard.
+  // KV-cache-only row: the fp32 model with only the recipe's KV store (kv_bits), online Q/K Hadamard and KV
+  // centering (vectors measured on the fp model over the recipe's calibration windows).
   bool kv_only = false;
 };
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include <fmt/ranges.h>
 
@@ -53,6 +54,10 @@ QuantizedLinear& linear_of(QuantizedLayer& l, const std::string& suffix) {
   ATOM_CHECK(suffix == "mlp.down_proj");
   return l.down_proj;
 }
+
+// KV centering vectors (docs/FORMAT.md, "KV centering"), F32 [num_kv_heads * head_dim] per layer.
+constexpr const char* kKeyCenter = "self_attn.k_cache_center";
+constexpr const char* kValueCenter = "self_attn.v_cache_center";
 
 std::string kv_cache_name(int kv_bits) { return kv_bits == 4 ? "u4" : kv_bits == 8 ? "u8" : "f16"; }
 int kv_bits_of(const std::string& kv_cache) { return kv_cache == "u4" ? 4 : kv_cache == "u8" ? 8 : 16; }
@@ -210,6 +215,17 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
       linears.emplace(name, q.weights);
       if (!q.bias.empty()) dense.push_back({name + ".bias", {q.weights.n}, q.bias, DType::F32});
     }
+    const std::int64_t kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+    for (const auto& [on, center, suffix] :
+         {std::tuple{model.recipe.kv_center_keys, &l.key_center, kKeyCenter},
+          std::tuple{model.recipe.kv_center_values, &l.value_center, kValueCenter}}) {
+      const std::string name = layer_tensor_name(i, suffix);
+      if (on != !center->empty() || (on && static_cast<std::int64_t>(center->size()) != kv_dim)) {
+        fail("cannot save '{}': the recipe says KV centering {}, the model holds {} values (expected {})", name,
+             on ? "on" : "off", center->size(), on ? kv_dim : 0);
+      }
+      if (on) dense.push_back({name, {kv_dim}, *center, DType::F32});
+    }
   }
   const nlohmann::json metadata = {{"format_version", kAtomCheckpointVersion},
                                    {"recipe", model.recipe.to_json()}};
@@ -332,6 +348,26 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint, bool runs_onli
         q.bias = read_float_tensor(store, name + ".bias", {shape.n}, used);
       } else if (qkv && c.attention_bias) {
         fail("Atom checkpoint: tensor '{}.bias' is missing (the config says attention_bias = true)", name);
+      }
+    }
+    const std::int64_t kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
+    for (const auto& [on, center, suffix, rows] :
+         {std::tuple{m.recipe.kv_center_keys, &l.key_center, kKeyCenter, "keys"},
+          std::tuple{m.recipe.kv_center_values, &l.value_center, kValueCenter, "values"}}) {
+      const std::string name = layer_tensor_name(i, suffix);
+      if (!on) continue;  // present without the recipe's kv_centering: refused below as unexpected
+      if (!store.contains(name)) {
+        fail("Atom checkpoint '{}': tensor '{}' is missing (the recipe centers the KV cache's {})", checkpoint.path,
+             name, rows);
+      }
+      const TensorView& t = store.get(name);
+      if (t.shape != std::vector<std::int64_t>{kv_dim}) {
+        fail("Atom checkpoint: tensor '{}' has shape [{}], expected [{}] (num_kv_heads {} x head_dim {})", name,
+             fmt::join(t.shape, ", "), kv_dim, c.num_kv_heads, c.head_dim);
+      }
+      *center = read_float_tensor(store, name, {kv_dim}, used);
+      for (std::size_t j = 0; j < center->size(); ++j) {
+        if (!std::isfinite((*center)[j])) fail("Atom checkpoint: tensor '{}' entry {} is {}", name, j, (*center)[j]);
       }
     }
     if (l.k_proj.weights.perm != l.q_proj.weights.perm || l.v_proj.weights.perm != l.q_proj.weights.perm) {

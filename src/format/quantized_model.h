@@ -31,6 +31,10 @@ struct QuantizedLayer {
   std::vector<float> input_norm, post_attention_norm;  // original channel order (SmoothQuant: divided by s)
   QuantizedLinear q_proj, k_proj, v_proj, o_proj;
   QuantizedLinear gate_proj, up_proj, down_proj;
+  // KV centering (recipe.kv_center_keys / kv_center_values): the vector subtracted from every key (value) row
+  // before the KV cache stores it, [num_kv_heads * head_dim] fp32 (keys after RoPE and the Q/K transform);
+  // empty when off.
+  std::vector<float> key_center, value_center;
 };
 
 struct QuantizedModel {

@@ -57,6 +57,9 @@ void QuantRecipe::validate() const {
   if (gptq_block <= 0) fail("quantization recipe: gptq_block {} must be positive", gptq_block);
   if (kv_bits != 4 && kv_bits != 8 && kv_bits != 16)
     fail("quantization recipe: kv_bits {} is not 4, 8 or 16", kv_bits);
+  if (has_kv_centering() && kv_bits == 16) {
+    fail("quantization recipe: KV centering needs a quantized KV cache (kv_bits 4 or 8), got kv_bits 16");
+  }
   if (smoothquant && !(smooth_alpha >= 0.0f && smooth_alpha <= 1.0f)) {
     fail("quantization recipe: smooth_alpha {} not in [0, 1]", smooth_alpha);
   }
@@ -112,6 +115,7 @@ std::string QuantRecipe::describe() const {
   text += gptq ? ", GPTQ" : ", RTN";
   if (smoothquant) text += fmt::format(", SmoothQuant alpha {}", smooth_alpha);
   text += kv_bits == 16 ? ", KV fp" : fmt::format(", KV{}", kv_bits);
+  if (has_kv_centering()) text += fmt::format(" ({} centered)", kv_centering_name());
   if (has_rotation()) {
     std::string parts;
     const auto add = [&](bool on, const char* what) {
@@ -155,6 +159,8 @@ nlohmann::json QuantRecipe::to_json() const {
                      {"rotate_values", rotate_values}, {"seed", rotation_seed},
                      {"qk_hadamard", qk_hadamard},     {"down_hadamard", down_hadamard}};
   }
+  // Likewise only recipes with KV centering carry this one: the checkpoint then holds the centering vectors.
+  if (has_kv_centering()) j["kv_centering"] = {{"keys", kv_center_keys}, {"values", kv_center_values}};
   return j;
 }
 
@@ -188,7 +194,7 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     return v.get<double>();
   };
   for (const auto& [key, value] : j.items()) {
-    if (!QuantRecipe{}.to_json().contains(key) && key != "rotation")
+    if (!QuantRecipe{}.to_json().contains(key) && key != "rotation" && key != "kv_centering")
       fail("{}: unknown quantization recipe field '{}'", what, key);
   }
   QuantRecipe r;
@@ -240,6 +246,22 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
         !(it->is_number_unsigned() || (it->is_number_integer() && it->get<std::int64_t>() >= 0)))
       fail("{}: recipe rotation field 'seed' must be a non-negative integer", what);
     r.rotation_seed = it->get<std::uint64_t>();
+  }
+  if (const auto kvc = j.find("kv_centering"); kvc != j.end()) {  // absent: no centering (older checkpoints)
+    if (!kvc->is_object())
+      fail("{}: recipe field 'kv_centering' must be an object, found {}", what, json_snippet(*kvc));
+    for (const auto& [key, value] : kvc->items()) {
+      if (key != "keys" && key != "values") fail("{}: unknown recipe kv_centering field '{}'", what, key);
+    }
+    const auto flag = [&](const char* key) {
+      const auto it = kvc->find(key);
+      if (it == kvc->end()) fail("{}: recipe kv_centering has no field '{}'", what, key);
+      if (!it->is_boolean())
+        fail("{}: recipe kv_centering field '{}' must be true or false, found {}", what, key, json_snippet(*it));
+      return it->get<bool>();
+    };
+    r.kv_center_keys = flag("keys");
+    r.kv_center_values = flag("values");
   }
   try {
     r.validate();

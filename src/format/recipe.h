@@ -41,6 +41,12 @@ struct QuantRecipe {
   double percdamp = 0.01;
   std::int64_t gptq_block = 128;
   int kv_bits = 4;            // KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized fp32)
+  // KV centering (quantized KV only): a calibrated per-layer vector (mean over the calibration tokens, per KV
+  // head and channel) is subtracted from every key / value before the cache stores it (docs/FORMAT.md).
+  // Keys: every score of a query shifts by the same q.c, which softmax ignores. Values: the attention output
+  // gets c back (softmax weights sum to 1). Both exact in real arithmetic; the cache's range shrinks.
+  bool kv_center_keys = false;
+  bool kv_center_values = false;
   bool smoothquant = false;   // migrate activation scale into the weights before quantizing (W8A8 baseline)
   float smooth_alpha = 0.5f;  // SmoothQuant migration strength
 
@@ -67,7 +73,12 @@ struct QuantRecipe {
   bool has_rotation() const { return has_offline_rotation() || qk_hadamard; }
   // Whether quantizing needs calibration activations at all (RTN without outliers, smoothing or clip search
   // does not).
-  bool needs_calibration() const { return gptq || outliers != 0 || smoothquant || search_clip; }
+  bool needs_calibration() const { return gptq || outliers != 0 || smoothquant || search_clip || has_kv_centering(); }
+  bool has_kv_centering() const { return kv_center_keys || kv_center_values; }
+  // What KV centering centers: "keys", "values", "keys and values" or "nothing".
+  const char* kv_centering_name() const {
+    return kv_center_keys ? (kv_center_values ? "keys and values" : "keys") : kv_center_values ? "values" : "nothing";
+  }
   // Outlier channels of a linear input of width k (resolves -1); throws when the count leaves no whole
   // groups.
   std::int64_t outlier_count(std::int64_t k) const;

@@ -93,20 +93,24 @@ void CalibrationWindows::rms_norm(std::int64_t w, std::span<const float> norm_we
 void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_proj,
                                    const cpu::LinearOp& k_proj, const cpu::LinearOp& v_proj,
                                    const cpu::KvRowStoreFactory& kv, float* out,
-                                   KvErrorStats* kv_stats) const {
+                                   KvErrorStats* kv_stats, std::span<const float> key_center,
+                                   std::span<const float> value_center) const {
   const int heads = config_.num_heads, kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
   const std::int64_t q_dim = std::int64_t{heads} * head_dim, kv_dim = std::int64_t{kv_heads} * head_dim;
   const std::int64_t n = length_;
   std::vector<float> q(static_cast<std::size_t>(n * q_dim)), k(static_cast<std::size_t>(n * kv_dim)),
       v(k.size());
   q_proj.forward(normed, n, q.data());
-  k_proj.forward(normed, n, k.data());
-  v_proj.forward(normed, n, v.data());
   cpu::apply_rope(q.data(), n, q_dim, heads, head_dim, cos_.data(), sin_.data());
-  cpu::apply_rope(k.data(), n, kv_dim, kv_heads, head_dim, cos_.data(), sin_.data());
-  if (qk_transform_) {
-    qk_transform_(q.data(), n * heads);
-    qk_transform_(k.data(), n * kv_heads);
+  if (qk_transform_) qk_transform_(q.data(), n * heads);
+  keys_values(normed, k_proj, v_proj, k.data(), v.data());
+  for (auto [rows, center] : {std::pair{&k, key_center}, std::pair{&v, value_center}}) {
+    if (center.empty()) continue;
+    ATOM_CHECK(static_cast<std::int64_t>(center.size()) == kv_dim);
+    for (std::int64_t r = 0; r < n; ++r) {
+      float* row = rows->data() + r * kv_dim;
+      for (std::int64_t i = 0; i < kv_dim; ++i) row[i] -= center[static_cast<std::size_t>(i)];
+    }
   }
   // Through the cache's storage, as LlamaModel::forward does: attention sees what a quantized cache holds.
   for (std::vector<float>* rows : {&k, &v}) {
@@ -137,6 +141,26 @@ void CalibrationWindows::attention(const float* normed, const cpu::LinearOp& q_p
   shape.sliding_window = config_.sliding_window;
   const cpu::AttentionJob job{q.data(), k.data(), v.data(), out, n, 0};
   cpu::causal_attention(std::span<const cpu::AttentionJob>(&job, 1), shape);
+  if (!value_center.empty()) {
+    const int group = heads / kv_heads;
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (int h = 0; h < heads; ++h) {
+        float* o = out + r * q_dim + std::int64_t{h} * head_dim;
+        const float* c = value_center.data() + std::int64_t{h / group} * head_dim;
+        for (int i = 0; i < head_dim; ++i) o[i] += c[i];
+      }
+    }
+  }
+}
+
+void CalibrationWindows::keys_values(const float* normed, const cpu::LinearOp& k_proj, const cpu::LinearOp& v_proj,
+                                     float* k, float* v) const {
+  const int kv_heads = config_.num_kv_heads, head_dim = config_.head_dim;
+  const std::int64_t kv_dim = std::int64_t{kv_heads} * head_dim;
+  k_proj.forward(normed, length_, k);
+  v_proj.forward(normed, length_, v);
+  cpu::apply_rope(k, length_, kv_dim, kv_heads, head_dim, cos_.data(), sin_.data());
+  if (qk_transform_) qk_transform_(k, length_ * kv_heads);
 }
 
 void CalibrationWindows::mlp_hidden(const float* normed, const cpu::LinearOp& gate_proj,

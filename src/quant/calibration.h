@@ -56,10 +56,16 @@ class CalibrationWindows {
   // Self-attention of one window whose normed input is `normed` [length, hidden]: q/k/v projections, RoPE, K
   // and V through a fresh KV store from `kv` (quantized there when it is a quantized store), causal
   // attention. out [length, heads * head_dim] is the input of o_proj. kv_stats (optional) accumulates the
-  // store's error.
+  // store's error. key_center / value_center (empty: none): KV centering as LlamaModel applies it (the store
+  // holds k - c_k, v - c_v; out gets c_v back); kv_stats then measures the centered rows.
   void attention(const float* normed, const cpu::LinearOp& q_proj, const cpu::LinearOp& k_proj,
                  const cpu::LinearOp& v_proj, const cpu::KvRowStoreFactory& kv, float* out,
-                 KvErrorStats* kv_stats = nullptr) const;
+                 KvErrorStats* kv_stats = nullptr, std::span<const float> key_center = {},
+                 std::span<const float> value_center = {}) const;
+  // The K and V rows attention() would hand the KV store, before centering: k [length, kv_dim] after RoPE and
+  // the Q/K transform, v [length, kv_dim].
+  void keys_values(const float* normed, const cpu::LinearOp& k_proj, const cpu::LinearOp& v_proj, float* k,
+                   float* v) const;
   // The online Q/K rotation attention() applies after RoPE (as LlamaModel::set_qk_transform); empty: none.
   void set_qk_transform(cpu::HeadTransform transform) { qk_transform_ = std::move(transform); }
   // SiLU(gate(normed)) * up(normed): out [length, intermediate] is the input of down_proj.

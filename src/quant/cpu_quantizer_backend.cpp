@@ -1,4 +1,5 @@
 #include "quant/cpu_quantizer_backend.h"
+#include "quant/kv_centering.h"
 
 #include <algorithm>
 #include <cmath>
@@ -132,17 +133,35 @@ class CpuQuantizerBackend final : public QuantizerBackend {
         [&cw, norm_weight](std::int64_t wi, float* out) { cw.rms_norm(wi, norm_weight, out); });
   }
 
+  LayerKvCenters kv_centers(std::span<const float> norm_weight, NamedLinear k, NamedLinear v) override {
+    CalibrationWindows& cw = windows();
+    std::shared_ptr<const cpu::LinearOp> k_op = op(k), v_op = op(v);
+    const std::int64_t width = k_op->out_features(), rows = cw.length();
+    RowMeanAccumulator keys(width), values(width);
+    std::vector<float> normed(static_cast<std::size_t>(rows * cw.hidden_size())),
+        k_rows(static_cast<std::size_t>(rows * width)), v_rows(k_rows.size());
+    for (std::int64_t wi = 0; wi < cw.windows(); ++wi) {
+      cw.rms_norm(wi, norm_weight, normed.data());
+      cw.keys_values(normed.data(), *k_op, *v_op, k_rows.data(), v_rows.data());
+      keys.add(k_rows.data(), rows);
+      values.add(v_rows.data(), rows);
+    }
+    return {keys.mean(), values.mean()};
+  }
+
   std::unique_ptr<CalibrationInput> attention_input(std::span<const float> norm_weight, NamedLinear q,
                                                     NamedLinear k, NamedLinear v, bool keep,
-                                                    KvErrorStats* kv_stats) override {
+                                                    KvErrorStats* kv_stats, std::span<const float> key_center,
+                                                    std::span<const float> value_center) override {
     CalibrationWindows& cw = windows();
     std::shared_ptr<const cpu::LinearOp> q_op = op(q), k_op = op(k), v_op = op(v);
     const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
     return std::make_unique<CpuCalibrationInput>(
-        cw, recipe_, q_op->out_features(), keep, [&cw, norm_weight, q_op, k_op, v_op, kv, kv_stats](std::int64_t wi, float* out) {
+        cw, recipe_, q_op->out_features(), keep,
+        [&cw, norm_weight, q_op, k_op, v_op, kv, kv_stats, key_center, value_center](std::int64_t wi, float* out) {
           std::vector<float> normed(static_cast<std::size_t>(cw.length() * cw.hidden_size()));
           cw.rms_norm(wi, norm_weight, normed.data());
-          cw.attention(normed.data(), *q_op, *k_op, *v_op, kv, out, kv_stats);
+          cw.attention(normed.data(), *q_op, *k_op, *v_op, kv, out, kv_stats, key_center, value_center);
         });
   }
 

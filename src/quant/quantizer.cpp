@@ -17,6 +17,7 @@
 #include "quant/channels.h"
 #include "quant/cpu_quantizer_backend.h"
 #include "quant/gptq.h"
+#include "quant/kv_centering.h"
 #include "quant/rotation.h"
 
 namespace atom::quant {
@@ -357,9 +358,15 @@ class Quantizer {
     KvErrorStats kv_stats;
     std::unique_ptr<CalibrationInput> in;
     if (calibrate_) {
-      in = backend_->attention_input(ql.input_norm, {&ql.q_proj, linear_name(li, "self_attn.q_proj")},
-                                     {&ql.k_proj, linear_name(li, "self_attn.k_proj")},
-                                     {&ql.v_proj, linear_name(li, "self_attn.v_proj")}, keep(q_dim()), &kv_stats);
+      const NamedLinear q{&ql.q_proj, linear_name(li, "self_attn.q_proj")},
+          k{&ql.k_proj, linear_name(li, "self_attn.k_proj")}, v{&ql.v_proj, linear_name(li, "self_attn.v_proj")};
+      if (recipe_.has_kv_centering()) {
+        LayerKvCenters centers = backend_->kv_centers(ql.input_norm, k, v);
+        if (recipe_.kv_center_keys) ql.key_center = std::move(centers.keys);
+        if (recipe_.kv_center_values) ql.value_center = std::move(centers.values);
+      }
+      in = backend_->attention_input(ql.input_norm, q, k, v, keep(q_dim()), &kv_stats, ql.key_center,
+                                     ql.value_center);
     }
     const InputPlan plan = plan_input(in.get(), q_dim(), li, "o_proj_in", {});
     const std::string name = linear_name(li, "self_attn.o_proj");

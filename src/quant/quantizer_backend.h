@@ -53,6 +53,12 @@ class CalibrationInput {
   virtual void add_projection(const QuantizedLinear& linear, const std::string& name) = 0;
 };
 
+// The mean K and V rows of the calibration windows (K after RoPE and the Q/K transform), [kv_heads * head_dim]:
+// the layer's KV centering vectors (format/recipe.h).
+struct LayerKvCenters {
+  std::vector<float> keys, values;
+};
+
 // A quantized linear with the name its errors carry.
 struct NamedLinear {
   const QuantizedLinear* linear = nullptr;
@@ -65,11 +71,16 @@ class QuantizerBackend {
 
   // q/k/v's or gate/up's input: the RMSNorm of the hidden states with `norm_weight` (recomputed per visit).
   virtual std::unique_ptr<CalibrationInput> normed_input(std::span<const float> norm_weight) = 0;
+  // The KV centering vectors of a layer: mean K and V rows through the quantized k/v on the RMSNorm of the
+  // hidden states with `norm_weight`.
+  virtual LayerKvCenters kv_centers(std::span<const float> norm_weight, NamedLinear k, NamedLinear v) = 0;
   // o_proj's input: attention through the quantized q/k/v and the recipe's KV store. keep: hold every
   // window's input between visits, else recompute it per visit. kv (optional) accumulates the store's error.
+  // key_center / value_center (empty: none): the store holds k - c_k and v - c_v, the output gets c_v back.
   virtual std::unique_ptr<CalibrationInput> attention_input(std::span<const float> norm_weight, NamedLinear q,
                                                             NamedLinear k, NamedLinear v, bool keep,
-                                                            KvErrorStats* kv) = 0;
+                                                            KvErrorStats* kv, std::span<const float> key_center,
+                                                            std::span<const float> value_center) = 0;
   // down_proj's input: SiLU(gate) * up through the quantized gate/up (then the recipe's Hadamard, if any).
   virtual std::unique_ptr<CalibrationInput> down_proj_input(std::span<const float> norm_weight, NamedLinear gate,
                                                             NamedLinear up, bool keep) = 0;

@@ -43,6 +43,10 @@ check "--top-k message is short" test "${#top_k}" -lt 300
 mkdir -p "$TMP/adir"
 check "--text directory named as such" expect_fail_with "is a directory" "$ATOM" eval ppl -m "$MODEL" --text "$TMP/adir"
 check "--calib directory named as such" expect_fail_with "is a directory" "$ATOM" quantize -m "$MODEL" --calib "$TMP/adir" --out "$TMP/q-unused"
+check "--kv-centering on an unquantized KV cache" expect_fail_with "kv_bits 16" \
+  "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --kv-bits 16 --kv-centering keys
+check "--kv-centering values is not offered" expect_fail_with "kv-centering" \
+  "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --kv-centering values
 # A model that cannot load ends `atom serve` (it used to hang waiting for a listener that never started).
 serve_ok=1
 for i in 1 2 3 4 5 6; do

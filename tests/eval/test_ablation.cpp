@@ -125,7 +125,17 @@ TEST(Ablation, RowsFollowThePaperLadder) {
                                            "quarot-w8a8",
                                            "atom-rot-kvfp",
                                            "kv4-only",
-                                           "kv4-qk-only"}));
+                                           "kv4-qk-only",
+                                           "kv4-kc-only",
+                                           "kv4-qk-kc-only",
+                                           "kv4-qk-kvc-only",
+                                           "kv4-qk-r2-kc-only",
+                                           "kv8-only",
+                                           "kv8-kc-only",
+                                           "atom-qk-down",
+                                           "atom-qk-down-kc",
+                                           "atom-qk-down-kvc",
+                                           "atom-qk-down-r2-kc"}));
   EXPECT_FALSE(rows[0].recipe);
   // The KV-only rows differ only by the Q/K Hadamard; the rotated rows rotate everything.
   EXPECT_TRUE(rows[20].kv_only && rows[21].kv_only);
@@ -139,6 +149,26 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   EXPECT_TRUE(rows[18].recipe->rotate_residual && rows[18].recipe->down_hadamard &&
               rows[18].recipe->weight_format == quant::NumberFormat::kInt8 && rows[18].recipe->kv_bits == 16);
   EXPECT_EQ(rows[19].recipe->kv_bits, 16);
+  // KV centering: each row adds what its name says to the one before it (keys, then values; R2 instead of values).
+  for (int i = 22; i <= 25; ++i) EXPECT_TRUE(rows[i].kv_only && rows[i].recipe->kv_center_keys) << rows[i].id;
+  EXPECT_FALSE(rows[22].recipe->qk_hadamard || rows[22].recipe->kv_center_values);
+  EXPECT_TRUE(rows[23].recipe->qk_hadamard && !rows[23].recipe->kv_center_values);
+  EXPECT_TRUE(rows[24].recipe->qk_hadamard && rows[24].recipe->kv_center_values);
+  EXPECT_TRUE(rows[25].recipe->rotate_values && !rows[25].recipe->kv_center_values && !rows[25].recipe->fold_norms);
+  EXPECT_TRUE(rows[26].kv_only && rows[26].recipe->kv_bits == 8 && !rows[26].recipe->has_kv_centering());
+  quant::QuantRecipe kv8 = *rows[26].recipe;
+  kv8.kv_center_keys = true;
+  EXPECT_TRUE(rows[27].kv_only);
+  EXPECT_EQ(kv8.to_json(), rows[27].recipe->to_json());
+  quant::QuantRecipe best = *rows[28].recipe;
+  EXPECT_TRUE(best.qk_hadamard && best.down_hadamard && !best.has_kv_centering() && !rows[28].kv_only);
+  best.kv_center_keys = true;
+  EXPECT_EQ(best.to_json(), rows[29].recipe->to_json());
+  best.kv_center_values = true;
+  EXPECT_EQ(best.to_json(), rows[30].recipe->to_json());
+  best.kv_center_values = false;
+  best.rotate_values = true;
+  EXPECT_EQ(best.to_json(), rows[31].recipe->to_json());
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
   const quant::QuantRecipe &group = *rows[4].recipe, &clip = *rows[5].recipe, &gptq = *rows[6].recipe;

@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 
 struct QuantizeOptions {
   std::string model, calib, out, preset = "atom-w4a4", report, device = "cpu";
+  std::optional<std::string> kv_centering;
   std::optional<int> wbits, abits, kv_bits;
   std::optional<std::int64_t> group, outliers, calib_windows, calib_len;
   std::optional<float> a_clip, w_clip, smooth_alpha;
@@ -36,6 +37,9 @@ struct QuantizeOptions {
   bool search_clip = false, no_gptq = false, force = false, quiet = false, qk_hadamard = false,
        down_hadamard = false;
 };
+
+// What `atom quantize` centers in a quantized KV cache unless --kv-centering says otherwise.
+constexpr const char* kDefaultKvCentering = "keys";
 
 quant::NumberFormat int_format(int bits, const char* option) {
   switch (bits) {
@@ -73,6 +77,20 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
     r.smoothquant = true;
     r.smooth_alpha = *o.smooth_alpha;
   }
+  // KV centering: on by default whenever the KV cache is quantized (exact, and it narrows the cache's range),
+  // except on the GPU quantizer, which does not calibrate it yet.
+  const bool gpu = o.device == "cuda";
+  const std::string centering = o.kv_centering.value_or(r.kv_bits == 16 || gpu ? "off" : kDefaultKvCentering);
+  if (centering != "off" && gpu) {
+    fail("--kv-centering {} --device cuda: the GPU quantizer does not calibrate KV centering yet (quantize with "
+         "--device cpu, or pass --kv-centering off)", centering);
+  }
+  if (centering != "off" && r.kv_bits == 16) {
+    fail("--kv-centering {}: the KV cache is not quantized (kv_bits 16); centering needs --kv-bits 4 or 8", centering);
+  }
+  // Values are not offered: centering them measured worse than none (docs/RESULTS.md), and the CUDA runner does not
+  // implement it; the recipe field exists for the ablation's evidence.
+  r.kv_center_keys = centering == "keys";
   r.validate();
   return r;
 }
@@ -198,6 +216,12 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--kv-bits", opt->kv_bits,
                   "KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized)")
       ->check(CLI::IsMember({4, 8, 16}));
+  cmd->add_option("--kv-centering", opt->kv_centering,
+                  std::string("Subtract a calibrated mean key row per layer before the quantized KV cache stores a "
+                              "key (exact; narrows the range UINT4 must cover): keys | off (default ") +
+                      kDefaultKvCentering + " when --kv-bits is 4 or 8 on the CPU quantizer; off for 16 and on the GPU "
+                      "quantizer)")
+      ->check(CLI::IsMember({"keys", "off"}));
   cmd->add_option("--calib-windows", opt->calib_windows, "Calibration windows (default 128)")
       ->check(positive_number());
   cmd->add_option("--calib-len", opt->calib_len,

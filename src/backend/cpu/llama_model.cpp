@@ -34,6 +34,22 @@ void check_op(const LinearOp& op, std::int64_t out, std::int64_t in, int layer, 
   }
 }
 
+void check_kv_center(const std::vector<float>& center, std::int64_t kv_dim, int layer, const char* what) {
+  if (!center.empty() && static_cast<std::int64_t>(center.size()) != kv_dim) {
+    fail("layer {}: the {} centering vector has {} values, the model needs num_kv_heads x head_dim = {}", layer,
+         what, center.size(), kv_dim);
+  }
+}
+
+// rows[r, :] += sign * v for every row (v [width]).
+void add_row_vector(float* rows, std::int64_t n, const std::vector<float>& v, float sign) {
+  const auto width = static_cast<std::int64_t>(v.size());
+  for (std::int64_t r = 0; r < n; ++r) {
+    float* x = rows + r * width;
+    for (std::int64_t i = 0; i < width; ++i) x[i] += sign * v[static_cast<std::size_t>(i)];
+  }
+}
+
 }  // namespace
 
 LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
@@ -113,6 +129,8 @@ LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vec
     for (const auto& [op, name] : ops) {
       if (!*op) fail("layer {}: {} is missing", i, name);
     }
+    check_kv_center(l.key_center, kv_dim, i, "key");
+    check_kv_center(l.value_center, kv_dim, i, "value");
     check_op(*l.q_proj, q_dim, hidden, i, "q_proj");
     check_op(*l.k_proj, kv_dim, hidden, i, "k_proj");
     check_op(*l.v_proj, kv_dim, hidden, i, "v_proj");
@@ -128,6 +146,16 @@ LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vec
     lm_head_ = std::make_unique<DenseLinear>(embed_tokens_, config_.vocab_size, hidden);
   }
   inv_freq_ = cpu::rope_inv_freq(config_);
+}
+
+void LlamaModel::set_kv_centers(int layer, std::vector<float> key_center, std::vector<float> value_center) {
+  if (layer < 0 || layer >= num_layers()) fail("KV centering: layer {} of {}", layer, num_layers());
+  const std::int64_t kv_dim = std::int64_t{config_.num_kv_heads} * config_.head_dim;
+  check_kv_center(key_center, kv_dim, layer, "key");
+  check_kv_center(value_center, kv_dim, layer, "value");
+  DecoderLayer& l = layers_[static_cast<std::size_t>(layer)];
+  l.key_center = std::move(key_center);
+  l.value_center = std::move(value_center);
 }
 
 std::unique_ptr<LinearOp> LlamaModel::set_lm_head(std::unique_ptr<LinearOp> op) {
@@ -219,6 +247,8 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
   }
   for (int i = 0; i < num_layers(); ++i) {
     const DecoderLayer& l = layers_[static_cast<std::size_t>(i)];
+    check_kv_center(l.key_center, kv_dim, i, "key");
+    check_kv_center(l.value_center, kv_dim, i, "value");
     check_op(*l.q_proj, q_dim, hidden, i, "q_proj");
     check_op(*l.k_proj, kv_dim, hidden, i, "k_proj");
     check_op(*l.v_proj, kv_dim, hidden, i, "v_proj");
@@ -309,6 +339,9 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
       qk_transform_(q.data(), T * heads);
       qk_transform_(k.data(), T * kv_heads);
     }
+    // KV centering: the cache holds k - c_k and v - c_v (c_v is added back to the attention output below).
+    if (!l.key_center.empty()) add_row_vector(k.data(), T, l.key_center, -1.0f);
+    if (!l.value_center.empty()) add_row_vector(v.data(), T, l.value_center, -1.0f);
 
     for (std::size_t s = 0; s < batch.size(); ++s) {
       KvCache& cache = *batch[s].cache;
@@ -345,6 +378,16 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
       }
     }
     causal_attention(jobs, attention_shape);
+    if (!l.value_center.empty()) {  // softmax weights sum to 1: sum_j p_j (v_j - c) + c = sum_j p_j v_j
+      const int group = heads / kv_heads;
+      for (std::int64_t r = 0; r < T; ++r) {
+        for (int h = 0; h < heads; ++h) {
+          float* o = attn.data() + r * q_dim + std::int64_t{h} * head_dim;
+          const float* c = l.value_center.data() + std::int64_t{h / group} * head_dim;
+          for (int i = 0; i < head_dim; ++i) o[i] += c[i];
+        }
+      }
+    }
 
     observe(li, "o_proj", attn.data(), T, q_dim);
     l.o_proj->forward(attn.data(), T, tmp.data());

@@ -34,6 +34,10 @@ struct DecoderLayer {
   std::vector<std::int32_t> attn_perm, mlp_perm;
   std::unique_ptr<LinearOp> q_proj, k_proj, v_proj, o_proj;
   std::unique_ptr<LinearOp> gate_proj, up_proj, down_proj;
+  // KV centering (docs/FORMAT.md): subtracted from every key (after RoPE and the Q/K transform) and value row
+  // before the KV cache stores it, [num_kv_heads * head_dim]; the attention output gets value_center back.
+  // Empty: none.
+  std::vector<float> key_center, value_center;
 };
 
 // Called with the input of every linear layer during forward: (layer, linear name, x [m, k], m, k). Names are
@@ -86,6 +90,9 @@ class LlamaModel {
   // KV cache (a rotated checkpoint's online Q/K Hadamard; attention scores are unchanged). Empty: none.
   void set_qk_transform(HeadTransform transform) { qk_transform_ = std::move(transform); }
   const HeadTransform& qk_transform() const { return qk_transform_; }
+  // Sets layer i's KV centering vectors (DecoderLayer::key_center / value_center; empty: none). Throws
+  // atom::Error when a non-empty one is not num_kv_heads * head_dim long.
+  void set_kv_centers(int layer, std::vector<float> key_center, std::vector<float> value_center);
 
   // One forward over a batch. Logits rows, for each sequence in batch order: one per token if all_logits,
   // else one (its last token); logits_rows() says how many. Throws atom::Error for empty token lists, token

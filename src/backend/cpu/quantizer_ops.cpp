@@ -262,6 +262,12 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
     l.up_proj = make_linear_op(up, recipe, execution, reordered, linear_name(li, "mlp.up_proj"));
     l.down_proj = make_linear_op(ql.down_proj, recipe, execution, recipe.down_hadamard ? original : reordered,
                                  linear_name(li, "mlp.down_proj"));
+    if (recipe.kv_center_keys == ql.key_center.empty() || recipe.kv_center_values == ql.value_center.empty()) {
+      fail("layer {}: the recipe centers the KV cache's {}, the model holds {} key and {} value centering values",
+           li, recipe.kv_centering_name(), ql.key_center.size(), ql.value_center.size());
+    }
+    l.key_center = ql.key_center;
+    l.value_center = ql.value_center;
     layers.push_back(std::move(l));
   }
   std::unique_ptr<cpu::LinearOp> lm_head;

@@ -71,8 +71,9 @@ std::unique_ptr<cpu::LinearOp> make_linear_op(const QuantizedLinear& linear, con
 cpu::KvRowStoreFactory kv_store_factory(int kv_bits);
 
 // The whole model as a cpu::LlamaModel: permutations fused into the norms, o_proj reordering its input, KV
-// cache store of the recipe set as the model's default. Throws atom::Error when q/k/v (or gate/up) do not
-// share one permutation, or kInteger is asked of a model without an integer form.
+// cache store of the recipe set as the model's default, its KV centering vectors on the layers. Throws
+// atom::Error when q/k/v (or gate/up) do not share one permutation, when the centering vectors do not match the
+// recipe, or when kInteger is asked of a model without an integer form.
 std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Execution execution);
 
 }  // namespace atom::quant

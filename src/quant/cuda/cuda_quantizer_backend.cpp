@@ -224,9 +224,17 @@ class CudaQuantizerBackend final : public QuantizerBackend {
                                                   });
   }
 
+  LayerKvCenters kv_centers(std::span<const float>, NamedLinear, NamedLinear) override {
+    fail("KV centering is not calibrated on the GPU yet: quantize with --device cpu, or pass --kv-centering off");
+  }
+
   std::unique_ptr<CalibrationInput> attention_input(std::span<const float> norm_weight, NamedLinear q,
                                                     NamedLinear k, NamedLinear v, bool keep,
-                                                    KvErrorStats* kv_stats) override {
+                                                    KvErrorStats* kv_stats, std::span<const float> key_center,
+                                                    std::span<const float> value_center) override {
+    if (!key_center.empty() || !value_center.empty()) {
+      fail("KV centering is not calibrated on the GPU yet: quantize with --device cpu, or pass --kv-centering off");
+    }
     auto q_op = std::make_shared<const DeviceLinear>(ctx_, *q.linear, recipe_, q.name);
     auto k_op = std::make_shared<const DeviceLinear>(ctx_, *k.linear, recipe_, k.name);
     auto v_op = std::make_shared<const DeviceLinear>(ctx_, *v.linear, recipe_, v.name);

@@ -184,6 +184,14 @@ struct QuantCase {
   int kv_bits = 0;           // > 0: overrides the preset's
   int outliers = -2;         // >= -1: overrides the preset's
   bool dense_w4a16 = false;  // W4A16 through dequantize + cuBLAS at every size
+  bool kv_centered = false;  // KV centering of the keys (calibrated vectors; see below for exaggerated ones)
+  bool qk_down_hadamard = false;  // the online Q/K and down Hadamards without offline rotations
+  // Added to the calibrated key vectors (N(0, offset) per channel): a vector far from the keys' mean widens every
+  // cached key's range, so a GPU that skipped (or mis-indexed) the subtraction would cache other codes than the CPU.
+  // On W4A16 with an INT4 cache and offset 2, dropping the centering moves the CPU's logits by 0.25 against 0.05 for
+  // fp16-rounded inputs (measured on the CPU), beyond the test's bound of 3x the latter; W4A4 is too sensitive to
+  // fp16-level changes for such a check (0.32 vs 0.28).
+  float center_offset = 0.0f;
 };
 
 void round_to_fp16(std::vector<float>& v) {
@@ -199,12 +207,21 @@ TEST_P(CudaQuantizedRunner, MatchesCpuIntegerModel) {
   if (recipe.group != 0) recipe.group = 128;
   if (qc.kv_bits > 0) recipe.kv_bits = qc.kv_bits;
   if (qc.outliers >= -1) recipe.outliers = qc.outliers;
+  recipe.kv_center_keys = qc.kv_centered;
+  if (qc.qk_down_hadamard) recipe.qk_hadamard = recipe.down_hadamard = true;
   recipe.gptq = false;  // RTN keeps the test fast; the GPU path does not care how codes were chosen
   quant::QuantizeOptions qo;
   qo.show_progress = false;
   const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
-  const quant::QuantizedModel qm =
+  quant::QuantizedModel qm =
       quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+  if (qc.center_offset != 0.0f) {
+    std::mt19937_64 rng(3);
+    std::normal_distribution<float> offset(0.0f, qc.center_offset);
+    for (quant::QuantizedLayer& l : qm.layers) {
+      for (float& x : l.key_center) x += offset(rng);
+    }
+  }
   const std::unique_ptr<cpu::LlamaModel> cpu_model = quant::build_cpu_model(qm, quant::Execution::kInteger);
   quant::QuantizedModel rounded = qm;
   auto embed = std::make_shared<std::vector<float>>(*qm.embed_tokens);
@@ -252,7 +269,13 @@ INSTANTIATE_TEST_SUITE_P(
                     QuantCase{"w8a8_smoothquant", "w8a8-smoothquant", KvDtype::kF16},
                     QuantCase{"quarot_w8a8", "quarot-w8a8", KvDtype::kF16},  // rotated, down Hadamard
                     QuantCase{"w4a16", "w4a16", KvDtype::kF16},
-                    QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true}),
+                    QuantCase{"w4a16_dense", "w4a16", KvDtype::kF16, 0, -2, true},
+                    // KV centering (keys; kv_cache_append subtracts the layer's vector after RoPE and the Q/K
+                    // Hadamard): calibrated, exaggerated, with the online Hadamards, on an INT8 cache.
+                    QuantCase{"atom_w4a4_kv_centered", "atom-w4a4", KvDtype::kU4, 0, -2, false, true},
+                    QuantCase{"w4a16_kv4_center_offset", "w4a16", KvDtype::kU4, 4, -2, false, true, false, 2.0f},
+                    QuantCase{"atom_qk_down_kv_centered", "atom-w4a4", KvDtype::kU4, 0, -2, false, true, true},
+                    QuantCase{"atom_w4a4_kv8_centered", "atom-w4a4", KvDtype::kU8, 8, -2, false, true}),
     [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
 
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
@@ -509,6 +532,38 @@ TEST(CudaModelRunner, RefusesBadInput) {
   invariant.batch_invariant = true;  // fp16 linears run cuBLAS at the step's row count
   EXPECT_THROW(CudaModelRunner(w, invariant), Error);
   EXPECT_EQ(synthetic_config("llama-2-7b").intermediate_size, 11008);
+}
+
+// Centering vectors the runner cannot use are refused at upload, naming the layer: value centering (not
+// implemented on the GPU) and a key vector of the wrong length.
+TEST(CudaModelRunner, RefusesValueCenteringAndMisshapenKeyCenters) {
+  const ModelConfig c = small_config();
+  quant::QuantRecipe recipe = quant::test::tiny_recipe("atom-w4a4");
+  recipe.group = 128;
+  recipe.gptq = false;
+  recipe.kv_center_keys = recipe.kv_center_values = true;
+  quant::QuantizeOptions qo;
+  qo.show_progress = false;
+  const quant::QuantizedModel qm = quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)),
+                                                         quant::test::tiny_tokens(400, 0, c.vocab_size, 5), recipe, qo);
+  const auto error_of = [](const quant::QuantizedModel& m) {
+    try {
+      upload_quantized(m, "centered");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  std::string error = error_of(qm);
+  EXPECT_NE(error.find("value centering"), std::string::npos) << error;
+  quant::QuantizedModel keys_only = qm;
+  keys_only.recipe.kv_center_values = false;
+  for (quant::QuantizedLayer& l : keys_only.layers) l.value_center.clear();
+  EXPECT_EQ(error_of(keys_only), "(no error)");
+  keys_only.layers[1].key_center.pop_back();
+  error = error_of(keys_only);
+  EXPECT_NE(error.find("layer 1"), std::string::npos) << error;
+  EXPECT_NE(error.find("127"), std::string::npos) << error;
 }
 
 }  // namespace

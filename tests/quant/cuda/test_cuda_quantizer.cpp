@@ -420,8 +420,8 @@ TEST(CudaQuantizerBackend, DecoderLayerForwardMatchesTheCpu) {
     k.bias = l.k_bias;
     v.bias = l.v_bias;
     KvErrorStats cpu_kv, gpu_kv;
-    auto cpu_in = b.cpu->attention_input(l.input_norm, {&q, "q"}, {&k, "k"}, {&v, "v"}, true, &cpu_kv);
-    auto gpu_in = b.gpu->attention_input(l.input_norm, {&q, "q"}, {&k, "k"}, {&v, "v"}, true, &gpu_kv);
+    auto cpu_in = b.cpu->attention_input(l.input_norm, {&q, "q"}, {&k, "k"}, {&v, "v"}, true, &cpu_kv, {}, {});
+    auto gpu_in = b.gpu->attention_input(l.input_norm, {&q, "q"}, {&k, "k"}, {&v, "v"}, true, &gpu_kv, {}, {});
     expect_close_stats(gpu_in->channel_stats(), cpu_in->channel_stats(), 1e-4, preset);
     if (recipe.kv_bits != 16) {
       EXPECT_NEAR(gpu_kv.key_err_sq / gpu_kv.key_sq, cpu_kv.key_err_sq / cpu_kv.key_sq,

@@ -98,7 +98,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppend
     }
   }
   if (kind != kV && p.qk_hadamard) walsh_hadamard_lanes<kPer>(x, lane);
-  if (kind != kV && (p.rope_inv_freq != nullptr || p.qk_hadamard)) {
+  // KV centering: the cache holds k - c_k (scores shift by q.c_k for every key: softmax ignores it) and v - c_v
+  // (the runner adds c_v to the attention output).
+  const float* center = kind == kK ? p.k_center : kind == kV ? p.v_center : nullptr;
+  if (center != nullptr) {
+    center += head * D + lane * kPer;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) x[i] = __fsub_rn(x[i], center[i]);
+  }
+  if ((kind != kV && (p.rope_inv_freq != nullptr || p.qk_hadamard)) || center != nullptr) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i) x[i] = __half2float(__float2half_rn(x[i]));
   }

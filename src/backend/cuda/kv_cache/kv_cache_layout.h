@@ -40,7 +40,8 @@ struct PagedKvCache {
 };
 
 // Appends new tokens' K and V to the cache and applies RoPE to Q and K (the one place RoPE happens):
-//   q_out = rope(q), k' = rope(k) rounded to fp16, then k' and v are quantized (or copied for kF16) into
+//   q_out = rope(q), k' = rope(k) (- k_center) rounded to fp16, v' = v (- v_center, then rounded to fp16),
+//   then k' and v' are quantized (or copied for kF16) into
 //   row slots[t] (= page * page_size + row) of head h. slots[t] < 0 skips the token (padding).
 // RoPE: angle_i = float(position) * inv_freq[i] (fp32), cos/sin in fp32; pairs (i, i + D/2) ("rotate
 // half", Hugging Face Llama) or (2i, 2i+1) (interleaved, GGUF/Meta) when rope_interleaved. inv_freq
@@ -65,6 +66,11 @@ struct KvAppendParams {
   // W_D x / sqrt(D) (natural-order Walsh-Hadamard, fp32, the CPU transform's operations in its order) before
   // the fp16 rounding and K's quantization. V is untouched.
   bool qk_hadamard = false;
+  // KV centering (docs/FORMAT.md): fp32 [num_kv_heads, D] vectors subtracted (fp32) from every K row after RoPE
+  // and the Q/K transform, and from every V row; the difference is rounded to fp16 and then stored or quantized.
+  // Q is untouched. null: none.
+  const float* k_center = nullptr;
+  const float* v_center = nullptr;
 };
 void kv_cache_append(const KvAppendParams& p, cudaStream_t stream);
 

@@ -680,6 +680,7 @@ struct CudaModelRunner::Impl {
       a.rope_inv_freq = w->rope_inv_freq.get();
       a.rope_interleaved = false;
       a.qk_hadamard = w->qk_hadamard;
+      a.k_center = L.k_center.empty() ? nullptr : L.k_center.get();
       kv_cache_append(a, stream);
       mark("rope_kv_append");
 

@@ -47,7 +47,7 @@ std::size_t CudaLlamaWeights::bytes() const {
                       down_hadamard_base.bytes() + down_hadamard_signs.bytes();
   for (const DeviceLayer& l : layers) {
     total += l.input_norm.bytes() + l.post_attention_norm.bytes() + l.attn_perm.bytes() + l.mlp_perm.bytes() +
-             l.qkv.bytes() + l.o_proj.bytes() + l.gate_up.bytes() + l.down.bytes();
+             l.qkv.bytes() + l.o_proj.bytes() + l.gate_up.bytes() + l.down.bytes() + l.k_center.bytes();
   }
   return total;
 }
@@ -380,6 +380,22 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
     } else if (precision == Precision::kW4A16 && !d.down.perm.empty()) {
       fail("{}: a w4a16 down_proj with a channel permutation (the CUDA w4a16 path reads its input in order)",
            lname("down_proj"));
+    }
+
+    // KV centering (docs/FORMAT.md): kv_cache_append subtracts the key vector before the cache stores a row.
+    // Value centering would also need the attention output adjusted; it measured worse than none (docs/RESULTS.md),
+    // so the runner does not implement it.
+    if (!ql.value_center.empty()) {
+      fail("{}: layer {}: value centering (the recipe's kv_centering values) is not supported by the CUDA backend",
+           name, i);
+    }
+    if (!ql.key_center.empty()) {
+      const std::size_t kv_dim = static_cast<std::size_t>(model.config.num_kv_heads) * model.config.head_dim;
+      if (ql.key_center.size() != kv_dim) {
+        fail("{}: layer {}: the key centering vector has {} values, num_kv_heads x head_dim is {}", name, i,
+             ql.key_center.size(), kv_dim);
+      }
+      d.k_center.upload(std::span<const float>(ql.key_center));
     }
 
     // q/k/v's and gate/up's permutations are applied by the RMSNorm kernels.

@@ -73,6 +73,9 @@ struct DeviceLayer {
   DeviceBuffer<std::uint16_t> input_norm, post_attention_norm;  // fp16 [hidden], original channel order
   DeviceBuffer<std::int32_t> attn_perm, mlp_perm;               // empty: identity
   DeviceLinear qkv, o_proj, gate_up, down;
+  // KV centering of the keys (docs/FORMAT.md): fp32 [num_kv_heads * head_dim], subtracted by kv_cache_append.
+  // Empty: none.
+  DeviceBuffer<float> k_center;
 };
 
 struct CudaLlamaWeights {

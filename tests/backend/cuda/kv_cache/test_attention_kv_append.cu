@@ -34,12 +34,14 @@ struct Setup {
   int head_dim, num_qo_heads, num_kv_heads;
   Rope rope;
   bool qk_hadamard = false;
+  bool centered = false;  // KV centering: random per-(head, channel) vectors subtracted from K and V
 };
 
 std::string describe(const Setup& s, unsigned seed) {
   return std::string("dtype=") + kv_dtype_name(s.dtype) + " D=" + std::to_string(s.head_dim) +
          " Hq=" + std::to_string(s.num_qo_heads) + " Hkv=" + std::to_string(s.num_kv_heads) +
-         " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) + " seed=" + std::to_string(seed);
+         " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) +
+         " centered=" + std::to_string(s.centered) + " seed=" + std::to_string(seed);
 }
 
 // fp64 rotation of one head vector using the kernel's fp32 angle.
@@ -87,6 +89,13 @@ void run_append(const Setup& s) {
     if (t % 9 == 4) slots[t] = -1;
     positions[t] = std::uniform_int_distribution<int>(0, 8000)(rng);
   }
+  // KV centering vectors, [Hkv, D] each; large enough to move every row's range.
+  std::vector<float> k_center(static_cast<std::size_t>(hkv) * d, 0.0f), v_center(k_center.size(), 0.0f);
+  if (s.centered) {
+    std::normal_distribution<float> offsets(1.0f, 3.0f);
+    for (auto& c : k_center) c = offsets(rng);
+    for (auto& c : v_center) c = -offsets(rng);
+  }
   std::vector<float> inv_freq(d / 2);
   for (int i = 0; i < d / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / d));
 
@@ -104,7 +113,7 @@ void run_append(const Setup& s) {
   cache.v_params = quantized ? v_params.get() : nullptr;
   DeviceArray<std::uint16_t> d_qkv(qkv), d_q_out(static_cast<std::size_t>(num_tokens) * hq * d);
   DeviceArray<std::int32_t> d_slots(slots), d_positions(positions);
-  DeviceArray<float> d_inv_freq(inv_freq);
+  DeviceArray<float> d_inv_freq(inv_freq), d_k_center(k_center), d_v_center(v_center);
 
   KvAppendParams p;
   p.cache = cache;
@@ -127,6 +136,8 @@ void run_append(const Setup& s) {
   p.rope_inv_freq = s.rope == Rope::kNone ? nullptr : d_inv_freq.get();
   p.rope_interleaved = s.rope == Rope::kInterleaved;
   p.qk_hadamard = s.qk_hadamard;
+  p.k_center = s.centered ? d_k_center.get() : nullptr;
+  p.v_center = s.centered ? d_v_center.get() : nullptr;
   kv_cache_append(p, nullptr);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -164,13 +175,21 @@ void run_append(const Setup& s) {
       const std::size_t row = (static_cast<std::size_t>(slots[t] / page_size) * hkv + h) * page_size + slots[t] % page_size;
       written[row] = 1;
       for (int which = 0; which < 2; ++which) {  // 0: K, 1: V
-        const auto x = head_of(t, hq + which * hkv + h);
+        auto x = head_of(t, hq + which * hkv + h);
+        const float* center = (which == 0 ? k_center : v_center).data() + static_cast<std::size_t>(h) * d;
+        const bool rotated = which == 0 && (s.rope != Rope::kNone || s.qk_hadamard);
+        if (s.centered && !rotated) {  // the kernel's rule: fp32 difference, rounded to fp16, then stored
+          for (int i = 0; i < d; ++i) x[i] = fp16_to_fp32(fp32_to_fp16(x[i] - center[i]));
+        }
         const auto& codes = which == 0 ? kc : vc;
         const std::uint8_t* got = codes.data() + row * row_bytes;
         const bool exact_expected = which == 1 || (s.rope == Rope::kNone && !s.qk_hadamard);
         if (exact_expected) {
           if (!quantized) {
-            for (int i = 0; i < d; ++i) bad_exact += std::memcmp(got + 2 * i, &qkv[(static_cast<std::size_t>(t) * heads + hq + which * hkv + h) * d + i], 2) != 0;
+            for (int i = 0; i < d; ++i) {
+              const std::uint16_t want16 = fp32_to_fp16(x[i]);  // the input itself when not centered
+              bad_exact += std::memcmp(got + 2 * i, &want16, 2) != 0;
+            }
           } else {
             const auto ref = quant::quantize_asymmetric_groups(x, 1, d, d, bits);
             const auto want = bits == 4 ? quant::pack_nibbles(ref.codes) : ref.codes;
@@ -181,8 +200,11 @@ void run_append(const Setup& s) {
           }
           continue;
         }
-        // K after RoPE: decoded row vs the fp64 rotation.
-        const auto want = rotate(x, positions[t], inv_freq, s.rope, s.qk_hadamard);
+        // K after RoPE: decoded row vs the fp64 rotation (minus the centering vector).
+        auto want = rotate(x, positions[t], inv_freq, s.rope, s.qk_hadamard);
+        if (s.centered) {
+          for (int i = 0; i < d; ++i) want[i] -= center[i];
+        }
         if (!quantized) {
           for (int i = 0; i < d; ++i) {
             std::uint16_t h16;
@@ -245,6 +267,18 @@ TEST(CudaKvAppend, RopeThenQkHadamard) {
   }
   run_append({KvDtype::kU4, 128, 4, 4, Rope::kInterleaved, true});
   run_append({KvDtype::kF16, 64, 4, 2, Rope::kNone, true});
+}
+
+// KV centering: without RoPE K and V rows are bit-exact against the scalar rule on fp16(x - c); with RoPE and
+// the Q/K Hadamard, K is rotated, then centered, within the format's bound. Q never changes.
+TEST(CudaKvAppend, KvCentering) {
+  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
+    run_append({dtype, 128, 8, 2, Rope::kNone, false, true});
+    run_append({dtype, 64, 9, 3, Rope::kNone, false, true});
+    run_append({dtype, 64, 9, 3, Rope::kHalf, true, true});
+  }
+  run_append({KvDtype::kU4, 128, 4, 4, Rope::kHalf, false, true});
+  run_append({KvDtype::kU4, 128, 4, 2, Rope::kInterleaved, true, true});
 }
 
 TEST(CudaKvAppend, RopeInterleaved) {
