@@ -18,8 +18,10 @@ const char* format_name(NumberFormat f);  // "int3" | "int4" | "int8" | "fp4"
 // Parses format_name's strings; throws atom::Error naming `what` and the value otherwise.
 NumberFormat parse_format(const char* text, const char* what);
 
+// The scalar rules below are constexpr so that CUDA kernels call the same functions (--expt-relaxed-constexpr).
+
 // Largest code magnitude the scale maps max|x| onto: 2^(n-1)-1 for INT-n, 6 for FP4 (E2M1).
-inline float format_qmax(NumberFormat f) {
+constexpr float format_qmax(NumberFormat f) {
   switch (f) {
     case NumberFormat::kInt3: return 3.0f;
     case NumberFormat::kInt4: return 7.0f;
@@ -54,7 +56,7 @@ inline std::int8_t quantize_symmetric_value(float x, float scale, float qmax) {
 }
 
 // FP4 E2M1: nibble s e e m; magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6}.
-inline float fp4_decode(std::uint8_t code) {
+constexpr float fp4_decode(std::uint8_t code) {
   constexpr float kMagnitude[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
   const float m = kMagnitude[code & 7u];
   return (code & 8u) ? -m : m;
@@ -68,8 +70,8 @@ inline std::int8_t fp4_decode_doubled(std::uint8_t code) {
 }
 // Nearest magnitude to v (already divided by the scale), ties to the even code (mantissa bit 0),
 // saturating at 6. Negative zero and NaN encode as 0.
-inline std::uint8_t fp4_encode(float v) {
-  const float a = std::fabs(v);
+constexpr std::uint8_t fp4_encode(float v) {
+  const float a = v < 0.0f ? -v : v;  // |v| (a NaN stays NaN and encodes as 0, as with fabs)
   std::uint8_t m;
   if (!(a > 0.25f)) m = 0;        // tie 0.25 -> 0
   else if (a < 0.75f) m = 1;      // 0.5

@@ -25,17 +25,6 @@ using calib::check_cublas;
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
-calib::ActQuantParams device_params(const ActivationQuant& a) {
-  calib::ActQuantParams p;
-  p.enabled = a.enabled;
-  p.format = a.format;
-  p.group = a.group;
-  p.n_outliers = a.n_outliers;
-  p.int8_outliers = a.outlier_precision == OutlierPrecision::kInt8;
-  p.clip = a.clip;
-  return p;
-}
-
 template <typename T>
 StreamBuffer<T> upload(std::span<const T> host, cudaStream_t stream) {
   StreamBuffer<T> d;
@@ -87,7 +76,7 @@ class DeviceLinear {
     if (!linear.bias.empty() && static_cast<std::int64_t>(linear.bias.size()) != n_)
       fail("{}: bias has {} entries for {} outputs", name, linear.bias.size(), n_);
     cudaStream_t s = ctx.stream();
-    act_ = device_params(activation_quant(recipe, q.k_normal, q.n_outliers));
+    act_ = device_act_params(activation_quant(recipe, q.k_normal, q.n_outliers));
     perm_.upload(std::span<const std::int32_t>(q.perm), s);
     bias_.upload(std::span<const float>(linear.bias), s);
     weight_.allocate(static_cast<std::size_t>(n_ * k_), s);
@@ -474,7 +463,7 @@ std::unique_ptr<InputMoments> CudaCalibrationInput::moments(std::span<const std:
   if (static_cast<std::int64_t>(perm.size()) != k) fail("calibration: permutation of {} for an input of {}", perm.size(), k);
   auto out = std::make_unique<CudaMoments>();
   const StreamBuffer<std::int32_t> d_perm = upload(perm, s);
-  const calib::ActQuantParams params = device_params(act);
+  const calib::ActQuantParams params = device_act_params(act);
   StreamBuffer<float> quantized;
   std::optional<CudaHessianAccumulator> hessian;
   if (need_hessian) {
@@ -523,6 +512,17 @@ std::int64_t cuda_activation_budget_bytes(int device) {
   std::size_t free = 0, total = 0;
   ATOM_CUDA_CHECK(cudaMemGetInfo(&free, &total));
   return std::min<std::int64_t>(std::int64_t{16} << 30, static_cast<std::int64_t>(total / 2));
+}
+
+cuda::calib::ActQuantParams device_act_params(const ActivationQuant& a) {
+  calib::ActQuantParams p;
+  p.enabled = a.enabled;
+  p.format = a.format;
+  p.group = a.group;
+  p.n_outliers = a.n_outliers;
+  p.int8_outliers = a.outlier_precision == OutlierPrecision::kInt8;
+  p.clip = a.clip;
+  return p;
 }
 
 }  // namespace atom::quant

@@ -7,6 +7,7 @@
 // calibration activations.
 #include <cstdint>
 
+#include "backend/cuda/calibration/calibration_kernels.h"
 #include "quant/quantizer_backend.h"
 
 namespace atom::quant {
@@ -14,6 +15,10 @@ namespace atom::quant {
 // A factory for quantize_model (QuantizeOptions::backend) on CUDA device `device`. The backend throws
 // atom::Error when the device does not exist.
 QuantizerBackendFactory cuda_quantizer_backend(int device = 0);
+
+// The calibration kernels' description of an activation quantizer (the one conversion, for the backend and its
+// tests).
+cuda::calib::ActQuantParams device_act_params(const ActivationQuant& a);
 
 // How many bytes of linear inputs the GPU run may keep between visits (QuantizeOptions::
 // activation_budget_bytes): 16 GiB, or half the device's memory when that is less. Throws atom::Error when

@@ -70,17 +70,6 @@ std::vector<float> activations(std::int64_t m, std::int64_t k, std::mt19937& rng
   return x;
 }
 
-calib::ActQuantParams device_params(const ActivationQuant& a) {
-  calib::ActQuantParams p;
-  p.enabled = a.enabled;
-  p.format = a.format;
-  p.group = a.group;
-  p.n_outliers = a.n_outliers;
-  p.int8_outliers = a.outlier_precision == OutlierPrecision::kInt8;
-  p.clip = a.clip;
-  return p;
-}
-
 double max_abs(const std::vector<float>& v) {
   double m = 0.0;
   for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
@@ -128,8 +117,8 @@ TEST(CudaCalibrationKernels, ActivationFakeQuantizationIsBitExact) {
     const auto d_perm = to_device(perm, ctx);
     StreamBuffer<double> out64(x.size(), ctx.stream());
     StreamBuffer<float> out32(x.size(), ctx.stream());
-    calib::fake_quantize_to_reordered_f64(d_x.get(), m, k, d_perm.get(), device_params(c.act), out64.get(), ctx.stream());
-    calib::fake_quantize_to_original_f32(d_x.get(), m, k, d_perm.get(), device_params(c.act), out32.get(), ctx.stream());
+    calib::fake_quantize_to_reordered_f64(d_x.get(), m, k, d_perm.get(), device_act_params(c.act), out64.get(), ctx.stream());
+    calib::fake_quantize_to_original_f32(d_x.get(), m, k, d_perm.get(), device_act_params(c.act), out32.get(), ctx.stream());
     const std::vector<double> got64 = to_host(out64, ctx);
     const std::vector<float> got32 = to_host(out32, ctx);
     std::int64_t mismatches = 0;

@@ -26,43 +26,12 @@ dim3 square_grid(std::int64_t k) {
 // ---- the format's scalar rules on the device (format/format.h; every operation rounded as there: explicit
 // _rn intrinsics, so that no contraction or fast-math flag changes a code)
 
-__device__ __forceinline__ float device_qmax(NumberFormat f) {
-  switch (f) {
-    case NumberFormat::kInt3: return 3.0f;
-    case NumberFormat::kInt4: return 7.0f;
-    case NumberFormat::kInt8: return 127.0f;
-    case NumberFormat::kFp4: return 6.0f;
-  }
-  return 0.0f;
-}
-
 __device__ __forceinline__ std::uint16_t fp16_bits(float x) { return __half_as_ushort(__float2half_rn(x)); }
 __device__ __forceinline__ float fp16_value(std::uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
 
 // fp16(clip * max_abs / qmax), as quant::symmetric_scale.
 __device__ __forceinline__ std::uint16_t symmetric_scale_bits(float max_abs, float clip, float qmax) {
   return fp16_bits(__fdiv_rn(__fmul_rn(clip, max_abs), qmax));
-}
-
-__device__ __forceinline__ float fp4_decode(unsigned code) {
-  const float m[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-  const float v = m[code & 7u];
-  return (code & 8u) ? -v : v;
-}
-
-// quant::fp4_encode.
-__device__ __forceinline__ unsigned fp4_encode(float v) {
-  const float a = fabsf(v);
-  unsigned m;
-  if (!(a > 0.25f)) m = 0;
-  else if (a < 0.75f) m = 1;
-  else if (a <= 1.25f) m = 2;
-  else if (a < 1.75f) m = 3;
-  else if (a <= 2.5f) m = 4;
-  else if (a < 3.5f) m = 5;
-  else if (a <= 5.0f) m = 6;
-  else m = 7;
-  return (m != 0 && v < 0.0f) ? (m | 8u) : m;
 }
 
 // The code of x under `scale` (quant::quantize_symmetric_value / quantize_fp4_value) and its dequantized value.
@@ -73,8 +42,8 @@ __device__ __forceinline__ int quantize_value(float x, float scale, NumberFormat
     return 0;
   }
   if (format == NumberFormat::kFp4) {
-    const unsigned code = fp4_encode(__fdiv_rn(x, scale));
-    dequantized = __fmul_rn(fp4_decode(code), scale);
+    const unsigned code = quant::fp4_encode(__fdiv_rn(x, scale));
+    dequantized = __fmul_rn(quant::fp4_decode(static_cast<std::uint8_t>(code)), scale);
     return static_cast<int>(code);
   }
   const float r = fminf(fmaxf(rintf(__fdiv_rn(x, scale)), -qmax - 1.0f), qmax);  // NaN quotient -> lo
@@ -146,7 +115,7 @@ __global__ void fake_quantize_kernel(const float* x, std::int64_t k, const std::
       continue;
     }
     const NumberFormat format = outliers ? NumberFormat::kInt8 : p.format;
-    const float clip = outliers ? 1.0f : p.clip, qmax = device_qmax(format);
+    const float clip = outliers ? 1.0f : p.clip, qmax = quant::format_qmax(format);
     float max_abs = 0.0f;
     for (std::int64_t i = lane; i < size; i += 32) max_abs = fmaxf(fabsf(xr[perm[begin + i]]), max_abs);
     const float scale = fp16_value(symmetric_scale_bits(warp_max(max_abs), clip, qmax));
@@ -352,7 +321,7 @@ __device__ __forceinline__ float normal_code_value(const QuantizedLinearView& q,
   }
   const std::uint8_t byte = q.packed[r * (q.k_normal / 2) + j / 2];
   const unsigned nibble = (j & 1) ? (byte >> 4) : (byte & 0x0Fu);
-  if (q.format == NumberFormat::kFp4) return fp4_decode(nibble);
+  if (q.format == NumberFormat::kFp4) return quant::fp4_decode(static_cast<std::uint8_t>(nibble));
   return static_cast<float>(static_cast<int>(nibble << 28) >> 28);  // sign-extended two's complement
 }
 
@@ -435,7 +404,7 @@ __device__ __forceinline__ void set_group_scale(const GptqBlockArgs& a, std::int
 __global__ void gptq_block_kernel(GptqBlockArgs a) {
   const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (r >= a.n) return;
-  const float qmax = device_qmax(a.format);
+  const float qmax = quant::format_qmax(a.format);
   double loss = 0.0;
   for (std::int64_t i = a.begin; i < a.end; ++i) {
     if (!a.static_groups && i % a.group == 0) set_group_scale(a, r, i / a.group, qmax);
@@ -460,7 +429,7 @@ __global__ void gptq_block_kernel(GptqBlockArgs a) {
 __global__ void gptq_group_scales_kernel(GptqBlockArgs a, std::int64_t groups) {
   const std::int64_t r = blockIdx.x * std::int64_t{blockDim.x} + threadIdx.x;
   if (r >= a.n) return;
-  const float qmax = device_qmax(a.format);
+  const float qmax = quant::format_qmax(a.format);
   for (std::int64_t g = 0; g < groups; ++g) set_group_scale(a, r, g, qmax);
 }
 

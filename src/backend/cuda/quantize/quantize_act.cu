@@ -21,6 +21,7 @@
 #include "backend/cuda/common/fp16_vec.cuh"
 #include "backend/cuda/gemm/gemm_w4a4_layout.h"
 #include "backend/cuda/quantize/quantize_act.h"
+#include "format/format.h"
 
 namespace atom::cuda {
 namespace {
@@ -53,21 +54,6 @@ __device__ __forceinline__ float round_quotient(float x, float scale, float inv)
 // Low bits of an integer-valued float in [-2^21, 2^21), two's complement.
 __device__ __forceinline__ unsigned int_bits(float r) { return __float_as_uint(__fadd_rn(r, kRoundMagic)); }
 
-// quant::fp4_encode.
-__device__ __forceinline__ unsigned fp4_encode(float v) {
-  const float a = fabsf(v);
-  unsigned m;
-  if (!(a > 0.25f)) m = 0;
-  else if (a < 0.75f) m = 1;
-  else if (a <= 1.25f) m = 2;
-  else if (a < 1.75f) m = 3;
-  else if (a <= 2.5f) m = 4;
-  else if (a < 3.5f) m = 5;
-  else if (a <= 5.0f) m = 6;
-  else m = 7;
-  return (m != 0 && v < 0.0f) ? (m | 8u) : m;
-}
-
 struct GroupArgs {
   float qmax, clip;
 };
@@ -88,7 +74,7 @@ __device__ __forceinline__ std::uint32_t quantize_group8(const float (&v)[8], in
   if (scale != 0.0f) {
     if constexpr (kFp4) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) word |= fp4_encode(__fdiv_rn(v[i], scale)) << (4 * i);
+      for (int i = 0; i < 8; ++i) word |= static_cast<std::uint32_t>(quant::fp4_encode(__fdiv_rn(v[i], scale))) << (4 * i);
     } else {
       const float inv = __frcp_rn(scale);
 #pragma unroll
