@@ -5,6 +5,8 @@
 // values the kernel quantized), then timed: cudaEvent per launch, median of 30, inputs/outputs replicated
 // and rotated so that at least 512 MB are touched (nothing served from L2). Bandwidth = bytes read +
 // written over time, against a device-to-device copy measured in the same run.
+// --slices: the Atom shapes at decode sizes once per row-slice count (1, 2, 4, 8 and the kernels' default),
+// the table the default rule is read from.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -41,7 +43,7 @@ struct Result {
   bool ok;
 };
 
-Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
+Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng, int slices = 0) {
   const int kn = k - kOutliers, groups = kn / kGroup;
   const int in_cols = kernel == Kernel::kSiluMul ? 2 * k : k;  // silu: [gate | up] rows
   // Per-replica bytes actually moved.
@@ -101,6 +103,7 @@ Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
       p.out = out;
       p.normed_out = with_debug ? debug.p : nullptr;
       p.normed_stride = k;
+      p.slices = slices;
       rmsnorm_quantize(p, nullptr);
     } else if (kernel == Kernel::kReorder) {
       ReorderQuantParams p;
@@ -110,6 +113,7 @@ Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
       p.input_stride = k;
       p.perm = perm.p;
       p.out = out;
+      p.slices = slices;
       reorder_quantize(p, nullptr);
     } else {
       SiluMulQuantParams p;
@@ -122,6 +126,7 @@ Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
       p.out = out;
       p.act_out = with_debug ? debug.p : nullptr;
       p.act_stride = k;
+      p.slices = slices;
       silu_mul_quantize(p, nullptr);
     }
   };
@@ -173,6 +178,7 @@ Result run(Kernel kernel, int m, int k, int kOutliers, std::mt19937& rng) {
 
 int main(int argc, char** argv) {
   const bool profile = argc > 1 && std::string(argv[1]) == "--profile";  // M = 8192 only (for ncu)
+  const bool slice_sweep = argc > 1 && std::string(argv[1]) == "--slices";
   const DeviceInfo info = current_device_info();
   int runtime = 0;
   cudaRuntimeGetVersion(&runtime);
@@ -198,6 +204,31 @@ int main(int argc, char** argv) {
                           {"Llama-2-7B / Llama-3-8B", Kernel::kRmsNormResidual, 4096, true},
                           {"Llama-2-7B", Kernel::kSiluMul, 11008, true}};
   bool all_ok = true;
+  if (slice_sweep) {
+    const int counts[] = {1, 2, 4, 8, 0};
+    std::printf("time us per row-slice count (0 = default); ratio = default / 1 slice\n");
+    std::printf("%-17s %-24s %6s %5s", "kernel", "model", "K", "M");
+    for (int c : counts) std::printf(" | %8s", c == 0 ? "default" : ("s=" + std::to_string(c)).c_str());
+    std::printf(" | %5s\n", "ratio");
+    for (const Shape& s : shapes) {
+      if (s.w8a8) continue;
+      for (int m : {1, 8, 16, 64, 256}) {
+        std::printf("%-17s %-24s %6d %5d", kernel_name(s.kernel), s.model, s.k, m);
+        double one = 0, dflt = 0;
+        for (int c : counts) {
+          const Result r = run(s.kernel, m, s.k, kAtomOutliers, rng, c);
+          all_ok = all_ok && r.ok;
+          if (c == 1) one = r.us;
+          if (c == 0) dflt = r.us;
+          std::printf(" | %7.1f%s", r.us, r.ok ? " " : "!");
+          std::fflush(stdout);
+        }
+        std::printf(" | %5.2f\n", dflt / one);
+      }
+    }
+    std::printf(all_ok ? "all validated (bit-exact on sampled rows)\n" : "VALIDATION FAILED (marked !)\n");
+    return all_ok ? 0 : 1;
+  }
   std::printf("%-17s %-5s %-24s %6s", "kernel", "rows", "model", "K");
   for (int m : ms) std::printf(" | %21s", ("M=" + std::to_string(m)).c_str());
   std::printf("\n");

@@ -62,7 +62,7 @@ __device__ __forceinline__ void load_words(const std::uint8_t* p, std::uint32_t 
 
 struct DecodeSplit {
   int num_splits;
-  int chunk;  // tokens per split (the last split takes the rest)
+  int min_chunk;  // decode_split_range: each sequence splits its own length
   float* partial_out;  // [batch * Hq * num_splits, D]
   float* partial_lse;  // [batch * Hq * num_splits] (log2 domain)
 };
@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
   const PagedKvCache& c = p.cache;
   const int group = p.num_qo_heads / c.num_kv_heads;
   const int kv_len = p.kv_lens[b];
-  const int begin = split * split_args.chunk;
-  const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
+  const DecodeSplitRange range = decode_split_range(kv_len, split_args.num_splits, split_args.min_chunk, split);
+  const int begin = range.begin, end = range.end;
 
   // This lane's slice of every query head of the group, pre-scaled into the log2 domain.
   const float q_scale = p.sm_scale * kLog2e;
@@ -357,8 +357,8 @@ __global__ void __launch_bounds__(kU4Warps * 32, kU4MinBlocks)
   const PagedKvCache& c = p.cache;
   const int group = p.num_qo_heads / c.num_kv_heads;
   const int kv_len = p.kv_lens[b];
-  const int begin = split * split_args.chunk;  // a multiple of 16
-  const int end = split == split_args.num_splits - 1 ? kv_len : min(kv_len, begin + split_args.chunk);
+  const DecodeSplitRange range = decode_split_range(kv_len, split_args.num_splits, split_args.min_chunk, split);
+  const int begin = range.begin, end = range.end;  // begin % 16 == 0
 
   // The warp's pipeline; after the loop, the same bytes hold its partial output for the block merge.
   __shared__ __align__(16) std::uint8_t s_tiles[kU4Warps][kU4Stages][Tile::kBytes];
@@ -624,22 +624,25 @@ int num_sms() {
 }
 
 struct Plan {
-  int num_splits, chunk;
+  int num_splits, min_chunk;
 };
+
+constexpr int kMinSplitChunk = 256;  // tokens: below it a split's fixed cost outweighs its share
 
 Plan make_plan(const DecodeParams& p) {
   const int max_len = std::max(p.max_kv_len, 1);
   int splits = p.num_splits;
+  int min_chunk = 16;  // a forced count is used as given
   if (splits <= 0) {
-    // Aim for about 8 blocks per SM; no chunk shorter than 256 tokens.
+    // Aim for about 8 blocks per SM; no chunk shorter than kMinSplitChunk tokens.
     const long long base = static_cast<long long>(p.batch) * p.cache.num_kv_heads;
     const long long target = 8LL * num_sms();
     splits = base >= target ? 1 : static_cast<int>((target + base - 1) / base);
-    splits = std::min(splits, (max_len + 255) / 256);
+    splits = std::min(splits, (max_len + kMinSplitChunk - 1) / kMinSplitChunk);
+    min_chunk = kMinSplitChunk;
   }
-  splits = std::clamp(splits, 1, std::min(kMaxSplits, max_len));
-  const int chunk = ((max_len + splits - 1) / splits + 15) / 16 * 16;  // whole 16-token tiles per split
-  return {(max_len + chunk - 1) / chunk, chunk};
+  splits = std::clamp(splits, 1, std::min(kMaxSplits, (max_len + 15) / 16));
+  return {splits, min_chunk};
 }
 
 template <int D, KvDtype kDtype, int kGroup>
@@ -689,7 +692,7 @@ void attention_decode(const DecodeParams& p, cudaStream_t stream) {
   check_params(p);
   if (p.batch == 0) return;
   const Plan plan = make_plan(p);
-  DecodeSplit s{plan.num_splits, plan.chunk, nullptr, nullptr};
+  DecodeSplit s{plan.num_splits, plan.min_chunk, nullptr, nullptr};
   if (plan.num_splits > 1) {
     const std::size_t need = decode_workspace_bytes(p);
     if (p.workspace == nullptr || p.workspace_bytes < need) throw_decode_workspace_error(need, p.workspace_bytes);

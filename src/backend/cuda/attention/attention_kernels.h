@@ -35,6 +35,23 @@ struct DecodeParams {
 
 // The split count attention_decode will use, and the workspace it then needs (0 without a split).
 int decode_num_splits(const DecodeParams& p);
+
+// Tokens [begin, end) of a sequence of kv_len tokens that split `split` of `num_splits` attends to. Each
+// sequence splits its own length, not max_kv_len (a captured graph passes the whole context as
+// max_kv_len, so splitting that would leave every shorter sequence in its first split): whole 16-token tiles,
+// at least min_chunk tokens (a multiple of 16) per split, so short sequences use fewer splits and the
+// rest are empty (begin == end == kv_len).
+struct DecodeSplitRange {
+  int begin, end;
+};
+constexpr DecodeSplitRange decode_split_range(int kv_len, int num_splits, int min_chunk, int split) {
+  int chunk = ((kv_len + num_splits - 1) / num_splits + 15) / 16 * 16;
+  if (chunk < min_chunk) chunk = min_chunk;
+  const long long first = static_cast<long long>(split) * chunk;
+  const int begin = first < kv_len ? static_cast<int>(first) : kv_len;
+  const int end = kv_len - begin < chunk ? kv_len : begin + chunk;
+  return {begin, end};
+}
 std::size_t decode_workspace_bytes(const DecodeParams& p);
 void attention_decode(const DecodeParams& p, cudaStream_t stream);
 

@@ -11,8 +11,10 @@
 // is formed as x * (1 / scale) and rounded with the 1.5 * 2^23 trick, which is provably the same
 // integer unless the product lies within a few ulps of a half-integer; those rare elements take the
 // IEEE division.
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <utility>
@@ -102,27 +104,27 @@ __device__ __forceinline__ int outlier_position_s8(int o) { return (o & ~127) + 
 
 
 // Steps 2 and 3 for one token, by warp `rank` of a team of kTeam warps (kTeam > 1: the whole block, which
-// then meets at block barriers). Source::get8(j, v) gives the fp16-exact values (as floats) of reordered
-// channels j..j+7 (j a multiple of 8) and writes them to the debug output if any. Each group is quantized
-// by one warp and the outliers' max is order-free, so the split changes no arithmetic.
+// then meets at block barriers): normal groups [g_begin, g_end) and, with `outliers` (block-uniform), the
+// INT8 channels. Source::get8(j, v) gives the fp16-exact values (as floats) of reordered channels j..j+7
+// (j a multiple of 8) and writes them to the debug output if any. Each group is quantized by one warp and
+// the outliers' max is order-free, so neither the team nor the row slices change any arithmetic.
 template <bool kFp4, int kTeam, class Source>
 __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout, const QuantizedActOut& out,
-                               Source& src) {
+                               Source& src, int g_begin, int g_end, bool outliers) {
   constexpr int team = kTeam;
   const int lane = threadIdx.x % 32;
   const int k_normal = layout.k - layout.n_outliers;
   const int group = layout.group_size;
   const int lanes = group / 8;
-  const int groups = k_normal / group;
   const int groups_per_pass = 32 / lanes;
   const int slot = lane / lanes, lane_in_group = lane % lanes;
   const float qmax = layout.format == ActFormat::kInt3 ? 3.0f : layout.format == ActFormat::kFp4 ? 6.0f : 7.0f;
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
   std::int8_t* codes_row = out.codes_s8 ? out.codes_s8 + token * out.codes_s8_stride : nullptr;
-  for (int first = rank * groups_per_pass; first < groups; first += team * groups_per_pass) {  // warp-uniform
+  for (int first = g_begin + rank * groups_per_pass; first < g_end; first += team * groups_per_pass) {  // warp-uniform
     const int g = first + slot;
-    const bool active = g < groups;
+    const bool active = g < g_end;
     const int j = g * group + lane_in_group * 8;
     float v[8];
     if (active) {
@@ -143,7 +145,7 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
         *reinterpret_cast<std::uint32_t*>(packed_row + j / 2) = word;
     }
   }
-  if (layout.n_outliers > 0) {
+  if (outliers && layout.n_outliers > 0) {
     // Outliers: 8 consecutive channels per lane, over all warps of the team (n_outliers is a multiple of 8:
     // K and K_n are). W8A8 rows are all outliers: one warp walking an 11008-channel row took ~85 us a token.
     // Two passes (the max, then the codes) read the values twice instead of keeping them in registers.
@@ -202,23 +204,34 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
 
 constexpr int kRowWarps = 4;
 
+// The block's slice of a reordered row: normal channels [normal_first, normal_first + normal_count) and,
+// for the last slice, the outliers, staged at local index l (normal ones first, a multiple of 8 each).
+struct StagedSlice {
+  int k_normal, normal_first, normal_count, outlier_count;
+  __device__ int staged() const { return normal_count + outlier_count; }
+  __device__ int channel(int l) const { return l < normal_count ? normal_first + l : k_normal + (l - normal_count); }
+  __device__ int local(int j) const { return j < k_normal ? j - normal_first : normal_count + (j - k_normal); }
+};
+
 template <bool kNorm>
 struct GatherSource {
-  const std::uint16_t* perm;
-  const __half* gamma;  // gamma[perm[j]] (norm only)
+  StagedSlice slice;
+  const std::uint16_t* perm;  // by local index
+  const __half* gamma;  // gamma[perm[j]] by local index (norm only)
   const __half* row;    // h, original order
   float inv_rms;
   __half* debug;  // this token's normed_out row or null
 
   __device__ void get8(int j, float (&v)[8]) {
-    const uint4 idx = *reinterpret_cast<const uint4*>(perm + j);  // one 16-byte shared load
+    const int l = slice.local(j);  // j..j+7 lie in one staged range
+    const uint4 idx = *reinterpret_cast<const uint4*>(perm + l);  // one 16-byte shared load
     const std::uint32_t iw[4] = {idx.x, idx.y, idx.z, idx.w};
     unsigned ix[8];
 #pragma unroll
     for (int i = 0; i < 4; ++i) ix[2 * i] = iw[i] & 0xFFFFu, ix[2 * i + 1] = iw[i] >> 16;
     if constexpr (kNorm) {
       float gm[8];
-      unpack8(*reinterpret_cast<const uint4*>(gamma + j), gm);
+      unpack8(*reinterpret_cast<const uint4*>(gamma + l), gm);
 #pragma unroll
       for (int i = 0; i < 8; ++i) v[i] = __fmul_rn(__fmul_rn(__half2float(row[ix[i]]), inv_rms), gm[i]);
       const uint4 h = pack8(v);  // the fp16 values are what gets quantized
@@ -246,11 +259,20 @@ struct RowKernelArgs {
   QuantizedActOut out;
   __half* normed_out;
   std::int64_t normed_stride;
+  int slices;  // gridDim.x is a multiple: block b takes slice b % slices of its tokens
 };
 
 // perm (uint16) [+ gamma] for the block, one row per team.
 std::size_t row_smem_bytes(int k, bool norm, int team) {
   return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps / team);
+}
+
+// Normal groups [begin, end) of slice `slice` of `slices`: as even as whole groups allow.
+struct GroupRange {
+  int begin, end;
+};
+__device__ __forceinline__ GroupRange slice_groups(int groups, int slices, int slice) {
+  return {groups * slice / slices, groups * (slice + 1) / slices};
 }
 
 // kTeam: warps per token, 1 or kRowWarps (the whole block; its barriers are then block barriers).
@@ -263,6 +285,13 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
   const int k = a.layout.k;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rank = warp % kTeam, team_lane = rank * 32 + lane;
+  const int slices = kTeam == 1 ? 1 : a.slices, slice = blockIdx.x % slices;
+  const int k_normal = k - a.layout.n_outliers;
+  const GroupRange groups = slice_groups(k_normal / a.layout.group_size, slices, slice);
+  const bool with_outliers = slice == slices - 1;
+  const StagedSlice staged{k_normal, groups.begin * a.layout.group_size,
+                           (groups.end - groups.begin) * a.layout.group_size, with_outliers ? a.layout.n_outliers : 0};
+  const int n_staged = staged.staged();
   const auto team_sync = [] {
     if constexpr (kTeam == 1) __syncwarp();
     else __syncthreads();
@@ -270,33 +299,34 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
   std::uint16_t* perm_s = reinterpret_cast<std::uint16_t*>(smem_raw);
   __half* gamma_s = reinterpret_cast<__half*>(perm_s + k);
   __half* row = (kNorm ? gamma_s + k : gamma_s) + static_cast<std::size_t>(warp / kTeam) * k;  // 16-byte aligned: k % 8 == 0
-  // perm as 16-byte loads (8 in flight per thread), then the gamma gather from the staged indices: with
-  // one dependent load chain per element this prologue alone took about 15 us.
-  for (int base = threadIdx.x * 4; base < k; base += kRowWarps * 32 * 4 * 8) {
+  // The slice's perm as 16-byte loads (8 in flight per thread), then the gamma gather from the staged
+  // indices: with one dependent load chain per element this prologue alone took about 15 us.
+  for (int base = threadIdx.x * 4; base < n_staged; base += kRowWarps * 32 * 4 * 8) {
     int4 idx[8];
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
-      const int j = base + u * kRowWarps * 32 * 4;
-      if (j < k) idx[u] = *reinterpret_cast<const int4*>(a.perm + j);  // k % 8 == 0, perm 16-byte aligned
+      const int l = base + u * kRowWarps * 32 * 4;  // staged ranges are multiples of 8: never straddled
+      if (l < n_staged) idx[u] = *reinterpret_cast<const int4*>(a.perm + staged.channel(l));  // perm 16-byte aligned
     }
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
-      const int j = base + u * kRowWarps * 32 * 4;
-      if (j >= k) continue;
+      const int l = base + u * kRowWarps * 32 * 4;
+      if (l >= n_staged) continue;
       const int v[4] = {idx[u].x, idx[u].y, idx[u].z, idx[u].w};
 #pragma unroll
       for (int e = 0; e < 4; ++e) {  // never out of bounds
-        perm_s[j + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
+        perm_s[l + e] = static_cast<std::uint16_t>(min(static_cast<unsigned>(v[e]), static_cast<unsigned>(k - 1)));
       }
     }
   }
   __syncthreads();
   if constexpr (kNorm) {
 #pragma unroll 8
-    for (int j = threadIdx.x; j < k; j += kRowWarps * 32) gamma_s[j] = a.weight[perm_s[j]];
+    for (int l = threadIdx.x; l < n_staged; l += kRowWarps * 32) gamma_s[l] = a.weight[perm_s[l]];
     __syncthreads();
   }
-  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
+  const int first_token = blockIdx.x / slices * kTeams + warp / kTeam, token_step = gridDim.x / slices * kTeams;
+  for (int token = first_token; token < a.num_tokens; token += token_step) {
     const __half* in = a.input + token * a.input_stride;
     const __half* res = a.residual ? a.residual + token * a.residual_stride : nullptr;
     __half* res_out = a.residual_out ? a.residual_out + token * a.residual_out_stride : nullptr;
@@ -330,7 +360,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
           for (int i = 0; i < 8; ++i) xv[i] = __fadd_rn(xv[i], rv[i]);
           h = pack8(xv);
         }
-        if (res_out) *reinterpret_cast<uint4*>(res_out + c) = h;
+        if (res_out && slices == 1) *reinterpret_cast<uint4*>(res_out + c) = h;
         *reinterpret_cast<uint4*>(row + c) = h;
         if constexpr (kNorm) {
           float hv[8];
@@ -357,9 +387,17 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
       inv_rms = rsqrtf(sumsq / static_cast<float>(k) + a.eps);
     }
     team_sync();  // the row is read across lanes (and warps)
-    GatherSource<kNorm> src{perm_s, gamma_s, row, inv_rms,
+    if (res_out && slices > 1) {
+      // The slices of a token are one cluster; residual_out may alias residual, so no slice overwrites it
+      // before every slice has read it. Then each writes its share of the chunks from its staged row.
+      cooperative_groups::this_cluster().sync();
+      for (int c = team_lane * 8; c < k; c += kTeam * 32 * 8) {
+        if ((c / 8) % slices == slice) *reinterpret_cast<uint4*>(res_out + c) = *reinterpret_cast<const uint4*>(row + c);
+      }
+    }
+    GatherSource<kNorm> src{staged, perm_s, gamma_s, row, inv_rms,
                             a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, src);
+    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, src, groups.begin, groups.end, with_outliers);
     team_sync();  // the next token overwrites the row (and s_sumsq)
   }
 }
@@ -378,6 +416,7 @@ struct SiluKernelArgs {
   QuantizedActOut out;
   __half* act_out;
   std::int64_t act_stride;
+  int slices;  // as RowKernelArgs::slices
 };
 
 // fp16( silu(g) * u ); the fp16 rounding is the definition, the fp32 inside need not be IEEE-exact.
@@ -406,10 +445,14 @@ __global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKern
   static_assert(kTeam == 1 || kTeam == kSiluWarps);
   constexpr int kTeams = kSiluWarps / kTeam;
   const int warp = threadIdx.x / 32;
-  for (int token = blockIdx.x * kTeams + warp / kTeam; token < a.num_tokens; token += gridDim.x * kTeams) {
+  const int slices = kTeam == 1 ? 1 : a.slices, slice = blockIdx.x % slices;
+  const GroupRange groups = slice_groups((a.layout.k - a.layout.n_outliers) / a.layout.group_size, slices, slice);
+  const int first_token = blockIdx.x / slices * kTeams + warp / kTeam, token_step = gridDim.x / slices * kTeams;
+  for (int token = first_token; token < a.num_tokens; token += token_step) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
                    a.act_out ? a.act_out + token * a.act_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, src);
+    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, src, groups.begin, groups.end,
+                                slice == slices - 1);
   }
 }
 
@@ -431,39 +474,70 @@ long long resident_blocks(Kernel kernel, int threads, std::size_t smem) {
   return static_cast<long long>(per_sm < 1 ? 1 : per_sm) * num_sms();
 }
 
-// A block per token while the tokens fit on the GPU at once (all warps of the block share a token),
-// else a warp per token; persistent grid: never more blocks than fit at once or than the tokens need.
-template <class Kernel>
+constexpr int kMaxSlices = 8;
+
+// A block per token while the tokens fit on the GPU at once (all warps of the block share a token; with
+// row slices, `slices` blocks per token), else a warp per token; persistent grid: never more blocks than
+// fit at once or than the tokens need, and a multiple of the slice count.
+template <class Kernel, class Args>
 void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t team_smem, std::size_t warp_smem,
-                  int num_tokens, cudaStream_t stream, const auto& args) {
+                  int num_tokens, int requested_slices, cudaStream_t stream, Args args) {
   const int threads = warps * 32;
   for (auto [k, bytes] : {std::pair{team_kernel, team_smem}, std::pair{warp_kernel, warp_smem}}) {
     if (bytes > 48 * 1024) {  // (before the occupancy queries, which otherwise assume the 48 KB default)
       ATOM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
     }
   }
-  const bool teams = num_tokens <= resident_blocks(team_kernel, threads, team_smem);
+  const long long team_fit = resident_blocks(team_kernel, threads, team_smem);
+  const bool teams = num_tokens <= team_fit;
   Kernel kernel = teams ? team_kernel : warp_kernel;
   const std::size_t smem = teams ? team_smem : warp_smem;
-  const long long fit = resident_blocks(kernel, threads, smem);
+  const long long fit = teams ? team_fit : resident_blocks(kernel, threads, smem);
+  const int groups = (args.layout.k - args.layout.n_outliers) / args.layout.group_size;
+  int slices = 1;
+  if (teams) {
+    // Default: every warp of a slice gets a group or more, and all tokens' slices fit on the GPU at once.
+    const long long by_fit = team_fit / std::max(num_tokens, 1);
+    slices = requested_slices > 0 ? requested_slices
+                                   : static_cast<int>(std::min<long long>({kMaxSlices, groups / warps, by_fit}));
+    slices = std::clamp(slices, 1, std::clamp(groups, 1, kMaxSlices));  // a portable cluster holds 8 blocks
+  }
+  args.slices = slices;
   const int tokens_per_block = teams ? 1 : warps;
-  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block;
-  kernel<<<static_cast<int>(fit < need ? fit : need), threads, smem, stream>>>(args);
+  const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block * slices;
+  const long long blocks = std::min(need, std::max<long long>(fit / slices, 1) * slices);
+  if (slices == 1) {
+    kernel<<<static_cast<int>(blocks), threads, smem, stream>>>(args);
+  } else {  // the slices of a token as one thread-block cluster (consecutive blocks)
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(static_cast<unsigned>(blocks));
+    config.blockDim = dim3(static_cast<unsigned>(threads));
+    config.dynamicSmemBytes = smem;
+    config.stream = stream;
+    cudaLaunchAttribute cluster[1];
+    cluster[0].id = cudaLaunchAttributeClusterDimension;
+    cluster[0].val.clusterDim.x = static_cast<unsigned>(slices);
+    cluster[0].val.clusterDim.y = 1;
+    cluster[0].val.clusterDim.z = 1;
+    config.attrs = cluster;
+    config.numAttrs = 1;
+    ATOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
+  }
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
 template <bool kNorm, bool kFp4>
-void launch_row(const RowKernelArgs& a, cudaStream_t stream) {
+void launch_row(const RowKernelArgs& a, int slices, cudaStream_t stream) {
   if (a.num_tokens == 0) return;
   launch_teams(row_quantize_kernel<kNorm, kFp4, kRowWarps>, row_quantize_kernel<kNorm, kFp4, 1>, kRowWarps,
                row_smem_bytes(a.layout.k, kNorm, kRowWarps), row_smem_bytes(a.layout.k, kNorm, 1), a.num_tokens,
-               stream, a);
+               slices, stream, a);
 }
 
 template <bool kNorm>
-void dispatch_row(const RowKernelArgs& a, cudaStream_t stream) {
-  if (a.layout.format == ActFormat::kFp4) launch_row<kNorm, true>(a, stream);
-  else launch_row<kNorm, false>(a, stream);
+void dispatch_row(const RowKernelArgs& a, int slices, cudaStream_t stream) {
+  if (a.layout.format == ActFormat::kFp4) launch_row<kNorm, true>(a, slices, stream);
+  else launch_row<kNorm, false>(a, slices, stream);
 }
 
 }  // namespace
@@ -483,16 +557,17 @@ void rmsnorm_quantize(const RmsNormQuantParams& p, cudaStream_t stream) {
                   p.perm,
                   p.out,
                   reinterpret_cast<__half*>(p.normed_out),
-                  p.normed_stride};
-  dispatch_row<true>(a, stream);
+                  p.normed_stride,
+                  1};
+  dispatch_row<true>(a, p.slices, stream);
 }
 
 void reorder_quantize(const ReorderQuantParams& p, cudaStream_t stream) {
   check_params(p);
   RowKernelArgs a{p.num_tokens, p.layout, reinterpret_cast<const __half*>(p.input), p.input_stride, nullptr, 0,
                   nullptr,      0,        nullptr,                                  0.0f,           p.perm, p.out,
-                  nullptr,      0};
-  dispatch_row<false>(a, stream);
+                  nullptr,      0,        1};
+  dispatch_row<false>(a, p.slices, stream);
 }
 
 void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
@@ -506,13 +581,14 @@ void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream) {
                    p.up_stride,
                    p.out,
                    reinterpret_cast<__half*>(p.act_out),
-                   p.act_stride};
+                   p.act_stride,
+                   1};
   if (p.layout.format == ActFormat::kFp4) {
     launch_teams(silu_quantize_kernel<true, kSiluWarps>, silu_quantize_kernel<true, 1>, kSiluWarps, 0, 0,
-                 p.num_tokens, stream, a);
+                 p.num_tokens, p.slices, stream, a);
   } else {
     launch_teams(silu_quantize_kernel<false, kSiluWarps>, silu_quantize_kernel<false, 1>, kSiluWarps, 0, 0,
-                 p.num_tokens, stream, a);
+                 p.num_tokens, p.slices, stream, a);
   }
 }
 

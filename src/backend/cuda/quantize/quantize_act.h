@@ -44,6 +44,13 @@ struct QuantizedActOut {
   std::int64_t codes_s8_stride = 0;
 };
 
+// Row slices (each kernel's `slices`): while the tokens fit on the GPU as one block each (decode batches),
+// a token's normal groups may be dealt to several blocks, the last of which also takes the outliers; each
+// block reads the whole row (the RMS needs it) but stages and quantizes only its slice; the slices of a token
+// form a thread-block cluster (residual_out may alias residual: no slice writes it before all have read it).
+// Same arithmetic, more blocks: a lone 4096-channel row was ~11-19 us of latency in one block. 0: chosen from M, the
+// groups and the GPU; > 0: forced (tests, tuning; clamped to the group count).
+
 // h = fp16(float(input) + float(residual)) when residual is set, else h = input; residual_out (optional,
 // may alias residual) receives h. Quantized values: reordered channel j is
 //   fp16( (float(h[perm[j]]) * inv_rms) * float(weight[perm[j]]) ),  inv_rms = rsqrt(mean(h^2) + eps)
@@ -63,6 +70,7 @@ struct RmsNormQuantParams {
   QuantizedActOut out;
   std::uint16_t* normed_out = nullptr;
   std::int64_t normed_stride = 0;
+  int slices = 0;  // row slices (above)
 };
 void rmsnorm_quantize(const RmsNormQuantParams& p, cudaStream_t stream);
 
@@ -74,6 +82,7 @@ struct ReorderQuantParams {
   std::int64_t input_stride = 0;
   const std::int32_t* perm = nullptr;  // [K], 16-byte aligned
   QuantizedActOut out;
+  int slices = 0;  // row slices (above)
 };
 void reorder_quantize(const ReorderQuantParams& p, cudaStream_t stream);
 
@@ -90,6 +99,7 @@ struct SiluMulQuantParams {
   QuantizedActOut out;
   std::uint16_t* act_out = nullptr;
   std::int64_t act_stride = 0;
+  int slices = 0;  // row slices (above)
 };
 void silu_mul_quantize(const SiluMulQuantParams& p, cudaStream_t stream);
 

@@ -85,6 +85,7 @@ void check_perm(const std::int32_t* perm, const char* what) {
 
 void check_params(const RmsNormQuantParams& p) {
   const char* what = "rmsnorm_quantize";
+  if (p.slices < 0) fail("{}: slices {} is negative", what, p.slices);
   check_layout(p.layout, p.num_tokens, 16384, what);
   check_vector_rows(p.input, p.input_stride, p.layout.k, true, what, "input");
   check_vector_rows(p.residual, p.residual_stride, p.layout.k, false, what, "residual");
@@ -98,6 +99,7 @@ void check_params(const RmsNormQuantParams& p) {
 
 void check_params(const ReorderQuantParams& p) {
   const char* what = "reorder_quantize";
+  if (p.slices < 0) fail("{}: slices {} is negative", what, p.slices);
   check_layout(p.layout, p.num_tokens, 16384, what);
   check_vector_rows(p.input, p.input_stride, p.layout.k, true, what, "input");
   check_perm(p.perm, what);
@@ -106,6 +108,7 @@ void check_params(const ReorderQuantParams& p) {
 
 void check_params(const SiluMulQuantParams& p) {
   const char* what = "silu_mul_quantize";
+  if (p.slices < 0) fail("{}: slices {} is negative", what, p.slices);
   check_layout(p.layout, p.num_tokens, 65536, what);
   check_vector_rows(p.gate, p.gate_stride, p.layout.k, true, what, "gate");
   check_vector_rows(p.up, p.up_stride, p.layout.k, true, what, "up");

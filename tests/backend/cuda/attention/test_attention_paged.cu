@@ -213,11 +213,14 @@ std::vector<std::uint16_t> random_queries(std::mt19937& rng, std::size_t n) {
   return q;
 }
 
-void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16) {
+// max_kv_len: 0 = the longest sequence; larger = what a captured graph passes (the whole context).
+void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16,
+                int max_kv_len = 0) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " splits=" +
-               std::to_string(num_splits) + " page=" + std::to_string(page_size) + " seed=" + std::to_string(seed));
+               std::to_string(num_splits) + " page=" + std::to_string(page_size) + " max_kv_len=" +
+               std::to_string(max_kv_len) + " seed=" + std::to_string(seed));
   std::mt19937 rng(seed);
   RandomCache cache(rng, dtype, d, heads.kv, page_size, lens);
   const int batch = static_cast<int>(lens.size());
@@ -236,7 +239,7 @@ void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens,
   p.kv_lens = cache.d_kv_lens.get();
   p.block_tables = cache.d_block_tables.get();
   p.block_table_stride = cache.block_table_stride;
-  p.max_kv_len = *std::max_element(lens.begin(), lens.end());
+  p.max_kv_len = std::max(max_kv_len, *std::max_element(lens.begin(), lens.end()));
   p.sm_scale = 1.0f / std::sqrt(static_cast<float>(d));
   p.num_splits = num_splits;
   DeviceArray<std::uint8_t> workspace(std::max<std::size_t>(decode_workspace_bytes(p), 1));
@@ -278,6 +281,39 @@ TEST(CudaAttentionDecode, LongContextSplits) {
   for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU4}) {
     run_decode(dtype, 128, Heads{2, 2}, {5000, 3}, 0);
     run_decode(dtype, 128, Heads{4, 1}, {4097}, 64);
+  }
+}
+
+// Every token of a sequence lies in exactly one split, splits are whole 16-token tiles of at least min_chunk
+// tokens (except a sequence's last), and a sequence uses all splits once its length allows.
+TEST(CudaAttentionDecode, SplitRangesCoverEachSequenceOnce) {
+  for (int splits : {1, 2, 7, 64}) {
+    for (int min_chunk : {16, 256}) {
+      for (int len = 0; len <= 5000; len += len < 64 ? 1 : 37) {
+        int next = 0, used = 0;
+        for (int s = 0; s < splits; ++s) {
+          const DecodeSplitRange r = decode_split_range(len, splits, min_chunk, s);
+          ASSERT_EQ(r.begin, next) << "len " << len << " splits " << splits << " split " << s;
+          ASSERT_LE(r.begin, r.end);
+          ASSERT_EQ(r.begin % 16 == 0 || r.begin == len, true);
+          if (r.end < len) ASSERT_GE(r.end - r.begin, min_chunk);
+          used += r.end > r.begin;
+          next = r.end;
+        }
+        ASSERT_EQ(next, len) << "len " << len << " splits " << splits;
+        if (len >= splits * std::max(min_chunk, 16)) EXPECT_EQ(used, splits) << "len " << len;
+      }
+    }
+  }
+}
+
+// A captured decode graph passes the whole context as max_kv_len: the split count follows it, and each
+// sequence splits its own length (the short ones use fewer splits, the rest are empty).
+TEST(CudaAttentionDecode, SplitsFollowEachSequenceUnderALooseBound) {
+  for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
+    run_decode(dtype, 128, Heads{32, 8}, {700, 3000, 16, 0, 257}, 0, 16, 8192);
+    run_decode(dtype, 64, Heads{8, 2}, {1, 513, 4096}, 0, 16, 16384);
+    run_decode(dtype, 128, Heads{4, 4}, {33, 1000}, 9, 16, 4096);
   }
 }
 

@@ -31,12 +31,13 @@ struct Case {
   float clip;
   bool group_major_scales;  // scales [K_n/G, M] instead of [M, K_n/G]
   int packed_pad;           // extra bytes per packed row (must stay poisoned)
+  int slices = 0;           // row slices: 0 = the kernels' own choice
 };
 
 std::string describe(const Case& c, unsigned seed) {
   return "m=" + std::to_string(c.m) + " k=" + std::to_string(c.k) + " n_out=" + std::to_string(c.n_out) +
          " group=" + std::to_string(c.group) + " format=" + std::to_string(static_cast<int>(c.format)) +
-         " clip=" + std::to_string(c.clip) + " seed=" + std::to_string(seed);
+         " clip=" + std::to_string(c.clip) + " slices=" + std::to_string(c.slices) + " seed=" + std::to_string(seed);
 }
 
 quant::NumberFormat to_quant(ActFormat f) {
@@ -59,6 +60,16 @@ const std::vector<Case>& cases() {
       {9, 1032, 8, 32, ActFormat::kFp4, 1.0f, true, 0},
       {8, 11008, 11008, 128, ActFormat::kInt4, 0.9f, false, 0},  // W8A8: all INT8, a block per token
       {4000, 1040, 1040, 128, ActFormat::kInt4, 0.9f, false, 0},  // W8A8, a warp per token
+      // Row slices: forced counts that split the groups unevenly, the decode default, and counts that clamp
+      // (to the group count; to 8, a portable cluster; to 1 in the warp-per-token mode).
+      {7, 4096, 128, 128, ActFormat::kInt4, 0.9f, false, 0, 3},
+      {1, 4096, 128, 128, ActFormat::kInt4, 0.9f, false, 0, 0},
+      {8, 11008, 128, 128, ActFormat::kInt4, 0.9f, false, 0, 0},
+      {33, 296, 40, 128, ActFormat::kInt4, 0.9f, true, 4, 2},
+      {5, 512, 0, 64, ActFormat::kInt3, 1.0f, false, 0, 5},
+      {9, 1032, 8, 32, ActFormat::kFp4, 1.0f, true, 0, 16},
+      {3, 264, 264, 128, ActFormat::kInt4, 0.9f, false, 0, 4},
+      {2500, 264, 8, 256, ActFormat::kFp4, 0.95f, false, 0, 2},
   };
   return all;
 }
@@ -195,6 +206,7 @@ TEST(CudaQuantizeAct, RmsNormResidualReorderQuantize) {
     p.out = out.view;
     p.normed_out = d_normed.get();
     p.normed_stride = c.k;
+    p.slices = c.slices;
     rmsnorm_quantize(p, nullptr);
     ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -282,6 +294,7 @@ TEST(CudaQuantizeAct, ReorderQuantizeIsBitExact) {
     p.input_stride = c.k;
     p.perm = d_perm.get();
     p.out = out.view;
+    p.slices = c.slices;
     reorder_quantize(p, nullptr);
     ATOM_CUDA_CHECK(cudaDeviceSynchronize());
     const auto ref = quant::quantize_activations(to_float(x), c.m, perm, c.n_out, c.group, to_quant(c.format), c.clip);
@@ -308,6 +321,7 @@ TEST(CudaQuantizeAct, SiluMulQuantize) {
     p.out = out.view;
     p.act_out = d_act.get();
     p.act_stride = c.k;
+    p.slices = c.slices;
     silu_mul_quantize(p, nullptr);
     ATOM_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<double> want(static_cast<std::size_t>(c.m) * c.k);
@@ -328,11 +342,12 @@ TEST(CudaQuantizeAct, SiluMulQuantize) {
 // the reference codes converted into that layout (gemm_w4a4.h), byte for byte, padding zeroed.
 TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
   struct S8Case {
-    int m, k, n_out;
+    int m, k, n_out, slices;
   };
-  for (const S8Case sc : {S8Case{7, 4096, 128}, S8Case{33, 304, 48}, S8Case{3, 272, 272}, S8Case{150, 1168, 144}}) {
+  for (const S8Case sc : {S8Case{7, 4096, 128, 0}, S8Case{33, 304, 48, 0}, S8Case{3, 272, 272, 0},
+                          S8Case{150, 1168, 144, 0}, S8Case{4, 4096, 128, 5}, S8Case{2, 1168, 144, 8}}) {
     const unsigned seed = std::random_device{}();
-    const Case c{sc.m, sc.k, sc.n_out, 128, ActFormat::kInt4, 0.9f, true, 0};
+    const Case c{sc.m, sc.k, sc.n_out, 128, ActFormat::kInt4, 0.9f, true, 0, sc.slices};
     SCOPED_TRACE(describe(c, seed));
     std::mt19937 rng(seed);
     const int kn = c.k - c.n_out, groups = kn / 128, row_bytes = w4a4_s8_row_bytes(kn, c.n_out);
@@ -370,6 +385,7 @@ TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
       p.input_stride = c.k;
       p.perm = d_perm.get();
       p.out = o;
+      p.slices = c.slices;
       reorder_quantize(p, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       expect_layout(to_float(x), perm, "reorder_quantize");
@@ -386,6 +402,7 @@ TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
       p.out = o;
       p.normed_out = normed.get();
       p.normed_stride = c.k;
+      p.slices = c.slices;
       rmsnorm_quantize(p, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       expect_layout(to_float(normed.download()), identity(c.k), "rmsnorm_quantize (normed values, reordered)");
@@ -404,6 +421,7 @@ TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
       p.out = o;
       p.act_out = d_act.get();
       p.act_stride = c.k;
+      p.slices = c.slices;
       silu_mul_quantize(p, nullptr);
       ATOM_CUDA_CHECK(cudaDeviceSynchronize());
       expect_layout(to_float(d_act.download()), identity(c.k), "silu_mul_quantize");
@@ -438,6 +456,9 @@ TEST(CudaQuantizeAct, RejectsBadLayouts) {
   EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
   bad = p;
   bad.perm = perm.get() + 1;  // read with 16-byte loads
+  EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
+  bad = p;
+  bad.slices = -1;
   EXPECT_THROW(reorder_quantize(bad, nullptr), std::exception);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 }
