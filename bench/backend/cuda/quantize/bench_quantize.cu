@@ -5,7 +5,7 @@
 // values the kernel quantized), then timed: cudaEvent per launch, median of 30, inputs/outputs replicated
 // and rotated so that at least 512 MB are touched (nothing served from L2). Bandwidth = bytes read +
 // written over time, against a device-to-device copy measured in the same run.
-// --slices: the Atom shapes at decode sizes once per row-slice count (1, 2, 4, 8 and the kernels' default),
+// --slices: every shape at decode sizes once per row-slice count (1, 2, 4, 8 and the kernels' default),
 // the table the default rule is read from.
 #include <cuda_runtime.h>
 
@@ -207,16 +207,15 @@ int main(int argc, char** argv) {
   if (slice_sweep) {
     const int counts[] = {1, 2, 4, 8, 0};
     std::printf("time us per row-slice count (0 = default); ratio = default / 1 slice\n");
-    std::printf("%-17s %-24s %6s %5s", "kernel", "model", "K", "M");
+    std::printf("%-17s %-5s %-24s %6s %5s", "kernel", "rows", "model", "K", "M");
     for (int c : counts) std::printf(" | %8s", c == 0 ? "default" : ("s=" + std::to_string(c)).c_str());
     std::printf(" | %5s\n", "ratio");
     for (const Shape& s : shapes) {
-      if (s.w8a8) continue;
       for (int m : {1, 8, 16, 64, 256}) {
-        std::printf("%-17s %-24s %6d %5d", kernel_name(s.kernel), s.model, s.k, m);
+        std::printf("%-17s %-5s %-24s %6d %5d", kernel_name(s.kernel), s.w8a8 ? "w8a8" : "atom", s.model, s.k, m);
         double one = 0, dflt = 0;
         for (int c : counts) {
-          const Result r = run(s.kernel, m, s.k, kAtomOutliers, rng, c);
+          const Result r = run(s.kernel, m, s.k, s.w8a8 ? s.k : kAtomOutliers, rng, c);
           all_ok = all_ok && r.ok;
           if (c == 1) one = r.us;
           if (c == 0) dflt = r.us;

@@ -7,6 +7,8 @@
 //   2. normal groups: G/8 lanes per group, 8 consecutive reordered channels per lane, the group max by
 //      shuffles, one 4-byte store of 8 packed codes per lane; the team's warps take turns by pass;
 //   3. outliers: 8 channels per lane over the team's warps, the team's max, one INT8 per channel.
+// At decode sizes a token's row may be split over a cluster of blocks (row slices, quantize_act.h): each
+// block stages the whole row but quantizes only its share (SliceShare).
 // The arithmetic mirrors format/format.h (fp32, IEEE division, round half to even): the quotient x / scale
 // is formed as x * (1 / scale) and rounded with the 1.5 * 2^23 trick, which is provably the same
 // integer unless the product lies within a few ulps of a half-integer; those rare elements take the
@@ -103,14 +105,35 @@ __device__ __forceinline__ void store_codes_s8(std::int8_t* group_row, int c, st
 __device__ __forceinline__ int outlier_position_s8(int o) { return (o & ~127) + layout::s8_outlier_position(o & 127); }
 
 
+// What one block of a token's row slices quantizes: normal groups [g_begin, g_end) and outlier chunks
+// (8 channels each) [c_begin, c_end). The outliers go whole to the last slice, unless they are most of the
+// row (W8A8: all of it), when they are dealt out like the groups and their max is taken across the cluster.
+struct SliceShare {
+  int g_begin, g_end, c_begin, c_end;
+  bool cluster_max;  // block-uniform: the outlier max is the cluster's (every slice takes part)
+  bool owns_scale;   // writes the outlier scale (and the int8 layout's padding)
+};
+constexpr bool outliers_spread_over_slices(const ActQuantLayout& l) { return l.n_outliers > l.k - l.n_outliers; }
+__device__ __forceinline__ SliceShare slice_share(const ActQuantLayout& l, int slices, int slice) {
+  const int groups = (l.k - l.n_outliers) / l.group_size, chunks = l.n_outliers / 8;
+  const bool spread = slices > 1 && outliers_spread_over_slices(l);
+  SliceShare s{groups * slice / slices, groups * (slice + 1) / slices, 0, 0, spread, false};
+  if (spread) {
+    s.c_begin = chunks * slice / slices, s.c_end = chunks * (slice + 1) / slices, s.owns_scale = slice == 0;
+  } else if (slice == slices - 1) {
+    s.c_end = chunks, s.owns_scale = true;
+  }
+  return s;
+}
+
 // Steps 2 and 3 for one token, by warp `rank` of a team of kTeam warps (kTeam > 1: the whole block, which
-// then meets at block barriers): normal groups [g_begin, g_end) and, with `outliers` (block-uniform), the
-// INT8 channels. Source::get8(j, v) gives the fp16-exact values (as floats) of reordered channels j..j+7
-// (j a multiple of 8) and writes them to the debug output if any. Each group is quantized by one warp and
-// the outliers' max is order-free, so neither the team nor the row slices change any arithmetic.
+// then meets at block barriers), for the block's share of the row. Source::get8(j, v) gives the fp16-exact
+// values (as floats) of reordered channels j..j+7 (j a multiple of 8) and writes them to the debug output if
+// any. Each group is quantized by one warp and the outliers' max is order-free, so neither the team nor the
+// row slices change any arithmetic.
 template <bool kFp4, int kTeam, class Source>
 __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout, const QuantizedActOut& out,
-                               Source& src, int g_begin, int g_end, bool outliers) {
+                               Source& src, const SliceShare& share) {
   constexpr int team = kTeam;
   const int lane = threadIdx.x % 32;
   const int k_normal = layout.k - layout.n_outliers;
@@ -122,9 +145,9 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
   const GroupArgs args{qmax, layout.clip_ratio};
   std::uint8_t* packed_row = out.packed + token * out.packed_stride;
   std::int8_t* codes_row = out.codes_s8 ? out.codes_s8 + token * out.codes_s8_stride : nullptr;
-  for (int first = g_begin + rank * groups_per_pass; first < g_end; first += team * groups_per_pass) {  // warp-uniform
-    const int g = first + slot;
-    const bool active = g < g_end;
+  for (int first = share.g_begin + rank * groups_per_pass; first < share.g_end; first += team * groups_per_pass) {
+    const int g = first + slot;  // (the loop is warp-uniform)
+    const bool active = g < share.g_end;
     const int j = g * group + lane_in_group * 8;
     float v[8];
     if (active) {
@@ -145,14 +168,13 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
         *reinterpret_cast<std::uint32_t*>(packed_row + j / 2) = word;
     }
   }
-  if (outliers && layout.n_outliers > 0) {
+  if (share.c_end > share.c_begin || share.cluster_max) {  // block-uniform
     // Outliers: 8 consecutive channels per lane, over all warps of the team (n_outliers is a multiple of 8:
     // K and K_n are). W8A8 rows are all outliers: one warp walking an 11008-channel row took ~85 us a token.
     // Two passes (the max, then the codes) read the values twice instead of keeping them in registers.
-    const int chunks = layout.n_outliers / 8;
     const int team_lane = rank * 32 + lane;
     float amax = 0.0f;
-    for (int c = team_lane; c < chunks; c += kTeam * 32) {
+    for (int c = share.c_begin + team_lane; c < share.c_end; c += kTeam * 32) {
       float v[8];
       src.get8(k_normal + 8 * c, v);
 #pragma unroll
@@ -166,13 +188,21 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
 #pragma unroll
       for (int w = 0; w < kTeam; ++w) amax = fmaxf(amax, team_amax[w]);
       __syncthreads();  // the next token writes team_amax again
+      if (share.cluster_max) {  // (only team kernels run in clusters)
+        __shared__ float block_amax;
+        if (threadIdx.x == 0) block_amax = amax;
+        auto cluster = cooperative_groups::this_cluster();
+        cluster.sync();
+        for (unsigned r = 0; r < cluster.num_blocks(); ++r) amax = fmaxf(amax, *cluster.map_shared_rank(&block_amax, r));
+        cluster.sync();  // no block moves on (overwriting block_amax, or exiting) while another still reads it
+      }
     }
     const __half scale_h = __float2half_rn(__fdiv_rn(amax, 127.0f));
     const float scale = __half2float(scale_h);
     const float inv = __frcp_rn(scale);
     std::int8_t* dst = codes_row ? codes_row + k_normal : out.outliers + token * out.outlier_stride;
     const bool aligned8 = codes_row == nullptr && (reinterpret_cast<std::uintptr_t>(dst) & 7u) == 0;
-    for (int c = team_lane; c < chunks; c += kTeam * 32) {
+    for (int c = share.c_begin + team_lane; c < share.c_end; c += kTeam * 32) {
       float v[8];
       src.get8(k_normal + 8 * c, v);
       std::uint32_t bytes[2] = {0, 0};
@@ -192,10 +222,11 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
         }
       }
     }
-    if (codes_row && rank == kTeam - 1)  // zero the padding of the last 128-wide chunk
+    if (codes_row && share.owns_scale && rank == kTeam - 1)  // zero the padding of the last 128-wide chunk
       for (int o = layout.n_outliers + lane; o < ((layout.n_outliers + 127) & ~127); o += 32)
         dst[outlier_position_s8(o)] = 0;
-    if (rank == 0 && lane == 0) reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
+    if (share.owns_scale && rank == 0 && lane == 0)
+      reinterpret_cast<__half*>(out.outlier_scales)[token * out.outlier_scale_stride] = scale_h;
   }
 }
 
@@ -204,13 +235,24 @@ __device__ void quantize_token(int token, int rank, const ActQuantLayout& layout
 
 constexpr int kRowWarps = 4;
 
-// The block's slice of a reordered row: normal channels [normal_first, normal_first + normal_count) and,
-// for the last slice, the outliers, staged at local index l (normal ones first, a multiple of 8 each).
+// The block's share of a reordered row (SliceShare) as channel ranges, staged at local index l: normal
+// channels [normal_first, + normal_count) first, then outlier channels [k_normal + outlier_first,
+// + outlier_count); every bound a multiple of 8.
 struct StagedSlice {
-  int k_normal, normal_first, normal_count, outlier_count;
+  int k_normal, normal_first, normal_count, outlier_first, outlier_count;
+  __device__ StagedSlice(const ActQuantLayout& l, const SliceShare& s)
+      : k_normal(l.k - l.n_outliers),
+        normal_first(s.g_begin * l.group_size),
+        normal_count((s.g_end - s.g_begin) * l.group_size),
+        outlier_first(8 * s.c_begin),
+        outlier_count(8 * (s.c_end - s.c_begin)) {}
   __device__ int staged() const { return normal_count + outlier_count; }
-  __device__ int channel(int l) const { return l < normal_count ? normal_first + l : k_normal + (l - normal_count); }
-  __device__ int local(int j) const { return j < k_normal ? j - normal_first : normal_count + (j - k_normal); }
+  __device__ int channel(int l) const {
+    return l < normal_count ? normal_first + l : k_normal + outlier_first + (l - normal_count);
+  }
+  __device__ int local(int j) const {
+    return j < k_normal ? j - normal_first : normal_count + (j - k_normal - outlier_first);
+  }
 };
 
 template <bool kNorm>
@@ -267,14 +309,6 @@ std::size_t row_smem_bytes(int k, bool norm, int team) {
   return static_cast<std::size_t>(k) * 2 * ((norm ? 2 : 1) + kRowWarps / team);
 }
 
-// Normal groups [begin, end) of slice `slice` of `slices`: as even as whole groups allow.
-struct GroupRange {
-  int begin, end;
-};
-__device__ __forceinline__ GroupRange slice_groups(int groups, int slices, int slice) {
-  return {groups * slice / slices, groups * (slice + 1) / slices};
-}
-
 // kTeam: warps per token, 1 or kRowWarps (the whole block; its barriers are then block barriers).
 template <bool kNorm, bool kFp4, int kTeam>
 __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelArgs a) {
@@ -286,11 +320,8 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int rank = warp % kTeam, team_lane = rank * 32 + lane;
   const int slices = kTeam == 1 ? 1 : a.slices, slice = blockIdx.x % slices;
-  const int k_normal = k - a.layout.n_outliers;
-  const GroupRange groups = slice_groups(k_normal / a.layout.group_size, slices, slice);
-  const bool with_outliers = slice == slices - 1;
-  const StagedSlice staged{k_normal, groups.begin * a.layout.group_size,
-                           (groups.end - groups.begin) * a.layout.group_size, with_outliers ? a.layout.n_outliers : 0};
+  const SliceShare share = slice_share(a.layout, slices, slice);
+  const StagedSlice staged(a.layout, share);
   const int n_staged = staged.staged();
   const auto team_sync = [] {
     if constexpr (kTeam == 1) __syncwarp();
@@ -397,7 +428,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
     }
     GatherSource<kNorm> src{staged, perm_s, gamma_s, row, inv_rms,
                             a.normed_out ? a.normed_out + token * a.normed_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, src, groups.begin, groups.end, with_outliers);
+    quantize_token<kFp4, kTeam>(token, rank, a.layout, a.out, src, share);
     team_sync();  // the next token overwrites the row (and s_sumsq)
   }
 }
@@ -446,13 +477,12 @@ __global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKern
   constexpr int kTeams = kSiluWarps / kTeam;
   const int warp = threadIdx.x / 32;
   const int slices = kTeam == 1 ? 1 : a.slices, slice = blockIdx.x % slices;
-  const GroupRange groups = slice_groups((a.layout.k - a.layout.n_outliers) / a.layout.group_size, slices, slice);
+  const SliceShare share = slice_share(a.layout, slices, slice);
   const int first_token = blockIdx.x / slices * kTeams + warp / kTeam, token_step = gridDim.x / slices * kTeams;
   for (int token = first_token; token < a.num_tokens; token += token_step) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
                    a.act_out ? a.act_out + token * a.act_stride : nullptr};
-    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, src, groups.begin, groups.end,
-                                slice == slices - 1);
+    quantize_token<kFp4, kTeam>(token, warp % kTeam, a.layout, a.out, src, share);
   }
 }
 
@@ -493,14 +523,17 @@ void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t
   Kernel kernel = teams ? team_kernel : warp_kernel;
   const std::size_t smem = teams ? team_smem : warp_smem;
   const long long fit = teams ? team_fit : resident_blocks(kernel, threads, smem);
-  const int groups = (args.layout.k - args.layout.n_outliers) / args.layout.group_size;
+  // Units of work to deal out: the normal groups, or, when the outliers are spread too, 32-lane passes over
+  // their 8-channel chunks.
+  const ActQuantLayout& l = args.layout;
+  const int units = outliers_spread_over_slices(l) ? l.n_outliers / 8 / 32 : (l.k - l.n_outliers) / l.group_size;
   int slices = 1;
   if (teams) {
-    // Default: every warp of a slice gets a group or more, and all tokens' slices fit on the GPU at once.
+    // Default: every warp of a slice gets a unit or more, and all tokens' slices fit on the GPU at once.
     const long long by_fit = team_fit / std::max(num_tokens, 1);
     slices = requested_slices > 0 ? requested_slices
-                                   : static_cast<int>(std::min<long long>({kMaxSlices, groups / warps, by_fit}));
-    slices = std::clamp(slices, 1, std::clamp(groups, 1, kMaxSlices));  // a portable cluster holds 8 blocks
+                                   : static_cast<int>(std::min<long long>({kMaxSlices, units / warps, by_fit}));
+    slices = std::clamp(slices, 1, kMaxSlices);  // a portable cluster holds 8 blocks
   }
   args.slices = slices;
   const int tokens_per_block = teams ? 1 : warps;

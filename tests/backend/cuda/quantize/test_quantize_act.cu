@@ -70,6 +70,8 @@ const std::vector<Case>& cases() {
       {9, 1032, 8, 32, ActFormat::kFp4, 1.0f, true, 0, 16},
       {3, 264, 264, 128, ActFormat::kInt4, 0.9f, false, 0, 4},
       {2500, 264, 8, 256, ActFormat::kFp4, 0.95f, false, 0, 2},
+      {5, 4096, 4096, 128, ActFormat::kInt4, 0.9f, false, 0, 3},  // W8A8 rows: outliers spread, cluster max
+      {2, 1040, 1000, 8, ActFormat::kInt4, 0.9f, false, 0, 6},    // mostly outliers, a few groups
   };
   return all;
 }
@@ -345,7 +347,8 @@ TEST(CudaQuantizeAct, WritesTheInt8LayoutOfTheServingGemm) {
     int m, k, n_out, slices;
   };
   for (const S8Case sc : {S8Case{7, 4096, 128, 0}, S8Case{33, 304, 48, 0}, S8Case{3, 272, 272, 0},
-                          S8Case{150, 1168, 144, 0}, S8Case{4, 4096, 128, 5}, S8Case{2, 1168, 144, 8}}) {
+                          S8Case{150, 1168, 144, 0}, S8Case{4, 4096, 128, 5}, S8Case{2, 1168, 144, 8},
+                          S8Case{3, 1040, 1040, 3}}) {
     const unsigned seed = std::random_device{}();
     const Case c{sc.m, sc.k, sc.n_out, 128, ActFormat::kInt4, 0.9f, true, 0, sc.slices};
     SCOPED_TRACE(describe(c, seed));
