@@ -19,6 +19,7 @@
 
 #include "backend/cuda/attention/attention_kernels.h"
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/launch.cuh"
 #include "backend/cuda/kv_cache/kv_cache_codec.cuh"
 
 namespace atom::cuda {
@@ -73,6 +74,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
   using Codec = KvCodec<kDtype>;
   constexpr int kDpt = Cfg::kDpt, kTpt = Cfg::kTpt, kTpw = Cfg::kTpw, kUnroll = Cfg::kUnroll, kWords = Cfg::kWords;
   constexpr int kRowBytes = kv_row_bytes(kDtype, D);
+  pdl_allow_dependents();
+  pdl_wait();  // q and the new cache rows come from kv_cache_append
 
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -352,6 +355,8 @@ __global__ void __launch_bounds__(kU4Warps * 32, kU4MinBlocks)
   constexpr int kVWords = kMTiles / 4;
   constexpr int kTileStride = kU4Warps * 16;  // tokens between a warp's consecutive tiles
   static_assert(kKWords >= 1 && kVWords >= 1, "head_dim 64 or 128");
+  pdl_allow_dependents();
+  pdl_wait();  // q and the new cache rows come from kv_cache_append
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const PagedKvCache& c = p.cache;
@@ -593,6 +598,8 @@ __global__ void __launch_bounds__(kU4Warps * 32, kU4MinBlocks)
 
 // One block per (sequence, query head), one thread per dim.
 __global__ void decode_merge_kernel(DecodeParams p, DecodeSplit s, int head_dim) {
+  pdl_allow_dependents();
+  pdl_wait();
   const int bh = blockIdx.x, d = threadIdx.x;
   const int b = bh / p.num_qo_heads, h = bh % p.num_qo_heads;
   const float* lse = s.partial_lse + static_cast<long long>(bh) * s.num_splits;
@@ -648,8 +655,7 @@ Plan make_plan(const DecodeParams& p) {
 template <int D, KvDtype kDtype, int kGroup>
 void launch_decode(const DecodeParams& p, const DecodeSplit& s, cudaStream_t stream) {
   const dim3 grid(s.num_splits, p.cache.num_kv_heads, p.batch);
-  decode_kernel<D, kDtype, kGroup><<<grid, kWarps * 32, 0, stream>>>(p, s);
-  ATOM_CUDA_CHECK_LAUNCH();
+  launch_kernel(decode_kernel<D, kDtype, kGroup>, LaunchShape{grid, dim3(kWarps * 32)}, /*pdl=*/true, stream, p, s);
 }
 
 template <int D, KvDtype kDtype>
@@ -668,8 +674,7 @@ void dispatch_dtype(const DecodeParams& p, const DecodeSplit& s, cudaStream_t st
     case KvDtype::kU4:
       if (p.cache.page_size % 16 == 0) {  // a 16-token tile never straddles pages
         const dim3 grid(s.num_splits, p.cache.num_kv_heads, p.batch);
-        decode_u4_mma_kernel<D><<<grid, kU4Warps * 32, 0, stream>>>(p, s);
-        ATOM_CUDA_CHECK_LAUNCH();
+        launch_kernel(decode_u4_mma_kernel<D>, LaunchShape{grid, dim3(kU4Warps * 32)}, /*pdl=*/true, stream, p, s);
       } else {
         dispatch_group<D, KvDtype::kU4>(p, s, stream);
       }
@@ -703,8 +708,10 @@ void attention_decode(const DecodeParams& p, cudaStream_t stream) {
   if (p.cache.head_dim == 64) dispatch_dtype<64>(p, s, stream);
   else dispatch_dtype<128>(p, s, stream);
   if (plan.num_splits > 1) {
-    decode_merge_kernel<<<p.batch * p.num_qo_heads, p.cache.head_dim, 0, stream>>>(p, s, p.cache.head_dim);
-    ATOM_CUDA_CHECK_LAUNCH();
+    launch_kernel(decode_merge_kernel,
+                  LaunchShape{dim3(static_cast<unsigned>(p.batch * p.num_qo_heads)),
+                              dim3(static_cast<unsigned>(p.cache.head_dim))},
+                  /*pdl=*/true, stream, p, s, p.cache.head_dim);
   }
 }
 

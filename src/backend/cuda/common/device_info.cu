@@ -1,4 +1,8 @@
+#include <cstdlib>
+#include <cstring>
+
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/launch.cuh"
 
 namespace atom::cuda {
 
@@ -13,6 +17,15 @@ DeviceInfo current_device_info() {
   info.memory_gib = static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0);
   for (int i = 0; i < 255 && prop.name[i]; ++i) info.name[i] = prop.name[i];
   return info;
+}
+
+bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("ATOM_PDL");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    return current_device_info().sm_major >= 9;
+  }();
+  return enabled;
 }
 
 }  // namespace atom::cuda

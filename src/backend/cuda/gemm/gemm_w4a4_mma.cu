@@ -11,6 +11,7 @@
 // k 16+4t..; s4: words 2s, 2s+1 are k 8t.. and 32+8t.. of k64-step s). The activation words are chosen
 // to match, so the products pair identical channels.
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/launch.cuh"
 #include "backend/cuda/gemm/gemm_out.cuh"
 #include "backend/cuda/gemm/gemm_ptx.cuh"
 #include "backend/cuda/gemm/gemm_w4a4.h"
@@ -100,12 +101,12 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 2 ? 2 : 1) gemm_w4a4o8_mma(
     for (int i = 0; i < 4; ++i) acc[mt][i] = 0.0f;
 
   const std::size_t a_row_bytes = (std::size_t)G * (kW4A4Group / 2);
-  for (int g0 = warp * U; g0 < G; g0 += kWarps * U) {
-    // Every load of the U groups (codes and scales) is issued before the first use.
-    uint4 w0[U], w1[U];
-    std::uint32_t x[U][MT][4];
-    float sw[U][2];
-    std::uint16_t sab[U][MT][2];
+  // Every load of a round's U groups (codes and scales) is issued before the first use. The weights of the
+  // first round are loaded before the PDL wait: they overlap the end of the kernel before (for K = 4096
+  // that is all of this warp's groups).
+  uint4 w0[U], w1[U];
+  float sw[U][2];
+  const auto load_weights = [&](int g0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int g = g0 + u;
@@ -118,6 +119,20 @@ __global__ void __launch_bounds__(kWarps * 32, MT <= 2 ? 2 : 1) gemm_w4a4o8_mma(
                          layout::scale_position_of_channel(slab + r));
         sw[u][1] = __ldg(p.w_scales + ((std::size_t)tile * (G + 1) + g) * kW4A4TileRows +
                          layout::scale_position_of_channel(slab + r + 8));
+      }
+    }
+  };
+  pdl_allow_dependents();
+  load_weights(warp * U);
+  pdl_wait();
+  for (int g0 = warp * U; g0 < G; g0 += kWarps * U) {
+    if (g0 != warp * U) load_weights(g0);
+    std::uint32_t x[U][MT][4];
+    std::uint16_t sab[U][MT][2];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int g = g0 + u;
+      if (g < G) {
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -309,13 +324,12 @@ MmaParams make_params(const W4A4PackedWeights& w, int m, void* out, const void* 
 template <typename OutT, bool kNativeS4>
 void launch_w4a4_typed(const MmaParams& p, cudaStream_t stream) {
   const int mt = tokens_per_block_tiles(p.m);
-  const dim3 grid(layout::ceil_div(p.n, 16), layout::ceil_div(p.m, 8 * mt));
+  const LaunchShape shape{dim3(layout::ceil_div(p.n, 16), layout::ceil_div(p.m, 8 * mt)), dim3(kWarps * 32)};
   switch (mt) {
-    case 1: gemm_w4a4o8_mma<OutT, 1, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    case 2: gemm_w4a4o8_mma<OutT, 2, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
-    default: gemm_w4a4o8_mma<OutT, 4, kNativeS4><<<grid, kWarps * 32, 0, stream>>>(p); break;
+    case 1: launch_kernel(gemm_w4a4o8_mma<OutT, 1, kNativeS4>, shape, /*pdl=*/true, stream, p); break;
+    case 2: launch_kernel(gemm_w4a4o8_mma<OutT, 2, kNativeS4>, shape, /*pdl=*/true, stream, p); break;
+    default: launch_kernel(gemm_w4a4o8_mma<OutT, 4, kNativeS4>, shape, /*pdl=*/true, stream, p); break;
   }
-  ATOM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

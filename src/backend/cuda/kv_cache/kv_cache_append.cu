@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/launch.cuh"
 #include "backend/cuda/kv_cache/kv_cache_layout.h"
 
 namespace atom::cuda {
@@ -43,6 +44,8 @@ __device__ __forceinline__ void walsh_hadamard_lanes(float (&x)[kPer], int lane)
 
 template <int D, KvDtype kDtype>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppendParams p) {
+  pdl_allow_dependents();
+  pdl_wait();  // q/k/v come from the GEMM before
   constexpr int kPer = D / 32;  // elements per lane
   const int lane = threadIdx.x % 32;
   const int q_heads = p.q != nullptr ? p.num_qo_heads : 0;
@@ -171,13 +174,12 @@ void launch_append(const KvAppendParams& p, cudaStream_t stream) {
   const long long rows = static_cast<long long>(p.num_tokens) * (q_heads + 2 * p.cache.num_kv_heads);
   const long long blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
   if (blocks == 0) return;
-  constexpr int kThreads = kWarpsPerBlock * 32;
+  const LaunchShape shape{dim3(static_cast<unsigned>(blocks)), dim3(kWarpsPerBlock * 32)};
   switch (p.cache.dtype) {
-    case KvDtype::kF16: kv_append_kernel<D, KvDtype::kF16><<<blocks, kThreads, 0, stream>>>(p); break;
-    case KvDtype::kU8: kv_append_kernel<D, KvDtype::kU8><<<blocks, kThreads, 0, stream>>>(p); break;
-    case KvDtype::kU4: kv_append_kernel<D, KvDtype::kU4><<<blocks, kThreads, 0, stream>>>(p); break;
+    case KvDtype::kF16: launch_kernel(kv_append_kernel<D, KvDtype::kF16>, shape, /*pdl=*/true, stream, p); break;
+    case KvDtype::kU8: launch_kernel(kv_append_kernel<D, KvDtype::kU8>, shape, /*pdl=*/true, stream, p); break;
+    case KvDtype::kU4: launch_kernel(kv_append_kernel<D, KvDtype::kU4>, shape, /*pdl=*/true, stream, p); break;
   }
-  ATOM_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace

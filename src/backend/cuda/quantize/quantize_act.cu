@@ -23,6 +23,7 @@
 
 #include "backend/cuda/common/cuda_check.h"
 #include "backend/cuda/common/fp16_vec.cuh"
+#include "backend/cuda/common/launch.cuh"
 #include "backend/cuda/gemm/gemm_w4a4_layout.h"
 #include "backend/cuda/quantize/quantize_act.h"
 #include "format/format.h"
@@ -323,6 +324,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
   const SliceShare share = slice_share(a.layout, slices, slice);
   const StagedSlice staged(a.layout, share);
   const int n_staged = staged.staged();
+  pdl_allow_dependents();
   const auto team_sync = [] {
     if constexpr (kTeam == 1) __syncwarp();
     else __syncthreads();
@@ -356,6 +358,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) row_quantize_kernel(RowKernelA
     for (int l = threadIdx.x; l < n_staged; l += kRowWarps * 32) gamma_s[l] = a.weight[perm_s[l]];
     __syncthreads();
   }
+  pdl_wait();  // perm and gamma are weights; the rows come from the kernels before
   const int first_token = blockIdx.x / slices * kTeams + warp / kTeam, token_step = gridDim.x / slices * kTeams;
   for (int token = first_token; token < a.num_tokens; token += token_step) {
     const __half* in = a.input + token * a.input_stride;
@@ -478,6 +481,8 @@ __global__ void __launch_bounds__(kSiluWarps * 32) silu_quantize_kernel(SiluKern
   const int warp = threadIdx.x / 32;
   const int slices = kTeam == 1 ? 1 : a.slices, slice = blockIdx.x % slices;
   const SliceShare share = slice_share(a.layout, slices, slice);
+  pdl_allow_dependents();
+  pdl_wait();
   const int first_token = blockIdx.x / slices * kTeams + warp / kTeam, token_step = gridDim.x / slices * kTeams;
   for (int token = first_token; token < a.num_tokens; token += token_step) {
     SiluSource src{a.gate + token * a.gate_stride, a.up + token * a.up_stride,
@@ -539,23 +544,10 @@ void launch_teams(Kernel team_kernel, Kernel warp_kernel, int warps, std::size_t
   const int tokens_per_block = teams ? 1 : warps;
   const long long need = (static_cast<long long>(num_tokens) + tokens_per_block - 1) / tokens_per_block * slices;
   const long long blocks = std::min(need, std::max<long long>(fit / slices, 1) * slices);
-  if (slices == 1) {
-    kernel<<<static_cast<int>(blocks), threads, smem, stream>>>(args);
-  } else {  // the slices of a token as one thread-block cluster (consecutive blocks)
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(static_cast<unsigned>(blocks));
-    config.blockDim = dim3(static_cast<unsigned>(threads));
-    config.dynamicSmemBytes = smem;
-    config.stream = stream;
-    cudaLaunchAttribute cluster[1];
-    cluster[0].id = cudaLaunchAttributeClusterDimension;
-    cluster[0].val.clusterDim.x = static_cast<unsigned>(slices);
-    cluster[0].val.clusterDim.y = 1;
-    cluster[0].val.clusterDim.z = 1;
-    config.attrs = cluster;
-    config.numAttrs = 1;
-    ATOM_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, args));
-  }
+  // The slices of a token form one thread-block cluster (consecutive blocks).
+  launch_kernel(kernel, LaunchShape{dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(threads)), smem,
+                                    static_cast<unsigned>(slices)},
+                /*pdl=*/true, stream, args);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
