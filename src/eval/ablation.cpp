@@ -107,6 +107,13 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   r.kv_center_values = false;
   r.rotate_values = true;  // R2: a per-head Hadamard on V's output, its inverse in O's input (offline)
   rows.push_back({"kv4-qk-r2-kc-only", "INT4 KV cache only, Q/K Hadamard, R2 on V/O, keys centered", r, true});
+  // Per-token groups of 32 channels (two (scale, minimum) pairs per head of 64: +0.5 bit per value).
+  r.kv_group_size = 32;
+  rows.push_back({"kv4-qk-r2-kc-g32-only", "INT4 KV cache only (g32), Q/K Hadamard, R2 on V/O, keys centered", r, true});
+  r.rotate_values = false;
+  rows.push_back({"kv4-qk-kc-g32-only", "INT4 KV cache only (g32), Q/K Hadamard, keys centered", r, true});
+  r.kv_group_size = 16;
+  rows.push_back({"kv4-qk-kc-g16-only", "INT4 KV cache only (g16), Q/K Hadamard, keys centered", r, true});
   // INT8: whether centering, on by default for any quantized cache, costs anything there.
   r = with_calibration(quant::preset_recipe("atom-w4a4"));
   r.preset = "kv-only";
@@ -122,6 +129,9 @@ std::vector<AblationRow> default_ablation_rows(const quant::QuantRecipe& setting
   rows.push_back({"atom-qk-down", "Atom W4A4-KV4 + Q/K and down Hadamards", r});
   r.kv_center_keys = true;
   rows.push_back({"atom-qk-down-kc", "Atom W4A4-KV4 + Q/K and down Hadamards, keys centered", r});
+  r.kv_group_size = 32;
+  rows.push_back({"atom-qk-down-kc-g32", "Atom W4A4-KV4 (g32) + Q/K and down Hadamards, keys centered", r});
+  r.kv_group_size = 0;
   r.kv_center_values = true;
   rows.push_back({"atom-qk-down-kvc", "Atom W4A4-KV4 + Q/K and down Hadamards, K and V centered", r});
   r.kv_center_values = false;
@@ -155,7 +165,9 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         } else {
           m = model.fp_model();
         }
-        m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits));
+        row.recipe->kv_group_for(m->config().head_dim);
+        m->set_kv_store_factory(quant::kv_store_factory(row.recipe->kv_bits, row.recipe->kv_group_size),
+                                row.recipe->kv_group_size);
         if (row.recipe->qk_hadamard) {
           m->set_qk_transform(quant::head_transform(quant::qk_transform(m->config(), *row.recipe)));
         }
@@ -166,8 +178,10 @@ std::vector<AblationResult> run_ablation(const AblationModel& model,
         }
         result.execution = "fp32";
         result.description = fmt::format(
-            "fp32 weights and activations{}, KV{}{}{}", row.recipe->rotate_values ? " (V/O rotated per head)" : "",
-            row.recipe->kv_bits, row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
+            "fp32 weights and activations{}, KV{}{}{}{}", row.recipe->rotate_values ? " (V/O rotated per head)" : "",
+            row.recipe->kv_bits,
+            row.recipe->kv_group_size != 0 ? fmt::format(" g{}", row.recipe->kv_group_size) : "",
+            row.recipe->qk_hadamard ? " with the Q/K Hadamard" : "",
             row.recipe->has_kv_centering() ? fmt::format(", {} centered", row.recipe->kv_centering_name()) : "");
       } else {
         const quant::QuantRecipe& recipe = *row.recipe;
@@ -340,7 +354,8 @@ std::vector<AblationResult> attribute_error(const AblationModel& model,
           l.down_proj = std::make_unique<quant::HadamardInputLinear>(down_transform, std::move(l.down_proj));
         }
       }
-      m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16));
+      m->set_kv_store_factory(quant::kv_store_factory(v.kv ? recipe.kv_bits : 16, v.kv ? recipe.kv_group_size : 0),
+                              v.kv ? recipe.kv_group_size : 0);
       result.quantize_seconds = report.seconds;
       result.effective_bits = v.weights ? report.effective_bits : 32.0;
       result.report = report;

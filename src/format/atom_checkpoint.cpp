@@ -307,6 +307,11 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint, bool runs_onli
   }
 
   const ModelConfig& c = m.config;
+  try {
+    m.recipe.kv_group_for(c.head_dim);
+  } catch (const Error& e) {
+    fail("Atom checkpoint '{}': {}", checkpoint.path, e.what());
+  }
   const TensorStore& store = *checkpoint.tensors;
   std::set<std::string> used;
   const std::int64_t hidden = c.hidden_size, vocab = c.vocab_size;

@@ -57,6 +57,14 @@ void QuantRecipe::validate() const {
   if (gptq_block <= 0) fail("quantization recipe: gptq_block {} must be positive", gptq_block);
   if (kv_bits != 4 && kv_bits != 8 && kv_bits != 16)
     fail("quantization recipe: kv_bits {} is not 4, 8 or 16", kv_bits);
+  if (kv_group_size < 0 || kv_group_size % 16 != 0) {
+    fail("quantization recipe: kv_group_size {} must be 0 (one group per head) or a positive multiple of 16",
+         kv_group_size);
+  }
+  if (kv_group_size != 0 && kv_bits == 16) {
+    fail("quantization recipe: kv_group_size {} needs a quantized KV cache (kv_bits 4 or 8), got kv_bits 16",
+         kv_group_size);
+  }
   if (has_kv_centering() && kv_bits == 16) {
     fail("quantization recipe: KV centering needs a quantized KV cache (kv_bits 4 or 8), got kv_bits 16");
   }
@@ -115,6 +123,7 @@ std::string QuantRecipe::describe() const {
   text += gptq ? ", GPTQ" : ", RTN";
   if (smoothquant) text += fmt::format(", SmoothQuant alpha {}", smooth_alpha);
   text += kv_bits == 16 ? ", KV fp" : fmt::format(", KV{}", kv_bits);
+  if (kv_group_size != 0) text += fmt::format(" g{}", kv_group_size);
   if (has_kv_centering()) text += fmt::format(" ({} centered)", kv_centering_name());
   if (has_rotation()) {
     std::string parts;
@@ -159,6 +168,9 @@ nlohmann::json QuantRecipe::to_json() const {
                      {"rotate_values", rotate_values}, {"seed", rotation_seed},
                      {"qk_hadamard", qk_hadamard},     {"down_hadamard", down_hadamard}};
   }
+  // Only KV groups smaller than a head are written: a recipe without the field (every older checkpoint) means
+  // one group per head, and an older reader refuses a grouped cache it could not run.
+  if (kv_group_size != 0) j["kv_group_size"] = kv_group_size;
   // Likewise only recipes with KV centering carry this one: the checkpoint then holds the centering vectors.
   if (has_kv_centering()) j["kv_centering"] = {{"keys", kv_center_keys}, {"values", kv_center_values}};
   return j;
@@ -194,7 +206,8 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     return v.get<double>();
   };
   for (const auto& [key, value] : j.items()) {
-    if (!QuantRecipe{}.to_json().contains(key) && key != "rotation" && key != "kv_centering")
+    if (!QuantRecipe{}.to_json().contains(key) && key != "rotation" && key != "kv_centering" &&
+        key != "kv_group_size")
       fail("{}: unknown quantization recipe field '{}'", what, key);
   }
   QuantRecipe r;
@@ -213,6 +226,7 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   r.percdamp = get_number("percdamp");
   r.gptq_block = get_int("gptq_block");
   r.kv_bits = static_cast<int>(get_int("kv_bits"));
+  if (j.contains("kv_group_size")) r.kv_group_size = get_int("kv_group_size");  // absent: one group per head
   r.smoothquant = get_bool("smoothquant");
   r.smooth_alpha = static_cast<float>(get_number("smooth_alpha"));
   r.calib_windows = get_int("calib_windows");
@@ -269,6 +283,14 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     fail("{}: {}", what, e.what());
   }
   return r;
+}
+
+std::int64_t QuantRecipe::kv_group_for(std::int64_t head_dim) const {
+  if (kv_group_size == 0) return head_dim;
+  if (head_dim % kv_group_size != 0) {
+    fail("quantization recipe: kv_group_size {} does not divide head_dim {}", kv_group_size, head_dim);
+  }
+  return kv_group_size;
 }
 
 const std::vector<std::string>& preset_names() {

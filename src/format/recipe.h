@@ -40,7 +40,11 @@ struct QuantRecipe {
   bool gptq = true;          // false: round to nearest
   double percdamp = 0.01;
   std::int64_t gptq_block = 128;
-  int kv_bits = 4;            // KV cache: 4 or 8 (asymmetric per token per head) or 16 (unquantized fp32)
+  int kv_bits = 4;            // KV cache: 4 or 8 (asymmetric per token) or 16 (unquantized fp32)
+  // Channels per (fp16 scale, fp16 minimum) pair of a quantized KV row, along head_dim: 0 = head_dim (one pair
+  // per token per KV head), else a positive multiple of 16 that divides head_dim (32: +0.5 bit per value at
+  // 4 bits). Which values divide is known only with the model: kv_group_for checks it.
+  std::int64_t kv_group_size = 0;
   // KV centering (quantized KV only): a calibrated per-layer vector (mean over the calibration tokens, per KV
   // head and channel) is subtracted from every key / value before the cache stores it (docs/FORMAT.md).
   // Keys: every score of a query shifts by the same q.c, which softmax ignores. Values: the attention output
@@ -79,6 +83,9 @@ struct QuantRecipe {
   const char* kv_centering_name() const {
     return kv_center_keys ? (kv_center_values ? "keys and values" : "keys") : kv_center_values ? "values" : "nothing";
   }
+  // The KV cache's group for a model with this head_dim (resolves 0); throws atom::Error naming kv_group_size
+  // when it does not divide head_dim.
+  std::int64_t kv_group_for(std::int64_t head_dim) const;
   // Outlier channels of a linear input of width k (resolves -1); throws when the count leaves no whole
   // groups.
   std::int64_t outlier_count(std::int64_t k) const;

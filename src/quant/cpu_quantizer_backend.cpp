@@ -155,7 +155,7 @@ class CpuQuantizerBackend final : public QuantizerBackend {
                                                     std::span<const float> value_center) override {
     CalibrationWindows& cw = windows();
     std::shared_ptr<const cpu::LinearOp> q_op = op(q), k_op = op(k), v_op = op(v);
-    const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits);
+    const cpu::KvRowStoreFactory kv = kv_store_factory(recipe_.kv_bits, recipe_.kv_group_size);
     return std::make_unique<CpuCalibrationInput>(
         cw, recipe_, q_op->out_features(), keep,
         [&cw, norm_weight, q_op, k_op, v_op, kv, kv_stats, key_center, value_center](std::int64_t wi, float* out) {

@@ -93,6 +93,7 @@ class Quantizer {
             const QuantizeOptions& options, QuantizeReport& report)
       : source_(std::move(source)), recipe_(recipe), options_(options), report_(report) {
     const ModelConfig& c = source_.config;
+    recipe.kv_group_for(c.head_dim);  // a KV group that does not divide head_dim fails before any work
     calibrate_ = recipe.needs_calibration();
     if (calibrate_) {
       const std::int64_t length = std::min<std::int64_t>(recipe.calib_len, c.max_position_embeddings);

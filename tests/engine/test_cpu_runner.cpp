@@ -128,8 +128,7 @@ std::vector<std::int32_t> reference_greedy(const cpu::LlamaModel& model, const s
 // Runs prompts through the engine (greedy, fixed length) and compares with the model alone.
 void expect_engine_matches_model_alone(KvCacheDType dtype, const cpu::KvRowStoreFactory& factory,
                                        const EngineConfig& config, const std::vector<std::string>& texts,
-                                       int max_tokens) {
-  const CpuServingModel& m = smollm2();
+                                       int max_tokens, const CpuServingModel& m = smollm2()) {
   Engine engine(std::make_unique<CpuModelRunner>(m.model, dtype), m.codec, config);
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<std::shared_ptr<RequestStream>> streams;
@@ -181,6 +180,26 @@ TEST(CpuModelRunner, PagedInt8AndInt4MatchTheModelWithItsQuantizedCaches) {
                                     {"The quick brown fox"}, 8);
   expect_engine_matches_model_alone(KvCacheDType::int4, cpu::make_u4_kv_row_store, one_at_a_time,
                                     {"Water boils at"}, 8);
+}
+
+// A model whose quantized cache keeps a scale and minimum per group of 32 channels: the runner's paged pool takes
+// the model's group and gives the model's own tokens; with one pair per head, other tokens (so the group is used).
+TEST(CpuModelRunner, PagedInt4GroupsOf32MatchTheModelWithItsGroupedCache) {
+  REQUIRE_MODEL();
+  CpuServingModel grouped = load_cpu_serving_model(model_path());
+  // A fresh instance nobody else holds: the test may change its cache format.
+  const auto model = std::const_pointer_cast<cpu::LlamaModel>(grouped.model);
+  const cpu::KvRowStoreFactory g32 = cpu::kv_row_store_factory(cpu::KvDType::U4, 32);
+  model->set_kv_store_factory(g32, 32);
+  const EngineConfig one_at_a_time = runner_config(1, 4096, 64);
+  const std::vector<std::string> prompts = {"The quick brown fox jumps over the lazy dog. The quick brown"};
+  expect_engine_matches_model_alone(KvCacheDType::int4, g32, one_at_a_time, prompts, 12, grouped);
+  CpuModelRunner runner(model, KvCacheDType::int4);
+  EXPECT_NE(runner.describe().find("int4 g32"), std::string::npos) << runner.describe();
+  const auto prompt = grouped.codec->encode(prompts[0], true);
+  cpu::KvCache grouped_cache = model->new_cache(g32), per_head_cache = model->new_cache(cpu::make_u4_kv_row_store);
+  EXPECT_NE(model->forward(prompt, grouped_cache), model->forward(prompt, per_head_cache))
+      << "groups of 32 changed no logit: the test cannot tell the group is used";
 }
 
 TEST(CpuModelRunner, PreemptedSequencesRecomputeToTheSameOutput) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <tuple>
 
 #include "common/error.h"
 #include "eval/ablation.h"
@@ -130,10 +131,14 @@ TEST(Ablation, RowsFollowThePaperLadder) {
                                            "kv4-qk-kc-only",
                                            "kv4-qk-kvc-only",
                                            "kv4-qk-r2-kc-only",
+                                           "kv4-qk-r2-kc-g32-only",
+                                           "kv4-qk-kc-g32-only",
+                                           "kv4-qk-kc-g16-only",
                                            "kv8-only",
                                            "kv8-kc-only",
                                            "atom-qk-down",
                                            "atom-qk-down-kc",
+                                           "atom-qk-down-kc-g32",
                                            "atom-qk-down-kvc",
                                            "atom-qk-down-r2-kc"}));
   EXPECT_FALSE(rows[0].recipe);
@@ -155,20 +160,33 @@ TEST(Ablation, RowsFollowThePaperLadder) {
   EXPECT_TRUE(rows[23].recipe->qk_hadamard && !rows[23].recipe->kv_center_values);
   EXPECT_TRUE(rows[24].recipe->qk_hadamard && rows[24].recipe->kv_center_values);
   EXPECT_TRUE(rows[25].recipe->rotate_values && !rows[25].recipe->kv_center_values && !rows[25].recipe->fold_norms);
-  EXPECT_TRUE(rows[26].kv_only && rows[26].recipe->kv_bits == 8 && !rows[26].recipe->has_kv_centering());
-  quant::QuantRecipe kv8 = *rows[26].recipe;
+  // KV groups: the rows above with a scale and minimum per 32 (16) channels, and nothing else changed.
+  EXPECT_EQ(rows[25].recipe->kv_group_size, 0);
+  for (auto [grouped, plain, group] : {std::tuple{26, 25, 32}, {27, 23, 32}, {28, 23, 16}}) {
+    EXPECT_TRUE(rows[grouped].kv_only) << rows[grouped].id;
+    quant::QuantRecipe r = *rows[plain].recipe;
+    r.kv_group_size = group;
+    EXPECT_EQ(r.to_json(), rows[grouped].recipe->to_json()) << rows[grouped].id;
+  }
+  EXPECT_TRUE(rows[29].kv_only && rows[29].recipe->kv_bits == 8 && !rows[29].recipe->has_kv_centering());
+  EXPECT_EQ(rows[29].recipe->kv_group_size, 0);
+  quant::QuantRecipe kv8 = *rows[29].recipe;
   kv8.kv_center_keys = true;
-  EXPECT_TRUE(rows[27].kv_only);
-  EXPECT_EQ(kv8.to_json(), rows[27].recipe->to_json());
-  quant::QuantRecipe best = *rows[28].recipe;
-  EXPECT_TRUE(best.qk_hadamard && best.down_hadamard && !best.has_kv_centering() && !rows[28].kv_only);
+  EXPECT_TRUE(rows[30].kv_only);
+  EXPECT_EQ(kv8.to_json(), rows[30].recipe->to_json());
+  quant::QuantRecipe best = *rows[31].recipe;
+  EXPECT_TRUE(best.qk_hadamard && best.down_hadamard && !best.has_kv_centering() && !rows[31].kv_only);
   best.kv_center_keys = true;
-  EXPECT_EQ(best.to_json(), rows[29].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[32].recipe->to_json());
+  best.kv_group_size = 32;
+  EXPECT_EQ(best.to_json(), rows[33].recipe->to_json());
+  EXPECT_FALSE(rows[33].kv_only);
+  best.kv_group_size = 0;
   best.kv_center_values = true;
-  EXPECT_EQ(best.to_json(), rows[30].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[34].recipe->to_json());
   best.kv_center_values = false;
   best.rotate_values = true;
-  EXPECT_EQ(best.to_json(), rows[31].recipe->to_json());
+  EXPECT_EQ(best.to_json(), rows[35].recipe->to_json());
   // Each ladder step changes exactly what its name says.
   const quant::QuantRecipe &rtn = *rows[1].recipe, &fp16 = *rows[2].recipe, &int8 = *rows[3].recipe;
   const quant::QuantRecipe &group = *rows[4].recipe, &clip = *rows[5].recipe, &gptq = *rows[6].recipe;
@@ -217,7 +235,21 @@ TEST(Ablation, RowsFollowThePaperLadder) {
 
 TEST(Ablation, RunsEveryRowOnATinyModel) {
   const std::vector<std::int32_t> calib = tokens(400, 0, 96, 5), text = tokens(200, 0, 96, 6);
-  const std::vector<AblationRow> rows = default_ablation_rows(tiny_settings(), tiny_config());
+  // Every row whose KV group fits the tiny model's heads of 16 channels; the groups of 32 are refused by name.
+  std::vector<AblationRow> rows;
+  for (const AblationRow& r : default_ablation_rows(tiny_settings(), tiny_config())) {
+    if (!r.recipe || r.recipe->kv_group_size <= 16) {
+      rows.push_back(r);
+      continue;
+    }
+    try {
+      run_ablation(tiny_model(), calib, text, std::vector<AblationRow>{r}, tiny_options());
+      ADD_FAILURE() << r.id << " ran with heads of 16 channels";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("kv_group_size 32 does not divide head_dim 16"), std::string::npos)
+          << e.what();
+    }
+  }
   std::vector<std::string> seen;
   const std::vector<AblationResult> results =
       run_ablation(tiny_model(), calib, text, rows, tiny_options(),

@@ -230,9 +230,9 @@ void add_eval_ablation_command(CLI::App* eval) {
                   "outliers-int8, group, clip, gptq, kv4, atom-w3a3, atom-fp4, w8a8-smoothquant, "
                   "w4a16-gptq, w4a16-rtn, w8a16-rtn, w4a16-g32-gptq, atom-qk, quarot-w4a4, atom-rot-w4a4, quarot-w8a8, "
                   "atom-rot-kvfp, kv4-only, kv4-qk-only, kv4-kc-only, kv4-qk-kc-only, kv4-qk-kvc-only, "
-                  "kv4-qk-r2-kc-only, "
+                  "kv4-qk-r2-kc-only, kv4-qk-r2-kc-g32-only, kv4-qk-kc-g32-only, kv4-qk-kc-g16-only, "
                   "kv8-only, kv8-kc-only, "
-                  "atom-qk-down, atom-qk-down-kc, atom-qk-down-kvc, atom-qk-down-r2-kc");
+                  "atom-qk-down, atom-qk-down-kc, atom-qk-down-kc-g32, atom-qk-down-kvc, atom-qk-down-r2-kc");
   cmd->add_option("--exec", opt->exec,
                   "fake (quantize-dequantize, products summed in fp64), integer (the integer kernels; "
                   "every row must have them) or auto")

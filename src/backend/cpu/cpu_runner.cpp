@@ -22,17 +22,24 @@ CpuModelRunner::CpuModelRunner(std::shared_ptr<const cpu::LlamaModel> model, KvC
   cpu::set_batch_invariant(!(invariant && std::string(invariant) == "0"));
 }
 
+namespace {
+// The model's KV group applies to the integer caches; an fp cache asked for instead has none.
+std::int64_t pool_group_size(const cpu::LlamaModel& model, KvCacheDType dtype) {
+  return dtype == KvCacheDType::int8 || dtype == KvCacheDType::int4 ? model.kv_group_size() : 0;
+}
+}  // namespace
+
 std::size_t CpuModelRunner::kv_block_bytes(int block_size) const {
   const cpu::KvCacheShape shape = model_->cache_shape();
-  return PagedKvPool::row_bytes(kv_dtype_, shape.row_width(), shape.head_dim) * block_size * 2 *
-         shape.num_layers;
+  return PagedKvPool::row_bytes(kv_dtype_, shape.row_width(), shape.head_dim, pool_group_size(*model_, kv_dtype_)) *
+         block_size * 2 * shape.num_layers;
 }
 
 void CpuModelRunner::allocate_kv_cache(const KvCacheSpec& spec) {
   const cpu::KvCacheShape shape = model_->cache_shape();
   sequences_.clear();
   pool_ = std::make_unique<PagedKvPool>(kv_dtype_, 2 * shape.num_layers, spec.num_blocks, spec.block_size,
-                                        shape.row_width(), shape.head_dim);
+                                        shape.row_width(), shape.head_dim, pool_group_size(*model_, kv_dtype_));
 }
 
 CpuModelRunner::SequenceState& CpuModelRunner::state(std::int64_t sequence_id) {
@@ -95,8 +102,9 @@ void CpuModelRunner::execute(std::span<const SequenceChunk> batch, std::span<flo
 
 std::string CpuModelRunner::describe() const {
   const ModelConfig& c = model_->config();
-  return fmt::format("cpu {} ({} layers, hidden {}), KV cache {} paged{}", c.architecture, c.num_layers,
-                     c.hidden_size, kv_cache_dtype_name(kv_dtype_),
+  const std::int64_t group = pool_group_size(*model_, kv_dtype_);
+  return fmt::format("cpu {} ({} layers, hidden {}), KV cache {}{} paged{}", c.architecture, c.num_layers,
+                     c.hidden_size, kv_cache_dtype_name(kv_dtype_), group != 0 ? fmt::format(" g{}", group) : "",
                      pool_ ? fmt::format(", {} blocks of {} tokens ({:.1f} MiB)", pool_->num_blocks(),
                                          pool_->block_size(), pool_->bytes() / 1048576.0)
                            : "");

@@ -266,22 +266,26 @@ float scaled_softmax_numerators(float* s, std::int64_t n, float scale) {
 // ---- attention on quantized KV rows, read in place
 
 // One KV head's rows [first, first + count) as gathered from the store's runs: code pointers (already at the
-// head) and fp32 scales and minimums, so that the kernels below index keys directly.
+// head) and fp32 scales and minimums (`groups` per row: [row][group]), so that the kernels below index keys
+// directly.
 struct HeadRows {
   std::vector<const std::uint8_t*> codes;
   std::vector<float> scales, mins;
+  int groups = 1;
 };
 
 // Keys [offset, offset + count) of gathered HeadRows, as the kernels index them (from 0).
 struct HeadRowsView {
   const std::uint8_t* const* codes;
-  const float* scales;
+  const float* scales;  // key j's group k at j * groups + k
   const float* mins;
+  int groups;
 };
 
 HeadRowsView view_from(const HeadRows& rows, std::int64_t offset) {
   const auto o = static_cast<std::size_t>(offset);
-  return {rows.codes.data() + o, rows.scales.data() + o, rows.mins.data() + o};
+  const auto p = o * static_cast<std::size_t>(rows.groups);
+  return {rows.codes.data() + o, rows.scales.data() + p, rows.mins.data() + p, rows.groups};
 }
 
 inline float load_fp16(const std::uint8_t* p) {
@@ -290,14 +294,24 @@ inline float load_fp16(const std::uint8_t* p) {
   return _cvtsh_ss(bits);
 }
 
+// Groups of a head the in-place kernels handle (head_dim 1024 at groups of 16).
+constexpr int kMaxKvGroups = 64;
+
 void gather_head_rows(const QuantKvRows& view, int kv_head, int head_dim, std::int64_t first, std::int64_t count,
                       HeadRows& out) {
   ATOM_CHECK(first + count <= view.rows && view.run_rows > 0);
+  const std::int64_t group_size = view.group_size == 0 ? head_dim : view.group_size;
+  if (head_dim % group_size != 0 || head_dim / group_size > kMaxKvGroups) {
+    fail("attention: KV group size {} does not divide head_dim {} into at most {} groups", view.group_size, head_dim,
+         kMaxKvGroups);
+  }
+  const int groups = static_cast<int>(head_dim / group_size);
+  out.groups = groups;
   out.codes.resize(static_cast<std::size_t>(count));
-  out.scales.resize(static_cast<std::size_t>(count));
-  out.mins.resize(static_cast<std::size_t>(count));
+  out.scales.resize(static_cast<std::size_t>(count * groups));
+  out.mins.resize(static_cast<std::size_t>(count * groups));
   const std::int64_t code_offset = std::int64_t{kv_head} * head_dim * view.bits / 8;
-  const std::int64_t param_offset = std::int64_t{kv_head} * 2;
+  const std::int64_t param_offset = std::int64_t{kv_head} * groups * 2;
   std::int64_t j = 0;
   while (j < count) {  // a run at a time
     const std::int64_t row = first + j;
@@ -307,8 +321,12 @@ void gather_head_rows(const QuantKvRows& view, int kv_head, int head_dim, std::i
     for (std::int64_t i = 0; i < n; ++i) {
       const auto k = static_cast<std::size_t>(j + i);
       out.codes[k] = run.codes + (slot + i) * view.code_stride + code_offset;
-      out.scales[k] = load_fp16(run.scales + (slot + i) * view.param_stride + param_offset);
-      out.mins[k] = load_fp16(run.mins + (slot + i) * view.param_stride + param_offset);
+      const std::uint8_t* scales = run.scales + (slot + i) * view.param_stride + param_offset;
+      const std::uint8_t* mins = run.mins + (slot + i) * view.param_stride + param_offset;
+      for (int g = 0; g < groups; ++g) {
+        out.scales[k * groups + g] = load_fp16(scales + 2 * g);
+        out.mins[k * groups + g] = load_fp16(mins + 2 * g);
+      }
     }
     j += n;
   }
@@ -444,18 +462,155 @@ void quant_weighted_scalar(int heads, int bits, float* const* p, const HeadRowsV
   }
 }
 
+// Several (scale, minimum) groups per head (groups of gs channels, gs a multiple of 16):
+// scores[g][j] = sum_k scale_jk * (q_gk . codes_jk) + sum_k min_jk * sum(q_gk), the first sum as one vector
+// (scale_jk times group k's lane sums, accumulated in k order) reduced with the other keys' (hsum8), the second
+// in fp32 in k order. q_sums[g * groups + k] = sum(q_gk).
+template <int G, int Bits>
+void quant_scores_grouped(const float* const* q, const float* q_sums, const HeadRowsView& rows, std::int64_t count,
+                          int d, float* const* scores) {
+  const int groups = rows.groups, gs = d / groups;
+  __m256 partial[G][8];
+  float offsets[G][8];
+  std::int64_t j = 0;
+  for (; j < count; ++j) {
+    const auto key = static_cast<std::size_t>(j);
+    const std::uint8_t* codes = rows.codes[key];
+    const float* scale = rows.scales + key * groups;
+    const float* lo = rows.mins + key * groups;
+    __m256 total[G];
+    float offset[G];
+    for (int g = 0; g < G; ++g) total[g] = _mm256_setzero_ps(), offset[g] = 0.0f;
+    for (int k = 0; k < groups; ++k) {
+      __m256 acc[G];
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+      for (int i = k * gs; i < (k + 1) * gs; i += 16) {
+        __m256 c0, c1;
+        unpack16<Bits>(codes, i, c0, c1);
+        for (int g = 0; g < G; ++g) {
+          acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i), c0, acc[g]);
+          acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q[g] + i + 8), c1, acc[g]);
+        }
+      }
+      const __m256 scale_k = _mm256_set1_ps(scale[k]);
+      for (int g = 0; g < G; ++g) {
+        total[g] = _mm256_fmadd_ps(scale_k, acc[g], total[g]);
+        offset[g] = std::fma(lo[k], q_sums[g * groups + k], offset[g]);
+      }
+    }
+    const int slot = static_cast<int>(j & 7);
+    for (int g = 0; g < G; ++g) partial[g][slot] = total[g], offsets[g][slot] = offset[g];
+    if (slot == 7) {
+      for (int g = 0; g < G; ++g) {
+        _mm256_storeu_ps(scores[g] + j - 7, _mm256_add_ps(hsum8(partial[g]), _mm256_loadu_ps(offsets[g])));
+      }
+    }
+  }
+  for (std::int64_t t = count & ~std::int64_t{7}; t < count; ++t) {
+    for (int g = 0; g < G; ++g) scores[g][t] = hsum(partial[g][t & 7]) + offsets[g][t & 7];
+  }
+}
+
+// out[g][0, d) = sum_j p[g][j] * (scale_jk * codes_j + min_jk) (k the column's group); p is left as it is. Per
+// group: the weights p * scale_jk and the offset sum_j p * min_jk, then that group's columns 16 at a time.
+template <int G, int Bits>
+void quant_weighted_grouped(float* const* p, const HeadRowsView& rows, std::int64_t count, int d, float* const* out) {
+  const int groups = rows.groups, gs = d / groups;
+  thread_local std::vector<float> weights;  // [G][count] for one group
+  weights.resize(static_cast<std::size_t>(G * count));
+  for (int k = 0; k < groups; ++k) {
+    float offset[G];
+    for (int g = 0; g < G; ++g) {
+      float* w = weights.data() + g * count;
+      float sum = 0.0f;
+      for (std::int64_t j = 0; j < count; ++j) {
+        const auto at = static_cast<std::size_t>(j) * groups + k;
+        sum = std::fma(p[g][j], rows.mins[at], sum);
+        w[j] = p[g][j] * rows.scales[at];
+      }
+      offset[g] = sum;
+    }
+    for (int i = k * gs; i < (k + 1) * gs; i += 16) {
+      __m256 acc[G][2];
+      for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+      for (std::int64_t j = 0; j < count; ++j) {
+        __m256 c0, c1;
+        unpack16<Bits>(rows.codes[static_cast<std::size_t>(j)], i, c0, c1);
+        for (int g = 0; g < G; ++g) {
+          const __m256 w = _mm256_set1_ps(weights[static_cast<std::size_t>(g * count + j)]);
+          acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
+          acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
+        }
+      }
+      for (int g = 0; g < G; ++g) {
+        const __m256 o = _mm256_set1_ps(offset[g]);
+        _mm256_storeu_ps(out[g] + i, _mm256_add_ps(acc[g][0], o));
+        _mm256_storeu_ps(out[g] + i + 8, _mm256_add_ps(acc[g][1], o));
+      }
+    }
+  }
+}
+
+// Several groups, any sizes: the same sums one value at a time.
+void quant_scores_grouped_scalar(int heads, int bits, const float* const* q, const float* q_sums,
+                                 const HeadRowsView& rows, std::int64_t count, int d, float* const* scores) {
+  const int groups = rows.groups, gs = d / groups;
+  for (std::int64_t j = 0; j < count; ++j) {
+    const auto key = static_cast<std::size_t>(j);
+    for (int g = 0; g < heads; ++g) {
+      float score = 0.0f, offset = 0.0f;
+      for (int k = 0; k < groups; ++k) {
+        float dot = 0.0f;
+        for (int i = k * gs; i < (k + 1) * gs; ++i) dot = std::fma(q[g][i], code_at(rows.codes[key], bits, i), dot);
+        score = std::fma(rows.scales[key * groups + k], dot, score);
+        offset = std::fma(rows.mins[key * groups + k], q_sums[g * groups + k], offset);
+      }
+      scores[g][j] = score + offset;
+    }
+  }
+}
+
+void quant_weighted_grouped_scalar(int heads, int bits, float* const* p, const HeadRowsView& rows,
+                                   std::int64_t count, int d, float* const* out) {
+  const int groups = rows.groups, gs = d / groups;
+  for (int g = 0; g < heads; ++g) {
+    for (int i = 0; i < d; ++i) {
+      const int k = i / gs;
+      float acc = 0.0f, offset = 0.0f;
+      for (std::int64_t j = 0; j < count; ++j) {
+        const auto key = static_cast<std::size_t>(j);
+        offset = std::fma(p[g][j], rows.mins[key * groups + k], offset);
+        acc = std::fma(p[g][j] * rows.scales[key * groups + k], code_at(rows.codes[key], bits, i), acc);
+      }
+      out[g][i] = acc + offset;
+    }
+  }
+}
+
 template <int G>
 void quant_scores_group(int bits, const float* const* q, const float* q_sums, const HeadRowsView& rows,
                         std::int64_t count, int d, float* const* scores) {
-  if (bits == 4) quant_scores<G, 4>(q, q_sums, rows, count, d, scores);
-  else quant_scores<G, 8>(q, q_sums, rows, count, d, scores);
+  if (rows.groups > 1) {
+    if (bits == 4) quant_scores_grouped<G, 4>(q, q_sums, rows, count, d, scores);
+    else quant_scores_grouped<G, 8>(q, q_sums, rows, count, d, scores);
+  } else if (bits == 4) {
+    quant_scores<G, 4>(q, q_sums, rows, count, d, scores);
+  } else {
+    quant_scores<G, 8>(q, q_sums, rows, count, d, scores);
+  }
 }
 
 template <int G>
 void quant_weighted_group(int bits, float* const* p, const HeadRowsView& rows, std::int64_t count, int d,
                           float* const* out) {
-  if (bits == 4) quant_weighted<G, 4>(p, rows, count, d, out);
-  else quant_weighted<G, 8>(p, rows, count, d, out);
+  if (rows.groups > 1) {
+    if (bits == 4) quant_weighted_grouped<G, 4>(p, rows, count, d, out);
+    else quant_weighted_grouped<G, 8>(p, rows, count, d, out);
+  } else if (bits == 4) {
+    quant_weighted<G, 4>(p, rows, count, d, out);
+  } else {
+    quant_weighted<G, 8>(p, rows, count, d, out);
+  }
 }
 
 // Per thread: the gathered rows of one KV head and the scores of its query heads.
@@ -474,25 +629,34 @@ void quant_attention_row(const AttentionJob& job, const AttentionShape& shape, s
   const float* q[kMaxHeadGroup];
   float* out[kMaxHeadGroup];
   float* scores[kMaxHeadGroup];
-  float q_sums[kMaxHeadGroup];
+  // Per query head, the sum of q over each key group (one group: over the head, as before groups existed).
+  const int key_groups = scratch.keys.groups;
+  float q_sums[kMaxHeadGroup * kMaxKvGroups];
   scratch.scores.resize(static_cast<std::size_t>(kMaxHeadGroup * keys));
   for (int g = 0; g < heads; ++g) {
     q[g] = job.q + r * q_stride + std::int64_t{head_begin + g} * d;
     out[g] = job.out + r * q_stride + std::int64_t{head_begin + g} * d;
     scores[g] = scratch.scores.data() + g * keys;
-    q_sums[g] = 0.0f;
-    for (int i = 0; i < d; ++i) q_sums[g] += q[g][i];
+    const int gs = d / key_groups;
+    for (int k = 0; k < key_groups; ++k) {
+      float sum = 0.0f;
+      for (int i = k * gs; i < (k + 1) * gs; ++i) sum += q[g][i];
+      q_sums[g * key_groups + k] = sum;
+    }
   }
   const HeadRowsView key_rows = view_from(scratch.keys, offset), value_rows = view_from(scratch.values, offset);
-  const bool vector = d % 16 == 0;
-  if (!vector) quant_scores_scalar(heads, bits, q, q_sums, key_rows, keys, d, scores);
+  // The vector kernels take 16 channels at a time, inside one group.
+  const bool vector = d % 16 == 0 && (d / key_groups) % 16 == 0 && (d / value_rows.groups) % 16 == 0;
+  if (!vector && key_groups > 1) quant_scores_grouped_scalar(heads, bits, q, q_sums, key_rows, keys, d, scores);
+  else if (!vector) quant_scores_scalar(heads, bits, q, q_sums, key_rows, keys, d, scores);
   else if (heads == 1) quant_scores_group<1>(bits, q, q_sums, key_rows, keys, d, scores);
   else if (heads == 2) quant_scores_group<2>(bits, q, q_sums, key_rows, keys, d, scores);
   else if (heads == 3) quant_scores_group<3>(bits, q, q_sums, key_rows, keys, d, scores);
   else quant_scores_group<4>(bits, q, q_sums, key_rows, keys, d, scores);
   float inv_sums[kMaxHeadGroup];
   for (int g = 0; g < heads; ++g) inv_sums[g] = 1.0f / scaled_softmax_numerators(scores[g], keys, shape.scale);
-  if (!vector) quant_weighted_scalar(heads, bits, scores, value_rows, keys, d, out);
+  if (!vector && value_rows.groups > 1) quant_weighted_grouped_scalar(heads, bits, scores, value_rows, keys, d, out);
+  else if (!vector) quant_weighted_scalar(heads, bits, scores, value_rows, keys, d, out);
   else if (heads == 1) quant_weighted_group<1>(bits, scores, value_rows, keys, d, out);
   else if (heads == 2) quant_weighted_group<2>(bits, scores, value_rows, keys, d, out);
   else if (heads == 3) quant_weighted_group<3>(bits, scores, value_rows, keys, d, out);

@@ -1,7 +1,7 @@
 #pragma once
 // Key/value cache of one sequence: per layer, the K and V rows of every token seen so far (K after RoPE).
 // A row is one token's [num_kv_heads * head_dim] values. Storage is pluggable through KvRowStore: fp32 here;
-// the quantizer's INT8/INT4 asymmetric per-token-per-head stores (docs/FORMAT.md, group = head_dim)
+// the quantizer's INT8/INT4 asymmetric per-token stores (docs/FORMAT.md, groups of head_dim or fewer channels)
 // implement the same interface and are handed in as a KvRowStoreFactory.
 #include <cstdint>
 #include <functional>
@@ -17,8 +17,9 @@ std::string_view kv_dtype_name(KvDType dtype);  // "f32" | "u8" | "u4"
 // Where a quantized store keeps its rows, for attention that reads the codes in place instead of a dequantized
 // copy: runs of consecutive rows (one run for a plain store, one per block for the paged pool); inside a run,
 // row r's codes start r * code_stride bytes after the run's first codes (UINT4 two per byte, low nibble
-// first, or UINT8; head h's at h * head_dim * bits / 8), its fp16 scales and fp16 minimums (one per head)
-// r * param_stride bytes after the run's first ones. Value = fma(code, scale, minimum).
+// first, or UINT8; head h's at h * head_dim * bits / 8), its fp16 scales and fp16 minimums (one per group of
+// group_size channels, group_size dividing head_dim; head h's first group is h * head_dim / group_size)
+// r * param_stride bytes after the run's first ones. Value = fma(code, scale of its group, minimum of its group).
 struct QuantKvRows {
   struct Run {
     const std::uint8_t* codes = nullptr;
@@ -26,6 +27,7 @@ struct QuantKvRows {
     const std::uint8_t* mins = nullptr;
   };
   int bits = 0;               // 4 or 8
+  std::int64_t group_size = 0;  // channels per (scale, minimum) pair
   std::int64_t rows = 0;      // rows [0, rows) are described
   std::int64_t run_rows = 0;  // rows per run (the last run may hold fewer)
   std::int64_t code_stride = 0, param_stride = 0;

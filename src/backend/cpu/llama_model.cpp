@@ -173,9 +173,10 @@ KvCache LlamaModel::new_cache(const KvRowStoreFactory& factory) const {
   return KvCache(cache_shape(), factory);
 }
 
-void LlamaModel::set_kv_store_factory(KvRowStoreFactory factory) {
-  ATOM_CHECK(factory != nullptr);
+void LlamaModel::set_kv_store_factory(KvRowStoreFactory factory, std::int64_t group_size) {
+  ATOM_CHECK(factory != nullptr && group_size >= 0);
   kv_factory_ = std::move(factory);
+  kv_group_size_ = group_size;
 }
 
 std::int64_t LlamaModel::logits_rows(std::span<const SequenceInput> batch) {

@@ -84,7 +84,10 @@ class LlamaModel {
   // sets its INT4/INT8 store here, so that every user of new_cache() gets it).
   KvCache new_cache() const { return KvCache(cache_shape(), kv_factory_); }
   KvCache new_cache(const KvRowStoreFactory& factory) const;
-  void set_kv_store_factory(KvRowStoreFactory factory);
+  // group_size: channels per (scale, minimum) pair of the factory's quantized rows (0 = head_dim), for runners
+  // that keep the rows elsewhere (the paged pool) in the same format.
+  void set_kv_store_factory(KvRowStoreFactory factory, std::int64_t group_size = 0);
+  std::int64_t kv_group_size() const { return kv_group_size_; }
   void set_linear_observer(LinearObserver observer) { observer_ = std::move(observer); }
   // An orthogonal transform applied in place to every head vector of Q and K after RoPE, before K enters the
   // KV cache (a rotated checkpoint's online Q/K Hadamard; attention scores are unchanged). Empty: none.
@@ -133,6 +136,7 @@ class LlamaModel {
   LinearObserver observer_;
   HeadTransform qk_transform_;
   KvRowStoreFactory kv_factory_ = make_f32_kv_row_store;
+  std::int64_t kv_group_size_ = 0;
   mutable Workspace work_;
 };
 

@@ -29,27 +29,29 @@ const char* kv_cache_dtype_name(KvCacheDType dtype) {
   return "?";
 }
 
-std::size_t PagedKvPool::row_bytes(KvCacheDType dtype, std::int64_t row_width, std::int64_t head_dim) {
+std::size_t PagedKvPool::row_bytes(KvCacheDType dtype, std::int64_t row_width, std::int64_t head_dim,
+                                   std::int64_t group_size) {
   const auto w = static_cast<std::size_t>(row_width);
-  const auto heads = static_cast<std::size_t>(row_width / head_dim);
+  const auto groups = static_cast<std::size_t>(row_width / (group_size == 0 ? head_dim : group_size));
   switch (dtype) {
     case KvCacheDType::f32: return w * 4;
     case KvCacheDType::f16: return w * 2;
-    case KvCacheDType::int8: return w + heads * 4;      // codes, fp16 scale and minimum per head
-    case KvCacheDType::int4: return w / 2 + heads * 4;  // two codes a byte
+    case KvCacheDType::int8: return w + groups * 4;      // codes, fp16 scale and minimum per group
+    case KvCacheDType::int4: return w / 2 + groups * 4;  // two codes a byte
   }
   return 0;
 }
 
 PagedKvPool::PagedKvPool(KvCacheDType dtype, int regions, int num_blocks, int block_size, std::int64_t row_width,
-                         std::int64_t head_dim)
+                         std::int64_t head_dim, std::int64_t group_size)
     : dtype_(dtype),
       regions_(regions),
       num_blocks_(num_blocks),
       block_size_(block_size),
       row_width_(row_width),
       head_dim_(head_dim),
-      heads_(0) {
+      group_(group_size == 0 ? head_dim : group_size),
+      groups_(0) {
   if (regions < 1 || num_blocks < 1 || block_size < 1) {
     fail("paged KV pool: {} regions, {} blocks of {} tokens", regions, num_blocks, block_size);
   }
@@ -57,8 +59,17 @@ PagedKvPool::PagedKvPool(KvCacheDType dtype, int regions, int num_blocks, int bl
     fail("paged KV pool: head_dim {} does not divide the row width {}", head_dim, row_width);
   }
   if (dtype == KvCacheDType::int4 && head_dim % 2 != 0) fail("paged KV pool: int4 needs an even head_dim, got {}", head_dim);
-  heads_ = row_width / head_dim;
-  row_bytes_ = row_bytes(dtype, row_width, head_dim);
+  if (group_size != 0 && (dtype == KvCacheDType::f32 || dtype == KvCacheDType::f16)) {
+    fail("paged KV pool: kv_group_size {} needs an int8 or int4 cache, not {}", group_size, kv_cache_dtype_name(dtype));
+  }
+  if (group_ < 1 || head_dim % group_ != 0) {
+    fail("paged KV pool: kv_group_size {} does not divide head_dim {}", group_size, head_dim);
+  }
+  if (dtype == KvCacheDType::int4 && group_ % 2 != 0) {
+    fail("paged KV pool: int4 needs an even kv_group_size, got {}", group_size);
+  }
+  groups_ = row_width / group_;
+  row_bytes_ = row_bytes(dtype, row_width, head_dim, group_);
   bytes_ = row_bytes_ * static_cast<std::size_t>(block_size) * num_blocks * regions;
   // Default-initialized: the pages stay untouched (and unbacked) until written.
   data_.reset(new std::uint8_t[bytes_]);
@@ -75,7 +86,7 @@ void PagedKvPool::write(int region, const std::vector<std::int32_t>& table, std:
   if (first + n > static_cast<std::int64_t>(table.size()) * block_size_) {
     fail("paged KV pool: positions up to {} do not fit the {} blocks of the block table", first + n, table.size());
   }
-  std::vector<std::uint8_t> codes(static_cast<std::size_t>(head_dim_));
+  std::vector<std::uint8_t> codes(static_cast<std::size_t>(group_));
   for (std::int64_t r = 0; r < n; ++r) {
     const std::int64_t position = first + r;
     std::uint8_t* dst = row(region, table[position / block_size_], position % block_size_);
@@ -94,19 +105,19 @@ void PagedKvPool::write(int region, const std::vector<std::int32_t>& table, std:
       case KvCacheDType::int4: {
         const int bits = dtype_ == KvCacheDType::int8 ? 8 : 4;
         const std::int64_t code_bytes = bits == 8 ? row_width_ : row_width_ / 2;
-        for (std::int64_t h = 0; h < heads_; ++h) {
+        for (std::int64_t g = 0; g < groups_; ++g) {
           std::uint16_t scale = 0, lo = 0;
-          cpu::quantize_kv_group(src + h * head_dim_, head_dim_, bits, codes.data(), scale, lo);
+          cpu::quantize_kv_group(src + g * group_, group_, bits, codes.data(), scale, lo);
           if (bits == 8) {
-            std::memcpy(dst + h * head_dim_, codes.data(), static_cast<std::size_t>(head_dim_));
+            std::memcpy(dst + g * group_, codes.data(), static_cast<std::size_t>(group_));
           } else {
-            std::uint8_t* packed = dst + h * head_dim_ / 2;
-            for (std::int64_t i = 0; i < head_dim_; i += 2) {
+            std::uint8_t* packed = dst + g * group_ / 2;
+            for (std::int64_t i = 0; i < group_; i += 2) {
               packed[i / 2] = static_cast<std::uint8_t>(codes[i] | (codes[i + 1] << 4));
             }
           }
-          std::memcpy(dst + code_bytes + 2 * h, &scale, 2);
-          std::memcpy(dst + code_bytes + 2 * heads_ + 2 * h, &lo, 2);
+          std::memcpy(dst + code_bytes + 2 * g, &scale, 2);
+          std::memcpy(dst + code_bytes + 2 * groups_ + 2 * g, &lo, 2);
         }
         break;
       }
@@ -144,19 +155,19 @@ void PagedKvPool::read(int region, const std::vector<std::int32_t>& table, std::
         for (std::int64_t r = 0; r < run; ++r) {
           const std::uint8_t* codes = src + r * row_bytes_;
           float* values = dst + r * row_width_;
-          for (std::int64_t h = 0; h < heads_; ++h) {
+          for (std::int64_t g = 0; g < groups_; ++g) {
             std::uint16_t scale_bits, lo_bits;
-            std::memcpy(&scale_bits, codes + code_bytes + 2 * h, 2);
-            std::memcpy(&lo_bits, codes + code_bytes + 2 * heads_ + 2 * h, 2);
+            std::memcpy(&scale_bits, codes + code_bytes + 2 * g, 2);
+            std::memcpy(&lo_bits, codes + code_bytes + 2 * groups_ + 2 * g, 2);
             const float scale = fp16_to_fp32(scale_bits), lo = fp16_to_fp32(lo_bits);
-            const std::int64_t base = h * head_dim_;
+            const std::int64_t base = g * group_;
             if (int8) {
-              for (std::int64_t i = 0; i < head_dim_; ++i) {
+              for (std::int64_t i = 0; i < group_; ++i) {
                 values[base + i] = std::fma(static_cast<float>(codes[base + i]), scale, lo);
               }
             } else {
               const std::uint8_t* packed = codes + base / 2;
-              for (std::int64_t i = 0; i < head_dim_; i += 2) {
+              for (std::int64_t i = 0; i < group_; i += 2) {
                 values[base + i] = std::fma(static_cast<float>(packed[i / 2] & 0x0F), scale, lo);
                 values[base + i + 1] = std::fma(static_cast<float>(packed[i / 2] >> 4), scale, lo);
               }
@@ -178,13 +189,14 @@ void PagedKvPool::quantized_rows(int region, const std::vector<std::int32_t>& ta
   }
   const std::int64_t code_bytes = dtype_ == KvCacheDType::int8 ? row_width_ : row_width_ / 2;
   view.bits = dtype_ == KvCacheDType::int8 ? 8 : 4;
+  view.group_size = group_;
   view.rows = rows;
   view.run_rows = block_size_;
   view.code_stride = view.param_stride = static_cast<std::int64_t>(row_bytes_);
   view.runs.clear();
   for (std::int64_t b = 0; b * block_size_ < rows; ++b) {
     const std::uint8_t* first = row(region, table[static_cast<std::size_t>(b)], 0);
-    view.runs.push_back({first, first + code_bytes, first + code_bytes + 2 * heads_});
+    view.runs.push_back({first, first + code_bytes, first + code_bytes + 2 * groups_});
   }
 }
 

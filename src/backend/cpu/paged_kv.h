@@ -1,8 +1,9 @@
 #pragma once
 // The CPU paged KV cache: one pool of fixed-size blocks per (layer, K or V), shared by all sequences.
 // A sequence's rows live in the blocks its block table names (position p: block table[p / block_size],
-// slot p % block_size). Rows are stored as fp32, fp16, or asymmetric UINT8 / UINT4 per token per head
-// (docs/FORMAT.md: one fp16 scale and one fp16 minimum per head, codes packed low nibble first).
+// slot p % block_size). Rows are stored as fp32, fp16, or asymmetric UINT8 / UINT4 per token (docs/FORMAT.md:
+// one fp16 scale and one fp16 minimum per group of group_size channels along head_dim, head_dim by default;
+// codes packed low nibble first).
 // PagedKvRowStore plugs the pool into the CPU model's KvRowStore seam.
 #include <cstddef>
 #include <cstdint>
@@ -22,17 +23,20 @@ const char* kv_cache_dtype_name(KvCacheDType dtype);
 class PagedKvPool {
  public:
   // `regions`: stores per sequence (2 * layers). Memory is reserved, not touched, until rows are written.
+  // group_size (int8 / int4): 0 means head_dim, else it must divide head_dim.
   PagedKvPool(KvCacheDType dtype, int regions, int num_blocks, int block_size, std::int64_t row_width,
-              std::int64_t head_dim);
+              std::int64_t head_dim, std::int64_t group_size = 0);
 
-  // Bytes of one stored row (codes plus per-head scale and minimum for the integer formats).
-  static std::size_t row_bytes(KvCacheDType dtype, std::int64_t row_width, std::int64_t head_dim);
+  // Bytes of one stored row (codes, then the integer formats' fp16 scales and minimums: one per group).
+  static std::size_t row_bytes(KvCacheDType dtype, std::int64_t row_width, std::int64_t head_dim,
+                               std::int64_t group_size = 0);
 
   KvCacheDType dtype() const { return dtype_; }
   int regions() const { return regions_; }
   int num_blocks() const { return num_blocks_; }
   int block_size() const { return block_size_; }
   std::int64_t row_width() const { return row_width_; }
+  std::int64_t group_size() const { return group_; }
   std::size_t bytes() const { return bytes_; }
   std::size_t stored_row_bytes() const { return row_bytes_; }
 
@@ -51,7 +55,7 @@ class PagedKvPool {
 
   KvCacheDType dtype_;
   int regions_, num_blocks_, block_size_;
-  std::int64_t row_width_, head_dim_, heads_;
+  std::int64_t row_width_, head_dim_, group_, groups_;
   std::size_t row_bytes_, bytes_;
   std::unique_ptr<std::uint8_t[]> data_;
 };

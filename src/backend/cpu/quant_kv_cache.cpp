@@ -70,34 +70,39 @@ void quantize_kv_group(const float* x, std::int64_t n, int bits, std::uint8_t* c
   }
 }
 
-QuantKvRowStore::QuantKvRowStore(std::int64_t row_width, std::int64_t head_dim, int bits)
-    : width_(row_width), head_dim_(head_dim), heads_(0), row_bytes_(0), bits_(bits) {
+QuantKvRowStore::QuantKvRowStore(std::int64_t row_width, std::int64_t head_dim, int bits, std::int64_t group_size)
+    : width_(row_width), head_dim_(head_dim), group_(0), groups_(0), row_bytes_(0), bits_(bits) {
   if (bits != 4 && bits != 8) fail("KV cache: {} bits (expected 4 or 8)", bits);
   if (head_dim <= 0 || row_width <= 0 || row_width % head_dim != 0) {
     fail("KV cache: head_dim {} does not divide the row width {}", head_dim, row_width);
   }
   if (bits == 4 && head_dim % 2 != 0) fail("KV cache: UINT4 needs an even head_dim, got {}", head_dim);
-  heads_ = row_width / head_dim;
+  group_ = group_size == 0 ? head_dim : group_size;
+  if (group_ < 0 || head_dim % group_ != 0) {
+    fail("KV cache: kv_group_size {} does not divide head_dim {}", group_size, head_dim);
+  }
+  if (bits == 4 && group_ % 2 != 0) fail("KV cache: UINT4 needs an even kv_group_size, got {}", group_size);
+  groups_ = row_width / group_;
   row_bytes_ = bits == 4 ? row_width / 2 : row_width;
 }
 
 void QuantKvRowStore::append(const float* rows, std::int64_t n) {
   codes_.resize(static_cast<std::size_t>((rows_ + n) * row_bytes_));
-  scales_.resize(static_cast<std::size_t>((rows_ + n) * heads_));
+  scales_.resize(static_cast<std::size_t>((rows_ + n) * groups_));
   mins_.resize(scales_.size());
-  std::vector<std::uint8_t> head_codes(static_cast<std::size_t>(head_dim_));
+  std::vector<std::uint8_t> group_codes(static_cast<std::size_t>(group_));
   for (std::int64_t r = 0; r < n; ++r) {
     const std::int64_t row = rows_ + r;
-    for (std::int64_t h = 0; h < heads_; ++h) {
-      quantize_kv_group(rows + r * width_ + h * head_dim_, head_dim_, bits_, head_codes.data(),
-                        scales_[row * heads_ + h], mins_[row * heads_ + h]);
-      std::uint8_t* dst = codes_.data() + row * row_bytes_ + (bits_ == 4 ? h * head_dim_ / 2 : h * head_dim_);
+    for (std::int64_t g = 0; g < groups_; ++g) {
+      quantize_kv_group(rows + r * width_ + g * group_, group_, bits_, group_codes.data(),
+                        scales_[row * groups_ + g], mins_[row * groups_ + g]);
+      std::uint8_t* dst = codes_.data() + row * row_bytes_ + (bits_ == 4 ? g * group_ / 2 : g * group_);
       if (bits_ == 4) {
-        for (std::int64_t i = 0; i < head_dim_; i += 2) {
-          dst[i / 2] = static_cast<std::uint8_t>(head_codes[i] | (head_codes[i + 1] << 4));
+        for (std::int64_t i = 0; i < group_; i += 2) {
+          dst[i / 2] = static_cast<std::uint8_t>(group_codes[i] | (group_codes[i + 1] << 4));
         }
       } else {
-        std::copy(head_codes.begin(), head_codes.end(), dst);
+        std::copy(group_codes.begin(), group_codes.end(), dst);
       }
     }
   }
@@ -109,20 +114,20 @@ void QuantKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) con
   for (std::int64_t row = begin; row < end; ++row) {
     const std::uint8_t* src = codes_.data() + row * row_bytes_;
     float* dst = out + (row - begin) * width_;
-    for (std::int64_t h = 0; h < heads_; ++h) {
-      const std::uint16_t s_bits = scales_[row * heads_ + h], lo_bits = mins_[row * heads_ + h];
+    for (std::int64_t g = 0; g < groups_; ++g) {
+      const std::uint16_t s_bits = scales_[row * groups_ + g], lo_bits = mins_[row * groups_ + g];
       const __m256 s = _mm256_set1_ps(fp16_to_fp32(s_bits)), lo = _mm256_set1_ps(fp16_to_fp32(lo_bits));
-      const std::int64_t base = h * head_dim_;
+      const std::int64_t base = g * group_;
       std::int64_t i = 0;
       if (bits_ == 8) {
-        for (; i + 8 <= head_dim_; i += 8) {  // fma(q, scale, lo), exactly as the format's scalar rule
+        for (; i + 8 <= group_; i += 8) {  // fma(q, scale, lo), exactly as the format's scalar rule
           const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + base + i));
           _mm256_storeu_ps(dst + base + i, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q)), s, lo));
         }
-        for (; i < head_dim_; ++i) dst[base + i] = quant::dequantize_asymmetric_value(src[base + i], s_bits, lo_bits);
+        for (; i < group_; ++i) dst[base + i] = quant::dequantize_asymmetric_value(src[base + i], s_bits, lo_bits);
       } else {
         const std::uint8_t* packed = src + base / 2;
-        for (; i + 16 <= head_dim_; i += 16) {
+        for (; i + 16 <= group_; i += 16) {
           const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + i / 2));
           const __m128i low = _mm_and_si128(b, _mm_set1_epi8(0x0F));
           const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
@@ -131,7 +136,7 @@ void QuantKvRowStore::read(std::int64_t begin, std::int64_t end, float* out) con
           _mm256_storeu_ps(dst + base + i + 8,
                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(inter, 8))), s, lo));
         }
-        for (; i < head_dim_; ++i) {
+        for (; i < group_; ++i) {
           const std::uint8_t q = (packed[i / 2] >> (4 * (i & 1))) & 0x0Fu;
           dst[base + i] = quant::dequantize_asymmetric_value(q, s_bits, lo_bits);
         }
@@ -145,7 +150,8 @@ bool QuantKvRowStore::quantized_rows(QuantKvRows& view) const {
   view.rows = rows_;
   view.run_rows = std::max<std::int64_t>(rows_, 1);
   view.code_stride = row_bytes_;
-  view.param_stride = heads_ * static_cast<std::int64_t>(sizeof(std::uint16_t));
+  view.group_size = group_;
+  view.param_stride = groups_ * static_cast<std::int64_t>(sizeof(std::uint16_t));
   view.runs.assign(1, {codes_.data(), reinterpret_cast<const std::uint8_t*>(scales_.data()),
                        reinterpret_cast<const std::uint8_t*>(mins_.data())});
   return true;
@@ -155,7 +161,7 @@ void QuantKvRowStore::truncate(std::int64_t rows) {
   if (rows < 0 || rows > rows_) fail("KV cache: truncate to {} rows of {}", rows, rows_);
   rows_ = rows;
   codes_.resize(static_cast<std::size_t>(rows_ * row_bytes_));
-  scales_.resize(static_cast<std::size_t>(rows_ * heads_));
+  scales_.resize(static_cast<std::size_t>(rows_ * groups_));
   mins_.resize(scales_.size());
 }
 
@@ -171,11 +177,18 @@ std::unique_ptr<KvRowStore> make_u4_kv_row_store(std::int64_t row_width, std::in
   return std::make_unique<QuantKvRowStore>(row_width, head_dim, 4);
 }
 
-KvRowStoreFactory kv_row_store_factory(KvDType dtype) {
+KvRowStoreFactory kv_row_store_factory(KvDType dtype, std::int64_t group_size) {
+  const auto quantized = [group_size](int bits) -> KvRowStoreFactory {
+    return [bits, group_size](std::int64_t row_width, std::int64_t head_dim) -> std::unique_ptr<KvRowStore> {
+      return std::make_unique<QuantKvRowStore>(row_width, head_dim, bits, group_size);
+    };
+  };
   switch (dtype) {
-    case KvDType::F32: return make_f32_kv_row_store;
-    case KvDType::U8: return make_u8_kv_row_store;
-    case KvDType::U4: return make_u4_kv_row_store;
+    case KvDType::F32:
+      if (group_size != 0) fail("KV cache: kv_group_size {} needs a quantized cache, not f32", group_size);
+      return make_f32_kv_row_store;
+    case KvDType::U8: return group_size == 0 ? KvRowStoreFactory(make_u8_kv_row_store) : quantized(8);
+    case KvDType::U4: return group_size == 0 ? KvRowStoreFactory(make_u4_kv_row_store) : quantized(4);
   }
   fail("KV cache: unknown dtype {}", static_cast<int>(dtype));
 }

@@ -201,14 +201,14 @@ std::unique_ptr<cpu::LinearOp> make_linear_op(const QuantizedLinear& linear, con
                                            linear.bias, name);
 }
 
-cpu::KvRowStoreFactory kv_store_factory(int kv_bits) {
+cpu::KvRowStoreFactory kv_store_factory(int kv_bits, std::int64_t kv_group_size) {
   switch (kv_bits) {
     case 4:
-      return cpu::make_u4_kv_row_store;
+      return cpu::kv_row_store_factory(cpu::KvDType::U4, kv_group_size);
     case 8:
-      return cpu::make_u8_kv_row_store;
+      return cpu::kv_row_store_factory(cpu::KvDType::U8, kv_group_size);
     case 16:
-      return cpu::make_f32_kv_row_store;
+      return cpu::kv_row_store_factory(cpu::KvDType::F32, kv_group_size);
   }
   fail("KV cache: {} bits is not 4, 8 or 16", kv_bits);
 }
@@ -277,7 +277,8 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
   }
   auto m = std::make_unique<cpu::LlamaModel>(model.config, model.embed_tokens, std::move(layers),
                                              model.final_norm, std::move(lm_head));
-  m->set_kv_store_factory(kv_store_factory(recipe.kv_bits));
+  recipe.kv_group_for(model.config.head_dim);  // a group that does not divide head_dim fails here, naming it
+  m->set_kv_store_factory(kv_store_factory(recipe.kv_bits, recipe.kv_group_size), recipe.kv_group_size);
   apply_online_transforms(*m, recipe);
   return m;
 }

@@ -67,8 +67,9 @@ std::unique_ptr<cpu::LinearOp> make_linear_op(const QuantizedLinear& linear, con
                                               Execution execution, cpu::InputOrder order,
                                               const std::string& name);
 
-// KV store of the recipe: UINT4 / UINT8 asymmetric per token per head, or fp32 (kv_bits 16).
-cpu::KvRowStoreFactory kv_store_factory(int kv_bits);
+// KV store of the recipe: UINT4 / UINT8 asymmetric per token, one (scale, minimum) per group of kv_group_size
+// channels (0: per head), or fp32 (kv_bits 16).
+cpu::KvRowStoreFactory kv_store_factory(int kv_bits, std::int64_t kv_group_size = 0);
 
 // The whole model as a cpu::LlamaModel: permutations fused into the norms, o_proj reordering its input, KV
 // cache store of the recipe set as the model's default, its KV centering vectors on the layers. Throws

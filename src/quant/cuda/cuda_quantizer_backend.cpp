@@ -374,8 +374,10 @@ class CudaQuantizerBackend final : public QuantizerBackend {
     if (kv_stats) {  // key energy per head channel, over heads and tokens, before the store
       calib::channel_stats_accumulate(k, length_ * config_.num_kv_heads, head_dim, key_channel_sq.get(), nullptr, s);
     }
-    calib::kv_fake_quantize_rows(k, length_, kv_dim, head_dim, recipe_.kv_bits, kv_stats ? sums.get() : nullptr, s);
-    calib::kv_fake_quantize_rows(v, length_, kv_dim, head_dim, recipe_.kv_bits, kv_stats ? sums.get() + 2 : nullptr,
+    // The store's rule per group of kv_group_size channels (head_dim unless the recipe groups finer).
+    const int kv_group = static_cast<int>(recipe_.kv_group_for(head_dim));
+    calib::kv_fake_quantize_rows(k, length_, kv_dim, kv_group, recipe_.kv_bits, kv_stats ? sums.get() : nullptr, s);
+    calib::kv_fake_quantize_rows(v, length_, kv_dim, kv_group, recipe_.kv_bits, kv_stats ? sums.get() + 2 : nullptr,
                                  s);
     if (!kv_stats) return;
     double host[4];

@@ -42,11 +42,11 @@ constexpr int kBlockSize = 16;
 
 std::unique_ptr<StoredSequence> store_sequence(std::mt19937_64& rng, PagedKvPool& pool, int region_pair,
                                                std::vector<std::int32_t>& free_blocks, std::int64_t rows,
-                                               std::int64_t width, int head_dim, int bits) {
+                                               std::int64_t width, int head_dim, int bits, int group_size = 0) {
   auto s = std::make_unique<StoredSequence>();
   s->rows = rows;
-  s->plain_k = std::make_unique<QuantKvRowStore>(width, head_dim, bits);
-  s->plain_v = std::make_unique<QuantKvRowStore>(width, head_dim, bits);
+  s->plain_k = std::make_unique<QuantKvRowStore>(width, head_dim, bits, group_size);
+  s->plain_v = std::make_unique<QuantKvRowStore>(width, head_dim, bits, group_size);
   for (std::int64_t b = 0; b * kBlockSize < rows; ++b) {
     s->table.push_back(free_blocks.back());
     free_blocks.pop_back();
@@ -93,9 +93,15 @@ RowResult reference_row(const float* q, const StoredSequence& s, std::int64_t po
   double mx = -1e300, max_score_err = 0.0, max_value = 0.0;
   double q_abs = 0.0, q_sum = 0.0;
   for (int i = 0; i < d; ++i) q_abs += std::fabs(q[i]), q_sum += q[i];
+  const std::int64_t groups = d / s.plain_k->group_size();  // the largest minimum of the head's groups
+  const auto largest_min = [&](const QuantKvRowStore& store, std::int64_t j) {
+    double m = 0.0;
+    for (std::int64_t k = 0; k < groups; ++k) m = std::max(m, double(std::fabs(fp16_to_fp32(store.mins(j)[kv_head * groups + k]))));
+    return m;
+  };
   for (std::int64_t j = first; j <= pos; ++j) {
-    const double k_min = std::fabs(fp16_to_fp32(s.plain_k->mins(j)[kv_head]));
-    const double v_min = std::fabs(fp16_to_fp32(s.plain_v->mins(j)[kv_head]));
+    const double k_min = largest_min(*s.plain_k, j);
+    const double v_min = largest_min(*s.plain_v, j);
     double dot = 0.0, magnitude = q_abs * k_min + std::fabs(q_sum) * k_min;
     for (int i = 0; i < d; ++i) {
       const double key = s.k[j * width + kv_head * d + i];
@@ -124,7 +130,7 @@ RowResult reference_row(const float* q, const StoredSequence& s, std::int64_t po
 }
 
 struct Case {
-  int heads, kv_heads, d, window, bits;
+  int heads, kv_heads, d, window, bits, group_size;
 };
 
 TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatches) {
@@ -133,20 +139,25 @@ TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatche
   for (int bits : {4, 8}) {
     for (auto [heads, kv_heads] : {std::pair{6, 2}, {8, 1}, {5, 5}, {12, 2}, {9, 3}, {8, 4}, {8, 2}}) {
       for (int d : {64, 128, 20}) {  // 20: the scalar kernel
-        for (int window : {0, 7}) cases.push_back({heads, kv_heads, d, window, bits});
+        for (int window : {0, 7}) cases.push_back({heads, kv_heads, d, window, bits, 0});
+      }
+      // Several (scale, minimum) groups per head: the grouped vector kernels (32, 16 on 64; 32, 64 on 128) and
+      // the scalar ones (10 on 20; 8 on 64, not a multiple of 16).
+      for (auto [d, group] : {std::pair{64, 32}, {64, 16}, {128, 32}, {128, 64}, {20, 10}, {64, 8}}) {
+        cases.push_back({heads, kv_heads, d, 0, bits, group});
       }
     }
   }
   for (const Case& c : cases) {
     SCOPED_TRACE(testing::Message() << c.heads << "/" << c.kv_heads << " heads, d " << c.d << ", window "
-                                    << c.window << ", " << c.bits << " bits");
+                                    << c.window << ", " << c.bits << " bits, group " << c.group_size);
     const std::int64_t width = std::int64_t{c.kv_heads} * c.d;
     const AttentionShape shape{c.heads, c.kv_heads, c.d, 1.0f / std::sqrt(float(c.d)), c.window};
     // (new rows, rows before): decode steps after short and long histories (a partial last block), a short
     // prompt, chunks that span several row blocks.
     const std::vector<std::pair<std::int64_t, std::int64_t>> seqs = {{1, 30}, {1, 100}, {5, 11}, {16, 0}, {20, 3}};
     PagedKvPool pool(c.bits == 4 ? KvCacheDType::int4 : KvCacheDType::int8, 2 * int(seqs.size()), 64, kBlockSize,
-                     width, c.d);
+                     width, c.d, c.group_size);
     std::vector<std::int32_t> free_blocks(64);
     std::iota(free_blocks.begin(), free_blocks.end(), 0);
     std::shuffle(free_blocks.begin(), free_blocks.end(), rng);
@@ -155,7 +166,7 @@ TEST(QuantKvAttention, MatchesTheReferenceOnBothStoresOverShapesWindowsAndBatche
     std::vector<AttentionJob> plain_jobs, paged_jobs;
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       const auto [n, start] = seqs[i];
-      stored.push_back(store_sequence(rng, pool, int(i), free_blocks, start + n, width, c.d, c.bits));
+      stored.push_back(store_sequence(rng, pool, int(i), free_blocks, start + n, width, c.d, c.bits, c.group_size));
       qs.push_back(random_values(rng, n * c.heads * c.d, 0.0f, 2.0f));
       plain_outs.emplace_back(n * c.heads * c.d, -1.0f);
       paged_outs.emplace_back(n * c.heads * c.d, -2.0f);
@@ -213,16 +224,17 @@ TEST(QuantKvAttention, RowsAreTheSameBitsAloneInABatchAndOnAnyThreadCount) {
   const int heads = 9, kv_heads = 3, d = 64;
   const std::int64_t width = std::int64_t{kv_heads} * d;
   const AttentionShape shape{heads, kv_heads, d, 0.125f, 0};
-  for (int bits : {4, 8}) {
+  for (auto [bits, group] : {std::pair{4, 0}, {8, 0}, {4, 32}, {8, 16}}) {
     const std::vector<std::pair<std::int64_t, std::int64_t>> seqs = {{1, 600}, {3, 40}, {1, 17}, {1, 250}};
     PagedKvPool pool(bits == 4 ? KvCacheDType::int4 : KvCacheDType::int8, 2 * int(seqs.size()), 64, kBlockSize,
-                     width, d);
+                     width, d, group);
     std::vector<std::int32_t> free_blocks(64);
     std::iota(free_blocks.begin(), free_blocks.end(), 0);
     std::vector<std::unique_ptr<StoredSequence>> stored;
     std::vector<std::vector<float>> qs;
     for (std::size_t i = 0; i < seqs.size(); ++i) {
-      stored.push_back(store_sequence(rng, pool, int(i), free_blocks, seqs[i].first + seqs[i].second, width, d, bits));
+      stored.push_back(
+          store_sequence(rng, pool, int(i), free_blocks, seqs[i].first + seqs[i].second, width, d, bits, group));
       qs.push_back(random_values(rng, seqs[i].first * heads * d, 0.0f, 2.0f));
     }
     auto run = [&](const std::vector<std::size_t>& which, int threads, double region_cost_us) {

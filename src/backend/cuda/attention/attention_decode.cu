@@ -10,6 +10,8 @@
 //   q.k = S*scale*(sum q_i f_i - sum q_i) + lo * sum q_i
 //   sum_t p_t v_t = sum_t w_t f_t - sum_t w_t + sum_t p_t lo_t,   w_t = S * p_t * scale_t
 // so the inner loops are one FMA per element and head after two integer ops per element.
+// A cache with several params words per row (groups of 32 or more channels) gives each lane the word of its
+// dims' group: the key's scale and minimum then apply to the lane's partial dot before the lanes' sum.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -88,7 +90,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
 
   // This lane's slice of every query head of the group, pre-scaled into the log2 domain.
   const float q_scale = p.sm_scale * kLog2e;
-  float qr[kGroup][kDpt], sumq[kGroup];
+  // Params words per row, and the one of this lane's dims (they lie in one group: check_cache).
+  const int groups = kv_row_groups(c), lane_group = part * kDpt * groups / D;
+  float qr[kGroup][kDpt], sumq[kGroup], sumq_lane[kGroup];
 #pragma unroll
   for (int g = 0; g < kGroup; ++g) {
     sumq[g] = 0.0f;
@@ -99,6 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
       qr[g][i] = g < group ? __half2float(qh[i]) * q_scale : 0.0f;
       sumq[g] += qr[g][i];
     }
+    sumq_lane[g] = sumq[g];
 #pragma unroll
     for (int off = kTpt / 2; off > 0; off >>= 1) sumq[g] += __shfl_xor_sync(kFullMask, sumq[g], off);
   }
@@ -128,8 +133,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
         load_words<kWords>(k_base + row * kRowBytes, kw[u]);
         load_words<kWords>(v_base + row * kRowBytes, vw[u]);
         if constexpr (Codec::kQuantized) {
-          kp[u] = __ldg(c.k_params + row);
-          vp[u] = __ldg(c.v_params + row);
+          kp[u] = __ldg(c.k_params + row * groups + lane_group);
+          vp[u] = __ldg(c.v_params + row * groups + lane_group);
         }
       } else {
 #pragma unroll
@@ -150,6 +155,12 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
       }
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
+        if constexpr (Codec::kQuantized) {
+          if (groups > 1) {  // this lane's group: its part of the score
+            dot[g] = fmaf(Codec::kCodeScale * kv_param_scale(kp[u]), dot[g] - sumq_lane[g],
+                          kv_param_min(kp[u]) * sumq_lane[g]);
+          }
+        }
 #pragma unroll
         for (int off = kTpt / 2; off > 0; off >>= 1) dot[g] += __shfl_xor_sync(kFullMask, dot[g], off);
       }
@@ -158,7 +169,9 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(DecodeParams p, Dec
       for (int g = 0; g < kGroup; ++g) {
         float s = dot[g];
         if constexpr (Codec::kQuantized) {
-          s = fmaf(Codec::kCodeScale * kv_param_scale(kp[u]), dot[g] - sumq[g], kv_param_min(kp[u]) * sumq[g]);
+          if (groups == 1) {
+            s = fmaf(Codec::kCodeScale * kv_param_scale(kp[u]), dot[g] - sumq[g], kv_param_min(kp[u]) * sumq[g]);
+          }
         }
         if (valid[u] && s > m[g]) {  // rare after the first tokens: rescale lazily
           const float f = exp2f(m[g] - s);
@@ -672,7 +685,9 @@ void dispatch_dtype(const DecodeParams& p, const DecodeSplit& s, cudaStream_t st
     case KvDtype::kF16: dispatch_group<D, KvDtype::kF16>(p, s, stream); break;
     case KvDtype::kU8: dispatch_group<D, KvDtype::kU8>(p, s, stream); break;
     case KvDtype::kU4:
-      if (p.cache.page_size % 16 == 0) {  // a 16-token tile never straddles pages
+      // A 16-token tile never straddles pages. The tensor-core kernel's fragments mix every group of a row (one
+      // params word per row only); grouped caches run on the CUDA cores.
+      if (p.cache.page_size % 16 == 0 && p.cache.groups() == 1) {
         const dim3 grid(s.num_splits, p.cache.num_kv_heads, p.batch);
         launch_kernel(decode_u4_mma_kernel<D>, LaunchShape{grid, dim3(kU4Warps * 32)}, /*pdl=*/true, stream, p, s);
       } else {

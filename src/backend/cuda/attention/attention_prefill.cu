@@ -36,16 +36,17 @@ __device__ __forceinline__ std::uint32_t pack_half2(float lo, float hi) {
   return *reinterpret_cast<const std::uint32_t*>(&h);
 }
 
-// Eight consecutive elements (dims 8*chunk ..) of cache row `row`, dequantized to fp16.
+// Eight consecutive elements (dims 8*chunk ..) of cache row `row`, dequantized to fp16 with the params word of
+// their group (`groups` words per row; a group holds whole chunks).
 template <int D, KvDtype kDtype>
-__device__ __forceinline__ uint4 load_row_chunk(const void* codes, const std::uint32_t* params, long long row,
-                                                int chunk) {
+__device__ __forceinline__ uint4 load_row_chunk(const void* codes, const std::uint32_t* params, int groups,
+                                                long long row, int chunk) {
   constexpr int kRowBytes = kv_row_bytes(kDtype, D);
   const std::uint8_t* src = static_cast<const std::uint8_t*>(codes) + row * kRowBytes;
   if constexpr (kDtype == KvDtype::kF16) {
     return __ldg(reinterpret_cast<const uint4*>(src) + chunk);
   } else {
-    const std::uint32_t pw = __ldg(params + row);
+    const std::uint32_t pw = __ldg(params + row * groups + chunk * groups / (D / 8));
     const float scale = kv_param_scale(pw), lo = kv_param_min(pw);
     float v[8];
     if constexpr (kDtype == KvDtype::kU8) {
@@ -116,13 +117,13 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(PrefillParams p) {
       {  // K: chunks of a row on consecutive threads
         const int r = ci / kChunksPerRow, chunk = ci % kChunksPerRow, key = k0 + r;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (key < kv_len) v = load_row_chunk<D, kDtype>(c.k_codes, c.k_params, kv_cache_row(c, block_table, key, page_shift, kvh), chunk);
+        if (key < kv_len) v = load_row_chunk<D, kDtype>(c.k_codes, c.k_params, kv_row_groups(c), kv_cache_row(c, block_table, key, page_shift, kvh), chunk);
         *reinterpret_cast<uint4*>(&k_s[r * kKStride + chunk * 8]) = v;
       }
       {  // V: rows on consecutive threads, so the transposed 2-byte stores fill consecutive addresses
         const int r = ci % kBlockK, chunk = ci / kBlockK, key = k0 + r;
         uint4 v = make_uint4(0, 0, 0, 0);
-        if (key < kv_len) v = load_row_chunk<D, kDtype>(c.v_codes, c.v_params, kv_cache_row(c, block_table, key, page_shift, kvh), chunk);
+        if (key < kv_len) v = load_row_chunk<D, kDtype>(c.v_codes, c.v_params, kv_row_groups(c), kv_cache_row(c, block_table, key, page_shift, kvh), chunk);
         const __half* hv = reinterpret_cast<const __half*>(&v);
 #pragma unroll
         for (int e = 0; e < 8; ++e) v_s[(chunk * 8 + e) * kVStride + r] = hv[e];

@@ -488,11 +488,11 @@ void apply_rope_rows(float* x, std::int64_t rows, std::int64_t stride, int heads
   ATOM_CUDA_CHECK_LAUNCH();
 }
 
-void kv_fake_quantize_rows(float* x, std::int64_t rows, std::int64_t width, int head_dim, int bits, double* sums,
+void kv_fake_quantize_rows(float* x, std::int64_t rows, std::int64_t width, int group, int bits, double* sums,
                            cudaStream_t stream) {
-  const std::int64_t groups = rows * (width / head_dim);
+  const std::int64_t groups = rows * (width / group);
   if (groups <= 0) return;
-  kv_fake_quantize_kernel<<<blocks_for(groups * 32), kThreads, 0, stream>>>(x, groups, head_dim, bits, sums);
+  kv_fake_quantize_kernel<<<blocks_for(groups * 32), kThreads, 0, stream>>>(x, groups, group, bits, sums);
   ATOM_CUDA_CHECK_LAUNCH();
 }
 

@@ -44,10 +44,10 @@ void rms_norm_rows(const float* x, std::int64_t rows, std::int64_t dim, const fl
 // cpu::apply_rope: heads of head_dim at x + r * stride + h * head_dim; cos / sin [rows, head_dim / 2].
 void apply_rope_rows(float* x, std::int64_t rows, std::int64_t stride, int heads, int head_dim, const float* cos,
                      const float* sin, cudaStream_t stream);
-// The KV cache's asymmetric UINT-bits rule per token per head (quant::quantize_asymmetric_group, then
-// dequantize_asymmetric_value), in place on x [rows, width] with groups of head_dim. sums (optional, fp64[2])
-// += { sum x^2, sum (x - stored)^2 }.
-void kv_fake_quantize_rows(float* x, std::int64_t rows, std::int64_t width, int head_dim, int bits, double* sums,
+// The KV cache's asymmetric UINT-bits rule per token per group (quant::quantize_asymmetric_group, then
+// dequantize_asymmetric_value), in place on x [rows, width] with groups of `group` channels (the recipe's KV
+// group: head_dim or a divisor of it). sums (optional, fp64[2]) += { sum x^2, sum (x - stored)^2 }.
+void kv_fake_quantize_rows(float* x, std::int64_t rows, std::int64_t width, int group, int bits, double* sums,
                            cudaStream_t stream);
 // Causal softmax in place on scores [heads, n, n] (row i: query i's raw dot products with keys 0..n-1):
 // p_ij = softmax_j(scale * s_ij) over keys j <= i (and j > i - sliding_window when sliding_window > 0);

@@ -1,7 +1,8 @@
 // kv_cache_append: RoPE on Q and K, then K/V rows quantized into their page slots (kv_cache_layout.h).
 // One warp per (token, head) row: D/32 consecutive elements per lane; the rotate-half partner of lane l
-// is lane l ^ 16 (lanes 0-15 hold the first half of the head). min/max by shuffles; the asymmetric rule
-// is quant::quantize_asymmetric_groups with group = D, step by step.
+// is lane l ^ 16 (lanes 0-15 hold the first half of the head). min/max by shuffles inside each group's lanes
+// (group_size / (D / 32) consecutive lanes); the asymmetric rule is quant::quantize_asymmetric_groups with the
+// cache's group, step by step.
 #include <cuda_fp16.h>
 
 #include <cstdint>
@@ -138,10 +139,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppend
       lo_x = fminf(x[i], lo_x);
       hi_x = fmaxf(x[i], hi_x);
     }
+    const int group_lanes = c.group_size == 0 ? 32 : c.group_size / kPer;  // a power of two
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
-      lo_x = fminf(lo_x, __shfl_xor_sync(kFullMask, lo_x, off));
-      hi_x = fmaxf(hi_x, __shfl_xor_sync(kFullMask, hi_x, off));
+      if (off < group_lanes) {  // the same for every lane: the shuffles stay converged
+        lo_x = fminf(lo_x, __shfl_xor_sync(kFullMask, lo_x, off));
+        hi_x = fmaxf(hi_x, __shfl_xor_sync(kFullMask, hi_x, off));
+      }
     }
     const __half lo_h = __float2half_rn(lo_x);
     const float lo = __half2float(lo_h);
@@ -160,10 +164,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) kv_append_kernel(KvAppend
 #pragma unroll
       for (int i = 0; i < kPer; i += 2) codes[(lane * kPer + i) / 2] = static_cast<std::uint8_t>(q[i] | (q[i + 1] << 4));
     }
-    if (lane == 0) {
+    if (lane % group_lanes == 0) {  // the first lane of each group writes its word
       std::uint32_t* params = kind == kK ? c.k_params : c.v_params;
-      params[cache_row] = static_cast<std::uint32_t>(__half_as_ushort(scale_h)) |
-                          (static_cast<std::uint32_t>(__half_as_ushort(lo_h)) << 16);
+      const int groups = D / (group_lanes * kPer);
+      params[cache_row * groups + lane / group_lanes] = static_cast<std::uint32_t>(__half_as_ushort(scale_h)) |
+                                                        (static_cast<std::uint32_t>(__half_as_ushort(lo_h)) << 16);
     }
   }
 }

@@ -18,6 +18,14 @@ void check_cache(const PagedKvCache& c, const char* what) {
     fail("{}: cache.dtype {} unknown", what, static_cast<int>(c.dtype));
   }
   if (c.head_dim != 64 && c.head_dim != 128) fail("{}: cache.head_dim {} (supported: 64, 128)", what, c.head_dim);
+  if (c.group_size != 0) {
+    if (c.dtype == KvDtype::kF16) fail("{}: cache.group_size {} needs a u8 or u4 cache, not f16", what, c.group_size);
+    // 32 at least: a decode lane's dims (up to 32) and a prefill chunk's 8 then lie in one group.
+    if (c.group_size < 32 || c.group_size % 32 != 0 || c.head_dim % c.group_size != 0) {
+      fail("{}: cache.group_size {} must be 0 (head_dim) or a multiple of 32 dividing head_dim {}", what,
+           c.group_size, c.head_dim);
+    }
+  }
   if (c.page_size < 1 || c.page_size > 256 || (c.page_size & (c.page_size - 1)) != 0) {
     fail("{}: cache.page_size {} must be a power of two in [1, 256]", what, c.page_size);
   }

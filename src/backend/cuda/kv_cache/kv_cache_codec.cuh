@@ -61,6 +61,11 @@ __device__ __forceinline__ float kv_param_min(std::uint32_t p) {
   return __half2float(__ushort_as_half(static_cast<unsigned short>(p >> 16)));
 }
 
+// Params words per row of a quantized cache (PagedKvCache::groups on the device).
+__device__ __forceinline__ int kv_row_groups(const PagedKvCache& c) {
+  return c.group_size == 0 ? 1 : c.head_dim / c.group_size;
+}
+
 // Row index of token t of KV head h in the pool (page ids clamped into the pool: a bad block table
 // reads wrong data, never out of bounds).
 __device__ __forceinline__ long long kv_cache_row(const PagedKvCache& c, const std::int32_t* block_table, int t,

@@ -3,9 +3,11 @@
 // consecutive tokens of one sequence for every KV head. Sequences map their token t to page
 // block_table[t / page_size], row t % page_size. Inside the pool, K and V are separate arrays:
 //   codes  [num_pages][num_kv_heads][page_size][row_bytes]   (a head's tokens are contiguous in a page)
-//   params [num_pages][num_kv_heads][page_size] uint32: fp16 scale in the low half, fp16 min in the high
+//   params [num_pages][num_kv_heads][page_size][D / group_size] uint32: per group of group_size channels of
+//          the row, fp16 scale in the low half, fp16 min in the high
 // row_bytes = 2*D (kF16, plain fp16), D (kU8) or D/2 (kU4, element 2i in the low nibble). Quantized rows
-// follow FORMAT.md's asymmetric UINT-n rule with group = head_dim; kF16 has no params. Codes and params
+// follow FORMAT.md's asymmetric UINT-n rule per group (group_size = head_dim: one word per row, the layout
+// before groups existed; else 32 or 64, dividing head_dim); kF16 has no params. Codes and params
 // arrays are 16-byte aligned (the kernels copy 16-byte chunks).
 // K is stored AFTER RoPE (kv_cache_append applies it), so attention kernels never rotate keys.
 #include <cstddef>
@@ -27,6 +29,7 @@ struct PagedKvCache {
   int page_size = 16;  // tokens per page: a power of two in [1, 256]
   int num_kv_heads = 0;
   int head_dim = 0;  // 64 or 128
+  int group_size = 0;  // channels per params word of a quantized row: 0 = head_dim, else a multiple of 32 dividing it
   void* k_codes = nullptr;
   void* v_codes = nullptr;
   std::uint32_t* k_params = nullptr;  // null for kF16
@@ -36,7 +39,11 @@ struct PagedKvCache {
     return static_cast<std::size_t>(num_pages) * num_kv_heads * static_cast<std::size_t>(page_size);
   }
   std::size_t codes_bytes() const { return rows() * static_cast<std::size_t>(kv_row_bytes(dtype, head_dim)); }
-  std::size_t params_bytes() const { return dtype == KvDtype::kF16 ? 0 : rows() * sizeof(std::uint32_t); }
+  // Params words per row (1 for kF16, which has none).
+  int groups() const { return group_size == 0 || dtype == KvDtype::kF16 ? 1 : head_dim / group_size; }
+  std::size_t params_bytes() const {
+    return dtype == KvDtype::kF16 ? 0 : rows() * static_cast<std::size_t>(groups()) * sizeof(std::uint32_t);
+  }
 };
 
 // Appends new tokens' K and V to the cache and applies RoPE to Q and K (the one place RoPE happens):

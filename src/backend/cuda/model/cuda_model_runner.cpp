@@ -50,9 +50,10 @@ int graph_bucket(int batch) {
 
 }  // namespace
 
-std::size_t kv_bytes_per_token(const ModelConfig& c, KvDtype dtype) {
+std::size_t kv_bytes_per_token(const ModelConfig& c, KvDtype dtype, int group_size) {
+  const std::size_t groups = group_size == 0 ? 1 : static_cast<std::size_t>(c.head_dim / group_size);
   const std::size_t row = static_cast<std::size_t>(kv_row_bytes(dtype, c.head_dim)) +
-                          (dtype == KvDtype::kF16 ? 0 : sizeof(std::uint32_t));
+                          (dtype == KvDtype::kF16 ? 0 : groups * sizeof(std::uint32_t));
   return 2 * static_cast<std::size_t>(c.num_layers) * static_cast<std::size_t>(c.num_kv_heads) * row;
 }
 
@@ -397,7 +398,11 @@ struct CudaModelRunner::Impl {
   }
 
   std::size_t block_bytes(int bs) const {
-    return kv_bytes_per_token(cfg, opt.kv_dtype) * static_cast<std::size_t>(bs);
+    return kv_bytes_per_token(cfg, opt.kv_dtype, kv_group_size()) * static_cast<std::size_t>(bs);
+  }
+
+  // The checkpoint's KV groups apply to a quantized cache; an f16 cache asked for instead has none.
+  int kv_group_size() const { return opt.kv_dtype == KvDtype::kF16 ? 0 : w->kv_group_size;
   }
 
   void allocate_kv(const KvCacheSpec& spec) {
@@ -417,6 +422,7 @@ struct CudaModelRunner::Impl {
     proto.page_size = block_size;
     proto.num_kv_heads = cfg.num_kv_heads;
     proto.head_dim = cfg.head_dim;
+    proto.group_size = kv_group_size();
     const std::size_t codes = align16(proto.codes_bytes()), params = align16(proto.params_bytes());
     const std::size_t per_layer = 2 * (codes + params);
     kv_storage.reset();

@@ -87,7 +87,8 @@ class CudaModelRunner final : public ModelRunner {
   std::unique_ptr<Impl> impl_;
 };
 
-// The per-token KV bytes (all layers, K and V) of a model with this cache format.
-std::size_t kv_bytes_per_token(const ModelConfig& config, KvDtype dtype);
+// The per-token KV bytes (all layers, K and V) of a model with this cache format (group_size: channels per params
+// word of a quantized row, 0 = head_dim).
+std::size_t kv_bytes_per_token(const ModelConfig& config, KvDtype dtype, int group_size = 0);
 
 }  // namespace atom::cuda

@@ -335,6 +335,15 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
       w->default_kv = KvDtype::kF16;
       break;
   }
+  // The recipe's KV groups; the CUDA kernels take whole multiples of 32 (a decode lane's dims in one group).
+  const std::int64_t kv_group = model.recipe.kv_group_for(model.config.head_dim);
+  if (model.recipe.kv_group_size != 0 && kv_group != model.config.head_dim) {
+    if (kv_group % 32 != 0) {
+      fail("{}: kv_group_size {} is not supported by the CUDA backend (0 = head_dim, or a multiple of 32)", name,
+           model.recipe.kv_group_size);
+    }
+    w->kv_group_size = static_cast<int>(kv_group);
+  }
   const float clip = model.recipe.a_clip;
   const int layers = static_cast<int>(model.layers.size());
   for (int i = 0; i < layers; ++i) {

@@ -82,6 +82,7 @@ struct CudaLlamaWeights {
   ModelConfig config;
   Precision precision = Precision::kF16;
   KvDtype default_kv = KvDtype::kF16;  // the checkpoint's KV format (Atom: u4)
+  int kv_group_size = 0;                // channels per params word of a quantized cache (0: head_dim)
   bool random_weights = false;         // synthetic benchmark model
   std::string source;                  // path or synthetic shape name
 

@@ -75,7 +75,7 @@ struct RandomCache {
     if (c.dtype == KvDtype::kF16) return {};
     const float qmax = c.dtype == KvDtype::kU4 ? 15.0f : 255.0f;
     std::uniform_real_distribution<float> u(0.5f, 1.5f);
-    std::vector<std::uint32_t> params(c.rows());
+    std::vector<std::uint32_t> params(c.rows() * static_cast<std::size_t>(c.groups()));  // random per group
     for (auto& p : params) {
       const std::uint16_t scale = fp32_to_fp16(u(rng) * 2.0f / qmax);
       const std::uint16_t lo = fp32_to_fp16(-fp16_to_fp32(scale) * qmax * 0.5f * u(rng));
@@ -88,9 +88,10 @@ struct RandomCache {
     for (int len : lens) total += (len + page_size - 1) / page_size;
     return std::max(total + 3, 1);  // a few pages nobody uses
   }
-  static PagedKvCache make_desc(KvDtype dtype, int d, int hkv, int page_size, int pages) {
+  static PagedKvCache make_desc(KvDtype dtype, int d, int hkv, int page_size, int pages, int group_size) {
     PagedKvCache c;
     c.dtype = dtype;
+    c.group_size = group_size;
     c.head_dim = d;
     c.num_kv_heads = hkv;
     c.page_size = page_size;
@@ -98,8 +99,9 @@ struct RandomCache {
     return c;
   }
 
-  RandomCache(std::mt19937& rng, KvDtype dtype, int d, int hkv, int page_size, const std::vector<int>& lens)
-      : desc(make_desc(dtype, d, hkv, page_size, pages_for(lens, page_size))),
+  RandomCache(std::mt19937& rng, KvDtype dtype, int d, int hkv, int page_size, const std::vector<int>& lens,
+              int group_size = 0)
+      : desc(make_desc(dtype, d, hkv, page_size, pages_for(lens, page_size), group_size)),
         k_codes(random_codes(rng, desc)),
         v_codes(random_codes(rng, desc)),
         k_params(random_params(rng, desc)),
@@ -144,7 +146,8 @@ struct RandomCache {
       std::memcpy(&bits, &codes[(row * d + i) * 2], 2);
       return fp16_to_fp32(bits);
     }
-    const std::uint32_t p = (is_v ? v_params : k_params)[row];
+    const int groups = desc.groups();
+    const std::uint32_t p = (is_v ? v_params : k_params)[row * groups + i / (d / groups)];
     std::uint8_t code;
     if (desc.dtype == KvDtype::kU8) {
       code = codes[row * d + i];
@@ -213,16 +216,18 @@ std::vector<std::uint16_t> random_queries(std::mt19937& rng, std::size_t n) {
   return q;
 }
 
-// max_kv_len: 0 = the longest sequence; larger = what a captured graph passes (the whole context).
+// group_size: channels per (scale, min) pair (0: the head). max_kv_len: 0 = the longest sequence; larger =
+// what a captured graph passes (the whole context).
 void run_decode(KvDtype dtype, int d, Heads heads, const std::vector<int>& lens, int num_splits, int page_size = 16,
-                int max_kv_len = 0) {
+                int group_size = 0, int max_kv_len = 0) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " splits=" +
-               std::to_string(num_splits) + " page=" + std::to_string(page_size) + " max_kv_len=" +
-               std::to_string(max_kv_len) + " seed=" + std::to_string(seed));
+               std::to_string(num_splits) + " page=" + std::to_string(page_size) + " group=" +
+               std::to_string(group_size) + " max_kv_len=" + std::to_string(max_kv_len) + " seed=" +
+               std::to_string(seed));
   std::mt19937 rng(seed);
-  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens);
+  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens, group_size);
   const int batch = static_cast<int>(lens.size());
   const auto q = random_queries(rng, static_cast<std::size_t>(batch) * heads.qo * d);
   DeviceArray<std::uint16_t> d_q(q), d_out(q.size());
@@ -277,6 +282,20 @@ TEST(CudaAttentionDecode, MatchesReferenceAcrossFormatsAndGroups) {
   }
 }
 
+// Caches with a params word per group of 32 or 64 channels (UINT4 on the CUDA-core kernel, whatever the page).
+TEST(CudaAttentionDecode, GroupsOfChannels) {
+  const std::vector<int> lens = {1, 15, 16, 17, 300, 0, 47};
+  for (KvDtype dtype : {KvDtype::kU8, KvDtype::kU4}) {
+    for (auto [d, group] : {std::pair{64, 32}, {128, 32}, {128, 64}, {64, 64}}) {
+      for (Heads heads : {Heads{4, 4}, Heads{8, 2}, Heads{9, 3}, Heads{8, 1}}) {
+        for (int splits : {0, 7}) run_decode(dtype, d, heads, lens, splits, 16, group);
+      }
+    }
+    run_decode(dtype, 128, Heads{8, 2}, lens, 0, 8, 32);
+    run_decode(dtype, 128, Heads{4, 1}, {4097}, 64, 16, 32);
+  }
+}
+
 TEST(CudaAttentionDecode, LongContextSplits) {
   for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU4}) {
     run_decode(dtype, 128, Heads{2, 2}, {5000, 3}, 0);
@@ -311,9 +330,9 @@ TEST(CudaAttentionDecode, SplitRangesCoverEachSequenceOnce) {
 // sequence splits its own length (the short ones use fewer splits, the rest are empty).
 TEST(CudaAttentionDecode, SplitsFollowEachSequenceUnderALooseBound) {
   for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) {
-    run_decode(dtype, 128, Heads{32, 8}, {700, 3000, 16, 0, 257}, 0, 16, 8192);
-    run_decode(dtype, 64, Heads{8, 2}, {1, 513, 4096}, 0, 16, 16384);
-    run_decode(dtype, 128, Heads{4, 4}, {33, 1000}, 9, 16, 4096);
+    run_decode(dtype, 128, Heads{32, 8}, {700, 3000, 16, 0, 257}, 0, 16, 0, 8192);
+    run_decode(dtype, 64, Heads{8, 2}, {1, 513, 4096}, 0, 16, 0, 16384);
+    run_decode(dtype, 128, Heads{4, 4}, {33, 1000}, 9, 16, 0, 4096);
   }
 }
 
@@ -370,6 +389,9 @@ TEST(CudaAttentionDecode, RejectsBadParams) {
   bad = p;
   bad.cache.v_params = p.cache.v_params + 1;  // copied in 16-byte chunks
   EXPECT_THROW(attention_decode(bad, nullptr), std::exception);
+  bad = p;
+  bad.cache.group_size = 16;  // a decode lane's dims would span two groups
+  EXPECT_THROW(attention_decode(bad, nullptr), std::exception);
   ATOM_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
@@ -377,11 +399,13 @@ struct Span {
   int q_len, kv_len;
 };
 
-void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spans, bool causal, int page_size = 16) {
+void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spans, bool causal, int page_size = 16,
+                 int group_size = 0) {
   const unsigned seed = std::random_device{}();
   SCOPED_TRACE(std::string("dtype=") + kv_dtype_name(dtype) + " D=" + std::to_string(d) + " Hq=" +
                std::to_string(heads.qo) + " Hkv=" + std::to_string(heads.kv) + " causal=" +
-               std::to_string(causal) + " page=" + std::to_string(page_size) + " seed=" + std::to_string(seed));
+               std::to_string(causal) + " page=" + std::to_string(page_size) + " group=" +
+               std::to_string(group_size) + " seed=" + std::to_string(seed));
   std::mt19937 rng(seed);
   std::vector<int> lens;
   std::vector<std::int32_t> indptr = {0};
@@ -391,7 +415,7 @@ void run_prefill(KvDtype dtype, int d, Heads heads, const std::vector<Span>& spa
     indptr.push_back(indptr.back() + s.q_len);
     max_q = std::max(max_q, s.q_len);
   }
-  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens);
+  RandomCache cache(rng, dtype, d, heads.kv, page_size, lens, group_size);
   const int total_q = indptr.back();
   const auto q = random_queries(rng, static_cast<std::size_t>(total_q) * heads.qo * d);
   DeviceArray<std::uint16_t> d_q(q), d_out(q.size());
@@ -447,6 +471,16 @@ TEST(CudaAttentionPrefill, CausalRaggedBatch) {
 TEST(CudaAttentionPrefill, PageSizes) {
   run_prefill(KvDtype::kU4, 128, Heads{8, 2}, {{37, 37}, {69, 100}}, true, 8);
   run_prefill(KvDtype::kU8, 64, Heads{4, 4}, {{70, 70}, {5, 130}}, true, 64);
+}
+
+TEST(CudaAttentionPrefill, GroupsOfChannels) {
+  const std::vector<Span> spans = {{1, 1}, {37, 37}, {69, 100}, {130, 130}, {5, 200}};
+  for (KvDtype dtype : {KvDtype::kU8, KvDtype::kU4}) {
+    for (auto [d, group] : {std::pair{64, 32}, {128, 32}, {128, 64}}) {
+      for (Heads heads : {Heads{4, 4}, Heads{8, 2}, Heads{9, 3}}) run_prefill(dtype, d, heads, spans, true, 16, group);
+    }
+    run_prefill(dtype, 128, Heads{4, 2}, {{20, 20}, {70, 90}}, false, 8, 32);
+  }
 }
 
 TEST(CudaAttentionPrefill, NonCausal) {

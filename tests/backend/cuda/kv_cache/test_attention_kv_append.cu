@@ -35,13 +35,15 @@ struct Setup {
   Rope rope;
   bool qk_hadamard = false;
   bool centered = false;  // KV centering: random per-(head, channel) vectors subtracted from K and V
+  int group_size = 0;     // channels per params word (0: head_dim)
 };
 
 std::string describe(const Setup& s, unsigned seed) {
   return std::string("dtype=") + kv_dtype_name(s.dtype) + " D=" + std::to_string(s.head_dim) +
          " Hq=" + std::to_string(s.num_qo_heads) + " Hkv=" + std::to_string(s.num_kv_heads) +
          " rope=" + std::to_string(static_cast<int>(s.rope)) + " hadamard=" + std::to_string(s.qk_hadamard) +
-         " centered=" + std::to_string(s.centered) + " seed=" + std::to_string(seed);
+         " centered=" + std::to_string(s.centered) + " group=" + std::to_string(s.group_size) +
+         " seed=" + std::to_string(seed);
 }
 
 // fp64 rotation of one head vector using the kernel's fp32 angle.
@@ -74,6 +76,7 @@ void run_append(const Setup& s) {
   const int row_bytes = kv_row_bytes(s.dtype, d);
   const bool quantized = s.dtype != KvDtype::kF16;
   const int bits = s.dtype == KvDtype::kU4 ? 4 : 8;
+  const int group = s.group_size == 0 ? d : s.group_size, groups = d / group;  // params words per row
 
   // Fused [T, Hq + 2 Hkv, D] qkv rows, as a QKV GEMM writes them.
   const int heads = hq + 2 * hkv;
@@ -105,8 +108,11 @@ void run_append(const Setup& s) {
   cache.page_size = page_size;
   cache.num_kv_heads = hkv;
   cache.head_dim = d;
+  cache.group_size = s.group_size;
   DeviceArray<std::uint8_t> k_codes(cache.codes_bytes()), v_codes(cache.codes_bytes());
-  DeviceArray<std::uint32_t> k_params(quantized ? cache.rows() : 1), v_params(quantized ? cache.rows() : 1);
+  DeviceArray<std::uint32_t> k_params(quantized ? cache.rows() * groups : 1),
+      v_params(quantized ? cache.rows() * groups : 1);
+  if (quantized) EXPECT_EQ(cache.params_bytes(), cache.rows() * groups * sizeof(std::uint32_t));
   cache.k_codes = k_codes.get();
   cache.v_codes = v_codes.get();
   cache.k_params = quantized ? k_params.get() : nullptr;
@@ -191,12 +197,14 @@ void run_append(const Setup& s) {
               bad_exact += std::memcmp(got + 2 * i, &want16, 2) != 0;
             }
           } else {
-            const auto ref = quant::quantize_asymmetric_groups(x, 1, d, d, bits);
+            const auto ref = quant::quantize_asymmetric_groups(x, 1, d, group, bits);
             const auto want = bits == 4 ? quant::pack_nibbles(ref.codes) : ref.codes;
             for (int i = 0; i < row_bytes; ++i) bad_exact += got[i] != want[i];
-            const std::uint32_t param = (which == 0 ? kp : vp)[row];
-            bad_exact += (param & 0xFFFFu) != ref.scales[0];
-            bad_exact += (param >> 16) != ref.mins[0];
+            for (int g = 0; g < groups; ++g) {
+              const std::uint32_t param = (which == 0 ? kp : vp)[row * groups + g];
+              bad_exact += (param & 0xFFFFu) != ref.scales[g];
+              bad_exact += (param >> 16) != ref.mins[g];
+            }
           }
           continue;
         }
@@ -213,17 +221,22 @@ void run_append(const Setup& s) {
           }
           continue;
         }
-        const std::uint32_t param = kp[row];
-        const float scale = fp16_to_fp32(static_cast<std::uint16_t>(param & 0xFFFFu));
-        const float lo = fp16_to_fp32(static_cast<std::uint16_t>(param >> 16));
-        const double lo_want = *std::min_element(want.begin(), want.end());
-        const double hi_want = *std::max_element(want.begin(), want.end());
         const double qmax = (1 << bits) - 1;
-        bad_params += std::fabs(scale - (hi_want - lo_want) / qmax) > 0.01 * scale + 1e-4;
-        bad_params += std::fabs(lo - lo_want) > std::ldexp(std::fabs(lo_want), -9) + 1e-5;
+        for (int g = 0; g < groups; ++g) {  // each group's scale and minimum against its own range
+          const std::uint32_t param = kp[row * groups + g];
+          const float scale = fp16_to_fp32(static_cast<std::uint16_t>(param & 0xFFFFu));
+          const float lo = fp16_to_fp32(static_cast<std::uint16_t>(param >> 16));
+          const double lo_want = *std::min_element(want.begin() + g * group, want.begin() + (g + 1) * group);
+          const double hi_want = *std::max_element(want.begin() + g * group, want.begin() + (g + 1) * group);
+          bad_params += std::fabs(scale - (hi_want - lo_want) / qmax) > 0.01 * scale + 1e-4;
+          bad_params += std::fabs(lo - lo_want) > std::ldexp(std::fabs(lo_want), -9) + 1e-5;
+        }
         const auto codes_row = bits == 4 ? quant::unpack_nibbles({got, static_cast<std::size_t>(row_bytes)}, d)
                                          : std::vector<std::uint8_t>(got, got + d);
         for (int i = 0; i < d; ++i) {
+          const std::uint32_t param = kp[row * groups + i / group];
+          const float scale = fp16_to_fp32(static_cast<std::uint16_t>(param & 0xFFFFu));
+          const float lo = fp16_to_fp32(static_cast<std::uint16_t>(param >> 16));
           const double deq = quant::dequantize_asymmetric_value(codes_row[i], static_cast<std::uint16_t>(param & 0xFFFFu),
                                                                 static_cast<std::uint16_t>(param >> 16));
           const double bound = scale * (0.5 + 15.0 * std::ldexp(1.0, -10)) + std::ldexp(std::fabs(lo), -10) +
@@ -241,7 +254,9 @@ void run_append(const Setup& s) {
   for (std::size_t row = 0; row < cache.rows(); ++row) {
     if (written[row]) continue;
     for (int i = 0; i < row_bytes; ++i) touched += kc[row * row_bytes + i] != kPoison || vc[row * row_bytes + i] != kPoison;
-    if (quantized) touched += kp[row] != 0xA5A5A5A5u || vp[row] != 0xA5A5A5A5u;
+    for (int g = 0; quantized && g < groups; ++g) {
+      touched += kp[row * groups + g] != 0xA5A5A5A5u || vp[row * groups + g] != 0xA5A5A5A5u;
+    }
   }
   EXPECT_EQ(touched, 0) << "bytes written outside the target slots";
 }
@@ -288,6 +303,19 @@ TEST(CudaKvAppend, RopeInterleaved) {
   }
 }
 
+// Groups of 32 and 64 channels: every params word of a row, bit for bit against the scalar rule per group.
+TEST(CudaKvAppend, GroupsOfChannels) {
+  for (KvDtype dtype : {KvDtype::kU8, KvDtype::kU4}) {
+    for (int group : {32, 64}) {
+      run_append({dtype, 128, 8, 2, Rope::kNone, false, false, group});
+      run_append({dtype, 128, 4, 4, Rope::kHalf, true, true, group});
+    }
+    run_append({dtype, 64, 9, 3, Rope::kNone, false, false, 32});
+    run_append({dtype, 64, 9, 3, Rope::kHalf, true, true, 32});
+    run_append({dtype, 64, 9, 3, Rope::kNone, false, true, 64});  // = head_dim written out
+  }
+}
+
 TEST(CudaKvAppend, RejectsBadCaches) {
   DeviceArray<std::uint8_t> buf(1 << 16);
   DeviceArray<std::uint16_t> input(512);
@@ -316,6 +344,20 @@ TEST(CudaKvAppend, RejectsBadCaches) {
   EXPECT_THROW(kv_cache_append(bad, nullptr), std::exception);
   bad = p;
   bad.cache.k_params = nullptr;
+  EXPECT_THROW(kv_cache_append(bad, nullptr), std::exception);
+  for (int group : {16, 48, 256}) {  // under 32, not dividing head_dim, larger than it
+    bad = p;
+    bad.cache.group_size = group;
+    try {
+      kv_cache_append(bad, nullptr);
+      ADD_FAILURE() << "group_size " << group << " accepted";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("cache.group_size " + std::to_string(group)), std::string::npos) << e.what();
+    }
+  }
+  bad = p;
+  bad.cache.dtype = KvDtype::kF16;
+  bad.cache.group_size = 32;
   EXPECT_THROW(kv_cache_append(bad, nullptr), std::exception);
   bad = p;
   bad.rope_inv_freq = reinterpret_cast<const float*>(buf.get());  // RoPE without positions
