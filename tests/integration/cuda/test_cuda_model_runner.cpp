@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <bit>
 #include <cmath>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "../../quant/test_quantizer_tiny_model.h"
 #include "backend/cpu/llama_model.h"
 #include "backend/cpu/quantizer_ops.h"
+#include "backend/cuda/common/pdl.h"
 #include "backend/cuda/model/cuda_model_runner.h"
 #include "backend/cuda/model/llama_weights.h"
 #include "common/error.h"
@@ -59,6 +61,7 @@ struct ScheduleResult {
   double worst_error = 0;
   int argmax_agree = 0, rows = 0;
   double worst_sensitivity = 0;  // the CPU model against itself with fp16-rounded embeddings and norms
+  std::vector<float> gpu_logits;  // every row the GPU returned, in order
 };
 
 // `perturbed` (optional): the reference model built from fp16-rounded embeddings and norms -- what the GPU
@@ -130,6 +133,7 @@ ScheduleResult run_schedule(const cpu::LlamaModel& cpu_model, CudaModelRunner& g
     for (const auto& c : chunks) wants += c.wants_logits ? 1 : 0;
     std::vector<float> got(static_cast<std::size_t>(wants) * vocab, std::nanf(""));
     gpu.execute(chunks, got);
+    result.gpu_logits.insert(result.gpu_logits.end(), got.begin(), got.end());
     int k = 0;
     for (std::size_t j = 0; j < chunks.size(); ++j) {
       Seq& s = seqs[static_cast<std::size_t>(step[j].first)];
@@ -277,6 +281,45 @@ INSTANTIATE_TEST_SUITE_P(
                     QuantCase{"atom_qk_down_kv_centered", "atom-w4a4", KvDtype::kU4, 0, -2, false, true, true},
                     QuantCase{"atom_w4a4_kv8_centered", "atom-w4a4", KvDtype::kU8, 8, -2, false, true}),
     [](const testing::TestParamInfo<QuantCase>& info) { return std::string(info.param.name); });
+
+// The decode chain launched with programmatic dependent launch (kernels start while the one before finishes,
+// staging weights before they wait) and the activation quantizers' rows split over clusters of blocks give the
+// very same logits as plain launches, eager and in graphs. Three row slices: uneven shares, slices without
+// groups, W8A8 rows (all outliers) spread over the cluster with a cluster-wide max.
+TEST(CudaModelRunner, PdlAndRowSlicesChangeNoBit) {
+  const ModelConfig c = small_config();
+  for (const char* preset : {"atom-w4a4", "w8a8-smoothquant"}) {
+    SCOPED_TRACE(preset);
+    quant::QuantRecipe recipe = quant::test::tiny_recipe(preset);
+    if (recipe.group != 0) recipe.group = 128;
+    recipe.gptq = false;
+    quant::QuantizeOptions qo;
+    qo.show_progress = false;
+    const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
+    const quant::QuantizedModel qm =
+        quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+    const std::unique_ptr<cpu::LlamaModel> cpu_model = quant::build_cpu_model(qm, quant::Execution::kInteger);
+    std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, preset);
+    for (const bool graphs : {false, true}) {
+      SCOPED_TRACE(graphs ? "graphs" : "eager");
+      std::vector<float> plain, chained;
+      for (const bool chain : {false, true}) {
+        set_pdl_enabled(chain);
+        if (chain) setenv("ATOM_ROW_SLICES", "3", 1);
+        else unsetenv("ATOM_ROW_SLICES");
+        CudaModelRunner runner(gpu_weights, options(gpu_weights->default_kv, graphs));
+        (chain ? chained : plain) = run_schedule(*cpu_model, runner, 6, 11).gpu_logits;
+      }
+      set_pdl_enabled(false);
+      unsetenv("ATOM_ROW_SLICES");
+      ASSERT_EQ(plain.size(), chained.size());
+      long differing = 0;
+      for (std::size_t i = 0; i < plain.size(); ++i)
+        differing += std::bit_cast<std::uint32_t>(plain[i]) != std::bit_cast<std::uint32_t>(chained[i]);
+      EXPECT_EQ(differing, 0) << "of " << plain.size() << " logits";
+    }
+  }
+}
 
 TEST(CudaModelRunner, SyntheticModelsRunInEveryPrecision) {
   ModelConfig c = small_config();

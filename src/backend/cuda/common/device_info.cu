@@ -1,3 +1,4 @@
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -19,13 +20,21 @@ DeviceInfo current_device_info() {
   return info;
 }
 
+namespace {
+std::atomic<int> pdl_setting{-1};  // -1: from ATOM_PDL, read at the first launch
+}  // namespace
+
 bool pdl_enabled() {
-  static const bool enabled = [] {
+  int setting = pdl_setting.load(std::memory_order_relaxed);
+  if (setting < 0) {
     const char* env = std::getenv("ATOM_PDL");
-    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
-    return current_device_info().sm_major >= 9;
-  }();
-  return enabled;
+    setting = env != nullptr && std::strcmp(env, "1") == 0 ? 1 : 0;
+    pdl_setting.store(setting, std::memory_order_relaxed);
+  }
+  static const bool supported = current_device_info().sm_major >= 9;
+  return setting == 1 && supported;
 }
+
+void set_pdl_enabled(bool enabled) { pdl_setting.store(enabled ? 1 : 0, std::memory_order_relaxed); }
 
 }  // namespace atom::cuda

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "backend/cuda/common/cuda_check.h"
+#include "backend/cuda/common/pdl.h"
 
 namespace atom::cuda {
 
@@ -30,9 +31,6 @@ __device__ __forceinline__ void pdl_allow_dependents() {
 #endif
 }
 
-// Whether launches that ask for PDL get it: the current device is sm_90 or newer and ATOM_PDL is not "0"
-// (the switch for measuring what PDL gains). Read once per process.
-bool pdl_enabled();
 
 struct LaunchShape {
   dim3 grid, block;

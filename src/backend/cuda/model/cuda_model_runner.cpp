@@ -141,6 +141,7 @@ struct CudaModelRunner::Impl {
   // ATOM_CUDA_PROFILE=1: decode-only steps run eagerly with an event after each stage; the per-stage GPU time
   // is printed when the runner goes away (where a decode step's time goes, without a profiler).
   bool profile = false;
+  int row_slices = 1;  // RmsNormQuantParams::slices etc.; ATOM_ROW_SLICES
   std::vector<cudaEvent_t> profile_events;
   std::vector<std::string> profile_names;  // stage of event i (i >= 1)
   std::map<std::string, double> profile_ms;
@@ -213,6 +214,12 @@ struct CudaModelRunner::Impl {
     const char* env = std::getenv("ATOM_CUDA_PROFILE");
     profile = env != nullptr && std::string(env) == "1";
     if (profile) opt.cuda_graphs = false;
+    // ATOM_ROW_SLICES: the activation quantizers' row slices (quantize_act.h): unset = 1 block per token (the
+    // launch timed so far), "auto" = the kernels' rule, N = N. A measurement switch until the sliced launch
+    // has been timed on a GPU.
+    if (const char* slices = std::getenv("ATOM_ROW_SLICES"); slices != nullptr) {
+      row_slices = std::string(slices) == "auto" ? 0 : std::max(1, std::atoi(slices));
+    }
   }
 
   ~Impl() {
@@ -624,6 +631,7 @@ struct CudaModelRunner::Impl {
       p.eps = cfg.rms_norm_eps;
       p.perm = perm_or_identity(perm);
       p.out = quant_out(l, m);
+      p.slices = row_slices;
       rmsnorm_quantize(p, stream);
     } else {
       RmsNormParams p;
@@ -726,6 +734,7 @@ struct CudaModelRunner::Impl {
         r.input_stride = attn_width;
         r.perm = perm_or_identity(L.o_proj.perm);
         r.out = quant_out(L.o_proj, m);
+        r.slices = row_slices;
         reorder_quantize(r, stream);
         mark("o_quant");
       }
@@ -760,6 +769,7 @@ struct CudaModelRunner::Impl {
           r.input_stride = 2 * inter;
           r.perm = perm_or_identity(L.down.perm);
           r.out = quant_out(L.down, m);
+          r.slices = row_slices;
           reorder_quantize(r, stream);
         }
       } else if (quantized_acts()) {
@@ -771,6 +781,7 @@ struct CudaModelRunner::Impl {
         q.up = gate_up.get() + inter;
         q.up_stride = 2 * inter;
         q.out = quant_out(L.down, m);
+        q.slices = row_slices;
         silu_mul_quantize(q, stream);
       } else {
         SiluMulParams q;
