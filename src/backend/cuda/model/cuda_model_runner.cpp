@@ -409,8 +409,7 @@ struct CudaModelRunner::Impl {
   }
 
   // The checkpoint's KV groups apply to a quantized cache; an f16 cache asked for instead has none.
-  int kv_group_size() const { return opt.kv_dtype == KvDtype::kF16 ? 0 : w->kv_group_size;
-  }
+  int kv_group_size() const { return opt.kv_dtype == KvDtype::kF16 ? 0 : w->kv_group_size; }
 
   void allocate_kv(const KvCacheSpec& spec) {
     if (spec.block_size < 1 || spec.block_size > 256 || (spec.block_size & (spec.block_size - 1)) != 0) {
