@@ -4,7 +4,8 @@
 # (ATOM_ROW_SLICES), programmatic dependent launch (ATOM_PDL) and the per-sequence decode-attention splits.
 #   1. the CUDA tests touched (quantizers with forced slices, attention splits and KV groups, KV append, the
 #      runner with PDL + slices against plain launches, bit for bit; the runner against the CPU);
-#   2. bench_quantize --slices: every quantizer shape at M = 1..256 per slice count (the default rule's table);
+#   2. bench_quantize --slices: every quantizer shape at M = 1..256 per slice count (the default rule's table),
+#      and bench_attention --groups: a UINT4 cache with groups of 32 channels against one group per head;
 #   3. atom bench serve, Llama-2-7B shapes at 24 GiB, batch limits 256 and 8: atom-w4a4 plain, with PDL, with
 #      slices, with both; fp16 as the anchor;
 #   4. ATOM_CUDA_PROFILE=1 step profiles at 8 sequences, plain and with both.
@@ -23,6 +24,9 @@ el "tests (exit status so far $rc)"
 grep -E "^\[  (PASSED|FAILED)|^\[  FAILED|Failure|Expected|Which is" "$OUT/test_backend_cuda.log" | head -40
 timeout 120 "$STAGE/bench_quantize" --slices > "$OUT/bench_quantize_slices.log" 2>&1 || rc=1
 el "bench_quantize --slices"; cat "$OUT/bench_quantize_slices.log"
+
+timeout 120 "$STAGE/bench_attention" --groups > "$OUT/bench_attention_groups.log" 2>&1 || rc=1
+el "bench_attention --groups (UINT4 per head vs groups of 32)"; cat "$OUT/bench_attention_groups.log"
 
 serve() {  # serve NAME PRECISION [env assignments...]
   local name=$1 precision=$2; shift 2

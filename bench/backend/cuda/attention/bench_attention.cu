@@ -4,9 +4,11 @@
 // cache replicated and rotated until at least 512 MB are touched so that no run is served from L2.
 // Bandwidth is bytes moved (K/V codes + scale/min + q + out) over time, against a device-to-device
 // copy measured in the same run (bytes read + written).
-// Usage: bench_attention [--quick | --headline | --profile]
+// Usage: bench_attention [--quick | --headline | --profile | --groups]
 //   --quick: batch {1,128} x context {1024}; --headline: batch 128 x context 1024 only (tuning sweeps);
-//   --profile: MHA batch 128 x context 1024 only, no prefill (one launch each under ncu)
+//   --profile: MHA batch 128 x context 1024 only, no prefill (one launch each under ncu);
+//   --groups: only the UINT4 cache with one (scale, min) per head vs per 32 channels (kv_group_size 32, which
+//   decodes on the CUDA-core kernel), context 1024 (also printed after the full grid)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -76,10 +78,12 @@ struct Result {
 
 constexpr int kHeadDim = 128, kPageSize = 16;
 
-Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt19937& rng) {
+// group_size: channels per (scale, min) word of a quantized row (0: the head).
+Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt19937& rng, int group_size = 0) {
   const int pages_per_seq = ctx / kPageSize;
   PagedKvCache c;
   c.dtype = dtype;
+  c.group_size = group_size;
   c.page_size = kPageSize;
   c.num_kv_heads = hkv;
   c.head_dim = kHeadDim;
@@ -89,13 +93,15 @@ Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt199
   c.num_pages *= replicas;
   DeviceBuffer<std::uint8_t> k_codes(c.codes_bytes()), v_codes(c.codes_bytes());
   const bool quantized = dtype != KvDtype::kF16;
-  DeviceBuffer<std::uint32_t> k_params(quantized ? c.rows() : 1), v_params(quantized ? c.rows() : 1);
+  const int groups = c.groups();
+  const std::size_t param_words = quantized ? c.params_bytes() / 4 : 1;
+  DeviceBuffer<std::uint32_t> k_params(param_words), v_params(param_words);
   const float qmax = dtype == KvDtype::kU4 ? 15.0f : 255.0f;
   fill_codes<<<4096, 256>>>(reinterpret_cast<std::uint32_t*>(k_codes.p), c.codes_bytes() / 4, 1, !quantized);
   fill_codes<<<4096, 256>>>(reinterpret_cast<std::uint32_t*>(v_codes.p), c.codes_bytes() / 4, 2, !quantized);
   if (quantized) {
-    fill_params<<<4096, 256>>>(k_params.p, c.rows(), 3, qmax);
-    fill_params<<<4096, 256>>>(v_params.p, c.rows(), 4, qmax);
+    fill_params<<<4096, 256>>>(k_params.p, param_words, 3, qmax);
+    fill_params<<<4096, 256>>>(v_params.p, param_words, 4, qmax);
   }
   ATOM_CUDA_CHECK_LAUNCH();
   c.k_codes = k_codes.p;
@@ -155,7 +161,7 @@ Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt199
       std::vector<double> kd(static_cast<std::size_t>(ctx) * kHeadDim), vd(kd.size());
       for (int which = 0; which < 2; ++which) {
         std::vector<std::uint8_t> codes(static_cast<std::size_t>(kPageSize) * row_bytes);
-        std::vector<std::uint32_t> params(kPageSize);
+        std::vector<std::uint32_t> params(static_cast<std::size_t>(kPageSize) * groups);
         for (int pg = 0; pg < pages_per_seq; ++pg) {
           const std::size_t first_row =
               (static_cast<std::size_t>(tables[static_cast<std::size_t>(b) * pages_per_seq + pg]) * hkv +
@@ -165,8 +171,8 @@ Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt199
               static_cast<const std::uint8_t*>(which == 0 ? c.k_codes : c.v_codes) + first_row * row_bytes;
           ATOM_CUDA_CHECK(cudaMemcpy(codes.data(), src, codes.size(), cudaMemcpyDeviceToHost));
           if (quantized) {
-            ATOM_CUDA_CHECK(cudaMemcpy(params.data(), (which == 0 ? c.k_params : c.v_params) + first_row,
-                                       kPageSize * 4, cudaMemcpyDeviceToHost));
+            ATOM_CUDA_CHECK(cudaMemcpy(params.data(), (which == 0 ? c.k_params : c.v_params) + first_row * groups,
+                                       params.size() * 4, cudaMemcpyDeviceToHost));
           }
           for (int t = 0; t < kPageSize; ++t) {
             for (int i = 0; i < kHeadDim; ++i) {
@@ -179,7 +185,8 @@ Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt199
                 const std::uint8_t code = dtype == KvDtype::kU8
                                               ? codes[t * row_bytes + i]
                                               : ((codes[t * row_bytes + i / 2] >> (4 * (i % 2))) & 0xF);
-                x = quant::dequantize_asymmetric_value(code, params[t] & 0xFFFF, params[t] >> 16);
+                const std::uint32_t word = params[static_cast<std::size_t>(t) * groups + i * groups / kHeadDim];
+                x = quant::dequantize_asymmetric_value(code, word & 0xFFFF, word >> 16);
               }
               (which == 0 ? kd : vd)[(static_cast<std::size_t>(pg) * kPageSize + t) * kHeadDim + i] = x;
             }
@@ -217,7 +224,7 @@ Result run_config(KvDtype dtype, int hq, int hkv, int batch, int ctx, std::mt199
       33, 3);
   const double sec = ms * 1e-3;
   const double rows = static_cast<double>(batch) * ctx * hkv;
-  const double bytes = rows * 2 * (row_bytes + (quantized ? 4 : 0)) + 2.0 * q.size() * 2;
+  const double bytes = rows * 2 * (row_bytes + (quantized ? 4.0 * groups : 0.0)) + 2.0 * q.size() * 2;
   res.us = sec * 1e6;
   res.gbps = bytes / sec / 1e9;
   return res;
@@ -344,6 +351,7 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool profile = argc > 1 && std::strcmp(argv[1], "--profile") == 0;  // MHA b128 ctx1024 only (ncu)
   const bool headline = argc > 1 && std::strcmp(argv[1], "--headline") == 0;
+  const bool groups_only = argc > 1 && std::strcmp(argv[1], "--groups") == 0;
   const DeviceInfo info = current_device_info();
   int runtime = 0, driver = 0;
   cudaRuntimeGetVersion(&runtime);
@@ -366,6 +374,7 @@ int main(int argc, char** argv) {
   bool all_ok = true;
   for (Heads heads : {Heads{32, 32, "MHA 32x128"}, Heads{32, 8, "GQA 32/8 x128"}}) {
     if (profile && heads.kv != 32) continue;
+    if (groups_only) break;
     std::printf("== decode attention, %s, page %d; time us (GB/s, %% of copy)\n", heads.name, kPageSize);
     std::printf("%5s %6s | %22s | %22s | %22s | %7s %7s | %s\n", "batch", "ctx", "FP16", "UINT8", "UINT4",
                 "u4/f16", "u4/u8", "max rel err f16/u8/u4");
@@ -391,6 +400,22 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   if (!profile && !headline) {
+    std::printf("== decode attention, UINT4 cache, one (scale, min) per head vs per 32 channels, context 1024; "
+                "time us\n%-14s %5s | %9s | %9s | %7s | %s\n", "heads", "batch", "per head", "g32", "g32/head",
+                "max rel err head/g32");
+    for (Heads heads : {Heads{32, 32, "MHA 32x128"}, Heads{32, 8, "GQA 32/8 x128"}}) {
+      for (int batch : {1, 16, 64, 128, 256}) {
+        const Result head = run_config(KvDtype::kU4, heads.qo, heads.kv, batch, 1024, rng);
+        const Result g32 = run_config(KvDtype::kU4, heads.qo, heads.kv, batch, 1024, rng, 32);
+        all_ok = all_ok && head.ok && g32.ok;
+        std::printf("%-14s %5d | %9.1f | %9.1f | %6.2fx | %.1e %.1e%s\n", heads.name, batch, head.us, g32.us,
+                    g32.us / head.us, head.err, g32.err, head.ok && g32.ok ? "" : "  VALIDATION FAILED");
+        std::fflush(stdout);
+      }
+    }
+    std::printf("\n");
+  }
+  if (!profile && !headline && !groups_only) {
     for (KvDtype dtype : {KvDtype::kF16, KvDtype::kU8, KvDtype::kU4}) run_prefill_bench(dtype, 2048);
   }
   std::printf(all_ok ? "all decode configurations validated\n"
