@@ -21,6 +21,7 @@ LAYERS = [
     ["io"],
     ["tokenizer", "format"],
     ["model"],
+    ["dist"],
     ["backend/cpu"],
     ["backend/cuda"],
     ["quant"],
