@@ -52,6 +52,11 @@ void add_row_vector(float* rows, std::int64_t n, const std::vector<float>& v, fl
 
 }  // namespace
 
+const std::vector<float>& LlamaModel::embed_tokens() const {
+  if (!embed_tokens_) fail("this model has no embedding table of its own (it was built with an embedding lookup)");
+  return *embed_tokens_;
+}
+
 LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
   config_.validate("model config");
   const std::int64_t hidden = config_.hidden_size, inter = config_.intermediate_size;
@@ -90,9 +95,10 @@ LlamaModel::LlamaModel(LlamaWeights weights) : config_(weights.config) {
 
 LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
                        std::vector<DecoderLayer> layers, std::vector<float> final_norm,
-                       std::unique_ptr<LinearOp> lm_head)
+                       std::unique_ptr<LinearOp> lm_head, EmbeddingLookup embedding)
     : config_(config),
       embed_tokens_(std::move(embed_tokens)),
+      embedding_(std::move(embedding)),
       layers_(std::move(layers)),
       final_norm_(std::move(final_norm)) {
   config_.validate("model config");
@@ -102,8 +108,11 @@ LlamaModel::LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vec
   if (static_cast<int>(layers_.size()) != config_.num_layers) {
     fail("model has {} layers, the config says {}", layers_.size(), config_.num_layers);
   }
-  if (!embed_tokens_ ||
-      static_cast<std::int64_t>(embed_tokens_->size()) != std::int64_t{config_.vocab_size} * hidden) {
+  if (embedding_) {
+    if (embed_tokens_) fail("model given both an embedding table and an embedding lookup");
+    if (!lm_head) fail("model with an embedding lookup needs an lm_head (it has no table to tie to)");
+  } else if (!embed_tokens_ ||
+             static_cast<std::int64_t>(embed_tokens_->size()) != std::int64_t{config_.vocab_size} * hidden) {
     fail("model embeddings have {} values, the config needs {} x {}",
          embed_tokens_ ? embed_tokens_->size() : 0, config_.vocab_size, hidden);
   }
@@ -284,9 +293,15 @@ void LlamaModel::forward(std::span<const SequenceInput> batch, const LogitsSink&
     for (std::size_t i = 0; i < batch[s].tokens.size(); ++i) {
       const std::int64_t row = row_offset[s] + static_cast<std::int64_t>(i);
       positions[static_cast<std::size_t>(row)] = start[s] + static_cast<std::int64_t>(i);
+      if (embedding_) continue;
       const float* e = embed_tokens_->data() + std::int64_t{batch[s].tokens[i]} * hidden;
       std::copy(e, e + hidden, x.begin() + row * hidden);
     }
+  }
+  if (embedding_) {
+    w.tokens.clear();
+    for (const SequenceInput& in : batch) w.tokens.insert(w.tokens.end(), in.tokens.begin(), in.tokens.end());
+    embedding_(w.tokens, x.data());
   }
   const auto half = static_cast<std::int64_t>(inv_freq_.size());
   std::vector<float>& cos = buffer(w.cos, T * half);

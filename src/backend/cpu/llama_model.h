@@ -56,6 +56,10 @@ struct SequenceInput {
 // Transforms `count` contiguous vectors of head_dim values in place.
 using HeadTransform = std::function<void(float* x, std::int64_t count)>;
 
+// Writes the embedding rows of `tokens` to x [tokens.size(), hidden], in order: a model built with one has no
+// embedding table of its own (a tensor-parallel rank: its vocabulary shard, joined across ranks).
+using EmbeddingLookup = std::function<void(std::span<const std::int32_t> tokens, float* x)>;
+
 // Receives logits rows [first_row, first_row + rows) of a forward (vocab floats each), in order.
 using LogitsSink = std::function<void(std::int64_t first_row, std::int64_t rows, const float* logits)>;
 
@@ -64,9 +68,10 @@ class LlamaModel {
   explicit LlamaModel(LlamaWeights weights);  // dense fp32 linear layers
   // A model assembled from built parts (a quantized checkpoint: its layers' LinearOps are already made).
   // lm_head null: tied to embed_tokens. Throws atom::Error when a size or an op's shape does not fit config.
+  // With `embedding` set, embed_tokens must be null and lm_head given: the model then holds no table.
   LlamaModel(const ModelConfig& config, std::shared_ptr<const std::vector<float>> embed_tokens,
              std::vector<DecoderLayer> layers, std::vector<float> final_norm,
-             std::unique_ptr<LinearOp> lm_head);
+             std::unique_ptr<LinearOp> lm_head, EmbeddingLookup embedding = {});
 
   const ModelConfig& config() const { return config_; }
   int num_layers() const { return static_cast<int>(layers_.size()); }
@@ -75,7 +80,8 @@ class LlamaModel {
   const DecoderLayer& layer(int i) const { return layers_.at(static_cast<std::size_t>(i)); }
   LinearOp& lm_head() { return *lm_head_; }
   std::unique_ptr<LinearOp> set_lm_head(std::unique_ptr<LinearOp> op);       // returns the previous one
-  const std::vector<float>& embed_tokens() const { return *embed_tokens_; }  // [vocab, hidden]
+  // [vocab, hidden]; throws atom::Error for a model built with an EmbeddingLookup (it holds no table).
+  const std::vector<float>& embed_tokens() const;
   const std::vector<float>& final_norm() const { return final_norm_; }
   const std::vector<float>& rope_inv_freq() const { return inv_freq_; }
 
@@ -121,6 +127,7 @@ class LlamaModel {
   struct Workspace {
     std::vector<float> x, normed, tmp, q, k, v, attn, gate, up, cos, sin, gathered, logits;
     std::vector<std::int64_t> positions;
+    std::vector<std::int32_t> tokens;  // every row's token, for an EmbeddingLookup
     std::vector<AttentionJob> jobs;
     std::vector<std::vector<float>> dequantized_k,
         dequantized_v;  // per sequence: a quantized cache read back (for sgemm attention blocks)
@@ -128,7 +135,8 @@ class LlamaModel {
   };
 
   ModelConfig config_;
-  std::shared_ptr<const std::vector<float>> embed_tokens_;
+  std::shared_ptr<const std::vector<float>> embed_tokens_;  // null when embedding_ is set
+  EmbeddingLookup embedding_;
   std::vector<DecoderLayer> layers_;
   std::vector<float> final_norm_;
   std::unique_ptr<LinearOp> lm_head_;
