@@ -55,6 +55,13 @@ QuantizedLinear& linear_of(QuantizedLayer& l, const std::string& suffix) {
   return l.down_proj;
 }
 
+// Row-parallel linears of a tensor-parallel layout: shard r of o_proj / down_proj is "<name>.tp_shards.<r>".
+bool row_parallel(const std::string& suffix) { return suffix == "self_attn.o_proj" || suffix == "mlp.down_proj"; }
+std::vector<QuantizedLinear>& shards_of(QuantizedLayer& l, const std::string& suffix) {
+  return suffix == "self_attn.o_proj" ? l.o_proj_shards : l.down_proj_shards;
+}
+std::string shard_name(const std::string& linear, int shard) { return fmt::format("{}.tp_shards.{}", linear, shard); }
+
 // KV centering vectors (docs/FORMAT.md, "KV centering"), F32 [num_kv_heads * head_dim] per layer.
 constexpr const char* kKeyCenter = "self_attn.k_cache_center";
 constexpr const char* kValueCenter = "self_attn.v_cache_center";
@@ -209,11 +216,30 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
                      {c.hidden_size},
                      l.post_attention_norm,
                      DType::F32});
+    const int tp = model.recipe.tensor_parallel;
     for (const char* suffix : kLinears) {
-      const QuantizedLinear& q = linear_of(const_cast<QuantizedLayer&>(l), suffix);
+      QuantizedLayer& layer = const_cast<QuantizedLayer&>(l);
+      const QuantizedLinear& q = linear_of(layer, suffix);
       const std::string name = layer_tensor_name(i, suffix);
-      linears.emplace(name, q.weights);
-      if (!q.bias.empty()) dense.push_back({name + ".bias", {q.weights.n}, q.bias, DType::F32});
+      const LinearShape shape = linear_shape(c, suffix);
+      if (tp > 1 && row_parallel(suffix)) {
+        const std::vector<QuantizedLinear>& shards = shards_of(layer, suffix);
+        if (static_cast<int>(shards.size()) != tp)
+          fail("cannot save '{}': the recipe says tensor_parallel {}, the model holds {} shards", name, tp,
+               shards.size());
+        for (int r = 0; r < tp; ++r) {
+          const QuantizedLinearWeights& w = shards[static_cast<std::size_t>(r)].weights;
+          if (w.n != shape.n || w.k() * tp != shape.k)
+            fail("cannot save '{}': shard {} is [{} x {}], {} shards of [{} x {}] need [{} x {}]", name, r, w.n,
+                 w.k(), tp, shape.n, shape.k, shape.n, shape.k / tp);
+          linears.emplace(shard_name(name, r), w);
+        }
+      } else {
+        if (row_parallel(suffix) && l.sharded())
+          fail("cannot save '{}': the model is sharded, the recipe says tensor_parallel 1", name);
+        linears.emplace(name, q.weights);
+      }
+      if (!q.bias.empty()) dense.push_back({name + ".bias", {shape.n}, q.bias, DType::F32});
     }
     const std::int64_t kv_dim = std::int64_t{c.num_kv_heads} * c.head_dim;
     for (const auto& [on, center, suffix] :
@@ -327,23 +353,37 @@ QuantizedModel load_atom_checkpoint(const Checkpoint& checkpoint, bool runs_onli
     l.input_norm = read_float_tensor(store, layer_tensor_name(i, "input_layernorm.weight"), {hidden}, used);
     l.post_attention_norm =
         read_float_tensor(store, layer_tensor_name(i, "post_attention_layernorm.weight"), {hidden}, used);
+    const int tp = m.recipe.tensor_parallel;
     for (const char* suffix : kLinears) {
       const std::string name = layer_tensor_name(i, suffix);
       const LinearShape shape = linear_shape(c, suffix);
       QuantizedLinear& q = linear_of(l, suffix);
-      q.weights = load_quantized_linear(store, name, quant);
-      for (const char* part : {".qweight", ".scales", ".qweight_outlier", ".scales_outlier", ".perm"}) {
-        used.insert(name + part);
+      // One linear, or (tensor-parallel row-parallel layers) tp shards of shape.k / tp input channels each.
+      const auto load_part = [&](const std::string& part_name, std::int64_t k, QuantizedLinear& part) {
+        part.weights = load_quantized_linear(store, part_name, quant);
+        for (const char* tensor : {".qweight", ".scales", ".qweight_outlier", ".scales_outlier", ".perm"}) {
+          used.insert(part_name + tensor);
+        }
+        if (part.weights.n != shape.n || part.weights.k() != k) {
+          fail(
+              "Atom checkpoint: '{}' is [{} x {}] (qweight rows x perm length), the model config needs [{} x "
+              "{}]",
+              part_name, part.weights.n, part.weights.k(), shape.n, k);
+        }
+        check_scales(part.weights.scales, part_name + ".scales");
+        check_scales(part.weights.outlier_scales, part_name + ".scales_outlier");
+        if (part.weights.format == NumberFormat::kInt3) check_int3_codes(part.weights.packed, part_name + ".qweight");
+      };
+      if (tp > 1 && row_parallel(suffix)) {
+        if (shape.k % tp != 0)
+          fail("Atom checkpoint: '{}' has {} input channels, not divisible by its recipe's tensor_parallel {}", name,
+               shape.k, tp);
+        std::vector<QuantizedLinear>& shards = shards_of(l, suffix);
+        shards.resize(static_cast<std::size_t>(tp));
+        for (int r = 0; r < tp; ++r) load_part(shard_name(name, r), shape.k / tp, shards[static_cast<std::size_t>(r)]);
+      } else {
+        load_part(name, shape.k, q);
       }
-      if (q.weights.n != shape.n || q.weights.k() != shape.k) {
-        fail(
-            "Atom checkpoint: '{}' is [{} x {}] (qweight rows x perm length), the model config needs [{} x "
-            "{}]",
-            name, q.weights.n, q.weights.k(), shape.n, shape.k);
-      }
-      check_scales(q.weights.scales, name + ".scales");
-      check_scales(q.weights.outlier_scales, name + ".scales_outlier");
-      if (q.weights.format == NumberFormat::kInt3) check_int3_codes(q.weights.packed, name + ".qweight");
       const std::string s = suffix;
       const bool qkv = s == "self_attn.q_proj" || s == "self_attn.k_proj" || s == "self_attn.v_proj";
       const bool bias_allowed = (qkv && c.attention_bias) || s == "self_attn.o_proj";

@@ -20,8 +20,11 @@ StorageSummary storage_summary(const QuantizedModel& model) {
       std::int64_t{c.vocab_size} * c.hidden_size * (model.lm_head ? 2 : 1) + size(model.final_norm);
   for (const QuantizedLayer& l : model.layers) {
     s.parameters += size(l.input_norm) + size(l.post_attention_norm);
-    for (const QuantizedLinear* q :
-         {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+    std::vector<const QuantizedLinear*> linears = {&l.q_proj,    &l.k_proj,  &l.v_proj,   &l.o_proj,
+                                                   &l.gate_proj, &l.up_proj, &l.down_proj};
+    for (const auto* shards : {&l.o_proj_shards, &l.down_proj_shards})
+      for (const QuantizedLinear& shard : *shards) linears.push_back(&shard);
+    for (const QuantizedLinear* q : linears) {
       const QuantizedLinearWeights& w = q->weights;
       s.linear_weights += w.n * w.k();
       s.parameters += w.n * w.k() + size(q->bias);
@@ -41,6 +44,30 @@ nlohmann::json to_json(const StorageSummary& s) {
           {"perm_bytes", s.perm_bytes},         {"bias_bytes", s.bias_bytes},
           {"linear_bytes", s.linear_bytes()},   {"bits_per_weight", s.bits_per_weight()},
           {"parameters", s.parameters},         {"fp16_model_bytes", s.fp16_model_bytes()}};
+}
+
+QuantizedLinearWeights output_rows(const QuantizedLinearWeights& q, std::int64_t first, std::int64_t n) {
+  ATOM_CHECK(first >= 0 && n >= 0 && first + n <= q.n);
+  QuantizedLinearWeights out = q;
+  out.n = n;
+  const auto slice = [&](auto& dst, const auto& src, std::int64_t width) {
+    dst.assign(src.begin() + first * width, src.begin() + (first + n) * width);
+  };
+  slice(out.packed, q.packed, format_row_bytes(q.format, q.k_normal));
+  slice(out.scales, q.scales, q.k_normal / q.group);
+  slice(out.outliers, q.outliers, q.n_outliers);
+  slice(out.outlier_scales, q.outlier_scales, q.n_outliers > 0 ? 1 : 0);
+  return out;
+}
+
+std::vector<std::int32_t> sharded_input_order(std::span<const QuantizedLinear> shards) {
+  std::vector<std::int32_t> order;
+  std::int32_t first = 0;
+  for (const QuantizedLinear& shard : shards) {
+    for (const std::int32_t j : shard.weights.perm) order.push_back(first + j);
+    first += static_cast<std::int32_t>(shard.weights.perm.size());
+  }
+  return order;
 }
 
 void permute_output_rows(QuantizedLinear& linear, std::span<const std::int32_t> order) {

@@ -35,7 +35,17 @@ struct QuantizedLayer {
   // before the KV cache stores it, [num_kv_heads * head_dim] fp32 (keys after RoPE and the Q/K transform);
   // empty when off.
   std::vector<float> key_center, value_center;
+  // A tensor-parallel layout (recipe.tensor_parallel = N > 1, docs/FORMAT.md): o_proj and down_proj quantized
+  // per shard of their input channels, shard r reading channels [r K/N, (r + 1) K/N) as a whole Atom linear of
+  // K/N inputs (its perm within the shard, its own outliers and groups). o_proj and down_proj then hold no
+  // weights; o_proj keeps the layer's bias, added once to the sum of the shards.
+  std::vector<QuantizedLinear> o_proj_shards, down_proj_shards;
+  bool sharded() const { return !o_proj_shards.empty(); }
 };
+
+// The channel order of a sharded input as one permutation of all K channels: shard r's perm shifted by its
+// first channel, the shards in order (each shard's outliers at the end of its own range).
+std::vector<std::int32_t> sharded_input_order(std::span<const QuantizedLinear> shards);
 
 struct QuantizedModel {
   ModelConfig config;
@@ -72,6 +82,9 @@ struct StorageSummary {
 };
 StorageSummary storage_summary(const QuantizedModel& model);
 nlohmann::json to_json(const StorageSummary& summary);
+
+// Output rows [first, first + n) of a quantized linear's weights (codes, scales, outliers; perm unchanged).
+QuantizedLinearWeights output_rows(const QuantizedLinearWeights& q, std::int64_t first, std::int64_t n);
 
 // Reorders the output rows of a quantized linear: new row r = old row order[r] (codes, scales, outliers,
 // bias).

@@ -91,6 +91,11 @@ void QuantRecipe::validate() const {
         "R1)");
   }
   if (smoothquant && has_rotation()) fail("quantization recipe: rotations do not combine with SmoothQuant");
+  if (tensor_parallel < 1) fail("quantization recipe: tensor_parallel {} must be at least 1", tensor_parallel);
+  if (tensor_parallel > 1 && down_hadamard) {
+    fail("quantization recipe: down_hadamard (R4) mixes all of down_proj's input channels, so it does not split "
+         "over tensor_parallel {} ranks", tensor_parallel);
+  }
   if (!quantize_activations && smoothquant) {
     fail("quantization recipe: SmoothQuant migrates activation outliers; it needs quantized activations");
   }
@@ -137,6 +142,7 @@ std::string QuantRecipe::describe() const {
     add(down_hadamard, "R4");
     text += fmt::format(", rotations {} (seed {})", parts, rotation_seed);
   }
+  if (tensor_parallel > 1) text += fmt::format(", tensor-parallel {}", tensor_parallel);
   return text;
 }
 
@@ -173,6 +179,9 @@ nlohmann::json QuantRecipe::to_json() const {
   if (kv_group_size != 0) j["kv_group_size"] = kv_group_size;
   // Likewise only recipes with KV centering carry this one: the checkpoint then holds the centering vectors.
   if (has_kv_centering()) j["kv_centering"] = {{"keys", kv_center_keys}, {"values", kv_center_values}};
+  // And only tensor-parallel layouts carry theirs: TP 1 checkpoints stay as they were, and an older reader
+  // refuses a sharded one.
+  if (tensor_parallel > 1) j["tensor_parallel"] = tensor_parallel;
   return j;
 }
 
@@ -207,7 +216,7 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
   };
   for (const auto& [key, value] : j.items()) {
     if (!QuantRecipe{}.to_json().contains(key) && key != "rotation" && key != "kv_centering" &&
-        key != "kv_group_size")
+        key != "kv_group_size" && key != "tensor_parallel")
       fail("{}: unknown quantization recipe field '{}'", what, key);
   }
   QuantRecipe r;
@@ -276,6 +285,11 @@ QuantRecipe QuantRecipe::from_json(const nlohmann::json& j, const std::string& w
     };
     r.kv_center_keys = flag("keys");
     r.kv_center_values = flag("values");
+  }
+  if (j.contains("tensor_parallel")) {  // absent: 1 (checkpoints of one device, older ones included)
+    const std::int64_t tp = get_int("tensor_parallel");
+    if (tp < 1 || tp > 1024) fail("{}: recipe field 'tensor_parallel' must be in [1, 1024], found {}", what, tp);
+    r.tensor_parallel = static_cast<int>(tp);
   }
   try {
     r.validate();

@@ -64,6 +64,11 @@ struct QuantRecipe {
   bool qk_hadamard = false;    // online: Hadamard of head_dim on Q and K after RoPE (before the KV cache)
   bool down_hadamard = false;  // R4, online: Hadamard on down_proj's input, its inverse folded into W_down
 
+  // Tensor-parallel degree the checkpoint is laid out for (docs/FORMAT.md, "Tensor-parallel checkpoints"):
+  // > 1 quantizes o_proj and down_proj per shard of their input channels (each shard its own channel order,
+  // outliers and whole groups), so that each of N ranks holds whole groups and its own INT8 outliers.
+  int tensor_parallel = 1;
+
   std::int64_t calib_windows = 128;  // random windows of the calibration text
   std::int64_t calib_len = 2048;     // tokens per window (capped by the model's context)
   std::uint64_t calib_seed = 0;

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "backend/cpu/online_transforms.h"
+#include "backend/cpu/tensor_parallel_llama.h"
 #include "common/error.h"
 
 namespace atom::quant {
@@ -89,25 +90,53 @@ class CpuCalibrationInput final : public CalibrationInput {
     visit([&](std::int64_t w, const float* x) { windows_.add_projection(w, *op, x); });
   }
 
+  std::unique_ptr<CalibrationInput> columns(std::int64_t begin, std::int64_t end) override {
+    if (begin < 0 || begin >= end || end > width_)
+      fail("calibration input: columns [{}, {}) outside [0, {})", begin, end, width_);
+    // Reads the whole input's windows (kept, or recomputed per visit) and keeps nothing of its own.
+    return std::make_unique<CpuCalibrationInput>(
+        windows_, recipe_, end - begin, /*keep=*/false, [this, begin, end](std::int64_t w, float* out) {
+          std::vector<float> buffer;
+          const float* x = window(w, buffer);
+          const std::int64_t k = end - begin;
+          for (std::int64_t r = 0; r < rows(); ++r) std::copy_n(x + r * width_ + begin, k, out + r * k);
+        });
+  }
+
+  void add_sharded_projection(std::span<const QuantizedLinear> shards, std::span<const float> bias,
+                              const std::string& name) override {
+    std::vector<std::unique_ptr<cpu::LinearOp>> ops;
+    for (std::size_t r = 0; r < shards.size(); ++r) {
+      ops.push_back(make_linear_op(shards[r], recipe_, Execution::kFakeQuant, cpu::InputOrder::kOriginal,
+                                   fmt::format("{}.tp_shards.{}", name, r)));
+    }
+    const cpu::ShardedInputLinear op(std::move(ops), std::vector<float>(bias.begin(), bias.end()));
+    visit([&](std::int64_t w, const float* x) { windows_.add_projection(w, op, x); });
+  }
+
  private:
+  // Window w of this input: from the kept windows, or produced into `buffer`.
+  const float* window(std::int64_t w, std::vector<float>& buffer) {
+    const std::int64_t size = rows() * width_;
+    if (keep_) {
+      if (kept_.empty()) {
+        kept_.resize(static_cast<std::size_t>(windows_.windows() * size));
+        for (std::int64_t i = 0; i < windows_.windows(); ++i) produce_(i, kept_.data() + i * size);
+      }
+      return kept_.data() + w * size;
+    }
+    buffer.resize(static_cast<std::size_t>(size));
+    produce_(w, buffer.data());
+    return buffer.data();
+  }
+
   std::int64_t rows() const { return windows_.length(); }
 
   void visit(const std::function<void(std::int64_t w, const float* x)>& f) {
-    const std::int64_t windows = windows_.windows(), size = rows() * width_;
-    if (keep_) {
-      if (kept_.empty()) {
-        kept_.resize(static_cast<std::size_t>(windows * size));
-        for (std::int64_t w = 0; w < windows; ++w) produce_(w, kept_.data() + w * size);
-      }
-      for (std::int64_t w = 0; w < windows; ++w) f(w, kept_.data() + w * size);
-      return;
-    }
-    std::vector<float> buffer(static_cast<std::size_t>(size));
-    for (std::int64_t w = 0; w < windows; ++w) {
-      produce_(w, buffer.data());
-      f(w, buffer.data());
-    }
+    std::vector<float> buffer;
+    for (std::int64_t w = 0; w < windows_.windows(); ++w) f(w, window(w, buffer));
   }
+
 
   CalibrationWindows& windows_;
   const QuantRecipe& recipe_;

@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/half.h"
 #include "common/progress.h"
+#include "dist/tensor_parallel_plan.h"
 #include "quant/calibration.h"
 #include "quant/channels.h"
 #include "quant/cpu_quantizer_backend.h"
@@ -64,20 +65,6 @@ nlohmann::json to_json(const QuantizeReport& report) {
 // ---- the sequential pipeline
 
 namespace {
-
-// Output rows [first, first + n) of a quantized linear.
-QuantizedLinearWeights rows_of(const QuantizedLinearWeights& q, std::int64_t first, std::int64_t n) {
-  QuantizedLinearWeights out = q;
-  out.n = n;
-  const auto slice = [&](auto& dst, const auto& src, std::int64_t width) {
-    dst.assign(src.begin() + first * width, src.begin() + (first + n) * width);
-  };
-  slice(out.packed, q.packed, format_row_bytes(q.format, q.k_normal));
-  slice(out.scales, q.scales, q.k_normal / q.group);
-  slice(out.outliers, q.outliers, q.n_outliers);
-  slice(out.outlier_scales, q.outlier_scales, q.n_outliers > 0 ? 1 : 0);
-  return out;
-}
 
 // Channel order, outlier count, and the Hessian and clip-search sample (when the recipe asks) of one linear
 // input.
@@ -255,7 +242,7 @@ class Quantizer {
     std::int64_t row = 0;
     for (LinearInput& l : linears) {
       QuantizedLinear ql;
-      ql.weights = rows_of(all, row, l.n);
+      ql.weights = output_rows(all, row, l.n);
       ql.bias = std::move(l.bias);
       if (recipe_.outlier_precision == OutlierPrecision::kFp16 && plan.n_outliers > 0) {
         ql.fp16_outlier_columns.resize(static_cast<std::size_t>(l.n * plan.n_outliers));
@@ -369,10 +356,16 @@ class Quantizer {
       in = backend_->attention_input(ql.input_norm, q, k, v, keep(q_dim()), &kv_stats, ql.key_center,
                                      ql.value_center);
     }
-    const InputPlan plan = plan_input(in.get(), q_dim(), li, "o_proj_in", {});
     const std::string name = linear_name(li, "self_attn.o_proj");
-    ql.o_proj = std::move(quantize_linears({{&w.o_proj, hidden(), std::move(w.o_bias), name}}, plan).front());
-    if (in) in->add_projection(ql.o_proj, name);
+    if (recipe_.tensor_parallel > 1) {
+      ql.o_proj_shards = quantize_row_parallel(in.get(), w.o_proj, q_dim(), li, "o_proj_in", name);
+      ql.o_proj.bias = std::move(w.o_bias);  // the whole layer's, added once to the shards' sum
+      if (in) in->add_sharded_projection(ql.o_proj_shards, ql.o_proj.bias, name);
+    } else {
+      const InputPlan plan = plan_input(in.get(), q_dim(), li, "o_proj_in", {});
+      ql.o_proj = std::move(quantize_linears({{&w.o_proj, hidden(), std::move(w.o_bias), name}}, plan).front());
+      if (in) in->add_projection(ql.o_proj, name);
+    }
     if (kv_stats.key_sq > 0.0) report_kv(kv_stats, li);
   }
 
@@ -397,10 +390,39 @@ class Quantizer {
       in = backend_->down_proj_input(ql.post_attention_norm, {&ql.gate_proj, linear_name(li, "mlp.gate_proj")},
                                      {&ql.up_proj, linear_name(li, "mlp.up_proj")}, keep(inter()));
     }
-    const InputPlan plan = plan_input(in.get(), inter(), li, "down_proj_in", {});
     const std::string name = linear_name(li, "mlp.down_proj");
-    ql.down_proj = std::move(quantize_linears({{&w.down_proj, hidden(), {}, name}}, plan).front());
-    if (in) in->add_projection(ql.down_proj, name);
+    if (recipe_.tensor_parallel > 1) {
+      ql.down_proj_shards = quantize_row_parallel(in.get(), w.down_proj, inter(), li, "down_proj_in", name);
+      if (in) in->add_sharded_projection(ql.down_proj_shards, {}, name);
+    } else {
+      const InputPlan plan = plan_input(in.get(), inter(), li, "down_proj_in", {});
+      ql.down_proj = std::move(quantize_linears({{&w.down_proj, hidden(), {}, name}}, plan).front());
+      if (in) in->add_projection(ql.down_proj, name);
+    }
+  }
+
+  // A row-parallel linear (o_proj, down_proj) of a tensor-parallel layout: shard r of its k input channels,
+  // [r k/N, (r + 1) k/N), gets its own channel order, outliers and groups from the shard's own calibration
+  // statistics and Hessian, as rank r quantizes its slice of the input on its own.
+  std::vector<QuantizedLinear> quantize_row_parallel(CalibrationInput* in, const std::vector<float>& weight,
+                                                     std::int64_t k, int li, const char* input_name,
+                                                     const std::string& name) {
+    const int tp = recipe_.tensor_parallel;
+    const std::int64_t n = hidden(), width = k / tp;
+    std::vector<QuantizedLinear> shards;
+    for (int r = 0; r < tp; ++r) {
+      std::unique_ptr<CalibrationInput> part;
+      if (in) part = in->columns(r * width, (r + 1) * width);
+      const std::string shard_input = fmt::format("{}.tp_shards.{}", input_name, r);
+      const InputPlan plan = plan_input(part.get(), width, li, shard_input.c_str(), {});
+      std::vector<float> columns(static_cast<std::size_t>(n * width));
+      for (std::int64_t row = 0; row < n; ++row) {
+        std::copy_n(weight.begin() + row * k + r * width, width, columns.begin() + row * width);
+      }
+      shards.push_back(std::move(
+          quantize_linears({{&columns, n, {}, fmt::format("{}.tp_shards.{}", name, r)}}, plan).front()));
+    }
+    return shards;
   }
 
   ModelSource source_;
@@ -413,11 +435,26 @@ class Quantizer {
 
 }  // namespace
 
+void check_tensor_parallel_layout(const ModelConfig& config, const QuantRecipe& recipe) {
+  const int tp = recipe.tensor_parallel;
+  dist::check_tensor_parallel(config, tp);
+  const std::int64_t q_dim = std::int64_t{config.num_heads} * config.head_dim;
+  for (const auto& [what, k] : {std::pair{"o_proj", q_dim}, std::pair{"down_proj", std::int64_t{config.intermediate_size}}}) {
+    try {
+      recipe.outlier_count(k / tp);
+    } catch (const Error& e) {
+      fail("tensor_parallel {}: {}'s shards of {} input channels have no valid outlier count: {}", tp, what, k / tp,
+           e.what());
+    }
+  }
+}
+
 QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> calib_tokens,
                               const QuantRecipe& recipe, const QuantizeOptions& options,
                               QuantizeReport* report) {
   recipe.validate();
   source.config.validate("model config");
+  if (recipe.tensor_parallel > 1) check_tensor_parallel_layout(source.config, recipe);
   cpu::use_single_threaded_blas();  // OpenMP threads only (GPTQ and the products): no spinning BLAS threads
   const auto start = std::chrono::steady_clock::now();
   QuantizeReport local;

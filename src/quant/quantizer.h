@@ -88,7 +88,13 @@ struct QuantizeOptions {
   QuantizerBackendFactory backend;
 };
 
-// Quantizes every decoder layer. calib_tokens: the tokenized calibration text (windows come from it only).
+// Throws atom::Error naming the value when `config` cannot be laid out for recipe.tensor_parallel ranks: the
+// split of dist/tensor_parallel_plan.h, and shards of o_proj's and down_proj's inputs that leave whole groups
+// after the recipe's outliers.
+void check_tensor_parallel_layout(const ModelConfig& config, const QuantRecipe& recipe);
+
+// Quantizes every decoder layer (recipe.tensor_parallel > 1: o_proj and down_proj per input shard, docs/FORMAT.md).
+// calib_tokens: the tokenized calibration text (windows come from it only).
 // Throws atom::Error for a bad recipe, a text shorter than one window, or a layer GPTQ cannot factor.
 QuantizedModel quantize_model(ModelSource source, std::span<const std::int32_t> calib_tokens,
                               const QuantRecipe& recipe, const QuantizeOptions& options = {},

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cpu/quantizer_ops.h"
+#include "common/error.h"
 #include "format/quantized_model.h"
 #include "format/recipe.h"
 #include "io/model_config.h"
@@ -51,6 +52,21 @@ class CalibrationInput {
                                                 bool hessian, bool sample) = 0;
   // The windows' hidden states += linear(input): the residual branch through the quantized output projection.
   virtual void add_projection(const QuantizedLinear& linear, const std::string& name) = 0;
+
+  // Tensor-parallel layouts (recipe.tensor_parallel > 1) quantize o_proj and down_proj per shard of their input
+  // channels. columns: channels [begin, end) of this input as an input of their own (statistics, Hessian and
+  // clip samples of the shard alone); add_sharded_projection: the residual branch through the shards, shard r
+  // reading the next shards[r] input channels, partial outputs summed in shard order, then `bias` (empty: none).
+  // Backends that do not implement them refuse tensor-parallel layouts.
+  virtual std::unique_ptr<CalibrationInput> columns(std::int64_t begin, std::int64_t end) {
+    (void)begin, (void)end;
+    fail("this quantizer backend does not quantize tensor-parallel layouts (quantize with --device cpu)");
+  }
+  virtual void add_sharded_projection(std::span<const QuantizedLinear> shards, std::span<const float> bias,
+                                      const std::string& name) {
+    (void)shards, (void)bias;
+    fail("{}: this quantizer backend does not quantize tensor-parallel layouts (quantize with --device cpu)", name);
+  }
 };
 
 // The mean K and V rows of the calibration windows (K after RoPE and the Q/K transform), [kv_heads * head_dim]:

@@ -34,6 +34,7 @@ struct QuantizeOptions {
   std::optional<std::int64_t> group, outliers, calib_windows, calib_len, kv_group_size;
   std::optional<float> a_clip, w_clip, smooth_alpha;
   std::optional<std::uint64_t> seed, rotation_seed;
+  int tensor_parallel = 1;
   bool search_clip = false, no_gptq = false, force = false, quiet = false, qk_hadamard = false,
        down_hadamard = false;
 };
@@ -74,6 +75,11 @@ quant::QuantRecipe recipe_from(const QuantizeOptions& o) {
   if (o.qk_hadamard) r.qk_hadamard = true;
   if (o.down_hadamard) r.down_hadamard = true;
   if (o.rotation_seed) r.rotation_seed = *o.rotation_seed;
+  if (o.tensor_parallel > 1 && o.device == "cuda") {
+    fail("--tensor-parallel {} --device cuda: the GPU quantizer does not quantize tensor-parallel layouts yet "
+         "(quantize with --device cpu)", o.tensor_parallel);
+  }
+  r.tensor_parallel = o.tensor_parallel;
   if (o.smooth_alpha) {
     r.smoothquant = true;
     r.smooth_alpha = *o.smooth_alpha;
@@ -122,6 +128,7 @@ void run_quantize(const QuantizeOptions& opt) {
     fail("output '{}' already exists; pass --force to replace it", opt.out);
   }
   const Checkpoint ckpt = open_checkpoint(opt.model);
+  if (recipe.tensor_parallel > 1) quant::check_tensor_parallel_layout(ckpt.config, recipe);  // before calibrating
   const Tokenizer tokenizer = load_tokenizer(ckpt);
   std::vector<std::int32_t> calib_tokens;
   if (recipe.needs_calibration()) {
@@ -234,6 +241,10 @@ void add_quantize_command(CLI::App& app) {
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
   cmd->add_option("--seed", opt->seed, "Seed of the calibration windows (default 0)");
   cmd->add_option("--smooth-alpha", opt->smooth_alpha, "SmoothQuant migration strength (turns smoothing on)");
+  cmd->add_option("--tensor-parallel", opt->tensor_parallel,
+                  "Lay the checkpoint out for N tensor-parallel ranks: o_proj and down_proj get their channel order, "
+                  "outliers and groups per shard of their input (docs/FORMAT.md; default 1)")
+      ->check(CLI::Range(1, 1024));
   cmd->add_option("--report", opt->report,
                   "Write the quantization report (per-layer outliers, GPTQ loss) as JSON");
   cmd->add_option("--device", opt->device, "Where the quantizer runs: cpu (default) or cuda (the first GPU)")

@@ -7,6 +7,7 @@
 
 #include "backend/cpu/quant_kv_cache.h"
 #include "backend/cpu/quant_linear.h"
+#include "backend/cpu/tensor_parallel_llama.h"
 #include "common/error.h"
 #include "common/half.h"
 #include "backend/cpu/online_transforms.h"
@@ -232,7 +233,100 @@ std::vector<std::int32_t> shared_perm(std::initializer_list<const QuantizedLinea
   return is_identity(perm) ? std::vector<std::int32_t>{} : perm;
 }
 
+// A layer's shards must be what its recipe says: tensor_parallel shards of o_proj and down_proj, or none.
+void check_shards(const QuantizedLayer& ql, const QuantRecipe& recipe, int layer) {
+  const std::size_t want = recipe.tensor_parallel > 1 ? static_cast<std::size_t>(recipe.tensor_parallel) : 0;
+  if (ql.o_proj_shards.size() != want || ql.down_proj_shards.size() != want) {
+    fail("layer {}: the recipe says tensor_parallel {}, the model holds {} o_proj and {} down_proj shards", layer,
+         recipe.tensor_parallel, ql.o_proj_shards.size(), ql.down_proj_shards.size());
+  }
+}
+
+std::vector<std::unique_ptr<cpu::LinearOp>> shard_ops(const std::vector<QuantizedLinear>& shards,
+                                                      const QuantRecipe& recipe, Execution execution,
+                                                      cpu::InputOrder order, const std::string& name) {
+  std::vector<std::unique_ptr<cpu::LinearOp>> ops;
+  for (std::size_t r = 0; r < shards.size(); ++r)
+    ops.push_back(make_linear_op(shards[r], recipe, execution, order, fmt::format("{}.tp_shards.{}", name, r)));
+  return ops;
+}
+
+// Entries [range.begin, range.end) of v (empty stays empty).
+std::vector<float> slice_of(const std::vector<float>& v, dist::ChannelRange range) {
+  if (v.empty()) return v;
+  return {v.begin() + range.begin, v.begin() + range.end};
+}
+
+// Output rows [range.begin, range.end) of a quantized linear, bias included.
+QuantizedLinear rows_of(const QuantizedLinear& q, dist::ChannelRange range) {
+  QuantizedLinear out;
+  out.weights = output_rows(q.weights, range.begin, range.size());
+  out.bias = slice_of(q.bias, range);
+  return out;
+}
+
 }  // namespace
+
+std::unique_ptr<cpu::LlamaModel> build_cpu_model_rank(const QuantizedModel& model, Execution execution,
+                                                      dist::Communicator& comm) {
+  const QuantRecipe& recipe = model.recipe;
+  const ModelConfig& c = model.config;
+  const int world = comm.world_size(), rank = comm.rank();
+  if (recipe.tensor_parallel != world) {
+    fail("a model quantized for tensor_parallel {} cannot run on {} ranks: each rank needs whole groups and its own "
+         "outliers of o_proj and down_proj (re-quantize with --tensor-parallel {})",
+         recipe.tensor_parallel, world, world);
+  }
+  const dist::TensorParallelShard shard = dist::tensor_parallel_shard(c, world, rank);
+  const dist::ChannelRange q = shard.q_channels(c.head_dim), kv = shard.kv_channels(c.head_dim);
+  const auto reordered = cpu::InputOrder::kReordered, original = cpu::InputOrder::kOriginal;
+  std::vector<cpu::DecoderLayer> layers;
+  for (std::size_t i = 0; i < model.layers.size(); ++i) {
+    const QuantizedLayer& ql = model.layers[i];
+    const int li = static_cast<int>(i);
+    check_shards(ql, recipe, li);
+    cpu::DecoderLayer l;
+    l.input_norm = ql.input_norm;
+    l.post_attention_norm = ql.post_attention_norm;
+    l.attn_perm = shared_perm({&ql.q_proj, &ql.k_proj, &ql.v_proj}, li, "q/k/v");
+    l.mlp_perm = shared_perm({&ql.gate_proj, &ql.up_proj}, li, "gate/up");
+    l.q_proj = make_linear_op(rows_of(ql.q_proj, q), recipe, execution, reordered, linear_name(li, "self_attn.q_proj"));
+    l.k_proj = make_linear_op(rows_of(ql.k_proj, kv), recipe, execution, reordered, linear_name(li, "self_attn.k_proj"));
+    l.v_proj = make_linear_op(rows_of(ql.v_proj, kv), recipe, execution, reordered, linear_name(li, "self_attn.v_proj"));
+    const QuantizedLinear& o_shard = world > 1 ? ql.o_proj_shards[static_cast<std::size_t>(rank)] : ql.o_proj;
+    const QuantizedLinear& down_shard = world > 1 ? ql.down_proj_shards[static_cast<std::size_t>(rank)] : ql.down_proj;
+    l.o_proj = std::make_unique<cpu::RowParallelLinear>(
+        make_linear_op(o_shard, recipe, execution, original, linear_name(li, "self_attn.o_proj")), comm,
+        ql.o_proj.bias);
+    // This rank's intermediate channels, in its down_proj shard's input order (down_hadamard is refused at
+    // tensor_parallel > 1; at 1 it keeps the original order as build_cpu_model does).
+    QuantizedLinear gate = rows_of(ql.gate_proj, shard.intermediate), up = rows_of(ql.up_proj, shard.intermediate);
+    if (!recipe.down_hadamard) {
+      permute_output_rows(gate, down_shard.weights.perm);
+      permute_output_rows(up, down_shard.weights.perm);
+    }
+    l.gate_proj = make_linear_op(gate, recipe, execution, reordered, linear_name(li, "mlp.gate_proj"));
+    l.up_proj = make_linear_op(up, recipe, execution, reordered, linear_name(li, "mlp.up_proj"));
+    l.down_proj = std::make_unique<cpu::RowParallelLinear>(
+        make_linear_op(down_shard, recipe, execution, recipe.down_hadamard ? original : reordered,
+                       linear_name(li, "mlp.down_proj")),
+        comm);
+    if (recipe.kv_center_keys == ql.key_center.empty() || recipe.kv_center_values == ql.value_center.empty()) {
+      fail("layer {}: the recipe centers the KV cache's {}, the model holds {} key and {} value centering values",
+           li, recipe.kv_centering_name(), ql.key_center.size(), ql.value_center.size());
+    }
+    l.key_center = slice_of(ql.key_center, kv);
+    l.value_center = slice_of(ql.value_center, kv);
+    layers.push_back(std::move(l));
+  }
+  cpu::VocabParallelEnds ends =
+      cpu::vocab_parallel_ends(*model.embed_tokens, model.lm_head.get(), shard, c, comm);
+  auto m = std::make_unique<cpu::LlamaModel>(shard.local_config(c), nullptr, std::move(layers), model.final_norm,
+                                             std::move(ends.lm_head), std::move(ends.embedding));
+  m->set_kv_store_factory(kv_store_factory(recipe.kv_bits));
+  apply_online_transforms(*m, recipe);
+  return m;
+}
 
 std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Execution execution) {
   const QuantRecipe& recipe = model.recipe;
@@ -250,18 +344,33 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Ex
     l.q_proj = make_linear_op(ql.q_proj, recipe, execution, reordered, linear_name(li, "self_attn.q_proj"));
     l.k_proj = make_linear_op(ql.k_proj, recipe, execution, reordered, linear_name(li, "self_attn.k_proj"));
     l.v_proj = make_linear_op(ql.v_proj, recipe, execution, reordered, linear_name(li, "self_attn.v_proj"));
-    l.o_proj = make_linear_op(ql.o_proj, recipe, execution, original, linear_name(li, "self_attn.o_proj"));
-    // gate/up output rows in down_proj's input order: SiLU(gate) * up arrives at down_proj reordered. Not
-    // under R4: the Hadamard needs the original order, so down_proj then reorders its input at run time.
+    check_shards(ql, recipe, li);
+    if (ql.sharded()) {
+      l.o_proj = std::make_unique<cpu::ShardedInputLinear>(
+          shard_ops(ql.o_proj_shards, recipe, execution, original, linear_name(li, "self_attn.o_proj")),
+          ql.o_proj.bias);
+    } else {
+      l.o_proj = make_linear_op(ql.o_proj, recipe, execution, original, linear_name(li, "self_attn.o_proj"));
+    }
+    // gate/up output rows in down_proj's input order: SiLU(gate) * up arrives at down_proj reordered (sharded:
+    // each shard's range in that shard's order). Not under R4: the Hadamard needs the original order, so
+    // down_proj then reorders its input at run time.
     QuantizedLinear gate = ql.gate_proj, up = ql.up_proj;
     if (!recipe.down_hadamard) {
-      permute_output_rows(gate, ql.down_proj.weights.perm);
-      permute_output_rows(up, ql.down_proj.weights.perm);
+      const std::vector<std::int32_t> down_order =
+          ql.sharded() ? sharded_input_order(ql.down_proj_shards) : ql.down_proj.weights.perm;
+      permute_output_rows(gate, down_order);
+      permute_output_rows(up, down_order);
     }
     l.gate_proj = make_linear_op(gate, recipe, execution, reordered, linear_name(li, "mlp.gate_proj"));
     l.up_proj = make_linear_op(up, recipe, execution, reordered, linear_name(li, "mlp.up_proj"));
-    l.down_proj = make_linear_op(ql.down_proj, recipe, execution, recipe.down_hadamard ? original : reordered,
-                                 linear_name(li, "mlp.down_proj"));
+    if (ql.sharded()) {
+      l.down_proj = std::make_unique<cpu::ShardedInputLinear>(
+          shard_ops(ql.down_proj_shards, recipe, execution, reordered, linear_name(li, "mlp.down_proj")));
+    } else {
+      l.down_proj = make_linear_op(ql.down_proj, recipe, execution, recipe.down_hadamard ? original : reordered,
+                                   linear_name(li, "mlp.down_proj"));
+    }
     if (recipe.kv_center_keys == ql.key_center.empty() || recipe.kv_center_values == ql.value_center.empty()) {
       fail("layer {}: the recipe centers the KV cache's {}, the model holds {} key and {} value centering values",
            li, recipe.kv_centering_name(), ql.key_center.size(), ql.value_center.size());

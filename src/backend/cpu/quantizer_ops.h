@@ -15,6 +15,7 @@
 #include "backend/cpu/kv_cache.h"
 #include "backend/cpu/linear.h"
 #include "backend/cpu/llama_model.h"
+#include "dist/communicator.h"
 #include "format/quantized_model.h"
 #include "format/recipe.h"
 
@@ -75,6 +76,17 @@ cpu::KvRowStoreFactory kv_store_factory(int kv_bits, std::int64_t kv_group_size 
 // cache store of the recipe set as the model's default, its KV centering vectors on the layers. Throws
 // atom::Error when q/k/v (or gate/up) do not share one permutation, when the centering vectors do not match the
 // recipe, or when kInteger is asked of a model without an integer form.
+// A tensor-parallel layout (model.sharded()) runs on this one device with o_proj and down_proj as
+// cpu::ShardedInputLinear: the shards' partial outputs summed in rank order, as the ranks' all-reduce does.
 std::unique_ptr<cpu::LlamaModel> build_cpu_model(const QuantizedModel& model, Execution execution);
+
+// Rank comm.rank() of a tensor-parallel run of `model` (cpu/tensor_parallel_llama.h's split): q/k/v and gate/up
+// its rows of the stored codes (gate/up in its down_proj shard's input order), o_proj and down_proj its
+// shards of a tensor-parallel checkpoint joined by the all-reduce, its KV heads' centering vectors and
+// KV cache, the vocabulary-parallel fp32 embedding and lm_head. Throws atom::Error unless the model was
+// quantized for comm.world_size() ranks (recipe.tensor_parallel; 1 runs only as one rank). `comm` must outlive
+// the model.
+std::unique_ptr<cpu::LlamaModel> build_cpu_model_rank(const QuantizedModel& model, Execution execution,
+                                                      dist::Communicator& comm);
 
 }  // namespace atom::quant

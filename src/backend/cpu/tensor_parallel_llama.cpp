@@ -27,6 +27,45 @@ std::string RowParallelLinear::describe() const {
   return fmt::format("row-parallel (rank {} of {}) {}", comm_.rank(), comm_.world_size(), local_->describe());
 }
 
+ShardedInputLinear::ShardedInputLinear(std::vector<std::unique_ptr<LinearOp>> shards, std::vector<float> bias)
+    : shards_(std::move(shards)), bias_(std::move(bias)) {
+  if (shards_.empty()) fail("sharded linear: no shards");
+  for (std::size_t r = 0; r < shards_.size(); ++r) {
+    ATOM_CHECK(shards_[r]);
+    if (shards_[r]->out_features() != shards_[0]->out_features())
+      fail("sharded linear: shard {} has {} outputs, shard 0 has {}", r, shards_[r]->out_features(),
+           shards_[0]->out_features());
+    in_ += shards_[r]->in_features();
+  }
+  if (!bias_.empty() && static_cast<std::int64_t>(bias_.size()) != out_features())
+    fail("sharded linear: bias has {} values, the layer has {} outputs", bias_.size(), out_features());
+}
+
+void ShardedInputLinear::forward(const float* x, std::int64_t m, float* y) const {
+  const std::int64_t n = out_features();
+  std::int64_t first = 0;
+  for (std::size_t r = 0; r < shards_.size(); ++r) {
+    const std::int64_t k = shards_[r]->in_features();
+    columns_.resize(static_cast<std::size_t>(m * k));
+    for (std::int64_t i = 0; i < m; ++i) std::copy_n(x + i * in_ + first, k, columns_.data() + i * k);
+    if (r == 0) {
+      shards_[r]->forward(columns_.data(), m, y);
+    } else {
+      partial_.resize(static_cast<std::size_t>(m * n));
+      shards_[r]->forward(columns_.data(), m, partial_.data());
+      for (std::int64_t i = 0; i < m * n; ++i) y[i] += partial_[static_cast<std::size_t>(i)];
+    }
+    first += k;
+  }
+  if (bias_.empty()) return;
+  for (std::int64_t r = 0; r < m; ++r)
+    for (std::int64_t j = 0; j < n; ++j) y[r * n + j] += bias_[static_cast<std::size_t>(j)];
+}
+
+std::string ShardedInputLinear::describe() const {
+  return fmt::format("{} input shards of {}", shards_.size(), shards_.front()->describe());
+}
+
 VocabParallelLinear::VocabParallelLinear(std::unique_ptr<LinearOp> local, dist::Communicator& comm,
                                          std::int64_t vocab)
     : local_(std::move(local)), comm_(comm), vocab_(vocab) {
@@ -127,6 +166,17 @@ LlamaModel make_tensor_parallel_rank(const LlamaWeights& weights, dist::Communic
     layers.push_back(std::move(l));
   }
 
+  VocabParallelEnds ends = vocab_parallel_ends(weights.embed_tokens,
+                                               config.tie_word_embeddings ? nullptr : &weights.lm_head, shard,
+                                               config, comm);
+  return LlamaModel(local, nullptr, std::move(layers), weights.final_norm, std::move(ends.lm_head),
+                    std::move(ends.embedding));
+}
+
+VocabParallelEnds vocab_parallel_ends(const std::vector<float>& embed_tokens, const std::vector<float>* lm_head,
+                                      const dist::TensorParallelShard& shard, const ModelConfig& config,
+                                      dist::Communicator& comm) {
+  const std::int64_t hidden = config.hidden_size;
   // One padded [vocab_per_rank, hidden] block serves the lookup and, tied or not, the lm_head's shape.
   auto vocab_block = [&](const std::vector<float>& table) {
     std::vector<float> block(static_cast<std::size_t>(shard.vocab_per_rank * hidden), 0.0f);
@@ -134,12 +184,13 @@ LlamaModel make_tensor_parallel_rank(const LlamaWeights& weights, dist::Communic
     std::copy(rows.begin(), rows.end(), block.begin());
     return std::make_shared<const std::vector<float>>(std::move(block));
   };
-  const auto embed = vocab_block(weights.embed_tokens);
-  const auto head = config.tie_word_embeddings ? embed : vocab_block(weights.lm_head);
-  auto lm_head = std::make_unique<VocabParallelLinear>(
+  const auto embed = vocab_block(embed_tokens);
+  const auto head = lm_head == nullptr ? embed : vocab_block(*lm_head);
+  VocabParallelEnds ends;
+  ends.lm_head = std::make_unique<VocabParallelLinear>(
       std::make_unique<DenseLinear>(head, shard.vocab_per_rank, hidden), comm, config.vocab_size);
-  return LlamaModel(local, nullptr, std::move(layers), weights.final_norm, std::move(lm_head),
-                    vocab_parallel_embedding(embed, shard.vocab, hidden, comm));
+  ends.embedding = vocab_parallel_embedding(embed, shard.vocab, hidden, comm);
+  return ends;
 }
 
 }  // namespace atom::cpu

@@ -32,6 +32,25 @@ class RowParallelLinear final : public LinearOp {
   std::vector<float> bias_;
 };
 
+// A row-parallel layer on one device: shard r multiplies input columns [k_0 + ... + k_{r-1}, + k_r) and the
+// partial outputs are summed in rank order 0..N-1, exactly as RowParallelLinear's all-reduce sums them, then the
+// bias is added. A tensor-parallel Atom checkpoint's o_proj and down_proj run this way on a single device.
+class ShardedInputLinear final : public LinearOp {
+ public:
+  explicit ShardedInputLinear(std::vector<std::unique_ptr<LinearOp>> shards, std::vector<float> bias = {});
+  std::int64_t in_features() const override { return in_; }
+  std::int64_t out_features() const override { return shards_.front()->out_features(); }
+  void forward(const float* x, std::int64_t m, float* y) const override;
+  std::string describe() const override;
+  const LinearOp& shard(int r) const { return *shards_.at(static_cast<std::size_t>(r)); }
+
+ private:
+  std::vector<std::unique_ptr<LinearOp>> shards_;
+  std::vector<float> bias_;
+  std::int64_t in_ = 0;
+  mutable std::vector<float> columns_, partial_;
+};
+
 // A vocabulary-parallel lm_head: `local` computes this rank's block of vocab_per_rank logits (rows past the
 // vocabulary zero), an all-gather joins the blocks in rank order and the padding is dropped: out_features is
 // the whole vocabulary.
@@ -55,6 +74,16 @@ class VocabParallelLinear final : public LinearOp {
 // non-zero term per element).
 EmbeddingLookup vocab_parallel_embedding(std::shared_ptr<const std::vector<float>> table,
                                          dist::ChannelRange vocab, std::int64_t hidden, dist::Communicator& comm);
+
+// A rank's vocabulary-parallel ends of the model: the embedding lookup of its shard of `embed_tokens` and the
+// lm_head of its shard of `lm_head` ([vocab, hidden]; null: tied to embed_tokens), fp32.
+struct VocabParallelEnds {
+  EmbeddingLookup embedding;
+  std::unique_ptr<LinearOp> lm_head;
+};
+VocabParallelEnds vocab_parallel_ends(const std::vector<float>& embed_tokens, const std::vector<float>* lm_head,
+                                      const dist::TensorParallelShard& shard, const ModelConfig& config,
+                                      dist::Communicator& comm);
 
 // Rows [rows.begin, rows.end) of a row-major [.., cols] matrix; columns [cols.begin, cols.end) of [rows, n].
 std::vector<float> slice_rows(const std::vector<float>& m, std::int64_t cols, dist::ChannelRange rows);

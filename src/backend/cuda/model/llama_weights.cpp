@@ -335,6 +335,10 @@ std::unique_ptr<CudaLlamaWeights> upload_quantized(const quant::QuantizedModel& 
       w->default_kv = KvDtype::kF16;
       break;
   }
+  if (model.recipe.tensor_parallel > 1) {
+    fail("{}: a checkpoint laid out for tensor_parallel {} (o_proj and down_proj quantized per input shard) does "
+         "not run on the CUDA backend yet (run it with --device cpu)", name, model.recipe.tensor_parallel);
+  }
   // The recipe's KV groups; the CUDA kernels take whole multiples of 32 (a decode lane's dims in one group).
   const std::int64_t kv_group = model.recipe.kv_group_for(model.config.head_dim);
   if (model.recipe.kv_group_size != 0 && kv_group != model.config.head_dim) {
