@@ -47,6 +47,8 @@ check "--kv-centering on an unquantized KV cache" expect_fail_with "kv_bits 16" 
   "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --kv-bits 16 --kv-centering keys
 check "--kv-centering values is not offered" expect_fail_with "kv-centering" \
   "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --kv-centering values
+check "--tensor-parallel on the GPU quantizer is refused" expect_fail_with "tensor-parallel layouts" \
+  "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --tensor-parallel 3 --device cuda
 # A model that cannot load ends `atom serve` (it used to hang waiting for a listener that never started).
 serve_ok=1
 for i in 1 2 3 4 5 6; do
@@ -59,6 +61,8 @@ if [[ ! -s $MODEL ]]; then
   if [[ ${ATOM_SKIP_MODEL_TESTS:-0} == 1 ]]; then echo "model absent: skipping model checks"; exit $((failures ? 1 : 77)); fi
   echo "FAIL: $MODEL is missing; run scripts/fetch_model.sh"; exit 1
 fi
+check "--tensor-parallel 2 of SmolLM2's 9 heads is refused by name" expect_fail_with "num_heads 9 is not divisible" \
+  "$ATOM" quantize -m "$MODEL" --calib "$TEXT" --out "$TMP/q-unused" --tensor-parallel 2
 
 info=$("$ATOM" info "$MODEL" 2>&1)
 check "info architecture" grep -q "architecture   llama" <<<"$info"
