@@ -60,6 +60,9 @@ bool row_parallel(const std::string& suffix) { return suffix == "self_attn.o_pro
 std::vector<QuantizedLinear>& shards_of(QuantizedLayer& l, const std::string& suffix) {
   return suffix == "self_attn.o_proj" ? l.o_proj_shards : l.down_proj_shards;
 }
+const std::vector<QuantizedLinear>& shards_of(const QuantizedLayer& l, const std::string& suffix) {
+  return suffix == "self_attn.o_proj" ? l.o_proj_shards : l.down_proj_shards;
+}
 std::string shard_name(const std::string& linear, int shard) { return fmt::format("{}.tp_shards.{}", linear, shard); }
 
 // KV centering vectors (docs/FORMAT.md, "KV centering"), F32 [num_kv_heads * head_dim] per layer.
@@ -218,12 +221,11 @@ void save_atom_checkpoint(const std::string& dir, const QuantizedModel& model,
                      DType::F32});
     const int tp = model.recipe.tensor_parallel;
     for (const char* suffix : kLinears) {
-      QuantizedLayer& layer = const_cast<QuantizedLayer&>(l);
-      const QuantizedLinear& q = linear_of(layer, suffix);
+      const QuantizedLinear& q = linear_of(const_cast<QuantizedLayer&>(l), suffix);
       const std::string name = layer_tensor_name(i, suffix);
       const LinearShape shape = linear_shape(c, suffix);
       if (tp > 1 && row_parallel(suffix)) {
-        const std::vector<QuantizedLinear>& shards = shards_of(layer, suffix);
+        const std::vector<QuantizedLinear>& shards = shards_of(l, suffix);
         if (static_cast<int>(shards.size()) != tp)
           fail("cannot save '{}': the recipe says tensor_parallel {}, the model holds {} shards", name, tp,
                shards.size());
