@@ -88,7 +88,7 @@ void InProcessGroup::abort() {
 
 void InProcessGroup::arrive_and_wait() {
   std::unique_lock lock(mutex_);
-  if (aborted_) fail("in-process group: aborted (another rank failed)");
+  if (aborted_) throw GroupAborted();
   const std::uint64_t generation = generation_;
   if (++waiting_ == world_size_) {
     waiting_ = 0;
@@ -98,21 +98,31 @@ void InProcessGroup::arrive_and_wait() {
     return;
   }
   arrived_.wait(lock, [&] { return generation_ != generation || aborted_; });
-  if (generation_ == generation) fail("in-process group: aborted (another rank failed)");
+  if (generation_ == generation) throw GroupAborted();
 }
 
 void run_ranks(InProcessGroup& group, const std::function<void(Communicator&)>& body) {
   std::mutex error_mutex;
   std::exception_ptr first_error;
+  bool first_is_abort = false;  // a woken rank's GroupAborted may be recorded before the failure that caused it
   auto run = [&](int rank) {
     try {
       body(group.communicator(rank));
+    } catch (const GroupAborted&) {
+      std::lock_guard lock(error_mutex);
+      if (!first_error) {
+        first_error = std::current_exception();
+        first_is_abort = true;
+      }
     } catch (...) {
       {
         std::lock_guard lock(error_mutex);
-        if (!first_error) first_error = std::current_exception();
+        if (!first_error || first_is_abort) {
+          first_error = std::current_exception();
+          first_is_abort = false;
+        }
       }
-      group.abort();  // after recording: the ranks it wakes fail later, so their errors come second
+      group.abort();
     }
   };
   std::vector<std::thread> threads;

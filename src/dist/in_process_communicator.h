@@ -18,9 +18,17 @@
 #include <span>
 #include <vector>
 
+#include "common/error.h"
 #include "dist/communicator.h"
 
 namespace atom::dist {
+
+// What a rank waiting in a collective throws when another rank has failed (the failure itself is the error
+// that matters; run_ranks reports it in preference to these).
+class GroupAborted : public Error {
+ public:
+  GroupAborted() : Error("in-process group: aborted (another rank failed)") {}
+};
 
 class InProcessGroup {
  public:
@@ -58,7 +66,8 @@ class InProcessGroup {
 };
 
 // Runs body(communicator of rank r) on one thread per rank (rank 0 on the calling thread) and waits for all.
-// If any rank throws, the group is aborted and the first error (by time) is rethrown once every thread ended.
+// If any rank throws, the group is aborted and, once every thread has ended, the first error other than the
+// GroupAborted of the ranks it woke is rethrown.
 void run_ranks(InProcessGroup& group, const std::function<void(Communicator&)>& body);
 
 }  // namespace atom::dist
