@@ -62,6 +62,10 @@ void ShardedInputLinear::forward(const float* x, std::int64_t m, float* y) const
     for (std::int64_t j = 0; j < n; ++j) y[r * n + j] += bias_[static_cast<std::size_t>(j)];
 }
 
+bool ShardedInputLinear::splits_through_parallel_for() const {
+  return std::all_of(shards_.begin(), shards_.end(), [](const auto& s) { return s->splits_through_parallel_for(); });
+}
+
 std::string ShardedInputLinear::describe() const {
   return fmt::format("{} input shards of {}", shards_.size(), shards_.front()->describe());
 }

@@ -42,6 +42,8 @@ class ShardedInputLinear final : public LinearOp {
   std::int64_t out_features() const override { return shards_.front()->out_features(); }
   void forward(const float* x, std::int64_t m, float* y) const override;
   std::string describe() const override;
+  // Its own loops are serial: it runs in a forward team whenever every shard can.
+  bool splits_through_parallel_for() const override;
   const LinearOp& shard(int r) const { return *shards_.at(static_cast<std::size_t>(r)); }
 
  private:
