@@ -323,7 +323,7 @@ std::unique_ptr<cpu::LlamaModel> build_cpu_model_rank(const QuantizedModel& mode
       cpu::vocab_parallel_ends(*model.embed_tokens, model.lm_head.get(), shard, c, comm);
   auto m = std::make_unique<cpu::LlamaModel>(shard.local_config(c), nullptr, std::move(layers), model.final_norm,
                                              std::move(ends.lm_head), std::move(ends.embedding));
-  m->set_kv_store_factory(kv_store_factory(recipe.kv_bits));
+  m->set_kv_store_factory(kv_store_factory(recipe.kv_bits, recipe.kv_group_size), recipe.kv_group_size);
   apply_online_transforms(*m, recipe);
   return m;
 }
