@@ -393,6 +393,31 @@ void quant_scores(const float* const* q, const float* q_sums, const HeadRowsView
   }
 }
 
+// out[g][i] = sum_j w[g][j] * codes_j[i] + offset[g] for columns i in [begin, end) (multiples of 16), 16 at a
+// time: 2 G accumulators, one pass over the keys each.
+template <int G, int Bits>
+void weighted_code_columns(const float* const* w, const float* offset, const HeadRowsView& rows, std::int64_t count,
+                           int begin, int end, float* const* out) {
+  for (int i = begin; i < end; i += 16) {
+    __m256 acc[G][2];
+    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
+    for (std::int64_t j = 0; j < count; ++j) {
+      __m256 c0, c1;
+      unpack16<Bits>(rows.codes[static_cast<std::size_t>(j)], i, c0, c1);
+      for (int g = 0; g < G; ++g) {
+        const __m256 wj = _mm256_set1_ps(w[g][j]);
+        acc[g][0] = _mm256_fmadd_ps(wj, c0, acc[g][0]);
+        acc[g][1] = _mm256_fmadd_ps(wj, c1, acc[g][1]);
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      const __m256 o = _mm256_set1_ps(offset[g]);
+      _mm256_storeu_ps(out[g] + i, _mm256_add_ps(acc[g][0], o));
+      _mm256_storeu_ps(out[g] + i + 8, _mm256_add_ps(acc[g][1], o));
+    }
+  }
+}
+
 // out[g][0, d) = sum_j p[g][j] * (scale_j * codes_j + min_j), with p[g] overwritten by p[g][j] * scale_j;
 // head_dim a multiple of 16. 16 columns at a time: 2 G accumulators, one pass over the keys each.
 template <int G, int Bits>
@@ -413,24 +438,7 @@ void quant_weighted(float* const* p, const HeadRowsView& rows, std::int64_t coun
     }
     offset[g] = sum;
   }
-  for (int i = 0; i < d; i += 16) {
-    __m256 acc[G][2];
-    for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
-    for (std::int64_t j = 0; j < count; ++j) {
-      __m256 c0, c1;
-      unpack16<Bits>(rows.codes[static_cast<std::size_t>(j)], i, c0, c1);
-      for (int g = 0; g < G; ++g) {
-        const __m256 w = _mm256_set1_ps(p[g][j]);
-        acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
-        acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
-      }
-    }
-    for (int g = 0; g < G; ++g) {
-      const __m256 o = _mm256_set1_ps(offset[g]);
-      _mm256_storeu_ps(out[g] + i, _mm256_add_ps(acc[g][0], o));
-      _mm256_storeu_ps(out[g] + i + 8, _mm256_add_ps(acc[g][1], o));
-    }
-  }
+  weighted_code_columns<G, Bits>(p, offset, rows, count, 0, d, out);
 }
 
 // Any head_dim, any group size: the same sums one value at a time.
@@ -530,24 +538,9 @@ void quant_weighted_grouped(float* const* p, const HeadRowsView& rows, std::int6
       }
       offset[g] = sum;
     }
-    for (int i = k * gs; i < (k + 1) * gs; i += 16) {
-      __m256 acc[G][2];
-      for (int g = 0; g < G; ++g) acc[g][0] = acc[g][1] = _mm256_setzero_ps();
-      for (std::int64_t j = 0; j < count; ++j) {
-        __m256 c0, c1;
-        unpack16<Bits>(rows.codes[static_cast<std::size_t>(j)], i, c0, c1);
-        for (int g = 0; g < G; ++g) {
-          const __m256 w = _mm256_set1_ps(weights[static_cast<std::size_t>(g * count + j)]);
-          acc[g][0] = _mm256_fmadd_ps(w, c0, acc[g][0]);
-          acc[g][1] = _mm256_fmadd_ps(w, c1, acc[g][1]);
-        }
-      }
-      for (int g = 0; g < G; ++g) {
-        const __m256 o = _mm256_set1_ps(offset[g]);
-        _mm256_storeu_ps(out[g] + i, _mm256_add_ps(acc[g][0], o));
-        _mm256_storeu_ps(out[g] + i + 8, _mm256_add_ps(acc[g][1], o));
-      }
-    }
+    const float* w[G];
+    for (int g = 0; g < G; ++g) w[g] = weights.data() + g * count;
+    weighted_code_columns<G, Bits>(w, offset, rows, count, k * gs, (k + 1) * gs, out);
   }
 }
 
