@@ -51,14 +51,7 @@ std::vector<float> logits(const cpu::LlamaModel& model) {
   return model.forward(tokens, cache, true);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 std::string load_error(const fs::path& dir) {
   return error_of([&] { cpu::load_cpu_model(open_checkpoint(dir.string())); });

@@ -31,14 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 QuantRecipe centered_recipe(bool keys, bool values, bool qk_hadamard) {
   QuantRecipe r = test::tiny_recipe("atom-w4a4");

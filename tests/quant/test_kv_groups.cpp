@@ -25,14 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(KvGroupRecipe, RecordedOnlyWhenSetAndReadBack) {
   QuantRecipe r = test::tiny_recipe("atom-w4a4");

@@ -3,15 +3,27 @@
 // activation channels, and recipes scaled down to it (group 32: the CPU kernels' smallest group).
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "common/error.h"
 #include "format/recipe.h"
 #include "io/model_config.h"
 #include "model/weights.h"
 
 namespace atom::quant::test {
+
+// The message of the atom::Error that f throws, or "(no error)".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
 
 // Input channels of the norms made large: the outliers the quantizer should find.
 inline const std::vector<int> kOutlierChannels = {3, 17, 40, 41, 58};

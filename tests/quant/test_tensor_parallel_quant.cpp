@@ -70,14 +70,7 @@ const Quantized& tp2() {
   return q;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 const std::vector<std::int32_t>& prompt() {
   static const std::vector<std::int32_t> tokens = test::tiny_tokens(40, 0, tp_config().vocab_size, 31);
