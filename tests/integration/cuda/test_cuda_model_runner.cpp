@@ -158,6 +158,19 @@ ScheduleResult run_schedule(const cpu::LlamaModel& cpu_model, CudaModelRunner& g
   return result;
 }
 
+// small_config()'s random weights quantized with `preset` (groups of 128, round to nearest: the GPU path does not
+// care how codes were chosen).
+quant::QuantizedModel quantize_small_model(const char* preset) {
+  const ModelConfig c = small_config();
+  quant::QuantRecipe recipe = quant::test::tiny_recipe(preset);
+  if (recipe.group != 0) recipe.group = 128;
+  recipe.gptq = false;
+  quant::QuantizeOptions qo;
+  qo.show_progress = false;
+  const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
+  return quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+}
+
 CudaRunnerOptions options(KvDtype kv, bool graphs) {
   CudaRunnerOptions o;
   o.kv_dtype = kv;
@@ -287,17 +300,9 @@ INSTANTIATE_TEST_SUITE_P(
 // very same logits as plain launches, eager and in graphs. Three row slices: uneven shares, slices without
 // groups, W8A8 rows (all outliers) spread over the cluster with a cluster-wide max.
 TEST(CudaModelRunner, PdlAndRowSlicesChangeNoBit) {
-  const ModelConfig c = small_config();
   for (const char* preset : {"atom-w4a4", "w8a8-smoothquant"}) {
     SCOPED_TRACE(preset);
-    quant::QuantRecipe recipe = quant::test::tiny_recipe(preset);
-    if (recipe.group != 0) recipe.group = 128;
-    recipe.gptq = false;
-    quant::QuantizeOptions qo;
-    qo.show_progress = false;
-    const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
-    const quant::QuantizedModel qm =
-        quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+    const quant::QuantizedModel qm = quantize_small_model(preset);
     const std::unique_ptr<cpu::LlamaModel> cpu_model = quant::build_cpu_model(qm, quant::Execution::kInteger);
     std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, preset);
     for (const bool graphs : {false, true}) {
@@ -439,14 +444,7 @@ TEST(CudaModelRunner, ExecuteSampleMatchesTheHostSamplerOfTheLogits) {
 void expect_batch_invariant(const char* preset) {
   SCOPED_TRACE(preset);
   const ModelConfig c = small_config();
-  quant::QuantRecipe recipe = quant::test::tiny_recipe(preset);
-  if (recipe.group != 0) recipe.group = 128;
-  recipe.gptq = false;
-  quant::QuantizeOptions qo;
-  qo.show_progress = false;
-  const std::vector<std::int32_t> calib = quant::test::tiny_tokens(400, 0, c.vocab_size, 5);
-  const quant::QuantizedModel qm =
-      quant::quantize_model(quant::model_source(quant::test::tiny_weights(c, 21, 4.0f)), calib, recipe, qo);
+  const quant::QuantizedModel qm = quantize_small_model(preset);
   std::shared_ptr<const CudaLlamaWeights> gpu_weights = upload_quantized(qm, preset);
   const int vocab = c.vocab_size, block = 16, generated = 8;
   const std::vector<int> prompt_lengths = {90, 45, 7, 1, 30};
